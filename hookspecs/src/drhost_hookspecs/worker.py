@@ -1,0 +1,228 @@
+"""The sandbox-side worker: loads ONE plugin and serves the host's calls.
+
+Started by the host as ``python -m drhost_hookspecs.worker ENTRY_POINT`` in a fresh
+interpreter (a child process, or a container). It lowers its own limits before it
+imports the plugin, then speaks JSON lines on the stdout it was given; the plugin's
+own prints go to stderr, which the host logs under the plugin's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, BinaryIO
+
+from ._errors import Cancelled, StepFailed
+from ._limits import apply_limits
+from ._plugin import LoadedPlugin
+from ._protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
+from ._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
+
+
+class _Channel:
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+
+class _PendingReply:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.message: dict[str, Any] | None = None
+
+
+class WorkerContext:
+    """The Context a step sees inside a worker: every effect is a request to the host."""
+
+    def __init__(self, channel: _Channel, call_id: int, payload: Mapping[str, Any]) -> None:
+        self._channel = channel
+        self._call_id = call_id
+        self._cancel = threading.Event()
+        self._pending: dict[int, _PendingReply] = {}
+        self._next = 0
+        self._lock = threading.Lock()
+        self.run_id: str = payload["run_id"]
+        self.target = TargetInfo(**payload["target"])
+        package = dict(payload["package"])
+        package["upgrades_from"] = tuple(package["upgrades_from"])
+        self.package = PackageInfo(**package)
+        self.config: Mapping[str, Any] = dict(payload.get("config") or {})
+        self.state: MutableMapping[str, Any] = dict(payload.get("state") or {})
+
+    # -- plumbing -------------------------------------------------------------
+    def _request(self, method: str, **args: Any) -> Any:
+        if self._cancel.is_set():
+            raise Cancelled()
+        with self._lock:
+            self._next += 1
+            request_id = self._next
+            pending = self._pending[request_id] = _PendingReply()
+        self._channel.send(
+            {"type": "request", "id": request_id, "call_id": self._call_id, "method": method, "args": args}
+        )
+        while not pending.event.wait(0.5):
+            if self._cancel.is_set():
+                raise Cancelled()
+        with self._lock:
+            del self._pending[request_id]
+        reply = pending.message or {}
+        if "error" in reply:
+            error = reply["error"]
+            if error.get("kind") == "cancelled":
+                raise Cancelled()
+            raise StepFailed(str(error.get("message")), retryable=bool(error.get("retryable", True)))
+        return reply.get("result")
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            pending = self._pending.get(int(message["id"]))
+        if pending is not None:
+            pending.message = message
+            pending.event.set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    # -- the Context API --------------------------------------------------------
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        input: str | None = None,
+    ) -> RunResult:
+        result = self._request(
+            "run", argv=list(argv), timeout=timeout, check=check, env=dict(env or {}), cwd=cwd, input=input
+        )
+        return RunResult(
+            argv=tuple(result["argv"]),
+            returncode=int(result["returncode"]),
+            stdout=str(result["stdout"]),
+            stderr=str(result["stderr"]),
+            duration_s=float(result.get("duration_s", 0.0)),
+        )
+
+    def put(self, local_path: str, remote_path: str) -> None:
+        self._request("put", local_path=local_path, remote_path=remote_path)
+
+    def read_text(self, path: str) -> str:
+        return str(self._request("read_text", path=path))
+
+    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
+        self._request("write_text", path=path, text=text, mode=mode)
+
+    def exists(self, path: str) -> bool:
+        return bool(self._request("exists", path=path))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._request("remove", path=path, recursive=recursive)
+
+    def progress(self, done: float, total: float, unit: str = "") -> None:
+        self._channel.send(
+            {"type": "notify", "call_id": self._call_id, "method": "progress",
+             "args": {"done": done, "total": total, "unit": unit}}
+        )
+
+    def log(self, message: str, *, level: str = "info") -> None:
+        self._channel.send(
+            {"type": "notify", "call_id": self._call_id, "method": "log", "args": {"message": message, "level": level}}
+        )
+
+    def sleep(self, seconds: float) -> None:
+        if self._cancel.wait(seconds):
+            raise Cancelled()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+class Worker:
+    def __init__(self, plugin: LoadedPlugin, channel: _Channel, memory_limit: int | None) -> None:
+        self._plugin = plugin
+        self._channel = channel
+        self._memory_limit = memory_limit
+        self._current: WorkerContext | None = None
+
+    def _execute(self, message: dict[str, Any], ctx: WorkerContext) -> None:
+        call_id = int(message["id"])
+        try:
+            result = self._plugin.invoke(
+                str(message["op"]),
+                ctx,
+                stage=Stage(message["stage"]) if message.get("stage") else None,
+                step=message.get("step"),
+                phase=VerifyPhase(message["phase"]) if message.get("phase") else None,
+                in_process=False,
+                memory_limit_bytes=self._memory_limit,
+            )
+        except BaseException as exc:  # noqa: BLE001 - everything a plugin raises goes to the host
+            self._channel.send({"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)})
+        else:
+            self._channel.send({"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)})
+        finally:
+            self._current = None
+
+    def serve(self, stdin: BinaryIO) -> int:
+        while True:
+            line = stdin.readline(8 * 1024 * 1024)
+            if not line:
+                return 0
+            try:
+                message = decode(line)
+            except ProtocolError as exc:
+                print(f"drhost worker: bad message from host: {exc}", file=sys.stderr)
+                return 4
+            kind = message["type"]
+            if kind == "shutdown":
+                return 0
+            if kind == "call":
+                ctx = WorkerContext(self._channel, int(message["id"]), message["ctx"])
+                self._current = ctx
+                threading.Thread(target=self._execute, args=(message, ctx), daemon=True).start()
+            elif kind == "reply" and self._current is not None:
+                self._current.deliver(message)
+            elif kind == "cancel" and self._current is not None:
+                self._current.cancel()
+
+
+def _protect_stdout() -> BinaryIO:
+    """Keep the real stdout for the protocol; send everything else printed to stderr."""
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m drhost_hookspecs.worker ENTRY_POINT", file=sys.stderr)
+        return 2
+    channel = _Channel(_protect_stdout())
+    limits = json.loads(os.environ.get("DRHOST_WORKER_LIMITS", "{}"))
+    try:
+        applied = apply_limits(limits, os.getpid())
+        plugin = LoadedPlugin.from_entry_point(args[0])
+    except BaseException as exc:  # noqa: BLE001 - a broken plugin is reported, never raised
+        channel.send({"type": "fatal", "error": error_to_json(exc)})
+        return 3
+    channel.send({"type": "hello", "pid": os.getpid(), "protocol": PROTOCOL_VERSION, "limits": applied,
+                  "plugin": plugin.info.name})
+    return Worker(plugin, channel, limits.get("memory_bytes")).serve(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
