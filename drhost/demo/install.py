@@ -1,0 +1,147 @@
+"""Controller-side helpers: install, start, stop and inspect drproduct on THIS machine (demo and tests).
+
+Every product operation goes through the release's own tools, as a plugin on a target would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from drhost.packaging import PackageError, read_package, verify_payload
+from drhost.packaging.manifest import PAYLOAD_PREFIX
+
+TOOL_TIMEOUT = 60.0
+ROOT_DIRS = ("releases", "etc/services", "data", "run", "log", "backup", "staging")
+EXIT_UNREACHABLE = 3
+
+
+class InstallError(RuntimeError):
+    """Installing or driving the demo product failed; the message says which step and why."""
+
+
+class ProductUnreachable(InstallError):
+    """The daemon's /health endpoint did not answer."""
+
+
+def _tool(root: Path, tool: str, *args: str, release: Path | None = None,
+          ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    exe = (release if release is not None else root / "current") / "bin" / tool
+    if not exe.exists():
+        raise InstallError(f"{exe}: not found (is drproduct installed under {root}?)")
+    argv = [str(exe), "--root", str(root), *args]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{' '.join(argv)}: no answer within {TOOL_TIMEOUT:.0f}s") from None
+    if proc.returncode not in ok:
+        reason = proc.stderr.strip() or proc.stdout.strip() or "no output"
+        raise InstallError(f"{tool} {' '.join(args)} failed (exit {proc.returncode}): {reason}")
+    return proc
+
+
+def _extract_payload(package: Path, dest: Path) -> None:
+    """Unpack payload/* into dest; members were checked by verify_payload, paths re-checked here."""
+    tmp = dest.with_name(f".{dest.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with tarfile.open(package, "r:gz") as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.startswith(PAYLOAD_PREFIX):
+                continue
+            rel = Path(member.name[len(PAYLOAD_PREFIX):])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise PackageError(f"{package.name}: {member.name}: expected a relative path inside payload/")
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            if src is None:
+                raise PackageError(f"{package.name}: {member.name}: unreadable member")
+            target.write_bytes(src.read())
+            target.chmod(member.mode & 0o777)
+    # Rename last so a half-extracted release never sits under its real name.
+    tmp.rename(dest)
+
+
+def _switch_current(root: Path, version: str) -> None:
+    tmp = root / ".current.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(f"releases/{version}")
+    os.replace(tmp, root / "current")
+
+
+def _write_ini(root: Path, port: int, major: int) -> None:
+    lines = ["[service]", "host = 127.0.0.1", f"port = {port}", "", "[catalog]", "path = data/catalog.db", ""]
+    if major >= 2:
+        lines += ["[replication]", "mode = async", ""]
+    (root / "etc" / "drproduct.ini").write_text("\n".join(lines), encoding="utf-8")
+
+
+def install_fresh(package: Path, root: Path, port: int, seed_jobs: int = 200) -> None:
+    """Install `package` as the first release under root, with a licence and a seeded catalog; do not start."""
+    package, root = Path(package), Path(root).absolute()
+    pkg = read_package(package)
+    problems = verify_payload(package)
+    if problems:
+        raise PackageError(f"{package.name}: payload does not match its manifest: {'; '.join(problems)}")
+    if (root / "current").is_symlink() or (root / "current").exists():
+        raise InstallError(f"{root}: already has a release installed ({installed_version(root)}); not fresh")
+    for sub in ROOT_DIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    release = root / "releases" / pkg.version
+    if release.exists():
+        shutil.rmtree(release)
+    _extract_payload(package, release)
+    _switch_current(root, pkg.version)
+    major = int(pkg.version.split(".")[0])
+    _write_ini(root, port, major)
+    _tool(root, "drproduct-license", "issue", "--series", f"{major}.x", "--licensee", "demo-site",
+          release=release)
+    _tool(root, "drproduct-db", "init", "--seed", str(seed_jobs), release=release)
+    _tool(root, "drproductctl", "register", release=release)
+
+
+def start(root: Path, timeout: float = 15.0) -> None:
+    _tool(Path(root), "drproductctl", "start", "--timeout", str(timeout))
+
+
+def stop(root: Path, timeout: float = 10.0) -> None:
+    _tool(Path(root), "drproductctl", "stop", "--timeout", str(timeout))
+
+
+def health(root: Path) -> dict[str, Any]:
+    """The /health body (status ok or degraded); ProductUnreachable when nothing answers."""
+    proc = _tool(Path(root), "drproductctl", "health", ok=(0, 1, EXIT_UNREACHABLE))
+    if proc.returncode == EXIT_UNREACHABLE:
+        raise ProductUnreachable(f"drproduct under {root} is not reachable: {proc.stderr.strip()}")
+    try:
+        body: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        raise InstallError(f"drproductctl health under {root}: expected JSON, found {proc.stdout[:200]!r}") from None
+    return body
+
+
+def installed_version(root: Path) -> str | None:
+    """Version of the release `current` points to, or None when nothing is installed."""
+    stamp = Path(root) / "current" / "VERSION"
+    try:
+        return stamp.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def free_port() -> int:
+    """A loopback port free right now (the OS picks it; another process could still take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
