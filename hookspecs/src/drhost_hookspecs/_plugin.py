@@ -25,6 +25,7 @@ OPERATIONS = (
     "rollback",
     "verify",
     "collect_context",
+    "installed_version",
 )
 
 
@@ -178,6 +179,9 @@ class LoadedPlugin:
             for found in self._pm.hook.drhost_collect_context(ctx=ctx):
                 merged.update(found or {})
             return merged
+        if op == "installed_version":
+            version = self._pm.hook.drhost_installed_version(ctx=ctx)
+            return None if version is None else str(version)
         if op == "describe":
             return self.describe()
         raise ValueError(f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}")

@@ -103,3 +103,13 @@ def drhost_collect_context(ctx: Context) -> dict[str, Any] | None:
     For example the database sessions and their running statements. Saved with the
     run; must finish quickly.
     """
+
+
+@hookspec(firstresult=True)
+def drhost_installed_version(ctx: Context) -> str | None:
+    """Return the product version installed on the target, or None if this plugin cannot tell.
+
+    Asked before the run starts on a target (a target already at the package's
+    version is left untouched and reported as up to date) and at the end (the
+    version in the run's report). Must be read-only and quick.
+    """

@@ -188,7 +188,15 @@ class Worker:
             kind = message["type"]
             if kind == "shutdown":
                 return 0
-            if kind == "call":
+            if kind == "call" and message["op"] == "describe":
+                # Describing needs no target, so it gets no Context.
+                try:
+                    self._channel.send({"type": "result", "id": message["id"], "result": self._plugin.describe(),
+                                        "state": {}})
+                except BaseException as exc:  # noqa: BLE001 - reported, never raised
+                    self._channel.send({"type": "error", "id": message["id"], "error": error_to_json(exc),
+                                        "state": {}})
+            elif kind == "call":
                 ctx = WorkerContext(self._channel, int(message["id"]), message["ctx"])
                 self._current = ctx
                 threading.Thread(target=self._execute, args=(message, ctx), daemon=True).start()
