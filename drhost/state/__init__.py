@@ -1,0 +1,18 @@
+"""Durable run state: checkpoints, the event journal, run directories and locks."""
+
+from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, read_journal
+from ._runs import RunLock, RunState, find_run, new_run_id, runs_dir, state_root
+
+__all__ = [
+    "STATE_FORMAT",
+    "Journal",
+    "RunLock",
+    "RunState",
+    "StateFile",
+    "atomic_write",
+    "find_run",
+    "new_run_id",
+    "read_journal",
+    "runs_dir",
+    "state_root",
+]

@@ -1,0 +1,123 @@
+"""Durable files: atomic replace with fsync, checksummed state, an append-only journal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import StateError
+from ..events import Event
+
+STATE_FORMAT = 1
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _checksum(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def encode_state(body: dict[str, Any]) -> bytes:
+    document = {"format": STATE_FORMAT, "checksum": _checksum(body), "body": body}
+    return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def decode_state(path: Path, data: bytes) -> dict[str, Any]:
+    """Parse and verify a state document; raise StateError saying what is wrong."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"{path}: not valid JSON ({exc}); the file is truncated or corrupt") from None
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT or "body" not in document:
+        raise StateError(f"{path}: expected a drhost state document of format {STATE_FORMAT}")
+    body = document["body"]
+    if _checksum(body) != document.get("checksum"):
+        raise StateError(f"{path}: checksum mismatch; the file was modified or partly written")
+    if not isinstance(body, dict):
+        raise StateError(f"{path}: expected an object as body")
+    return body
+
+
+class StateFile:
+    """``state.json`` plus its previous generation ``state.json.1``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.previous = path.with_name(path.name + ".1")
+
+    def write(self, body: dict[str, Any]) -> None:
+        data = encode_state(body)
+        if self.path.exists():
+            # Keep the last good generation: a torn write of the new one falls back to it.
+            os.replace(self.path, self.previous)
+        atomic_write(self.path, data)
+
+    def read(self) -> tuple[dict[str, Any], str | None]:
+        """Return the body and, when the newest generation was unusable, why it was skipped."""
+        problems = []
+        for candidate in (self.path, self.previous):
+            try:
+                return decode_state(candidate, candidate.read_bytes()), ("; ".join(problems) or None)
+            except FileNotFoundError:
+                problems.append(f"{candidate}: missing")
+            except StateError as exc:
+                problems.append(str(exc))
+        raise StateError("no usable state: " + "; ".join(problems) + ". drhost will not guess the run's state.")
+
+
+class Journal:
+    """``events.jsonl``: one JSON object a line, appended and flushed as events happen."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Every complete event of a journal; a torn last line (crash mid-append) is ignored."""
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events

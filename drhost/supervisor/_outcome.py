@@ -1,0 +1,51 @@
+"""What a call into a plugin came to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: How a call ended, from the host's point of view.
+ENDINGS = ("ok", "failed", "skipped", "up_to_date", "timeout", "crashed", "killed", "memory", "cancelled", "protocol")
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """The result of one operation on one plugin for one target.
+
+    ``ended`` is one of :data:`ENDINGS`. ``retryable`` is False when the plugin said so
+    or when the failure makes a retry pointless. ``state`` is the plugin's state after
+    the call (also after a failure: a plugin may record what it did before failing).
+    """
+
+    ended: str
+    result: Any = None
+    message: str = ""
+    retryable: bool = True
+    state: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.ended == "ok"
+
+
+def outcome_from_error(error: dict[str, Any], state: dict[str, Any], duration_s: float) -> CallOutcome:
+    """Map an error reported by plugin code (in a thread or a worker) to an outcome."""
+    kind = str(error.get("kind", "exception"))
+    message = str(error.get("message", ""))
+    if kind == "skip":
+        return CallOutcome("skipped", message=message, state=state, duration_s=duration_s)
+    if kind == "up_to_date":
+        return CallOutcome("up_to_date", result=error.get("version"), message=message, state=state,
+                           duration_s=duration_s)
+    if kind == "cancelled":
+        return CallOutcome("cancelled", message="stopped by the host", state=state, duration_s=duration_s)
+    ended = {"memory": "memory", "crash": "crashed"}.get(kind, "failed")
+    if kind == "exception":
+        message = f"{error.get('type', 'Exception')}: {message}"
+    return CallOutcome(
+        ended, message=message, retryable=bool(error.get("retryable", True)), state=state,
+        detail={"traceback": error.get("traceback", "")}, duration_s=duration_s,
+    )

@@ -1,0 +1,325 @@
+"""Runners: how a plugin's code is executed — a thread in the host, or a sandboxed worker process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any, Protocol
+
+from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
+from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, error_to_json
+
+from ..context import HostContext, context_payload
+from ..transport import stop_process_group
+from ._outcome import CallOutcome, outcome_from_error
+
+_STDERR_LOG_LIMIT = 4 * 1024 * 1024
+_STARTUP_TIMEOUT_S = 60.0
+
+
+class Runner(Protocol):
+    """Executes operations of one plugin for one target."""
+
+    isolation: str
+
+    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+             phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadRunner:
+    """Core plugins: called in a thread of the host.
+
+    A thread cannot be killed. On timeout the step is asked to stop (its commands
+    are ended, ``ctx.sleep`` wakes); a thread that still does not return is left
+    behind and reported as hung — trusted code only, and the upgrade aborts.
+    """
+
+    isolation = "thread"
+
+    def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0) -> None:
+        self._plugin = plugin
+        self._grace = grace_s
+
+    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+             phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
+        if op == "describe":
+            return CallOutcome("ok", result=self._plugin.describe())
+        assert ctx is not None
+        box: dict[str, Any] = {}
+        started = time.monotonic()
+
+        def target() -> None:
+            try:
+                box["result"] = self._plugin.invoke(op, ctx, stage=stage, step=step, phase=phase, in_process=True)
+            except BaseException as exc:  # noqa: BLE001 - plugin failures become outcomes
+                box["error"] = error_to_json(exc)
+
+        thread = threading.Thread(target=target, name=f"plugin-{self._plugin.entry_point}-{step or op}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        timed_out = thread.is_alive()
+        if timed_out:
+            ctx.stop()
+            thread.join(self._grace)
+        duration = time.monotonic() - started
+        state = dict(ctx.state)
+        if timed_out:
+            hung = thread.is_alive()
+            return CallOutcome("timeout", message=f"no result after {timeout_s:g} s" + (
+                "; the thread did not stop and was abandoned" if hung else ""), state=state,
+                detail={"hung_thread": hung}, duration_s=duration)
+        if "error" in box:
+            return outcome_from_error(box["error"], state, duration)
+        return CallOutcome("ok", result=box.get("result"), state=state, duration_s=duration)
+
+    def close(self) -> None:
+        return None
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class ProcessRunner:
+    """Business, database (and, until containers, third-party) plugins: one warm worker process.
+
+    The worker is a fresh interpreter that lowers its own limits, imports exactly
+    one plugin and speaks JSON lines. The host owns it: on a deadline the whole
+    process group is ended, and a dead worker is started again for the next call.
+    """
+
+    isolation = "process"
+
+    def __init__(self, entry_point: str, *, limits: dict[str, Any], logger: logging.Logger,
+                 grace_s: float = 3.0, message_limit: int = MAX_MESSAGE_BYTES,
+                 command: list[str] | None = None) -> None:
+        self.entry_point = entry_point
+        self._limits = limits
+        self._log = logger
+        self._grace = grace_s
+        self._limit = message_limit
+        self._command = command
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._next_id = 0
+        self.launches = 0
+        self.hello: dict[str, Any] = {}
+
+    # -- lifecycle --------------------------------------------------------------
+    def _spawn(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": os.environ.get("HOME", "/"),
+            "DRHOST_WORKER_LIMITS": json.dumps(self._limits),
+            # glibc creates an arena per thread; with RLIMIT_AS they exhaust the budget early.
+            "MALLOC_ARENA_MAX": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        argv = self._command or [sys.executable, "-m", "drhost_hookspecs.worker", self.entry_point]
+        self._messages = queue.Queue()
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True,
+        )
+        self.launches += 1
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        threading.Thread(target=self._read_stdout, args=(self._proc.stdout, self._messages), daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True).start()
+        kind, message = self._next_message(time.monotonic() + _STARTUP_TIMEOUT_S)
+        if kind == "msg" and message["type"] == "hello":
+            self.hello = message
+            return
+        reason = self._describe_failure(kind, message)
+        self._kill()
+        raise WorkerDied(reason)
+
+    def _describe_failure(self, kind: str, message: Any) -> str:
+        if kind == "msg" and message.get("type") == "fatal":
+            error = message["error"]
+            return f"{error.get('type')}: {error.get('message')}"
+        if kind == "protocol":
+            return f"protocol violation: {message}"
+        if kind == "eof":
+            return f"worker exited ({self._exit_description()})"
+        if kind == "timeout":
+            return "worker did not start in time"
+        return f"unexpected message {message!r}"
+
+    def _exit_description(self) -> str:
+        if self._proc is None:
+            return "not started"
+        try:
+            code = self._proc.wait(timeout=self._grace)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        if code < 0:
+            import signal
+
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def _read_stdout(self, stream: IO[bytes], sink: queue.Queue[tuple[str, Any]]) -> None:
+        while True:
+            line = stream.readline(self._limit + 1)
+            if not line:
+                sink.put(("eof", None))
+                return
+            try:
+                sink.put(("msg", decode(line, limit=self._limit)))
+            except ProtocolError as exc:
+                sink.put(("protocol", str(exc)))
+                return
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        logged = 0
+        for raw in iter(lambda: stream.readline(64 * 1024), b""):
+            # Keep draining past the limit so a flooding plugin never blocks on a full pipe.
+            if logged < _STDERR_LOG_LIMIT:
+                logged += len(raw)
+                self._log.info("[stderr] %s", raw.decode("utf-8", "replace").rstrip()[:2000])
+                if logged >= _STDERR_LOG_LIMIT:
+                    self._log.warning("[stderr] more than %d bytes; the rest is discarded", _STDERR_LOG_LIMIT)
+
+    def _next_message(self, deadline: float) -> tuple[str, Any]:
+        try:
+            return self._messages.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return "timeout", None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(encode(message))
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the reader sees the worker's end
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            stop_process_group(self._proc, self._grace)
+            self._proc = None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._send({"type": "shutdown"})
+            try:
+                self._proc.wait(timeout=self._grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- calls ----------------------------------------------------------------------
+    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+             phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
+        started = time.monotonic()
+        state = dict(ctx.state) if ctx is not None else {}
+        if self._proc is None or self._proc.poll() is not None:
+            try:
+                self._spawn()
+            except WorkerDied as exc:
+                return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state,
+                                   duration_s=time.monotonic() - started)
+        self._next_id += 1
+        call_id = self._next_id
+        message: dict[str, Any] = {"type": "call", "id": call_id, "op": op,
+                                   "ctx": context_payload(ctx) if ctx is not None else {}}
+        if stage is not None:
+            message["stage"] = stage.value
+        if step is not None:
+            message["step"] = step
+        if phase is not None:
+            message["phase"] = phase.value
+        self._send(message)
+        deadline = started + timeout_s
+        cancelled_at: float | None = None
+        stop_reason = ""
+        while True:
+            limit = deadline if cancelled_at is None else cancelled_at + self._grace
+            kind, incoming = self._next_message(min(limit, time.monotonic() + 0.25))
+            now = time.monotonic()
+            if cancelled_at is None and (now >= deadline or (ctx is not None and ctx.cancelled)):
+                # Ask politely first; the kill below does not need the plugin's cooperation.
+                cancelled_at = now
+                stop_reason = "timeout" if now >= deadline else "cancelled"
+                if ctx is not None:
+                    ctx.stop()
+                self._send({"type": "cancel", "id": call_id})
+            if kind == "timeout":
+                if cancelled_at is not None and now >= cancelled_at + self._grace:
+                    self._kill()
+                    return self._stopped(stop_reason, timeout_s, state, now - started, killed=True)
+                continue
+            if kind == "eof":
+                how = self._exit_description()
+                self._proc = None
+                if cancelled_at is not None:
+                    return self._stopped(stop_reason, timeout_s, state, now - started, killed=False)
+                return CallOutcome("crashed", message=f"worker died: {how}", state=state,
+                                   duration_s=now - started, detail={"exit": how})
+            if kind == "protocol":
+                self._kill()
+                return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state,
+                                   retryable=True, duration_s=now - started)
+            outcome = self._handle(incoming, call_id, ctx, now - started)
+            if outcome is not None:
+                if cancelled_at is not None and not outcome.ok:
+                    return self._stopped(stop_reason, timeout_s, outcome.state, now - started, killed=False)
+                return outcome
+
+    @staticmethod
+    def _stopped(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
+                 killed: bool) -> CallOutcome:
+        how = "; worker killed" if killed else ""
+        if reason == "timeout":
+            return CallOutcome("timeout", message=f"no result after {timeout_s:g} s{how}", state=state,
+                               duration_s=duration, detail={"killed": killed})
+        return CallOutcome("cancelled", message=f"stopped by the host{how}", state=state, duration_s=duration,
+                           detail={"killed": killed})
+
+    def _handle(self, message: dict[str, Any], call_id: int, ctx: HostContext | None,
+                elapsed: float) -> CallOutcome | None:
+        kind = message["type"]
+        if kind in ("result", "error") and message["id"] == call_id:
+            state = message.get("state")
+            if not isinstance(state, dict):
+                return CallOutcome("protocol", message="worker sent a state that is not an object",
+                                   duration_s=elapsed)
+            if kind == "result":
+                return CallOutcome("ok", result=message["result"], state=state, duration_s=elapsed)
+            return outcome_from_error(message["error"], state, elapsed)
+        if kind == "request" and ctx is not None:
+            threading.Thread(target=self._serve_request, args=(message, ctx), daemon=True).start()
+        elif kind == "notify" and ctx is not None:
+            args = message.get("args") or {}
+            if message["method"] == "progress":
+                ctx.progress(float(args.get("done", 0)), float(args.get("total", 0)), str(args.get("unit", "")))
+            elif message["method"] == "log":
+                ctx.log(str(args.get("message", ""))[:4000], level=str(args.get("level", "info")))
+        return None
+
+    def _serve_request(self, message: dict[str, Any], ctx: HostContext) -> None:
+        try:
+            result = ctx.dispatch(str(message["method"]), message.get("args") or {})
+            reply: dict[str, Any] = {"type": "reply", "id": message["id"], "result": result}
+        except BaseException as exc:  # noqa: BLE001 - the worker decides what the error means
+            reply = {"type": "reply", "id": message["id"], "error": error_to_json(exc)}
+        try:
+            self._send(reply)
+        except ProtocolError as exc:
+            self._send({"type": "reply", "id": message["id"],
+                        "error": {"kind": "step_failed", "message": str(exc), "retryable": False}})

@@ -1,0 +1,70 @@
+"""The interface every transport implements: one session to one target."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+from drhost_hookspecs import RunResult
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class TransportError(Exception):
+    """The transport could not do what was asked; ``category`` says which kind of failure."""
+
+    def __init__(self, message: str, *, category: str = "network") -> None:
+        super().__init__(message)
+        self.category = category
+
+
+class CommandStopped(TransportError):
+    """A command was stopped before it finished (deadline or cancel); its process group is gone."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        super().__init__(message, category="plugin")
+        self.timed_out = timed_out
+
+
+class TargetSession(abc.ABC):
+    """Run commands and move files on one target. Paths are paths on the target."""
+
+    name: str
+
+    @abc.abstractmethod
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        input: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        """Run ``argv`` (no shell) and wait. On timeout or cancel the whole process group is
+        ended (TERM, grace, KILL) and :class:`CommandStopped` is raised."""
+
+    @abc.abstractmethod
+    def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
+        """Copy a controller file to the target atomically."""
+
+    @abc.abstractmethod
+    def get(self, remote_path: str, local_path: str) -> None:
+        """Copy a target file to the controller."""
+
+    @abc.abstractmethod
+    def read_text(self, path: str) -> str: ...
+
+    @abc.abstractmethod
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
+
+    @abc.abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abc.abstractmethod
+    def remove(self, path: str, recursive: bool = False) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
+        """Release the session's resources."""

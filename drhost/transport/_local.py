@@ -1,0 +1,146 @@
+"""The local transport: the target is a directory tree on the controller itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from drhost_hookspecs import RunResult
+
+from ..state import atomic_write
+from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
+
+_OUTPUT_LIMIT = 1024 * 1024
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """TERM the group, wait ``grace_s``, then KILL it; returns once the leader is reaped."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace_s if sig == signal.SIGTERM else 10)
+            if sig == signal.SIGTERM:
+                # The leader left; make sure nothing it started stays behind.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class LocalSession(TargetSession):
+    """Commands run as child processes in their own process group; files are plain files."""
+
+    def __init__(self, name: str, *, path_env: str | None = None, kill_grace_s: float = 3.0) -> None:
+        self.name = name
+        self._path_env = path_env or os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        self._grace = kill_grace_s
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        input: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}", category="plugin")
+        # An explicit environment: the target's behaviour must not depend on the operator's shell.
+        full_env = {"PATH": self._path_env, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": os.environ.get("HOME", "/")}
+        full_env.update(env or {})
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd, start_new_session=True,
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot start {argv[0]!r}: {exc.strerror}", category="file") from None
+        outputs: dict[str, bytes] = {}
+
+        def communicate() -> None:
+            out, err = proc.communicate(input.encode() if input is not None else None)
+            outputs["out"], outputs["err"] = out[-_OUTPUT_LIMIT:], err[-_OUTPUT_LIMIT:]
+
+        reader = threading.Thread(target=communicate, daemon=True)
+        reader.start()
+        deadline = None if timeout is None else started + timeout
+        while reader.is_alive():
+            reader.join(0.05)
+            if cancel is not None and cancel.is_set():
+                stop_process_group(proc, self._grace)
+                raise CommandStopped(f"{argv[0]} stopped: step cancelled", timed_out=False)
+            if deadline is not None and time.monotonic() > deadline:
+                stop_process_group(proc, self._grace)
+                raise CommandStopped(f"{argv[0]} stopped after {timeout:.0f} s", timed_out=True)
+        return RunResult(
+            argv=tuple(argv), returncode=proc.returncode,
+            stdout=outputs.get("out", b"").decode("utf-8", "replace"),
+            stderr=outputs.get("err", b"").decode("utf-8", "replace"),
+            duration_s=time.monotonic() - started,
+        )
+
+    def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
+        target = Path(remote_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        total = os.path.getsize(local_path)
+        done = 0
+        with open(local_path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1024 * 1024):
+                dst.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, target)
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        shutil.copyfile(remote_path, local_path)
+
+    def read_text(self, path: str) -> str:
+        try:
+            return Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise TransportError(f"cannot read {path}: {exc.strerror}", category="file") from None
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, text.encode("utf-8"), mode)
+            os.chmod(target, mode)
+        except OSError as exc:
+            raise TransportError(f"cannot write {path}: {exc.strerror}", category="file") from None
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        target = Path(path)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                if not recursive:
+                    raise TransportError(f"{path} is a directory; pass recursive=True", category="file")
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise TransportError(f"cannot remove {path}: {exc.strerror}", category="file") from None
