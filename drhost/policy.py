@@ -42,6 +42,7 @@ class StagePolicy:
     on_failure: str
     restart: str
     rollback_rule: str
+    rollback_when: str
 
 
 def class_policy(config: Mapping[str, Any], plugin_class: PluginClass) -> ClassPolicy:
@@ -60,7 +61,8 @@ def class_policy(config: Mapping[str, Any], plugin_class: PluginClass) -> ClassP
 
 def stage_policy(config: Mapping[str, Any], stage: Stage) -> StagePolicy:
     data = config["stages"][stage.value]
-    return StagePolicy(stage, str(data["on_failure"]), str(data["restart"]), str(data["rollback_rule"]))
+    return StagePolicy(stage, str(data["on_failure"]), str(data["restart"]), str(data["rollback_rule"]),
+                       str(data["rollback_when"]))
 
 
 def retry_wait_s(policy: ClassPolicy, config: Mapping[str, Any]) -> float:

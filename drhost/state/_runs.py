@@ -121,6 +121,12 @@ class RunState:
             yield self._body
             self._file.write(self._body)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[dict[str, Any]]:
+        """Look at the body without changing it (nothing is written)."""
+        with self._lock:
+            yield self._body
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self._body)

@@ -1,0 +1,5 @@
+import sys
+
+from drhost.cli import main
+
+sys.exit(main())

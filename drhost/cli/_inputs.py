@@ -1,0 +1,123 @@
+"""Turn command-line inputs into a validated config, the plugin registry, a plan and the package."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from drhost_hookspecs import PackageInfo
+
+from ..config import LoadedConfig, load_config, validate_plugin_section
+from ..demo.environment import demo_inventory, demo_package, planned_roots
+from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
+from ..packaging import Package, PackageError, read_package, verify_payload
+from ..plan import Plan, build_plan, unknown_timeout_keys
+from ..plugins import Registry, discover
+from ..state import state_root
+
+
+class PackageRefused(DrhostError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class Prepared:
+    config: LoadedConfig
+    registry: Registry
+    plan: Plan
+    package: Package | None
+    blocked: list[str]
+    demo_roots: dict[str, Path] | None
+
+
+def blocked_plugins(values: list[str] | None) -> list[str]:
+    blocked = []
+    for value in values or []:
+        if not value.startswith("no:") or len(value) <= 3:
+            raise ConfigError(Origin("command line", "", "-p"), "no:NAME (block plugin NAME)", value)
+        blocked.append(value[3:])
+    return blocked
+
+
+def _check_targets(config: LoadedConfig) -> None:
+    targets = config.data["targets"]
+    if not targets:
+        raise ConfigError(Origin("command line", "", "targets"),
+                          "at least one target: -i inventory.ini with [target:NAME] sections, or --demo", "<none>")
+    for name, target in targets.items():
+        if not target.get("root"):
+            raise ConfigError(config.origin(("targets", name, "root")), "the product's install root on the target",
+                              "<nothing>")
+        if target["transport"] == "local" and not Path(target["root"]).is_absolute():
+            raise ConfigError(config.origin(("targets", name, "root")), "an absolute path", target["root"])
+
+
+def _check_plugin_sections(config: LoadedConfig, registry: Registry) -> None:
+    for name in list(config.data["plugins"]):
+        record = registry.records.get(name)
+        if record is None:
+            known = ", ".join(sorted(registry.records)) or "none installed"
+            raise ConfigError(config.origin(("plugins", name)), f"a section for an installed plugin ({known})", name)
+        if record.usable:
+            validate_plugin_section(config, name, record.config_schema)
+
+
+def load_package(path_text: str, origin: Origin) -> Package:
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(origin, "an upgrade package file (drproduct-VERSION.tar.gz)", f"<no such file: {path}>")
+    try:
+        package = read_package(path)
+    except PackageError as exc:
+        raise PackageRefused(str(exc)) from None
+    problems = verify_payload(path)
+    if problems:
+        raise RefusedError(f"{path.name}: package content does not match its manifest: " + "; ".join(problems[:5]))
+    return package
+
+
+def package_info(package: Package) -> PackageInfo:
+    return PackageInfo(
+        product=package.product, version=package.version, upgrades_from=tuple(package.upgrades_from),
+        local_path=str(package.path.resolve()), remote_path="", sha256=package.sha256, size=package.size,
+        manifest=dict(package.manifest),
+    )
+
+
+def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
+    """Everything a run needs, validated before anything on a target is touched."""
+    blocked = blocked_plugins(args.plugin_options)
+    files = [Path(p) for p in ([args.inventory] if args.inventory else []) + list(args.config or [])]
+    overrides = list(args.set or [])
+    if args.package:
+        overrides.append(f"run.package={args.package}")
+    if getattr(args, "forks", None):
+        overrides.append(f"run.forks={args.forks}")
+    if getattr(args, "on_failure", None):
+        overrides.append(f"run.on_failure={args.on_failure}")
+    demo_roots = None
+    base = None
+    if args.demo:
+        if args.inventory:
+            raise ConfigError(Origin("command line", "", "--demo"), "either --demo or -i INVENTORY", "both")
+        root = state_root()
+        demo_roots = planned_roots(root)
+        base = demo_inventory(demo_roots, demo_package(root))
+    config = load_config(files, overrides, base=base)
+    _check_targets(config)
+    registry = discover(blocked)
+    _check_plugin_sections(config, registry)
+    plan = build_plan(registry, config.data)
+    unused = unknown_timeout_keys(plan, config.data)
+    if unused:
+        known = ", ".join(sorted({s.timeout_key for s in plan.steps}))
+        raise ConfigError(config.origin(("timeouts", unused[0])), f"a timeout key of a planned step ({known})",
+                          unused[0])
+    package = None
+    if need_package:
+        if not config.data["run"]["package"]:
+            raise ConfigError(Origin("command line", "run", "package"),
+                              "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
+        package = load_package(config.data["run"]["package"], config.origin(("run", "package")))
+    return Prepared(config, registry, plan, package, blocked, demo_roots)

@@ -1,0 +1,86 @@
+"""``drhost``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import DrhostError, ExitCode
+from ..packaging import PackageError
+from ._misc import cmd_config_check, cmd_package_build, cmd_plugins_list
+from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
+
+_FAILURE_MODES = ("ask", "retry", "rollback", "abort")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drhost", description="Upgrade a DR product across a fleet of hosts.")
+    parser.add_argument("--version", action="version", version=f"drhost {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    upgrade = sub.add_parser("upgrade", help="upgrade every target through the five stages")
+    add_run_inputs(upgrade)
+    upgrade.add_argument("--on-failure", choices=_FAILURE_MODES,
+                         help="what to do when a stage fails (default: ask on a terminal, else rollback)")
+    upgrade.add_argument("--forks", type=int, help="targets upgraded at the same time")
+    upgrade.add_argument("--keep", action="store_true", help="demo: leave the product daemons running")
+    upgrade.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    upgrade.set_defaults(func=cmd_upgrade)
+
+    plan = sub.add_parser("plan", help="show the ordered steps a run would execute")
+    add_run_inputs(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    for name, func, text in (("resume", cmd_resume, "continue a run exactly where it stopped"),
+                             ("rollback", cmd_rollback, "roll back every target of a run")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("run", help="run id (see drhost status)")
+        cmd.add_argument("--on-failure", choices=_FAILURE_MODES)
+        cmd.add_argument("--json", action="store_true")
+        cmd.add_argument("--plain", action="store_true")
+        cmd.set_defaults(func=func)
+
+    status = sub.add_parser("status", help="where a run is, per target, and what to run next")
+    status.add_argument("run", nargs="?", help="run id (default: the newest run)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    plugins = sub.add_parser("plugins", help="plugin commands")
+    plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")
+    plist = plugins_sub.add_parser("list", help="every discovered plugin, broken ones included")
+    plist.add_argument("--json", action="store_true")
+    plist.add_argument("-p", dest="plugin_options", action="append", metavar="no:NAME")
+    plist.set_defaults(func=cmd_plugins_list)
+
+    config = sub.add_parser("config", help="configuration commands")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = config_sub.add_parser("check", help="validate config files")
+    check.add_argument("files", nargs="+")
+    check.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    check.set_defaults(func=cmd_config_check)
+
+    package = sub.add_parser("package", help="package commands")
+    package_sub = package.add_subparsers(dest="package_command", required=True, metavar="COMMAND")
+    build = package_sub.add_parser("build", help="build a drproduct package")
+    build.add_argument("version")
+    build.add_argument("--out", default=".")
+    build.set_defaults(func=cmd_package_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except DrhostError as exc:
+        print(f"drhost: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except PackageError as exc:
+        print(f"drhost: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("drhost: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED

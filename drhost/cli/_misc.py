@@ -1,0 +1,56 @@
+"""The commands around runs: plugins list, config check, package build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import ExitCode
+from ..packaging import build_package
+from ..plugins import ALLOW_ENV, discover
+from ._inputs import _check_plugin_sections, blocked_plugins
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    config = load_config()
+    registry = discover(blocked_plugins(args.plugin_options))
+    rows = []
+    for record in sorted(registry.records.values(), key=lambda r: r.name):
+        isolation = config.data["classes"][record.plugin_class.value]["isolation"] if record.plugin_class else None
+        rows.append(record.to_json(isolation))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return ExitCode.SUCCEEDED
+    if not rows:
+        print(f"no plugins found in entry-point group 'drhost.plugins' ({ALLOW_ENV} may exclude them)")
+        return ExitCode.SUCCEEDED
+    header = ("name", "version", "department", "class", "isolation", "status", "hooks")
+    table = [header] + [
+        (r["name"], r["version"], r["department"] or "-", r["class"] or "-", r["isolation"] or "-", r["status"],
+         str(len(r["hooks"]))) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        if r["error"]:
+            print(f"{r['name']}: {r['status']}: {r['error']}")
+    return ExitCode.SUCCEEDED
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config([Path(f) for f in args.files], list(args.set or []))
+    registry = discover()
+    _check_plugin_sections(config, registry)
+    targets = config.data["targets"]
+    print(f"{', '.join(args.files)}: ok ({len(targets)} target(s): {', '.join(sorted(targets)) or 'none'})")
+    return ExitCode.SUCCEEDED
+
+
+def cmd_package_build(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(build_package(args.version, out))
+    return ExitCode.SUCCEEDED

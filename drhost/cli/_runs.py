@@ -1,0 +1,197 @@
+"""The commands that drive runs: upgrade, resume, rollback, status, plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from drhost_hookspecs import Stage
+
+from ..demo.environment import create_demo, stop_demo
+from ..errors import ExitCode
+from ..events import Subscriber
+from ..orchestrator import Decide, RunSummary, create_run, drive
+from ..plan import Plan, format_plan
+from ..report import LiveReporter, PlainReporter
+from ..state import RunState, find_run, state_root
+from ._inputs import package_info, prepare
+
+_CHOICES = {"r": "retry", "b": "rollback", "a": "abort"}
+
+
+def make_decide(mode: str, interactive: bool) -> Decide:
+    """The failure decision: fixed by ``--on-failure``, or asked on a terminal."""
+    if mode == "ask" and not interactive:
+        mode = "rollback"
+    if mode != "ask":
+        return lambda target, stage, message: mode
+    lock = threading.Lock()
+
+    def ask(target: str, stage: Stage, message: str) -> str:
+        with lock:
+            while True:
+                sys.stderr.write(f"\n{target}: stage {stage.value} failed: {message}\n"
+                                 f"  [r]etry the stage, roll[b]ack this target, or [a]bort (leave it for resume)? ")
+                sys.stderr.flush()
+                answer = sys.stdin.readline().strip().lower()[:1]
+                if not answer:
+                    return "rollback"
+                if answer in _CHOICES:
+                    return _CHOICES[answer]
+
+    return ask
+
+
+def _reporter(args: argparse.Namespace, total_steps: int) -> Subscriber:
+    if sys.stderr.isatty() and not args.json and not getattr(args, "plain", False):
+        return LiveReporter(total_steps)
+    return PlainReporter()
+
+
+def _finish(args: argparse.Namespace, summary: RunSummary) -> int:
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(f"run {summary.run_id}: {summary.status}")
+        for name, target in summary.targets.items():
+            print(f"  {name}: {target['status']} (version {target.get('version') or 'unknown'})")
+        for line in next_commands(summary.run_id, summary.status):
+            print(line)
+        print(f"run directory: {summary.run_dir}")
+    return summary.exit_code
+
+
+def next_commands(run_id: str, status: str) -> list[str]:
+    if status in ("interrupted", "aborted"):
+        return [f"resume:    drhost resume {run_id}", f"roll back: drhost rollback {run_id}"]
+    if status == "failed":
+        return [f"details:   drhost status {run_id}", f"retry the rollback: drhost rollback {run_id}"]
+    return []
+
+
+def _demo_after(keep: bool) -> Any:
+    def after(state: RunState, status: str) -> None:
+        demo = state.get("demo") or {}
+        roots = [Path(r) for r in demo.get("roots", [])]
+        if keep or status == "interrupted":
+            why = "--keep" if keep else "the run is interrupted and can be resumed"
+            sys.stderr.write(f"demo daemons left running ({why}); stop them with "
+                             f"{roots[0].parent if roots else ''}.../current/bin/drproductctl --root ROOT stop\n")
+            return
+        for problem in stop_demo(roots):
+            sys.stderr.write(f"warning: {problem}\n")
+
+    return after
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    prepared = prepare(args, need_package=True)
+    assert prepared.package is not None
+    extra: dict[str, Any] = {"blocked_plugins": prepared.blocked}
+    if prepared.demo_roots is not None:
+        create_demo(state_root(), prepared.demo_roots)
+        extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
+    state = create_run(config=prepared.config.data, config_files=prepared.config.files, plan=prepared.plan,
+                       package=package_info(prepared.package), extra=extra)
+    if not args.json:
+        print(f"run {state.run_id} started; state in {state.run_dir}", file=sys.stderr)
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    summary = drive(state, mode="upgrade", decide=make_decide(prepared.config.data["run"]["on_failure"], interactive),
+                    subscribers=[_reporter(args, len(prepared.plan.steps))],
+                    after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None)
+    return _finish(args, summary)
+
+
+def _continue(args: argparse.Namespace, mode: str) -> int:
+    state = RunState.open(find_run(args.run))
+    plan = Plan.from_json(state.get("plan"))
+    on_failure = args.on_failure or state.get("config")["run"]["on_failure"]
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    demo = state.get("demo")
+    summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive),
+                    subscribers=[_reporter(args, len(plan.steps))],
+                    after=_demo_after(bool(demo.get("keep"))) if demo else None)
+    return _finish(args, summary)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _continue(args, "resume")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _continue(args, "rollback")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    prepared = prepare(args, need_package=False)
+    if args.json:
+        print(json.dumps({"targets": sorted(prepared.config.data["targets"]),
+                          "steps": [s.to_json() for s in prepared.plan.steps],
+                          "plugins": [p.to_json() for p in prepared.plan.plugins]}, indent=2))
+    else:
+        print(f"targets: {', '.join(sorted(prepared.config.data['targets']))}")
+        for line in format_plan(prepared.plan):
+            print(line)
+    return ExitCode.SUCCEEDED
+
+
+def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    steps = record.get("steps", {})
+    done = [s.key for s in plan.steps if steps.get(s.key, {}).get("status") in ("done", "skipped")]
+    current = next((s for s in plan.steps if steps.get(s.key, {}).get("status") == "started"), None)
+    remaining = [s.key for s in plan.steps if s.key not in done]
+    status = record["status"]
+    consistent = {"succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
+                  "rollback_failed": "NO: rollback failed, see errors", "pending": "yes: untouched"}.get(
+        status, "unknown until the run is resumed or rolled back")
+    return {
+        "target": name, "status": status, "phase": record.get("phase"), "stage": record.get("stage"),
+        "step": current.key if current else None, "done": len(done), "total": len(plan.steps),
+        "remaining": remaining, "consistent": consistent, "version_before": record.get("version_before"),
+        "version": record.get("version"), "errors": record.get("errors", []),
+        "skipped_plugins": record.get("skipped_plugins", {}), "rollback": record.get("rollback", {}),
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = RunState.open(find_run(args.run))
+    body = state.snapshot()
+    plan = Plan.from_json(body["plan"])
+    targets = [target_status(plan, name, record) for name, record in sorted(body["targets"].items())]
+    commands = next_commands(body["run_id"], body["status"])
+    if body["status"] in ("running", "rolling_back", "created"):
+        commands = [f"if no drhost is running it: drhost resume {body['run_id']}"]
+    report = {"run_id": body["run_id"], "status": body["status"], "run_dir": str(state.run_dir),
+              "package": body["package"]["version"], "targets": targets, "next": commands,
+              "recovered_from": state.recovered_from}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return ExitCode.SUCCEEDED
+    print(f"run {body['run_id']}: {body['status']} (package {body['package']['version']})")
+    if state.recovered_from:
+        print(f"  note: {state.recovered_from}")
+    for t in targets:
+        print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
+              f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
+        for error in t["errors"][-3:]:
+            print(f"      error: [{error.get('stage')}] {error.get('step') or ''} {error.get('plugin')}: "
+                  f"{error.get('message')} ({error.get('action')})")
+    for line in commands:
+        print(line)
+    return ExitCode.SUCCEEDED
+
+
+def add_run_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demo", action="store_true", help="use the embedded demo: three local drproduct targets")
+    parser.add_argument("-i", "--inventory", help="ops INI file with [target:NAME] sections")
+    parser.add_argument("-c", "--config", action="append", help="extra config file (INI or JSON); repeatable")
+    parser.add_argument("--package", help="the upgrade package (drproduct-VERSION.tar.gz)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")
+    parser.add_argument("-p", dest="plugin_options", action="append", metavar="no:NAME",
+                        help="block plugin NAME for this run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+

@@ -1,0 +1,70 @@
+"""The embedded demo: three local targets running drproduct 1.0.0, upgraded to 2.0.0."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from ..packaging import build_package
+from . import install
+
+DEMO_TARGETS = ("dr-demo-1", "dr-demo-2", "dr-demo-3")
+FROM_VERSION = "1.0.0"
+TO_VERSION = "2.0.0"
+
+
+def packages_dir(state_root: Path) -> Path:
+    path = state_root / "demo" / "packages"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def demo_package(state_root: Path, version: str = TO_VERSION) -> Path:
+    """The demo package of ``version``, built on first use (builds are deterministic)."""
+    out = packages_dir(state_root)
+    existing = out / f"drproduct-{version}.tar.gz"
+    return existing if existing.exists() else build_package(version, out)
+
+
+def demo_inventory(roots: dict[str, Path], package: Path) -> dict[str, Any]:
+    """The config a demo run uses, in the same shape as an ops INI file."""
+    return {
+        "run": {"package": str(package)},
+        "targets": {name: {"transport": "local", "root": str(root), "host": "localhost"}
+                    for name, root in roots.items()},
+    }
+
+
+def planned_roots(state_root: Path) -> dict[str, Path]:
+    """Where a new demo's targets would go (nothing is created)."""
+    base = state_root / "demo" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+    return {name: base / name / "opt" / "drproduct" for name in DEMO_TARGETS}
+
+
+def create_demo(state_root: Path, roots: dict[str, Path]) -> None:
+    """Install and start drproduct 1.0.0 on three fresh local targets at ``roots``."""
+    old = demo_package(state_root, FROM_VERSION)
+    started: list[Path] = []
+    try:
+        for root in roots.values():
+            root.mkdir(parents=True)
+            install.install_fresh(old, root, install.free_port())
+            install.start(root)
+            started.append(root)
+    except BaseException:
+        for root in started:
+            install.stop(root)
+        raise
+
+
+def stop_demo(roots: list[Path]) -> list[str]:
+    """Stop the demo daemons; returns problems (a demo must leave no process behind)."""
+    problems = []
+    for root in roots:
+        try:
+            install.stop(root)
+        except install.InstallError as exc:
+            problems.append(f"{root}: {exc}")
+    return problems

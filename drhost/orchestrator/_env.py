@@ -1,0 +1,158 @@
+"""What every part of a run shares: state, plan, config, events, runners and target sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
+
+from ..context import HostContext
+from ..errors import RefusedError
+from ..events import Event, EventBus
+from ..plan import Plan, PluginEntry
+from ..policy import class_policy
+from ..state import RunState
+from ..supervisor import CallOutcome, ProcessRunner, Runner, ThreadRunner
+from ..transport import LocalSession, TargetSession
+
+#: (target, stage, failure message) -> "retry" | "rollback" | "abort"
+Decide = Callable[[str, Stage, str], str]
+
+
+@dataclass
+class RunEnv:
+    state: RunState
+    plan: Plan
+    config: Mapping[str, Any]
+    package: PackageInfo
+    bus: EventBus
+    decide: Decide
+    logger: logging.Logger
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: str, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
+             plugin: str | None = None, message: str = "", **data: Any) -> None:
+        self.bus.emit(Event(event, self.state.run_id, target=target, stage=stage.value if stage else None,
+                            step=step, plugin=plugin, message=message, data=data))
+
+
+def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]) -> TargetSession:
+    transport = target["transport"]
+    if transport == "local":
+        return LocalSession(name, kill_grace_s=float(config["run"]["kill_grace_s"]))
+    raise RefusedError(f"target {name!r}: transport {transport!r} is not built yet in this drhost; use 'local'")
+
+
+def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
+    root = str(target["root"])
+    return TargetInfo(name=name, host=str(target.get("host", "localhost")), transport=str(target["transport"]),
+                      install_root=root, work_dir=f"{root}/.drhost/{run_id}")
+
+
+class Executor:
+    """Runs one plugin operation for one target: context, runner, deadline, durable plugin state."""
+
+    def __init__(self, env: RunEnv) -> None:
+        self.env = env
+        self._lock = threading.Lock()
+        self._runners: dict[tuple[str, str], Runner] = {}
+        self._loaded: dict[str, LoadedPlugin] = {}
+        self._sessions: dict[str, TargetSession] = {}
+        self._active: set[HostContext] = set()
+
+    # -- resources ------------------------------------------------------------------
+    def session(self, target: str) -> TargetSession:
+        with self._lock:
+            if target not in self._sessions:
+                spec = self.env.config["targets"][target]
+                self._sessions[target] = open_session(target, spec, self.env.config)
+            return self._sessions[target]
+
+    def _runner(self, plugin: PluginEntry, target: str) -> Runner:
+        with self._lock:
+            key = (plugin.name, target)
+            if key not in self._runners:
+                grace = float(self.env.config["run"]["kill_grace_s"])
+                if plugin.isolation == "thread":
+                    if plugin.name not in self._loaded:
+                        self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
+                    self._runners[key] = ThreadRunner(self._loaded[plugin.name], grace_s=grace)
+                elif plugin.isolation == "process":
+                    policy = class_policy(self.env.config, plugin.plugin_class)
+                    self._runners[key] = ProcessRunner(
+                        plugin.name, limits=policy.worker_limits(),
+                        logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"), grace_s=grace,
+                        message_limit=int(self.env.config["run"]["worker_message_limit_bytes"]),
+                    )
+                else:
+                    raise RefusedError(f"plugin {plugin.name!r}: isolation {plugin.isolation!r} is not built yet; "
+                                       f"set [class:{plugin.plugin_class.value}] isolation = process")
+            return self._runners[key]
+
+    def close(self) -> None:
+        with self._lock:
+            runners, self._runners = list(self._runners.values()), {}
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for runner in runners:
+            runner.close()
+        for session in sessions:
+            session.close()
+
+    def stop_active(self) -> None:
+        """Ask every call in flight to stop (Ctrl-C, SIGTERM)."""
+        with self._lock:
+            active = list(self._active)
+        for ctx in active:
+            ctx.stop()
+
+    # -- calls ----------------------------------------------------------------------
+    def call(self, target: str, plugin_name: str, op: str, *, stage: Stage | None = None,
+             step: str | None = None, phase: VerifyPhase | None = None, timeout_s: float = 300.0) -> CallOutcome:
+        env = self.env
+        plugin = env.plan.plugin(plugin_name)
+        spec = env.config["targets"][target]
+        with env.state.reading() as body:
+            plugin_state = dict(body["targets"][target]["plugin_state"].get(plugin_name, {}))
+        started = time.monotonic()
+
+        def notify(method: str, args: Mapping[str, Any]) -> None:
+            if method == "progress":
+                env.emit("step.progress", target=target, stage=stage, step=step, plugin=plugin_name,
+                         done=args.get("done"), total=args.get("total"), unit=args.get("unit", ""),
+                         elapsed_s=round(time.monotonic() - started, 3))
+            else:
+                env.emit("plugin.log", target=target, stage=stage, step=step, plugin=plugin_name,
+                         message=str(args.get("message", "")), level=args.get("level", "info"))
+
+        info = target_info(target, spec, env.state.run_id)
+        package = dataclasses.replace(
+            env.package, remote_path=f"{info.install_root}/staging/{os.path.basename(env.package.local_path)}")
+        ctx = HostContext(
+            session=self.session(target), run_id=env.state.run_id, target=info,
+            package=package, config=dict(env.config["plugins"].get(plugin_name, {})), state=plugin_state,
+            notify=notify, cancel=threading.Event(), deadline=time.monotonic() + timeout_s,
+            logger=env.logger.getChild(f"plugin.{plugin_name}.{target}"),
+        )
+        if env.stop.is_set():
+            return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
+        with self._lock:
+            self._active.add(ctx)
+        try:
+            runner = self._runner(plugin, target)
+            outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
+        finally:
+            with self._lock:
+                self._active.discard(ctx)
+        with env.state.mutate() as body:
+            body["targets"][target]["plugin_state"][plugin_name] = outcome.state
+        return outcome
+
+    def plugin_class(self, plugin_name: str) -> PluginClass:
+        return self.env.plan.plugin(plugin_name).plugin_class

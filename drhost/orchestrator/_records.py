@@ -1,0 +1,88 @@
+"""The per-target record inside the run state, and the small helpers that change it durably."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from drhost_hookspecs import Stage
+
+from ..plan import PlannedStep
+from ._env import RunEnv
+
+#: A target in one of these states needs nothing more from this run.
+TERMINAL = ("succeeded", "up_to_date", "rolled_back")
+#: Step record states that mean "it ran, at least partly" — compensations apply to them.
+TOUCHED = ("started", "done", "failed")
+
+
+def new_target_record() -> dict[str, Any]:
+    return {
+        "status": "pending",
+        "phase": "upgrade",
+        "stage": None,
+        "version_before": None,
+        "version": None,
+        "stages": {stage.value: "pending" for stage in Stage.ordered()},
+        "stage_attempts": {stage.value: 0 for stage in Stage.ordered()},
+        "steps": {},
+        "plugin_state": {},
+        "skipped_plugins": {},
+        "errors": [],
+        "cleanups": [],
+        "rollback": {"stages": {}, "steps": {}, "problems": [], "errors": []},
+        "seq": 0,
+    }
+
+
+class TargetRecord:
+    """Durable accessors for one target's record."""
+
+    def __init__(self, env: RunEnv, name: str) -> None:
+        self.env = env
+        self.name = name
+
+    def get(self, *path: str) -> Any:
+        with self.env.state.reading() as body:
+            node: Any = body["targets"][self.name]
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, (dict, list)):
+                import copy
+
+                return copy.deepcopy(node)
+            return node
+
+    def set(self, **fields: Any) -> None:
+        with self.env.state.mutate() as body:
+            body["targets"][self.name].update(fields)
+
+    def set_stage(self, stage: Stage, status: str) -> None:
+        with self.env.state.mutate() as body:
+            record = body["targets"][self.name]
+            record["stages"][stage.value] = status
+            record["stage"] = stage.value
+
+    def step(self, step: PlannedStep) -> dict[str, Any]:
+        found = self.get("steps", step.key)
+        return found if isinstance(found, dict) else {}
+
+    def mark_step(self, step: PlannedStep, status: str, **fields: Any) -> None:
+        with self.env.state.mutate() as body:
+            record = body["targets"][self.name]
+            entry = record["steps"].setdefault(step.key, {"attempts": 0, "runs": 0})
+            if status == "started":
+                record["seq"] += 1
+                entry["seq"] = record["seq"]
+                entry["attempts"] += 1
+                entry["runs"] += 1
+                entry["started"] = time.time()
+                entry.pop("ended", None)
+            elif status in ("done", "failed", "skipped"):
+                entry["ended"] = time.time()
+            entry["status"] = status
+            entry.update(fields)
+
+    def add_error(self, **error: Any) -> None:
+        with self.env.state.mutate() as body:
+            body["targets"][self.name]["errors"].append({"ts": time.time(), **error})

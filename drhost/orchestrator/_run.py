@@ -1,0 +1,195 @@
+"""A run: create or reopen its state, drive every target, and sum up how it ended."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from drhost_hookspecs import ENTRY_POINT_GROUP, PackageInfo
+
+from ..errors import ExitCode, RefusedError
+from ..events import EventBus, Subscriber
+from ..plan import Plan
+from ..state import RunLock, RunState, new_run_id
+from ._env import Decide, Executor, RunEnv
+from ._records import new_target_record
+from ._rollback import RollbackFlow
+from ._target import TargetFlow
+
+RUN_EXIT_CODES = {
+    "succeeded": ExitCode.SUCCEEDED,
+    "rolled_back": ExitCode.ROLLED_BACK,
+    "failed": ExitCode.ROLLBACK_FAILED,
+    "aborted": ExitCode.ABORTED,
+    "interrupted": ExitCode.INTERRUPTED,
+}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run ended: what ``--json`` prints."""
+
+    run_id: str
+    status: str
+    run_dir: Path
+    targets: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def exit_code(self) -> int:
+        return RUN_EXIT_CODES.get(self.status, ExitCode.FAILED)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "run_dir": str(self.run_dir),
+                "targets": {name: dict(t) for name, t in self.targets.items()}}
+
+
+def run_status(target_statuses: Sequence[str]) -> str:
+    statuses = set(target_statuses)
+    if statuses <= {"succeeded", "up_to_date"}:
+        return "succeeded"
+    if "interrupted" in statuses or "pending" in statuses or "running" in statuses or "rolling_back" in statuses:
+        return "interrupted"
+    if statuses & {"rollback_failed", "failed"}:
+        return "failed"
+    if "aborted" in statuses:
+        return "aborted"
+    return "rolled_back"
+
+
+def package_for(package: PackageInfo) -> dict[str, Any]:
+    data = dataclasses.asdict(package)
+    data["upgrades_from"] = list(package.upgrades_from)
+    data["manifest"] = dict(package.manifest)
+    return data
+
+
+def create_run(*, config: Mapping[str, Any], config_files: Sequence[str], plan: Plan, package: PackageInfo,
+               extra: Mapping[str, Any] | None = None) -> RunState:
+    """Write the run's first checkpoint: everything a resume needs, before anything is touched."""
+    body = {
+        "created": time.time(),
+        "status": "created",
+        "config": dict(config),
+        "config_files": list(config_files),
+        "package": package_for(package),
+        "plan": plan.to_json(),
+        "targets": {name: new_target_record() for name in sorted(config["targets"])},
+        **(extra or {}),
+    }
+    return RunState.create(new_run_id(), body)
+
+
+def _check_plugins_present(plan: Plan) -> list[str]:
+    installed = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    missing = [p.name for p in plan.plugins if p.name not in installed]
+    if missing:
+        raise RefusedError(f"plugins of this run are no longer installed: {', '.join(missing)}; reinstall them "
+                           f"(the run's plan needs them to resume or roll back)")
+    changed = []
+    for plugin in plan.plugins:
+        dist = getattr(installed[plugin.name], "dist", None)
+        if dist is not None and dist.version != plugin.version:
+            changed.append(f"{plugin.name} {plugin.version} -> {dist.version}")
+    return changed
+
+
+@contextlib.contextmanager
+def _signals_stop(env: RunEnv, executor: Executor) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the current steps safely; the state stays resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not env.stop.is_set():
+            env.stop.set()
+            env.emit("run.stopping", message=f"{signal.Signals(signum).name} received: stopping the current steps")
+            executor.stop_active()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _debug_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "debug.log", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    (run_dir / "debug.log").chmod(0o600)
+    return handler
+
+
+def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[Subscriber] = (),
+          after: Callable[[RunState, str], None] | None = None) -> RunSummary:
+    """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run."""
+    lock = RunLock(state.run_dir)
+    lock.acquire()
+    logger = logging.getLogger(f"drhost.run.{state.run_id}")
+    logger.setLevel(logging.DEBUG)
+    handler = _debug_log(state.run_dir)
+    logger.addHandler(handler)
+    bus = EventBus()
+    journal = state.journal()
+    bus.subscribe(journal)
+    bus.subscribe(lambda e: logger.info("%s %s", e.event, e.to_json()))
+    for subscriber in subscribers:
+        bus.subscribe(subscriber)
+    plan = Plan.from_json(state.get("plan"))
+    body = state.snapshot()
+    package = PackageInfo(**{**body["package"], "upgrades_from": tuple(body["package"]["upgrades_from"])})
+    env = RunEnv(state=state, plan=plan, config=body["config"], package=package, bus=bus, decide=decide,
+                 logger=logger)
+    executor = Executor(env)
+    try:
+        if state.recovered_from:
+            env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
+                                                f"{state.recovered_from}")
+        if mode != "upgrade":
+            for change in _check_plugins_present(plan):
+                env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
+        with state.mutate() as b:
+            b["status"] = "running" if mode != "rollback" else "rolling_back"
+        env.emit("run.started", mode=mode, targets=sorted(body["targets"]), package=package.version,
+                 steps=len(plan.steps), run_dir=str(state.run_dir))
+        forks = int(env.config["run"]["forks"])
+
+        def one(name: str) -> str:
+            if mode == "rollback":
+                with state.mutate() as b:
+                    if b["targets"][name]["status"] in ("rolled_back", "up_to_date"):
+                        return str(b["targets"][name]["status"])
+                return RollbackFlow(env, executor, name).run()
+            return TargetFlow(env, executor, name).run()
+
+        with _signals_stop(env, executor), ThreadPoolExecutor(max_workers=forks, thread_name_prefix="target") as pool:
+            results = dict(zip(sorted(body["targets"]), pool.map(one, sorted(body["targets"])), strict=True))
+        status = run_status(list(results.values()))
+        with state.mutate() as b:
+            b["status"] = status
+            b["finished"] = time.time()
+            targets = {n: {"status": t["status"], "version": t.get("version") or t.get("version_before")}
+                       for n, t in b["targets"].items()}
+        env.emit("run.finished", status=status, targets=targets)
+        if after is not None:
+            after(state, status)
+        return RunSummary(state.run_id, status, state.run_dir, targets)
+    finally:
+        executor.close()
+        journal.close()
+        logger.removeHandler(handler)
+        handler.close()
+        lock.release()

@@ -1,0 +1,320 @@
+"""One target's way through the five stages: steps, retries, cleanup and the failure decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drhost_hookspecs import Stage, VerifyPhase
+
+from ..plan import PlannedStep
+from ..policy import class_policy, retry_wait_s, stage_policy
+from ..supervisor import CallOutcome
+from ._env import Executor, RunEnv
+from ._records import TERMINAL, TOUCHED, TargetRecord
+from ._rollback import RollbackFlow
+
+_VERIFY_TIMEOUT_S = 120.0
+_PROBE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    """Why a stage failed, and what a retry of it must do first."""
+
+    message: str
+    step: PlannedStep | None = None
+    plugin: str | None = None
+    needs_cleanup: bool = False
+    #: Found started-but-unfinished after a crash: cleanup and restart, no question asked.
+    interrupted: bool = False
+    #: A hung in-process thread: retrying next to it is unsafe.
+    force_rollback: bool = False
+
+
+class TargetFlow:
+    def __init__(self, env: RunEnv, executor: Executor, name: str) -> None:
+        self.env = env
+        self.executor = executor
+        self.name = name
+        self.record = TargetRecord(env, name)
+
+    def _emit(self, event: str, **kwargs: object) -> None:
+        self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
+
+    # -- the whole target -------------------------------------------------------------
+    def run(self) -> str:
+        status = self.record.get("status")
+        if status in TERMINAL:
+            return str(status)
+        if self.record.get("phase") == "rollback":
+            return self._rollback()
+        self.record.set(status="running")
+        self._emit("target.started")
+        if self.record.get("version_before") is None:
+            version = self.probe_version()
+            self.record.set(version_before=version)
+            if version == self.env.package.version and not self.record.get("steps"):
+                self.record.set(status="up_to_date", version=version, phase="done")
+                self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
+                return "up_to_date"
+        for stage in Stage.ordered():
+            if self.record.get("stages", stage.value) == "completed":
+                continue
+            result = self._run_stage_with_policy(stage)
+            if result != "completed":
+                return result
+        version = self.probe_version()
+        self.record.set(status="succeeded", version=version, phase="done")
+        self._emit("target.succeeded", version=version)
+        return "succeeded"
+
+    def probe_version(self) -> str | None:
+        for plugin in self.env.plan.plugins_with("drhost_installed_version"):
+            outcome = self.executor.call(self.name, plugin.name, "installed_version", timeout_s=_PROBE_TIMEOUT_S)
+            if outcome.ok and outcome.result:
+                return str(outcome.result)
+        return None
+
+    # -- one stage, with its failure policy -------------------------------------------------
+    def _run_stage_with_policy(self, stage: Stage) -> str:
+        while True:
+            if self.env.stop.is_set():
+                return self._interrupted()
+            self.record.set_stage(stage, "running")
+            self._emit("stage.started", stage=stage)
+            failure = self._run_stage(stage)
+            if failure is None:
+                failure = self._verify_completed(stage)
+                if failure is None:
+                    self.record.set_stage(stage, "completed")
+                    self._emit("stage.completed", stage=stage)
+                    return "completed"
+            if isinstance(failure, str):
+                return self._interrupted() if failure == "interrupted" else self._up_to_date()
+            self.record.set_stage(stage, "failed")
+            self._emit("stage.failed", stage=stage, step=failure.step.name if failure.step else None,
+                       plugin=failure.plugin, message=failure.message)
+            if failure.interrupted:
+                if not self._prepare_retry(stage, failure):
+                    return self._rollback()
+                continue
+            decision = self._decide(stage, failure)
+            if decision == "retry" and self._prepare_retry(stage, failure):
+                continue
+            if decision == "abort":
+                self.record.set(status="aborted")
+                self._emit("target.aborted", stage=stage, message=failure.message)
+                return "aborted"
+            return self._rollback()
+
+    def _decide(self, stage: Stage, failure: StageFailure) -> str:
+        if failure.force_rollback:
+            self._emit("decision", stage=stage, decision="rollback", message="a hung in-process step forces rollback")
+            return "rollback"
+        decision = self.env.decide(self.name, stage, failure.message)
+        if decision == "retry":
+            limit = int(self.env.config["run"]["stage_retries"])
+            used = int(self.record.get("stage_attempts", stage.value) or 0)
+            if used >= limit:
+                self._emit("decision", stage=stage, decision="rollback",
+                           message=f"stage retried {used} time(s), the limit of run.stage_retries; rolling back")
+                return "rollback"
+        self._emit("decision", stage=stage, decision=decision, message=failure.message)
+        return decision
+
+    def _prepare_retry(self, stage: Stage, failure: StageFailure) -> bool:
+        """Make the stage ready to run again; False when its cleanup failed."""
+        with self.env.state.mutate() as body:
+            record = body["targets"][self.name]
+            record["stage_attempts"][stage.value] += 0 if failure.interrupted else 1
+        policy = stage_policy(self.env.config, stage)
+        restart_whole = policy.restart == "stage" or failure.needs_cleanup or failure.step is None
+        if policy.restart == "cleanup_then_stage" and (failure.needs_cleanup or failure.step is None):
+            if not self.cleanup_stage(stage):
+                return False
+        self._emit("stage.retry", stage=stage, message="restarting the stage from its first step" if restart_whole
+                   else f"retrying step {failure.step.name if failure.step else ''}")
+        with self.env.state.mutate() as body:
+            steps = body["targets"][self.name]["steps"]
+            for step in self.env.plan.stage_steps(stage):
+                entry = steps.get(step.key)
+                if entry is None:
+                    continue
+                if restart_whole or (failure.step is not None and step.key == failure.step.key):
+                    if entry.get("status") != "skipped" or restart_whole:
+                        entry["status"] = "pending"
+        return True
+
+    def cleanup_stage(self, stage: Stage) -> bool:
+        """Full environment cleanup: step cleanups last-run-first, then plugin-wide cleanup hooks."""
+        steps = self.record.get("steps") or {}
+        touched = [s for s in self.env.plan.stage_steps(stage) if steps.get(s.key, {}).get("status") in TOUCHED]
+        touched.sort(key=lambda s: steps[s.key].get("seq", 0), reverse=True)
+        errors: list[str] = []
+        self._emit("stage.cleanup_started", stage=stage, steps=[s.name for s in touched])
+        for step in touched:
+            if not step.has_cleanup:
+                continue
+            outcome = self.executor.call(self.name, step.plugin, "cleanup_step", stage=stage, step=step.name,
+                                         timeout_s=step.timeout_s)
+            self._emit("step.cleanup", stage=stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
+                       message=outcome.message)
+            if outcome.ok:
+                self.record.mark_step(step, "cleaned")
+            else:
+                errors.append(f"{step.label}: {outcome.message}")
+        for plugin in reversed(self._plugins_in(stage, touched)):
+            if "drhost_cleanup" not in self.env.plan.plugin(plugin).hooks:
+                continue
+            outcome = self.executor.call(self.name, plugin, "cleanup", stage=stage, timeout_s=_VERIFY_TIMEOUT_S)
+            if not outcome.ok:
+                errors.append(f"{plugin} drhost_cleanup: {outcome.message}")
+        with self.env.state.mutate() as body:
+            import time
+
+            body["targets"][self.name]["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
+        self._emit("stage.cleanup_finished", stage=stage, errors=errors)
+        return not errors
+
+    def _plugins_in(self, stage: Stage, steps: list[PlannedStep]) -> list[str]:
+        names = {s.plugin for s in steps}
+        return [p.name for p in self.env.plan.plugins if p.name in names]
+
+    # -- steps --------------------------------------------------------------------------
+    def _run_stage(self, stage: Stage) -> StageFailure | str | None:
+        skipped = self.record.get("skipped_plugins") or {}
+        for step in self.env.plan.stage_steps(stage):
+            if self.env.stop.is_set():
+                return "interrupted"
+            entry = self.record.step(step)
+            status = entry.get("status")
+            if status in ("done", "skipped"):
+                continue
+            if step.plugin in skipped:
+                self.record.mark_step(step, "skipped", message=f"plugin skipped: {skipped[step.plugin]}")
+                self._emit("step.skipped", stage=stage, step=step.name, plugin=step.plugin,
+                           message="plugin was skipped earlier in this run")
+                continue
+            if status == "started" and not step.retryable:
+                message = "found started but not finished (the controller stopped mid-step); not retryable"
+                self.record.mark_step(step, "failed", message=message)
+                self._emit("step.interrupted", stage=stage, step=step.name, plugin=step.plugin, message=message)
+                return StageFailure(message, step, step.plugin, needs_cleanup=True, interrupted=True)
+            outcome = self._execute(step)
+            failure = self._apply_outcome(step, outcome)
+            if failure is not None:
+                return failure
+        return None
+
+    def _execute(self, step: PlannedStep) -> CallOutcome:
+        policy = class_policy(self.env.config, step.plugin_class)
+        attempts = policy.attempts if step.retryable else 1
+        outcome = CallOutcome("failed", message="not run")
+        for attempt in range(1, attempts + 1):
+            self.record.mark_step(step, "started", attempt=attempt)
+            self._emit("step.started", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
+                       attempts=attempts, timeout_s=step.timeout_s, retryable=step.retryable,
+                       isolation=step.isolation)
+            outcome = self.executor.call(self.name, step.plugin, "run_step", stage=step.stage, step=step.name,
+                                         timeout_s=step.timeout_s)
+            if outcome.ok:
+                self.record.mark_step(step, "done", duration_s=round(outcome.duration_s, 3))
+                self._emit("step.completed", stage=step.stage, step=step.name, plugin=step.plugin,
+                           duration_s=round(outcome.duration_s, 3), attempt=attempt)
+                return outcome
+            if outcome.ended in ("skipped", "up_to_date"):
+                return outcome
+            if outcome.ended == "cancelled" and self.env.stop.is_set():
+                # Left as "started": a resume treats it as interrupted mid-step.
+                self._emit("step.interrupted", stage=step.stage, step=step.name, plugin=step.plugin,
+                           message="stopped by the operator")
+                return outcome
+            self.record.mark_step(step, "failed", message=outcome.message, ended_as=outcome.ended)
+            retry = (attempt < attempts and step.retryable and outcome.retryable
+                     and not outcome.detail.get("hung_thread"))
+            wait = retry_wait_s(policy, self.env.config) if retry else 0.0
+            self._emit("step.failed", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
+                       attempts=attempts, ended=outcome.ended, retrying_in_s=wait if retry else None,
+                       message=outcome.message, duration_s=round(outcome.duration_s, 3),
+                       timeout_s=step.timeout_s, category=step.category.value)
+            if not retry:
+                break
+            if self.env.stop.wait(wait):
+                return CallOutcome("cancelled", message="run is stopping")
+        return outcome
+
+    def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | str | None:
+        if outcome.ok:
+            return None
+        if outcome.ended == "skipped":
+            self.record.mark_step(step, "skipped", message=outcome.message)
+            self._emit("step.skipped", stage=step.stage, step=step.name, plugin=step.plugin, message=outcome.message)
+            return None
+        if outcome.ended == "up_to_date":
+            self.record.mark_step(step, "done", message=outcome.message)
+            return "up_to_date"
+        if outcome.ended == "cancelled" and self.env.stop.is_set():
+            return "interrupted"
+        policy = class_policy(self.env.config, step.plugin_class)
+        if policy.on_failure == "skip_plugin":
+            with self.env.state.mutate() as body:
+                body["targets"][self.name]["skipped_plugins"][step.plugin] = f"{step.label}: {outcome.message}"
+            self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin,
+                                  message=outcome.message, action="plugin skipped")
+            self._emit("plugin.skipped", stage=step.stage, step=step.name, plugin=step.plugin,
+                       message=f"{step.plugin} ({step.plugin_class.value}) skipped for the rest of the run: "
+                               f"{outcome.message}")
+            return None
+        if policy.on_failure == "continue":
+            self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin,
+                                  message=outcome.message, action="recorded")
+            self._emit("plugin.error_recorded", stage=step.stage, step=step.name, plugin=step.plugin,
+                       message=f"{step.plugin} ({step.plugin_class.value}) failed; error recorded, upgrade continues: "
+                               f"{outcome.message}")
+            return None
+        self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
+                              action="stage failed")
+        return StageFailure(
+            f"{step.label} {outcome.ended}: {outcome.message}", step, step.plugin,
+            needs_cleanup=not (step.retryable and outcome.retryable),
+            force_rollback=bool(outcome.detail.get("hung_thread")),
+        )
+
+    def _verify_completed(self, stage: Stage) -> StageFailure | None:
+        skipped = self.record.get("skipped_plugins") or {}
+        problems: list[str] = []
+        for plugin in self.env.plan.plugins_with("drhost_verify"):
+            if plugin.name in skipped:
+                continue
+            outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage, phase=VerifyPhase.COMPLETED,
+                                         timeout_s=_VERIFY_TIMEOUT_S)
+            found = list(outcome.result or []) if outcome.ok else [f"verification did not run: {outcome.message}"]
+            if not found:
+                continue
+            if class_policy(self.env.config, plugin.plugin_class).on_failure == "abort":
+                problems.extend(f"{plugin.name}: {p}" for p in found)
+            else:
+                self.record.add_error(stage=stage.value, plugin=plugin.name, message="; ".join(found),
+                                      action="recorded")
+        if not problems:
+            return None
+        self._emit("stage.verify_failed", stage=stage, problems=problems)
+        return StageFailure("verification failed: " + "; ".join(problems), None, None, needs_cleanup=True)
+
+    # -- endings ----------------------------------------------------------------------------
+    def _interrupted(self) -> str:
+        self.record.set(status="interrupted")
+        self._emit("target.interrupted")
+        return "interrupted"
+
+    def _up_to_date(self) -> str:
+        version = self.probe_version() or self.env.package.version
+        self.record.set(status="up_to_date", version=version, phase="done")
+        self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
+        return "up_to_date"
+
+    def _rollback(self) -> str:
+        result = RollbackFlow(self.env, self.executor, self.name).run()
+        if result == "rolled_back":
+            self.record.set(version=self.probe_version())
+        return result
