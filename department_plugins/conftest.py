@@ -213,3 +213,24 @@ def with_package(package: PackageInfo, **changes: Any) -> PackageInfo:
 
 
 PRE_UPGRADE = (Stage.PRECHECK, Stage.BACKUP, Stage.TRANSFER)
+
+
+def check_declaration(entry_point: str, department: str, plugin_class: str) -> LoadedPlugin:
+    """Assert the rules every department plugin's declaration must follow; return the loaded plugin."""
+    import jsonschema
+
+    plugin = LoadedPlugin.from_entry_point(entry_point)
+    info = plugin.info
+    assert (info.name, info.department, str(info.plugin_class)) == (entry_point, department, plugin_class)
+    schema = plugin.config_schema()
+    assert schema is not None
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert not jsonschema.Draft202012Validator(schema).is_valid({"no_such_key": 1})
+    for stage, steps in plugin.describe()["steps"].items():
+        for step in steps:
+            where = f"{entry_point} {stage}/{step['name']}"
+            assert step["timeout_key"] == f"{stage}.{step['name']}", where
+            assert step["description"], where
+            if not step["retryable"]:
+                assert step["has_cleanup"] and step["has_rollback"], where
+    return plugin

@@ -60,7 +60,7 @@ def drhost_stage_steps(stage: Stage, register: Callable[[Step], None]) -> None:
 @hookimpl
 def drhost_rollback(stage: Stage, ctx: Context) -> None:
     # A safety net behind the step's own rollback: restores only when the catalog differs.
-    if stage is Stage.UPGRADE:
+    if stage is Stage.UPGRADE and ctx.state.get(t.MIGRATION_STARTED):
         steps.restore_database(ctx)
 
 

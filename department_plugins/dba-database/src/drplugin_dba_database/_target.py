@@ -14,6 +14,7 @@ OLD_VERSION = "old_version"
 OLD_SCHEMA = "old_schema"
 SNAPSHOT = "tables"
 DB_BACKUP = "db_backup"
+MIGRATION_STARTED = "migration_started"
 
 
 def root(ctx: Context) -> str:

@@ -58,6 +58,8 @@ def upgrade_db_schema(ctx: Context) -> None:
     if not ctx.exists(new_tool[0]):
         raise StepFailed(f"{new_tool[0]} missing: program files of {ctx.package.version} not installed",
                          retryable=False)
+    # Recorded before the catalog is touched: from here on a rollback has something to undo.
+    ctx.state[t.MIGRATION_STARTED] = True
     result: dict[str, Any] = t.db_json(ctx, "migrate", "--to", str(wanted), version=ctx.package.version)
     found = _schema(ctx)
     if found != wanted:

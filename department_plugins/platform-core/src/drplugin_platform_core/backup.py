@@ -16,6 +16,7 @@ def _sha256(ctx: Context, file: str) -> str:
 
 
 def backup_program_files(ctx: Context) -> None:
+    """Archive of the running release and etc/ in the run's backup directory, sha256 recorded."""
     old = t.require_old_version(ctx)
     directory = t.backup_dir(ctx)
     archive = posixpath.join(directory, ARCHIVE_NAME)

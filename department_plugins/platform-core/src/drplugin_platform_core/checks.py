@@ -17,6 +17,7 @@ def healthy_at(ctx: Context, version: str) -> list[str]:
 
 
 def check_new_version_healthy(ctx: Context) -> None:
+    """drproduct answers health ok with the package's version."""
     problems = healthy_at(ctx, ctx.package.version)
     if problems:
         raise StepFailed("; ".join(problems))

@@ -46,6 +46,7 @@ def restore_ini(ctx: Context) -> None:
 
 
 def update_licence(ctx: Context) -> None:
+    """Licence re-issued for the new release's series, licensee kept."""
     series = str(ctx.config.get("licence_series") or series_of(ctx.package.version))
     ctx.run([*t.tool(ctx, "drproduct-license", ctx.package.version), "issue", "--series", series])
     _, shown = t.run_json(ctx, [*t.tool(ctx, "drproduct-license", ctx.package.version), "show"], check=False)
@@ -93,6 +94,7 @@ def init_log_files(ctx: Context) -> None:
 
 
 def set_permissions(ctx: Context) -> None:
+    """Config, licence and catalog readable by the service only."""
     for relative, mode in PERMISSIONS:
         target = t.path(ctx, relative)
         if ctx.exists(target):

@@ -8,6 +8,7 @@ from . import _target as t
 
 
 def check_installed_version(ctx: Context) -> None:
+    """The installed version is one the package upgrades from; it is recorded."""
     installed = t.current_version(ctx)
     if installed is None:
         raise StepFailed(f"no drproduct installed: {t.path(ctx, 'current', 'VERSION')} is missing", retryable=False)
@@ -34,6 +35,7 @@ def parse_df_available(output: str) -> int:
 
 
 def check_disk_space(ctx: Context) -> None:
+    """Enough free space under the install root for the package's required_free_bytes."""
     required = int(ctx.package.manifest.get("required_free_bytes", 0)) + int(ctx.config.get("free_margin_bytes", 0))
     output = ctx.run(["df", "-Pk", t.root(ctx)]).stdout
     try:
@@ -50,6 +52,7 @@ def check_disk_space(ctx: Context) -> None:
 
 
 def check_service_healthy(ctx: Context) -> None:
+    """drproduct answers health ok before anything changes."""
     code, body = t.health(ctx)
     ctx.state[t.SERVICE_WAS_RUNNING] = code != 3
     if code == 0:

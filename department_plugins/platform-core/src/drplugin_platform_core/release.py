@@ -29,6 +29,7 @@ def switch_current(ctx: Context, version: str) -> None:
 
 
 def install_program_files(ctx: Context) -> None:
+    """New release copied from staging to releases/<V>, then current switched to it."""
     new = ctx.package.version
     old = t.require_old_version(ctx)
     payload = posixpath.join(t.staging_dir(ctx), "payload")

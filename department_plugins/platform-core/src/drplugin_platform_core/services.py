@@ -32,10 +32,12 @@ def start(ctx: Context, version: str | None = None) -> None:
 
 
 def stop_services(ctx: Context) -> None:
+    """drproduct stopped (nothing to do when it is not running)."""
     stop(ctx)
 
 
 def start_services(ctx: Context) -> None:
+    """The registered release started and answering health ok."""
     start(ctx)
     code, body = t.health(ctx)
     if code != 0:
@@ -48,6 +50,7 @@ def start_old(ctx: Context) -> None:
 
 
 def register_services(ctx: Context) -> None:
+    """Service registration rewritten for the new release."""
     ctx.run([*t.tool(ctx, "drproductctl", ctx.package.version), "register"])
     found = t.registered_version(ctx)
     if found != ctx.package.version:

@@ -15,6 +15,7 @@ def _sha256(ctx: Context, file: str) -> str:
 
 
 def upload_package(ctx: Context) -> None:
+    """Package copied to the target and its sha256 checked there."""
     remote = ctx.package.remote_path
     # A package already there with the right checksum (an earlier attempt) is not sent again.
     if ctx.exists(remote) and _sha256(ctx, remote) == ctx.package.sha256:
@@ -54,6 +55,7 @@ def verify_tree(ctx: Context, directory: str, files: list[dict[str, object]]) ->
 
 
 def unpack_package(ctx: Context) -> None:
+    """Package unpacked into staging/<V>/, every manifest file checked."""
     final = t.staging_dir(ctx)
     partial = final + ".partial"
     # Unpacked beside the final name and renamed only once verified: a staging
