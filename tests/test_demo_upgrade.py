@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,10 +66,8 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
         yield state_dir, run_json(proc)
     finally:
         for pid in _pids_under(state_dir):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_every_target_succeeds_at_new_version(kept_run: tuple[Path, dict[str, Any]]) -> None:
@@ -115,7 +114,7 @@ def test_job_rows_survive_and_replicas_exist(kept_run: tuple[Path, dict[str, Any
 
 def test_events_have_required_fields(kept_run: tuple[Path, dict[str, Any]]) -> None:
     """Every journal line has ts/event/run_id; step events also name target, stage, step and plugin."""
-    state_dir, summary = kept_run
+    _state_dir, summary = kept_run
     events = read_events(Path(summary["run_dir"]))
     assert events, "empty journal"
     step_events = 0
