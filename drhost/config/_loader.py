@@ -188,8 +188,17 @@ def parse_override(text: str, root_schema: Mapping[str, Any]) -> tuple[Path_, An
     return path, coerce(raw, _schema_at(root_schema, path), origin), origin
 
 
+def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
+    instance: Any = error.instance
+    schema_: Any = error.schema
+    return sorted(set(instance) - set(schema_.get("properties", {})))
+
+
 def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
-    validator, value = error.validator, error.validator_value
+    validator = error.validator
+    value: Any = error.validator_value
+    instance: Any = error.instance
+    schema_: Any = error.schema
     if validator == "type":
         return f"a value of type {value}", error.instance
     if validator == "enum":
@@ -198,8 +207,8 @@ def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[str(validator)]
         return f"a number {op} {value}", error.instance
     if validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        allowed = ", ".join(sorted(error.schema.get("properties", {}))) or "none"
+        extra = _unknown_keys(error)
+        allowed = ", ".join(sorted(schema_.get("properties", {}))) or "none"
         return f"only known keys ({allowed})", f"<unknown key {', '.join(extra)}>"
     if validator == "required":
         return f"key {error.message.split(' is a required')[0]}", "<nothing>"
@@ -216,8 +225,7 @@ def validate(config: LoadedConfig, root_schema: Mapping[str, Any]) -> None:
         error = jsonschema.exceptions.best_match(errors)
         path = tuple(str(p) for p in error.absolute_path)
         if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            path = (*path, extra[0])
+            path = (*path, _unknown_keys(error)[0])
         elif error.validator in ("pattern", "propertyNames") and isinstance(error.instance, str):
             path = (*path, error.instance)
         expected, found = _describe_expected(error)
@@ -270,7 +278,6 @@ def validate_plugin_section(config: LoadedConfig, plugin: str, plugin_schema: Ma
         error = jsonschema.exceptions.best_match(errors)
         path = ("plugins", plugin, *(str(p) for p in error.absolute_path))
         if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            path = (*path, extra[0])
+            path = (*path, _unknown_keys(error)[0])
         expected, found = _describe_expected(error)
         raise ConfigError(config.origin(path), expected, found)

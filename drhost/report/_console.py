@@ -31,7 +31,8 @@ def describe(event: Event) -> str:
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
     name = event.event
     if name == "step.started":
-        text = f"{where}{who} started (attempt {d.get('attempt')}/{d.get('attempts')}, timeout {d.get('timeout_s'):g} s)"
+        attempt = f"attempt {d.get('attempt')}/{d.get('attempts')}"
+        text = f"{where}{who} started ({attempt}, timeout {d.get('timeout_s'):g} s)"
     elif name == "step.completed":
         text = f"{where}{who} done in {d.get('duration_s', 0):.1f} s"
     elif name == "step.failed":

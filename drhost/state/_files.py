@@ -78,7 +78,7 @@ class StateFile:
 
     def read(self) -> tuple[dict[str, Any], str | None]:
         """Return the body and, when the newest generation was unusable, why it was skipped."""
-        problems = []
+        problems: list[str] = []
         for candidate in (self.path, self.previous):
             try:
                 return decode_state(candidate, candidate.read_bytes()), ("; ".join(problems) or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ class ThreadRunner:
         def target() -> None:
             try:
                 box["result"] = self._plugin.invoke(op, ctx, stage=stage, step=step, phase=phase, in_process=True)
-            except BaseException as exc:  # noqa: BLE001 - plugin failures become outcomes
+            except BaseException as exc:
                 box["error"] = error_to_json(exc)
 
         thread = threading.Thread(target=target, name=f"plugin-{self._plugin.entry_point}-{step or op}", daemon=True)
@@ -213,10 +214,8 @@ class ProcessRunner:
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._send({"type": "shutdown"})
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=self._grace)
-            except subprocess.TimeoutExpired:
-                pass
         self._kill()
 
     @property
@@ -316,7 +315,7 @@ class ProcessRunner:
         try:
             result = ctx.dispatch(str(message["method"]), message.get("args") or {})
             reply: dict[str, Any] = {"type": "reply", "id": message["id"], "result": result}
-        except BaseException as exc:  # noqa: BLE001 - the worker decides what the error means
+        except BaseException as exc:
             reply = {"type": "reply", "id": message["id"], "error": error_to_json(exc)}
         try:
             self._send(reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -30,10 +31,8 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
             proc.wait(timeout=grace_s if sig == signal.SIGTERM else 10)
             if sig == signal.SIGTERM:
                 # The leader left; make sure nothing it started stays behind.
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             break
         except subprocess.TimeoutExpired:
             continue

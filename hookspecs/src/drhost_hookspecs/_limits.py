@@ -30,7 +30,7 @@ def apply_limits(limits: dict[str, Any], pid: int) -> dict[str, Any]:
         value = limits.get(key)
         if value is None:
             continue
-        soft, hard = resource.getrlimit(which)
+        _soft, hard = resource.getrlimit(which)
         wanted = int(value)
         if hard != resource.RLIM_INFINITY:
             wanted = min(wanted, hard)

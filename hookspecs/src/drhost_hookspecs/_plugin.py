@@ -105,9 +105,8 @@ class LoadedPlugin:
     @property
     def hooks(self) -> list[str]:
         """Names of the hooks this plugin implements."""
-        return sorted(
-            name for name in dir(self._pm.hook) if not name.startswith("_") and getattr(self._pm.hook, name).get_hookimpls()
-        )
+        hook = self._pm.hook
+        return sorted(name for name in dir(hook) if not name.startswith("_") and getattr(hook, name).get_hookimpls())
 
     def config_schema(self) -> dict[str, Any] | None:
         schema = self._pm.hook.drhost_config_schema()

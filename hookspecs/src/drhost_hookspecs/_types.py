@@ -118,8 +118,8 @@ class Step:
             raise ValueError(f"step name {self.name!r}: expected letters, digits, '_' or '-'")
         if self.timeout_s <= 0:
             raise ValueError(f"step {self.name!r}: timeout_s must be > 0, got {self.timeout_s!r}")
-        if not isinstance(self.category, Category):
-            object.__setattr__(self, "category", Category(self.category))
+        # Accept "database" as well as Category.DATABASE from plugin authors.
+        object.__setattr__(self, "category", Category(self.category))
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ class Worker:
                 in_process=False,
                 memory_limit_bytes=self._memory_limit,
             )
-        except BaseException as exc:  # noqa: BLE001 - everything a plugin raises goes to the host
+        except BaseException as exc:
             self._channel.send({"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)})
         else:
             self._channel.send({"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)})
@@ -193,7 +193,7 @@ class Worker:
                 try:
                     self._channel.send({"type": "result", "id": message["id"], "result": self._plugin.describe(),
                                         "state": {}})
-                except BaseException as exc:  # noqa: BLE001 - reported, never raised
+                except BaseException as exc:
                     self._channel.send({"type": "error", "id": message["id"], "error": error_to_json(exc),
                                         "state": {}})
             elif kind == "call":
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         applied = apply_limits(limits, os.getpid())
         plugin = LoadedPlugin.from_entry_point(args[0])
-    except BaseException as exc:  # noqa: BLE001 - a broken plugin is reported, never raised
+    except BaseException as exc:
         channel.send({"type": "fatal", "error": error_to_json(exc)})
         return 3
     channel.send({"type": "hello", "pid": os.getpid(), "protocol": PROTOCOL_VERSION, "limits": applied,

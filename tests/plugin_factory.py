@@ -1,0 +1,39 @@
+"""Make throwaway plugin distributions on disk (a module plus a dist-info with an entry point)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+PRELUDE = """
+from drhost_hookspecs import Category, PluginClass, PluginInfo, Stage, Step, hookimpl
+"""
+
+
+def make_plugin(site: Path, name: str, source: str, *, module: str | None = None, version: str = "0.1") -> Path:
+    """Write module ``module`` (default: ``name`` with '-' as '_') and register it as plugin ``name``."""
+    module = module or name.replace("-", "_")
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(PRELUDE + textwrap.dedent(source))
+    dist = site / f"{module}-{version}.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[drhost.plugins]\n{name} = {module}\n")
+    return site
+
+
+def simple_plugin(name: str, plugin_class: str = "business", step_body: str = "pass") -> str:
+    """Source of a valid plugin with one upgrade step whose body is ``step_body``."""
+    return f"""
+@hookimpl
+def drhost_plugin_info():
+    return PluginInfo(name={name!r}, department="test", plugin_class=PluginClass({plugin_class!r}))
+
+def work(ctx):
+{textwrap.indent(textwrap.dedent(step_body), '    ')}
+
+@hookimpl
+def drhost_stage_steps(stage, register):
+    if stage is Stage.UPGRADE:
+        register(Step("work", work, retryable=True, timeout_s=30, category=Category.PLUGIN, order=99))
+"""

@@ -1,0 +1,121 @@
+"""The JSON-lines channel to a sandboxed worker: a misbehaving worker is a failed plugin, never a failed host."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from drhost.supervisor import ProcessRunner
+from worker_helpers import fake_worker, make_context
+
+LOG = logging.getLogger("test.worker")
+
+
+def runner_for(tmp_path: Path, body: str, **kwargs: object) -> ProcessRunner:
+    return ProcessRunner("fake", limits={}, logger=LOG, grace_s=0.5, command=fake_worker(tmp_path, body),
+                         **kwargs)  # type: ignore[arg-type]
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+
+
+def test_garbage_on_stdout_fails_the_call(tmp_path: Path) -> None:
+    """A worker that writes something that is not JSON ends as a protocol failure and is killed."""
+    runner = runner_for(tmp_path, 'out.write(b"hello there, not json\\n"); out.flush(); import time; time.sleep(60)')
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended == "protocol"
+    assert "not JSON" in outcome.message
+    assert runner.pid is None
+
+
+def test_unknown_message_type_fails_the_call(tmp_path: Path) -> None:
+    """Valid JSON of an unknown shape is rejected too."""
+    runner = runner_for(tmp_path, 'out.write(b\'{"type": "surprise"}\\n\'); out.flush(); import time; time.sleep(60)')
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended == "protocol" and "surprise" in outcome.message
+
+
+def test_oversized_message_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    """A message over the size limit (here a 64 MiB line) is a protocol failure; the host stays small."""
+    import psutil
+
+    runner = runner_for(tmp_path, 'out.write(b\'{"type": "result", "id": 1, "result": "\' + b"x" * (64 * 1024 * 1024) '
+                                  '+ b\'", "state": {}}\\n\'); out.flush()', message_limit=1024 * 1024)
+    before = psutil.Process().memory_info().rss
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=30)
+    grown = psutil.Process().memory_info().rss - before
+    assert outcome.ended == "protocol" and "exceeds the limit" in outcome.message
+    assert grown < 32 * 1024 * 1024
+
+
+def test_exit_mid_message_is_a_crash(tmp_path: Path) -> None:
+    """A worker that dies in the middle of a message ends as crashed, with how it died."""
+    runner = runner_for(tmp_path, 'out.write(b\'{"type": "resu\'); out.flush(); os._exit(9)')
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended in ("crashed", "protocol")
+    assert "exit code 9" in outcome.message or "cut off" in outcome.message
+
+
+def test_silent_worker_is_killed_at_the_deadline(tmp_path: Path) -> None:
+    """A worker that never answers is stopped at the deadline: its whole process group is gone."""
+    runner = runner_for(tmp_path, 'import subprocess, time\nsubprocess.Popen(["sleep", "300"])\ntime.sleep(300)')
+    ctx = make_context(tmp_path)
+    started = time.monotonic()
+    outcome = runner.call("run_step", ctx, timeout_s=1.0)
+    assert outcome.ended == "timeout"
+    assert outcome.detail.get("killed") is True
+    assert time.monotonic() - started < 10
+    assert ctx.cancelled
+
+
+def test_stderr_flood_does_not_block_or_break_the_call(tmp_path: Path) -> None:
+    """A worker flooding stderr (20 MiB) still gets its result through."""
+    body = ('import sys\nfor _ in range(20 * 1024):\n    sys.stderr.write("y" * 1023 + "\\n")\nsys.stderr.flush()\n'
+            'out.write(b\'{"type": "result", "id": 1, "result": 42, "state": {"k": 1}}\\n\'); out.flush()\n'
+            'sys.stdin.readline()\n')
+    runner = runner_for(tmp_path, body)
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=30)
+    assert outcome.ok and outcome.result == 42 and outcome.state == {"k": 1}
+
+
+def test_state_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    """The plugin state a worker returns must be a JSON object."""
+    runner = runner_for(tmp_path, 'out.write(b\'{"type": "result", "id": 1, "result": null, "state": [1]}\\n\');'
+                                  ' out.flush(); sys.stdin.readline()')
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended == "protocol"
+
+
+def test_worker_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    """A worker dying before hello is a crashed call with the reason, and the next call starts a new one."""
+    script = tmp_path / "dies.py"
+    script.write_text("import sys; sys.exit(5)\n")
+    runner = ProcessRunner("fake", limits={}, logger=LOG, grace_s=0.5, command=["python3", str(script)])
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended == "crashed" and "exit code 5" in outcome.message
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert runner.launches == 2
+
+
+@pytest.mark.parametrize("limit", [64 * 1024])
+def test_host_refuses_to_send_oversized_replies(tmp_path: Path, limit: int) -> None:
+    """Requests from the worker are answered; a reply that would exceed the limit becomes an error reply."""
+    big = tmp_path / "big.txt"
+    big.write_text("z" * (8 * 1024 * 1024))
+    body = (f'out.write(json.dumps({{"type": "request", "id": 1, "call_id": 1, "method": "read_text", '
+            f'"args": {{"path": "{big}"}}}}).encode() + b"\\n"); out.flush()\n'
+            'reply = json.loads(sys.stdin.readline())\n'
+            'out.write(json.dumps({"type": "result", "id": 1, "result": "error" in reply, "state": {}}).encode()'
+            ' + b"\\n"); out.flush()\nsys.stdin.readline()\n')
+    runner = runner_for(tmp_path, body)
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=20)
+    assert outcome.ok and outcome.result is True

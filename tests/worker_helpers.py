@@ -1,0 +1,41 @@
+"""Helpers for runner tests: a HostContext on a local directory and misbehaving worker scripts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from drhost.context import HostContext
+from drhost.transport import LocalSession
+from drhost_hookspecs import PackageInfo, TargetInfo
+
+
+def make_context(root: Path, *, package_path: str = "/nonexistent/pkg.tar.gz", timeout_s: float = 30.0,
+                 events: list[tuple[str, Any]] | None = None, config: dict[str, Any] | None = None) -> HostContext:
+    sink = events if events is not None else []
+    return HostContext(
+        session=LocalSession("t"), run_id="run-test",
+        target=TargetInfo(name="t", host="localhost", transport="local", install_root=str(root),
+                          work_dir=str(root / "work")),
+        package=PackageInfo(product="drproduct", version="2.0.0", upgrades_from=("1.0.0",), local_path=package_path,
+                            remote_path=str(root / "staging" / "pkg.tar.gz"), sha256="0" * 64, size=1),
+        config=config or {}, state={}, notify=lambda method, args: sink.append((method, dict(args))),
+        cancel=threading.Event(), deadline=time.monotonic() + timeout_s, logger=logging.getLogger("test"),
+    )
+
+
+HELLO = 'import json, sys, os\nout = sys.stdout.buffer\n' \
+        'out.write(json.dumps({"type": "hello", "pid": os.getpid(), "protocol": 1}).encode() + b"\\n")\nout.flush()\n' \
+        'call = sys.stdin.readline()\n'
+
+
+def fake_worker(tmp_path: Path, body: str) -> list[str]:
+    """A worker that says hello, reads one call, then runs ``body``."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(HELLO + textwrap.dedent(body))
+    return [sys.executable, str(script)]
