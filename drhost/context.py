@@ -74,7 +74,7 @@ class HostContext:
                 argv, timeout=self._remaining(timeout), env=env, cwd=cwd, input=input, cancel=self._cancel
             )
         except CommandStopped as exc:
-            if self._cancel.is_set() or exc.timed_out and timeout is None:
+            if self._cancel.is_set() or (exc.timed_out and timeout is None):
                 raise Cancelled() from None
             raise StepFailed(str(exc)) from None
         except TransportError as exc:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from product_helpers import build_all, repack
 
 from drhost.packaging import PackageError, build_package, read_package, verify_payload
+from product_helpers import build_all, repack
 
 MIB = 1 << 20
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from product_helpers import add_release, build_all, daemon_pids, proc_gone, product_root, switch_current, tool
 
 from drhost.demo import install
+from product_helpers import add_release, build_all, daemon_pids, proc_gone, product_root, switch_current, tool
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from product_helpers import add_release, build_all, product_root, rows, tool, tool_json
 
 SCHEMA1_COLUMNS = ("id", "name", "source_path", "schedule")

@@ -149,7 +149,7 @@ def discover(blocked: Iterable[str] = (), logger: logging.Logger | None = None) 
         for ep, future in futures.values():
             try:
                 records.append(_from_description(ep, future.result()))
-            except Exception as exc:  # noqa: BLE001 - one broken plugin never bricks the tool
+            except Exception as exc:  # one broken plugin never bricks the tool
                 records.append(_record(ep, "broken", str(exc)))
     return Registry(records)
 
