@@ -70,7 +70,8 @@ def run_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"no JSON on stdout ({exc}); exit {proc.returncode}; stderr:\n{proc.stderr[-3000:]}") from None
+        raise AssertionError(
+            f"no JSON on stdout ({exc}); exit {proc.returncode}; stderr:\n{proc.stderr[-3000:]}") from None
     return data
 
 

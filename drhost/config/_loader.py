@@ -197,8 +197,6 @@ def _unknown_keys(error: jsonschema.ValidationError) -> list[str]:
 def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
     validator = error.validator
     value: Any = error.validator_value
-    instance: Any = error.instance
-    schema_: Any = error.schema
     if validator == "type":
         return f"a value of type {value}", error.instance
     if validator == "enum":
@@ -208,7 +206,8 @@ def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
         return f"a number {op} {value}", error.instance
     if validator == "additionalProperties":
         extra = _unknown_keys(error)
-        allowed = ", ".join(sorted(schema_.get("properties", {}))) or "none"
+        known: Any = error.schema
+        allowed = ", ".join(sorted(known.get("properties", {}))) or "none"
         return f"only known keys ({allowed})", f"<unknown key {', '.join(extra)}>"
     if validator == "required":
         return f"key {error.message.split(' is a required')[0]}", "<nothing>"
