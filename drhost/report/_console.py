@@ -45,6 +45,8 @@ def describe(event: Event) -> str:
     elif name == "run.finished":
         targets = ", ".join(f"{n}={t['status']}@{t.get('version')}" for n, t in d.get("targets", {}).items())
         text = f"run {event.run_id} {d.get('status')}: {targets}"
+    elif name in ("plugin.skipped", "plugin.error_recorded"):
+        text = f"{where}{who}: {event.message}"
     elif name == "stage.failed":
         text = f"[{event.stage}] failed: {event.message}"
     elif name == "decision":
@@ -88,6 +90,8 @@ class LiveReporter:
         self._drawn = 0
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        self._finished = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def _clear(self) -> None:
         if self._drawn:
@@ -100,13 +104,29 @@ class LiveReporter:
             done = self._done.get(name, 0)
             bar_len = 20
             filled = int(bar_len * min(done, self._total) / self._total)
-            line = f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total} {self._lines[name]}"
+            since = self._step_started.get(name)
+            step_elapsed = f" {time.time() - since:5.1f}s" if since else ""
+            line = (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed} "
+                    f"{self._lines[name]}")
             self._stream.write(line[: width - 1] + "\n")
         self._stream.write(f"elapsed {time.monotonic() - self._started:6.1f} s\n")
         self._drawn = len(self._lines) + 1
         self._stream.flush()
 
+    def _tick(self) -> None:
+        # Redraw every second so elapsed time moves while a step is quiet.
+        while not self._finished.wait(1.0):
+            with self._lock:
+                if self._drawn:
+                    self._clear()
+                    self._draw()
+
     def __call__(self, event: Event) -> None:
+        if event.event == "run.started" and self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="live-view", daemon=True)
+            self._ticker.start()
+        if event.event == "run.finished":
+            self._finished.set()
         with self._lock:
             self._clear()
             if event.event in _NOTABLE or event.event == "run.finished":
@@ -123,6 +143,7 @@ class LiveReporter:
                     pct = f" {100 * (event.data.get('done') or 0) / total:.0f}%" if total else ""
                     self._lines[target] = f"[{event.stage}] {event.step} ({event.plugin}){pct}"
                 elif event.event.startswith(("target.", "rollback.")):
+                    self._step_started.pop(target, None)
                     self._lines[target] = event.event.split(".", 1)[1].replace("_", " ")
             if event.event != "run.finished":
                 self._draw()
