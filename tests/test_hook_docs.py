@@ -43,13 +43,19 @@ def render(func: object, *, drop_self: bool = False) -> str:
 
 
 def hookspecs() -> list[object]:
-    return [f for name, f in inspect.getmembers(_spec, inspect.isfunction)
-            if name.startswith("drhost_") and hasattr(f, "drhost_spec")]
+    return [
+        f
+        for name, f in inspect.getmembers(_spec, inspect.isfunction)
+        if name.startswith("drhost_") and hasattr(f, "drhost_spec")
+    ]
 
 
 def context_methods() -> list[str]:
-    return sorted(name for name, value in vars(Context).items()
-                  if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, property)))
+    return sorted(
+        name
+        for name, value in vars(Context).items()
+        if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, property))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +97,10 @@ def test_every_public_name_is_mentioned(doc: str, name: str) -> None:
 
 @pytest.mark.parametrize("method", context_methods())
 def test_every_context_method_is_documented(doc: str, method: str) -> None:
-    """Every method of the Context protocol has a heading with ``ctx.`` and its exact signature (a property: its name)."""
+    """Every Context protocol method has a heading with ``ctx.`` and its exact signature (a property: its name)."""
     value = vars(Context)[method]
-    if isinstance(value, property):
-        wanted = f"`ctx.{method}`"
-    else:
-        wanted = f"`ctx.{render(value, drop_self=True)}`"
+    shown = method if isinstance(value, property) else render(value, drop_self=True)
+    wanted = f"`ctx.{shown}`"
     assert any(wanted in line for line in _headings(doc)), f"no heading containing {wanted} in {DOC}"
 
 
