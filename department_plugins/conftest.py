@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from drhost_hookspecs import LoadedPlugin, PackageInfo, RunResult, Stage, StepFailed, TargetInfo, VerifyPhase
 
 PLUGINS = ("dr-core", "dr-database", "dr-catalog", "dr-monitoring")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import SEED_JOBS, Harness
-from drhost_hookspecs import Stage, StepFailed, VerifyPhase
 from drplugin_dba_database import snapshot
+
+from drhost_hookspecs import Stage, StepFailed, VerifyPhase
 
 
 def _db(h: Harness) -> Path:

@@ -7,8 +7,9 @@ import sqlite3
 
 import pytest
 from conftest import SEED_JOBS, Harness
-from drhost_hookspecs import Stage, StepFailed
 from drplugin_ops_catalog.catalog import compare
+
+from drhost_hookspecs import Stage, StepFailed
 
 
 def _templates(h: Harness) -> dict[str, object]:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from conftest import LocalContext, make_harness, with_package
-from drhost_hookspecs import LoadedPlugin, PackageInfo, Stage, StepFailed, UpToDate
 from drplugin_platform_core import _ini
 from drplugin_platform_core.precheck import parse_df_available
+
+from drhost_hookspecs import LoadedPlugin, PackageInfo, Stage, StepFailed, UpToDate
 
 
 def _run(root: Path, package: PackageInfo, step: str, config: dict[str, object] | None = None) -> LocalContext:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Harness
+
 from drhost_hookspecs import Stage
 
 #: Changes on every call by nature, not because a step is not idempotent.

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from conftest import Harness
+
 from drhost_hookspecs import Stage
 
 
