@@ -182,10 +182,11 @@ class TargetFlow:
 
     # -- steps --------------------------------------------------------------------------
     def _run_stage(self, stage: Stage) -> StageFailure | str | None:
-        skipped = self.record.get("skipped_plugins") or {}
         for step in self.env.plan.stage_steps(stage):
             if self.env.stop.is_set():
                 return "interrupted"
+            # Read each time: a failure earlier in this very stage may have skipped the plugin.
+            skipped = self.record.get("skipped_plugins") or {}
             entry = self.record.step(step)
             status = entry.get("status")
             if status in ("done", "skipped"):

@@ -1,0 +1,210 @@
+"""The orchestrator's rules, checked with small real plugins that record what ran on a local target."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from drhost.config import load_config
+from drhost.orchestrator import RunSummary, create_run, drive
+from drhost.plan import build_plan
+from drhost.plugins import discover
+from drhost.state import RunState, read_journal
+from drhost_hookspecs import PackageInfo, Stage
+from plugin_factory import make_plugin
+
+RECORDER = """
+import os
+
+def note(ctx, what):
+    with open(os.path.join(ctx.target.install_root, "log"), "a") as handle:
+        handle.write(what + "\\n")
+
+def step(name):
+    def run(ctx):
+        note(ctx, name)
+    return run
+
+@hookimpl
+def drhost_plugin_info():
+    return PluginInfo(name=NAME, department="test", plugin_class=PluginClass(CLASS))
+
+@hookimpl
+def drhost_stage_steps(stage, register):
+    if stage is Stage.PRECHECK:
+        register(Step("check", step("check"), retryable=True, timeout_s=30, category=Category.FILE))
+    if stage is Stage.UPGRADE:
+        register(Step("a", step("a"), retryable=True, timeout_s=30, category=Category.FILE, order=10,
+                      cleanup=step("a.cleanup"), rollback=step("a.rollback")))
+        register(Step("b", step("b"), retryable=False, timeout_s=30, category=Category.FILE, order=20,
+                      cleanup=step("b.cleanup"), rollback=step("b.rollback")))
+        register(Step("c", step("c"), retryable=True, timeout_s=30, category=Category.FILE, order=30))
+
+@hookimpl
+def drhost_cleanup(stage, ctx):
+    note(ctx, f"cleanup:{stage.value}")
+
+@hookimpl
+def drhost_rollback(stage, ctx):
+    note(ctx, f"rollback:{stage.value}")
+
+@hookimpl
+def drhost_verify(stage, phase, ctx):
+    note(ctx, f"verify:{stage.value}:{phase.value}")
+    return []
+"""
+
+
+def recorder(name: str, plugin_class: str) -> str:
+    return f"NAME = {name!r}\nCLASS = {plugin_class!r}\n" + RECORDER
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[RunSummary, list[str], RunState]]:
+    """Build a one-target run with a recorder plugin and drive it; returns (summary, log lines, state)."""
+    site = tmp_path / "site"
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("DRHOST_INSTANT_RETRIES", "1")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    root = tmp_path / "target"
+    root.mkdir()
+
+    def run(plugin_class: str = "core", overrides: tuple[str, ...] = (), decision: str = "rollback",
+            before: Callable[[RunState], None] | None = None) -> tuple[RunSummary, list[str], RunState]:
+        make_plugin(site, "rec", recorder("rec", plugin_class))
+        import importlib
+
+        importlib.invalidate_caches()
+        monkeypatch.setenv("DRHOST_LOAD_PLUGINS", "rec")
+        config = load_config(overrides=["target.t.transport=local", f"target.t.root={root}", *overrides])
+        plan = build_plan(discover(), config.data)
+        package = PackageInfo("p", "2", ("1",), str(tmp_path / "pkg"), "", "0" * 64, 0)
+        state = create_run(config=config.data, config_files=[], plan=plan, package=package)
+        mode = "upgrade"
+        if before is not None:
+            before(state)
+            mode = "resume"
+        summary = drive(state, mode=mode, decide=lambda target, stage, message: decision)
+        log = (root / "log").read_text().split() if (root / "log").exists() else []
+        return summary, log, state
+
+    return run
+
+
+def events_of(state: RunState) -> list[dict[str, object]]:
+    return read_journal(state.run_dir / "events.jsonl")
+
+
+def test_clean_run_runs_every_step_once_and_verifies_each_stage(world) -> None:  # type: ignore[no-untyped-def]
+    """Without faults each step runs once in order and every stage is verified as completed."""
+    summary, log, _ = world()
+    assert summary.status == "succeeded"
+    assert [line for line in log if not line.startswith("verify")] == ["check", "a", "b", "c"]
+    assert [line for line in log if line.startswith("verify")] == [
+        f"verify:{s.value}:completed" for s in Stage.ordered()]
+
+
+def test_retryable_step_is_retried_within_the_class_attempts(world) -> None:  # type: ignore[no-untyped-def]
+    """A retryable step failing once is run again and the run succeeds; the failure event says 'retrying'."""
+    summary, log, state = world(overrides=("plugin.rec.fault=a:fail:1",))
+    assert summary.status == "succeeded" and log.count("a") == 1  # the injected failure happens before the body
+    failed = [e for e in events_of(state) if e["event"] == "step.failed"]
+    assert len(failed) == 1 and failed[0]["data"]["attempt"] == 1 and failed[0]["data"]["attempts"] == 4
+    assert failed[0]["data"]["retrying_in_s"] == 0
+
+
+def test_retries_stop_at_the_class_limit(world) -> None:  # type: ignore[no-untyped-def]
+    """A business plugin gets 1 + 2 attempts, then it is skipped and the run completes."""
+    summary, log, state = world("business", overrides=("plugin.rec.fault=a:fail",))
+    assert summary.status == "succeeded"
+    attempts = [e["data"]["attempt"] for e in events_of(state) if e["event"] == "step.failed"]
+    assert attempts == [1, 2, 3]
+    assert "b" not in log and "c" not in log
+    assert "rec" in state.get("targets")["t"]["skipped_plugins"]
+
+
+def test_third_party_failure_is_recorded_and_the_run_goes_on(world) -> None:  # type: ignore[no-untyped-def]
+    """A third-party failure is recorded; its plugin's later steps still run."""
+    summary, log, state = world("third_party", overrides=("plugin.rec.fault=a:fail",))
+    assert summary.status == "succeeded" and log[-1] != "a" and "c" in log
+    assert state.get("targets")["t"]["errors"][0]["action"] == "recorded"
+
+
+def test_non_retryable_failure_with_retry_cleans_up_and_restarts_the_stage(world) -> None:  # type: ignore[no-untyped-def]
+    """Retrying a failed non-retryable step first cleans up (last step first, then plugin hooks), then restarts
+    the upgrade stage from its first step."""
+    summary, log, state = world(overrides=("plugin.rec.fault=b:fail:1",), decision="retry")
+    assert summary.status == "succeeded"
+    upgrade = [line for line in log if not line.startswith(("verify", "check"))]
+    assert upgrade == ["a", "b.cleanup", "a.cleanup", "cleanup:upgrade", "a", "b", "c"]
+    names = [e["event"] for e in events_of(state)]
+    assert names.index("stage.cleanup_started") < names.index("stage.retry")
+
+
+def test_stage_retry_is_bounded(world) -> None:  # type: ignore[no-untyped-def]
+    """When retries of a stage are used up, the target is rolled back instead."""
+    summary, _, state = world(overrides=("plugin.rec.fault=b:fail", "run.stage_retries=1"), decision="retry")
+    assert summary.status == "rolled_back"
+    decisions = [e for e in events_of(state) if e["event"] == "decision"]
+    assert decisions[-1]["data"]["decision"] == "rollback" and "stage_retries" in decisions[-1]["message"]
+
+
+def test_rollback_runs_compensations_lifo_then_hooks_then_verifies(world) -> None:  # type: ignore[no-untyped-def]
+    """Rollback goes stage by stage in reverse: step compensations last-run-first, plugin hooks, verification."""
+    summary, log, _ = world(overrides=("plugin.rec.fault=c:fail",))
+    assert summary.status == "rolled_back"
+    tail = log[log.index("c.rollback") if "c.rollback" in log else log.index("b.rollback"):]
+    assert tail[:3] == ["b.rollback", "a.rollback", "rollback:upgrade"]
+    assert "rollback:precheck" in tail and "verify:upgrade:rolled_back" in tail
+
+
+def test_abort_leaves_the_target_for_resume(world) -> None:  # type: ignore[no-untyped-def]
+    """Choosing abort changes nothing more on the target and leaves the run resumable."""
+    summary, log, _ = world(overrides=("plugin.rec.fault=b:fail",), decision="abort")
+    assert summary.status == "aborted" and summary.exit_code == 5
+    assert not any("rollback" in line or "cleanup" in line for line in log)
+
+
+def test_unfinished_non_retryable_step_is_cleaned_up_on_resume(world) -> None:  # type: ignore[no-untyped-def]
+    """A non-retryable step found started-but-unfinished (controller crash) is cleaned up, then the stage restarts."""
+    def crashed_mid_b(state: RunState) -> None:
+        with state.mutate() as body:
+            target = body["targets"]["t"]
+            target["status"] = "running"
+            for stage in ("precheck", "backup", "transfer"):
+                target["stages"][stage] = "completed"
+            target["stages"]["upgrade"] = "running"
+            target["version_before"] = "1"
+            target["steps"] = {
+                "precheck/rec/check": {"status": "done", "seq": 1, "attempts": 1, "runs": 1},
+                "upgrade/rec/a": {"status": "done", "seq": 2, "attempts": 1, "runs": 1},
+                "upgrade/rec/b": {"status": "started", "seq": 3, "attempts": 1, "runs": 1},
+            }
+            target["seq"] = 3
+
+    summary, log, state = world(before=crashed_mid_b)
+    assert summary.status == "succeeded"
+    assert [line for line in log if not line.startswith("verify")] == [
+        "b.cleanup", "a.cleanup", "cleanup:upgrade", "a", "b", "c"]
+    assert any(e["event"] == "step.interrupted" for e in events_of(state))
+
+
+def test_unfinished_retryable_step_is_simply_run_again_on_resume(world) -> None:  # type: ignore[no-untyped-def]
+    """A retryable step found started-but-unfinished is run again without cleanup."""
+    def crashed_mid_a(state: RunState) -> None:
+        with state.mutate() as body:
+            target = body["targets"]["t"]
+            target["status"] = "running"
+            for stage in ("precheck", "backup", "transfer"):
+                target["stages"][stage] = "completed"
+            target["version_before"] = "1"
+            target["steps"] = {"upgrade/rec/a": {"status": "started", "seq": 1, "attempts": 1, "runs": 1}}
+            target["seq"] = 1
+
+    summary, log, _ = world(before=crashed_mid_a)
+    assert summary.status == "succeeded"
+    assert [line for line in log if not line.startswith("verify")] == ["a", "b", "c"]
