@@ -53,12 +53,21 @@ def _check_targets(config: LoadedConfig) -> None:
             raise ConfigError(config.origin(("targets", name, "root")), "an absolute path", target["root"])
 
 
+def _section_origin(config: LoadedConfig, path: tuple[str, ...]) -> Origin:
+    """Where a section came from: origins are recorded per key, so name the first key set inside it."""
+    for key_path, origin in config.origins.items():
+        if key_path[:len(path)] == path and len(key_path) > len(path):
+            return origin
+    return config.origin(path)
+
+
 def _check_plugin_sections(config: LoadedConfig, registry: Registry) -> None:
     for name in list(config.data["plugins"]):
         record = registry.records.get(name)
         if record is None:
             known = ", ".join(sorted(registry.records)) or "none installed"
-            raise ConfigError(config.origin(("plugins", name)), f"a section for an installed plugin ({known})", name)
+            raise ConfigError(_section_origin(config, ("plugins", name)),
+                              f"a section for an installed plugin ({known})", name)
         if record.usable:
             validate_plugin_section(config, name, record.config_schema)
 
