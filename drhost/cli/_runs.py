@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -23,7 +24,7 @@ from ._inputs import package_info, prepare
 _CHOICES = {"r": "retry", "b": "rollback", "a": "abort"}
 
 
-def make_decide(mode: str, interactive: bool) -> Decide:
+def make_decide(mode: str, interactive: bool, reporter: Subscriber | None = None) -> Decide:
     """The failure decision: fixed by ``--on-failure``, or asked on a terminal."""
     if mode == "ask" and not interactive:
         mode = "rollback"
@@ -32,7 +33,8 @@ def make_decide(mode: str, interactive: bool) -> Decide:
     lock = threading.Lock()
 
     def ask(target: str, stage: Stage, message: str) -> str:
-        with lock:
+        pause = reporter.paused() if isinstance(reporter, LiveReporter) else contextlib.nullcontext()
+        with lock, pause:
             while True:
                 sys.stderr.write(f"\n{target}: stage {stage.value} failed: {message}\n"
                                  f"  [r]etry the stage, roll[b]ack this target, or [a]bort (leave it for resume)? ")
@@ -100,8 +102,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"run {state.run_id} started; state in {state.run_dir}", file=sys.stderr)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    summary = drive(state, mode="upgrade", decide=make_decide(prepared.config.data["run"]["on_failure"], interactive),
-                    subscribers=[_reporter(args, len(prepared.plan.steps))],
+    reporter = _reporter(args, len(prepared.plan.steps))
+    summary = drive(state, mode="upgrade",
+                    decide=make_decide(prepared.config.data["run"]["on_failure"], interactive, reporter),
+                    subscribers=[reporter],
                     after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None)
     return _finish(args, summary)
 
@@ -112,8 +116,8 @@ def _continue(args: argparse.Namespace, mode: str) -> int:
     on_failure = args.on_failure or state.get("config")["run"]["on_failure"]
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     demo = state.get("demo")
-    summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive),
-                    subscribers=[_reporter(args, len(plan.steps))],
+    reporter = _reporter(args, len(plan.steps))
+    summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive, reporter), subscribers=[reporter],
                     after=_demo_after(bool(demo.get("keep"))) if demo else None)
     return _finish(args, summary)
 

@@ -129,9 +129,9 @@ class TargetFlow:
             record["stage_attempts"][stage.value] += 0 if failure.interrupted else 1
         policy = stage_policy(self.env.config, stage)
         restart_whole = policy.restart == "stage" or failure.needs_cleanup or failure.step is None
-        if policy.restart == "cleanup_then_stage" and (failure.needs_cleanup or failure.step is None):
-            if not self.cleanup_stage(stage):
-                return False
+        needs_cleanup = policy.restart == "cleanup_then_stage" and (failure.needs_cleanup or failure.step is None)
+        if needs_cleanup and not self.cleanup_stage(stage):
+            return False
         self._emit("stage.retry", stage=stage, message="restarting the stage from its first step" if restart_whole
                    else f"retrying step {failure.step.name if failure.step else ''}")
         with self.env.state.mutate() as body:
@@ -140,9 +140,9 @@ class TargetFlow:
                 entry = steps.get(step.key)
                 if entry is None:
                     continue
-                if restart_whole or (failure.step is not None and step.key == failure.step.key):
-                    if entry.get("status") != "skipped" or restart_whole:
-                        entry["status"] = "pending"
+                is_failed_step = failure.step is not None and step.key == failure.step.key
+                if restart_whole or (is_failed_step and entry.get("status") != "skipped"):
+                    entry["status"] = "pending"
         return True
 
     def cleanup_stage(self, stage: Stage) -> bool:

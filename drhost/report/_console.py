@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from ..events import Event
@@ -21,7 +23,8 @@ _PLAIN = {
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
-            "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted"}
+            "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
+            "stage.cleanup_started", "stage.cleanup_finished"}
 
 
 def describe(event: Event) -> str:
@@ -92,6 +95,7 @@ class LiveReporter:
         self._started = time.monotonic()
         self._finished = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._paused = False
 
     def _clear(self) -> None:
         if self._drawn:
@@ -113,11 +117,24 @@ class LiveReporter:
         self._drawn = len(self._lines) + 1
         self._stream.flush()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop drawing (for a question on the terminal); redraw afterwards."""
+        with self._lock:
+            self._clear()
+            self._paused = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused = False
+                self._draw()
+
     def _tick(self) -> None:
         # Redraw every second so elapsed time moves while a step is quiet.
         while not self._finished.wait(1.0):
             with self._lock:
-                if self._drawn:
+                if self._drawn and not self._paused:
                     self._clear()
                     self._draw()
 
@@ -128,6 +145,8 @@ class LiveReporter:
         if event.event == "run.finished":
             self._finished.set()
         with self._lock:
+            if self._paused:
+                return
             self._clear()
             if event.event in _NOTABLE or event.event == "run.finished":
                 self._stream.write(describe(event) + "\n")
