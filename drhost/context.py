@@ -35,6 +35,7 @@ class HostContext:
         config: Mapping[str, Any],
         state: MutableMapping[str, Any],
         notify: Notify,
+        persist: Callable[[dict[str, Any]], None],
         cancel: threading.Event,
         deadline: float | None,
         logger: logging.Logger,
@@ -46,6 +47,7 @@ class HostContext:
         self.config = config
         self.state = state
         self._notify = notify
+        self._persist = persist
         self._cancel = cancel
         self._deadline = deadline
         self._log = logger
@@ -119,6 +121,9 @@ class HostContext:
                       "%s", message)
         self._notify("log", {"message": message, "level": level})
 
+    def checkpoint(self) -> None:
+        self._persist(dict(self.state))
+
     def sleep(self, seconds: float) -> None:
         if self._cancel.wait(seconds):
             raise Cancelled()
@@ -140,6 +145,13 @@ class HostContext:
                 env=args.get("env") or None, cwd=args.get("cwd"), input=args.get("input"),
             )
             return {**asdict(result), "argv": list(result.argv)}
+        if method == "checkpoint":
+            state = args.get("state")
+            if not isinstance(state, dict):
+                raise StepFailed("checkpoint state must be a JSON object", retryable=False)
+            self.state.clear()
+            self.state.update(state)
+            return self.checkpoint()
         if method == "put":
             # A sandboxed plugin may upload the run's package, not any file of the controller.
             if str(args["local_path"]) != self.package.local_path:

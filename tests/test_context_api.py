@@ -95,3 +95,23 @@ def test_run_never_outlives_the_step_deadline(tmp_path: Path) -> None:
     with pytest.raises((Cancelled, StepFailed)):
         ctx.run(["sleep", "30"], timeout=60)
     assert time.monotonic() - started < 5
+
+
+def test_checkpoint_persists_state_before_the_call_returns(tmp_path: Path) -> None:
+    """ctx.checkpoint() hands the current plugin state to the host's persistence at once."""
+    events: list[tuple[str, object]] = []
+    ctx = make_context(tmp_path, events=events)
+    ctx.state["migration_started"] = True
+    ctx.checkpoint()
+    assert ("checkpoint", {"migration_started": True}) in events
+
+
+def test_worker_checkpoint_replaces_the_host_copy(tmp_path: Path) -> None:
+    """A worker's checkpoint request replaces the host's copy of the state and persists it."""
+    events: list[tuple[str, object]] = []
+    ctx = make_context(tmp_path, events=events)
+    ctx.state["old"] = 1
+    ctx.dispatch("checkpoint", {"state": {"new": 2}})
+    assert dict(ctx.state) == {"new": 2} and ("checkpoint", {"new": 2}) in events
+    with pytest.raises(StepFailed):
+        ctx.dispatch("checkpoint", {"state": [1]})

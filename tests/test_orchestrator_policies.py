@@ -14,7 +14,7 @@ from drhost.plan import build_plan
 from drhost.plugins import discover
 from drhost.state import RunState, read_journal
 from drhost_hookspecs import PackageInfo, Stage
-from plugin_factory import make_plugin
+from plugin_factory import make_plugin, simple_plugin
 
 RECORDER = """
 import os
@@ -74,8 +74,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tupl
     root.mkdir()
 
     def run(plugin_class: str = "core", overrides: tuple[str, ...] = (), decision: str = "rollback",
-            before: Callable[[RunState], None] | None = None) -> tuple[RunSummary, list[str], RunState]:
-        make_plugin(site, "rec", recorder("rec", plugin_class))
+            before: Callable[[RunState], None] | None = None,
+            source: str | None = None) -> tuple[RunSummary, list[str], RunState]:
+        make_plugin(site, "rec", source or recorder("rec", plugin_class))
         import importlib
 
         importlib.invalidate_caches()
@@ -208,3 +209,12 @@ def test_unfinished_retryable_step_is_simply_run_again_on_resume(world) -> None:
     summary, log, _ = world(before=crashed_mid_a)
     assert summary.status == "succeeded"
     assert [line for line in log if not line.startswith("verify")] == ["a", "b", "c"]
+
+
+def test_checkpointed_state_survives_a_worker_killed_mid_step(world) -> None:  # type: ignore[no-untyped-def]
+    """State a worker checkpointed before dying is in the run's state, for the compensations to use."""
+    source = simple_plugin("rec", "business", step_body=(
+        "import os, signal\nctx.state['backup'] = '/b/1'\nctx.checkpoint()\nos.kill(os.getpid(), signal.SIGKILL)"))
+    summary, _, state = world(source=source)
+    assert summary.status == "succeeded"  # business: skipped after its attempts
+    assert state.get("targets")["t"]["plugin_state"]["rec"]["backup"] == "/b/1"

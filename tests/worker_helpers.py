@@ -25,6 +25,7 @@ def make_context(root: Path, *, package_path: str = "/nonexistent/pkg.tar.gz", t
         package=PackageInfo(product="drproduct", version="2.0.0", upgrades_from=("1.0.0",), local_path=package_path,
                             remote_path=str(root / "staging" / "pkg.tar.gz"), sha256="0" * 64, size=1),
         config=config or {}, state={}, notify=lambda method, args: sink.append((method, dict(args))),
+        persist=lambda state: sink.append(("checkpoint", dict(state))),
         cancel=threading.Event(), deadline=time.monotonic() + timeout_s, logger=logging.getLogger("test"),
     )
 

@@ -131,13 +131,17 @@ class Executor:
                 env.emit("plugin.log", target=target, stage=stage, step=step, plugin=plugin_name,
                          message=str(args.get("message", "")), level=args.get("level", "info"))
 
+        def persist(state: dict[str, Any]) -> None:
+            with env.state.mutate() as body:
+                body["targets"][target]["plugin_state"][plugin_name] = state
+
         info = target_info(target, spec, env.state.run_id)
         package = dataclasses.replace(
             env.package, remote_path=f"{info.install_root}/staging/{os.path.basename(env.package.local_path)}")
         ctx = HostContext(
             session=self.session(target), run_id=env.state.run_id, target=info,
             package=package, config=dict(env.config["plugins"].get(plugin_name, {})), state=plugin_state,
-            notify=notify, cancel=threading.Event(), deadline=time.monotonic() + timeout_s,
+            notify=notify, persist=persist, cancel=threading.Event(), deadline=time.monotonic() + timeout_s,
             logger=env.logger.getChild(f"plugin.{plugin_name}.{target}"),
         )
         if env.stop.is_set():
@@ -150,8 +154,7 @@ class Executor:
         finally:
             with self._lock:
                 self._active.discard(ctx)
-        with env.state.mutate() as body:
-            body["targets"][target]["plugin_state"][plugin_name] = outcome.state
+        persist(outcome.state)
         return outcome
 
     def plugin_class(self, plugin_name: str) -> PluginClass:

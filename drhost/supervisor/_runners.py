@@ -226,12 +226,15 @@ class ProcessRunner:
     def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         started = time.monotonic()
-        state = dict(ctx.state) if ctx is not None else {}
+
+        def state() -> dict[str, Any]:
+            # Read at the end: checkpoints during the call update ctx.state.
+            return dict(ctx.state) if ctx is not None else {}
         if self._proc is None or self._proc.poll() is not None:
             try:
                 self._spawn()
             except WorkerDied as exc:
-                return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state,
+                return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state(),
                                    duration_s=time.monotonic() - started)
         self._next_id += 1
         call_id = self._next_id
@@ -261,18 +264,18 @@ class ProcessRunner:
             if kind == "timeout":
                 if cancelled_at is not None and now >= cancelled_at + self._grace:
                     self._kill()
-                    return self._stopped(stop_reason, timeout_s, state, now - started, killed=True)
+                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=True)
                 continue
             if kind == "eof":
                 how = self._exit_description()
                 self._proc = None
                 if cancelled_at is not None:
-                    return self._stopped(stop_reason, timeout_s, state, now - started, killed=False)
-                return CallOutcome("crashed", message=f"worker died: {how}", state=state,
+                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False)
+                return CallOutcome("crashed", message=f"worker died: {how}", state=state(),
                                    duration_s=now - started, detail={"exit": how})
             if kind == "protocol":
                 self._kill()
-                return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state,
+                return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state(),
                                    retryable=True, duration_s=now - started)
             outcome = self._handle(incoming, call_id, ctx, now - started)
             if outcome is not None:

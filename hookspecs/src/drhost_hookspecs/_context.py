@@ -77,6 +77,14 @@ class Context(Protocol):
         """Write a line to the run's log, tagged with plugin, target, stage and step."""
         ...
 
+    def checkpoint(self) -> None:
+        """Save ``ctx.state`` with the run's checkpoint now, not only when the call returns.
+
+        Call it right before an effect that a compensation must know about, so that
+        a crash of the worker or of the controller in the middle cannot lose it.
+        """
+        ...
+
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake with :class:`Cancelled` as soon as the host stops the step."""
         ...

@@ -140,6 +140,10 @@ class WorkerContext:
             {"type": "notify", "call_id": self._call_id, "method": "log", "args": {"message": message, "level": level}}
         )
 
+    def checkpoint(self) -> None:
+        # A request, not a notification: when it returns, the state is on the host's disk.
+        self._request("checkpoint", state=dict(self.state))
+
     def sleep(self, seconds: float) -> None:
         if self._cancel.wait(seconds):
             raise Cancelled()
