@@ -39,6 +39,7 @@ class LocalContext:
         self.state: MutableMapping[str, Any] = {}
         self.logs: list[tuple[str, str]] = []
         self.commands: list[tuple[str, ...]] = []
+        self.checkpoints: list[dict[str, Any]] = []
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
             env: Mapping[str, str] | None = None, cwd: str | None = None, input: str | None = None) -> RunResult:
@@ -88,6 +89,9 @@ class LocalContext:
 
     def log(self, message: str, *, level: str = "info") -> None:
         self.logs.append((level, message))
+
+    def checkpoint(self) -> None:
+        self.checkpoints.append(dict(self.state))
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

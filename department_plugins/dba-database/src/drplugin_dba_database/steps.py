@@ -60,6 +60,8 @@ def upgrade_db_schema(ctx: Context) -> None:
                          retryable=False)
     # Recorded before the catalog is touched: from here on a rollback has something to undo.
     ctx.state[t.MIGRATION_STARTED] = True
+    # Durable before the migration starts, so a worker killed mid-migration still leaves the mark.
+    ctx.checkpoint()
     result: dict[str, Any] = t.db_json(ctx, "migrate", "--to", str(wanted), version=ctx.package.version)
     found = _schema(ctx)
     if found != wanted:
