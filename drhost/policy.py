@@ -39,7 +39,6 @@ class ClassPolicy:
 @dataclass(frozen=True)
 class StagePolicy:
     stage: Stage
-    on_failure: str
     restart: str
     rollback_rule: str
     rollback_when: str
@@ -61,7 +60,7 @@ def class_policy(config: Mapping[str, Any], plugin_class: PluginClass) -> ClassP
 
 def stage_policy(config: Mapping[str, Any], stage: Stage) -> StagePolicy:
     data = config["stages"][stage.value]
-    return StagePolicy(stage, str(data["on_failure"]), str(data["restart"]), str(data["rollback_rule"]),
+    return StagePolicy(stage, str(data["restart"]), str(data["rollback_rule"]),
                        str(data["rollback_when"]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tupl
         import importlib
 
         importlib.invalidate_caches()
+        # Core plugins are imported into this process: forget the previous test's module of the same name.
+        monkeypatch.delitem(sys.modules, "rec", raising=False)
         monkeypatch.setenv("DRHOST_LOAD_PLUGINS", "rec")
         config = load_config(overrides=["target.t.transport=local", f"target.t.root={root}", *overrides])
         plan = build_plan(discover(), config.data)
@@ -218,3 +221,37 @@ def test_checkpointed_state_survives_a_worker_killed_mid_step(world) -> None:  #
     summary, _, state = world(source=source)
     assert summary.status == "succeeded"  # business: skipped after its attempts
     assert state.get("targets")["t"]["plugin_state"]["rec"]["backup"] == "/b/1"
+
+
+def test_drhost_rollback_retries_a_failed_rollback(world) -> None:  # type: ignore[no-untyped-def]
+    """A compensation that failed is run again by a later rollback; what succeeded is not repeated."""
+    flaky = RECORDER.replace('''cleanup=step("b.cleanup"), rollback=step("b.rollback")''',
+                             '''cleanup=step("b.cleanup"), rollback=flaky_rollback''') + '''
+def flaky_rollback(ctx):
+    marker = os.path.join(ctx.target.install_root, "rollback-attempts")
+    count = int(open(marker).read()) if os.path.exists(marker) else 0
+    open(marker, "w").write(str(count + 1))
+    if count == 0:
+        raise RuntimeError("disk full while restoring")
+    note(ctx, "b.rollback")
+'''
+    source = "NAME = 'rec'\nCLASS = 'core'\n" + flaky
+    summary, log, state = world(source=source, overrides=("plugin.rec.fault=c:fail",))
+    assert summary.status == "failed" and summary.exit_code == 4
+    assert state.get("targets")["t"]["status"] == "rollback_failed"
+    assert "b.rollback" not in log and "a.rollback" in log
+    again = drive(state, mode="rollback", decide=lambda *a: "rollback")
+    log = (Path(state.get("config")["targets"]["t"]["root"]) / "log").read_text().split()
+    assert again.status == "rolled_back"
+    assert log.count("b.rollback") == 1 and log.count("a.rollback") == 1
+
+
+def test_resume_after_abort_cleans_up_the_failed_non_retryable_step(world) -> None:  # type: ignore[no-untyped-def]
+    """Resuming an aborted run does not re-run a failed non-retryable step as it is: cleanup, then restart."""
+    summary, _, state = world(overrides=("plugin.rec.fault=b:fail:1",), decision="abort")
+    assert summary.status == "aborted"
+    resumed = drive(state, mode="resume", decide=lambda *a: "rollback")
+    log = (Path(state.get("config")["targets"]["t"]["root"]) / "log").read_text().split()
+    upgrade = [line for line in log if not line.startswith(("verify", "check"))]
+    assert resumed.status == "succeeded"
+    assert upgrade == ["a", "b.cleanup", "a.cleanup", "cleanup:upgrade", "a", "b", "c"]

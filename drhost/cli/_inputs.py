@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from drhost_hookspecs import PackageInfo
+from drhost_hookspecs import PackageInfo, parse_faults
 
 from ..config import LoadedConfig, load_config, validate_plugin_section
 from ..demo.environment import demo_inventory, demo_package, planned_roots
@@ -15,6 +15,10 @@ from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
 from ..state import state_root
+
+#: Checked before a run is created, so that nothing is half-started.
+BUILT_TRANSPORTS = ("local",)
+BUILT_ISOLATIONS = ("thread", "process")
 
 
 class PackageRefused(DrhostError):
@@ -51,6 +55,10 @@ def _check_targets(config: LoadedConfig) -> None:
                               "<nothing>")
         if target["transport"] == "local" and not Path(target["root"]).is_absolute():
             raise ConfigError(config.origin(("targets", name, "root")), "an absolute path", target["root"])
+        if target["transport"] not in BUILT_TRANSPORTS:
+            raise ConfigError(config.origin(("targets", name, "transport")),
+                              f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)}; ssh is not built yet)",
+                              target["transport"])
 
 
 def _section_origin(config: LoadedConfig, path: tuple[str, ...]) -> Origin:
@@ -70,6 +78,33 @@ def _check_plugin_sections(config: LoadedConfig, registry: Registry) -> None:
                               f"a section for an installed plugin ({known})", name)
         if record.usable:
             validate_plugin_section(config, name, record.config_schema)
+
+
+def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
+    """Every check that can be made before a run exists; returns the plan."""
+    _check_targets(config)
+    _check_plugin_sections(config, registry)
+    plan = build_plan(registry, config.data)
+    for plugin in plan.plugins:
+        if plugin.isolation not in BUILT_ISOLATIONS:
+            raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
+                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)}; container is not "
+                              f"built yet)", plugin.isolation)
+    unused = unknown_timeout_keys(plan, config.data)
+    if unused:
+        known = ", ".join(sorted({s.timeout_key for s in plan.steps}))
+        raise ConfigError(config.origin(("timeouts", unused[0])), f"a timeout key of a planned step ({known})",
+                          unused[0])
+    for name, section in config.data["plugins"].items():
+        if not section.get("fault"):
+            continue
+        steps = sorted({s.name for s in plan.steps if s.plugin == name})
+        for spec in parse_faults(str(section["fault"])):
+            if spec.step not in steps:
+                raise ConfigError(config.origin(("plugins", name, "fault")),
+                                  f"a step of plugin {name} ({', '.join(steps) or 'it has none in this run'})",
+                                  spec.step)
+    return plan
 
 
 def load_package(path_text: str, origin: Origin) -> Package:
@@ -114,15 +149,8 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         demo_roots = planned_roots(root)
         base = demo_inventory(demo_roots, demo_package(root))
     config = load_config(files, overrides, base=base)
-    _check_targets(config)
     registry = discover(blocked)
-    _check_plugin_sections(config, registry)
-    plan = build_plan(registry, config.data)
-    unused = unknown_timeout_keys(plan, config.data)
-    if unused:
-        known = ", ".join(sorted({s.timeout_key for s in plan.steps}))
-        raise ConfigError(config.origin(("timeouts", unused[0])), f"a timeout key of a planned step ({known})",
-                          unused[0])
+    plan = validate_run_inputs(config, registry)
     package = None
     if need_package:
         if not config.data["run"]["package"]:

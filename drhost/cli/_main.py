@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = sub.add_parser("upgrade", help="upgrade every target through the five stages")
     add_run_inputs(upgrade)
     upgrade.add_argument("--on-failure", choices=_FAILURE_MODES,
-                         help="what to do when a stage fails (default: ask on a terminal, else rollback)")
+                         help="what to do when a stage fails (default [run] on_failure = ask: ask on a terminal, "
+                              "roll back otherwise)")
     upgrade.add_argument("--forks", type=int, help="targets upgraded at the same time")
     upgrade.add_argument("--keep", action="store_true", help="demo: leave the product daemons running")
     upgrade.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
@@ -81,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackageError as exc:
         print(f"drhost: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    except BrokenPipeError:
+        # The reader went away (drhost plan | head): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.SUCCEEDED
     except KeyboardInterrupt:
         print("drhost: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

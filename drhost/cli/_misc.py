@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import ExitCode
 from ..packaging import build_package
 from ..plugins import ALLOW_ENV, discover
-from ._inputs import _check_plugin_sections, blocked_plugins
+from ._inputs import blocked_plugins, load_package, validate_run_inputs
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
@@ -43,9 +44,16 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config([Path(f) for f in args.files], list(args.set or []))
     registry = discover()
-    _check_plugin_sections(config, registry)
+    plan = validate_run_inputs(config, registry)
+    package = config.data["run"]["package"]
+    if package and Path(package).exists():
+        load_package(package, config.origin(("run", "package")))
+    elif package:
+        # The file may live only on the machine that runs the upgrade; upgrade itself refuses without it.
+        print(f"warning: {config.origin(('run', 'package'))}: {package} does not exist here", file=sys.stderr)
     targets = config.data["targets"]
-    print(f"{', '.join(args.files)}: ok ({len(targets)} target(s): {', '.join(sorted(targets)) or 'none'})")
+    print(f"{', '.join(args.files)}: ok ({len(targets)} target(s): {', '.join(sorted(targets))}; "
+          f"{len(plan.steps)} steps from {len(plan.plugins)} plugins)")
     return ExitCode.SUCCEEDED
 
 

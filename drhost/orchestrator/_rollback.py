@@ -12,6 +12,15 @@ from ._records import TOUCHED, TargetRecord
 _HOOK_TIMEOUT_S = 300.0
 
 
+def plugins_last_first(touched: list[PlannedStep], steps: dict[str, dict[str, object]]) -> list[str]:
+    """Plugins that ran steps, the one whose step ran last first (the order compensations unwind in)."""
+    last: dict[str, int] = {}
+    for step in touched:
+        seq = int(str(steps.get(step.key, {}).get("seq", 0)))
+        last[step.plugin] = max(last.get(step.plugin, 0), seq)
+    return sorted(last, key=lambda name: last[name], reverse=True)
+
+
 class RollbackFlow:
     """Brings a target back to the version it had before the run.
 
@@ -45,7 +54,17 @@ class RollbackFlow:
         return chosen
 
     def run(self) -> str:
-        self.record.set(phase="rollback", status="rolling_back")
+        with self.env.state.mutate() as body:
+            record = body["targets"][self.name]
+            rollback = record["rollback"]
+            if rollback["errors"] or rollback["problems"]:
+                # Asked again after a failed rollback: retry what failed, keep what succeeded.
+                rollback["stages"] = {s: v for s, v in rollback["stages"].items() if v != "failed"}
+                rollback["steps"] = {k: v for k, v in rollback["steps"].items() if v != "failed"}
+                rollback["history"] = [*rollback.get("history", []),
+                                       {"errors": rollback["errors"], "problems": rollback["problems"]}]
+                rollback["errors"], rollback["problems"] = [], []
+            record["phase"], record["status"] = "rollback", "rolling_back"
         stages = self._stages_to_roll_back()
         self._emit("rollback.started", stages=[s.value for s in stages])
         for stage in stages:
@@ -60,7 +79,8 @@ class RollbackFlow:
                 rollback = body["targets"][self.name]["rollback"]
                 rollback["stages"][stage.value] = "failed" if errors else "done"
                 rollback["errors"].extend(errors)
-            self._emit("rollback.stage", stage=stage, status="failed" if errors else "done", errors=errors)
+            self._emit("rollback.stage", stage=stage, status="failed" if errors else "done", errors=errors,
+                       rule=stage_policy(self.env.config, stage).rollback_rule)
         problems = self._verify(stages)
         with self.env.state.mutate() as body:
             body["targets"][self.name]["rollback"]["problems"] = problems
@@ -85,9 +105,9 @@ class RollbackFlow:
             if not step.has_rollback or done.get(step.key) == "done":
                 continue
             errors.extend(self._compensate(step))
-        involved = {s.plugin for s in touched}
-        for plugin in reversed(self.env.plan.plugins):
-            if plugin.name not in involved or "drhost_rollback" not in plugin.hooks:
+        for name in plugins_last_first(touched, steps):
+            plugin = self.env.plan.plugin(name)
+            if "drhost_rollback" not in plugin.hooks:
                 continue
             key = f"{stage.value}/{plugin.name}/*"
             if done.get(key) == "done":

@@ -11,7 +11,7 @@ from ..policy import class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord
-from ._rollback import RollbackFlow
+from ._rollback import RollbackFlow, plugins_last_first
 
 _VERIFY_TIMEOUT_S = 120.0
 _PROBE_TIMEOUT_S = 60.0
@@ -163,7 +163,7 @@ class TargetFlow:
                 self.record.mark_step(step, "cleaned")
             else:
                 errors.append(f"{step.label}: {outcome.message}")
-        for plugin in reversed(self._plugins_in(stage, touched)):
+        for plugin in plugins_last_first(touched, steps):
             if "drhost_cleanup" not in self.env.plan.plugin(plugin).hooks:
                 continue
             outcome = self.executor.call(self.name, plugin, "cleanup", stage=stage, timeout_s=_VERIFY_TIMEOUT_S)
@@ -175,10 +175,6 @@ class TargetFlow:
             body["targets"][self.name]["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
         self._emit("stage.cleanup_finished", stage=stage, errors=errors)
         return not errors
-
-    def _plugins_in(self, stage: Stage, steps: list[PlannedStep]) -> list[str]:
-        names = {s.plugin for s in steps}
-        return [p.name for p in self.env.plan.plugins if p.name in names]
 
     # -- steps --------------------------------------------------------------------------
     def _run_stage(self, stage: Stage) -> StageFailure | str | None:
@@ -196,8 +192,10 @@ class TargetFlow:
                 self._emit("step.skipped", stage=stage, step=step.name, plugin=step.plugin,
                            message="plugin was skipped earlier in this run")
                 continue
-            if status == "started" and not step.retryable:
-                message = "found started but not finished (the controller stopped mid-step); not retryable"
+            aborting_class = class_policy(self.env.config, step.plugin_class).on_failure == "abort"
+            if not step.retryable and (status == "started" or (status == "failed" and aborting_class)):
+                message = ("found started but not finished (the controller stopped mid-step); not retryable"
+                           if status == "started" else "failed earlier in this run; not retryable as it is")
                 self.record.mark_step(step, "failed", message=message)
                 self._emit("step.interrupted", stage=stage, step=step.name, plugin=step.plugin, message=message)
                 return StageFailure(message, step, step.plugin, needs_cleanup=True, interrupted=True)
@@ -251,9 +249,12 @@ class TargetFlow:
             self.record.mark_step(step, "skipped", message=outcome.message)
             self._emit("step.skipped", stage=step.stage, step=step.name, plugin=step.plugin, message=outcome.message)
             return None
-        if outcome.ended == "up_to_date":
+        if outcome.ended == "up_to_date" and step.stage is Stage.PRECHECK:
             self.record.mark_step(step, "done", message=outcome.message)
             return "up_to_date"
+        if outcome.ended == "up_to_date":
+            outcome = CallOutcome("failed", message=f"raised UpToDate in {step.stage.value}; it is only meaningful "
+                                                    f"in precheck, before anything changed", retryable=False)
         if outcome.ended == "cancelled" and self.env.stop.is_set():
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)

@@ -58,7 +58,8 @@ def describe(event: Event) -> str:
         text = f"{where} rolled back: {d.get('status')}" + (f" ({'; '.join(d.get('errors', []))})"
                                                            if d.get("errors") else "")
     elif name in ("rollback.step", "rollback.plugin", "step.cleanup"):
-        text = f"{where}{who} {name.split('.')[0]}: {d.get('ended')}" + (f" — {event.message}" if event.message else "")
+        what = "cleanup" if name == "step.cleanup" else "rollback"
+        text = f"{where}{who} {what}: {d.get('ended')}" + (f" — {event.message}" if event.message else "")
     else:
         text = " ".join(part for part in (name, where + who, event.message) if part)
     prefix = f"{event.target}: " if event.target else ""

@@ -124,6 +124,7 @@ class ProcessRunner:
             # glibc creates an arena per thread; with RLIMIT_AS they exhaust the budget early.
             "MALLOC_ARENA_MAX": "2",
             "PYTHONUNBUFFERED": "1",
+            "DRHOST_WORKER_MESSAGE_LIMIT": str(self._limit),
         }
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
@@ -201,7 +202,7 @@ class ProcessRunner:
     def _send(self, message: dict[str, Any]) -> None:
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write(encode(message))
+            self._proc.stdin.write(encode(message, limit=self._limit))
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the reader sees the worker's end

@@ -37,10 +37,10 @@ class ProtocolError(Exception):
     """A message that is not valid JSON, too large, or not of a known shape."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any], *, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    if len(data) > limit:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {limit}")
     return data
 
 

@@ -18,17 +18,25 @@ from typing import Any, BinaryIO
 from ._errors import Cancelled, StepFailed
 from ._limits import apply_limits
 from ._plugin import LoadedPlugin
-from ._protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
+from ._protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 from ._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
 
 
 class _Channel:
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, limit: int) -> None:
         self._out = out
         self._lock = threading.Lock()
+        self.limit = limit
 
     def send(self, message: dict[str, Any]) -> None:
-        data = encode(message)
+        try:
+            data = encode(message, limit=self.limit)
+        except ProtocolError as exc:
+            if message.get("type") not in ("result", "error"):
+                raise
+            # Too large to send: the call fails with a message the host can read.
+            data = encode({"type": "error", "id": message["id"], "state": {},
+                           "error": {"kind": "step_failed", "message": str(exc), "retryable": False}})
         with self._lock:
             self._out.write(data)
             self._out.flush()
@@ -181,11 +189,11 @@ class Worker:
 
     def serve(self, stdin: BinaryIO) -> int:
         while True:
-            line = stdin.readline(8 * 1024 * 1024)
+            line = stdin.readline(self._channel.limit + 1)
             if not line:
                 return 0
             try:
-                message = decode(line)
+                message = decode(line, limit=self._channel.limit)
             except ProtocolError as exc:
                 print(f"drhost worker: bad message from host: {exc}", file=sys.stderr)
                 return 4
@@ -223,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m drhost_hookspecs.worker ENTRY_POINT", file=sys.stderr)
         return 2
-    channel = _Channel(_protect_stdout())
+    channel = _Channel(_protect_stdout(), int(os.environ.get("DRHOST_WORKER_MESSAGE_LIMIT", MAX_MESSAGE_BYTES)))
     limits = json.loads(os.environ.get("DRHOST_WORKER_LIMITS", "{}"))
     try:
         applied = apply_limits(limits, os.getpid())

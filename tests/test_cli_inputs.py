@@ -1,0 +1,71 @@
+"""Bad input to the CLI: one clear line naming the culprit, exit 2, and no run left half-created."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+
+def runs(state_dir: Path) -> list[Path]:
+    path = state_dir / "runs"
+    return sorted(path.iterdir()) if path.exists() else []
+
+
+def test_unbuilt_transport_is_refused_before_a_run_exists(
+        drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path, tmp_path: Path) -> None:
+    """An ssh target is refused by name before anything is created."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[target:db1]\ntransport = ssh\nroot = /opt/drproduct\nhost = 10.0.0.1\n")
+    proc = drhost("upgrade", "-i", str(inventory), "--package", str(tmp_path / "x.tar.gz"))
+    assert proc.returncode == 2
+    assert f"{inventory}: [target:db1] transport" in proc.stderr and "ssh is not built yet" in proc.stderr
+    assert "Traceback" not in proc.stderr and runs(state_dir) == []
+
+
+def test_fault_for_an_unknown_step_is_refused(drhost: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """A drill naming a step the plugin does not have lists the steps it has."""
+    proc = drhost("plan", "--demo", "--set", "plugin.dr-database.fault=upgrade_schema:fail")
+    assert proc.returncode == 2
+    assert "plugin.dr-database.fault" in proc.stderr and "upgrade_db_schema" in proc.stderr
+
+
+def test_missing_package_is_named(drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path,
+                                  tmp_path: Path) -> None:
+    """An upgrade without a usable package says which file, and creates nothing."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text(f"[target:a]\ntransport = local\nroot = {tmp_path / 'a'}\n")
+    proc = drhost("upgrade", "-i", str(inventory), "--package", str(tmp_path / "missing.tar.gz"))
+    assert proc.returncode == 2 and "missing.tar.gz" in proc.stderr and "no such file" in proc.stderr
+    assert runs(state_dir) == []
+
+
+def test_garbage_package_is_refused(drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path,
+                                    tmp_path: Path) -> None:
+    """A file that is not a package is refused with its name, without a traceback."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text(f"[target:a]\ntransport = local\nroot = {tmp_path / 'a'}\n")
+    bogus = tmp_path / "drproduct-2.0.0.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    proc = drhost("upgrade", "-i", str(inventory), "--package", str(bogus))
+    assert proc.returncode == 2 and "drproduct-2.0.0.tar.gz" in proc.stderr and "Traceback" not in proc.stderr
+    assert runs(state_dir) == []
+
+
+def test_config_check_reports_ok_with_the_plan_size(drhost: Callable[..., subprocess.CompletedProcess[str]],
+                                                    tmp_path: Path) -> None:
+    """config check validates targets, plugins and timeouts and says what it found."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[target:a]\ntransport = local\nroot = /opt/a\n[timeouts]\nupgrade.stop_services = 60\n")
+    proc = drhost("config", "check", str(inventory))
+    assert proc.returncode == 0 and "1 target(s): a" in proc.stdout and "27 steps from 4 plugins" in proc.stdout
+    inventory.write_text("[target:a]\ntransport = local\nroot = /opt/a\n[timeouts]\nupgrade.stop_service = 60\n")
+    proc = drhost("config", "check", str(inventory))
+    assert proc.returncode == 2 and "[timeouts] upgrade.stop_service" in proc.stderr
+
+
+def test_plan_into_a_closed_pipe_is_quiet(state_dir: Path) -> None:
+    """drhost plan | head ends without a traceback."""
+    proc = subprocess.run("python -m drhost plan --demo | head -1", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.startswith("targets:") and "Traceback" not in proc.stderr
