@@ -1,7 +1,8 @@
 """dr-monitoring: the monitoring vendor's plugin for drproduct.
 
-A third-party plugin: it runs in a container and on failure its error is
-recorded and the upgrade goes on.
+A third-party plugin: it runs in its class's isolation (``[class:third_party]
+isolation``: a child process today, a container once that is built), and on
+failure its error is recorded and the upgrade goes on.
 """
 
 from __future__ import annotations
