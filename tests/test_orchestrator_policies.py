@@ -255,3 +255,14 @@ def test_resume_after_abort_cleans_up_the_failed_non_retryable_step(world) -> No
     upgrade = [line for line in log if not line.startswith(("verify", "check"))]
     assert resumed.status == "succeeded"
     assert upgrade == ["a", "b.cleanup", "a.cleanup", "cleanup:upgrade", "a", "b", "c"]
+
+
+def test_oversized_result_fails_the_step_but_keeps_the_saved_state(world) -> None:  # type: ignore[no-untyped-def]
+    """A step whose result is too large to send fails; the state it checkpointed before is kept."""
+    source = simple_plugin("rec", "third_party", step_body=(
+        "ctx.state['backup'] = '/b/2'\nctx.checkpoint()\nctx.state['blob'] = 'x' * (2 * 1024 * 1024)"))
+    summary, _, state = world(source=source, overrides=("run.worker_message_limit_bytes=1048576",))
+    target = state.get("targets")["t"]
+    assert summary.status == "succeeded"  # third_party: error recorded, run goes on
+    assert "exceeds the limit" in target["errors"][0]["message"]
+    assert target["plugin_state"]["rec"] == {"backup": "/b/2"}

@@ -29,14 +29,7 @@ class _Channel:
         self.limit = limit
 
     def send(self, message: dict[str, Any]) -> None:
-        try:
-            data = encode(message, limit=self.limit)
-        except ProtocolError as exc:
-            if message.get("type") not in ("result", "error"):
-                raise
-            # Too large to send: the call fails with a message the host can read.
-            data = encode({"type": "error", "id": message["id"], "state": {},
-                           "error": {"kind": "step_failed", "message": str(exc), "retryable": False}})
+        data = encode(message, limit=self.limit)
         with self._lock:
             self._out.write(data)
             self._out.flush()
@@ -65,6 +58,8 @@ class WorkerContext:
         self.package = PackageInfo(**package)
         self.config: Mapping[str, Any] = dict(payload.get("config") or {})
         self.state: MutableMapping[str, Any] = dict(payload.get("state") or {})
+        #: The state the host last stored: what it keeps if the current state cannot be sent.
+        self.saved_state: dict[str, Any] = dict(self.state)
 
     # -- plumbing -------------------------------------------------------------
     def _request(self, method: str, **args: Any) -> Any:
@@ -150,7 +145,9 @@ class WorkerContext:
 
     def checkpoint(self) -> None:
         # A request, not a notification: when it returns, the state is on the host's disk.
-        self._request("checkpoint", state=dict(self.state))
+        state = dict(self.state)
+        self._request("checkpoint", state=state)
+        self.saved_state = state
 
     def sleep(self, seconds: float) -> None:
         if self._cancel.wait(seconds):
@@ -180,12 +177,21 @@ class Worker:
                 in_process=False,
                 memory_limit_bytes=self._memory_limit,
             )
-        except BaseException as exc:
-            self._channel.send({"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)})
+        except BaseException as exc:  # everything a plugin raises goes to the host
+            self._reply(ctx, {"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)})
         else:
-            self._channel.send({"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)})
+            self._reply(ctx, {"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)})
         finally:
             self._current = None
+
+    def _reply(self, ctx: WorkerContext, message: dict[str, Any]) -> None:
+        try:
+            self._channel.send(message)
+        except ProtocolError as exc:
+            # Too large to send: fail the call, and hand back the state the host already had (it fits), so
+            # nothing a compensation needs is wiped.
+            self._channel.send({"type": "error", "id": message["id"], "state": ctx.saved_state,
+                                "error": {"kind": "step_failed", "message": str(exc), "retryable": False}})
 
     def serve(self, stdin: BinaryIO) -> int:
         while True:
