@@ -20,13 +20,11 @@ pytestmark = pytest.mark.integration
 
 TARGETS = ["dr-demo-1", "dr-demo-2", "dr-demo-3"]
 DB_STEP = "upgrade/dr-database/upgrade_db_schema"
-#: The first call of upgrade_db_schema on each target sleeps long enough to be stopped mid-step.
-#: The fault's hit count lives in the plugin's state, which a worker returns only with its result:
-#: after SIGTERM (call cancelled, state returned) the resumed call is not slowed; after SIGKILL of the
-#: controller the count is lost and the resumed call sleeps once more, so the delay is kept short.
+#: The first call of upgrade_db_schema on each target sleeps long enough to be stopped mid-step. The
+#: fault's hit count is checkpointed before it strikes, so the resumed call is not slowed again.
 SLOW_ONCE = ("--set", "run.forks=3", "--set", "run.kill_grace_s=0.5",
              "--set", "plugin.dr-database.fault=upgrade_db_schema:slow:1",
-             "--set", "plugin.dr-database.fault_delay_s=12")
+             "--set", "plugin.dr-database.fault_delay_s=60")
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def inject(ctx: Context, step: str, *, in_process: bool, memory_limit_bytes: int
             continue
         hits[step] = count + 1
         ctx.state[_HITS_KEY] = hits
+        # Durable before the fault strikes: a crash or kill must not reset the count.
+        ctx.checkpoint()
         _apply(ctx, spec, in_process=in_process, memory_limit_bytes=memory_limit_bytes)
 
 
