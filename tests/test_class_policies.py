@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TargetProbe, run_json
+
+from cli_helpers import TargetProbe, run_json
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI_TIMEOUT_S, TargetProbe, _pids_under, demo_roots, run_json
+
+from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under, run_json
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def kept_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
         assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
         yield state_dir, run_json(proc)
     finally:
-        for pid in _pids_under(state_dir):
+        for pid in pids_under(state_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TargetProbe, run_json
 
+from cli_helpers import TargetProbe, run_json
 from product_helpers import repack
 
 pytestmark = pytest.mark.integration

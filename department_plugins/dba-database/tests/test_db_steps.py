@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import SEED_JOBS, Harness
 from drplugin_dba_database import snapshot
 
 from drhost_hookspecs import Stage, StepFailed, VerifyPhase
+from plugin_harness import SEED_JOBS, Harness
 
 
 def _db(h: Harness) -> Path:

@@ -1,6 +1,6 @@
 """dr-catalog declares itself and its steps as the host expects."""
 
-from conftest import check_declaration
+from plugin_harness import check_declaration
 
 
 def test_declaration() -> None:

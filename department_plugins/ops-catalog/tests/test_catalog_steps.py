@@ -6,10 +6,10 @@ import json
 import sqlite3
 
 import pytest
-from conftest import SEED_JOBS, Harness
 from drplugin_ops_catalog.catalog import compare
 
 from drhost_hookspecs import Stage, StepFailed
+from plugin_harness import SEED_JOBS, Harness
 
 
 def _templates(h: Harness) -> dict[str, object]:

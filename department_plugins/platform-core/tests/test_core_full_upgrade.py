@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PRE_UPGRADE, SEED_JOBS, Harness
 
 from drhost_hookspecs import Stage, VerifyPhase
+from plugin_harness import PRE_UPGRADE, SEED_JOBS, Harness
 
 NON_RETRYABLE = ("install_program_files", "upgrade_db_schema", "register_services", "init_core_config",
                  "update_licence")

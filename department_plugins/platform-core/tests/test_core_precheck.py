@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import LocalContext, make_harness, with_package
 from drplugin_platform_core import _ini
 from drplugin_platform_core.precheck import parse_df_available
 
 from drhost_hookspecs import LoadedPlugin, PackageInfo, Stage, StepFailed, UpToDate
+from plugin_harness import LocalContext, make_harness, with_package
 
 
 def _run(root: Path, package: PackageInfo, step: str, config: dict[str, object] | None = None) -> LocalContext:

@@ -6,9 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from conftest import Harness
-
 from drhost_hookspecs import Stage
+from plugin_harness import Harness
 
 #: Changes on every call by nature, not because a step is not idempotent.
 VOLATILE_STATE = {"health_latency_ms"}

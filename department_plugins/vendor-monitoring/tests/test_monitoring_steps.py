@@ -6,9 +6,8 @@ import configparser
 import json
 from pathlib import Path
 
-from conftest import Harness
-
 from drhost_hookspecs import Stage
+from plugin_harness import Harness
 
 
 def _config_file(h: Harness) -> str:

@@ -1,0 +1,83 @@
+"""Helpers for the host's tests: CLI output, processes left behind, and a probe of a target's real state."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CLI_TIMEOUT_S = 240
+
+
+def pids_under(path: Path) -> list[int]:
+    """Processes whose command line mentions ``path`` (the demo's daemons live there)."""
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def run_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The final JSON object a ``--json`` run printed on stdout."""
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(
+            f"no JSON on stdout ({exc}); exit {proc.returncode}; stderr:\n{proc.stderr[-3000:]}") from None
+    return data
+
+
+class TargetProbe:
+    """Reads a target's real state (files, SQLite, daemon), never drhost's own records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def current_version(self) -> str:
+        return (self.root / "current" / "VERSION").read_text().strip()
+
+    def port(self) -> int:
+        import configparser
+
+        parser = configparser.ConfigParser()
+        parser.read(self.root / "etc" / "drproduct.ini")
+        return parser.getint("service", "port")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}/health", timeout=5) as response:
+                data: dict[str, Any] = json.load(response)
+                return data
+        except urllib.error.HTTPError as exc:
+            degraded: dict[str, Any] = json.load(exc)
+            return degraded
+        except OSError:
+            return None
+
+    def schema(self) -> int:
+        with sqlite3.connect(self.root / "data" / "catalog.db") as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def jobs(self) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.root / "data" / "catalog.db") as db:
+            return db.execute("SELECT id, name, source_path, schedule FROM jobs ORDER BY id").fetchall()
+
+    def tables(self) -> set[str]:
+        with sqlite3.connect(self.root / "data" / "catalog.db") as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def demo_roots(state_dir: Path) -> list[Path]:
+    """Install roots of every demo created under ``state_dir``."""
+    return sorted((state_dir / "demo").glob("*/*/opt/drproduct"))
