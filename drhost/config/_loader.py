@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from drhost_hookspecs import parse_faults
+
 from ..errors import ConfigError, Origin
 
 Path_ = tuple[str, ...]
@@ -256,8 +258,6 @@ def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
 
 def validate_plugin_section(config: LoadedConfig, plugin: str, plugin_schema: Mapping[str, Any] | None) -> None:
     """Coerce and validate ``[plugin:NAME]`` against the plugin's own schema (plus fault keys)."""
-    from drhost_hookspecs import parse_faults
-
     section = config.data["plugins"].setdefault(plugin, {})
     merged: dict[str, Any] = dict(plugin_schema or {"type": "object"})
     props = dict(merged.get("properties", {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -48,8 +49,6 @@ class TargetRecord:
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
             if isinstance(node, (dict, list)):
-                import copy
-
                 return copy.deepcopy(node)
             return node
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from drhost_hookspecs import Stage, VerifyPhase
@@ -170,8 +171,6 @@ class TargetFlow:
             if not outcome.ok:
                 errors.append(f"{plugin} drhost_cleanup: {outcome.message}")
         with self.env.state.mutate() as body:
-            import time
-
             body["targets"][self.name]["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
         self._emit("stage.cleanup_finished", stage=stage, errors=errors)
         return not errors

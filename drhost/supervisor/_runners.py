@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -166,8 +167,6 @@ class ProcessRunner:
         except subprocess.TimeoutExpired:
             return "still running"
         if code < 0:
-            import signal
-
             return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
 
