@@ -89,22 +89,27 @@ def failed_events(events: list[dict[str, Any]], step: str) -> list[dict[str, Any
     return [e for e in events if e["event"] == "step.failed" and e.get("step") == step]
 
 
+def run_with_fault(drhost: Any, plugin_class: str, kind: str,
+                   expected_exit: int) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Run the demo with one fault; return (summary, state, events)."""
+    proc = drhost("upgrade", "--demo", "--json", "--keep", *fault_args(plugin_class, kind))
+    summary = run_json(proc)
+    assert proc.returncode == expected_exit, proc.stderr[-3000:]
+    run_dir = Path(summary["run_dir"])
+    return summary, read_state(run_dir), read_events(run_dir)
+
+
 @pytest.mark.parametrize("kind", ["fail", "hang", "crash", "oom"])
 @pytest.mark.parametrize("plugin_class", ["core", "database"])
 def test_abort_classes_roll_back(drhost: Any, plugin_class: str, kind: str,
                                  fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
     """A core or database step failing (any way) rolls every target back to 1.0.0, healthy, data intact."""
     plugin, step = PLUGINS[plugin_class]
-    proc = drhost("upgrade", "--demo", "--json", "--keep", *fault_args(plugin_class, kind))
-    summary = run_json(proc)
-    assert proc.returncode == 3, proc.stderr[-3000:]
+    summary, state, events = run_with_fault(drhost, plugin_class, kind, 3)
     assert summary["status"] == "rolled_back"
     assert {t["status"] for t in summary["targets"].values()} == {"rolled_back"}
     assert {t["version"] for t in summary["targets"].values()} == {"1.0.0"}
-    run_dir = Path(summary["run_dir"])
-    state = read_state(run_dir)
     assert_rolled_back(roots_of(state), fresh_seed_jobs)
-    events = read_events(run_dir)
     for name in TARGETS:
         record = state["targets"][name]
         assert record["status"] == "rolled_back"
@@ -125,14 +130,9 @@ def test_abort_classes_roll_back(drhost: Any, plugin_class: str, kind: str,
 def test_business_plugin_is_skipped(drhost: Any, kind: str, fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
     """A failing business plugin is skipped for the rest of the run; the upgrade completes at 2.0.0."""
     plugin, step = PLUGINS["business"]
-    proc = drhost("upgrade", "--demo", "--json", "--keep", *fault_args("business", kind))
-    summary = run_json(proc)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary, state, events = run_with_fault(drhost, "business", kind, 0)
     assert summary["status"] == "succeeded"
-    run_dir = Path(summary["run_dir"])
-    state = read_state(run_dir)
     assert_upgraded(roots_of(state), fresh_seed_jobs)
-    events = read_events(run_dir)
     for name in TARGETS:
         record = state["targets"][name]
         assert record["status"] == "succeeded" and record["version"] == "2.0.0"
@@ -153,14 +153,9 @@ def test_business_plugin_is_skipped(drhost: Any, kind: str, fresh_seed_jobs: lis
 def test_third_party_error_is_recorded(drhost: Any, kind: str, fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
     """A failing third_party plugin has its error recorded and the upgrade completes at 2.0.0."""
     plugin, step = PLUGINS["third_party"]
-    proc = drhost("upgrade", "--demo", "--json", "--keep", *fault_args("third_party", kind))
-    summary = run_json(proc)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary, state, events = run_with_fault(drhost, "third_party", kind, 0)
     assert summary["status"] == "succeeded"
-    run_dir = Path(summary["run_dir"])
-    state = read_state(run_dir)
     assert_upgraded(roots_of(state), fresh_seed_jobs)
-    events = read_events(run_dir)
     for name in TARGETS:
         record = state["targets"][name]
         assert record["status"] == "succeeded" and record["version"] == "2.0.0"
