@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from drhost.config import load_config
 from drhost.errors import RefusedError
 from drhost.plan import build_plan
 from drhost.plugins import discover
-from drhost.supervisor import ProcessRunner
 from drhost_hookspecs import Stage
 from plugin_factory import make_plugin, simple_plugin
-from worker_helpers import make_context
+from worker_helpers import make_context, process_runner
 
 
 @pytest.fixture
@@ -92,7 +90,7 @@ def test_allow_list_limits_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plugin_prints_go_to_stderr_not_the_protocol(site: Path, tmp_path: Path) -> None:
     """A plugin that prints to stdout in a worker does not corrupt the JSON channel."""
     make_plugin(site, "zz-chatty", simple_plugin("zz-chatty", step_body="print('{not json'); ctx.state['ran'] = 1"))
-    runner = ProcessRunner("zz-chatty", limits={}, logger=logging.getLogger("t"), grace_s=0.5)
+    runner = process_runner("zz-chatty")
     try:
         outcome = runner.call("run_step", make_context(tmp_path), stage=Stage.UPGRADE, step="work", timeout_s=30)
     finally:

@@ -10,24 +10,23 @@ from types import SimpleNamespace
 
 import psutil
 
-from drhost.supervisor import ProcessRunner, ThreadRunner
+from drhost.supervisor import ThreadRunner, WorkerRunner
 from drhost_hookspecs import Category, LoadedPlugin, PluginClass, PluginInfo, Stage, Step, hookimpl
-from worker_helpers import make_context
+from worker_helpers import make_context, process_runner
 
 LOG = logging.getLogger("test.runners")
 MiB = 1024 * 1024
 
 
-def catalog_runner(memory_mb: int = 256) -> ProcessRunner:
-    limits = {"memory_bytes": memory_mb * MiB, "nofile": 64, "core_bytes": 0}
-    return ProcessRunner("dr-catalog", limits=limits, logger=LOG, grace_s=0.5)
+def catalog_runner(memory_mb: int = 256) -> WorkerRunner:
+    return process_runner("dr-catalog", {"memory_bytes": memory_mb * MiB, "nofile": 64, "core_bytes": 0})
 
 
 def fault(tmp_path: Path, kind: str, **extra: object) -> dict[str, object]:
     return {"fault": f"migrate_job_templates:{kind}", **extra}
 
 
-def call(runner: ProcessRunner, tmp_path: Path, kind: str, timeout_s: float = 20, **extra: object):  # type: ignore[no-untyped-def]
+def call(runner: WorkerRunner, tmp_path: Path, kind: str, timeout_s: float = 20, **extra: object):  # type: ignore[no-untyped-def]
     ctx = make_context(tmp_path, config=fault(tmp_path, kind, **extra))
     return ctx, runner.call("run_step", ctx, stage=Stage.UPGRADE, step="migrate_job_templates", timeout_s=timeout_s)
 

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from drhost.supervisor import ProcessRunner
-from worker_helpers import fake_worker, make_context
+from drhost.supervisor import WorkerRunner
+from worker_helpers import fake_worker, make_context, process_runner
 
 LOG = logging.getLogger("test.worker")
 
 
-def runner_for(tmp_path: Path, body: str, **kwargs: object) -> ProcessRunner:
-    return ProcessRunner("fake", limits={}, logger=LOG, grace_s=0.5, command=fake_worker(tmp_path, body),
-                         **kwargs)  # type: ignore[arg-type]
+def runner_for(tmp_path: Path, body: str, message_limit: int = 4 * 1024 * 1024) -> WorkerRunner:
+    return process_runner("fake", command=fake_worker(tmp_path, body), message_limit=message_limit)
 
 
 def pid_gone(pid: int) -> bool:
@@ -99,7 +98,7 @@ def test_worker_that_cannot_start_is_reported(tmp_path: Path) -> None:
     """A worker dying before hello is a crashed call with the reason, and the next call starts a new one."""
     script = tmp_path / "dies.py"
     script.write_text("import sys; sys.exit(5)\n")
-    runner = ProcessRunner("fake", limits={}, logger=LOG, grace_s=0.5, command=["python3", str(script)])
+    runner = process_runner("fake", command=["python3", str(script)])
     outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
     assert outcome.ended == "crashed" and "exit code 5" in outcome.message
     outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)

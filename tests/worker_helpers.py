@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from drhost.context import HostContext
+from drhost.supervisor import RlimitSandbox, WorkerRunner
 from drhost.transport import LocalSession
 from drhost_hookspecs import PackageInfo, TargetInfo
 
@@ -33,6 +34,14 @@ def make_context(root: Path, *, package_path: str = "/nonexistent/pkg.tar.gz", t
 HELLO = 'import json, sys, os\nout = sys.stdout.buffer\n' \
         'out.write(json.dumps({"type": "hello", "pid": os.getpid(), "protocol": 1}).encode() + b"\\n")\nout.flush()\n' \
         'call = sys.stdin.readline()\n'
+
+
+def process_runner(entry_point: str, limits: dict[str, Any] | None = None, *, command: list[str] | None = None,
+                   message_limit: int = 4 * 1024 * 1024, grace_s: float = 0.5) -> WorkerRunner:
+    """A worker runner in the rlimit process sandbox."""
+    sandbox = RlimitSandbox(limits or {}, message_limit=message_limit, command=command)
+    return WorkerRunner(entry_point, sandbox=sandbox, logger=logging.getLogger("test.worker"), grace_s=grace_s,
+                        message_limit=message_limit)
 
 
 def fake_worker(tmp_path: Path, body: str) -> list[str]:

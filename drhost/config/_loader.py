@@ -25,7 +25,8 @@ Path_ = tuple[str, ...]
 
 #: INI section prefix -> (top-level key of the config, whether the section has a name)
 _NAMED_SECTIONS = {"stage": "stages", "class": "classes", "plugin": "plugins", "target": "targets", "ssh": "ssh"}
-_PLAIN_SECTIONS = {"run": "run", "timeouts": "timeouts", "watchdog": "watchdog"}
+_PLAIN_SECTIONS = {"run": "run", "timeouts": "timeouts", "watchdog": "watchdog", "container": "container",
+                   "process": "process"}
 #: ``--set`` prefixes, which read like the INI sections they stand for
 _SET_PREFIXES = {**{k: v for k, v in _NAMED_SECTIONS.items()}, **_PLAIN_SECTIONS}
 

@@ -19,7 +19,7 @@ from ..events import Event, EventBus
 from ..plan import Plan, PluginEntry
 from ..policy import class_policy
 from ..state import RunState
-from ..supervisor import CallOutcome, ProcessRunner, Runner, ThreadRunner
+from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
 from ..transport import LocalSession, TargetSession
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
@@ -84,16 +84,15 @@ class Executor:
                     if plugin.name not in self._loaded:
                         self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
                     self._runners[key] = ThreadRunner(self._loaded[plugin.name], grace_s=grace)
-                elif plugin.isolation == "process":
-                    policy = class_policy(self.env.config, plugin.plugin_class)
-                    self._runners[key] = ProcessRunner(
-                        plugin.name, limits=policy.worker_limits(),
-                        logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"), grace_s=grace,
-                        message_limit=int(self.env.config["run"]["worker_message_limit_bytes"]),
-                    )
                 else:
-                    raise RefusedError(f"plugin {plugin.name!r}: isolation {plugin.isolation!r} is not built yet; "
-                                       f"set [class:{plugin.plugin_class.value}] isolation = process")
+                    policy = class_policy(self.env.config, plugin.plugin_class)
+                    limit = int(self.env.config["run"]["worker_message_limit_bytes"])
+                    sandbox = make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
+                                           message_limit=limit, config=dict(self.env.config))
+                    self._runners[key] = WorkerRunner(
+                        plugin.name, sandbox=sandbox, logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"),
+                        grace_s=grace, message_limit=limit,
+                    )
             return self._runners[key]
 
     def close(self) -> None:

@@ -17,10 +17,11 @@ from typing import Any
 
 from drhost_hookspecs import ENTRY_POINT_GROUP, HOOK_API_VERSION, PluginClass, Stage, StepDescription
 
-from ..supervisor import ProcessRunner
+from ..supervisor import RlimitSandbox, WorkerRunner
 
 ALLOW_ENV = "DRHOST_LOAD_PLUGINS"
 _DESCRIBE_TIMEOUT_S = 60.0
+_DESCRIBE_MESSAGE_LIMIT = 4 * 1024 * 1024
 _DESCRIBE_LIMITS = {"memory_bytes": 1024 * 1024 * 1024, "nofile": 256, "core_bytes": 0}
 
 #: status -> whether the plugin takes part in a run
@@ -73,7 +74,9 @@ def _allow_list() -> set[str] | None:
 
 
 def _describe(ep: importlib.metadata.EntryPoint, logger: logging.Logger) -> dict[str, Any]:
-    runner = ProcessRunner(ep.name, limits=_DESCRIBE_LIMITS, logger=logger.getChild(ep.name))
+    sandbox = RlimitSandbox(_DESCRIBE_LIMITS, message_limit=_DESCRIBE_MESSAGE_LIMIT)
+    runner = WorkerRunner(ep.name, sandbox=sandbox, logger=logger.getChild(ep.name),
+                          message_limit=_DESCRIBE_MESSAGE_LIMIT)
     try:
         outcome = runner.call("describe", None, timeout_s=_DESCRIBE_TIMEOUT_S)
     finally:

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
-import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import IO, Any, Protocol
 
-from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
+from drhost_hookspecs import Stage, VerifyPhase
 from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
-from ..transport import stop_process_group
 from ._outcome import CallOutcome, outcome_from_error
+from ._sandbox import Sandbox
 
 _STDERR_LOG_LIMIT = 4 * 1024 * 1024
+_SAMPLE_EVERY_S = 0.25
 _STARTUP_TIMEOUT_S = 60.0
 
 
@@ -36,79 +35,56 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-class ThreadRunner:
-    """Core plugins: called in a thread of the host.
-
-    A thread cannot be killed. On timeout the step is asked to stop (its commands
-    are ended, ``ctx.sleep`` wakes); a thread that still does not return is left
-    behind and reported as hung — trusted code only, and the upgrade aborts.
-    """
-
-    isolation = "thread"
-
-    def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0) -> None:
-        self._plugin = plugin
-        self._grace = grace_s
-
-    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
-             phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
-        if op == "describe":
-            return CallOutcome("ok", result=self._plugin.describe())
-        assert ctx is not None
-        box: dict[str, Any] = {}
-        started = time.monotonic()
-
-        def target() -> None:
-            try:
-                box["result"] = self._plugin.invoke(op, ctx, stage=stage, step=step, phase=phase, in_process=True)
-            except BaseException as exc:
-                box["error"] = error_to_json(exc)
-
-        thread = threading.Thread(target=target, name=f"plugin-{self._plugin.entry_point}-{step or op}", daemon=True)
-        thread.start()
-        thread.join(timeout_s)
-        timed_out = thread.is_alive()
-        if timed_out:
-            ctx.stop()
-            thread.join(self._grace)
-        duration = time.monotonic() - started
-        state = dict(ctx.state)
-        if timed_out:
-            hung = thread.is_alive()
-            return CallOutcome("timeout", message=f"no result after {timeout_s:g} s" + (
-                "; the thread did not stop and was abandoned" if hung else ""), state=state,
-                detail={"hung_thread": hung}, duration_s=duration)
-        if "error" in box:
-            return outcome_from_error(box["error"], state, duration)
-        return CallOutcome("ok", result=box.get("result"), state=state, duration_s=duration)
-
-    def close(self) -> None:
-        return None
-
-
 class WorkerDied(Exception):
     pass
 
 
-class ProcessRunner:
-    """Business, database (and, until containers, third-party) plugins: one warm worker process.
+class HealthWatch:
+    """Samples a worker's usage during a call; keeps the peaks; names a memory breach.
 
-    The worker is a fresh interpreter that lowers its own limits, imports exactly
-    one plugin and speaks JSON lines. The host owns it: on a deadline the whole
-    process group is ended, and a dead worker is started again for the next call.
+    Where the kernel does not hold the worker to its memory limit (no cgroup), this
+    is what stops it: sampled, so a fast allocation can overshoot by what it grabs
+    between two samples.
     """
 
-    isolation = "process"
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+        self._next = 0.0
+        self.peak: dict[str, Any] = {}
 
-    def __init__(self, entry_point: str, *, limits: dict[str, Any], logger: logging.Logger,
-                 grace_s: float = 3.0, message_limit: int = MAX_MESSAGE_BYTES,
-                 command: list[str] | None = None) -> None:
+    def sample(self, now: float) -> str | None:
+        if now < self._next:
+            return None
+        self._next = now + _SAMPLE_EVERY_S
+        usage = self._sandbox.usage()
+        for key, value in usage.items():
+            if isinstance(value, (int, float)):
+                self.peak[key] = max(self.peak.get(key, 0), value)
+        limit = self._sandbox.memory_limit_bytes
+        memory = usage.get("memory_bytes")
+        if limit and not self._sandbox.enforces_memory and isinstance(memory, int) and memory > limit:
+            return (f"memory limit {limit // (1024 * 1024)} MiB exceeded: {memory // (1024 * 1024)} MiB resident "
+                    f"(sampled by the supervisor; no cgroup here); worker killed")
+        return None
+
+
+class WorkerRunner:
+    """Plugins outside the host: one warm worker per plugin and target, confined by a sandbox.
+
+    The worker is a fresh interpreter that lowers its own limits, imports exactly
+    one plugin and speaks JSON lines. The host owns it: on a deadline everything it
+    started is ended by the sandbox, and a dead worker is started again for the next
+    call.
+    """
+
+    def __init__(self, entry_point: str, *, sandbox: Sandbox, logger: logging.Logger, grace_s: float = 3.0,
+                 message_limit: int = MAX_MESSAGE_BYTES) -> None:
         self.entry_point = entry_point
-        self._limits = limits
+        self.sandbox = sandbox
+        self.isolation = sandbox.kind
         self._log = logger
         self._grace = grace_s
         self._limit = message_limit
-        self._command = command
         self._proc: subprocess.Popen[bytes] | None = None
         self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._next_id = 0
@@ -117,24 +93,13 @@ class ProcessRunner:
 
     # -- lifecycle --------------------------------------------------------------
     def _spawn(self) -> None:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "HOME": os.environ.get("HOME", "/"),
-            "DRHOST_WORKER_LIMITS": json.dumps(self._limits),
-            # glibc creates an arena per thread; with RLIMIT_AS they exhaust the budget early.
-            "MALLOC_ARENA_MAX": "2",
-            "PYTHONUNBUFFERED": "1",
-            "DRHOST_WORKER_MESSAGE_LIMIT": str(self._limit),
-        }
-        if "PYTHONPATH" in os.environ:
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        argv = self._command or [sys.executable, "-m", "drhost_hookspecs.worker", self.entry_point]
+        self.sandbox.prepare()
         self._messages = queue.Queue()
         self._proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,
+            self.sandbox.command(self.entry_point), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self.sandbox.environment(), start_new_session=True,
         )
+        self.sandbox.started(self._proc.pid)
         self.launches += 1
         assert self._proc.stdout is not None and self._proc.stderr is not None
         threading.Thread(target=self._read_stdout, args=(self._proc.stdout, self._messages), daemon=True).start()
@@ -166,6 +131,9 @@ class ProcessRunner:
             code = self._proc.wait(timeout=self._grace)
         except subprocess.TimeoutExpired:
             return "still running"
+        limit = self.sandbox.explain_exit(code)
+        if limit:
+            return limit
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
@@ -208,7 +176,7 @@ class ProcessRunner:
 
     def _kill(self) -> None:
         if self._proc is not None:
-            stop_process_group(self._proc, self._grace)
+            self.sandbox.stop(self._proc, self._grace)
             self._proc = None
 
     def close(self) -> None:
@@ -217,6 +185,7 @@ class ProcessRunner:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=self._grace)
         self._kill()
+        self.sandbox.close()
 
     @property
     def pid(self) -> int | None:
@@ -250,10 +219,16 @@ class ProcessRunner:
         deadline = started + timeout_s
         cancelled_at: float | None = None
         stop_reason = ""
+        health = HealthWatch(self.sandbox)
         while True:
             limit = deadline if cancelled_at is None else cancelled_at + self._grace
-            kind, incoming = self._next_message(min(limit, time.monotonic() + 0.25))
+            kind, incoming = self._next_message(min(limit, time.monotonic() + _SAMPLE_EVERY_S))
             now = time.monotonic()
+            breach = health.sample(now)
+            if breach is not None:
+                self._kill()
+                return CallOutcome("killed", message=breach, state=state(), duration_s=now - started,
+                                   retryable=False, detail={"usage": health.peak, "limit": "memory"})
             if cancelled_at is None and (now >= deadline or (ctx is not None and ctx.cancelled)):
                 # Ask politely first; the kill below does not need the plugin's cooperation.
                 cancelled_at = now
@@ -281,7 +256,7 @@ class ProcessRunner:
             if outcome is not None:
                 if cancelled_at is not None and not outcome.ok:
                     return self._stopped(stop_reason, timeout_s, outcome.state, now - started, killed=False)
-                return outcome
+                return dataclasses.replace(outcome, detail={**outcome.detail, "usage": health.peak})
 
     @staticmethod
     def _stopped(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,

@@ -1,0 +1,153 @@
+"""Sandboxes: how a worker process is confined. The worker runner is the same for all of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Protocol
+
+import psutil
+
+from ..transport import stop_process_group
+
+
+class Sandbox(Protocol):
+    """Confinement of one worker: built before each launch, torn down when the runner closes.
+
+    ``enforces_memory`` says whether the kernel holds the worker to its memory limit
+    (a cgroup); when it does not, the supervisor's health monitor stops a worker
+    whose sampled memory goes over the limit.
+    """
+
+    kind: str
+    memory_limit_bytes: int | None
+    enforces_memory: bool
+
+    def command(self, entry_point: str) -> list[str]:
+        """The argv that starts the worker for ``entry_point``."""
+        ...
+
+    def environment(self) -> dict[str, str]:
+        """The environment of the launched command (never the host's own environment)."""
+        ...
+
+    def prepare(self) -> None:
+        """Called before every launch (for example: create the cgroup)."""
+        ...
+
+    def started(self, pid: int) -> None:
+        """Called with the pid of the launched command."""
+        ...
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
+        """End everything the worker started, without its cooperation; return when it is gone."""
+        ...
+
+    def explain_exit(self, returncode: int) -> str | None:
+        """When a limit of this sandbox ended the worker, name it (for example the cgroup OOM kill)."""
+        ...
+
+    def usage(self) -> dict[str, Any]:
+        """Current usage: ``memory_bytes``, ``processes``, ``cpu_percent`` where measurable."""
+        ...
+
+    def in_force(self) -> dict[str, Any]:
+        """The limits in force and the mechanism of each, for events, records and ``drhost doctor``."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sandbox holds (cgroups, containers); idempotent."""
+        ...
+
+
+def worker_environment(limits: dict[str, Any], message_limit: int) -> dict[str, str]:
+    """The explicit environment of a worker process on this machine."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": os.environ.get("HOME", "/"),
+        "DRHOST_WORKER_LIMITS": json.dumps(limits),
+        # glibc creates an arena per thread; with RLIMIT_AS they exhaust the budget early.
+        "MALLOC_ARENA_MAX": "2",
+        "PYTHONUNBUFFERED": "1",
+        "DRHOST_WORKER_MESSAGE_LIMIT": str(message_limit),
+    }
+    for passthrough in ("PYTHONPATH", "DRHOST_INSTANT_RETRIES"):
+        if passthrough in os.environ:
+            env[passthrough] = os.environ[passthrough]
+    return env
+
+
+def tree_usage(pid: int | None) -> dict[str, Any]:
+    """RSS and process count of a process and its descendants (psutil); empty when it is gone."""
+    if pid is None:
+        return {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    rss = 0
+    cpu = 0.0
+    for proc in procs:
+        try:
+            rss += proc.memory_info().rss
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+        except psutil.Error:
+            continue
+    return {"memory_bytes": rss, "processes": len(procs), "cpu_seconds": round(cpu, 3)}
+
+
+class RlimitSandbox:
+    """A child process limited by rlimits it sets on itself before importing the plugin.
+
+    The fallback where no cgroup can be created: RLIMIT_AS bounds address space
+    (not resident memory), RLIMIT_NOFILE open files; there is no CPU share and, for
+    root, no process-count limit. The health monitor adds a sampled RSS limit.
+    """
+
+    kind = "process"
+    enforces_memory = False
+
+    def __init__(self, limits: dict[str, Any], *, message_limit: int, command: list[str] | None = None) -> None:
+        self._limits = dict(limits)
+        self._message_limit = message_limit
+        self._command = command
+        self.memory_limit_bytes: int | None = limits.get("memory_bytes")
+        self._pid: int | None = None
+
+    def command(self, entry_point: str) -> list[str]:
+        return self._command or [sys.executable, "-m", "drhost_hookspecs.worker", entry_point]
+
+    def environment(self) -> dict[str, str]:
+        return worker_environment(self._limits, self._message_limit)
+
+    def prepare(self) -> None:
+        return None
+
+    def started(self, pid: int) -> None:
+        self._pid = pid
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
+        stop_process_group(proc, grace_s)
+
+    def explain_exit(self, returncode: int) -> str | None:
+        return None
+
+    def usage(self) -> dict[str, Any]:
+        return tree_usage(self._pid)
+
+    def in_force(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"mechanism": "rlimit"}
+        for key in ("memory_bytes", "nofile", "cpu_seconds", "core_bytes"):
+            if key in self._limits:
+                found[key] = self._limits[key]
+        if self.memory_limit_bytes:
+            found["rss_watch_bytes"] = self.memory_limit_bytes
+        return found
+
+    def close(self) -> None:
+        return None
