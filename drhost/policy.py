@@ -26,6 +26,8 @@ class ClassPolicy:
     retry_interval_s: float
     on_failure: str
     nofile: int
+    #: Processes a worker may have at once (pids cgroup, else sampled); None for threads.
+    pids: int | None = None
 
     @property
     def attempts(self) -> int:
@@ -55,6 +57,7 @@ def class_policy(config: Mapping[str, Any], plugin_class: PluginClass) -> ClassP
         retry_interval_s=float(data["retry_interval_s"]),
         on_failure=str(data["on_failure"]),
         nofile=int(data["nofile"]),
+        pids=int(data["pids"]) if "pids" in data else None,
     )
 
 

@@ -118,3 +118,11 @@ def test_host_refuses_to_send_oversized_replies(tmp_path: Path, limit: int) -> N
     runner = runner_for(tmp_path, body)
     outcome = runner.call("run_step", make_context(tmp_path), timeout_s=20)
     assert outcome.ok and outcome.result is True
+
+
+def test_fields_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    """A message whose fields have the wrong JSON types (here a string id) is a protocol failure."""
+    runner = runner_for(tmp_path, 'out.write(b\'{"type": "result", "id": "1", "result": 1, "state": {}}\\n\');'
+                                  ' out.flush(); sys.stdin.readline()')
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
+    assert outcome.ended == "protocol" and "id must be int" in outcome.message

@@ -12,5 +12,5 @@ def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config:
     """The sandbox a worker of ``policy``'s class gets. ``label`` names it (run, plugin, target)."""
     del label, config  # used by the cgroup and container sandboxes
     if policy.isolation == "process":
-        return RlimitSandbox(policy.worker_limits(), message_limit=message_limit)
+        return RlimitSandbox(policy.worker_limits(), message_limit=message_limit, process_limit=policy.pids)
     raise ValueError(f"no sandbox for isolation {policy.isolation!r}")

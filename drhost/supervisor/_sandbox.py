@@ -111,8 +111,11 @@ class RlimitSandbox:
 
     kind = "process"
     enforces_memory = False
+    enforces_processes = False
 
-    def __init__(self, limits: dict[str, Any], *, message_limit: int, command: list[str] | None = None) -> None:
+    def __init__(self, limits: dict[str, Any], *, message_limit: int, command: list[str] | None = None,
+                 process_limit: int | None = None) -> None:
+        self.process_limit = process_limit
         self._limits = dict(limits)
         self._message_limit = message_limit
         self._command = command
@@ -147,6 +150,8 @@ class RlimitSandbox:
                 found[key] = self._limits[key]
         if self.memory_limit_bytes:
             found["rss_watch_bytes"] = self.memory_limit_bytes
+        if self.process_limit:
+            found["process_watch"] = self.process_limit
         return found
 
     def close(self) -> None:

@@ -16,21 +16,24 @@ from ._faults import InjectedCrash
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOL_VERSION = 1
 
-#: message type -> required keys
-MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
+#: message type -> required keys and their JSON types (the schema of the protocol)
+MESSAGE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # worker -> host
-    "hello": ("pid", "protocol"),
-    "fatal": ("error",),
-    "request": ("id", "call_id", "method", "args"),
-    "notify": ("call_id", "method", "args"),
-    "result": ("id", "result", "state"),
-    "error": ("id", "error", "state"),
+    "hello": {"pid": int, "protocol": int},
+    "fatal": {"error": dict},
+    "request": {"id": int, "call_id": int, "method": str, "args": dict},
+    "notify": {"call_id": int, "method": str, "args": dict},
+    "result": {"id": int, "state": dict},
+    "error": {"id": int, "error": dict, "state": dict},
     # host -> worker
-    "call": ("id", "op", "ctx"),
-    "reply": ("id",),
-    "cancel": ("id",),
-    "shutdown": (),
+    "call": {"id": int, "op": str, "ctx": dict},
+    "reply": {"id": int},
+    "cancel": {"id": int},
+    "shutdown": {},
 }
+#: Fields the schema allows to be anything JSON (still required).
+_FREE_FIELDS = {"result": ("result",)}
+MESSAGE_KEYS = {kind: (*fields, *_FREE_FIELDS.get(kind, ())) for kind, fields in MESSAGE_SCHEMA.items()}
 
 
 class ProtocolError(Exception):
@@ -61,6 +64,12 @@ def decode(line: bytes, *, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     missing = [key for key in MESSAGE_KEYS[kind] if key not in message]
     if missing:
         raise ProtocolError(f"{kind} message lacks {', '.join(missing)}")
+    for key, expected in MESSAGE_SCHEMA[kind].items():
+        value = message[key]
+        # bool is an int to Python, never to the protocol.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ProtocolError(f"{kind} message: {key} must be {getattr(expected, '__name__', expected)}, "
+                                f"found {type(value).__name__}")
     return message
 
 
