@@ -158,6 +158,7 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
         "remaining": remaining, "consistent": consistent, "version_before": record.get("version_before"),
         "version": record.get("version"), "errors": record.get("errors", []),
         "skipped_plugins": record.get("skipped_plugins", {}), "rollback": record.get("rollback", {}),
+        "plugins": record.get("plugins", {}),
     }
 
 
@@ -181,6 +182,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in targets:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
+        for plugin, ending in sorted(t["plugins"].items()):
+            if ending.get("ended") != "ok":
+                extra = ", ".join(f"{k} {ending[k]}" for k in ("limit", "signal") if ending.get(k))
+                print(f"      plugin {plugin}: {ending['ended']}" + (f" ({extra})" if extra else ""))
         for error in t["errors"][-3:]:
             print(f"      error: [{error.get('stage')}] {error.get('step') or ''} {error.get('plugin')}: "
                   f"{error.get('message')} ({error.get('action')})")

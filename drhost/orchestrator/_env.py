@@ -149,7 +149,12 @@ class Executor:
             self._active.add(ctx)
         try:
             runner = self._runner(plugin, target)
+            launches = getattr(runner, "launches", 0)
             outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
+            if isinstance(runner, WorkerRunner) and runner.launches != launches:
+                env.emit("worker.launched", target=target, plugin=plugin_name, stage=stage, step=step,
+                         isolation=runner.isolation, pid=runner.pid, launches=runner.launches,
+                         limits=runner.sandbox.in_force(), applied=runner.hello.get("limits", {}))
         finally:
             with self._lock:
                 self._active.discard(ctx)

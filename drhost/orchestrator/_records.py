@@ -36,6 +36,26 @@ def new_target_record() -> dict[str, Any]:
     }
 
 
+def plugin_ending(outcome_ended: str, message: str, detail: dict[str, Any], action: str,
+                  timeout_s: float) -> dict[str, Any]:
+    """How a plugin ended on a target, for the record: what happened, the limit and the signal."""
+    ending: dict[str, Any] = {"ended": action, "outcome": outcome_ended, "why": message}
+    if outcome_ended == "timeout":
+        ending["limit"] = f"time: {timeout_s:g} s"
+    elif outcome_ended == "memory":
+        ending["limit"] = "memory"
+    elif detail.get("limit"):
+        ending["limit"] = str(detail["limit"])
+    exit_text = str(detail.get("exit", ""))
+    if "SIG" in exit_text:
+        ending["signal"] = exit_text[exit_text.index("SIG"):].split()[0].rstrip(",;)")
+    elif detail.get("killed"):
+        ending["signal"] = "SIGKILL"
+    if detail.get("usage"):
+        ending["usage_peak"] = detail["usage"]
+    return ending
+
+
 class TargetRecord:
     """Durable accessors for one target's record."""
 
@@ -81,6 +101,13 @@ class TargetRecord:
                 entry["ended"] = time.time()
             entry["status"] = status
             entry.update(fields)
+
+    def plugin_ended(self, plugin: str, ending: dict[str, Any]) -> None:
+        """Record how ``plugin`` ended on this target; a failure is never overwritten by a later success."""
+        with self.env.state.mutate() as body:
+            plugins = body["targets"][self.name].setdefault("plugins", {})
+            if plugins.get(plugin, {}).get("ended", "ok") == "ok" or ending["ended"] != "ok":
+                plugins[plugin] = ending
 
     def add_error(self, **error: Any) -> None:
         with self.env.state.mutate() as body:

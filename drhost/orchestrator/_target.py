@@ -11,7 +11,7 @@ from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
 from ._env import Executor, RunEnv
-from ._records import TERMINAL, TOUCHED, TargetRecord
+from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
 
 _VERIFY_TIMEOUT_S = 120.0
@@ -217,6 +217,7 @@ class TargetFlow:
                                          timeout_s=step.timeout_s)
             if outcome.ok:
                 self.record.mark_step(step, "done", duration_s=round(outcome.duration_s, 3))
+                self.record.plugin_ended(step.plugin, {"ended": "ok"})
                 self._emit("step.completed", stage=step.stage, step=step.name, plugin=step.plugin,
                            duration_s=round(outcome.duration_s, 3), attempt=attempt)
                 return outcome
@@ -257,6 +258,11 @@ class TargetFlow:
         if outcome.ended == "cancelled" and self.env.stop.is_set():
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)
+        action = {"skip_plugin": "skipped", "continue": "failed, recorded"}.get(policy.on_failure, "failed")
+        if outcome.ended in ("killed", "memory", "crashed") or outcome.detail.get("killed"):
+            action = f"killed, {action}" if action != "failed" else "killed"
+        self.record.plugin_ended(step.plugin, plugin_ending(outcome.ended, outcome.message, outcome.detail, action,
+                                                            step.timeout_s))
         if policy.on_failure == "skip_plugin":
             with self.env.state.mutate() as body:
                 body["targets"][self.name]["skipped_plugins"][step.plugin] = f"{step.label}: {outcome.message}"
