@@ -15,6 +15,7 @@ from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
 from ..state import state_root
+from ..supervisor._netns import network_namespace_available
 
 #: Checked before a run is created, so that nothing is half-started.
 BUILT_TRANSPORTS = ("local",)
@@ -90,6 +91,12 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
             raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
                               f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)}; container is not "
                               f"built yet)", plugin.isolation)
+    if config.data["process"]["network"] == "none" and any(p.isolation == "process" for p in plan.plugins):
+        available, why = network_namespace_available()
+        if not available:
+            raise ConfigError(config.origin(("process", "network")),
+                              f"a machine where process workers can get their own network namespace ({why}); "
+                              f"or set [process] network = host", "none")
     unused = unknown_timeout_keys(plan, config.data)
     if unused:
         known = ", ".join(sorted({s.timeout_key for s in plan.steps}))

@@ -19,7 +19,8 @@ from ..events import Event, EventBus
 from ..plan import Plan, PluginEntry
 from ..policy import class_policy
 from ..state import RunState
-from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
+from ..supervisor import CallOutcome, Runner, Sandbox, ThreadRunner, WorkerRunner, make_sandbox
+from ..supervisor._netns import NetworkIsolated, network_namespace_available
 from ..transport import LocalSession, TargetSession
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
@@ -48,6 +49,17 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
     if transport == "local":
         return LocalSession(name, kill_grace_s=float(config["run"]["kill_grace_s"]))
     raise RefusedError(f"target {name!r}: transport {transport!r} is not built yet in this drhost; use 'local'")
+
+
+def without_network(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
+    """Process workers get an empty network namespace unless ``[process] network = host``."""
+    if sandbox.kind != "process" or config["process"]["network"] != "none":
+        return sandbox
+    available, unshare = network_namespace_available()
+    if not available:
+        raise RefusedError(f"process workers cannot be cut off the network here ({unshare}); "
+                           f"set [process] network = host to run them with the host's network")
+    return NetworkIsolated(sandbox, unshare)
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
@@ -87,8 +99,9 @@ class Executor:
                 else:
                     policy = class_policy(self.env.config, plugin.plugin_class)
                     limit = int(self.env.config["run"]["worker_message_limit_bytes"])
-                    sandbox = make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
-                                           message_limit=limit, config=dict(self.env.config))
+                    sandbox = without_network(
+                        make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
+                                     message_limit=limit, config=dict(self.env.config)), self.env.config)
                     self._runners[key] = WorkerRunner(
                         plugin.name, sandbox=sandbox, logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"),
                         grace_s=grace, message_limit=limit,

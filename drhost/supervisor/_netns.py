@@ -1,0 +1,63 @@
+"""Process workers get no network: a plugin reaches its target only through the Context."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from typing import Any
+
+from ._sandbox import Sandbox
+
+
+@functools.lru_cache(maxsize=1)
+def network_namespace_available() -> tuple[bool, str]:
+    """Whether ``unshare --net`` works here (it needs root or user namespaces); probed once."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False, "unshare(1) not found (util-linux)"
+    probe = subprocess.run([unshare, "--net", "--", "true"], capture_output=True, text=True, timeout=10)
+    if probe.returncode != 0:
+        return False, f"unshare --net failed: {probe.stderr.strip()[-200:]}"
+    return True, unshare
+
+
+class NetworkIsolated:
+    """Runs the inner sandbox's worker in a new, empty network namespace (only a down loopback)."""
+
+    def __init__(self, inner: Sandbox, unshare: str) -> None:
+        self._inner = inner
+        self._unshare = unshare
+        self.kind = inner.kind
+        self.memory_limit_bytes = inner.memory_limit_bytes
+        self.enforces_memory = inner.enforces_memory
+        self.process_limit = getattr(inner, "process_limit", None)
+        self.enforces_processes = getattr(inner, "enforces_processes", True)
+
+    def command(self, entry_point: str) -> list[str]:
+        # unshare execs the worker in place: same pid, same process group, same cgroup.
+        return [self._unshare, "--net", "--", *self._inner.command(entry_point)]
+
+    def environment(self) -> dict[str, str]:
+        return self._inner.environment()
+
+    def prepare(self) -> None:
+        self._inner.prepare()
+
+    def started(self, pid: int) -> None:
+        self._inner.started(pid)
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
+        self._inner.stop(proc, grace_s)
+
+    def explain_exit(self, returncode: int) -> str | None:
+        return self._inner.explain_exit(returncode)
+
+    def usage(self) -> dict[str, Any]:
+        return self._inner.usage()
+
+    def in_force(self) -> dict[str, Any]:
+        return {**self._inner.in_force(), "network": "none (own network namespace)"}
+
+    def close(self) -> None:
+        self._inner.close()

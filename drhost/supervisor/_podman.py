@@ -1,0 +1,254 @@
+"""Podman on this machine: is it there, which OCI runtime works, and the minimal rootfs containers start from.
+
+Nothing here hard-codes one machine's workarounds: the runtime is probed (``container.runtime = auto``:
+crun, then runc, each with a real ``podman run`` of ``/usr/bin/true``), the answer is cached in memory
+and in ``state_root()/containers/runtime.json`` keyed by podman's path and version, and the rlimits
+given to podman are clamped to the caller's hard limits (podman's defaults try to raise them, which
+fails where the hard limits are low).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..state import atomic_write, state_root
+
+#: Runtimes tried, in order, when ``container.runtime`` is ``auto``.
+RUNTIME_CANDIDATES = ("crun", "runc")
+#: The interpreter (and the tree mounted read-only from the host) a rootfs container gets.
+HOST_USR = "/usr"
+_PROBE_TIMEOUT_S = 60.0
+_ROOTFS_DIRS = ("proc", "sys", "dev", "tmp", "usr", "etc", "opt/drhost", "run", "var/tmp")
+_ROOTFS_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
+_PASSWD = "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+_lock = threading.Lock()
+_runtime_cache: dict[str, str] = {}
+
+
+class ContainerUnavailable(Exception):
+    """Podman is missing or cannot start a container here; the message says what failed."""
+
+
+@dataclass(frozen=True)
+class PodmanSetup:
+    """How containers are started on this machine: the client, its runtime, and a rootfs or an image."""
+
+    podman: str
+    version: str
+    runtime: str
+    rootfs: str | None
+    image: str | None
+    python: str
+    ulimit_nofile: int
+    ulimit_nproc: int
+    tmpfs_mb: int
+
+    def base_command(self) -> list[str]:
+        return [self.podman, "--runtime", self.runtime]
+
+    def root_arguments(self) -> list[str]:
+        """The end of ``podman run``'s options: ``--rootfs DIR -v /usr:/usr:ro`` or the image."""
+        if self.image:
+            return [self.image]
+        assert self.rootfs is not None
+        return ["-v", f"{HOST_USR}:{HOST_USR}:ro", "--rootfs", self.rootfs]
+
+
+def container_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``container`` section, with the built-in defaults for anything missing."""
+    section = dict(config.get("container") or {})
+    defaults: dict[str, Any] = {"podman": "podman", "runtime": "auto", "rootfs": "", "image": "",
+                                "python": "/usr/bin/python3", "ulimit_nofile": 1024, "ulimit_nproc": 1024,
+                                "tmpfs_mb": 16}
+    return {**defaults, **section}
+
+
+def clamp_ulimit(which: int, wanted: int) -> int:
+    """``wanted``, lowered to this process's hard limit (podman cannot raise it for the container)."""
+    _soft, hard = resource.getrlimit(which)
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def _tail(text: str, limit: int = 400) -> str:
+    text = " ".join(text.strip().split())
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def podman_environment() -> dict[str, str]:
+    """The environment of the podman client itself: no host secrets, only what podman needs."""
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
+           "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    for key, value in os.environ.items():
+        if key.startswith("CONTAINERS_") or key in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+            env[key] = value
+    if "/usr/sbin" not in env["PATH"].split(":"):
+        env["PATH"] += ":/usr/sbin:/sbin"  # runc lives in /usr/sbin on Debian
+    return env
+
+
+def run_podman(argv: Sequence[str], *, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a podman command, capturing its output; never raises for a non-zero exit."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=podman_environment(),
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(list(argv), 124, "", f"timed out after {exc.timeout:g} s")
+    except OSError as exc:
+        return subprocess.CompletedProcess(list(argv), 127, "", str(exc))
+
+
+def find_podman(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The podman client's path and version; raises ContainerUnavailable when it is missing or broken."""
+    wanted = str(container_settings(config)["podman"])
+    path = shutil.which(wanted, path=podman_environment()["PATH"])
+    if path is None:
+        raise ContainerUnavailable(f"podman not found ({wanted!r} is not on PATH; install podman, e.g. "
+                                   f"'apt-get install podman runc', or set container.podman)")
+    result = run_podman([path, "--version"], timeout=20)
+    if result.returncode != 0:
+        raise ContainerUnavailable(f"{path} --version failed (exit {result.returncode}): "
+                                   f"{_tail(result.stderr or result.stdout)}")
+    return path, result.stdout.strip().split()[-1] if result.stdout.strip() else "unknown"
+
+
+def containers_dir() -> Path:
+    path = state_root() / "containers"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def ensure_rootfs(path: Path | None = None) -> Path:
+    """The minimal rootfs: empty mount points, /bin -> usr/bin etc., and an /etc with only passwd and group.
+
+    The host's ``/usr`` is mounted over ``usr`` read-only; nothing else of the host is visible
+    (the host's ``/etc`` is never mounted). Idempotent and cheap when it already exists.
+    """
+    root = path or containers_dir() / "rootfs"
+    marker = root / ".drhost-rootfs"
+    if marker.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    for name in _ROOTFS_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / name, 0o755)
+    os.chmod(root / "tmp", 0o1777)
+    for name, target in _ROOTFS_LINKS.items():
+        link = root / name
+        if not link.is_symlink():
+            link.symlink_to(target)
+    for name, text in (("passwd", _PASSWD), ("group", _GROUP)):
+        (root / "etc" / name).write_text(text, encoding="ascii")
+        os.chmod(root / "etc" / name, 0o644)
+    marker.write_text("1\n", encoding="ascii")
+    return root
+
+
+def probe_command(podman: str, runtime: str, settings: Mapping[str, Any], rootfs: Path | None) -> list[str]:
+    """The ``podman run`` of ``/usr/bin/true`` that shows whether ``runtime`` can start containers here."""
+    nofile = clamp_ulimit(resource.RLIMIT_NOFILE, int(settings["ulimit_nofile"]))
+    nproc = clamp_ulimit(resource.RLIMIT_NPROC, int(settings["ulimit_nproc"]))
+    argv = [podman, "--runtime", runtime, "run", "--rm", "--network", "none", "--log-driver", "none",
+            "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+    if settings["image"]:
+        return [*argv, str(settings["image"]), "true"]
+    assert rootfs is not None
+    return [*argv, "-v", f"{HOST_USR}:{HOST_USR}:ro", "--rootfs", str(rootfs), "/usr/bin/true"]
+
+
+def _cache_file() -> Path:
+    return containers_dir() / "runtime.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def detect_runtime(podman: str, version: str, settings: Mapping[str, Any], rootfs: Path | None) -> str:
+    """The OCI runtime to use: the configured one, or the first candidate that really starts a container.
+
+    Probed once per process and podman version; the answer is kept in memory and in
+    ``runtime.json``. Raises ContainerUnavailable naming every failed attempt.
+    """
+    configured = str(settings["runtime"])
+    candidates = RUNTIME_CANDIDATES if configured == "auto" else (configured,)
+    key = f"{podman} {version} {settings['image'] or 'rootfs'} {','.join(candidates)}"
+    with _lock:
+        if key in _runtime_cache:
+            return _runtime_cache[key]
+        cached = _read_cache().get(key)
+        if isinstance(cached, dict) and isinstance(cached.get("runtime"), str):
+            _runtime_cache[key] = cached["runtime"]
+            return _runtime_cache[key]
+        failures: list[str] = []
+        for runtime in candidates:
+            result = run_podman(probe_command(podman, runtime, settings, rootfs), timeout=_PROBE_TIMEOUT_S)
+            if result.returncode == 0:
+                _runtime_cache[key] = runtime
+                data = _read_cache()
+                data[key] = {"runtime": runtime, "podman": podman, "podman_version": version,
+                             "rejected": failures}
+                atomic_write(_cache_file(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+                return runtime
+            failures.append(f"{runtime}: exit {result.returncode}: {_tail(result.stderr or result.stdout)}")
+    raise ContainerUnavailable(f"podman {version} cannot start a container with any runtime tried ("
+                               + "; ".join(failures) + ")")
+
+
+def forget_runtime() -> None:
+    """Drop the cached runtime answers (memory and disk), so the next use probes again."""
+    with _lock:
+        _runtime_cache.clear()
+        try:
+            _cache_file().unlink()
+        except FileNotFoundError:
+            pass
+
+
+def podman_setup(config: Mapping[str, Any]) -> PodmanSetup:
+    """Everything needed to start a container here; raises ContainerUnavailable saying what failed."""
+    settings = container_settings(config)
+    podman, version = find_podman(config)
+    image = str(settings["image"]) or None
+    rootfs: Path | None = None
+    if image is None:
+        rootfs = Path(str(settings["rootfs"])) if settings["rootfs"] else ensure_rootfs()
+        if not rootfs.is_dir():
+            raise ContainerUnavailable(f"container.rootfs {str(rootfs)!r} is not a directory")
+        python = str(settings["python"])
+        if not python.startswith(HOST_USR + "/") or not os.access(python, os.X_OK):
+            raise ContainerUnavailable(f"container.python {python!r} must be an interpreter under {HOST_USR} "
+                                       f"(the only host tree a rootfs container sees)")
+    runtime = detect_runtime(podman, version, settings, rootfs)
+    return PodmanSetup(
+        podman=podman, version=version, runtime=runtime, rootfs=str(rootfs) if rootfs else None, image=image,
+        python=str(settings["python"]),
+        ulimit_nofile=clamp_ulimit(resource.RLIMIT_NOFILE, int(settings["ulimit_nofile"])),
+        ulimit_nproc=clamp_ulimit(resource.RLIMIT_NPROC, int(settings["ulimit_nproc"])),
+        tmpfs_mb=int(settings["tmpfs_mb"]),
+    )
+
+
+def container_available(config: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether containers can be started with ``config``, and what was found or what failed."""
+    try:
+        setup = podman_setup(config)
+    except ContainerUnavailable as exc:
+        return False, str(exc)
+    where = f"image {setup.image}" if setup.image else f"rootfs {setup.rootfs}"
+    return True, f"podman {setup.version} ({setup.podman}), runtime {setup.runtime}, {where}"
