@@ -9,6 +9,7 @@ fails where the hard limits are low).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -214,10 +215,8 @@ def forget_runtime() -> None:
     """Drop the cached runtime answers (memory and disk), so the next use probes again."""
     with _lock:
         _runtime_cache.clear()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             _cache_file().unlink()
-        except FileNotFoundError:
-            pass
 
 
 def podman_setup(config: Mapping[str, Any]) -> PodmanSetup:
