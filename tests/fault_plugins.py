@@ -6,14 +6,17 @@ from __future__ import annotations
 STEP_BODIES = {
     "exit": "import os\nos._exit(3)",
     "segfault": "import ctypes\nctypes.string_at(0)",
+    # Steps run in a worker thread, where signal.signal() is refused: ask libc directly (SIG_IGN is 1).
     "hang_ignoring_term": (
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"),
+        "import ctypes, signal, time\nctypes.CDLL(None).signal(int(signal.SIGTERM), 1)\nwhile True:\n"
+        "    time.sleep(0.05)"),
     "memory_bomb": "hoard = []\nwhile True:\n    hoard.append(b'x' * (16 * 1024 * 1024))",
     # Bounded, so that even with no limit at all the machine survives the test.
     "fork_bomb": (
         "import os, time\nstarted = 0\nfor _ in range(300):\n    try:\n        pid = os.fork()\n"
-        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n"
-        "    started += 1\ntime.sleep(5)\nraise RuntimeError(f'fork bomb was not stopped: {started} children')"),
+        "    except OSError as exc:\n        raise RuntimeError(f'fork refused after {started} children: {exc}')\n"
+        "    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n"
+        "    started += 1\ntime.sleep(60)\nraise RuntimeError(f'fork bomb was not stopped: {started} children')"),
     "cpu_spin": "while True:\n    pass",
     "stdout_flood": "import sys\nfor _ in range(100000):\n    print('x' * 199)\nctx.state['flooded'] = True",
     "protocol_garbage": (

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..policy import ClassPolicy
-from ._sandbox import RlimitSandbox, Sandbox
+from ._cgroups import process_sandbox
+from ._sandbox import Sandbox
 
 
 def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
     """The sandbox a worker of ``policy``'s class gets. ``label`` names it (run, plugin, target)."""
-    del label, config  # used by the cgroup and container sandboxes
     if policy.isolation == "process":
-        return RlimitSandbox(policy.worker_limits(), message_limit=message_limit, process_limit=policy.pids)
+        # cgroups where [process] cgroups allows and the machine gives them, else rlimits
+        return process_sandbox(policy, label=label, message_limit=message_limit, config=config)
     raise ValueError(f"no sandbox for isolation {policy.isolation!r}")

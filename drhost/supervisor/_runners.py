@@ -60,17 +60,17 @@ class HealthWatch:
         for key, value in usage.items():
             if isinstance(value, (int, float)):
                 self.peak[key] = max(self.peak.get(key, 0), value)
-        limit = self._sandbox.memory_limit_bytes
-        memory = usage.get("memory_bytes")
-        if limit and not self._sandbox.enforces_memory and isinstance(memory, int) and memory > limit:
-            return (f"memory limit {limit // (1024 * 1024)} MiB exceeded: {memory // (1024 * 1024)} MiB resident "
-                    f"(sampled by the supervisor; no cgroup here); worker killed")
         pids = getattr(self._sandbox, "process_limit", None)
         processes = usage.get("processes")
         if pids and not getattr(self._sandbox, "enforces_processes", True) and isinstance(processes, int) \
                 and processes > pids:
             return (f"process limit {pids} exceeded: {processes} processes (sampled by the supervisor; no pids "
                     f"cgroup here); worker and its children killed")
+        limit = self._sandbox.memory_limit_bytes
+        memory = usage.get("memory_bytes")
+        if limit and not self._sandbox.enforces_memory and isinstance(memory, int) and memory > limit:
+            return (f"memory limit {limit // (1024 * 1024)} MiB exceeded: {memory // (1024 * 1024)} MiB resident "
+                    f"(sampled by the supervisor; no cgroup here); worker killed")
         return None
 
 

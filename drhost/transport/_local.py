@@ -20,8 +20,26 @@ from ._base import CommandStopped, ProgressCallback, TargetSession, TransportErr
 _OUTPUT_LIMIT = 1024 * 1024
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``, read from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """TERM the group, wait ``grace_s``, then KILL it; returns once the leader is reaped."""
+    """TERM the group, wait ``grace_s``, then KILL it; returns once no member is left alive."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -36,6 +54,12 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+    # SIGKILL is sent, not yet acted on: confirm, so callers can rely on "stopped" meaning gone.
+    deadline = time.monotonic() + 10
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.02)
 
 
 class LocalSession(TargetSession):
