@@ -185,6 +185,11 @@ class WorkerRunner:
             self.sandbox.stop(self._proc, self._grace)
             self._proc = None
 
+    def start(self) -> None:
+        """Make sure a worker is running (launch one if not); raises WorkerDied with the reason."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn()
+
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._send({"type": "shutdown"})
@@ -207,7 +212,7 @@ class WorkerRunner:
             return dict(ctx.state) if ctx is not None else {}
         if self._proc is None or self._proc.poll() is not None:
             try:
-                self._spawn()
+                self.start()
             except WorkerDied as exc:
                 return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state(),
                                    duration_s=time.monotonic() - started)
