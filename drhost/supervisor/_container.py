@@ -39,6 +39,9 @@ _launches = itertools.count(1)
 _USAGE_EVERY_S = 2.0
 _GONE_TIMEOUT_S = 20.0
 _SIGKILL_EXIT = 137
+_CGROUP_V1 = Path("/sys/fs/cgroup")
+#: A peak this close to the limit, with a SIGKILL, is the memory limit (cgroup v1 has no OOMKilled here).
+_NEAR_LIMIT = 0.9
 #: podman's own exits: 125 podman failed, 126 the command cannot be run, 127 not found.
 _PODMAN_EXITS = {125: "podman or the OCI runtime failed to start the container",
                  126: "the worker command could not be run in the container",
@@ -78,6 +81,12 @@ class ContainerSandbox:
         self._pid: int | None = None
         self._pid_checked = 0.0
         self._lock = threading.Lock()
+        # On cgroup v1 with cgroupfs, podman does not report OOMKilled: each sandbox gets its own parent
+        # cgroup, which outlives the container, so the memory peak tells a memory kill from another SIGKILL.
+        self.cgroup_parent: str | None = None
+        if (self.setup.cgroup_manager == "cgroupfs" and self.setup.cgroups_version == "v1"
+                and (_CGROUP_V1 / "memory").is_dir()):
+            self.cgroup_parent = f"/drhost-containers/{self.sandbox_id}"
 
     # -- what is launched ---------------------------------------------------------------
     def bundle(self, entry_point: str) -> Bundle:
@@ -118,7 +127,9 @@ class ContainerSandbox:
         self._pid_checked = 0.0
         setup = self.setup
         argv = [
-            *setup.base_command(), "run", "-i", "--name", self.name,
+            # --init: the worker must not be PID 1, which ignores signals it has no handler for (even a
+            # plugin's own SIGKILL to itself) and would leave forked children unreaped.
+            *setup.base_command(), "run", "-i", "--init", "--name", self.name,
             "--label", "drhost=worker", "--label", f"drhost.sandbox={self.sandbox_id}",
             "--network", "none", "--read-only", "--read-only-tmpfs=false",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "65534:65534",
@@ -130,6 +141,8 @@ class ContainerSandbox:
             "--log-driver", "none", "--workdir", "/tmp",
             "-v", f"{bundle.path}:{MOUNT_POINT}:ro",
         ]
+        if self.cgroup_parent:
+            argv += ["--cgroup-parent", self.cgroup_parent]
         for key, value in sorted(self.worker_env().items()):
             argv += ["--env", f"{key}={value}"]
         # -S: no site-packages of the interpreter; the bundle is the only code besides the stdlib.
@@ -143,6 +156,23 @@ class ContainerSandbox:
         # A previous launch that was not confirmed gone (for example a worker that exited on its own).
         if self._leftovers:
             self._remove(sorted(self._leftovers))
+        peak = self._parent_file("memory.max_usage_in_bytes")
+        if peak is not None and peak.exists():
+            with contextlib.suppress(OSError):
+                peak.write_text("0", encoding="ascii")  # a fresh peak for this launch
+
+    def _parent_file(self, name: str) -> Path | None:
+        if self.cgroup_parent is None:
+            return None
+        return _CGROUP_V1 / "memory" / self.cgroup_parent.lstrip("/") / name
+
+    def memory_peak_bytes(self) -> int | None:
+        """The highest memory use of this sandbox's container since the last launch (cgroup v1 only)."""
+        path = self._parent_file("memory.max_usage_in_bytes")
+        try:
+            return int(path.read_text(encoding="ascii")) if path is not None else None
+        except (OSError, ValueError):
+            return None
 
     def started(self, pid: int) -> None:
         return None
@@ -196,6 +226,12 @@ class ContainerSandbox:
         limit = f"killed by the container memory limit ({self._memory_mb} MiB)"
         if oom:
             return limit
+        peak = self.memory_peak_bytes()
+        if returncode == _SIGKILL_EXIT and peak is not None and self.memory_limit_bytes \
+                and peak >= _NEAR_LIMIT * self.memory_limit_bytes:
+            return f"{limit}; peak {peak // (1024 * 1024)} MiB"
+        if peak is not None:
+            oom = False  # the peak was far from the limit: some other SIGKILL
         if oom is None and returncode == _SIGKILL_EXIT:
             return f"{limit} or another SIGKILL (exit 137; the container could not be inspected)"
         if returncode == _SIGKILL_EXIT:
@@ -232,6 +268,19 @@ class ContainerSandbox:
         """Remove every container of this sandbox that podman still knows; idempotent."""
         names = sorted(set(self.containers()) | self._leftovers)
         self._remove(names)
+        self._remove_cgroup_parent()
+
+    def _remove_cgroup_parent(self) -> None:
+        """Remove this sandbox's parent cgroups (only ours: /drhost-containers/<sandbox id>), deepest first."""
+        if self.cgroup_parent is None:
+            return
+        for controller in _CGROUP_V1.iterdir():
+            top = controller / self.cgroup_parent.lstrip("/")
+            if not top.is_dir() or top.is_symlink():
+                continue
+            for directory, _dirs, _files in sorted(os.walk(top), key=lambda item: -len(item[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
 
 
 def _fatal_command(exc: BaseException) -> list[str]:

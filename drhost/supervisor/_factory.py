@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from ..errors import RefusedError
 from ..policy import ClassPolicy
 from ._cgroups import process_sandbox
+from ._container import ContainerSandbox, WeakerSandbox
+from ._podman import ContainerUnavailable
 from ._sandbox import Sandbox
+
+#: Processes a container may hold when the class sets no ``pids``.
+DEFAULT_CONTAINER_PIDS = 64
 
 
 def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
@@ -14,4 +21,24 @@ def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config:
     if policy.isolation == "process":
         # cgroups where [process] cgroups allows and the machine gives them, else rlimits
         return process_sandbox(policy, label=label, message_limit=message_limit, config=config)
+    if policy.isolation == "container":
+        return container_sandbox(policy, label=label, message_limit=message_limit, config=config)
     raise ValueError(f"no sandbox for isolation {policy.isolation!r}")
+
+
+def container_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
+    """A podman container; without podman, a refusal, or the process sandbox if weaker isolation is allowed."""
+    try:
+        return ContainerSandbox(memory_mb=policy.memory_mb, cpu_percent=policy.cpu_percent, nofile=policy.nofile,
+                                pids_limit=policy.pids or DEFAULT_CONTAINER_PIDS, label=label,
+                                message_limit=message_limit, config=config)
+    except ContainerUnavailable as exc:
+        why = str(exc)
+    if (config.get("run") or {}).get("allow_weaker_isolation"):
+        inner = make_sandbox(dataclasses.replace(policy, isolation="process"), label=label,
+                             message_limit=message_limit, config=config)
+        return WeakerSandbox(inner, f"container unavailable: {why}")
+    raise RefusedError(
+        f"{policy.plugin_class.value} plugins run in a container, and none can be started here: {why}. "
+        f"Third-party plugins will not run unconfined; install podman (and a working OCI runtime), or accept "
+        f"the weaker process isolation with --set run.allow_weaker_isolation=true")

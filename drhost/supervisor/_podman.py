@@ -54,6 +54,9 @@ class PodmanSetup:
     ulimit_nofile: int
     ulimit_nproc: int
     tmpfs_mb: int
+    #: ``podman info``'s cgroup manager and version, e.g. ``cgroupfs``/``v1``.
+    cgroup_manager: str = ""
+    cgroups_version: str = ""
 
     def base_command(self) -> list[str]:
         return [self.podman, "--runtime", self.runtime]
@@ -160,7 +163,7 @@ def probe_command(podman: str, runtime: str, settings: Mapping[str, Any], rootfs
     """The ``podman run`` of ``/usr/bin/true`` that shows whether ``runtime`` can start containers here."""
     nofile = clamp_ulimit(resource.RLIMIT_NOFILE, int(settings["ulimit_nofile"]))
     nproc = clamp_ulimit(resource.RLIMIT_NPROC, int(settings["ulimit_nproc"]))
-    argv = [podman, "--runtime", runtime, "run", "--rm", "--network", "none", "--log-driver", "none",
+    argv = [podman, "--runtime", runtime, "run", "--rm", "--init", "--network", "none", "--log-driver", "none",
             "--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
     if settings["image"]:
         return [*argv, str(settings["image"]), "true"]
@@ -211,6 +214,20 @@ def detect_runtime(podman: str, version: str, settings: Mapping[str, Any], rootf
                                + "; ".join(failures) + ")")
 
 
+_cgroup_cache: dict[str, tuple[str, str]] = {}
+
+
+def cgroup_info(podman: str, version: str) -> tuple[str, str]:
+    """Podman's cgroup manager and cgroups version (empty strings when ``podman info`` fails); cached."""
+    key = f"{podman} {version}"
+    with _lock:
+        if key not in _cgroup_cache:
+            result = run_podman([podman, "info", "--format", "{{.Host.CgroupManager}} {{.Host.CgroupsVersion}}"])
+            words = result.stdout.split() if result.returncode == 0 else []
+            _cgroup_cache[key] = (words[0], words[1]) if len(words) == 2 else ("", "")
+        return _cgroup_cache[key]
+
+
 def forget_runtime() -> None:
     """Drop the cached runtime answers (memory and disk), so the next use probes again."""
     with _lock:
@@ -234,12 +251,13 @@ def podman_setup(config: Mapping[str, Any]) -> PodmanSetup:
             raise ContainerUnavailable(f"container.python {python!r} must be an interpreter under {HOST_USR} "
                                        f"(the only host tree a rootfs container sees)")
     runtime = detect_runtime(podman, version, settings, rootfs)
+    manager, cgroups = cgroup_info(podman, version)
     return PodmanSetup(
         podman=podman, version=version, runtime=runtime, rootfs=str(rootfs) if rootfs else None, image=image,
         python=str(settings["python"]),
         ulimit_nofile=clamp_ulimit(resource.RLIMIT_NOFILE, int(settings["ulimit_nofile"])),
         ulimit_nproc=clamp_ulimit(resource.RLIMIT_NPROC, int(settings["ulimit_nproc"])),
-        tmpfs_mb=int(settings["tmpfs_mb"]),
+        tmpfs_mb=int(settings["tmpfs_mb"]), cgroup_manager=manager, cgroups_version=cgroups,
     )
 
 

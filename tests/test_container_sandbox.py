@@ -1,0 +1,333 @@
+"""The container sandbox with real podman: a plugin sees only /usr and its bundle, and its limits hold."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drhost.errors import RefusedError
+from drhost.policy import class_policy
+from drhost.supervisor import WorkerRunner, make_sandbox
+from drhost.supervisor._bundle import build_bundle
+from drhost.supervisor._container import ContainerSandbox
+from drhost.supervisor._podman import container_available, podman_setup
+from drhost_hookspecs import PluginClass, Stage
+from plugin_factory import make_plugin, simple_plugin
+from worker_helpers import make_context
+
+pytestmark = pytest.mark.skipif(shutil.which("podman") is None,
+                                reason="podman is not installed (apt-get install podman runc; .ci/run does)")
+
+MEMORY_MB = 128
+PIDS = 32
+
+
+@pytest.fixture
+def site(tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])))
+    importlib.invalidate_caches()
+    return path
+
+
+def container_runner(entry_point: str, *, label: str = "run-test/plugin/t", grace_s: float = 1.0,
+                     memory_mb: int = MEMORY_MB) -> WorkerRunner:
+    sandbox = ContainerSandbox(memory_mb=memory_mb, cpu_percent=50, nofile=128, pids_limit=PIDS, label=label,
+                               message_limit=4 * 1024 * 1024)
+    return WorkerRunner(entry_point, sandbox=sandbox, logger=logging.getLogger("test.container"), grace_s=grace_s,
+                        message_limit=4 * 1024 * 1024)
+
+
+@pytest.fixture
+def runners() -> Iterator[list[WorkerRunner]]:
+    """Runners a test made; closed afterwards, and then podman knows none of their containers."""
+    made: list[WorkerRunner] = []
+    yield made
+    for runner in made:
+        runner.close()
+        assert isinstance(runner.sandbox, ContainerSandbox)
+        assert runner.sandbox.containers() == []
+
+
+def throwaway(site: Path, runners: list[WorkerRunner], name: str, body: str, **kwargs: object) -> WorkerRunner:
+    make_plugin(site, name, simple_plugin(name, "third_party", body))
+    importlib.invalidate_caches()
+    runner = container_runner(name, **kwargs)  # type: ignore[arg-type]
+    runners.append(runner)
+    return runner
+
+
+def run_work(runner: WorkerRunner, tmp_path: Path, *, timeout_s: float = 60, config: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+    ctx = make_context(tmp_path, config=config)
+    return runner.call("run_step", ctx, stage=Stage.UPGRADE, step="work", timeout_s=timeout_s)
+
+
+def ours_in_podman() -> list[str]:
+    result = subprocess.run(["podman", "ps", "-a", "--filter", "label=drhost=worker", "--format", "{{.Names}}"],
+                            capture_output=True, text=True, check=True)
+    return [name for name in result.stdout.split() if "-test-" in name or name.startswith("drhost-run-test")]
+
+
+def test_dr_monitoring_step_runs_in_the_container_and_the_host_writes_its_file(
+        tmp_path: Path, state_dir: Path, runners: list[WorkerRunner]) -> None:
+    """The real third-party plugin runs its step in a container; ctx.write_text is performed by the host."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "drproduct.ini").write_text("[service]\nhost = 127.0.0.1\nport = 8431\n")
+    runner = container_runner("dr-monitoring")
+    runners.append(runner)
+    ctx = make_context(tmp_path)
+    outcome = runner.call("run_step", ctx, stage=Stage.UPGRADE, step="update_monitoring_config", timeout_s=60)
+    assert outcome.ok, outcome.message
+    assert runner.isolation == "container" and runner.hello["pid"] < 100  # its own pid namespace, under an init
+    written = json.loads((tmp_path / "etc" / "monitoring" / "drproduct.json").read_text())
+    assert written["health_url"] == "http://127.0.0.1:8431/health" and written["version"] == "2.0.0"
+
+
+def test_worker_sees_no_host_files(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """Inside, only /usr, the bundle and a private /tmp exist: host paths and the host's /etc are absent."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host only")
+    body = f"""
+import os
+seen = {{}}
+for path in ({str(secret)!r}, "/root", "/etc/os-release", "/etc/shadow", "/home", {str(site)!r}):
+    seen[path] = os.path.exists(path)
+ctx.state["seen"] = seen
+ctx.state["root"] = sorted(os.listdir("/"))
+ctx.state["bundle"] = sorted(os.listdir("/opt/drhost/site"))
+"""
+    outcome = run_work(throwaway(site, runners, "zz-look", body), tmp_path)
+    assert outcome.ok, outcome.message
+    assert not any(outcome.state["seen"].values()), outcome.state["seen"]
+    assert "root" not in outcome.state["root"] and "home" not in outcome.state["root"]
+    assert {"zz_look.py", "drhost_hookspecs", "pluggy"} <= set(outcome.state["bundle"])
+
+
+def test_worker_cannot_write_outside_tmp(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """/ and /opt/drhost are read-only (EROFS); /tmp is a writable tmpfs."""
+    body = """
+import errno
+errors = {}
+for path in ("/opt/drhost/site/evil.py", "/evil", "/usr/evil", "/etc/evil"):
+    try:
+        with open(path, "a") as handle:
+            handle.write("x")
+        errors[path] = "written"
+    except OSError as exc:
+        errors[path] = errno.errorcode.get(exc.errno, str(exc.errno))
+with open("/tmp/scratch", "w") as handle:
+    handle.write("ok")
+ctx.state["errors"] = errors
+"""
+    outcome = run_work(throwaway(site, runners, "zz-write", body), tmp_path)
+    assert outcome.ok, outcome.message
+    assert set(outcome.state["errors"].values()) == {"EROFS"}, outcome.state["errors"]
+
+
+def test_worker_has_no_network(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """Only the loopback interface exists, so the host's services on 127.0.0.1 are unreachable."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    body = f"""
+import socket
+ctx.state["interfaces"] = [name for _, name in socket.if_nameindex()]
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+    ctx.state["connect"] = "connected"
+except OSError as exc:
+    ctx.state["connect"] = type(exc).__name__
+"""
+    try:
+        outcome = run_work(throwaway(site, runners, "zz-net", body), tmp_path)
+    finally:
+        server.close()
+    assert outcome.ok, outcome.message
+    assert outcome.state["interfaces"] == ["lo"]
+    assert outcome.state["connect"] == "ConnectionRefusedError"
+
+
+def test_worker_runs_as_nobody_without_capabilities(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """The worker is uid/gid 65534 with an empty effective capability set and no_new_privs."""
+    body = """
+import os
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+ctx.state.update(uid=os.getuid(), gid=os.getgid(), cap_eff=status["CapEff"].strip(),
+                 cap_bnd=status["CapBnd"].strip(), nnp=status["NoNewPrivs"].strip())
+"""
+    outcome = run_work(throwaway(site, runners, "zz-who", body), tmp_path)
+    assert outcome.ok, outcome.message
+    assert (outcome.state["uid"], outcome.state["gid"]) == (65534, 65534)
+    assert int(outcome.state["cap_eff"], 16) == 0 and int(outcome.state["cap_bnd"], 16) == 0
+    assert outcome.state["nnp"] == "1"
+
+
+def test_allocation_over_the_memory_limit_is_killed_and_named(tmp_path: Path, site: Path,
+                                                                runners: list[WorkerRunner]) -> None:
+    """300 MB under a 128 MiB container ends the call as crashed; the reason names the memory limit."""
+    body = "hoard = b'\\x01' * (300 * 1024 * 1024)\n"
+    outcome = run_work(throwaway(site, runners, "zz-hog", body), tmp_path)
+    assert outcome.ended == "crashed", outcome
+    assert f"container memory limit ({MEMORY_MB} MiB)" in outcome.message
+
+
+def test_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """Forking without end hits --pids-limit: the step fails, the host still forks, nothing stays behind."""
+    body = """
+import os, time
+from drhost_hookspecs import StepFailed
+children = 0
+try:
+    while True:
+        if os.fork() == 0:
+            while True:  # every child keeps forking too
+                try:
+                    os.fork()
+                except OSError:
+                    time.sleep(0.5)
+        children += 1
+except OSError as exc:
+    raise StepFailed(f"fork refused after {children} children: {exc}")
+"""
+    runner = throwaway(site, runners, "zz-bomb", body)
+    outcome = run_work(runner, tmp_path, timeout_s=60)
+    assert outcome.ended == "failed" and "fork refused" in outcome.message, outcome
+    assert outcome.detail["usage"]["processes"] <= PIDS
+    assert subprocess.run(["true"], check=False).returncode == 0
+    runner.close()
+    assert ours_in_podman() == []
+
+
+def test_hang_ignoring_sigterm_is_killed_at_the_deadline(tmp_path: Path, site: Path,
+                                                         runners: list[WorkerRunner]) -> None:
+    """A step that ignores cancel and SIGTERM is killed at its deadline, and its container is removed."""
+    body = """
+import ctypes, signal, time
+ctypes.CDLL(None).signal(int(signal.SIGTERM), 1)  # SIG_IGN, process-wide, from a non-main thread
+while True:
+    time.sleep(0.1)
+"""
+    runner = throwaway(site, runners, "zz-hang", body, grace_s=0.5)
+    started = time.monotonic()
+    outcome = run_work(runner, tmp_path, timeout_s=2)
+    elapsed = time.monotonic() - started
+    assert outcome.ended == "timeout" and outcome.detail.get("killed") is True, outcome
+    assert elapsed < 15
+    assert isinstance(runner.sandbox, ContainerSandbox) and runner.sandbox.containers() == []
+    assert ours_in_podman() == []
+
+
+@pytest.mark.parametrize(("kind", "ended", "says"), [
+    ("oom", "crashed", "container memory limit"),
+    ("crash", "crashed", "SIGKILL"),
+    ("fail", "failed", "injected fault"),
+])
+def test_injected_faults_are_contained(tmp_path: Path, site: Path, runners: list[WorkerRunner], kind: str,
+                                       ended: str, says: str) -> None:
+    """The oom/crash/fail faults end the call as expected; a crash is not mistaken for the memory limit."""
+    runner = throwaway(site, runners, f"zz-fault-{kind}", "pass")
+    outcome = run_work(runner, tmp_path, config={"fault": f"work:{kind}"})
+    assert outcome.ended == ended and says in outcome.message, outcome
+    if kind == "crash":
+        assert "memory limit" not in outcome.message
+    again = run_work(runner, tmp_path)  # a dead worker is started again for the next call
+    assert again.ok, again.message
+
+
+def test_hang_fault_is_stopped_at_the_deadline(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:
+    """The hang fault ends as a timeout; the worker answers the next call."""
+    runner = throwaway(site, runners, "zz-fault-hang", "pass", grace_s=0.5)
+    outcome = run_work(runner, tmp_path, timeout_s=1.5, config={"fault": "work:hang"})
+    assert outcome.ended == "timeout", outcome
+    assert run_work(runner, tmp_path).ok
+
+
+def test_bundle_is_reused_until_the_plugin_changes(tmp_path: Path, site: Path) -> None:
+    """The bundle is cached by content; an edited plugin gets a new one, world-readable."""
+    make_plugin(site, "zz-cache", simple_plugin("zz-cache", "third_party"))
+    importlib.invalidate_caches()
+    bundles = tmp_path / "bundles"
+    first = build_bundle("zz-cache", bundles)
+    assert build_bundle("zz-cache", bundles).path == first.path
+    make_plugin(site, "zz-cache", simple_plugin("zz-cache", "third_party", "ctx.log('changed')"))
+    second = build_bundle("zz-cache", bundles)
+    assert second.path != first.path
+    entry_points = next((second.site).glob("*.dist-info")) / "entry_points.txt"
+    assert entry_points.read_text() == "[drhost.plugins]\nzz-cache = zz_cache\n"
+    assert (second.site / "zz_cache.py").stat().st_mode & 0o777 == 0o644
+    assert second.path.stat().st_mode & 0o777 == 0o755
+
+
+def test_make_sandbox_gives_a_container_and_reports_it(state_dir: Path) -> None:
+    """isolation = container gives the container sandbox; container_available says which runtime works."""
+    config = _config_with_container()
+    ok, why = container_available(config)
+    assert ok, why
+    sandbox = make_sandbox(class_policy(config, PluginClass.THIRD_PARTY), label="r/p/t", message_limit=1 << 20,
+                           config=config)
+    try:
+        assert sandbox.kind == "container"
+        in_force = sandbox.in_force()
+        assert in_force["network"] == "none" and in_force["memory_bytes"] == 128 * 1024 * 1024
+        assert in_force["runtime"] == podman_setup(config).runtime
+    finally:
+        sandbox.close()
+
+
+def test_missing_podman_refuses_unless_weaker_isolation_is_allowed(state_dir: Path) -> None:
+    """Without podman a container class is refused, naming the --set that allows the process sandbox."""
+    config = _config_with_container(podman="/nonexistent/podman")
+    ok, why = container_available(config)
+    assert not ok and "podman not found" in why
+    policy = class_policy(config, PluginClass.THIRD_PARTY)
+    with pytest.raises(RefusedError, match=r"will not run unconfined.*run\.allow_weaker_isolation=true"):
+        make_sandbox(policy, label="r/p/t", message_limit=1 << 20, config=config)
+    config["run"]["allow_weaker_isolation"] = True
+    sandbox = make_sandbox(policy, label="r/p/t", message_limit=1 << 20, config=config)
+    try:
+        assert sandbox.kind == "process"
+        assert sandbox.in_force()["weaker_than_configured"].startswith("container unavailable: podman not found")
+    finally:
+        sandbox.close()
+
+
+def _config_with_container(**container: object) -> dict[str, object]:
+    defaults = json.loads((Path(__file__).parent.parent / "drhost" / "config" / "defaults.json").read_text())
+    defaults["classes"]["third_party"]["isolation"] = "container"
+    defaults["container"].update(container)
+    return defaults  # type: ignore[no-any-return]
+
+
+def test_launch_and_call_costs(tmp_path: Path, site: Path, runners: list[WorkerRunner],
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A container worker starts (spawn until hello) in seconds, and a warm call costs milliseconds."""
+    runner = throwaway(site, runners, "zz-speed", "pass")
+    run_work(runner, tmp_path)  # builds the bundle, probes the runtime
+    launches = []
+    for _ in range(3):
+        runner.close()
+        started = time.monotonic()
+        assert runner.call("describe", None, timeout_s=60).ok
+        launches.append(time.monotonic() - started)
+    calls = []
+    for _ in range(20):
+        started = time.monotonic()
+        assert run_work(runner, tmp_path).ok
+        calls.append(time.monotonic() - started)
+    launch_ms, call_ms = 1000 * min(launches), 1000 * sorted(calls)[len(calls) // 2]
+    with capsys.disabled():
+        print(f"\ncontainer worker: launch (spawn until hello + describe) {launch_ms:.0f} ms (best of 3), "
+              f"warm run_step {call_ms:.1f} ms (median of 20)")
+    assert launch_ms < 10_000 and call_ms < 1_000
