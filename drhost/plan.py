@@ -79,15 +79,18 @@ class PluginEntry:
     version: str
     department: str
     hooks: tuple[str, ...]
+    #: The entry point's value (``module[:attr]``): workers import it without scanning metadata.
+    value: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "class": self.plugin_class.value, "isolation": self.isolation,
-                "version": self.version, "department": self.department, "hooks": list(self.hooks)}
+                "version": self.version, "department": self.department, "hooks": list(self.hooks),
+                "value": self.value}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PluginEntry:
         return cls(data["name"], PluginClass(data["class"]), data["isolation"], data["version"],
-                   data["department"], tuple(data["hooks"]))
+                   data["department"], tuple(data["hooks"]), str(data.get("value", "")))
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def build_plan(registry: Registry, config: Mapping[str, Any]) -> Plan:
         assert record.plugin_class is not None
         isolation = str(config["classes"][record.plugin_class.value]["isolation"])
         plugins.append(PluginEntry(record.name, record.plugin_class, isolation, record.version,
-                                   record.department, record.hooks))
+                                   record.department, record.hooks, record.value))
         for stage, described in record.steps.items():
             for d in described:
                 steps.append(PlannedStep(

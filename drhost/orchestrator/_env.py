@@ -104,7 +104,7 @@ class Executor:
                                      message_limit=limit, config=dict(self.env.config)), self.env.config)
                     self._runners[key] = WorkerRunner(
                         plugin.name, sandbox=sandbox, logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"),
-                        grace_s=grace, message_limit=limit,
+                        grace_s=grace, message_limit=limit, value=plugin.value or None,
                     )
             return self._runners[key]
 

@@ -84,8 +84,9 @@ class WorkerRunner:
     """
 
     def __init__(self, entry_point: str, *, sandbox: Sandbox, logger: logging.Logger, grace_s: float = 3.0,
-                 message_limit: int = MAX_MESSAGE_BYTES) -> None:
+                 message_limit: int = MAX_MESSAGE_BYTES, value: str | None = None) -> None:
         self.entry_point = entry_point
+        self._value = value
         self.sandbox = sandbox
         self.isolation = sandbox.kind
         self._log = logger
@@ -101,10 +102,10 @@ class WorkerRunner:
     def _spawn(self) -> None:
         self.sandbox.prepare()
         self._messages = queue.Queue()
-        self._proc = subprocess.Popen(
-            self.sandbox.command(self.entry_point), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=self.sandbox.environment(), start_new_session=True,
-        )
+        # The worker's argv ends with its own arguments, whatever the sandbox puts before them.
+        argv = [*self.sandbox.command(self.entry_point), *([self._value] if self._value else [])]
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=self.sandbox.environment(), start_new_session=True)
         self.sandbox.started(self._proc.pid)
         self.launches += 1
         assert self._proc.stdout is not None and self._proc.stderr is not None

@@ -234,14 +234,15 @@ def _protect_stdout() -> BinaryIO:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m drhost_hookspecs.worker ENTRY_POINT", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m drhost_hookspecs.worker ENTRY_POINT [MODULE[:ATTR]]", file=sys.stderr)
         return 2
     channel = _Channel(_protect_stdout(), int(os.environ.get("DRHOST_WORKER_MESSAGE_LIMIT", MAX_MESSAGE_BYTES)))
     limits = json.loads(os.environ.get("DRHOST_WORKER_LIMITS", "{}"))
     try:
         applied = apply_limits(limits, os.getpid())
-        plugin = LoadedPlugin.from_entry_point(args[0])
+        plugin = LoadedPlugin.from_value(args[0], args[1]) if len(args) == 2 else LoadedPlugin.from_entry_point(
+            args[0])
     except BaseException as exc:
         channel.send({"type": "fatal", "error": error_to_json(exc)})
         return 3
