@@ -73,10 +73,12 @@ def run_work(runner: WorkerRunner, tmp_path: Path, *, timeout_s: float = 60, con
     return runner.call("run_step", ctx, stage=Stage.UPGRADE, step="work", timeout_s=timeout_s)
 
 
-def ours_in_podman() -> list[str]:
-    result = subprocess.run(["podman", "ps", "-a", "--filter", "label=drhost=worker", "--format", "{{.Names}}"],
-                            capture_output=True, text=True, check=True)
-    return [name for name in result.stdout.split() if "-test-" in name or name.startswith("drhost-run-test")]
+def left_in_podman(runner: WorkerRunner) -> list[str]:
+    """Containers of this runner's sandbox that ``podman ps -a`` still lists (running or exited)."""
+    assert isinstance(runner.sandbox, ContainerSandbox)
+    result = subprocess.run(["podman", "ps", "-a", "--filter", f"label=drhost.sandbox={runner.sandbox.sandbox_id}",
+                             "--format", "{{.Names}}"], capture_output=True, text=True, check=True)
+    return result.stdout.split()
 
 
 def test_dr_monitoring_step_runs_in_the_container_and_the_host_writes_its_file(
@@ -207,7 +209,7 @@ except OSError as exc:
     assert outcome.detail["usage"]["processes"] <= PIDS
     assert subprocess.run(["true"], check=False).returncode == 0
     runner.close()
-    assert ours_in_podman() == []
+    assert left_in_podman(runner) == []
 
 
 def test_hang_ignoring_sigterm_is_killed_at_the_deadline(tmp_path: Path, site: Path,
@@ -225,8 +227,7 @@ while True:
     elapsed = time.monotonic() - started
     assert outcome.ended == "timeout" and outcome.detail.get("killed") is True, outcome
     assert elapsed < 15
-    assert isinstance(runner.sandbox, ContainerSandbox) and runner.sandbox.containers() == []
-    assert ours_in_podman() == []
+    assert left_in_podman(runner) == []
 
 
 @pytest.mark.parametrize(("kind", "ended", "says"), [
@@ -315,19 +316,23 @@ def test_launch_and_call_costs(tmp_path: Path, site: Path, runners: list[WorkerR
     """A container worker starts (spawn until hello) in seconds, and a warm call costs milliseconds."""
     runner = throwaway(site, runners, "zz-speed", "pass")
     run_work(runner, tmp_path)  # builds the bundle, probes the runtime
-    launches = []
+    launches, first_calls = [], []
     for _ in range(3):
         runner.close()
         started = time.monotonic()
-        assert runner.call("describe", None, timeout_s=60).ok
+        runner.start()  # spawn until hello
         launches.append(time.monotonic() - started)
+        started = time.monotonic()
+        assert runner.call("describe", None, timeout_s=60).ok
+        first_calls.append(time.monotonic() - started)
     calls = []
     for _ in range(20):
         started = time.monotonic()
         assert run_work(runner, tmp_path).ok
         calls.append(time.monotonic() - started)
-    launch_ms, call_ms = 1000 * min(launches), 1000 * sorted(calls)[len(calls) // 2]
+    launch_ms, first_ms = 1000 * min(launches), 1000 * min(first_calls)
+    call_ms = 1000 * sorted(calls)[len(calls) // 2]
     with capsys.disabled():
-        print(f"\ncontainer worker: launch (spawn until hello + describe) {launch_ms:.0f} ms (best of 3), "
-              f"warm run_step {call_ms:.1f} ms (median of 20)")
+        print(f"\ncontainer worker: launch (spawn until hello) {launch_ms:.0f} ms (best of 3), first describe "
+              f"{first_ms:.1f} ms, warm run_step {call_ms:.1f} ms (median of 20)")
     assert launch_ms < 10_000 and call_ms < 1_000

@@ -151,7 +151,8 @@ def ensure_rootfs(path: Path | None = None) -> Path:
     for name, target in _ROOTFS_LINKS.items():
         link = root / name
         if not link.is_symlink():
-            link.symlink_to(target)
+            with contextlib.suppress(FileExistsError):  # another drhost made it meanwhile
+                link.symlink_to(target)
     for name, text in (("passwd", _PASSWD), ("group", _GROUP)):
         (root / "etc" / name).write_text(text, encoding="ascii")
         os.chmod(root / "etc" / name, 0o644)
