@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -78,6 +79,7 @@ class Executor:
         self._loaded: dict[str, LoadedPlugin] = {}
         self._sessions: dict[str, TargetSession] = {}
         self._active: set[HostContext] = set()
+        self._launches_seen: dict[int, int] = {}
 
     # -- resources ------------------------------------------------------------------
     def session(self, target: str) -> TargetSession:
@@ -116,6 +118,38 @@ class Executor:
             runner.close()
         for session in sessions:
             session.close()
+
+    def _note_launches(self, runner: Runner, target: str, plugin: str) -> None:
+        """Emit ``worker.launched`` once for every launch of a worker, with the limits in force."""
+        if not isinstance(runner, WorkerRunner):
+            return
+        with self._lock:
+            seen = self._launches_seen.get(id(runner), 0)
+            self._launches_seen[id(runner)] = runner.launches
+        if runner.launches > seen and runner.pid is not None:
+            self.env.emit("worker.launched", target=target, plugin=plugin, isolation=runner.isolation,
+                          pid=runner.pid, launches=runner.launches, limits=runner.sandbox.in_force(),
+                          applied=runner.hello.get("limits", {}))
+
+    def prewarm(self, target: str) -> None:
+        """Launch this target's workers in the background, so their start overlaps earlier steps."""
+
+        def launch(runner: WorkerRunner, plugin: str) -> None:
+            # A failure here is not reported: the first call launches again and reports it with the step.
+            with contextlib.suppress(Exception):
+                runner.start()
+                self._note_launches(runner, target, plugin)
+
+        for plugin in self.env.plan.plugins:
+            if plugin.isolation == "thread":
+                continue
+            try:
+                runner = self._runner(plugin, target)
+            except Exception:  # the same error is raised, with its step, by the first call
+                continue
+            if isinstance(runner, WorkerRunner):
+                threading.Thread(target=launch, args=(runner, plugin.name), name=f"prewarm-{plugin.name}-{target}",
+                                 daemon=True).start()
 
     def stop_active(self) -> None:
         """Ask every call in flight to stop (Ctrl-C, SIGTERM)."""
@@ -162,12 +196,8 @@ class Executor:
             self._active.add(ctx)
         try:
             runner = self._runner(plugin, target)
-            launches = getattr(runner, "launches", 0)
             outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
-            if isinstance(runner, WorkerRunner) and runner.launches != launches:
-                env.emit("worker.launched", target=target, plugin=plugin_name, stage=stage, step=step,
-                         isolation=runner.isolation, pid=runner.pid, launches=runner.launches,
-                         limits=runner.sandbox.in_force(), applied=runner.hello.get("limits", {}))
+            self._note_launches(runner, target, plugin_name)
         finally:
             with self._lock:
                 self._active.discard(ctx)

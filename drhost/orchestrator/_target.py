@@ -51,6 +51,7 @@ class TargetFlow:
             return self._rollback()
         self.record.set(status="running")
         self._emit("target.started")
+        self.executor.prewarm(self.name)
         if self.record.get("version_before") is None:
             version = self.probe_version()
             self.record.set(version_before=version)

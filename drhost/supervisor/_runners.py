@@ -87,6 +87,7 @@ class WorkerRunner:
                  message_limit: int = MAX_MESSAGE_BYTES, value: str | None = None) -> None:
         self.entry_point = entry_point
         self._value = value
+        self._launch_lock = threading.Lock()
         self.sandbox = sandbox
         self.isolation = sandbox.kind
         self._log = logger
@@ -188,8 +189,10 @@ class WorkerRunner:
 
     def start(self) -> None:
         """Make sure a worker is running (launch one if not); raises WorkerDied with the reason."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._spawn()
+        # A prewarm thread and the first call may race to launch: one launch only.
+        with self._launch_lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._spawn()
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -211,7 +214,7 @@ class WorkerRunner:
         def state() -> dict[str, Any]:
             # Read at the end: checkpoints during the call update ctx.state.
             return dict(ctx.state) if ctx is not None else {}
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is None or self._proc.poll() is not None or self._launch_lock.locked():
             try:
                 self.start()
             except WorkerDied as exc:
