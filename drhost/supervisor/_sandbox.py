@@ -81,7 +81,7 @@ def worker_environment(limits: dict[str, Any], message_limit: int) -> dict[str, 
 
 
 def tree_usage(pid: int | None) -> dict[str, Any]:
-    """RSS and process count of a process and its descendants (psutil); empty when it is gone."""
+    """Memory (PSS), CPU seconds and process count of a process and its descendants; empty when gone."""
     if pid is None:
         return {}
     try:
@@ -93,7 +93,8 @@ def tree_usage(pid: int | None) -> dict[str, Any]:
     cpu = 0.0
     for proc in procs:
         try:
-            rss += proc.memory_info().rss
+            # PSS, not RSS: forked children share pages, and RSS would count them once per process.
+            rss += proc.memory_full_info().pss
             times = proc.cpu_times()
             cpu += times.user + times.system
         except psutil.Error:
