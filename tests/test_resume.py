@@ -170,6 +170,10 @@ def test_resume_after_controller_killed_mid_step(
         assert record["cleanups"][0]["errors"] == []
     modes = [e["data"]["mode"] for e in events if e["event"] == "run.started"]
     assert modes == ["upgrade", "resume"]
+    # Containers of the killed controller are removed by the resuming one; none is left at the end.
+    listed = subprocess.run(["podman", "ps", "-a", "--filter", f"label=drhost.run={run_id}", "--format",
+                             "{{.Names}}"], capture_output=True, text=True, timeout=60)
+    assert listed.stdout.split() == []
 
 
 def test_sigterm_interrupts_then_resume_finishes(

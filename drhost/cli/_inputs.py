@@ -16,14 +16,34 @@ from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
 from ..state import state_root
 from ..supervisor._netns import network_namespace_available
+from ..supervisor._podman import container_available
 
 #: Checked before a run is created, so that nothing is half-started.
 BUILT_TRANSPORTS = ("local",)
-BUILT_ISOLATIONS = ("thread", "process")
+BUILT_ISOLATIONS = ("thread", "process", "container")
 
 
 class PackageRefused(DrhostError):
     exit_code = ExitCode.USAGE
+
+
+def container_check(config: LoadedConfig, plan: Plan) -> str | None:
+    """Refuse a run whose container plugins cannot be confined, unless weaker isolation is allowed.
+
+    Returns the reason when the run goes ahead with weaker isolation (it is recorded with the run).
+    """
+    confined = [p.name for p in plan.plugins if p.isolation == "container"]
+    if not confined:
+        return None
+    available, why = container_available(config.data)
+    if available:
+        return None
+    if config.data["run"]["allow_weaker_isolation"]:
+        return f"{', '.join(confined)} run in child processes instead of containers: {why}"
+    raise RefusedError(
+        f"plugins {', '.join(confined)} must run in a container, and none can be started here: {why}. They will "
+        f"not run unconfined. Install podman with a working OCI runtime, or accept process isolation for this run "
+        f"with --allow-weaker-isolation.")
 
 
 @dataclass
@@ -34,6 +54,7 @@ class Prepared:
     package: Package | None
     blocked: list[str]
     demo_roots: dict[str, Path] | None
+    weaker_isolation: str | None = None
 
 
 def blocked_plugins(values: list[str] | None) -> list[str]:
@@ -89,8 +110,7 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
     for plugin in plan.plugins:
         if plugin.isolation not in BUILT_ISOLATIONS:
             raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
-                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)}; container is not "
-                              f"built yet)", plugin.isolation)
+                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", plugin.isolation)
     if config.data["process"]["network"] == "none" and any(p.isolation == "process" for p in plan.plugins):
         available, why = network_namespace_available()
         if not available:
@@ -145,6 +165,8 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         overrides.append(f"run.package={args.package}")
     if getattr(args, "forks", None):
         overrides.append(f"run.forks={args.forks}")
+    if getattr(args, "allow_weaker_isolation", False):
+        overrides.append("run.allow_weaker_isolation=true")
     if getattr(args, "on_failure", None):
         overrides.append(f"run.on_failure={args.on_failure}")
     demo_roots = None
@@ -158,10 +180,11 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     config = load_config(files, overrides, base=base)
     registry = discover(blocked)
     plan = validate_run_inputs(config, registry)
+    weaker = container_check(config, plan)
     package = None
     if need_package:
         if not config.data["run"]["package"]:
             raise ConfigError(Origin("command line", "run", "package"),
                               "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
         package = load_package(config.data["run"]["package"], config.origin(("run", "package")))
-    return Prepared(config, registry, plan, package, blocked, demo_roots)
+    return Prepared(config, registry, plan, package, blocked, demo_roots, weaker)

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--forks", type=int, help="targets upgraded at the same time")
     upgrade.add_argument("--keep", action="store_true", help="demo: leave the product daemons running")
     upgrade.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    upgrade.add_argument("--allow-weaker-isolation", action="store_true",
+                         help="if containers cannot be started, run container-class plugins as child processes "
+                              "(recorded with the run)")
     upgrade.set_defaults(func=cmd_upgrade)
 
     plan = sub.add_parser("plan", help="show the ordered steps a run would execute")

@@ -93,7 +93,9 @@ def _demo_after(keep: bool) -> Any:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     prepared = prepare(args, need_package=True)
     assert prepared.package is not None
-    extra: dict[str, Any] = {"blocked_plugins": prepared.blocked}
+    extra: dict[str, Any] = {"blocked_plugins": prepared.blocked, "weaker_isolation": prepared.weaker_isolation}
+    if prepared.weaker_isolation:
+        print(f"warning: weaker isolation for this run: {prepared.weaker_isolation}", file=sys.stderr)
     if prepared.demo_roots is not None:
         create_demo(state_root(), prepared.demo_roots)
         extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
@@ -172,13 +174,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         commands = [f"if no drhost is running it: drhost resume {body['run_id']}"]
     report = {"run_id": body["run_id"], "status": body["status"], "run_dir": str(state.run_dir),
               "package": body["package"]["version"], "targets": targets, "next": commands,
-              "recovered_from": state.recovered_from}
+              "recovered_from": state.recovered_from, "weaker_isolation": body.get("weaker_isolation")}
     if args.json:
         print(json.dumps(report, indent=2))
         return ExitCode.SUCCEEDED
     print(f"run {body['run_id']}: {body['status']} (package {body['package']['version']})")
     if state.recovered_from:
         print(f"  note: {state.recovered_from}")
+    if body.get("weaker_isolation"):
+        print(f"  weaker isolation (operator allowed): {body['weaker_isolation']}")
     for t in targets:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")

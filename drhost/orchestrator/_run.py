@@ -22,6 +22,7 @@ from ..errors import ExitCode, RefusedError
 from ..events import EventBus, Subscriber
 from ..plan import Plan
 from ..state import RunLock, RunState, new_run_id
+from ..supervisor._container import remove_run_containers
 from ._env import Decide, Executor, RunEnv
 from ._records import new_target_record
 from ._rollback import RollbackFlow
@@ -104,6 +105,15 @@ def _check_plugins_present(plan: Plan) -> list[str]:
     return changed
 
 
+def _remove_stale_containers(env: RunEnv, plan: Plan) -> None:
+    if not any(p.isolation == "container" for p in plan.plugins):
+        return
+    removed = remove_run_containers(env.state.run_id, env.config)
+    if removed:
+        env.emit("containers.removed", message=f"removed {len(removed)} container(s) left by an earlier "
+                                               f"controller of this run", containers=removed)
+
+
 @contextlib.contextmanager
 def _signals_stop(env: RunEnv, executor: Executor) -> Iterator[None]:
     """Ctrl-C and SIGTERM stop the current steps safely; the state stays resumable."""
@@ -159,12 +169,15 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
             env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
                                                 f"{state.recovered_from}")
         if mode != "upgrade":
+            _remove_stale_containers(env, plan)
             for change in _check_plugins_present(plan):
                 env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
         with state.mutate() as b:
             b["status"] = "running" if mode != "rollback" else "rolling_back"
         env.emit("run.started", mode=mode, targets=sorted(body["targets"]), package=package.version,
-                 steps=len(plan.steps), run_dir=str(state.run_dir))
+                 steps=len(plan.steps), run_dir=str(state.run_dir),
+                 isolation={p.name: p.isolation for p in plan.plugins},
+                 weaker_isolation=body.get("weaker_isolation"))
         forks = int(env.config["run"]["forks"])
 
         def one(name: str) -> str:
@@ -189,6 +202,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         return RunSummary(state.run_id, status, state.run_dir, targets)
     finally:
         executor.close()
+        _remove_stale_containers(env, plan)
         journal.close()
         logger.removeHandler(handler)
         handler.close()

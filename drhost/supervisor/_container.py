@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,9 @@ class ContainerSandbox:
         self._memory_mb = memory_mb
         self._cpus = max(0.01, cpu_percent / 100)
         self._label = _sanitize(label, 60)
+        #: The run a container belongs to (the label starts with the run id), so a later controller of the
+        #: same run can remove what a killed one left behind.
+        self._run = _sanitize(label.split("/", 1)[0], 60)
         self._message_limit = message_limit
         #: Raises ContainerUnavailable when podman cannot start containers here.
         self.setup = setup or podman_setup(config or {})
@@ -131,6 +135,7 @@ class ContainerSandbox:
             # plugin's own SIGKILL to itself) and would leave forked children unreaped.
             *setup.base_command(), "run", "-i", "--init", "--name", self.name,
             "--label", "drhost=worker", "--label", f"drhost.sandbox={self.sandbox_id}",
+            "--label", f"drhost.run={self._run}",
             "--network", "none", "--read-only", "--read-only-tmpfs=false",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "65534:65534",
             "--memory", f"{self._memory_mb}m", "--memory-swap", f"{self._memory_mb}m",
@@ -239,7 +244,11 @@ class ContainerSandbox:
         if returncode in _PODMAN_EXITS:
             return f"{_PODMAN_EXITS[returncode]} (exit {returncode}; see the worker's stderr)"
         if returncode > 128:
-            return f"killed by signal {returncode - 128} (exit {returncode})"
+            try:
+                name = signal.Signals(returncode - 128).name
+            except ValueError:
+                name = f"signal {returncode - 128}"
+            return f"killed by {name} (exit {returncode})"
         return None
 
     def usage(self) -> dict[str, Any]:
@@ -329,3 +338,17 @@ class WeakerSandbox:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def remove_run_containers(run_id: str, config: Mapping[str, Any]) -> list[str]:
+    """Remove every container of run ``run_id`` podman still knows (left by a killed controller)."""
+    try:
+        setup = podman_setup(config)
+    except Exception:  # no podman: nothing can be left behind
+        return []
+    listed = run_podman([setup.podman, "ps", "-a", "--filter", f"label=drhost.run={_sanitize(run_id, 60)}",
+                         "--format", "{{.Names}}"], timeout=60)
+    names = listed.stdout.split()
+    if names:
+        run_podman([setup.podman, "rm", "-f", *names], timeout=120)
+    return names
