@@ -1,0 +1,262 @@
+"""The cgroup process sandbox with real cgroups and real signals: memory, CPU share, process count, kill."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from drhost.errors import RefusedError
+from drhost.policy import ClassPolicy
+from drhost.supervisor import CallOutcome, RlimitSandbox, WorkerRunner, make_sandbox
+from drhost.supervisor._cgroups import CgroupSandbox, CgroupSupport, probe_cgroups, process_sandbox
+from drhost_hookspecs import PluginClass, Stage
+from plugin_factory import make_plugin, simple_plugin
+from worker_helpers import make_context
+
+MiB = 1024 * 1024
+SUPPORT = probe_cgroups()
+MISSING = SUPPORT.missing()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"cgroups cannot be created here: {MISSING}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])))
+    importlib.invalidate_caches()
+    return path
+
+
+@pytest.fixture
+def sandboxes() -> Iterator[list[CgroupSandbox]]:
+    """Every cgroup sandbox a test makes; afterwards none of their cgroups may be left."""
+    made: list[CgroupSandbox] = []
+    yield made
+    for sandbox in made:
+        sandbox.close()
+        assert [d for d in sandbox.created if d.exists()] == []
+        for base in {*SUPPORT.bases.values()}:
+            assert [p.name for p in (base / "drhost").glob(f"{sandbox.label}-*")] == []
+
+
+def runner_for(entry_point: str, made: list[CgroupSandbox], *, memory_mb: int = 256, cpu_percent: int | None = None,
+               pids_max: int = 64, nofile: int = 256) -> tuple[WorkerRunner, CgroupSandbox]:
+    sandbox = CgroupSandbox({"memory_bytes": memory_mb * MiB, "nofile": nofile, "core_bytes": 0},
+                            label=f"test/{entry_point}/{os.getpid()}", message_limit=4 * MiB,
+                            cpu_percent=cpu_percent, pids_max=pids_max, support=SUPPORT)
+    made.append(sandbox)
+    runner = WorkerRunner(entry_point, sandbox=sandbox, logger=logging.getLogger(f"test.cgroup.{entry_point}"),
+                          grace_s=0.5, message_limit=4 * MiB)
+    return runner, sandbox
+
+
+def run_step(runner: WorkerRunner, tmp_path: Path, timeout_s: float = 30) -> CallOutcome:
+    return runner.call("run_step", make_context(tmp_path), stage=Stage.UPGRADE, step="work", timeout_s=timeout_s)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: list[int], timeout_s: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def test_worker_is_in_its_cgroups_before_the_plugin_is_imported(site: Path, tmp_path: Path,
+                                                                sandboxes: list[CgroupSandbox]) -> None:
+    """The worker joins fresh memory, cpu and pids cgroups under ours before the plugin module is imported."""
+    make_plugin(site, "zz-where", "import pathlib\nAT_IMPORT = pathlib.Path('/proc/self/cgroup').read_text()\n"
+                + simple_plugin("zz-where", step_body="ctx.state['cgroup'] = AT_IMPORT"))
+    runner, sandbox = runner_for("zz-where", sandboxes, cpu_percent=30)
+    try:
+        outcome = run_step(runner, tmp_path)
+        assert outcome.ok, outcome.message
+        entries = {c: p for line in outcome.state["cgroup"].splitlines()
+                   for _, controllers, p in [line.split(":", 2)] for c in controllers.split(",")}
+        for controller in ("memory", "cpu", "pids"):
+            directory = sandbox.directories[controller]
+            assert directory.parent.name == "drhost" and directory.name == f"{sandbox.label}-1"
+            assert directory.parent.parent == SUPPORT.bases[controller]  # nested under our own cgroup
+            assert entries[controller].endswith(f"/drhost/{sandbox.label}-1"), entries
+        # the worker wrote itself into the cgroups (the host's write in started() is a second line of defence)
+        assert sorted(runner.hello["limits"]["cgroups"]) == sorted(runner.sandbox.worker_limits()["cgroup_procs"])
+        limits = Path(f"/proc/{runner.pid}/limits").read_text().splitlines()
+        address = next(line for line in limits if line.startswith("Max address space"))
+        files = next(line for line in limits if line.startswith("Max open files"))
+        assert address.split()[3] == "unlimited", "no RLIMIT_AS where the memory cgroup holds memory"
+        assert files.split()[3] == "256"
+        memory = sandbox.directories["memory"]
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * MiB
+        assert (sandbox.directories["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "30000"
+        assert (sandbox.directories["pids"] / "pids.max").read_text().strip() == "64"
+        assert sandbox.in_force() | {"cgroups": None} == {
+            "mechanism": "cgroup v1", "memory": f"cgroup v1 memory.limit_in_bytes={256 * MiB}",
+            "cpu": "cgroup v1 cfs 30%", "pids": "cgroup v1 pids.max=64", "nofile": "rlimit 256",
+            "core_bytes": "rlimit 0", "kill": "process group, then every process in the cgroup v1 cgroups",
+            "cgroups": None}
+        usage = sandbox.usage()
+        assert usage["memory_bytes"] > 0 and usage["processes"] == 1 and usage["tasks"] >= 1
+        assert usage["cpu_seconds"] >= 0
+    finally:
+        runner.close()
+
+
+def test_memory_bomb_is_killed_by_the_memory_cgroup(site: Path, tmp_path: Path,
+                                                   sandboxes: list[CgroupSandbox]) -> None:
+    """Touching 600 MB under a 256 MiB cgroup: the kernel OOM-kills the worker and the outcome names the limit."""
+    make_plugin(site, "zz-hog", simple_plugin("zz-hog", step_body="""
+        chunks = []
+        for _ in range(600):
+            chunks.append(b"x" * (1024 * 1024))
+        ctx.state['survived'] = len(chunks)
+    """))
+    runner, sandbox = runner_for("zz-hog", sandboxes, memory_mb=256)
+    before = psutil.Process().memory_info().rss
+    try:
+        outcome = run_step(runner, tmp_path)
+        assert outcome.ended == "crashed", outcome
+        assert "killed by the memory cgroup (limit 256 MiB, oom_kill 1)" in outcome.message
+        assert "survived" not in outcome.state
+        assert int((sandbox.directories["memory"] / "memory.max_usage_in_bytes").read_text()) > 200 * MiB
+        assert psutil.Process().memory_info().rss - before < 64 * MiB
+    finally:
+        runner.close()
+
+
+def test_fork_bomb_is_held_at_pids_max_and_cleaned_up(site: Path, tmp_path: Path,
+                                                     sandboxes: list[CgroupSandbox]) -> None:
+    """A fork bomb stops at pids.max: the step fails, the host goes on, and no bomb process survives close()."""
+    make_plugin(site, "zz-forker", simple_plugin("zz-forker", step_body="""
+        import os, time
+        children = []
+        try:
+            while len(children) < 10000:
+                pid = os.fork()
+                if pid == 0:
+                    time.sleep(300)
+                    os._exit(0)
+                children.append(pid)
+        finally:
+            ctx.state['children'] = children
+    """))
+    runner, sandbox = runner_for("zz-forker", sandboxes, pids_max=24)
+    try:
+        outcome = run_step(runner, tmp_path)
+        children = outcome.state["children"]
+        assert outcome.ended == "failed" and "Resource temporarily unavailable" in outcome.message, outcome
+        assert 0 < len(children) < 24
+        assert int((sandbox.directories["pids"] / "pids.current").read_text()) <= 24
+        assert sandbox.explain_exit(1) == "exit code 1; fork refused by the pids cgroup (limit 24, 1 times)"
+        assert subprocess.run(["true"], check=False).returncode == 0  # the host can still start processes
+    finally:
+        runner.close()
+    assert wait_gone(children) == []
+    assert sandbox.leftovers == []
+
+
+def test_cpu_share_is_held_at_cpu_percent(site: Path, tmp_path: Path, sandboxes: list[CgroupSandbox]) -> None:
+    """A spinning step under cpu_percent=20 gets about 20 % of one core (measured by cpuacct over 2 s)."""
+    make_plugin(site, "zz-spin", simple_plugin("zz-spin", step_body="""
+        import time
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            pass
+    """))
+    runner, sandbox = runner_for("zz-spin", sandboxes, cpu_percent=20)
+    try:
+        assert runner.call("describe", None, timeout_s=30).ok
+        before, started = sandbox.cpu_seconds(), time.monotonic()
+        outcome = run_step(runner, tmp_path)
+        after, wall = sandbox.cpu_seconds(), time.monotonic() - started
+        assert outcome.ok, outcome.message
+        assert before is not None and after is not None
+        share = (after - before) / wall
+        assert 0.10 < share < 0.35, f"{share:.0%} of one core"
+    finally:
+        runner.close()
+
+
+def test_stop_kills_a_child_that_left_the_process_group(site: Path, tmp_path: Path,
+                                                       sandboxes: list[CgroupSandbox]) -> None:
+    """A child that calls setsid() escapes the process group kill but not the cgroup: stop() ends it."""
+    make_plugin(site, "zz-escape", simple_plugin("zz-escape", step_body="""
+        import os, subprocess
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        ctx.state['child'] = child.pid
+        ctx.state['worker_sid'] = os.getsid(0)
+    """))
+    runner, sandbox = runner_for("zz-escape", sandboxes)
+    try:
+        outcome = run_step(runner, tmp_path)
+        assert outcome.ok, outcome.message
+        child = outcome.state["child"]
+        assert os.getsid(child) != outcome.state["worker_sid"] and alive(child)
+        assert child in sandbox.members()
+    finally:
+        runner.close()
+    assert wait_gone([child]) == []
+    assert sandbox.leftovers == []
+
+
+def test_close_removes_every_cgroup_and_each_launch_gets_a_fresh_one(site: Path, tmp_path: Path,
+                                                                    sandboxes: list[CgroupSandbox]) -> None:
+    """A relaunch after a crash gets a new cgroup (the old one emptied and removed); close() removes the last."""
+    make_plugin(site, "zz-crash", simple_plugin("zz-crash", step_body="import os\nos.kill(os.getpid(), 9)"))
+    runner, sandbox = runner_for("zz-crash", sandboxes)
+    try:
+        first = run_step(runner, tmp_path)
+        assert first.ended == "crashed" and "SIGKILL" in first.message
+        first_dir = sandbox.directories["memory"]
+        run_step(runner, tmp_path)
+        assert runner.launches == 2 and not first_dir.exists()
+        assert sandbox.directories["memory"].name == f"{sandbox.label}-2"
+    finally:
+        runner.close()
+    assert sandbox.directories == {}
+    assert len(sandbox.created) >= 2 and not any(d.exists() for d in sandbox.created)
+
+
+def policy(pids: int | None = 48) -> ClassPolicy:
+    return ClassPolicy(PluginClass.BUSINESS, "process", memory_mb=256, cpu_percent=30, retries=0,
+                       retry_interval_s=0, on_failure="continue", nofile=256, pids=pids)
+
+
+def test_factory_uses_cgroups_unless_off() -> None:
+    """make_sandbox gives process classes cgroups in auto and required mode, rlimits with cgroups = off."""
+    for mode in ("auto", "required"):
+        sandbox = make_sandbox(policy(), label="r/p/t", message_limit=MiB, config={"process": {"cgroups": mode}})
+        assert isinstance(sandbox, CgroupSandbox) and sandbox.enforces_memory and sandbox.process_limit == 48
+        sandbox.close()
+    off = make_sandbox(policy(), label="r/p/t", message_limit=MiB, config={"process": {"cgroups": "off"}})
+    assert isinstance(off, RlimitSandbox)
+
+
+def test_required_cgroups_refuse_clearly_where_there_are_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without cgroups, required refuses naming what is missing, and auto falls back to rlimits."""
+    none = CgroupSupport(1, {"memory": Path("/nonexistent")}, {"cpu": "cgroup v1: no cpu hierarchy mounted",
+                                                             "pids": "cannot create a cgroup: Permission denied"})
+    monkeypatch.setattr("drhost.supervisor._cgroups.cgroup_support", lambda: none)
+    with pytest.raises(RefusedError, match=r"cpu, pids cgroup controller\(s\): cpu: cgroup v1: no cpu hierarchy"):
+        process_sandbox(policy(), label="x", message_limit=MiB, config={"process": {"cgroups": "required"}})
+    monkeypatch.setattr("drhost.supervisor._cgroups.cgroup_support", lambda: CgroupSupport(0, {}, {"memory": "no"}))
+    fallback = process_sandbox(policy(), label="x", message_limit=MiB, config={"process": {"cgroups": "auto"}})
+    assert isinstance(fallback, RlimitSandbox)
