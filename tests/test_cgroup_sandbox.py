@@ -122,7 +122,7 @@ def test_worker_is_in_its_cgroups_before_the_plugin_is_imported(site: Path, tmp_
 
 def test_memory_bomb_is_killed_by_the_memory_cgroup(site: Path, tmp_path: Path,
                                                    sandboxes: list[CgroupSandbox]) -> None:
-    """Touching 600 MB under a 256 MiB cgroup: the kernel OOM-kills the worker and the outcome names the limit."""
+    """Touching 600 MB under a 256 MiB cgroup: the kernel OOM-kills the worker; the call ends as 'memory', naming it."""
     make_plugin(site, "zz-hog", simple_plugin("zz-hog", step_body="""
         chunks = []
         for _ in range(600):
@@ -133,7 +133,7 @@ def test_memory_bomb_is_killed_by_the_memory_cgroup(site: Path, tmp_path: Path,
     before = psutil.Process().memory_info().rss
     try:
         outcome = run_step(runner, tmp_path)
-        assert outcome.ended == "crashed", outcome
+        assert outcome.ended == "memory" and outcome.detail["limit"] == "memory", outcome
         assert "killed by the memory cgroup (limit 256 MiB, oom_kill 1)" in outcome.message
         assert "survived" not in outcome.state
         assert int((sandbox.directories["memory"] / "memory.max_usage_in_bytes").read_text()) > 200 * MiB

@@ -260,6 +260,8 @@ class CgroupSandbox:
         self._pid: int | None = None
         self._cpu_mark: tuple[float, float] | None = None
         self._launches = 0
+        #: The limit that ended the last worker ("memory", "pids"), set by :meth:`explain_exit`.
+        self.exit_limit: str | None = None
 
     # -- the worker's side -------------------------------------------------------------
     def command(self, entry_point: str) -> list[str]:
@@ -292,6 +294,7 @@ class CgroupSandbox:
         """A fresh cgroup per launch; whatever the last worker left behind is killed and removed first."""
         self._release()
         self._pid = None
+        self.exit_limit = None
         self._cpu_mark = None
         for _attempt in range(1000):
             self._launches += 1
@@ -427,14 +430,17 @@ class CgroupSandbox:
                 failcnt = 0
             if oom and returncode == -signal.SIGKILL:
                 parts.append(f"killed by the memory cgroup (limit {self._mib()}, oom_kill {oom})")
+                self.exit_limit = "memory"
             elif oom:
                 parts.append(f"exit code {returncode}; the memory cgroup killed {oom} of its processes "
                              f"(limit {self._mib()})")
             elif failcnt and returncode == -signal.SIGKILL:
                 parts.append(f"killed by SIGKILL at the memory cgroup limit ({self._mib()}, failcnt {failcnt})")
+                self.exit_limit = "memory"
         if pids is not None and self.pids_max is not None:
             refused = _read_keyed(pids / "pids.events").get("max", 0)
             if refused:
+                self.exit_limit = self.exit_limit or "pids"
                 parts.append(f"fork refused by the pids cgroup (limit {self.pids_max}, {refused} times)")
         if parts and not parts[0].startswith(("killed", "exit")):
             how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"

@@ -34,6 +34,10 @@ class NetworkIsolated:
         self.process_limit = getattr(inner, "process_limit", None)
         self.enforces_processes = getattr(inner, "enforces_processes", True)
 
+    def __getattr__(self, name: str) -> Any:
+        # What else the runner asks of the real sandbox (exit_limit after a cgroup OOM kill), read when asked.
+        return getattr(self._inner, name)
+
     def command(self, entry_point: str) -> list[str]:
         # unshare execs the worker in place: same pid, same process group, same cgroup.
         return [self._unshare, "--net", "--", *self._inner.command(entry_point)]

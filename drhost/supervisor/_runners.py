@@ -261,8 +261,11 @@ class WorkerRunner:
                 self._proc = None
                 if cancelled_at is not None:
                     return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False)
-                return CallOutcome("crashed", message=f"worker died: {how}", state=state(),
-                                   duration_s=now - started, detail={"exit": how})
+                # A kernel limit that killed the worker (the memory cgroup's OOM killer) is named as that limit.
+                limit_hit = getattr(self.sandbox, "exit_limit", None)
+                return CallOutcome("memory" if limit_hit == "memory" else "crashed", message=f"worker died: {how}",
+                                   state=state(), duration_s=now - started,
+                                   detail={"exit": how, **({"limit": limit_hit} if limit_hit else {})})
             if kind == "protocol":
                 self._kill()
                 return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state(),
