@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
+from ._doctor import cmd_doctor
 from ._misc import cmd_config_check, cmd_package_build, cmd_plugins_list
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+")
     check.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     check.set_defaults(func=cmd_config_check)
+
+    doctor = sub.add_parser("doctor", help="what isolation and limits this machine gives each plugin class")
+    doctor.add_argument("--json", action="store_true", help="one JSON object")
+    doctor.add_argument("-c", "--config", dest="config_files", action="append", metavar="FILE")
+    doctor.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    doctor.set_defaults(func=cmd_doctor)
 
     package = sub.add_parser("package", help="package commands")
     package_sub = package.add_subparsers(dest="package_command", required=True, metavar="COMMAND")
