@@ -260,3 +260,34 @@ def test_required_cgroups_refuse_clearly_where_there_are_none(monkeypatch: pytes
     monkeypatch.setattr("drhost.supervisor._cgroups.cgroup_support", lambda: CgroupSupport(0, {}, {"memory": "no"}))
     fallback = process_sandbox(policy(), label="x", message_limit=MiB, config={"process": {"cgroups": "auto"}})
     assert isinstance(fallback, RlimitSandbox)
+
+
+def test_v2_layout_is_found_and_limited_through_the_unified_files(tmp_path: Path) -> None:
+    """On a v2 tree (fake files here) drhost nests under its own cgroup and writes memory.max, swap, cpu.max, pids."""
+    root, proc = tmp_path / "cgroup", tmp_path / "proc"
+    base = root / "user.slice" / "drhost.scope"
+    base.mkdir(parents=True)
+    proc.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (base / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    (proc / "cgroup").write_text("0::/user.slice/drhost.scope\n")
+    support = probe_cgroups(root, proc)
+    assert support.version == 2 and support.bases == {c: base for c in ("memory", "cpu", "pids")}
+    assert (base / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    sandbox = CgroupSandbox({"memory_bytes": 128 * MiB, "nofile": 64}, label="r/p/t", message_limit=MiB,
+                            cpu_percent=25, pids_max=16, support=support)
+    (base / "drhost" / "r_p_t-1").mkdir(parents=True)  # taken by another drhost: the next name is used
+    (base / "drhost" / "r_p_t-1" / "memory.swap.max").write_text("max")
+    sandbox.prepare()
+    cgroup = base / "drhost" / "r_p_t-2"
+    assert sandbox.directories == {c: cgroup for c in ("memory", "cpu", "pids")}
+    assert (cgroup / "memory.max").read_text() == str(128 * MiB)
+    assert (cgroup / "cpu.max").read_text() == "25000 100000"
+    assert (cgroup / "pids.max").read_text() == "16"
+    assert sandbox.worker_limits() == {"nofile": 64, "cgroup_procs": [str(cgroup / "cgroup.procs")]}
+    (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert sandbox.explain_exit(-9) == "killed by the memory cgroup (limit 128 MiB, oom_kill 1)"
+    assert sandbox.exit_limit == "memory"
+    assert sandbox.in_force()["memory"] == f"cgroup v2 memory.max={128 * MiB}"
+    assert sandbox.in_force()["cpu"] == "cgroup v2 cpu.max 25%"
