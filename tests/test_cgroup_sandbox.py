@@ -16,7 +16,13 @@ import pytest
 from drhost.errors import RefusedError
 from drhost.policy import ClassPolicy
 from drhost.supervisor import CallOutcome, RlimitSandbox, WorkerRunner, make_sandbox
-from drhost.supervisor._cgroups import CgroupSandbox, CgroupSupport, probe_cgroups, process_sandbox
+from drhost.supervisor._cgroups import (
+    CgroupSandbox,
+    CgroupSupport,
+    probe_cgroups,
+    process_sandbox,
+    remove_run_cgroups,
+)
 from drhost_hookspecs import PluginClass, Stage
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context
@@ -291,3 +297,20 @@ def test_v2_layout_is_found_and_limited_through_the_unified_files(tmp_path: Path
     assert sandbox.exit_limit == "memory"
     assert sandbox.in_force()["memory"] == f"cgroup v2 memory.max={128 * MiB}"
     assert sandbox.in_force()["cpu"] == "cgroup v2 cpu.max 25%"
+
+
+def test_a_later_controller_removes_the_cgroups_a_killed_one_left(sandboxes: list[CgroupSandbox]) -> None:
+    """remove_run_cgroups kills what is left in a run's cgroups and removes them; other runs' are untouched."""
+    run, other = f"20990101-000000-{os.getpid():06x}", f"20990101-000001-{os.getpid():06x}"
+    left = CgroupSandbox({"memory_bytes": 64 * MiB}, label=f"{run}/p/t", message_limit=MiB, support=SUPPORT)
+    kept = CgroupSandbox({"memory_bytes": 64 * MiB}, label=f"{other}/p/t", message_limit=MiB, support=SUPPORT)
+    sandboxes.extend([left, kept])
+    left.prepare()
+    kept.prepare()
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    left.started(orphan.pid)  # as if its controller had been SIGKILLed with the worker's child still running
+    assert orphan.pid in left.members()
+    removed = remove_run_cgroups(run, SUPPORT)
+    assert sorted(removed) == sorted(str(d) for d in left.created)
+    assert orphan.wait(timeout=5) == -9
+    assert all(d.exists() for d in kept.created)

@@ -22,6 +22,7 @@ from ..errors import ExitCode, RefusedError
 from ..events import EventBus, Subscriber
 from ..plan import Plan
 from ..state import RunLock, RunState, new_run_id
+from ..supervisor._cgroups import remove_run_cgroups
 from ..supervisor._container import remove_run_containers
 from ._env import Decide, Executor, RunEnv
 from ._records import new_target_record
@@ -106,6 +107,10 @@ def _check_plugins_present(plan: Plan) -> list[str]:
 
 
 def _remove_stale_containers(env: RunEnv, plan: Plan) -> None:
+    cgroups = remove_run_cgroups(env.state.run_id)
+    if cgroups:
+        env.emit("cgroups.removed", message=f"removed {len(cgroups)} cgroup(s) left by an earlier controller "
+                                            f"of this run", cgroups=cgroups)
     if not any(p.isolation == "container" for p in plan.plugins):
         return
     removed = remove_run_containers(env.state.run_id, env.config)

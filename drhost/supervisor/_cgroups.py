@@ -527,3 +527,37 @@ def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, conf
             return CgroupSandbox(policy.worker_limits(), label=label, message_limit=message_limit,
                                  cpu_percent=policy.cpu_percent, pids_max=pids_max, support=support)
     return RlimitSandbox(policy.worker_limits(), message_limit=message_limit, process_limit=policy.pids)
+
+
+def remove_run_cgroups(run_id: str, support: CgroupSupport | None = None) -> list[str]:
+    """Kill whatever is left in, and remove, the cgroups of run ``run_id`` (left by a killed controller).
+
+    Safe only while this controller holds the run's lock: no other controller of the run is alive.
+    """
+    support = support if support is not None else cgroup_support()
+    prefix = f"{sanitize_label(run_id)}_"
+    removed: list[str] = []
+    for base in dict.fromkeys(support.bases.values()):
+        parent = base / "drhost"
+        if not parent.is_dir():
+            continue
+        for directory in sorted(parent.iterdir()):
+            if not directory.name.startswith(prefix) or not directory.is_dir():
+                continue
+            for _attempt in range(100):
+                try:
+                    pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+            try:
+                directory.rmdir()
+                removed.append(str(directory))
+            except OSError as exc:
+                _LOG.warning("cgroup %s could not be removed: %s", directory, exc.strerror)
+    return removed
