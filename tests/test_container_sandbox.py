@@ -181,7 +181,7 @@ def test_allocation_over_the_memory_limit_is_killed_and_named(tmp_path: Path, si
     """300 MB under a 128 MiB container ends the call as crashed; the reason names the memory limit."""
     body = "hoard = b'\\x01' * (300 * 1024 * 1024)\n"
     outcome = run_work(throwaway(site, runners, "zz-hog", body), tmp_path)
-    assert outcome.ended == "crashed", outcome
+    assert outcome.ended == "memory", outcome
     assert f"container memory limit ({MEMORY_MB} MiB)" in outcome.message
 
 
@@ -231,7 +231,7 @@ while True:
 
 
 @pytest.mark.parametrize(("kind", "ended", "says"), [
-    ("oom", "crashed", "container memory limit"),
+    ("oom", "memory", "container memory limit"),
     ("crash", "crashed", "SIGKILL"),
     ("fail", "failed", "injected fault"),
 ])

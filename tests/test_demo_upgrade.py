@@ -206,4 +206,4 @@ def test_plan_steps_have_required_fields(drhost: Any) -> None:
     assert {s["stage"] for s in plan["steps"]} == {"precheck", "backup", "transfer", "upgrade", "postcheck"}
     by_plugin = {s["plugin"]: (s["class"], s["isolation"]) for s in plan["steps"]}
     assert by_plugin == {"dr-core": ("core", "thread"), "dr-database": ("database", "process"),
-                         "dr-catalog": ("business", "process"), "dr-monitoring": ("third_party", "process")}
+                         "dr-catalog": ("business", "process"), "dr-monitoring": ("third_party", "container")}

@@ -21,8 +21,10 @@ RECORDER = """
 import os
 
 def note(ctx, what):
-    with open(os.path.join(ctx.target.install_root, "log"), "a") as handle:
-        handle.write(what + "\\n")
+    # Through the Context: in a container the target's files are not visible to the plugin.
+    path = os.path.join(ctx.target.install_root, "log")
+    before = ctx.read_text(path) if ctx.exists(path) else ""
+    ctx.write_text(path, before + what + "\\n")
 
 def step(name):
     def run(ctx):
@@ -229,8 +231,8 @@ def test_drhost_rollback_retries_a_failed_rollback(world) -> None:  # type: igno
                              '''cleanup=step("b.cleanup"), rollback=flaky_rollback''') + '''
 def flaky_rollback(ctx):
     marker = os.path.join(ctx.target.install_root, "rollback-attempts")
-    count = int(open(marker).read()) if os.path.exists(marker) else 0
-    open(marker, "w").write(str(count + 1))
+    count = int(ctx.read_text(marker)) if ctx.exists(marker) else 0
+    ctx.write_text(marker, str(count + 1))
     if count == 0:
         raise RuntimeError("disk full while restoring")
     note(ctx, "b.rollback")

@@ -120,4 +120,4 @@ def test_isolation_follows_the_class_policy() -> None:
     plan = build_plan(discover(), load_config().data)
     by_plugin = {s.plugin: s.isolation for s in plan.steps}
     assert by_plugin == {"dr-core": "thread", "dr-database": "process", "dr-catalog": "process",
-                         "dr-monitoring": "process"}
+                         "dr-monitoring": "container"}

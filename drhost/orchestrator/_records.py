@@ -42,10 +42,10 @@ def plugin_ending(outcome_ended: str, message: str, detail: dict[str, Any], acti
     ending: dict[str, Any] = {"ended": action, "outcome": outcome_ended, "why": message}
     if outcome_ended == "timeout":
         ending["limit"] = f"time: {timeout_s:g} s"
-    elif outcome_ended == "memory":
-        ending["limit"] = "memory"
     elif detail.get("limit"):
         ending["limit"] = str(detail["limit"])
+    elif outcome_ended == "memory":
+        ending["limit"] = "memory"
     exit_text = str(detail.get("exit", ""))
     if "SIG" in exit_text:
         ending["signal"] = exit_text[exit_text.index("SIG"):].split()[0].rstrip(",;)")

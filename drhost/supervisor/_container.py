@@ -81,6 +81,8 @@ class ContainerSandbox:
         self._bundles: dict[str, Bundle] = {}
         self.sandbox_id = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.name: str | None = None
+        #: The kernel limit that ended the last worker ("memory"), read by the runner.
+        self.exit_limit: str | None = None
         self._leftovers: set[str] = set()
         self._pid: int | None = None
         self._pid_checked = 0.0
@@ -158,6 +160,7 @@ class ContainerSandbox:
 
     # -- lifecycle ------------------------------------------------------------------------
     def prepare(self) -> None:
+        self.exit_limit = None
         # A previous launch that was not confirmed gone (for example a worker that exited on its own).
         if self._leftovers:
             self._remove(sorted(self._leftovers))
@@ -230,10 +233,12 @@ class ContainerSandbox:
             self._remove([name])
         limit = f"killed by the container memory limit ({self._memory_mb} MiB)"
         if oom:
+            self.exit_limit = "memory"
             return limit
         peak = self.memory_peak_bytes()
         if returncode == _SIGKILL_EXIT and peak is not None and self.memory_limit_bytes \
                 and peak >= _NEAR_LIMIT * self.memory_limit_bytes:
+            self.exit_limit = "memory"
             return f"{limit}; peak {peak // (1024 * 1024)} MiB"
         if peak is not None:
             oom = False  # the peak was far from the limit: some other SIGKILL

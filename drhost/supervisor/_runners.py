@@ -51,6 +51,8 @@ class HealthWatch:
         self._sandbox = sandbox
         self._next = 0.0
         self.peak: dict[str, Any] = {}
+        #: Which sampled limit was breached: "memory" or "processes".
+        self.breached = ""
 
     def sample(self, now: float) -> str | None:
         if now < self._next:
@@ -64,11 +66,13 @@ class HealthWatch:
         processes = usage.get("processes")
         if pids and not getattr(self._sandbox, "enforces_processes", True) and isinstance(processes, int) \
                 and processes > pids:
+            self.breached = "processes"
             return (f"process limit {pids} exceeded: {processes} processes (sampled by the supervisor; no pids "
                     f"cgroup here); worker and its children killed")
         limit = self._sandbox.memory_limit_bytes
         memory = usage.get("memory_bytes")
         if limit and not self._sandbox.enforces_memory and isinstance(memory, int) and memory > limit:
+            self.breached = "memory"
             return (f"memory limit {limit // (1024 * 1024)} MiB exceeded: {memory // (1024 * 1024)} MiB resident "
                     f"(sampled by the supervisor; no cgroup here); worker killed")
         return None
@@ -243,7 +247,8 @@ class WorkerRunner:
             if breach is not None:
                 self._kill()
                 return CallOutcome("killed", message=breach, state=state(), duration_s=now - started,
-                                   retryable=False, detail={"usage": health.peak, "limit": "memory"})
+                                   retryable=False, detail={"usage": health.peak, "limit": health.breached,
+                                                            "killed": True})
             if cancelled_at is None and (now >= deadline or (ctx is not None and ctx.cancelled)):
                 # Ask politely first; the kill below does not need the plugin's cooperation.
                 cancelled_at = now
@@ -254,18 +259,21 @@ class WorkerRunner:
             if kind == "timeout":
                 if cancelled_at is not None and now >= cancelled_at + self._grace:
                     self._kill()
-                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=True)
+                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=True,
+                                         usage=health.peak)
                 continue
             if kind == "eof":
                 how = self._exit_description()
                 self._proc = None
                 if cancelled_at is not None:
-                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False)
+                    return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False,
+                                         usage=health.peak)
                 # A kernel limit that killed the worker (the memory cgroup's OOM killer) is named as that limit.
                 limit_hit = getattr(self.sandbox, "exit_limit", None)
                 return CallOutcome("memory" if limit_hit == "memory" else "crashed", message=f"worker died: {how}",
                                    state=state(), duration_s=now - started,
-                                   detail={"exit": how, **({"limit": limit_hit} if limit_hit else {})})
+                                   detail={"exit": how, "usage": health.peak,
+                                           **({"limit": limit_hit, "killed": True} if limit_hit else {})})
             if kind == "protocol":
                 self._kill()
                 return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state(),
@@ -273,18 +281,19 @@ class WorkerRunner:
             outcome = self._handle(incoming, call_id, ctx, now - started)
             if outcome is not None:
                 if cancelled_at is not None and not outcome.ok:
-                    return self._stopped(stop_reason, timeout_s, outcome.state, now - started, killed=False)
+                    return self._stopped(stop_reason, timeout_s, outcome.state, now - started, killed=False,
+                                         usage=health.peak)
                 return dataclasses.replace(outcome, detail={**outcome.detail, "usage": health.peak})
 
     @staticmethod
     def _stopped(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
-                 killed: bool) -> CallOutcome:
+                 killed: bool, usage: dict[str, Any]) -> CallOutcome:
         how = "; worker killed" if killed else ""
         if reason == "timeout":
             return CallOutcome("timeout", message=f"no result after {timeout_s:g} s{how}", state=state,
-                               duration_s=duration, detail={"killed": killed})
+                               duration_s=duration, detail={"killed": killed, "usage": usage})
         return CallOutcome("cancelled", message=f"stopped by the host{how}", state=state, duration_s=duration,
-                           detail={"killed": killed})
+                           detail={"killed": killed, "usage": usage})
 
     def _handle(self, message: dict[str, Any], call_id: int, ctx: HostContext | None,
                 elapsed: float) -> CallOutcome | None:
