@@ -23,7 +23,7 @@ from ..events import EventBus, Subscriber
 from ..plan import Plan
 from ..state import RunLock, RunState, new_run_id
 from ..supervisor._cgroups import remove_run_cgroups
-from ..supervisor._container import remove_run_containers
+from ..supervisor._container import remove_orphaned_containers, remove_run_containers
 from ._env import Decide, Executor, RunEnv
 from ._records import new_target_record
 from ._rollback import RollbackFlow
@@ -106,17 +106,18 @@ def _check_plugins_present(plan: Plan) -> list[str]:
     return changed
 
 
-def _remove_stale_containers(env: RunEnv, plan: Plan) -> None:
+def _remove_leftovers(env: RunEnv, plan: Plan) -> None:
+    """Remove cgroups and containers that a killed controller left (of this run, or orphaned)."""
     cgroups = remove_run_cgroups(env.state.run_id)
     if cgroups:
         env.emit("cgroups.removed", message=f"removed {len(cgroups)} cgroup(s) left by an earlier controller "
                                             f"of this run", cgroups=cgroups)
     if not any(p.isolation == "container" for p in plan.plugins):
         return
-    removed = remove_run_containers(env.state.run_id, env.config)
+    removed = remove_run_containers(env.state.run_id, env.config) + remove_orphaned_containers(env.config)
     if removed:
-        env.emit("containers.removed", message=f"removed {len(removed)} container(s) left by an earlier "
-                                               f"controller of this run", containers=removed)
+        env.emit("containers.removed", message=f"removed {len(removed)} container(s) left by a killed "
+                                               f"controller", containers=removed)
 
 
 @contextlib.contextmanager
@@ -173,8 +174,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         if state.recovered_from:
             env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
                                                 f"{state.recovered_from}")
+        _remove_leftovers(env, plan)
         if mode != "upgrade":
-            _remove_stale_containers(env, plan)
             for change in _check_plugins_present(plan):
                 env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
         with state.mutate() as b:
@@ -207,7 +208,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         return RunSummary(state.run_id, status, state.run_dir, targets)
     finally:
         executor.close()
-        _remove_stale_containers(env, plan)
+        _remove_leftovers(env, plan)
         journal.close()
         logger.removeHandler(handler)
         handler.close()

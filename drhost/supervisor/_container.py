@@ -357,3 +357,32 @@ def remove_run_containers(run_id: str, config: Mapping[str, Any]) -> list[str]:
     if names:
         run_podman([setup.podman, "rm", "-f", *names], timeout=120)
     return names
+
+
+def remove_orphaned_containers(config: Mapping[str, Any]) -> list[str]:
+    """Remove drhost worker containers whose controller process is gone (it was killed, say)."""
+    try:
+        setup = podman_setup(config)
+    except Exception:  # no podman: nothing can be left behind
+        return []
+    listed = run_podman([setup.podman, "ps", "-a", "--filter", "label=drhost=worker", "--format",
+                         '{{.Names}} {{index .Labels "drhost.sandbox"}}'], timeout=60)
+    orphans = []
+    for line in listed.stdout.splitlines():
+        name, _, sandbox = line.partition(" ")
+        owner = sandbox.split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            orphans.append(name)
+    if orphans:
+        run_podman([setup.podman, "rm", "-f", *orphans], timeout=120)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
