@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -69,3 +70,25 @@ def test_plan_into_a_closed_pipe_is_quiet(state_dir: Path) -> None:
     proc = subprocess.run("python -m drhost plan --demo | head -1", shell=True, capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.startswith("targets:") and "Traceback" not in proc.stderr
+
+
+def test_required_cgroups_are_checked_before_a_run(drhost: Callable[..., subprocess.CompletedProcess[str]],
+                                                   state_dir: Path) -> None:
+    """[process] cgroups = required is checked by plan: here the cgroups exist, so the plan is made."""
+    proc = drhost("plan", "--demo", "--set", "process.cgroups=required")
+    assert proc.returncode == 0 and "dr-catalog" in proc.stdout
+
+
+def test_unstartable_containers_refuse_the_run_unless_weaker_isolation_is_allowed(
+        drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path) -> None:
+    """Without a usable podman, third-party plugins never run unconfined silently: refused, or recorded."""
+    proc = drhost("upgrade", "--demo", "--json", "--set", "container.podman=/nonexistent/podman")
+    assert proc.returncode == 7 and "will not run unconfined" in proc.stderr
+    assert "--allow-weaker-isolation" in proc.stderr
+    assert runs(state_dir) == []
+    proc = drhost("upgrade", "--demo", "--json", "--allow-weaker-isolation", "--set",
+                  "container.podman=/nonexistent/podman")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "weaker isolation" in proc.stderr
+    report = json.loads(drhost("status", "--json").stdout)
+    assert "dr-monitoring" in report["weaker_isolation"]

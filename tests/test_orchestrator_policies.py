@@ -268,3 +268,12 @@ def test_oversized_result_fails_the_step_but_keeps_the_saved_state(world) -> Non
     assert summary.status == "succeeded"  # third_party: error recorded, run goes on
     assert "exceeds the limit" in target["errors"][0]["message"]
     assert target["plugin_state"]["rec"] == {"backup": "/b/2"}
+
+
+def test_sandbox_that_cannot_start_fails_the_plugin_not_the_run(world) -> None:  # type: ignore[no-untyped-def]
+    """A container that cannot be started mid-run fails that plugin's step with the reason; the run goes on."""
+    summary, _, state = world("third_party", overrides=("container.podman=/nonexistent/podman",))
+    target = state.get("targets")["t"]
+    assert summary.status == "succeeded"  # third_party: error recorded, the run continues
+    assert "cannot start the plugin's sandbox" in target["errors"][0]["message"]
+    assert "/nonexistent/podman" in target["errors"][0]["message"]

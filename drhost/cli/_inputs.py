@@ -15,6 +15,7 @@ from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
 from ..state import state_root
+from ..supervisor._cgroups import cgroup_support
 from ..supervisor._netns import network_namespace_available
 from ..supervisor._podman import container_available
 
@@ -111,6 +112,13 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
         if plugin.isolation not in BUILT_ISOLATIONS:
             raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
                               f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", plugin.isolation)
+    if config.data["process"]["cgroups"] == "required" and any(p.isolation == "process" for p in plan.plugins):
+        missing = cgroup_support().missing()
+        if missing:
+            reasons = "; ".join(f"{controller}: {why}" for controller, why in missing.items())
+            raise ConfigError(config.origin(("process", "cgroups")),
+                              f"a machine that gives drhost the memory, cpu and pids cgroups ({reasons}); or "
+                              f"[process] cgroups = auto", "required")
     if config.data["process"]["network"] == "none" and any(p.isolation == "process" for p in plan.plugins):
         available, why = network_namespace_available()
         if not available:

@@ -195,7 +195,11 @@ class Executor:
         with self._lock:
             self._active.add(ctx)
         try:
-            runner = self._runner(plugin, target)
+            try:
+                runner = self._runner(plugin, target)
+            except Exception as exc:  # the sandbox could not be made: this plugin fails here, the run goes on
+                return CallOutcome("failed", message=f"cannot start the plugin's sandbox: {exc}", retryable=False,
+                                   state=plugin_state)
             outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
             self._note_launches(runner, target, plugin_name)
         finally:
