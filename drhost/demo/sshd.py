@@ -1,0 +1,149 @@
+"""Real OpenSSH servers on loopback: the SSH targets of ``drhost upgrade --demo --ssh`` and of the tests.
+
+Each host is its own ``sshd`` process on a free 127.0.0.1 port, with throwaway host and client keys, its
+own known_hosts line, and its own install root for the product. Nothing here is a mock: drhost's SSH
+transport talks to these servers exactly as it would to a production host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def sshd_available() -> tuple[bool, str]:
+    if not Path(SSHD).exists():
+        return False, "OpenSSH server not installed (apt-get install openssh-server)"
+    if os.geteuid() != 0:
+        return False, "sshd test hosts need root (they log in as root on loopback)"
+    return True, SSHD
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SshHost:
+    """One simulated host: its sshd, its keys and its install root."""
+
+    name: str
+    directory: Path
+    port: int
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.directory / "host_key"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
+
+    @property
+    def root(self) -> Path:
+        """The product's install root on this host (a directory of this machine, reached over SSH)."""
+        return self.directory / "root" / "opt" / "drproduct"
+
+    def known_hosts_line(self) -> str:
+        public = (self.directory / "host_key.pub").read_text().split()
+        return f"[{self.host}]:{self.port} {public[0]} {public[1]}\n"
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(exist_ok=True)
+        argv = [
+            SSHD, "-D", "-e", "-f", "/dev/null",
+            "-o", f"Port={self.port}", "-o", f"ListenAddress={self.host}", "-o", f"HostKey={self.host_key}",
+            "-o", f"AuthorizedKeysFile={self.directory / 'authorized_keys'}", "-o", f"PidFile={self.directory}/pid",
+            "-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PermitRootLogin=yes",
+            "-o", "Subsystem=sftp internal-sftp", "-o", "MaxStartups=100", "-o", "MaxSessions=100",
+            "-o", "LogLevel=ERROR",
+        ]
+        log = open(self.directory / "sshd.log", "ab")  # noqa: SIM115 - kept open for the server's lifetime
+        self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                    if sock.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sshd for {self.name} did not start: {(self.directory / 'sshd.log').read_text()}")
+
+    def session_pids(self) -> list[int]:
+        """Per-connection sshd processes (children of the listener) — what a frozen-peer test stops."""
+        if self.process is None:
+            return []
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def listener_pid(self) -> int | None:
+        if self.process is not None:
+            return self.process.pid
+        try:
+            return int((self.directory / "pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        """Stop the server and its sessions (also one started by an earlier drhost, through its pid file)."""
+        pid = self.listener_pid()
+        if pid is None:
+            return
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        sessions = [int(p) for p in children.read_text().split()] if children.exists() else []
+        for pid_ in [*sessions, pid]:
+            try:
+                os.kill(pid_, signal.SIGCONT)
+                os.killpg(pid_, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+def make_host(base: Path, name: str) -> SshHost:
+    """Create keys and directories for host ``name`` under ``base`` (not started)."""
+    directory = base / name
+    directory.mkdir(parents=True)
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / key)], check=True)
+    shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
+    host = SshHost(name, directory, free_port())
+    host.known_hosts.write_text(host.known_hosts_line())
+    host.root.mkdir(parents=True)
+    return host
+
+
+def start_hosts(base: Path, count: int, prefix: str = "host") -> list[SshHost]:
+    hosts = [make_host(base, f"{prefix}{index + 1}") for index in range(count)]
+    try:
+        for host in hosts:
+            host.start()
+    except BaseException:
+        for host in hosts:
+            host.stop()
+        raise
+    return hosts
