@@ -9,7 +9,8 @@ from pathlib import Path
 from drhost_hookspecs import PackageInfo, parse_faults
 
 from ..config import LoadedConfig, load_config, validate_plugin_section
-from ..demo.environment import demo_inventory, demo_package, planned_roots
+from ..demo.environment import demo_inventory, demo_package, planned_roots, planned_ssh_hosts, ssh_inventory
+from ..demo.sshd import SshHost
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
 from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
@@ -56,6 +57,7 @@ class Prepared:
     blocked: list[str]
     demo_roots: dict[str, Path] | None
     weaker_isolation: str | None = None
+    demo_ssh_hosts: dict[str, SshHost] | None = None
 
 
 def blocked_plugins(values: list[str] | None) -> list[str]:
@@ -178,13 +180,20 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     if getattr(args, "on_failure", None):
         overrides.append(f"run.on_failure={args.on_failure}")
     demo_roots = None
+    demo_ssh_hosts = None
     base = None
     if args.demo:
         if args.inventory:
             raise ConfigError(Origin("command line", "", "--demo"), "either --demo or -i INVENTORY", "both")
         root = state_root()
         demo_roots = planned_roots(root)
-        base = demo_inventory(demo_roots, demo_package(root))
+        if getattr(args, "ssh", False):
+            demo_ssh_hosts = planned_ssh_hosts(demo_roots)
+            base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root))
+        else:
+            base = demo_inventory(demo_roots, demo_package(root))
+    elif getattr(args, "ssh", False):
+        raise ConfigError(Origin("command line", "", "--ssh"), "--ssh together with --demo", "--ssh alone")
     config = load_config(files, overrides, base=base)
     registry = discover(blocked)
     plan = validate_run_inputs(config, registry)
@@ -195,4 +204,4 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
             raise ConfigError(Origin("command line", "run", "package"),
                               "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
         package = load_package(config.data["run"]["package"], config.origin(("run", "package")))
-    return Prepared(config, registry, plan, package, blocked, demo_roots, weaker)
+    return Prepared(config, registry, plan, package, blocked, demo_roots, weaker, demo_ssh_hosts)

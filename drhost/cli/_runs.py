@@ -12,7 +12,8 @@ from typing import Any
 
 from drhost_hookspecs import Stage
 
-from ..demo.environment import create_demo, stop_demo
+from ..demo.environment import create_demo, start_ssh_hosts, stop_demo
+from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
 from ..orchestrator import Decide, RunSummary, create_run, drive
@@ -82,10 +83,16 @@ def _demo_after(keep: bool) -> Any:
         if keep or status == "interrupted":
             why = "--keep" if keep else "the run is interrupted and can be resumed"
             sys.stderr.write(f"demo daemons left running ({why}); stop them with "
-                             f"{roots[0].parent if roots else ''}.../current/bin/drproductctl --root ROOT stop\n")
+                             f"ROOT/current/bin/drproductctl --root ROOT stop for each root in "
+                             f"{roots[0].parents[2] if roots else ''}")
+            if demo.get("sshd"):
+                sys.stderr.write(", and the demo's sshd servers with kill $(cat DIR/pid) for each DIR/pid under it")
+            sys.stderr.write("\n")
             return
         for problem in stop_demo(roots):
             sys.stderr.write(f"warning: {problem}\n")
+        for host in demo.get("sshd", []):
+            SshHost(host["name"], Path(host["directory"]), int(host["port"])).stop()
 
     return after
 
@@ -99,6 +106,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if prepared.demo_roots is not None:
         create_demo(state_root(), prepared.demo_roots)
         extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
+        if prepared.demo_ssh_hosts is not None:
+            try:
+                start_ssh_hosts(prepared.demo_ssh_hosts)
+            except BaseException:
+                stop_demo(list(prepared.demo_roots.values()))
+                raise
+            extra["demo"]["sshd"] = [{"name": h.name, "directory": str(h.directory), "port": h.port}
+                                     for h in prepared.demo_ssh_hosts.values()]
     state = create_run(config=prepared.config.data, config_files=prepared.config.files, plan=prepared.plan,
                        package=package_info(prepared.package), extra=extra)
     if not args.json:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..packaging import build_package
 from . import install
+from .sshd import SshHost, create_keys, free_port
 
 DEMO_TARGETS = ("dr-demo-1", "dr-demo-2", "dr-demo-3")
 FROM_VERSION = "1.0.0"
@@ -41,6 +42,36 @@ def planned_roots(state_root: Path) -> dict[str, Path]:
     """Where a new demo's targets would go (nothing is created)."""
     base = state_root / "demo" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     return {name: base / name / "opt" / "drproduct" for name in DEMO_TARGETS}
+
+
+def planned_ssh_hosts(roots: dict[str, Path]) -> dict[str, SshHost]:
+    """Loopback sshd hosts for an SSH demo (nothing created yet): one per target, beside its root."""
+    return {name: SshHost(name, root.parents[1] / "sshd", free_port()) for name, root in roots.items()}
+
+
+def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Path) -> dict[str, Any]:
+    """The demo config when its targets are reached over SSH."""
+    inventory = demo_inventory(roots, package)
+    for name, host in hosts.items():
+        inventory["targets"][name] = {
+            "transport": "ssh", "root": str(roots[name]), "host": host.host, "port": host.port, "user": "root",
+            "key_file": str(host.client_key), "known_hosts": str(host.known_hosts), "host_key_policy": "strict",
+        }
+    return inventory
+
+
+def start_ssh_hosts(hosts: dict[str, SshHost]) -> None:
+    """Create keys and start one sshd per demo target; all or none."""
+    started: list[SshHost] = []
+    try:
+        for host in hosts.values():
+            create_keys(host)
+            host.start()
+            started.append(host)
+    except BaseException:
+        for host in started:
+            host.stop()
+        raise
 
 
 def create_demo(state_root: Path, roots: dict[str, Path]) -> None:

@@ -124,17 +124,23 @@ class SshHost:
         self.process = None
 
 
-def make_host(base: Path, name: str) -> SshHost:
+def make_host(base: Path, name: str, port: int | None = None) -> SshHost:
     """Create keys and directories for host ``name`` under ``base`` (not started)."""
-    directory = base / name
-    directory.mkdir(parents=True)
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / key)], check=True)
-    shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
-    host = SshHost(name, directory, free_port())
-    host.known_hosts.write_text(host.known_hosts_line())
+    host = SshHost(name, base / name, port or free_port())
+    create_keys(host)
     host.root.mkdir(parents=True)
     return host
+
+
+def create_keys(host: SshHost) -> None:
+    """Throwaway host and client keys, authorized_keys and a known_hosts line for ``host``."""
+    host.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"drhost-{host.name}", "-f",
+                        str(host.directory / key)], check=True)
+    shutil.copy(host.directory / "client_key.pub", host.directory / "authorized_keys")
+    host.known_hosts.write_text(host.known_hosts_line())
+    host.known_hosts.chmod(0o600)
 
 
 def start_hosts(base: Path, count: int, prefix: str = "host") -> list[SshHost]:
