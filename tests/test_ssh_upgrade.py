@@ -1,0 +1,52 @@
+"""The whole upgrade over SSH: three real sshd hosts on loopback, the demo product behind each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import TargetProbe, run_json
+from sshd_hosts import sshd_available
+
+pytestmark = pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])
+
+
+def sshd_pids(state_dir: Path) -> list[int]:
+    pids = []
+    for pid_file in (state_dir / "demo").glob("*/*/sshd/pid"):
+        pid = int(pid_file.read_text().split()[0])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        pids.append(pid)
+    return pids
+
+
+def test_demo_upgrades_three_hosts_over_ssh(drhost: Callable[..., subprocess.CompletedProcess[str]],
+                                            state_dir: Path) -> None:
+    """--demo --ssh upgrades three sshd-reached targets to 2.0.0, every step through the SSH transport."""
+    proc = drhost("upgrade", "--demo", "--ssh", "--json", "--keep")
+    summary = run_json(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {t["status"] for t in summary["targets"].values()} == {"succeeded"}
+    assert {t["version"] for t in summary["targets"].values()} == {"2.0.0"}
+    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    assert {t["transport"] for t in state["config"]["targets"].values()} == {"ssh"}
+    for target in state["config"]["targets"].values():
+        health = TargetProbe(Path(target["root"])).health()
+        assert health is not None and health["status"] == "ok" and health["version"] == "2.0.0"
+    assert len(sshd_pids(state_dir)) == 3
+
+
+def test_ssh_demo_leaves_no_server_running(drhost: Callable[..., subprocess.CompletedProcess[str]],
+                                           state_dir: Path) -> None:
+    """Without --keep the SSH demo stops its sshd servers and product daemons."""
+    proc = drhost("upgrade", "--demo", "--ssh", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sshd_pids(state_dir) == []
