@@ -1,0 +1,217 @@
+"""Detached remote commands: started in their own session/process group, tracked by a job directory.
+
+A paramiko timeout (or a dropped connection) does not stop a remote command, and a command must not die with
+the connection either. So every command runs detached (``setsid``) with its output, exit code and process
+group id in files of its job directory ``{job_dir}/{job_id}``::
+
+    cmd      the command line that runs (every word shlex-quoted)
+    in       its stdin           out, err   its stdout / stderr
+    pid      the process group id (= pid of the detached wrapper shell)
+    started  start time (epoch seconds)
+    rc       exit code, written (atomically, via rc.tmp) when the command has ended
+    stopped  what stop_job did (termed / killed) when it ended the group
+
+Every remote command here is a short ``/bin/sh -c`` script with an explicit environment (``env -i``), so the
+login shell's rc files cannot change what runs. Each function makes exactly one remote call through
+``exec_fn(command, stdin, timeout) -> (exit status, stdout, stderr)``. Nothing is written locally.
+
+Starting is idempotent: the job directory is created with a plain ``mkdir``, so a start retried after a
+dropped connection re-attaches to the job that already exists instead of running it twice.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ._base import TransportError
+
+ExecFn = Callable[[str, bytes | None, float], tuple[int, bytes, bytes]]
+
+OUTPUT_LIMIT = 1024 * 1024
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ALREADY_STARTED = 17
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_JOB_ID = re.compile(r"[A-Za-z0-9._-]+\Z")
+
+# Prints the live (non-zombie) members of process group $1, read from /proc (no procps needed). The command
+# name in /proc/PID/stat may contain spaces and ')': the fields we want follow the last ") ".
+_MEMBERS_FN = r"""members() {
+  for f in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null < "$f" || continue
+    rest=${line##*) }
+    set -- $rest
+    [ "$1" != Z ] && [ "$3" = "$PG" ] && { p=${f#/proc/}; printf '%s ' "${p%/stat}"; }
+  done
+  return 0
+}
+"""
+
+
+def shell_command(script: str) -> str:
+    """The command line sent to the SSH server: ``script`` run by ``/bin/sh`` with a minimal environment
+    (whatever the login shell sets up is thrown away by ``env -i``)."""
+    return f'exec env -i PATH={DEFAULT_PATH} HOME="$HOME" /bin/sh -c {shlex.quote(script)}'
+
+
+def new_job_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _job_path(job_dir: str, job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"bad job id {job_id!r}")
+    return f"{job_dir.rstrip('/')}/{job_id}"
+
+
+def command_line(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str:
+    """The line the detached wrapper runs: cd, then ``env -i`` with exactly ``env``, then argv."""
+    if not argv or not all(isinstance(word, str) for word in argv):
+        raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}", category="plugin")
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise TransportError(f"bad environment variable name {name!r}", category="plugin")
+    assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
+    words = " ".join(shlex.quote(word) for word in argv)
+    # "command" keeps a first word containing '=' from being taken as one more assignment by env.
+    first = "command " if "=" in argv[0] else ""
+    return f"cd -- {shlex.quote(cwd or '/')} || exit 126\nexec env -i {assignments} {first}{words}\n"
+
+
+def start_job(
+    exec_fn: ExecFn,
+    job_dir: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    input: str | None = None,
+    *,
+    job_id: str | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, bool]:
+    """Start ``argv`` detached on the target; returns (job id, True) once its process group id is recorded, or
+    (job id, False) if a job with that id already exists (a retried start: re-attach, never re-run)."""
+    job_id = job_id or new_job_id()
+    path = _job_path(job_dir, job_id)
+    q = shlex.quote
+    wrapper = (
+        "echo $$ > pid.tmp && mv pid.tmp pid\n"
+        "/bin/sh ./cmd < in > out 2> err\n"
+        "echo $? > rc.tmp && mv rc.tmp rc\n"
+    )
+    script = (
+        "umask 077\n"
+        f"mkdir -p -- {q(job_dir)} || exit 1\n"
+        f"mkdir -- {q(path)} 2>/dev/null || exit {_ALREADY_STARTED}\n"
+        f"cd -- {q(path)} || exit 1\n"
+        f"printf '%s' {q(command_line(argv, env, cwd))} > cmd || exit 1\n"
+        + ("cat > in || exit 1\n" if input is not None else ": > in || exit 1\n")
+        + "date +%s > started\n"
+        f"setsid /bin/sh -c {q(wrapper)} < /dev/null > /dev/null 2>&1 &\n"
+        "i=0\n"
+        "while [ ! -s pid ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n"
+        "cat pid\n"
+    )
+    status, out, err = exec_fn(shell_command(script), input.encode("utf-8") if input is not None else None,
+                               timeout)
+    if status == _ALREADY_STARTED:
+        return job_id, False
+    if status != 0 or not out.strip().isdigit():
+        raise TransportError(
+            f"cannot start {argv[0]!r} on the target (exit {status}): {err.decode('utf-8', 'replace').strip()}",
+            category="file",
+        )
+    return job_id, True
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """``state`` is running, exited (``returncode`` set), starting (no pid recorded yet), gone (ended without
+    an exit code: killed) or missing (no such job directory)."""
+
+    state: str
+    returncode: int | None = None
+    pgid: int | None = None
+
+
+def poll(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0) -> JobStatus:
+    """One cheap remote call: the exit code if written, else whether the process group is alive."""
+    path = shlex.quote(_job_path(job_dir, job_id))
+    script = (
+        f"cd -- {path} 2>/dev/null || {{ echo missing; exit 0; }}\n"
+        "pg=$(cat pid 2>/dev/null)\n"
+        'if [ -s rc ]; then echo "exited $(cat rc) $pg"\n'
+        'elif [ -z "$pg" ]; then echo starting\n'
+        'elif kill -0 -"$pg" 2>/dev/null; then echo "running $pg"\n'
+        'elif [ -s rc ]; then echo "exited $(cat rc) $pg"\n'
+        'else echo "gone $pg"; fi\n'
+    )
+    status, out, err = exec_fn(shell_command(script), None, timeout)
+    words = out.decode("ascii", "replace").split()
+    if status != 0 or not words:
+        raise TransportError(f"cannot poll job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+    state = words[0]
+    if state == "exited" and len(words) >= 2 and words[1].lstrip("-").isdigit():
+        return JobStatus("exited", int(words[1]), int(words[2]) if len(words) > 2 else None)
+    pgid = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+    return JobStatus(state, None, pgid)
+
+
+def read_output(exec_fn: ExecFn, job_dir: str, job_id: str, *, limit: int = OUTPUT_LIMIT,
+                timeout: float = 60.0) -> tuple[bytes, bytes]:
+    """The last ``limit`` bytes of the job's stdout and stderr."""
+    path = shlex.quote(_job_path(job_dir, job_id))
+    script = f"cd -- {path} || exit 1\ntail -c {int(limit)} out\ntail -c {int(limit)} err >&2\n"
+    status, out, err = exec_fn(shell_command(script), None, timeout)
+    if status != 0:
+        raise TransportError(f"cannot read the output of job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+    return out, err
+
+
+def remove_job(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0) -> None:
+    exec_fn(shell_command(f"rm -rf -- {shlex.quote(_job_path(job_dir, job_id))}"), None, timeout)
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What :func:`stop_job` did: ``how`` is termed (left within the grace), killed (needed SIGKILL),
+    not-running (nothing to stop) or unknown (no pid recorded); ``remaining`` lists pids still alive
+    afterwards (empty when the stop is confirmed)."""
+
+    how: str
+    remaining: tuple[int, ...] = ()
+
+    @property
+    def confirmed(self) -> bool:
+        return not self.remaining
+
+
+def stop_job(exec_fn: ExecFn, job_dir: str, job_id: str, grace_s: float, *, confirm_s: float = 10.0) -> StopResult:
+    """TERM the job's process group, wait up to ``grace_s``, KILL what is left, then confirm (by scanning
+    /proc on the target) that no process of the group remains. One remote call."""
+    path = shlex.quote(_job_path(job_dir, job_id))
+    ticks, confirm_ticks = max(1, int(grace_s * 20)), max(1, int(confirm_s * 20))
+    script = (
+        _MEMBERS_FN
+        + f"cd -- {path} 2>/dev/null || {{ echo unknown; exit 0; }}\n"
+        "PG=$(cat pid 2>/dev/null)\n"
+        'case "$PG" in ""|*[!0-9]*) echo unknown; exit 0;; esac\n'
+        'if [ -z "$(members)" ]; then how=not-running; else\n'
+        '  kill -TERM -"$PG" 2>/dev/null\n'
+        f"  i=0; while [ -n \"$(members)\" ] && [ $i -lt {ticks} ]; do sleep 0.05; i=$((i+1)); done\n"
+        '  if [ -n "$(members)" ]; then how=killed; kill -KILL -"$PG" 2>/dev/null; else how=termed; fi\n'
+        "fi\n"
+        f"i=0; while [ -n \"$(members)\" ] && [ $i -lt {confirm_ticks} ]; do\n"
+        '  kill -KILL -"$PG" 2>/dev/null; sleep 0.05; i=$((i+1)); done\n'
+        'echo "$how" > stopped\n'
+        'echo "$how $(members)"\n'
+    )
+    status, out, err = exec_fn(shell_command(script), None, grace_s + confirm_s + 30)
+    words = out.decode("ascii", "replace").split()
+    if status != 0 or not words:
+        raise TransportError(f"cannot stop job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+    return StopResult(words[0], tuple(int(word) for word in words[1:] if word.isdigit()))

@@ -1,0 +1,376 @@
+"""The ssh transport: a :class:`TargetSession` on one target over one paramiko connection.
+
+Commands run detached on the target (see :mod:`._remote_jobs`): a dropped connection neither kills them nor
+makes us run them twice — after a reconnect the job is found again by its directory and polled. On a deadline
+or cancel the job's process group is stopped (TERM, grace, KILL) and confirmed gone before
+:class:`CommandStopped` is raised. Files move over one reused SFTP channel; writes are atomic (temp name in
+the same directory, then ``posix_rename``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import secrets
+import shlex
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import paramiko
+
+from drhost_hookspecs import RunResult
+
+from . import _remote_jobs as jobs
+from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
+from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError)
+_EXEC_ERRORS = (paramiko.SSHException, EOFError, OSError)
+_SHORT_TIMEOUT_S = 30.0
+
+
+class _ConnectionLost(Exception):
+    """Internal: the transport died during a call; reconnect and retry the (idempotent) call."""
+
+
+class SshSession(TargetSession):
+    """One target reached over SSH. ``work_dir`` is a directory on the target for drhost's own files;
+    command jobs live in ``{work_dir}/jobs/{run_id}/``."""
+
+    def __init__(
+        self,
+        name: str,
+        target: SshTarget,
+        *,
+        run_id: str,
+        work_dir: str,
+        kill_grace_s: float = 3.0,
+        poll_interval_s: float = 0.2,
+        reconnects: int = 3,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.run_id = run_id
+        self.work_dir = work_dir.rstrip("/") or "/"
+        self.job_dir = f"{self.work_dir}/jobs/{run_id}"
+        self._grace = kill_grace_s
+        self._poll_interval = poll_interval_s
+        self._reconnects = reconnects
+        self._lock = threading.RLock()
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._closed = False
+        self.connections = 0  # how many times a connection was opened (1 + reconnects)
+
+    # -- connection -------------------------------------------------------------------------------------
+
+    def _on_connected(self, transport: paramiko.Transport) -> None:
+        """Called once per new connection (e.g. to start a heartbeat on it). Does nothing by default."""
+
+    def _connect_once(self) -> paramiko.Transport:
+        transport = connect(self.target)
+        self.connections += 1
+        self._on_connected(transport)
+        return transport
+
+    def _ensure(self) -> paramiko.Transport:
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"session to {self.name} is closed")
+            if self._transport is not None and self._transport.is_active():
+                return self._transport
+            first = self._transport is None and self.connections == 0
+            self._drop()
+            attempts = 1 if first else self._reconnects
+            last: TransportError | None = None
+            for attempt in range(max(1, attempts)):
+                if attempt:
+                    delay = min(0.25 * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.5)
+                    time.sleep(delay)
+                try:
+                    self._transport = self._connect_once()
+                    if not first:
+                        log.info("%s: reconnected to %s", self.name, self.target.address)
+                    return self._transport
+                except (HostKeyError, AuthError):
+                    raise
+                except TransportError as exc:
+                    last = exc
+                    log.warning("%s: connect attempt %d failed: %s", self.name, attempt + 1, exc)
+            assert last is not None
+            raise last
+
+    def _drop(self) -> None:
+        """Forget the current connection (it is dead or being replaced)."""
+        sftp, transport = self._sftp, self._transport
+        self._sftp = self._transport = None
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.close()
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+    def _retrying(self, call: Callable[[], T], what: str) -> T:
+        """Run an idempotent remote call; if the connection is lost, reconnect (with backoff) and retry."""
+        for attempt in range(self._reconnects + 1):
+            try:
+                return call()
+            except _ConnectionLost as exc:
+                log.warning("%s: connection lost during %s: %s", self.name, what, exc)
+                with self._lock:
+                    self._drop()
+                if attempt == self._reconnects:
+                    raise TransportError(f"{self.name}: connection lost during {what} ({exc}); "
+                                         f"gave up after {self._reconnects} reconnects", category="network") from None
+        raise AssertionError("unreachable")
+
+    def _exec(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        """Run one short command line on the target and collect its exit status and output."""
+        transport = self._ensure()
+        try:
+            channel = transport.open_session(timeout=timeout)
+        except _EXEC_ERRORS as exc:
+            raise _ConnectionLost(f"cannot open a channel: {exc}") from None
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            while True:
+                got = False
+                if channel.recv_ready():
+                    out += channel.recv(65536)
+                    got = True
+                if channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                    got = True
+                if got:
+                    continue
+                if channel.exit_status_ready() and channel.eof_received:
+                    break
+                if channel.closed or not transport.is_active():
+                    if channel.exit_status_ready():
+                        break
+                    raise _ConnectionLost("channel closed before the command finished")
+                if time.monotonic() > deadline:
+                    # An unanswered short command: the peer is frozen or gone. Treat the connection as dead.
+                    raise _ConnectionLost(f"no answer within {timeout:.0f} s")
+                channel.status_event.wait(0.005)
+            return channel.recv_exit_status(), bytes(out), bytes(err)
+        except _EXEC_ERRORS as exc:
+            raise _ConnectionLost(str(exc) or type(exc).__name__) from None
+        finally:
+            channel.close()
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            transport = self._ensure()
+            if self._sftp is None:
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(transport)
+                except _CONNECTION_ERRORS as exc:
+                    raise _ConnectionLost(f"cannot open SFTP: {exc}") from None
+                if self._sftp is None:
+                    raise _ConnectionLost("cannot open SFTP")
+            return self._sftp
+
+    def _file_call(self, call: Callable[[paramiko.SFTPClient], T], what: str) -> T:
+        def attempt() -> T:
+            sftp = self._sftp_client()
+            try:
+                return call(sftp)
+            except _CONNECTION_ERRORS as exc:
+                raise _ConnectionLost(str(exc) or type(exc).__name__) from None
+            except OSError as exc:
+                if self._transport is None or not self._transport.is_active():
+                    raise _ConnectionLost(str(exc)) from None
+                raise TransportError(f"cannot {what}: {exc.strerror or exc}", category="file") from None
+
+        return self._retrying(attempt, what)
+
+    def shell(self, script: str, *, stdin: bytes | None = None, timeout: float = _SHORT_TIMEOUT_S) -> tuple[
+            int, bytes, bytes]:
+        """Run a short /bin/sh script with the minimal environment (not detached; for quick helper commands)."""
+        return self._retrying(lambda: self._exec(jobs.shell_command(script), stdin, timeout), "a remote command")
+
+    # -- commands ----------------------------------------------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        return {"PATH": jobs.DEFAULT_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                "HOME": "/root" if self.target.user == "root" else f"/home/{self.target.user}"}
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        input: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        full_env = self._base_env()
+        full_env.update(env or {})
+        jobs.command_line(argv, full_env, cwd)  # validates argv and env before anything happens remotely
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        job_id = jobs.new_job_id()
+        self._retrying(
+            lambda: jobs.start_job(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id),
+            f"start of {argv[0]}",
+        )
+        starting_since: float | None = None
+        while True:
+            if cancel is not None and cancel.is_set():
+                self._stop(job_id, argv)
+                raise CommandStopped(f"{argv[0]} stopped: step cancelled", timed_out=False)
+            if deadline is not None and time.monotonic() > deadline:
+                self._stop(job_id, argv)
+                raise CommandStopped(f"{argv[0]} stopped after {timeout:.0f} s", timed_out=True)
+            status = self._retrying(lambda: jobs.poll(self._exec, self.job_dir, job_id), f"poll of {argv[0]}")
+            if status.state == "exited":
+                break
+            if status.state in ("gone", "missing"):
+                raise TransportError(f"{argv[0]} on {self.name} ended without an exit code (job {job_id} "
+                                     f"{status.state})", category="plugin")
+            if status.state == "starting":
+                starting_since = starting_since or time.monotonic()
+                if time.monotonic() - starting_since > 10:
+                    raise TransportError(f"{argv[0]} on {self.name} did not start (job {job_id})")
+            wait = self._poll_interval
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            if cancel is not None:
+                cancel.wait(wait)
+            else:
+                time.sleep(wait)
+        out, err = self._retrying(lambda: jobs.read_output(self._exec, self.job_dir, job_id),
+                                  f"output of {argv[0]}")
+        with contextlib.suppress(TransportError, _ConnectionLost):
+            jobs.remove_job(self._exec, self.job_dir, job_id)
+        assert status.returncode is not None
+        return RunResult(
+            argv=tuple(argv), returncode=status.returncode,
+            stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
+            duration_s=time.monotonic() - started,
+        )
+
+    def _stop(self, job_id: str, argv: Sequence[str]) -> None:
+        result = self._retrying(lambda: jobs.stop_job(self._exec, self.job_dir, job_id, self._grace),
+                                f"stop of {argv[0]}")
+        if not result.confirmed:
+            raise TransportError(f"{argv[0]} on {self.name}: processes {list(result.remaining)} of job {job_id} "
+                                 "survived SIGKILL", category="plugin")
+        log.info("%s: job %s (%s) stopped: %s", self.name, job_id, argv[0], result.how)
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    def _mkdir_parent(self, path: str) -> None:
+        parent = os.path.dirname(path) or "/"
+        status, _, err = self.shell(f"mkdir -p -- {shlex.quote(parent)}")
+        if status != 0:
+            raise TransportError(f"cannot create {parent}: {err.decode('utf-8', 'replace').strip()}",
+                                 category="file")
+
+    @staticmethod
+    def _temp_name(path: str) -> str:
+        directory, base = os.path.split(path)
+        return os.path.join(directory, f".{base}.{secrets.token_hex(4)}.part")
+
+    def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
+        self._mkdir_parent(remote_path)
+
+        def upload(sftp: paramiko.SFTPClient) -> None:
+            tmp = self._temp_name(remote_path)
+            try:
+                sftp.put(local_path, tmp, callback=progress, confirm=True)
+                sftp.chmod(tmp, stat.S_IMODE(os.stat(local_path).st_mode))
+                sftp.posix_rename(tmp, remote_path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise
+
+        self._file_call(upload, f"upload {local_path} to {remote_path}")
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")
+
+    def read_text(self, path: str) -> str:
+        def read(sftp: paramiko.SFTPClient) -> str:
+            with sftp.open(path, "rb") as handle:
+                return bytes(handle.read()).decode("utf-8")
+
+        return self._file_call(read, f"read {path}")
+
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        data = text.encode("utf-8")
+
+        def write(sftp: paramiko.SFTPClient) -> None:
+            tmp = self._temp_name(path)
+            try:
+                with sftp.open(tmp, "wb") as handle:
+                    handle.set_pipelined(True)
+                    handle.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    sftp.remove(tmp)
+                raise
+
+        try:
+            self._file_call(write, f"write {path}")
+        except TransportError as exc:
+            if exc.category != "file":
+                raise
+            self._mkdir_parent(path)
+            self._file_call(write, f"write {path}")
+
+    def _lstat(self, path: str) -> paramiko.SFTPAttributes | None:
+        def lstat(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes | None:
+            try:
+                return sftp.lstat(path)
+            except FileNotFoundError:
+                return None
+
+        return self._file_call(lstat, f"stat {path}")
+
+    def exists(self, path: str) -> bool:
+        return self._lstat(path) is not None
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        attrs = self._lstat(path)
+        if attrs is None:
+            return
+        if attrs.st_mode is not None and stat.S_ISDIR(attrs.st_mode):
+            if not recursive:
+                raise TransportError(f"{path} is a directory; pass recursive=True", category="file")
+            status, _, err = self.shell(f"rm -rf -- {shlex.quote(path)}", timeout=300)
+            if status != 0:
+                raise TransportError(f"cannot remove {path}: {err.decode('utf-8', 'replace').strip()}",
+                                     category="file")
+            return
+
+        def unlink(sftp: paramiko.SFTPClient) -> None:
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(path)
+
+        self._file_call(unlink, f"remove {path}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
