@@ -1,0 +1,228 @@
+"""Resumable, pipelined, checksummed upload of one file over SFTP.
+
+The file goes to ``REMOTE.part``; an existing ``.part`` is kept when its bytes are a prefix of the local
+file (the target hashes them, we hash ours) and the upload resumes after it. Writes are pipelined: up to
+``window`` write requests are in flight before the oldest acknowledgement is awaited, so the upload runs at
+the speed of the link and the ciphers, not at one round trip per request. The finished ``.part`` is hashed
+on the target and compared with the local sha256 before it is renamed over ``REMOTE``.
+
+paramiko's own pipelined ``SFTPFile.write`` caps requests at 32 KiB and never bounds the number of
+requests in flight; this module sends its own write requests (up to :data:`MAX_WRITE_REQUEST` bytes,
+the ``max-write-length`` OpenSSH's sftp-server reports) through the client's request queue and reads
+each acknowledgement in order, so a failed write is raised, not dropped.
+
+The socket under the transport must have TCP_NODELAY (docs: DESIGN §5); create it yourself and pass it to
+``paramiko.Transport``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+import paramiko
+from paramiko.sftp import CMD_WRITE, int64
+
+from ._base import TransportError
+
+#: Largest data payload of one SFTP write request: OpenSSH's sftp-server accepts messages of up to
+#: 256 KiB and advertises ``max-write-length`` 261120 (255 KiB) in ``limits@openssh.com``.
+MAX_WRITE_REQUEST = 255 * 1024
+
+RemoteSha256 = Callable[[str, "int | None"], str]
+Progress = Callable[[int, int], None]
+
+
+class UploadError(TransportError):
+    """The upload did not end with a verified file; ``category`` is ``file`` for a checksum failure."""
+
+    def __init__(
+        self, message: str, *, category: str = "file", local_sha256: str = "", remote_sha256: str = ""
+    ) -> None:
+        super().__init__(message, category=category)
+        self.local_sha256 = local_sha256
+        self.remote_sha256 = remote_sha256
+
+
+@dataclass(frozen=True)
+class UploadReport:
+    """What one :func:`upload_resumable` call did."""
+
+    bytes_total: int
+    #: Payload bytes written over SFTP by this call, over all attempts.
+    bytes_sent: int
+    #: Bytes of an existing ``.part`` that were verified and kept (0 when none or restarted).
+    resumed_from: int
+    #: Send-and-verify rounds: 1, or more when the target's checksum did not match.
+    attempts: int
+    duration_s: float
+    #: ``bytes_sent`` per second of ``duration_s``, in MB/s (10^6 bytes).
+    mb_per_s: float
+    sha256: str
+
+
+def rate_and_eta(done: int, total: int, elapsed: float) -> tuple[float, float]:
+    """MB/s (10^6 bytes) and seconds left, from ``done`` of ``total`` bytes moved in ``elapsed`` seconds.
+
+    Pass only the bytes moved in ``elapsed`` (after a resume subtract ``resumed_from`` from both ``done``
+    and ``total``). The ETA is ``inf`` while nothing has moved yet, 0 once done reaches total.
+    """
+    if done >= total:
+        return (done / elapsed / 1e6 if elapsed > 0 else 0.0), 0.0
+    if done <= 0 or elapsed <= 0:
+        return 0.0, math.inf
+    rate = done / elapsed
+    return rate / 1e6, (total - done) / rate
+
+
+def _local_sha256(handle: BinaryIO, length: int, block: int = 1024 * 1024) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    handle.seek(0)
+    left = length
+    while left > 0:
+        data = handle.read(min(block, left))
+        if not data:
+            break
+        digest.update(data)
+        left -= len(data)
+    return digest
+
+
+def _remote_size(sftp: paramiko.SFTPClient, path: str) -> int | None:
+    try:
+        attrs = sftp.stat(path)
+    except FileNotFoundError:
+        return None
+    if attrs.st_mode is not None and not stat.S_ISREG(attrs.st_mode):
+        raise UploadError(f"{path} exists and is not a regular file", category="file")
+    return int(attrs.st_size or 0)
+
+
+def _send(
+    sftp: paramiko.SFTPClient,
+    local: BinaryIO,
+    part: str,
+    *,
+    start: int,
+    total: int,
+    digest: hashlib._Hash,
+    chunk_size: int,
+    window: int,
+    progress: Progress | None,
+) -> int:
+    """Write local[start:] to ``part`` at the same offsets, ``window`` requests in flight; feed ``digest``."""
+    client = cast(Any, sftp)  # request queue of SFTPClient: not in the type stubs
+    request = max(1, min(chunk_size, MAX_WRITE_REQUEST))
+    mode = "r+b" if start else "wb"
+    remote = sftp.open(part, mode)
+    try:
+        handle = cast(Any, remote).handle
+        in_flight: collections.deque[tuple[int, int]] = collections.deque()  # (request number, end offset)
+        offset = start
+        local.seek(start)
+        while offset < total:
+            data = local.read(min(request, total - offset))
+            if not data:
+                raise UploadError(f"local file shrank during upload at byte {offset}", category="file")
+            digest.update(data)
+            num = client._async_request(type(None), CMD_WRITE, handle, int64(offset), data)
+            offset += len(data)
+            in_flight.append((num, offset))
+            while len(in_flight) >= window:
+                num, acked = in_flight.popleft()
+                client._read_response(num)  # raises IOError on a failed write
+                if progress is not None:
+                    progress(acked, total)
+        while in_flight:
+            num, acked = in_flight.popleft()
+            client._read_response(num)
+            if progress is not None:
+                progress(acked, total)
+    finally:
+        remote.close()
+    return total - start
+
+
+def upload_resumable(
+    sftp: paramiko.SFTPClient,
+    local_path: str,
+    remote_path: str,
+    *,
+    remote_sha256: RemoteSha256,
+    progress: Progress | None = None,
+    chunk_size: int = 256 * 1024,
+    window: int = 32,
+    attempts: int = 2,
+) -> UploadReport:
+    """Upload ``local_path`` to ``remote_path`` through ``remote_path + ".part"``, resuming a valid part.
+
+    ``remote_sha256(path, n)`` returns the hex sha256 of the first ``n`` bytes of ``path`` on the target
+    (the whole file for ``None``), e.g. by running ``head -c N FILE | sha256sum``. A ``.part`` whose
+    prefix hash differs from the local file's, or that is longer than it, is restarted from byte 0.
+    After sending, the whole ``.part`` is hashed on the target; on a mismatch the part is deleted and
+    sent again, up to ``attempts`` rounds in all, then :class:`UploadError` (category ``file``) names both
+    hashes. On success the part is renamed over ``remote_path`` (``posix-rename@openssh.com``).
+    ``progress(done, total)`` gets acknowledged bytes on the target, including a resumed prefix.
+    Network failures surface as paramiko's / the socket's exceptions; call again on a new transport to
+    resume.
+    """
+    if window < 1 or chunk_size < 1 or attempts < 1:
+        raise ValueError("window, chunk_size and attempts must be at least 1")
+    part = remote_path + ".part"
+    began = time.monotonic()
+    sent = 0
+    resumed_from = 0
+    with open(local_path, "rb") as local:
+        total = local.seek(0, 2)
+        for attempt in range(1, attempts + 1):
+            start = 0
+            digest = hashlib.sha256()
+            existing = _remote_size(sftp, part) if attempt == 1 else None
+            if existing and existing <= total:
+                digest = _local_sha256(local, existing)
+                if remote_sha256(part, existing) == digest.hexdigest():
+                    start = resumed_from = existing
+                else:
+                    digest = hashlib.sha256()
+            if progress is not None:
+                progress(start, total)
+            sent += _send(
+                sftp,
+                local,
+                part,
+                start=start,
+                total=total,
+                digest=digest,
+                chunk_size=chunk_size,
+                window=window,
+                progress=progress,
+            )
+            local_hash = digest.hexdigest()
+            target_hash = remote_sha256(part, None)
+            if target_hash == local_hash:
+                sftp.posix_rename(part, remote_path)
+                duration = time.monotonic() - began
+                return UploadReport(
+                    bytes_total=total,
+                    bytes_sent=sent,
+                    resumed_from=resumed_from,
+                    attempts=attempt,
+                    duration_s=duration,
+                    mb_per_s=sent / duration / 1e6 if duration > 0 else 0.0,
+                    sha256=local_hash,
+                )
+            sftp.remove(part)
+            resumed_from = 0
+    raise UploadError(
+        f"{remote_path}: sha256 on the target {target_hash} differs from the local {local_hash} "
+        f"after {attempts} attempt(s)",
+        category="file",
+        local_sha256=local_hash,
+        remote_sha256=target_hash,
+    )
