@@ -16,6 +16,7 @@ import pytest
 
 from drhost.errors import DrhostError, ExitCode
 from drhost.transport import AuthError, CommandStopped, HostKeyError, SshSession, SshTarget
+from drhost.transport._heartbeat import HeartbeatSettings
 from drhost.transport._ssh_connect import fingerprint
 from sshd_hosts import SshHost, sshd_available, start_hosts
 
@@ -251,3 +252,30 @@ def test_cancel_stops_the_remote_group(session: SshSession) -> None:
     timer.join()
     assert not caught.value.timed_out
     assert processes_matching(marker) == []
+
+
+def test_frozen_peer_is_detected_and_the_step_reattached(host: SshHost, tmp_path: Path) -> None:
+    """A frozen connection is declared dead by the heartbeat; the session reconnects and the step runs once."""
+    settings = HeartbeatSettings("plugin_exec", interval_s=0.3, dead_after_s=1.2, reconnects=3)
+    ssh = SshSession(host.name, target_for(host), run_id="run1", work_dir=str(tmp_path / "work"),
+                     poll_interval_s=0.05, heartbeat=settings)
+    counter = tmp_path / "counter"
+    results: list[object] = []
+    worker = threading.Thread(
+        target=lambda: results.append(ssh.run(["sh", "-c", f"sleep 3; echo done >> {counter}; echo ok"])))
+    worker.start()
+    try:
+        assert wait_for(lambda: list((tmp_path / "work" / "jobs" / "run1").glob("*/pid")))
+        frozen = host.session_pids()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        worker.join(40)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        ssh.close()
+    assert not worker.is_alive()
+    assert ssh.dead_peer is not None and ssh.connections >= 2
+    (result,) = results
+    assert result.returncode == 0  # type: ignore[attr-defined]
+    assert counter.read_text() == "done\n"

@@ -27,6 +27,8 @@ from drhost_hookspecs import RunResult
 
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
+from ._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings, configure_socket
+from ._sftp_upload import upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class SshSession(TargetSession):
         kill_grace_s: float = 3.0,
         poll_interval_s: float = 0.2,
         reconnects: int = 3,
+        heartbeat: HeartbeatSettings | None = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -69,12 +72,26 @@ class SshSession(TargetSession):
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._closed = False
+        # One heartbeat per connection; by default the [ssh.plugin_exec] defaults.
+        self._heartbeat_settings = heartbeat or HeartbeatSettings.from_config({}, "plugin_exec")
+        self._heartbeat: Heartbeat | None = None
+        self.dead_peer: DeadPeer | None = None  # evidence from the last heartbeat that declared the peer dead
         self.connections = 0  # how many times a connection was opened (1 + reconnects)
 
     # -- connection -------------------------------------------------------------------------------------
 
     def _on_connected(self, transport: paramiko.Transport) -> None:
-        """Called once per new connection (e.g. to start a heartbeat on it). Does nothing by default."""
+        """Called once per new connection: starts its heartbeat (when configured), which closes the transport
+        when the peer stops answering, so the next remote call reconnects and re-attaches."""
+        settings = self._heartbeat_settings
+        configure_socket(transport.sock, settings)  # type: ignore[arg-type]
+
+        def on_dead(evidence: DeadPeer) -> None:
+            self.dead_peer = evidence
+            log.warning("%s: peer declared dead: %s", self.name, evidence.describe())
+            transport.close()
+
+        self._heartbeat = Heartbeat(transport, settings, on_dead)
 
     def _connect_once(self) -> paramiko.Transport:
         transport = connect(self.target)
@@ -111,8 +128,10 @@ class SshSession(TargetSession):
 
     def _drop(self) -> None:
         """Forget the current connection (it is dead or being replaced)."""
-        sftp, transport = self._sftp, self._transport
-        self._sftp = self._transport = None
+        sftp, transport, heartbeat = self._sftp, self._transport, self._heartbeat
+        self._sftp = self._transport = self._heartbeat = None
+        if heartbeat is not None:
+            heartbeat.stop(timeout=1.0)
         if sftp is not None:
             with contextlib.suppress(Exception):
                 sftp.close()
@@ -168,7 +187,10 @@ class SshSession(TargetSession):
                     # An unanswered short command: the peer is frozen or gone. Treat the connection as dead.
                     raise _ConnectionLost(f"no answer within {timeout:.0f} s")
                 channel.status_event.wait(0.005)
-            return channel.recv_exit_status(), bytes(out), bytes(err)
+            status = channel.recv_exit_status()
+            if status == -1 and not transport.is_active():
+                raise _ConnectionLost("connection closed before the command reported its exit status")
+            return status, bytes(out), bytes(err)
         except _EXEC_ERRORS as exc:
             raise _ConnectionLost(str(exc) or type(exc).__name__) from None
         finally:
@@ -290,20 +312,24 @@ class SshSession(TargetSession):
         return os.path.join(directory, f".{base}.{secrets.token_hex(4)}.part")
 
     def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
+        """Resumable, pipelined, sha256-verified upload through ``remote_path.part`` (see _sftp_upload); a
+        dropped connection resumes after the verified prefix of the part."""
         self._mkdir_parent(remote_path)
 
-        def upload(sftp: paramiko.SFTPClient) -> None:
-            tmp = self._temp_name(remote_path)
-            try:
-                sftp.put(local_path, tmp, callback=progress, confirm=True)
-                sftp.chmod(tmp, stat.S_IMODE(os.stat(local_path).st_mode))
-                sftp.posix_rename(tmp, remote_path)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    sftp.remove(tmp)
-                raise
+        def remote_sha256(path: str, length: int | None) -> str:
+            head = f"head -c {int(length)} -- {shlex.quote(path)}" if length is not None else \
+                f"cat -- {shlex.quote(path)}"
+            status, out, err = self._exec(jobs.shell_command(f"{head} | sha256sum"), None, 300.0)
+            if status != 0:
+                raise TransportError(f"cannot hash {path}: {err.decode('utf-8', 'replace').strip()}",
+                                     category="file")
+            return out.decode("ascii", "replace").split()[0] if out.split() else ""
 
-        self._file_call(upload, f"upload {local_path} to {remote_path}")
+        self._file_call(
+            lambda sftp: upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256,
+                                          progress=progress),
+            f"upload {local_path} to {remote_path}",
+        )
 
     def get(self, remote_path: str, local_path: str) -> None:
         self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")
