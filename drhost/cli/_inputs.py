@@ -21,7 +21,7 @@ from ..supervisor._netns import network_namespace_available
 from ..supervisor._podman import container_available
 
 #: Checked before a run is created, so that nothing is half-started.
-BUILT_TRANSPORTS = ("local",)
+BUILT_TRANSPORTS = ("local", "ssh")
 BUILT_ISOLATIONS = ("thread", "process", "container")
 
 
@@ -80,9 +80,12 @@ def _check_targets(config: LoadedConfig) -> None:
                               "<nothing>")
         if target["transport"] == "local" and not Path(target["root"]).is_absolute():
             raise ConfigError(config.origin(("targets", name, "root")), "an absolute path", target["root"])
+        if target["transport"] == "ssh" and not target.get("host"):
+            raise ConfigError(config.origin(("targets", name, "host")), "the host name or address to reach over SSH",
+                              "<nothing>")
         if target["transport"] not in BUILT_TRANSPORTS:
             raise ConfigError(config.origin(("targets", name, "transport")),
-                              f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)}; ssh is not built yet)",
+                              f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)})",
                               target["transport"])
 
 

@@ -22,7 +22,8 @@ from ..policy import class_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, Sandbox, ThreadRunner, WorkerRunner, make_sandbox
 from ..supervisor._netns import NetworkIsolated, network_namespace_available
-from ..transport import LocalSession, TargetSession
+from ..transport import LocalSession, SshSession, SshTarget, TargetSession, TransportError
+from ..transport._heartbeat import HeartbeatSettings
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
 Decide = Callable[[str, Stage, str], str]
@@ -45,11 +46,23 @@ class RunEnv:
                             step=step, plugin=plugin, message=message, data=data))
 
 
-def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]) -> TargetSession:
+def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str) -> TargetSession:
     transport = target["transport"]
+    grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
-        return LocalSession(name, kill_grace_s=float(config["run"]["kill_grace_s"]))
-    raise RefusedError(f"target {name!r}: transport {transport!r} is not built yet in this drhost; use 'local'")
+        return LocalSession(name, kill_grace_s=grace)
+    if transport == "ssh":
+        ssh = SshTarget(
+            name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
+            key_file=target.get("key_file"), password_env=target.get("password_env"),
+            password_file=target.get("password_file"), known_hosts=target.get("known_hosts"),
+            host_key_policy=target.get("host_key_policy", "strict"),
+            connect_timeout_s=float(target.get("connect_timeout_s", 10.0)),
+        )
+        return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost", kill_grace_s=grace,
+                          reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
+                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"))
+    raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
 
 
 def without_network(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
@@ -86,7 +99,7 @@ class Executor:
         with self._lock:
             if target not in self._sessions:
                 spec = self.env.config["targets"][target]
-                self._sessions[target] = open_session(target, spec, self.env.config)
+                self._sessions[target] = open_session(target, spec, self.env.config, self.env.state.run_id)
             return self._sessions[target]
 
     def _runner(self, plugin: PluginEntry, target: str) -> Runner:
@@ -181,11 +194,17 @@ class Executor:
             with env.state.mutate() as body:
                 body["targets"][target]["plugin_state"][plugin_name] = state
 
+        try:
+            session = self.session(target)
+        except (TransportError, RefusedError) as exc:
+            # Unreachable, or refused (host key, authentication): this call fails with the reason.
+            return CallOutcome("failed", message=f"cannot reach target {target}: {exc}",
+                               retryable=not isinstance(exc, RefusedError), state=plugin_state)
         info = target_info(target, spec, env.state.run_id)
         package = dataclasses.replace(
             env.package, remote_path=f"{info.install_root}/staging/{os.path.basename(env.package.local_path)}")
         ctx = HostContext(
-            session=self.session(target), run_id=env.state.run_id, target=info,
+            session=session, run_id=env.state.run_id, target=info,
             package=package, config=dict(env.config["plugins"].get(plugin_name, {})), state=plugin_state,
             notify=notify, persist=persist, cancel=threading.Event(), deadline=time.monotonic() + timeout_s,
             logger=env.logger.getChild(f"plugin.{plugin_name}.{target}"),

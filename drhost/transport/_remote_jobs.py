@@ -138,12 +138,20 @@ class JobStatus:
     pgid: int | None = None
 
 
-def poll(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0) -> JobStatus:
-    """One cheap remote call: the exit code if written, else whether the process group is alive."""
+def poll(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0, wait_s: float = 0.0) -> JobStatus:
+    """One remote call: the exit code if written, else whether the process group is alive.
+
+    With ``wait_s`` the target itself waits (up to that long, in 50 ms steps) for the job to end before it
+    answers: a short command is seen done at once, a long one costs one call per ``wait_s`` instead of one
+    per poll interval. Every remote call costs a new session on the target (≈ 0.1 s on a loaded VM).
+    """
     path = shlex.quote(_job_path(job_dir, job_id))
+    rounds = max(0, int(wait_s / 0.05))
     script = (
         f"cd -- {path} 2>/dev/null || {{ echo missing; exit 0; }}\n"
         "pg=$(cat pid 2>/dev/null)\n"
+        f"n=0; while [ ! -s rc ] && [ -n \"$pg\" ] && kill -0 -\"$pg\" 2>/dev/null && [ $n -lt {rounds} ]; do "
+        "sleep 0.05; n=$((n+1)); done\n"
         'if [ -s rc ]; then echo "exited $(cat rc) $pg"\n'
         'elif [ -z "$pg" ]; then echo starting\n'
         'elif kill -0 -"$pg" 2>/dev/null; then echo "running $pg"\n'
@@ -162,10 +170,12 @@ def poll(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0) -
 
 
 def read_output(exec_fn: ExecFn, job_dir: str, job_id: str, *, limit: int = OUTPUT_LIMIT,
-                timeout: float = 60.0) -> tuple[bytes, bytes]:
-    """The last ``limit`` bytes of the job's stdout and stderr."""
+                timeout: float = 60.0, remove: bool = False) -> tuple[bytes, bytes]:
+    """The last ``limit`` bytes of the job's stdout and stderr; with ``remove``, the job's directory goes too."""
     path = shlex.quote(_job_path(job_dir, job_id))
     script = f"cd -- {path} || exit 1\ntail -c {int(limit)} out\ntail -c {int(limit)} err >&2\n"
+    if remove:
+        script += f"cd / && rm -rf -- {path}\n"
     status, out, err = exec_fn(shell_command(script), None, timeout)
     if status != 0:
         raise TransportError(f"cannot read the output of job {job_id}: {err.decode('utf-8', 'replace').strip()}")

@@ -261,7 +261,11 @@ class SshSession(TargetSession):
             if deadline is not None and time.monotonic() > deadline:
                 self._stop(job_id, argv)
                 raise CommandStopped(f"{argv[0]} stopped after {timeout:.0f} s", timed_out=True)
-            status = self._retrying(lambda: jobs.poll(self._exec, self.job_dir, job_id), f"poll of {argv[0]}")
+            # The target waits for the job (up to a second, never past the deadline): one call, not many.
+            wait_remote = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            status = self._retrying(
+                lambda wait=wait_remote: jobs.poll(self._exec, self.job_dir, job_id, wait_s=wait),  # type: ignore[misc]
+                f"poll of {argv[0]}")
             if status.state == "exited":
                 break
             if status.state in ("gone", "missing"):
@@ -271,17 +275,15 @@ class SshSession(TargetSession):
                 starting_since = starting_since or time.monotonic()
                 if time.monotonic() - starting_since > 10:
                     raise TransportError(f"{argv[0]} on {self.name} did not start (job {job_id})")
-            wait = self._poll_interval
+            wait = 0.0 if wait_remote >= 0.5 else self._poll_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
             if cancel is not None:
                 cancel.wait(wait)
             else:
                 time.sleep(wait)
-        out, err = self._retrying(lambda: jobs.read_output(self._exec, self.job_dir, job_id),
+        out, err = self._retrying(lambda: jobs.read_output(self._exec, self.job_dir, job_id, remove=True),
                                   f"output of {argv[0]}")
-        with contextlib.suppress(TransportError, _ConnectionLost):
-            jobs.remove_job(self._exec, self.job_dir, job_id)
         assert status.returncode is not None
         return RunResult(
             argv=tuple(argv), returncode=status.returncode,
