@@ -3,8 +3,9 @@
 ``TcpProxy(upstream_host, upstream_port)`` listens on a free 127.0.0.1 port; each accepted client gets its
 own connection to the upstream. Faults, changeable at any time and applied to open connections too:
 
-- ``limit_data(n)``: a connection is cut (both sockets closed) once ``n`` bytes went client→server
-  (exactly ``n`` are forwarded; counted from the connection's start, like toxiproxy's ``limit_data``).
+- ``limit_data(n)``: a connection is cut once ``n`` bytes went client→server (exactly ``n`` are forwarded,
+  counted from the connection's start, like toxiproxy's ``limit_data``): the client's socket is closed,
+  the server gets a FIN after the ``n`` bytes (not a RST, so it keeps everything it received).
   ``limit_data(None)`` lifts it.
 - ``set_latency(seconds, direction)``: every chunk is delivered ``seconds`` after it arrived, without
   limiting throughput (a delay line, not a sleep per read).
@@ -50,17 +51,30 @@ class _Link:
             threading.Thread(target=self._read, args=(direction, source, line, ready), daemon=True).start()
             threading.Thread(target=self._write, args=(direction, target, line, ready), daemon=True).start()
 
-    def close(self) -> None:
+    def close(self, *, drain_server: bool = False) -> None:
+        """Close both sides. ``drain_server``: end the server's stream with a FIN after what was forwarded
+        and read its replies until it closes (<= 2 s), so no RST makes it drop data it has not read yet."""
         with self._lock:
             if self.closed.is_set():
                 return
             self.closed.set()
-        for sock in (self.client, self.server):
+        for sock in (self.client,) if drain_server else (self.client, self.server):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
+        if drain_server:
+            threading.Thread(target=self._drain_server, daemon=True).start()
         self.proxy._forget(self)
+
+    def _drain_server(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_WR)
+            self.server.settimeout(2)
+            while self.server.recv(65536):
+                pass
+        with contextlib.suppress(OSError):
+            self.server.close()
 
     def _read(
         self,
@@ -124,7 +138,8 @@ class _Link:
             target.sendall(data)
             self.sent_up += len(data)
             self.proxy._count("up", len(data))
-            return False  # cut: the finally in _write closes both sides
+            self.close(drain_server=True)
+            return False
         target.sendall(data)
         self.sent_up += len(data)
         self.proxy._count("up", len(data))
