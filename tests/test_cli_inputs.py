@@ -13,14 +13,14 @@ def runs(state_dir: Path) -> list[Path]:
     return sorted(path.iterdir()) if path.exists() else []
 
 
-def test_unbuilt_transport_is_refused_before_a_run_exists(
+def test_ssh_target_without_host_is_refused_before_a_run_exists(
         drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path, tmp_path: Path) -> None:
-    """An ssh target is refused by name before anything is created."""
+    """An ssh target with no host is refused by name before anything is created."""
     inventory = tmp_path / "inv.ini"
-    inventory.write_text("[target:db1]\ntransport = ssh\nroot = /opt/drproduct\nhost = 10.0.0.1\n")
+    inventory.write_text("[target:db1]\ntransport = ssh\nroot = /opt/drproduct\n")
     proc = drhost("upgrade", "-i", str(inventory), "--package", str(tmp_path / "x.tar.gz"))
     assert proc.returncode == 2
-    assert f"{inventory}: [target:db1] transport" in proc.stderr and "ssh is not built yet" in proc.stderr
+    assert f"{inventory}: [target:db1] host" in proc.stderr and "over SSH" in proc.stderr
     assert "Traceback" not in proc.stderr and runs(state_dir) == []
 
 

@@ -61,6 +61,11 @@ class LoadedConfig:
                 if length == len(path):
                     return found
                 return Origin(found.file, found.section, ".".join(path[length - 1 :]))
+        # A key that is missing: name the section it should be in, from a sibling that is there.
+        parent = path[:-1]
+        for known, found in self.origins.items():
+            if len(known) == len(path) and known[:-1] == parent:
+                return Origin(found.file, found.section, path[-1])
         return Origin("built-in defaults", path[0] if path else "", ".".join(path[1:]))
 
     def get(self, *path: str, default: Any = None) -> Any:
