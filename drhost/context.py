@@ -39,6 +39,7 @@ class HostContext:
         cancel: threading.Event,
         deadline: float | None,
         logger: logging.Logger,
+        upload_slots: threading.Semaphore | None = None,
     ) -> None:
         self._session = session
         self.run_id = run_id
@@ -51,6 +52,7 @@ class HostContext:
         self._cancel = cancel
         self._deadline = deadline
         self._log = logger
+        self._upload_slots = upload_slots
 
     def _remaining(self, timeout: float | None) -> float | None:
         if self._deadline is None:
@@ -99,7 +101,18 @@ class HostContext:
         def progress(done: int, total: int) -> None:
             self.progress(done, total, "bytes")
 
-        self._file_op(self._session.put, local_path, remote_path, progress)
+        # Uploads to many targets share the controller's uplink: at most run.max_parallel_uploads at once.
+        slots = self._upload_slots
+        if slots is None:
+            self._file_op(self._session.put, local_path, remote_path, progress)
+            return
+        while not slots.acquire(timeout=0.5):
+            if self._cancel.is_set():
+                raise Cancelled()
+        try:
+            self._file_op(self._session.put, local_path, remote_path, progress)
+        finally:
+            slots.release()
 
     def read_text(self, path: str) -> str:
         return str(self._file_op(self._session.read_text, path))

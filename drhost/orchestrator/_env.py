@@ -93,6 +93,7 @@ class Executor:
         self._sessions: dict[str, TargetSession] = {}
         self._active: set[HostContext] = set()
         self._launches_seen: dict[int, int] = {}
+        self._upload_slots = threading.Semaphore(int(env.config["run"].get("max_parallel_uploads", 4)))
 
     # -- resources ------------------------------------------------------------------
     def session(self, target: str) -> TargetSession:
@@ -206,7 +207,8 @@ class Executor:
         ctx = HostContext(
             session=session, run_id=env.state.run_id, target=info,
             package=package, config=dict(env.config["plugins"].get(plugin_name, {})), state=plugin_state,
-            notify=notify, persist=persist, cancel=threading.Event(), deadline=time.monotonic() + timeout_s,
+            notify=notify, persist=persist, upload_slots=self._upload_slots, cancel=threading.Event(),
+            deadline=time.monotonic() + timeout_s,
             logger=env.logger.getChild(f"plugin.{plugin_name}.{target}"),
         )
         if env.stop.is_set():

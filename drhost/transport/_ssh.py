@@ -149,8 +149,10 @@ class SshSession(TargetSession):
                 with self._lock:
                     self._drop()
                 if attempt == self._reconnects:
-                    raise TransportError(f"{self.name}: connection lost during {what} ({exc}); "
-                                         f"gave up after {self._reconnects} reconnects", category="network") from None
+                    evidence = f"; {self.dead_peer.describe()}" if self.dead_peer is not None else ""
+                    raise TransportError(f"network failure: {self.name}: connection lost during {what} ({exc}); "
+                                         f"gave up after {self._reconnects} reconnects{evidence}",
+                                         category="network") from None
         raise AssertionError("unreachable")
 
     def _exec(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
