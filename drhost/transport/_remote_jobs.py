@@ -95,6 +95,40 @@ def start_job(
 ) -> tuple[str, bool]:
     """Start ``argv`` detached on the target; returns (job id, True) once its process group id is recorded, or
     (job id, False) if a job with that id already exists (a retried start: re-attach, never re-run)."""
+    result = start_and_wait(exec_fn, job_dir, argv, env, cwd, input, job_id=job_id, timeout=timeout)
+    return result.job_id, result.started
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """A started job; ``returncode``/``stdout``/``stderr`` are set when it ended within the start's wait."""
+
+    job_id: str
+    started: bool
+    returncode: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+def start_and_wait(
+    exec_fn: ExecFn,
+    job_dir: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    input: str | None = None,
+    *,
+    job_id: str | None = None,
+    timeout: float = 30.0,
+    wait_s: float = 0.0,
+    limit: int = OUTPUT_LIMIT,
+) -> StartResult:
+    """Start ``argv`` detached and, in the same remote call, wait up to ``wait_s`` for it to end.
+
+    A short command (most are) then costs one session on the target instead of three: its exit code and
+    output come back with the start, and its job directory is removed. A longer one is still running,
+    detached, and is polled as usual. The job never depends on this call's connection.
+    """
     job_id = job_id or new_job_id()
     path = _job_path(job_dir, job_id)
     q = shlex.quote
@@ -115,17 +149,26 @@ def start_job(
         "i=0\n"
         "while [ ! -s pid ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n"
         "cat pid\n"
+        f"n=0; while [ ! -s rc ] && [ $n -lt {max(0, int(wait_s / 0.01))} ]; do sleep 0.01; n=$((n+1)); done\n"
+        # Only a finished job reports (and loses) its output here; a running one is left alone.
+        f"if [ -s rc ]; then echo \"rc $(cat rc)\"; tail -c {int(limit)} out; tail -c {int(limit)} err >&2; "
+        f"cd / && rm -rf -- {q(path)}; fi\n"
     )
     status, out, err = exec_fn(shell_command(script), input.encode("utf-8") if input is not None else None,
-                               timeout)
+                               timeout + wait_s)
     if status == _ALREADY_STARTED:
-        return job_id, False
-    if status != 0 or not out.strip().isdigit():
+        return StartResult(job_id, False)
+    first, _, rest = out.partition(b"\n")
+    if status != 0 or not first.strip().isdigit():
         raise TransportError(
             f"cannot start {argv[0]!r} on the target (exit {status}): {err.decode('utf-8', 'replace').strip()}",
             category="file",
         )
-    return job_id, True
+    second, _, output = rest.partition(b"\n")
+    words = second.split()
+    if len(words) == 2 and words[0] == b"rc" and words[1].lstrip(b"-").isdigit():
+        return StartResult(job_id, True, int(words[1]), output, err)
+    return StartResult(job_id, True)
 
 
 @dataclass(frozen=True)

@@ -251,10 +251,17 @@ class SshSession(TargetSession):
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         job_id = jobs.new_job_id()
-        self._retrying(
-            lambda: jobs.start_job(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id),
+        # Short commands finish within the start's own wait: one remote session in all.
+        first_wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        start = self._retrying(
+            lambda: jobs.start_and_wait(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id,
+                                        wait_s=first_wait),
             f"start of {argv[0]}",
         )
+        if start.returncode is not None:
+            return RunResult(argv=tuple(argv), returncode=start.returncode,
+                             stdout=start.stdout.decode("utf-8", "replace"),
+                             stderr=start.stderr.decode("utf-8", "replace"), duration_s=time.monotonic() - started)
         starting_since: float | None = None
         while True:
             if cancel is not None and cancel.is_set():
