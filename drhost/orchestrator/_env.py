@@ -61,7 +61,8 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
         )
         return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost", kill_grace_s=grace,
                           reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
-                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"))
+                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
+                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"))
     raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
 
 

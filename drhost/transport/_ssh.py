@@ -10,6 +10,7 @@ the same directory, then ``posix_rename``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from drhost_hookspecs import RunResult
 
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
-from ._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings, configure_socket
+from ._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
 
@@ -38,6 +39,12 @@ T = TypeVar("T")
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError)
 _EXEC_ERRORS = (paramiko.SSHException, EOFError, OSError)
 _SHORT_TIMEOUT_S = 30.0
+
+
+def _declare_dead(sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
+    """A heartbeat found the peer dead: keep the evidence, and close so the pending call fails now."""
+    sink.append(evidence)
+    transport.close()
 
 
 class _ConnectionLost(Exception):
@@ -59,6 +66,7 @@ class SshSession(TargetSession):
         poll_interval_s: float = 0.2,
         reconnects: int = 3,
         heartbeat: HeartbeatSettings | None = None,
+        transfer_heartbeat: HeartbeatSettings | None = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -75,6 +83,8 @@ class SshSession(TargetSession):
         # One heartbeat per connection; by default the [ssh.plugin_exec] defaults.
         self._heartbeat_settings = heartbeat or HeartbeatSettings.from_config({}, "plugin_exec")
         self._heartbeat: Heartbeat | None = None
+        # Uploads get a connection of their own, with the [ssh.transfer] heartbeat and reconnect count.
+        self._transfer_settings = transfer_heartbeat or HeartbeatSettings.from_config({}, "transfer")
         self.dead_peer: DeadPeer | None = None  # evidence from the last heartbeat that declared the peer dead
         self.connections = 0  # how many times a connection was opened (1 + reconnects)
 
@@ -336,11 +346,39 @@ class SshSession(TargetSession):
                                      category="file")
             return out.decode("ascii", "replace").split()[0] if out.split() else ""
 
-        self._file_call(
-            lambda sftp: upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256,
-                                          progress=progress),
-            f"upload {local_path} to {remote_path}",
-        )
+        settings = self._transfer_settings
+        delays = reconnect_delays(settings)
+        dead: list[DeadPeer] = []
+        last: BaseException | None = None
+        for attempt in range(settings.reconnects + 1):
+            if attempt:
+                time.sleep(next(delays, 1.0))
+            transport: paramiko.Transport | None = None
+            heartbeat: Heartbeat | None = None
+            try:
+                transport = connect(self.target)
+                heartbeat = Heartbeat(transport, settings, functools.partial(_declare_dead, dead, transport))
+                sftp = paramiko.SFTPClient.from_transport(transport)
+                if sftp is None:
+                    raise TransportError(f"{self.name}: no SFTP subsystem", category="network")
+                # A retry resumes after the verified prefix of the .part file: only the rest is sent again.
+                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=progress)
+                return
+            except (HostKeyError, AuthError):
+                raise
+            except (*_CONNECTION_ERRORS, OSError, TransportError) as exc:
+                if isinstance(exc, TransportError) and exc.category == "file":
+                    raise
+                last = exc
+                log.warning("%s: upload connection lost (attempt %d): %s", self.name, attempt + 1, exc)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.stop(timeout=1.0)
+                if transport is not None:
+                    transport.close()
+        evidence = f"; {dead[-1].describe()}" if dead else ""
+        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection ({last}); "
+                             f"gave up after {settings.reconnects} reconnects{evidence}", category="network")
 
     def get(self, remote_path: str, local_path: str) -> None:
         self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")
