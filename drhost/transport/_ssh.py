@@ -340,7 +340,8 @@ class SshSession(TargetSession):
         def remote_sha256(path: str, length: int | None) -> str:
             head = f"head -c {int(length)} -- {shlex.quote(path)}" if length is not None else \
                 f"cat -- {shlex.quote(path)}"
-            status, out, err = self._exec(jobs.shell_command(f"{head} | sha256sum"), None, 300.0)
+            status, out, err = self._retrying(
+                lambda: self._exec(jobs.shell_command(f"{head} | sha256sum"), None, 300.0), f"sha256 of {path}")
             if status != 0:
                 raise TransportError(f"cannot hash {path}: {err.decode('utf-8', 'replace').strip()}",
                                      category="file")
