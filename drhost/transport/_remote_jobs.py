@@ -58,6 +58,22 @@ def shell_command(script: str) -> str:
     return f'exec env -i PATH={DEFAULT_PATH} HOME="$HOME" /bin/sh -c {shlex.quote(script)}'
 
 
+#: The job's stdout and stderr both go through the channel's stdout, framed by their sizes: the channel's
+#: stderr also carries whatever the account's login shell prints (rc files of bash are read before any
+#: command sshd runs), which must never be taken for the job's own output.
+_FRAMED_OUTPUT = ("tail -c {limit} out > .out.tail; tail -c {limit} err > .err.tail; "
+                  "echo \"$(wc -c < .out.tail) $(wc -c < .err.tail)\"; cat .out.tail .err.tail")
+
+
+def _unframe(data: bytes) -> tuple[bytes, bytes]:
+    header, _, body = data.partition(b"\n")
+    sizes = header.split()
+    if len(sizes) != 2 or not all(size.isdigit() for size in sizes):
+        raise TransportError(f"job output not framed as expected: {data[:80]!r}")
+    out_size, err_size = int(sizes[0]), int(sizes[1])
+    return body[:out_size], body[out_size : out_size + err_size]
+
+
 def new_job_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
 
@@ -151,7 +167,7 @@ def start_and_wait(
         "cat pid\n"
         f"n=0; while [ ! -s rc ] && [ $n -lt {max(0, int(wait_s / 0.01))} ]; do sleep 0.01; n=$((n+1)); done\n"
         # Only a finished job reports (and loses) its output here; a running one is left alone.
-        f"if [ -s rc ]; then echo \"rc $(cat rc)\"; tail -c {int(limit)} out; tail -c {int(limit)} err >&2; "
+        f"if [ -s rc ]; then echo \"rc $(cat rc)\"; {_FRAMED_OUTPUT.format(limit=int(limit))}; "
         f"cd / && rm -rf -- {q(path)}; fi\n"
     )
     status, out, err = exec_fn(shell_command(script), input.encode("utf-8") if input is not None else None,
@@ -167,7 +183,8 @@ def start_and_wait(
     second, _, output = rest.partition(b"\n")
     words = second.split()
     if len(words) == 2 and words[0] == b"rc" and words[1].lstrip(b"-").isdigit():
-        return StartResult(job_id, True, int(words[1]), output, err)
+        stdout, stderr = _unframe(output)
+        return StartResult(job_id, True, int(words[1]), stdout, stderr)
     return StartResult(job_id, True)
 
 
@@ -216,13 +233,13 @@ def read_output(exec_fn: ExecFn, job_dir: str, job_id: str, *, limit: int = OUTP
                 timeout: float = 60.0, remove: bool = False) -> tuple[bytes, bytes]:
     """The last ``limit`` bytes of the job's stdout and stderr; with ``remove``, the job's directory goes too."""
     path = shlex.quote(_job_path(job_dir, job_id))
-    script = f"cd -- {path} || exit 1\ntail -c {int(limit)} out\ntail -c {int(limit)} err >&2\n"
+    script = f"cd -- {path} || exit 1\n{_FRAMED_OUTPUT.format(limit=int(limit))}\n"
     if remove:
         script += f"cd / && rm -rf -- {path}\n"
     status, out, err = exec_fn(shell_command(script), None, timeout)
     if status != 0:
         raise TransportError(f"cannot read the output of job {job_id}: {err.decode('utf-8', 'replace').strip()}")
-    return out, err
+    return _unframe(out)
 
 
 def remove_job(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0) -> None:

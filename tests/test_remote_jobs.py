@@ -1,0 +1,29 @@
+"""The detached-job protocol's parsing: the job's output is never mixed with the login shell's noise."""
+
+from __future__ import annotations
+
+from drhost.transport import _remote_jobs as jobs
+
+
+def test_job_output_is_taken_from_the_frame_not_the_channel_stderr() -> None:
+    """What the account's rc files print on the channel's stderr never appears as the job's stderr."""
+    def exec_fn(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        return 0, b"4242\nrc 3\n4 4\nout\nerr\n", b"pyenv: cannot rehash: /root/.pyenv/shims isn't writable\n"
+
+    result = jobs.start_and_wait(exec_fn, "/tmp/jobs", ["sh", "-c", "exit 3"], {"PATH": "/bin"}, wait_s=1)
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_a_running_job_returns_no_result_from_its_start() -> None:
+    """A job still running after the start's wait is left detached and reported without a result."""
+    def exec_fn(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        return 0, b"4242\n", b""
+
+    result = jobs.start_and_wait(exec_fn, "/tmp/jobs", ["sleep", "60"], {}, wait_s=1)
+    assert result.started and result.returncode is None
+
+
+def test_every_word_is_quoted() -> None:
+    """The command line quotes every word and every environment value; nothing is interpreted."""
+    line = jobs.command_line(["echo", "$(reboot)", "a b;c"], {"X": "1 `id`"}, "/tmp/x y")
+    assert "'$(reboot)'" in line and "'a b;c'" in line and "'X=1 `id`'" in line and "'/tmp/x y'" in line
