@@ -17,7 +17,6 @@ Both declare the peer dead (N + 1) × I after the last packet it sent, so the ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import signal
@@ -33,25 +32,8 @@ from pathlib import Path
 
 import paramiko
 
-from drhost.demo.sshd import SshHost, start_hosts
+from drhost.demo.sshd import SshHost, process_tree, signal_processes, start_hosts
 from drhost.transport._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                todo.extend(int(child) for child in (task / "children").read_text().split())
-    return found
-
-
-def signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def new_session(host: SshHost, before: list[int]) -> list[int]:
@@ -60,7 +42,7 @@ def new_session(host: SshHost, before: list[int]) -> list[int]:
         new = [pid for pid in host.session_pids() if pid not in before]
         if new:
             time.sleep(0.2)  # let the privilege-separated child appear
-            return descendants(new[0])
+            return process_tree(new[0])
         time.sleep(0.02)
     raise RuntimeError("no sshd session process appeared")
 
@@ -84,7 +66,7 @@ def run_drhost(host: SshHost, interval: float, count: int, settle: float) -> tup
     heartbeat = Heartbeat(transport, settings, on_dead)
     try:
         time.sleep(settle)
-        signal_all(session, signal.SIGSTOP)
+        signal_processes(session, signal.SIGSTOP)
         stopped = time.monotonic()
         if not done.wait(settings.dead_after_s * 3 + 10):
             raise RuntimeError("drhost heartbeat never declared the peer dead")
@@ -92,9 +74,9 @@ def run_drhost(host: SshHost, interval: float, count: int, settle: float) -> tup
         return at - stopped, f"{evidence.miss_count} misses, {evidence.reason}"
     finally:
         heartbeat.stop()
-        signal_all(session, signal.SIGCONT)
+        signal_processes(session, signal.SIGCONT)
         transport.close()
-        signal_all(session, signal.SIGKILL)
+        signal_processes(session, signal.SIGKILL)
 
 
 def run_openssh(host: SshHost, interval: float, count: int, settle: float) -> tuple[float, str]:
@@ -113,7 +95,7 @@ def run_openssh(host: SshHost, interval: float, count: int, settle: float) -> tu
             raise RuntimeError(f"ssh did not connect: {process.communicate(timeout=5)[1]}")
         session = new_session(host, before)
         time.sleep(settle)
-        signal_all(session, signal.SIGSTOP)
+        signal_processes(session, signal.SIGSTOP)
         stopped = time.monotonic()
         process.wait(timeout=interval * (count + 1) * 3 + 10)
         took = time.monotonic() - stopped
@@ -124,8 +106,8 @@ def run_openssh(host: SshHost, interval: float, count: int, settle: float) -> tu
         if process.poll() is None:
             process.kill()
             process.wait()
-        signal_all(session, signal.SIGCONT)
-        signal_all(session, signal.SIGKILL)
+        signal_processes(session, signal.SIGCONT)
+        signal_processes(session, signal.SIGKILL)
 
 
 def ssh_version() -> str:

@@ -6,7 +6,6 @@ dead after 2 s (allowed misses 3, bound 2 s + slack).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
@@ -23,6 +22,7 @@ import paramiko
 import pytest
 
 from drhost.config import load_config
+from drhost.demo.sshd import process_tree, signal_processes
 from drhost.transport._heartbeat import (
     DeadPeer,
     Heartbeat,
@@ -43,24 +43,6 @@ needs_sshd = pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (an sshd session is a monitor plus its privilege-separated child)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                todo.extend(int(child) for child in (task / "children").read_text().split())
-    return found
-
-
-def signal_tree(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def connect(host: SshHost, settings: HeartbeatSettings | None = None) -> paramiko.Transport:
     sock = socket.create_connection((host.host, host.port), timeout=5)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -140,13 +122,13 @@ def test_healthy_connection_is_never_declared_dead(host: SshHost) -> None:
 def test_frozen_peer_is_declared_dead_within_the_bound(host: SshHost) -> None:
     before = host.session_pids()
     transport = connect(host)
-    frozen = descendants(new_session_pid(host, before))
+    frozen = process_tree(new_session_pid(host, before))
     recorder = Recorder()
     heartbeat = Heartbeat(transport, FAST, recorder)
     try:
         time.sleep(1.2)  # a few good heartbeats first
         assert heartbeat.rtts
-        signal_tree(frozen, signal.SIGSTOP)
+        signal_processes(frozen, signal.SIGSTOP)
         stopped_at = time.monotonic()
         evidence = assert_detected(recorder, stopped_at, FAST)
         assert evidence.connection_type == "control"
@@ -162,7 +144,7 @@ def test_frozen_peer_is_declared_dead_within_the_bound(host: SshHost) -> None:
         assert "missed heartbeat" in str(failure)
     finally:
         heartbeat.stop()
-        signal_tree(frozen, signal.SIGCONT)
+        signal_processes(frozen, signal.SIGCONT)
         transport.close()
 
 
@@ -175,7 +157,7 @@ def test_closed_connection_is_reported_at_once(host: SshHost) -> None:
     recorder = Recorder()
     with Heartbeat(transport, FAST, recorder):
         time.sleep(0.7)
-        signal_tree(descendants(session), signal.SIGKILL)
+        signal_processes(process_tree(session), signal.SIGKILL)
         killed_at = time.monotonic()
         assert recorder.event.wait(FAST.dead_after_s + 2)
         at, evidence = recorder.calls[0]

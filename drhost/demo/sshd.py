@@ -153,3 +153,22 @@ def start_hosts(base: Path, count: int, prefix: str = "host") -> list[SshHost]:
             host.stop()
         raise
     return hosts
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (an sshd session is a monitor plus its privilege-separated child)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def signal_processes(pids: list[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each pid that still exists (freeze, thaw or kill a session tree in drills)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

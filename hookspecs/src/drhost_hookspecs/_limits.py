@@ -1,6 +1,6 @@
 """Limits a worker applies to itself before it imports the plugin.
 
-The worker sets them on itself rather than through ``preexec_fn``, which is
+The worker sets them on itself rather than in a pre-exec hook of the parent, which is
 unsafe in the threaded host. What each limit does and does not guarantee is in
 docs/architecture.md ("Isolation").
 """
