@@ -29,8 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
                               "roll back otherwise)")
     upgrade.add_argument("--forks", type=int, help="targets upgraded at the same time")
     upgrade.add_argument("--keep", action="store_true", help="demo: leave the product daemons running")
-    upgrade.add_argument("--ssh", action="store_true",
-                         help="demo: reach the three targets over SSH (starts its own loopback sshd servers)")
     upgrade.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     upgrade.add_argument("--allow-weaker-isolation", action="store_true",
                          help="if containers cannot be started, run container-class plugins as child processes "

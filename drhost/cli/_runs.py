@@ -155,6 +155,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           "plugins": [p.to_json() for p in prepared.plan.plugins]}, indent=2))
     else:
         print(f"targets: {', '.join(sorted(prepared.config.data['targets']))}")
+        for name, target in sorted(prepared.config.data["targets"].items()):
+            where = (f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
+                     if target["transport"] == "ssh" else "local")
+            print(f"  {name}: {where}, install root {target['root']}")
         for line in format_plan(prepared.plan):
             print(line)
     return ExitCode.SUCCEEDED
@@ -215,6 +219,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_run_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="use the embedded demo: three local drproduct targets")
+    parser.add_argument("--ssh", action="store_true",
+                        help="demo: reach the three targets over SSH (upgrade starts its own loopback sshd servers)")
     parser.add_argument("-i", "--inventory", help="ops INI file with [target:NAME] sections")
     parser.add_argument("-c", "--config", action="append", help="extra config file (INI or JSON); repeatable")
     parser.add_argument("--package", help="the upgrade package (drproduct-VERSION.tar.gz)")
