@@ -1,0 +1,263 @@
+"""Timeout, warning, progress and resource messages (design §4.2.2–4.2.4), as pure functions.
+
+Every function takes ``t``, a ``gettext``-style function from :func:`drhost.watchdog.translator`;
+every msgid passed to ``t`` is a literal in this module and has an entry in each shipped catalog.
+Numbers are formatted here and substituted with :meth:`str.format` after translation, so a
+catalog may reorder or drop placeholders (the zh_CN progress line drops the unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "CATEGORIES",
+    "Category",
+    "Environment",
+    "TimeoutReport",
+    "as_event_fields",
+    "exceeded_s",
+    "format_environment",
+    "format_progress",
+    "format_resources",
+    "format_size",
+    "format_timeout",
+    "format_warning",
+    "human_duration",
+    "reason_text",
+    "short_duration",
+    "suggestion",
+]
+
+Translate = Callable[[str], str]
+Category = Literal["network", "database", "file", "service", "plugin"]
+CATEGORIES: tuple[Category, ...] = ("network", "database", "file", "service", "plugin")
+
+
+def _identity(message: str) -> str:
+    return message
+
+
+def _num(value: float) -> str:
+    """``12`` for 12.0, ``1.5`` for 1.5: at most one decimal, no trailing ``.0``."""
+    text = f"{round(value, 1):.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+# ---------------------------------------------------------------------------- durations, sizes
+
+
+def human_duration(seconds: float, t: Translate = _identity) -> str:
+    """``1800 s (30 min)``, ``95 s (1 min 35 s)``, ``45 s``; zh_CN ``1800秒 (30分钟)``. Negative is 0."""
+    total = max(0, round(seconds))
+    minutes, secs = divmod(total, 60)
+    plain = t("{s} s").format(s=total)
+    if minutes == 0:
+        return plain
+    spelled = t("{m} min").format(m=minutes) if secs == 0 else t("{m} min {s} s").format(m=minutes, s=secs)
+    return t("{seconds} ({spelled})").format(seconds=plain, spelled=spelled)
+
+
+def short_duration(seconds: float, t: Translate = _identity) -> str:
+    """Minutes with at most one decimal (``12 min``, ``1.5 min``); under a minute, seconds (``30 s``)."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return t("{s} s").format(s=round(seconds))
+    return t("{m} min").format(m=_num(seconds / 60))
+
+
+def format_size(n_bytes: float, t: Translate = _identity) -> str:
+    """Decimal (SI) units with at most one decimal: ``2.1 GB``, ``640 MB``, ``512 B``."""
+    for unit, scale in (("{n} TB", 1e12), ("{n} GB", 1e9), ("{n} MB", 1e6), ("{n} KB", 1e3)):
+        if n_bytes >= scale:
+            return t(unit).format(n=_num(n_bytes / scale))
+    return t("{n} B").format(n=_num(max(0.0, n_bytes)))
+
+
+def exceeded_s(configured_s: float, elapsed_s: float) -> float:
+    """How far past its timeout an operation ran: ``elapsed - configured``, never negative."""
+    return max(0.0, elapsed_s - configured_s)
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Resource usage when a message is produced; None means it could not be measured."""
+
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    disk_io_percent: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"cpu_percent": self.cpu_percent, "memory_percent": self.memory_percent,
+                "disk_io_percent": self.disk_io_percent}
+
+
+def _percent(value: float | None, t: Translate) -> str:
+    return t("unknown") if value is None else f"{_num(value)}%"
+
+
+def format_environment(cpu: float | None, mem: float | None, io: float | None, t: Translate = _identity) -> str:
+    """``CPU 85%, memory 78%, disk IO 92%``; zh_CN ``CPU: 85%, 内存: 78%, 磁盘IO: 92%``; None → unknown."""
+    return t("CPU {cpu}, memory {memory}, disk IO {io}").format(
+        cpu=_percent(cpu, t), memory=_percent(mem, t), io=_percent(io, t))
+
+
+def format_resources(cpu: float | None, mem: float | None, io: float | None, t: Translate = _identity) -> str:
+    """The periodic status line: ``[status] CPU 78%, memory 65%, disk IO 85%``."""
+    return t("[status] {resources}").format(resources=format_environment(cpu, mem, io, t))
+
+
+# ---------------------------------------------------------------------------- progress, warnings
+
+
+def format_progress(percent: float, done: int, total: int, unit: str, remaining_s: float | None,
+                    t: Translate = _identity) -> str:
+    """``[progress] 45% (9/20 tables done), about 12 min left``; without an estimate, no ``left`` part.
+
+    ``unit`` is the caller's noun (``tables``), shown in English only: zh_CN reads ``(9/20 完成)``.
+    """
+    values: dict[str, Any] = {"percent": _num(percent), "done": done, "total": total,
+                              "unit": f" {unit}" if unit else ""}
+    if remaining_s is None:
+        return t("[progress] {percent}% ({done}/{total}{unit} done)").format(**values)
+    values["remaining"] = short_duration(remaining_s, t)
+    return t("[progress] {percent}% ({done}/{total}{unit} done), about {remaining} left").format(**values)
+
+
+def format_warning(urgent: bool, remaining_s: float, elapsed_s: float, configured_s: float,
+                   t: Translate = _identity) -> str:
+    """``[warning] operation about to time out, 3 min left (27 min of 30 min used)``; ``[urgent]`` at 95%."""
+    msgid = ("[urgent] operation about to time out, {remaining} left ({elapsed} of {configured} used)" if urgent
+             else "[warning] operation about to time out, {remaining} left ({elapsed} of {configured} used)")
+    return t(msgid).format(remaining=short_duration(remaining_s, t), elapsed=short_duration(elapsed_s, t),
+                           configured=short_duration(configured_s, t))
+
+
+# ---------------------------------------------------------------------------- the timeout report
+
+
+@dataclass(frozen=True)
+class TimeoutReport:
+    """Everything the timeout message says about one step that ran past its timeout.
+
+    ``measurement`` holds the category's figure: network ``latency_ms``, database ``data_bytes``,
+    file ``file_bytes``, service ``port``, plugin ``plugin``.  For database and file an optional
+    ``label`` renames the figure (``catalog 2.1 GB`` instead of ``data size 2.1 GB``).
+    ``reason_detail`` is appended to the reason after a comma.
+    """
+
+    stage: str
+    step: str
+    category: Category
+    measurement: Mapping[str, Any]
+    configured_s: float
+    elapsed_s: float
+    environment: Environment = field(default_factory=Environment)
+    context_path: str | None = None
+    reason_detail: str | None = None
+
+    @property
+    def exceeded_s(self) -> float:
+        return exceeded_s(self.configured_s, self.elapsed_s)
+
+
+def _stage_label(stage: str, t: Translate) -> str:
+    # Literal msgids so every one is visible to the catalog-coverage test; unknown stages stay as given.
+    labels: dict[str, Callable[[], str]] = {
+        "precheck": lambda: t("precheck"),
+        "backup": lambda: t("backup"),
+        "transfer": lambda: t("transfer"),
+        "upgrade": lambda: t("upgrade"),
+        "postcheck": lambda: t("postcheck"),
+        "rollback": lambda: t("rollback"),
+    }
+    label = labels.get(stage)
+    return label() if label is not None else stage
+
+
+def reason_text(report: TimeoutReport, t: Translate = _identity) -> str:
+    """Why the step timed out, per category, carrying the category's measurement (design §4.2.4)."""
+    m = report.measurement
+    unknown = t("unknown")
+    category = report.category
+    if category == "network":
+        latency = m.get("latency_ms")
+        text = t("network operation; connection latency {latency}").format(
+            latency=unknown if latency is None else t("{n} ms").format(n=_num(latency)))
+    elif category in ("database", "file"):
+        key = "data_bytes" if category == "database" else "file_bytes"
+        size = unknown if m.get(key) is None else format_size(m[key], t)
+        label = m.get("label")
+        if label:
+            msgid = ("database operation; {label} {size}" if category == "database"
+                     else "file operation; {label} {size}")
+            text = t(msgid).format(label=label, size=size)
+        else:
+            msgid = ("database operation; data size {size}" if category == "database"
+                     else "file operation; file size {size}")
+            text = t(msgid).format(size=size)
+    elif category == "service":
+        port = m.get("port")
+        text = t("service start; port {port}").format(port=unknown if port is None else port)
+    elif category == "plugin":
+        plugin = m.get("plugin")
+        text = t("plugin execution: [{plugin}]").format(plugin=unknown if plugin is None else plugin)
+    else:
+        raise ValueError(f"unknown timeout category {category!r}")
+    if report.reason_detail:
+        text = t("{reason}, {detail}").format(reason=text, detail=report.reason_detail)
+    return text
+
+
+def suggestion(category: Category, t: Translate = _identity) -> str:
+    """What the operator should do about a timeout of ``category`` (design §4.2.4)."""
+    if category == "network":
+        return t("check the network and consider a retry")
+    if category == "database":
+        return t("check database performance or run the upgrade off-peak")
+    if category == "file":
+        return t("check disk space and performance")
+    if category == "service":
+        return t("check system resources and dependencies")
+    if category == "plugin":
+        return t("check the plugin's log and consider skipping it")
+    raise ValueError(f"unknown timeout category {category!r}")
+
+
+def format_timeout(report: TimeoutReport, t: Translate = _identity) -> str:
+    """The multi-line timeout message (design §4.2.2), labels padded to one column, no trailing newline."""
+    env = report.environment
+    rows = [
+        (t("step:"), t("[{stage}] {step}").format(stage=_stage_label(report.stage, t), step=report.step)),
+        (t("reason:"), reason_text(report, t)),
+        (t("timeout:"), human_duration(report.configured_s, t)),
+        (t("elapsed:"), human_duration(report.elapsed_s, t)),
+        (t("exceeded by:"), human_duration(report.exceeded_s, t)),
+        (t("environment:"), format_environment(env.cpu_percent, env.memory_percent, env.disk_io_percent, t)),
+        (t("suggestion:"), suggestion(report.category, t)),
+    ]
+    if report.context_path:
+        rows.append((t("context:"), report.context_path))
+    width = max(len(label) for label, _ in rows) + 1
+    lines = [t("[error] upgrade operation timed out")]
+    lines.extend(f"{label.ljust(width)}{value}" for label, value in rows)
+    return "\n".join(lines)
+
+
+def as_event_fields(report: TimeoutReport) -> dict[str, Any]:
+    """The structured fields of a ``step_timeout`` event (English text, numbers as numbers)."""
+    return {
+        "category": report.category,
+        "reason": reason_text(report),
+        "configured_s": report.configured_s,
+        "elapsed_s": report.elapsed_s,
+        "exceeded_s": report.exceeded_s,
+        "environment": report.environment.as_dict(),
+        "suggestion": suggestion(report.category),
+        "context_path": report.context_path,
+    }
