@@ -31,7 +31,7 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from drhost.transport._sftp_upload import upload_resumable
+from drhost.transport._sftp_upload import sha256_command, upload_resumable
 from sshd_hosts import SshHost, start_hosts
 
 MiB = 1024 * 1024
@@ -52,8 +52,7 @@ def connect(host: SshHost, cipher: str, mac: str) -> paramiko.Transport:
 
 def remote_sha256_over(transport: paramiko.Transport) -> Callable[[str, int | None], str]:
     def remote_sha256(path: str, length: int | None) -> str:
-        quoted = shlex.quote(path)
-        command = f"sha256sum < {quoted}" if length is None else f"head -c {length} {quoted} | sha256sum"
+        command = sha256_command(path, length)
         channel = transport.open_session(timeout=10)
         channel.exec_command(f"/bin/sh -c {shlex.quote(command)}")
         output = channel.makefile("rb").read().decode()

@@ -13,7 +13,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from drhost.transport._sftp_upload import UploadError, UploadReport, rate_and_eta, upload_resumable
+from drhost.transport._sftp_upload import UploadError, UploadReport, rate_and_eta, sha256_command, upload_resumable
 from sshd_hosts import SshHost, sshd_available, start_hosts
 from tcp_proxy import TcpProxy
 
@@ -42,8 +42,7 @@ def remote_sha256_over(transport: paramiko.Transport) -> Callable[[str, int | No
     """``remote_sha256`` that runs ``head -c N FILE | sha256sum`` on the target."""
 
     def remote_sha256(path: str, length: int | None) -> str:
-        quoted = shlex.quote(path)
-        command = f"sha256sum < {quoted}" if length is None else f"head -c {length} {quoted} | sha256sum"
+        command = sha256_command(path, length)
         channel = transport.open_session(timeout=10)
         channel.exec_command(f"/bin/sh -c {shlex.quote(command)}")
         output = channel.makefile("rb").read().decode()

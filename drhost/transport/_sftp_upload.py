@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
+import shlex
 import stat
 import time
 from collections.abc import Callable
@@ -65,6 +66,12 @@ class UploadReport:
     #: ``bytes_sent`` per second of ``duration_s``, in MB/s (10^6 bytes).
     mb_per_s: float
     sha256: str
+
+
+def sha256_command(path: str, length: int | None = None) -> str:
+    """The POSIX sh line that prints the sha256 of ``path`` (of its first ``length`` bytes if given)."""
+    quoted = shlex.quote(path)
+    return f"sha256sum < {quoted}" if length is None else f"head -c {int(length)} < {quoted} | sha256sum"
 
 
 def rate_and_eta(done: int, total: int, elapsed: float) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from drhost_hookspecs import RunResult
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
 from ._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
-from ._sftp_upload import upload_resumable
+from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
 
 log = logging.getLogger(__name__)
@@ -338,10 +338,9 @@ class SshSession(TargetSession):
         self._mkdir_parent(remote_path)
 
         def remote_sha256(path: str, length: int | None) -> str:
-            head = f"head -c {int(length)} -- {shlex.quote(path)}" if length is not None else \
-                f"cat -- {shlex.quote(path)}"
             status, out, err = self._retrying(
-                lambda: self._exec(jobs.shell_command(f"{head} | sha256sum"), None, 300.0), f"sha256 of {path}")
+                lambda: self._exec(jobs.shell_command(sha256_command(path, length)), None, 300.0),
+                f"sha256 of {path}")
             if status != 0:
                 raise TransportError(f"cannot hash {path}: {err.decode('utf-8', 'replace').strip()}",
                                      category="file")
