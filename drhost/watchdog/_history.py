@@ -1,0 +1,256 @@
+"""How long steps usually take, per target, and the remaining-time estimates built on it.
+
+The history is one small JSON file shared by every drhost run on this controller::
+
+    {"format": 1, "targets": {"dr-demo-1": {"upgrade/dr-database/upgrade_db_schema": [41.2, 39.8]}}}
+
+It only feeds estimates, so it must never stop an upgrade: an unreadable file is moved aside,
+logged and replaced by an empty history rather than raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from ..state import atomic_write, state_root
+
+__all__ = [
+    "HISTORY_FORMAT",
+    "KEEP_PER_STEP",
+    "StepHistory",
+    "default_history_path",
+    "remaining_for",
+    "remaining_s",
+]
+
+HISTORY_FORMAT = 1
+# Enough runs for a stable median, few enough that a changed product or host shows within weeks.
+KEEP_PER_STEP = 20
+
+_LOG = logging.getLogger(__name__)
+
+_Durations = dict[str, dict[str, list[float]]]
+
+
+def default_history_path() -> Path:
+    return state_root() / "history" / "step-durations.json"
+
+
+def _usable(duration_s: float) -> bool:
+    # bool is an int; a True that slipped in is a bug upstream, not a duration of one second.
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)):
+        return False
+    return math.isfinite(duration_s) and duration_s >= 0
+
+
+class _Unusable(Exception):
+    """The history file exists but cannot be used; the message says why."""
+
+
+def _parse(data: bytes) -> _Durations:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Unusable(f"not valid JSON ({exc}); truncated or corrupt") from None
+    if not isinstance(document, dict):
+        raise _Unusable(f"expected a JSON object, found {type(document).__name__}")
+    if document.get("format") != HISTORY_FORMAT:
+        raise _Unusable(f"expected format {HISTORY_FORMAT}, found {document.get('format')!r}")
+    targets = document.get("targets")
+    if not isinstance(targets, dict):
+        raise _Unusable("'targets' is missing or not an object")
+    parsed: _Durations = {}
+    for target, steps in targets.items():
+        if not isinstance(steps, dict):
+            raise _Unusable(f"target {target!r}: expected an object of step keys")
+        for step_key, durations in steps.items():
+            if not isinstance(durations, list) or not all(
+                    isinstance(d, (int, float)) and not isinstance(d, bool) for d in durations):
+                raise _Unusable(f"target {target!r}, step {step_key!r}: expected a list of numbers")
+            # Python's json accepts NaN/Infinity; such values, like negatives, carry no timing
+            # information, so they are dropped without condemning the whole file.
+            kept = [float(d) for d in durations if _usable(d)][-KEEP_PER_STEP:]
+            if kept:
+                parsed.setdefault(target, {})[step_key] = kept
+    return parsed
+
+
+def _encode(durations: _Durations) -> bytes:
+    document = {"format": HISTORY_FORMAT, "targets": durations}
+    return json.dumps(document, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+class StepHistory:
+    """Durations of successful step runs, per target and step key, persisted in one JSON file.
+
+    Reads are served from memory: the file is read on first use and again on :meth:`reload`
+    or :meth:`record`, so a run sees a stable history instead of re-reading for each estimate.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path if path is not None else default_history_path()
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._cache: _Durations | None = None
+        # Steps of several targets finish on different threads of one run.
+        self._mutex = threading.Lock()
+
+    def record(self, target: str, step_key: str, duration_s: float) -> None:
+        """Add one successful run's duration; keep the newest :data:`KEEP_PER_STEP` per step.
+
+        An I/O error (full disk, read-only state dir) is logged, not raised: a lost sample
+        only makes later estimates slightly worse, a raised error would fail a finished step.
+        """
+        if not _usable(duration_s):
+            _LOG.debug("ignoring unusable duration %r for %s %s", duration_s, target, step_key)
+            return
+        try:
+            with self._mutex, self._exclusive():
+                # Re-read under the lock: another run may have recorded since this one last read.
+                durations = self._read(locked=True)
+                series = durations.setdefault(target, {}).setdefault(step_key, [])
+                series.append(float(duration_s))
+                del series[:-KEEP_PER_STEP]
+                atomic_write(self.path, _encode(durations), mode=0o600)
+                self._cache = durations
+        except OSError as exc:
+            _LOG.warning("could not record %s %s in step history %s: %s", target, step_key, self.path, exc)
+
+    def expected_s(self, target: str, step_key: str) -> float | None:
+        """The median duration of ``step_key`` on ``target``, else on all targets, else None."""
+        durations = self._durations()
+        own = durations.get(target, {}).get(step_key)
+        if own:
+            return float(statistics.median(own))
+        # A target new to this controller most likely behaves like the others of the fleet.
+        pooled = [d for steps in durations.values() for d in steps.get(step_key, ())]
+        return float(statistics.median(pooled)) if pooled else None
+
+    def reload(self) -> None:
+        """Read the file again, picking up what other runs recorded."""
+        with self._mutex:
+            self._cache = self._read(locked=False)
+
+    def _durations(self) -> _Durations:
+        with self._mutex:
+            if self._cache is None:
+                self._cache = self._read(locked=False)
+            return self._cache
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        self._ensure_directory()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            # Closing the descriptor releases the flock.
+            os.close(fd)
+
+    def _ensure_directory(self) -> None:
+        directory = self.path.parent
+        if directory.is_dir():
+            # Not ours to tighten: a caller may keep the history in a directory it manages.
+            return
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir's mode is filtered by the umask; durations reveal the fleet's names, so be exact.
+        os.chmod(directory, 0o700)
+
+    def _read(self, *, locked: bool) -> _Durations:
+        """The file's durations; a corrupt file is moved aside and reads as empty.
+
+        With ``locked`` (inside :meth:`record`) an I/O error propagates, so that a file which
+        merely could not be read is never overwritten by a history of one sample.
+        """
+        try:
+            return self._load_or_quarantine(locked=locked)
+        except OSError as exc:
+            if locked:
+                raise
+            _LOG.warning("cannot read step history %s (%s); estimating without it", self.path, exc)
+            return {}
+
+    def _load_or_quarantine(self, *, locked: bool) -> _Durations:
+        try:
+            return _parse(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except _Unusable as exc:
+            if locked:
+                self._quarantine(str(exc))
+                return {}
+        # Moving the file aside must happen under the lock: without it, a run that read the
+        # corrupt file could move away the good file another run has just written in its place.
+        with self._exclusive():
+            return self._load_or_quarantine(locked=True)
+
+    def _quarantine(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            # Two bad files within a second: keep both for whoever investigates.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+            n += 1
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        _LOG.warning("step history %s is unusable (%s); moved it to %s and starting with an empty history",
+                     self.path, problem, aside)
+
+
+def remaining_s(expected_s: float | None, elapsed_s: float, fraction_done: float | None) -> float | None:
+    """Seconds the current step still needs, or None when there is nothing honest to say.
+
+    With progress (0 < fraction < 1) the progress-based estimate ``elapsed * (1 - f) / f`` is
+    blended with history as ``f * progress + (1 - f) * max(0, expected - elapsed)``: early
+    progress is noisy (a slow start extrapolates to hours), so history dominates at first and
+    progress takes over as it becomes reliable. Without progress, history alone answers until
+    the step outlasts it; then the step is slower than usual and None says so, where 0 would
+    claim it is about to finish.
+    """
+    elapsed = max(0.0, elapsed_s)
+    expected = expected_s if expected_s is not None and _usable(expected_s) else None
+    if fraction_done is not None and math.isfinite(fraction_done):
+        if fraction_done >= 1:
+            return 0.0
+        if fraction_done > 0:
+            by_progress = elapsed * (1 - fraction_done) / fraction_done
+            if expected is None:
+                return by_progress
+            by_history = max(0.0, expected - elapsed)
+            return fraction_done * by_progress + (1 - fraction_done) * by_history
+    if expected is None or elapsed > expected:
+        return None
+    return expected - elapsed
+
+
+def remaining_for(steps: Iterable[tuple[str, str]], history: StepHistory,
+                  fallback_s: Mapping[str, float] | None = None) -> float | None:
+    """The summed expected duration of the (target, step key) pairs still to run.
+
+    History comes first, then ``fallback_s`` by step key. If any step has neither, the answer is
+    None rather than the sum of the known ones: that sum would be shown as an ETA while
+    being an understatement of unknown size, and "unknown" is the truthful answer.
+    """
+    total = 0.0
+    for target, step_key in steps:
+        estimate = history.expected_s(target, step_key)
+        if estimate is None and fallback_s is not None:
+            fallback = fallback_s.get(step_key)
+            estimate = fallback if fallback is not None and _usable(fallback) else None
+        if estimate is None:
+            return None
+        total += estimate
+    return total
