@@ -53,6 +53,8 @@ class HostContext:
         self._deadline = deadline
         self._log = logger
         self._upload_slots = upload_slots
+        #: Commands the host stopped during this call (deadline or cancel), with how: a timeout report names them.
+        self.stopped_commands: list[dict[str, Any]] = []
 
     def _remaining(self, timeout: float | None) -> float | None:
         if self._deadline is None:
@@ -78,6 +80,7 @@ class HostContext:
                 argv, timeout=self._remaining(timeout), env=env, cwd=cwd, input=input, cancel=self._cancel
             )
         except CommandStopped as exc:
+            self.stopped_commands.append({"argv": list(argv)[:20], "timed_out": exc.timed_out, "how": str(exc)})
             if self._cancel.is_set() or (exc.timed_out and timeout is None):
                 raise Cancelled() from None
             raise StepFailed(str(exc)) from None

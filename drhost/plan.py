@@ -101,6 +101,12 @@ class Plan:
     def stage_steps(self, stage: Stage) -> list[PlannedStep]:
         return [step for step in self.steps if step.stage is stage]
 
+    def find_step(self, stage: Stage, plugin: str, name: str) -> PlannedStep | None:
+        for step in self.steps:
+            if step.stage is stage and step.plugin == plugin and step.name == name:
+                return step
+        return None
+
     def plugin(self, name: str) -> PluginEntry:
         for entry in self.plugins:
             if entry.name == name:

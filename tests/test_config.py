@@ -134,4 +134,4 @@ def test_fault_setting_is_checked() -> None:
     config = load_config(overrides=["plugin.p.fault=stop_services:explode"])
     with pytest.raises(ConfigError) as info:
         validate_plugin_section(config, "p", None)
-    assert "fail, hang, crash, oom, slow" in str(info.value)
+    assert "fail, hang, crash, oom, slow, remote_hang" in str(info.value)

@@ -17,7 +17,9 @@ from drhost.watchdog import (
     JsonTranslations,
     TimeoutReport,
     as_event_fields,
+    format_elapsed,
     format_progress,
+    format_remaining,
     format_resources,
     format_size,
     format_timeout,
@@ -113,6 +115,10 @@ def exercise_every_formatter(t: Any) -> None:
         format_warning(urgent, 180, 1620, 1800, t)
     format_resources(78, 65, 85, t)
     format_resources(None, None, None, t)
+    for remaining in (None, 30, 720):
+        format_elapsed(40, 300, remaining, t)
+        format_remaining(remaining, 600, t)
+    format_timeout(example_report(controller_environment=Environment(50, 40, 10)), t)
 
 
 def test_english_example_is_reproduced_exactly() -> None:
@@ -294,6 +300,7 @@ def test_event_fields_are_structured_and_english() -> None:
         "environment": {"cpu_percent": 85, "memory_percent": None, "disk_io_percent": 92},
         "suggestion": "check database performance or run the upgrade off-peak",
         "context_path": "/tmp/ctx",
+        "controller_environment": None,
     }
     json.dumps(fields)
 
@@ -303,3 +310,21 @@ def test_report_is_frozen() -> None:
     report = example_report()
     with pytest.raises(AttributeError):
         report.elapsed_s = 1  # type: ignore[misc]
+
+
+def test_time_based_progress_and_remaining_lines_in_both_languages() -> None:
+    """A step without progress reports shows time used of its budget and the ETA; zh_CN uses the design's 预计剩余."""
+    assert format_elapsed(40, 300, 90) == "[progress] running for 40 s of 5 min, about 1.5 min left"
+    assert format_elapsed(40, 300, None) == "[progress] running for 40 s of 5 min"
+    assert format_remaining(900, 1200) == "remaining: about 15 min (timeout in 20 min)"
+    assert format_remaining(None, 30).startswith("remaining: unknown")
+    assert format_remaining(900, 1200, ZH) == "预计剩余: 15分钟 (距超时: 20分钟)"
+    assert format_elapsed(40, 300, 90, ZH) == "[进度] 已运行40秒/5分钟, 预计剩余: 1.5分钟"
+
+
+def test_controller_row_only_when_the_controller_was_measured() -> None:
+    """The controller's usage gets its own row (plugin timeouts), and none when it was not measured."""
+    with_controller = format_timeout(example_report(controller_environment=Environment(50, 40, 10)))
+    assert "controller:  CPU 50%, memory 40%, disk IO 10%" in with_controller.splitlines()
+    assert "controller:" not in format_timeout(example_report())
+    assert "控制端环境:" in format_timeout(example_report(controller_environment=Environment(50, 40, 10)), ZH)

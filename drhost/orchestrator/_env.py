@@ -17,13 +17,18 @@ from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, Targ
 from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus
-from ..plan import Plan, PluginEntry
+from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, Sandbox, ThreadRunner, WorkerRunner, make_sandbox
 from ..supervisor._netns import NetworkIsolated, network_namespace_available
 from ..transport import LocalSession, SshSession, SshTarget, TargetSession, TransportError
 from ..transport._heartbeat import HeartbeatSettings
+from ..watchdog import render_watchdog_event
+from ..watchdog._history import StepHistory, remaining_s
+from ..watchdog._resources import sample_controller, sample_target
+from ..watchdog._watchdog import StepWatch, Watchdog, WatchdogSettings
+from ._timeouts import PLUGIN_CONTEXT_TIMEOUT_S, TimeoutEvidence, diagnose_timeout
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
 Decide = Callable[[str, Stage, str], str]
@@ -95,6 +100,8 @@ class Executor:
         self._active: set[HostContext] = set()
         self._launches_seen: dict[int, int] = {}
         self._upload_slots = threading.Semaphore(int(env.config["run"].get("max_parallel_uploads", 4)))
+        self.watchdog = Watchdog(WatchdogSettings.from_config(env.config))
+        self.history = StepHistory()
 
     # -- resources ------------------------------------------------------------------
     def session(self, target: str) -> TargetSession:
@@ -129,6 +136,7 @@ class Executor:
         with self._lock:
             runners, self._runners = list(self._runners.values()), {}
             sessions, self._sessions = list(self._sessions.values()), {}
+        self.watchdog.close()
         for runner in runners:
             runner.close()
         for session in sessions:
@@ -175,16 +183,21 @@ class Executor:
 
     # -- calls ----------------------------------------------------------------------
     def call(self, target: str, plugin_name: str, op: str, *, stage: Stage | None = None,
-             step: str | None = None, phase: VerifyPhase | None = None, timeout_s: float = 300.0) -> CallOutcome:
+             step: str | None = None, phase: VerifyPhase | None = None, timeout_s: float = 300.0,
+             attempt: int = 1) -> CallOutcome:
         env = self.env
         plugin = env.plan.plugin(plugin_name)
         spec = env.config["targets"][target]
         with env.state.reading() as body:
             plugin_state = dict(body["targets"][target]["plugin_state"].get(plugin_name, {}))
         started = time.monotonic()
+        watch: StepWatch | None = None
 
         def notify(method: str, args: Mapping[str, Any]) -> None:
             if method == "progress":
+                if watch is not None:
+                    watch.report_progress(float(args.get("done") or 0), float(args.get("total") or 0),
+                                          str(args.get("unit", "")))
                 env.emit("step.progress", target=target, stage=stage, step=step, plugin=plugin_name,
                          done=args.get("done"), total=args.get("total"), unit=args.get("unit", ""),
                          elapsed_s=round(time.monotonic() - started, 3))
@@ -214,6 +227,7 @@ class Executor:
         )
         if env.stop.is_set():
             return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
+        planned = env.plan.find_step(stage, plugin_name, step) if op == "run_step" and stage and step else None
         with self._lock:
             self._active.add(ctx)
         try:
@@ -222,13 +236,81 @@ class Executor:
             except Exception as exc:  # the sandbox could not be made: this plugin fails here, the run goes on
                 return CallOutcome("failed", message=f"cannot start the plugin's sandbox: {exc}", retryable=False,
                                    state=plugin_state)
-            outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
+            if planned is not None:
+                watch = self._watch(target, planned, session, started)
+            # The runner holds the watch's deadline exactly: one budget, measured from one start.
+            budget = timeout_s if watch is None else max(0.0, watch.deadline - time.monotonic())
+            try:
+                outcome = runner.call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=budget)
+            finally:
+                stopped_at = time.monotonic()
             self._note_launches(runner, target, plugin_name)
+            if watch is not None and planned is not None:
+                outcome = self._after_watch(watch, planned, outcome, ctx, session, target, attempt, stopped_at)
         finally:
+            if watch is not None:
+                self.watchdog.release(watch)
             with self._lock:
                 self._active.discard(ctx)
         persist(outcome.state)
         return outcome
+
+    # -- the watchdog's part of a step ------------------------------------------------
+    def expected_s(self, target: str, step_key: str) -> float | None:
+        """The step's usual duration on this target (median of history); None when never seen."""
+        return self.history.expected_s(target, step_key)
+
+    def _watch(self, target: str, planned: PlannedStep, session: TargetSession, started: float) -> StepWatch:
+        env = self.env
+        expected = self.expected_s(target, planned.key)
+
+        def emit(name: str, data: dict[str, Any]) -> None:
+            text = render_watchdog_event(name, data, stage=planned.stage.value, step_label=planned.name) or ""
+            env.emit(name, target=target, stage=planned.stage, step=planned.name, plugin=planned.plugin,
+                     message=text, **data)
+
+        return self.watchdog.watch(
+            timeout_s=planned.timeout_s, started=started, emit=emit,
+            sample=lambda: sample_target(session), sample_controller=lambda: sample_controller(),
+            estimate=lambda elapsed, fraction: remaining_s(expected, elapsed, fraction),
+        )
+
+    def _after_watch(self, watch: StepWatch, planned: PlannedStep, outcome: CallOutcome, ctx: HostContext,
+                     session: TargetSession, target: str, attempt: int, stopped_at: float) -> CallOutcome:
+        if outcome.ok:
+            self.history.record(target, planned.key, outcome.duration_s)
+            return outcome
+        # A command stopped by the step's deadline ends the step as "cancelled" a moment before the runner's
+        # own timer fires: still a timeout, and reported as one.
+        ran_out = outcome.ended == "timeout" or (outcome.ended == "cancelled" and watch.expired(stopped_at)
+                                                 and not self.env.stop.is_set())
+        if not ran_out:
+            return outcome
+        spec = self.env.config["targets"][target]
+        evidence = TimeoutEvidence(
+            target=target, step=planned, attempt=attempt, watch=watch, elapsed_s=watch.elapsed(stopped_at),
+            outcome=outcome, stopped_commands=tuple(ctx.stopped_commands), install_root=str(spec["root"]),
+            package_size=int(self.env.package.size))
+        with_hook = [p.name for p in self.env.plan.plugins_with("drhost_collect_context")]
+
+        def ask(plugin_name: str) -> CallOutcome:
+            return self.call(target, plugin_name, "collect_context", timeout_s=PLUGIN_CONTEXT_TIMEOUT_S)
+
+        try:
+            report, fields = diagnose_timeout(evidence, session=session, ask_plugin=ask,
+                                              plugins_with_context=with_hook, run_dir=self.env.state.run_dir)
+        except Exception as exc:  # the diagnosis must never turn a timeout into a crash of the run
+            self.env.logger.exception("timeout diagnosis of %s on %s failed", planned.label, target)
+            fields = {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
+            message = f"no result after {planned.timeout_s:g} s (diagnosis failed: {exc})"
+        else:
+            self.env.emit("step_timeout", target=target, stage=planned.stage, step=planned.name,
+                          plugin=planned.plugin, message=str(fields.pop("text")), **fields)
+            message = (f"timed out: {report.elapsed_s:g} s against a timeout of {report.configured_s:g} s; "
+                       f"context saved in {report.context_path}")
+        detail = {**outcome.detail, "timeout": fields}
+        return dataclasses.replace(outcome, ended="timeout", message=message, detail=detail,
+                                   retryable=outcome.retryable)
 
     def plugin_class(self, plugin_name: str) -> PluginClass:
         return self.env.plan.plugin(plugin_name).plugin_class

@@ -10,6 +10,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
+from ..watchdog._history import remaining_for
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
@@ -30,6 +31,10 @@ class StageFailure:
     interrupted: bool = False
     #: A hung in-process thread: retrying next to it is unsafe.
     force_rollback: bool = False
+
+
+def _sort_position(step: PlannedStep) -> tuple[int, int, str, str]:
+    return (Stage.ordered().index(step.stage), step.order, step.plugin, step.name)
 
 
 class TargetFlow:
@@ -211,11 +216,13 @@ class TargetFlow:
         outcome = CallOutcome("failed", message="not run")
         for attempt in range(1, attempts + 1):
             self.record.mark_step(step, "started", attempt=attempt)
+            expected = self.executor.expected_s(self.name, step.key)
             self._emit("step.started", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
                        attempts=attempts, timeout_s=step.timeout_s, retryable=step.retryable,
-                       isolation=step.isolation)
+                       isolation=step.isolation, expected_s=None if expected is None else round(expected, 3),
+                       rest_after_s=self._expected_after(step))
             outcome = self.executor.call(self.name, step.plugin, "run_step", stage=step.stage, step=step.name,
-                                         timeout_s=step.timeout_s)
+                                         timeout_s=step.timeout_s, attempt=attempt)
             if outcome.ok:
                 self.record.mark_step(step, "done", duration_s=round(outcome.duration_s, 3))
                 self.record.plugin_ended(step.plugin, {"ended": "ok"})
@@ -242,6 +249,14 @@ class TargetFlow:
             if self.env.stop.wait(wait):
                 return CallOutcome("cancelled", message="run is stopping")
         return outcome
+
+    def _expected_after(self, step: PlannedStep) -> float | None:
+        """How long this target's steps after ``step`` usually take in all; None if any was never timed."""
+        steps = self.record.get("steps") or {}
+        later = [s for s in self.env.plan.steps if s.key != step.key and steps.get(s.key, {}).get("status")
+                 not in ("done", "skipped") and _sort_position(s) > _sort_position(step)]
+        total = remaining_for(((self.name, s.key) for s in later), self.executor.history)
+        return None if total is None else round(total, 3)
 
     def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | str | None:
         if outcome.ok:

@@ -7,11 +7,14 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from ..events import Event
 from ..transport._sftp_upload import rate_and_eta
+from ..watchdog import WATCHDOG_EVENTS, render_watchdog_event, translator
+
+Translate = Callable[[str], str]
 
 #: Events worth a line of their own in plain mode (progress and logs are too chatty).
 _PLAIN = {
@@ -21,19 +24,31 @@ _PLAIN = {
     "stage.cleanup_finished", "stage.verify_failed", "step.started", "step.completed", "step.failed",
     "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "decision",
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
+    *WATCHDOG_EVENTS,
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
-            "stage.cleanup_started", "stage.cleanup_finished"}
+            "stage.cleanup_started", "stage.cleanup_finished", *WATCHDOG_EVENTS}
 
 
-def describe(event: Event) -> str:
-    """One human line for an event."""
+def _identity(message: str) -> str:
+    return message
+
+
+def describe(event: Event, t: Translate = _identity) -> str:
+    """One human line for an event (several for a timeout); watchdog lines in the language of ``t``."""
     d = event.data
     where = f"[{event.stage}] {event.step}" if event.step else (f"[{event.stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
     name = event.event
+    prefix = f"{event.target}: " if event.target else ""
+    if name in WATCHDOG_EVENTS:
+        rendered = render_watchdog_event(name, d, stage=event.stage or "", step_label=f"{event.step}{who}", t=t)
+        if name == "step_timeout":
+            # The block stands on its own: the step is in it, and its rows align as in the design.
+            return prefix + (rendered or event.message)
+        return f"{prefix}{where}{who} {rendered or event.message}"
     if name == "step.started":
         attempt = f"attempt {d.get('attempt')}/{d.get('attempts')}"
         text = f"{where}{who} started ({attempt}, timeout {d.get('timeout_s'):g} s)"
@@ -63,7 +78,6 @@ def describe(event: Event) -> str:
         text = f"{where}{who} {what}: {d.get('ended')}" + (f" — {event.message}" if event.message else "")
     else:
         text = " ".join(part for part in (name, where + who, event.message) if part)
-    prefix = f"{event.target}: " if event.target else ""
     return prefix + text
 
 
@@ -81,27 +95,86 @@ def progress_text(event: Event) -> str:
     return text
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class EtaBoard:
+    """Remaining time per target and for the run, from the events alone.
+
+    A target's ETA is its running step's remaining time (the watchdog's latest
+    estimate, else the step's usual duration minus its elapsed time) plus the usual
+    duration of its later steps. Targets run side by side, so the run's ETA is the
+    largest. Unknown (a step never timed before) stays unknown rather than guessed.
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[str, tuple[float, float | None, float | None]] = {}  # target -> started, expected, rest
+        self._latest: dict[str, tuple[float, float | None]] = {}  # target -> (ts, remaining_s) from step_progress
+        self._finished: set[str] = set()
+
+    def see(self, event: Event) -> None:
+        target = event.target
+        if target is None:
+            return
+        d = event.data
+        if event.event == "step.started":
+            self._steps[target] = (event.ts, d.get("expected_s"), d.get("rest_after_s"))
+            self._latest.pop(target, None)
+        elif event.event in ("step_progress", "step_remaining"):
+            self._latest[target] = (event.ts, d.get("remaining_s"))
+        elif event.event.startswith("target.") and event.event != "target.started":
+            self._finished.add(target)
+
+    def target(self, target: str, now: float) -> float | None:
+        if target in self._finished or target not in self._steps:
+            return None
+        started, expected, rest = self._steps[target]
+        if rest is None:
+            return None
+        latest = self._latest.get(target)
+        if latest is not None and latest[1] is not None:
+            step_left = max(0.0, latest[1] - (now - latest[0]))
+        elif expected is not None:
+            step_left = max(0.0, expected - (now - started))
+        else:
+            return None
+        return step_left + rest
+
+    def run(self, now: float) -> float | None:
+        etas = [self.target(name, now) for name in self._steps if name not in self._finished]
+        if not etas or any(eta is None for eta in etas):
+            return None
+        return max(eta for eta in etas if eta is not None)
+
+
 class PlainReporter:
     """One line per significant event, timestamped; safe for logs and CI."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, t: Translate | None = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._t = t or translator()
 
     def __call__(self, event: Event) -> None:
         if event.event not in _PLAIN:
             return
         stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
+        first, *rest = describe(event, self._t).splitlines() or [""]
+        lines = [f"{stamp} {first}", *(f"         {line}" for line in rest)]
         with self._lock:
-            self._stream.write(f"{stamp} {describe(event)}\n")
+            self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
 
 
 class LiveReporter:
     """A live block on a terminal: a line per target (stage, step, plugin, elapsed, progress)."""
 
-    def __init__(self, total_steps: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total_steps: int, stream: TextIO = sys.stderr, t: Translate | None = None) -> None:
         self._stream = stream
+        self._t = t or translator()
+        self._eta = EtaBoard()
         self._total = max(1, total_steps)
         self._lines: dict[str, str] = {}
         self._done: dict[str, int] = {}
@@ -126,10 +199,14 @@ class LiveReporter:
             filled = int(bar_len * min(done, self._total) / self._total)
             since = self._step_started.get(name)
             step_elapsed = f" {time.time() - since:5.1f}s" if since else ""
-            line = (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed} "
-                    f"{self._lines[name]}")
+            eta = self._eta.target(name, time.time())
+            eta_text = f" ETA {_clock(eta)}" if eta is not None else ""
+            line = (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed}"
+                    f"{eta_text} {self._lines[name]}")
             self._stream.write(line[: width - 1] + "\n")
-        self._stream.write(f"elapsed {time.monotonic() - self._started:6.1f} s\n")
+        run_eta = self._eta.run(time.time())
+        run_eta_text = f", run ETA {_clock(run_eta)}" if run_eta is not None else ""
+        self._stream.write(f"elapsed {time.monotonic() - self._started:6.1f} s{run_eta_text}\n")
         self._drawn = len(self._lines) + 1
         self._stream.flush()
 
@@ -165,7 +242,8 @@ class LiveReporter:
                 return
             self._clear()
             if event.event in _NOTABLE or event.event == "run.finished":
-                self._stream.write(describe(event) + "\n")
+                self._stream.write(describe(event, self._t) + "\n")
+            self._eta.see(event)
             target = event.target
             if target:
                 if event.event == "step.started":

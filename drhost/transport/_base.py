@@ -66,5 +66,9 @@ class TargetSession(abc.ABC):
     @abc.abstractmethod
     def remove(self, path: str, recursive: bool = False) -> None: ...
 
+    def latency_ms(self) -> float | None:
+        """Round-trip time to the target in ms, for a network timeout's diagnosis; None if not measurable."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
         """Release the session's resources."""

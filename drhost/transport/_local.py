@@ -117,6 +117,10 @@ class LocalSession(TargetSession):
             duration_s=time.monotonic() - started,
         )
 
+    def latency_ms(self) -> float | None:
+        # The target is this machine: no network between controller and target.
+        return 0.0
+
     def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
         target = Path(remote_path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import random
 import secrets
 import shlex
 import stat
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from drhost_hookspecs import RunResult
 
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
-from ._heartbeat import DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
+from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
 
@@ -444,6 +445,29 @@ class SshSession(TargetSession):
                 sftp.remove(path)
 
         self._file_call(unlink, f"remove {path}")
+
+    def latency_ms(self) -> float | None:
+        """The median of the heartbeat's recent round trips; with none yet, one keepalive request timed now."""
+        heartbeat = self._heartbeat
+        rtts = list(heartbeat.rtts) if heartbeat is not None else []
+        if rtts:
+            return round(statistics.median(rtts) * 1000, 1)
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            return None
+        answered = threading.Event()
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):
+                transport.global_request(KEEPALIVE_REQUEST, wait=True)
+                answered.set()
+
+        started = time.monotonic()
+        threading.Thread(target=ask, name=f"latency-{self.name}", daemon=True).start()
+        # A dead or frozen peer must not hold up a diagnosis: not measurable within 5 s means unknown.
+        if not answered.wait(5.0):
+            return None
+        return round((time.monotonic() - started) * 1000, 1)
 
     def close(self) -> None:
         with self._lock:

@@ -19,8 +19,10 @@ __all__ = [
     "TimeoutReport",
     "as_event_fields",
     "exceeded_s",
+    "format_elapsed",
     "format_environment",
     "format_progress",
+    "format_remaining",
     "format_resources",
     "format_size",
     "format_timeout",
@@ -129,6 +131,28 @@ def format_progress(percent: float, done: int, total: int, unit: str, remaining_
     return t("[progress] {percent}% ({done}/{total}{unit} done), about {remaining} left").format(**values)
 
 
+def format_elapsed(elapsed_s: float, configured_s: float, remaining_s: float | None,
+                   t: Translate = _identity) -> str:
+    """The progress line of a step that reports no progress of its own: time used of its budget, and the ETA.
+
+    ``[progress] running for 40 s of 5 min, about 1.5 min left``.
+    """
+    values = {"elapsed": short_duration(elapsed_s, t), "configured": short_duration(configured_s, t)}
+    if remaining_s is None:
+        return t("[progress] running for {elapsed} of {configured}").format(**values)
+    return t("[progress] running for {elapsed} of {configured}, about {remaining} left").format(
+        remaining=short_duration(remaining_s, t), **values)
+
+
+def format_remaining(remaining_s: float | None, budget_left_s: float, t: Translate = _identity) -> str:
+    """The remaining-time line: ``remaining: about 15 min (timeout in 20 min)``; unknown without history."""
+    budget = short_duration(budget_left_s, t)
+    if remaining_s is None:
+        return t("remaining: unknown, no history or progress yet (timeout in {budget})").format(budget=budget)
+    return t("remaining: about {remaining} (timeout in {budget})").format(
+        remaining=short_duration(remaining_s, t), budget=budget)
+
+
 def format_warning(urgent: bool, remaining_s: float, elapsed_s: float, configured_s: float,
                    t: Translate = _identity) -> str:
     """``[warning] operation about to time out, 3 min left (27 min of 30 min used)``; ``[urgent]`` at 95%."""
@@ -160,6 +184,8 @@ class TimeoutReport:
     environment: Environment = field(default_factory=Environment)
     context_path: str | None = None
     reason_detail: str | None = None
+    #: The controller's usage, shown for plugin-execution timeouts (the plugin's code runs there).
+    controller_environment: Environment | None = None
 
     @property
     def exceeded_s(self) -> float:
@@ -239,8 +265,12 @@ def format_timeout(report: TimeoutReport, t: Translate = _identity) -> str:
         (t("elapsed:"), human_duration(report.elapsed_s, t)),
         (t("exceeded by:"), human_duration(report.exceeded_s, t)),
         (t("environment:"), format_environment(env.cpu_percent, env.memory_percent, env.disk_io_percent, t)),
-        (t("suggestion:"), suggestion(report.category, t)),
     ]
+    controller = report.controller_environment
+    if controller is not None:
+        rows.append((t("controller:"), format_environment(controller.cpu_percent, controller.memory_percent,
+                                                          controller.disk_io_percent, t)))
+    rows.append((t("suggestion:"), suggestion(report.category, t)))
     if report.context_path:
         rows.append((t("context:"), report.context_path))
     width = max(len(label) for label, _ in rows) + 1
@@ -260,4 +290,6 @@ def as_event_fields(report: TimeoutReport) -> dict[str, Any]:
         "environment": report.environment.as_dict(),
         "suggestion": suggestion(report.category),
         "context_path": report.context_path,
+        "controller_environment": (None if report.controller_environment is None
+                                   else report.controller_environment.as_dict()),
     }

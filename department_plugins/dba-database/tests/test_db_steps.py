@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,24 @@ def test_collect_context_reports_size_schema_counts(harness: Harness) -> None:
     found = harness.plugins["dr-database"].invoke("collect_context", harness.ctxs["dr-database"], in_process=True)
     assert found["files"]["catalog.db"] == _db(harness).stat().st_size
     assert found["schema"] == {"schema": 1} and found["row_counts"]["jobs"] == SEED_JOBS
+
+
+def test_collect_context_names_processes_holding_the_catalog(harness: Harness) -> None:
+    """collect_context lists each process with the catalog open (pid and command) and the catalog's size."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('BEGIN IMMEDIATE'); time.sleep(60)", str(_db(harness))])
+    try:
+        deadline = time.monotonic() + 10
+        sessions: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not any(s["pid"] == holder.pid for s in sessions):
+            found = harness.plugins["dr-database"].invoke("collect_context", harness.ctxs["dr-database"],
+                                                          in_process=True)
+            sessions = found["sessions"]
+        assert any(s["pid"] == holder.pid and "BEGIN IMMEDIATE" in str(s["command"]) for s in sessions), sessions
+        assert found["measurement"] == {"data_bytes": sum(found["files"].values()), "label": "catalog"}
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_plugin_rollback_does_nothing_when_migration_never_started(harness: Harness) -> None:

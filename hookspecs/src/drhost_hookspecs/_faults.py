@@ -1,7 +1,7 @@
 """Fault injection, so operators can drill failure handling and tests can exercise it.
 
 A plugin's config key ``fault`` holds ``STEP:KIND[:TIMES]`` (several separated by
-commas). KIND is one of ``fail``, ``hang``, ``crash``, ``oom``, ``slow``. TIMES limits
+commas). KIND is one of ``fail``, ``hang``, ``crash``, ``oom``, ``slow``, ``remote_hang``. TIMES limits
 how many calls of the step are hit (default: every call), which lets a drill show
 a retry that succeeds. The runtime applies faults before the step runs, so every
 plugin honours them without code of its own.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ._context import Context
 from ._errors import StepFailed
 
-FAULT_KINDS = ("fail", "hang", "crash", "oom", "slow")
+FAULT_KINDS = ("fail", "hang", "crash", "oom", "slow", "remote_hang")
 _HITS_KEY = "_drhost_fault_hits"
 
 
@@ -76,11 +76,20 @@ def _apply(ctx: Context, spec: FaultSpec, *, in_process: bool, memory_limit_byte
     if spec.kind == "fail":
         raise StepFailed(f"injected fault: {spec.step} failed")
     if spec.kind == "slow":
-        ctx.sleep(float(str(ctx.config.get("fault_delay_s", 3))))
+        # Reported like real work, so a drill shows progress lines and the ETA refined by them.
+        delay = float(str(ctx.config.get("fault_delay_s", 3)))
+        ticks = max(1, int(delay))
+        for tick in range(ticks):
+            ctx.progress(tick, ticks, "seconds")
+            ctx.sleep(delay / ticks)
+        ctx.progress(ticks, ticks, "seconds")
         return
     if spec.kind == "hang":
         while True:
             ctx.sleep(3600)
+    if spec.kind == "remote_hang":
+        # A command on the target that never ends: only the step's deadline, killing its process group, ends it.
+        ctx.run(["sleep", "86400"])
     if spec.kind == "crash":
         if in_process:
             raise InjectedCrash(f"injected fault: {spec.step} crashed")

@@ -98,10 +98,18 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str] |
 
 @hookspec
 def drhost_collect_context(ctx: Context) -> dict[str, Any] | None:
-    """Return extra diagnostics (JSON-safe) when one of this plugin's steps times out.
+    """Return extra diagnostics (JSON-safe) when a step times out on this target.
 
-    For example the database sessions and their running statements. Saved with the
-    run; must finish quickly.
+    Called for every plugin that implements it, whichever plugin's step timed out,
+    after that step was stopped; for example the database sessions and their running
+    statements. Saved with the run in ``timeouts/``; must finish within seconds and
+    should report what it could not read rather than raise.
+
+    An optional ``"measurement"`` key feeds the timeout message's reason: ``port``
+    (service), ``data_bytes`` (database), ``file_bytes`` (file), ``latency_ms``
+    (network), with an optional ``label`` naming the figure (``{"data_bytes":
+    2100000000, "label": "catalog"}`` reads ``catalog 2.1 GB``). The timed-out step's
+    own plugin is asked first.
     """
 
 

@@ -73,14 +73,31 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str]:
     return []
 
 
+#: Who has the catalog open, and with what command: SQLite's "sessions" and "running statements".
+#: One find over /proc (not a readlink per descriptor); the catalog path arrives as $1, never in the text.
+_CATALOG_USERS = r"""
+find /proc/[0-9]*/fd -maxdepth 1 \( -lname "$1" -o -lname "$1-wal" -o -lname "$1-journal" \) -printf '%h\n' \
+    2>/dev/null | sort -u | while read -r fd_dir; do
+  pid=${fd_dir#/proc/}; pid=${pid%/fd}
+  [ -r "/proc/$pid/cmdline" ] || continue
+  printf '%s\t' "$pid"; tr '\0' ' ' < "/proc/$pid/cmdline"; echo
+done
+"""
+
+
 @hookimpl
 def drhost_collect_context(ctx: Context) -> dict[str, Any]:
-    """Catalog file sizes, schema and row counts: each answered within seconds or reported as missing."""
+    """Catalog size, schema, row counts and the processes using it: each answered within seconds or reported."""
     catalog = t.catalog_path(ctx)
     found: dict[str, Any] = {"catalog": catalog}
     sizes = ctx.run(["stat", "-c", "%n %s", catalog, catalog + "-wal", catalog + "-journal"], check=False, timeout=5)
     found["files"] = {posixpath.basename(name): int(size) for name, _, size in
                       (line.rpartition(" ") for line in sizes.stdout.splitlines()) if size.isdigit()}
+    found["measurement"] = {"data_bytes": sum(found["files"].values()), "label": "catalog"}
+    users = ctx.run(["/bin/sh", "-c", _CATALOG_USERS, "drhost-catalog-users", catalog], check=False, timeout=10)
+    found["sessions"] = [{"pid": int(pid), "command": command.strip()[:500]}
+                         for pid, _, command in (line.partition("\t") for line in users.stdout.splitlines())
+                         if pid.isdigit()]
     for key, args in (("schema", ("version",)), ("row_counts", ("count",))):
         try:
             found[key] = t.db_json(ctx, *args, timeout=10)

@@ -12,7 +12,7 @@ from typing import Any
 
 from drhost_hookspecs import Category, Context, PluginClass, PluginInfo, Stage, Step, VerifyPhase, hookimpl
 
-from . import _target, backup, checks, config, precheck, release, services, transfer
+from . import _ini, _target, backup, checks, config, precheck, release, services, transfer
 from .config import REPLICATION_MODES
 
 NAME = "dr-core"
@@ -141,3 +141,22 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str]:
 @hookimpl
 def drhost_installed_version(ctx: Context) -> str | None:
     return _target.current_version(ctx)
+
+
+@hookimpl
+def drhost_collect_context(ctx: Context) -> dict[str, Any]:
+    """The service's port, registration and status: what a service-start timeout needs explained."""
+    found: dict[str, Any] = {}
+    try:
+        ini = _target.path(ctx, "etc", "drproduct.ini")
+        port = _ini.get(ctx.read_text(ini), "service", "port") if ctx.exists(ini) else None
+        found["port"] = int(port) if port is not None and port.isdigit() else port
+        if isinstance(found["port"], int):
+            found["measurement"] = {"port": found["port"]}
+        found["registered_version"] = _target.registered_version(ctx)
+        found["current_version"] = _target.current_version(ctx)
+        code, body = _target.run_json(ctx, [*_target.tool(ctx, "drproductctl"), "status"], check=False)
+        found["service_status"] = {"exit": code, **(body if isinstance(body, dict) else {"output": body})}
+    except Exception as exc:  # diagnostics must not fail: say what could not be read instead
+        found["error"] = f"{type(exc).__name__}: {exc}"
+    return found

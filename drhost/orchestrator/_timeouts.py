@@ -1,0 +1,136 @@
+"""What happens when a step runs out of time: the evidence, the classified report, the event.
+
+The runner has already stopped the step (and confirmed it) when this runs. Here the
+context of the moment is gathered — the target's /proc through the session, the
+controller's through psutil, and every plugin's ``drhost_collect_context`` — saved
+with the run, and summed up in one message whose every figure is a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..plan import PlannedStep
+from ..supervisor import CallOutcome
+from ..transport import TargetSession
+from ..watchdog import Environment, TimeoutReport, as_event_fields, format_timeout
+from ..watchdog._collect import collect_controller_context, collect_target_context, save_context
+from ..watchdog._watchdog import StepWatch
+
+__all__ = ["TimeoutEvidence", "diagnose_timeout", "measurement_for"]
+
+#: Each plugin's diagnostics get this long; a hook that hangs must not hold up the report.
+PLUGIN_CONTEXT_TIMEOUT_S = 20.0
+
+#: (plugin name) -> the plugin's collect_context outcome.
+AskPlugin = Callable[[str], CallOutcome]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeoutEvidence:
+    """What the executor knows about the timed-out call when it hands it over."""
+
+    target: str
+    step: PlannedStep
+    attempt: int
+    watch: StepWatch
+    #: Seconds from the step's start until its stop was confirmed.
+    elapsed_s: float
+    outcome: CallOutcome
+    stopped_commands: tuple[Mapping[str, Any], ...]
+    install_root: str
+    package_size: int
+
+
+def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
+    detail = evidence.outcome.detail
+    isolation = evidence.step.isolation
+    how: dict[str, Any]
+    if isolation == "thread":
+        hung = bool(detail.get("hung_thread"))
+        how = {"how": "thread asked to stop; it did not return and was abandoned" if hung
+               else "thread aborted (it returned after the stop request)", "confirmed": not hung}
+    else:
+        what = "container" if isolation == "container" else "worker process"
+        killed = bool(detail.get("killed"))
+        how = {"how": f"{what} killed with everything it started" if killed
+               else f"{what} stopped the step when asked", "confirmed": True}
+    if evidence.stopped_commands:
+        how["remote_commands"] = [dict(c) for c in evidence.stopped_commands]
+    return how
+
+
+def measurement_for(step: PlannedStep, contexts: Mapping[str, Mapping[str, Any]], *, latency_ms: float | None,
+                    progress_total_bytes: float | None, package_size: int) -> dict[str, Any]:
+    """The figure the reason line carries for the step's category (see ``drhost_collect_context``)."""
+    category = step.category.value
+    if category == "plugin":
+        return {"plugin": step.plugin}
+    # The step's own plugin knows best what it was doing; then any plugin that measured the same thing.
+    wanted = {"network": "latency_ms", "database": "data_bytes", "file": "file_bytes", "service": "port"}[category]
+    ordered = [step.plugin, *sorted(name for name in contexts if name != step.plugin)]
+    for name in ordered:
+        measured = contexts.get(name, {}).get("measurement")
+        if isinstance(measured, Mapping) and measured.get(wanted) is not None:
+            return {key: measured[key] for key in (wanted, "label") if key in measured}
+    if category == "network":
+        return {"latency_ms": latency_ms}
+    if category == "file" and progress_total_bytes:
+        return {"file_bytes": progress_total_bytes}
+    if category == "file" and step.stage.value == "transfer":
+        return {"file_bytes": package_size, "label": "package"}
+    return {wanted: None}
+
+
+def _context_name(evidence: TimeoutEvidence) -> str:
+    step = evidence.step
+    return f"{evidence.target}-{step.stage.value}-{step.plugin}-{step.name}-attempt{evidence.attempt}"
+
+
+def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_plugin: AskPlugin,
+                     plugins_with_context: list[str], run_dir: Path) -> tuple[TimeoutReport, dict[str, Any]]:
+    """Gather and save the context of a timeout; return the report and the ``step_timeout`` event fields."""
+    step = evidence.step
+    environment, controller = evidence.watch.environment_at_deadline()
+    started = time.monotonic()
+    target_context = collect_target_context(session, install_root=evidence.install_root)
+    controller_context = collect_controller_context()
+    contexts: dict[str, dict[str, Any]] = {}
+    ordered = sorted(plugins_with_context, key=lambda name: name != step.plugin)
+    for name in ordered:
+        outcome = ask_plugin(name)
+        if outcome.ok and isinstance(outcome.result, dict):
+            contexts[name] = outcome.result
+        else:
+            contexts[name] = {"error": f"{outcome.ended}: {outcome.message}"}
+    latency = session.latency_ms() if step.category.value == "network" else None
+    progress = evidence.watch.progress
+    total_bytes = progress.total if progress is not None and progress.unit == "bytes" else None
+    measurement = measurement_for(step, contexts, latency_ms=latency, progress_total_bytes=total_bytes,
+                                  package_size=evidence.package_size)
+    stopped = _how_stopped(evidence)
+    report = TimeoutReport(
+        stage=step.stage.value, step=f"{step.name} ({step.plugin})", category=step.category.value,
+        measurement=measurement, configured_s=step.timeout_s, elapsed_s=round(evidence.elapsed_s, 1),
+        environment=environment,
+        controller_environment=controller if step.category.value == "plugin" else None,
+    )
+    record: dict[str, Any] = {
+        "target": evidence.target, "stage": step.stage.value, "step": step.name, "plugin": step.plugin,
+        "class": step.plugin_class.value, "isolation": step.isolation, "attempt": evidence.attempt,
+        "timeout_key": step.timeout_key, **as_event_fields(report), "measurement": measurement,
+        "controller_environment": (controller or Environment()).as_dict(), "stopped": stopped,
+        "target_context": target_context, "controller_context": controller_context, "plugin_contexts": contexts,
+        "collected_in_s": round(time.monotonic() - started, 2),
+    }
+    path = save_context(run_dir / "timeouts", _context_name(evidence), record)
+    report = dataclasses.replace(report, context_path=str(path))
+    fields = {**as_event_fields(report), "measurement": measurement, "attempt": evidence.attempt,
+              "class": step.plugin_class.value, "isolation": step.isolation, "timeout_key": step.timeout_key,
+              "controller_environment": record["controller_environment"], "stopped": stopped,
+              "text": format_timeout(report)}
+    return report, fields

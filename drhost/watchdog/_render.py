@@ -1,0 +1,78 @@
+"""Watchdog events back into lines: English in the journal, the operator's language on the console.
+
+An event carries numbers, not prose; rendering from those numbers is what lets the
+same journal be shown in another language later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._messages import (
+    Environment,
+    TimeoutReport,
+    format_elapsed,
+    format_progress,
+    format_remaining,
+    format_resources,
+    format_timeout,
+    format_warning,
+)
+
+__all__ = ["WATCHDOG_EVENTS", "environment_from", "render_watchdog_event", "report_from_event"]
+
+Translate = Callable[[str], str]
+
+WATCHDOG_EVENTS = ("step_progress", "step_remaining", "step_resources", "timeout_warning", "step_timeout")
+
+
+def _identity(message: str) -> str:
+    return message
+
+
+def environment_from(data: Mapping[str, Any] | None) -> Environment:
+    data = data or {}
+    return Environment(data.get("cpu_percent"), data.get("memory_percent"), data.get("disk_io_percent"))
+
+
+def report_from_event(stage: str, step_label: str, data: Mapping[str, Any]) -> TimeoutReport:
+    """The :class:`TimeoutReport` a ``step_timeout`` event was made from."""
+    controller = data.get("controller_environment")
+    return TimeoutReport(
+        stage=stage, step=step_label, category=data["category"], measurement=dict(data.get("measurement") or {}),
+        configured_s=float(data["configured_s"]), elapsed_s=float(data["elapsed_s"]),
+        environment=environment_from(data.get("environment")), context_path=data.get("context_path"),
+        controller_environment=environment_from(controller) if data.get("category") == "plugin" and controller
+        else None,
+    )
+
+
+def _bytes_as_mb(done: float, total: float) -> tuple[int, int, str]:
+    return round(done / 1e6), round(total / 1e6), "MB"
+
+
+def render_watchdog_event(name: str, data: Mapping[str, Any], *, stage: str = "", step_label: str = "",
+                          t: Translate = _identity) -> str | None:
+    """The line (or, for a timeout, the block) for a watchdog event; None for any other event."""
+    if name == "step_progress":
+        remaining = data.get("remaining_s")
+        if data.get("percent") is not None:
+            done, total, unit = float(data.get("done") or 0), float(data.get("total") or 0), str(data.get("unit", ""))
+            if unit == "bytes":
+                shown_done, shown_total, unit = _bytes_as_mb(done, total)
+            else:
+                shown_done, shown_total = round(done), round(total)
+            return format_progress(float(data["percent"]), shown_done, shown_total, unit, remaining, t)
+        return format_elapsed(float(data["elapsed_s"]), float(data["timeout_s"]), remaining, t)
+    if name == "step_remaining":
+        return format_remaining(data.get("remaining_s"), float(data.get("budget_left_s") or 0), t)
+    if name == "step_resources":
+        env = environment_from(data.get("environment"))
+        return format_resources(env.cpu_percent, env.memory_percent, env.disk_io_percent, t)
+    if name == "timeout_warning":
+        return format_warning(bool(data.get("urgent")), float(data["remaining_s"]), float(data["elapsed_s"]),
+                              float(data["timeout_s"]), t)
+    if name == "step_timeout":
+        return format_timeout(report_from_event(stage, step_label, data), t)
+    return None

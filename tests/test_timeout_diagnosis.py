@@ -1,0 +1,219 @@
+"""Timeouts that explain themselves, end to end: real demo runs with hung and slow steps in every class,
+a hung remote command over real SSH, the zh_CN wording, and ETAs from the history of an earlier run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from cli_helpers import run_json
+from sshd_hosts import sshd_available
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schemas" / "watchdog-events.schema.json").read_text())
+WATCHDOG = {"step_progress", "step_remaining", "step_resources", "timeout_warning", "step_timeout"}
+FAST_CADENCE = ("--set", "watchdog.progress_every_s=1", "--set", "watchdog.remaining_every_s=2",
+                "--set", "watchdog.resources_every_s=2", "--set", "run.kill_grace_s=0.5", "--set", "run.forks=3")
+#: How late an event may come after its moment: the clock is one thread, the bus is shared by three targets.
+LATE_S = 0.6
+TIMEOUT_S = 4.0
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def attempts_of(events: list[dict[str, Any]], target: str, step: str) -> list[list[dict[str, Any]]]:
+    """The events of each attempt of ``step`` on ``target``, from its step.started to the next one."""
+    runs: list[list[dict[str, Any]]] = []
+    for event in events:
+        if event.get("target") != target or event.get("step") != step:
+            continue
+        if event["event"] == "step.started":
+            runs.append([])
+        if runs:
+            runs[-1].append(event)
+    return runs
+
+
+def leftovers(run_id: str) -> list[str]:
+    """Workers, remote sleeps and containers of this run still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"drhost_hookspecs.worker" in cmdline or b"sleep\x0086400" in cmdline:
+                found.append(f"pid {entry.name}: {cmdline[:120]!r}")
+    if shutil.which("podman"):
+        ps = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                            timeout=60)
+        found.extend(f"container {name}" for name in ps.stdout.split() if run_id in name)
+    return found
+
+
+def check_timed_out_attempt(attempt: list[dict[str, Any]], timeout_s: float, grace_s: float = 0.5) -> dict[str, Any]:
+    """The rules every timed-out attempt obeys; returns its step_timeout event."""
+    started = attempt[0]["ts"]
+    for event in attempt:
+        if event["event"] in WATCHDOG:
+            jsonschema.validate(event, SCHEMA)
+    warnings = [e for e in attempt if e["event"] == "timeout_warning"]
+    assert [w["data"]["percent"] for w in warnings] == [85, 95]
+    for warning, fraction in zip(warnings, (0.85, 0.95), strict=True):
+        assert 0 <= warning["ts"] - started - fraction * timeout_s <= LATE_S, warning
+        assert warning["data"]["remaining_s"] == pytest.approx((1 - fraction) * timeout_s, abs=LATE_S)
+    progress = [e for e in attempt if e["event"] == "step_progress"]
+    assert len(progress) >= int(timeout_s) - 1, progress
+    (timeout,) = [e for e in attempt if e["event"] == "step_timeout"]
+    data = timeout["data"]
+    assert data["configured_s"] == timeout_s
+    # Elapsed runs from the start to the confirmed stop: at least the timeout, at most the kill grace later.
+    assert timeout_s <= data["elapsed_s"] <= timeout_s + grace_s + 1.5, data
+    assert data["elapsed_s"] <= timeout["ts"] - started + 0.1
+    assert data["exceeded_s"] == pytest.approx(data["elapsed_s"] - timeout_s, abs=0.01)
+    for key in ("cpu_percent", "memory_percent"):
+        assert 0 <= data["environment"][key] <= 100, data["environment"]
+        assert 0 <= data["controller_environment"][key] <= 100
+    assert data["environment"]["disk_io_percent"] is None or 0 <= data["environment"]["disk_io_percent"] <= 100
+    assert data["stopped"]["confirmed"] is True
+    path = Path(data["context_path"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    saved = json.loads(path.read_text())
+    assert saved["reason"] == data["reason"] and saved["elapsed_s"] == data["elapsed_s"]
+    assert saved["target_context"]["top_processes"], "no processes in the target's context"
+    assert len(saved["target_context"]["loadavg"]) >= 3
+    assert {"dr-core", "dr-database"} <= set(saved["plugin_contexts"])
+    for line in ("step:", "reason:", "timeout:", "elapsed:", "exceeded by:", "environment:", "suggestion:",
+                 "context:"):
+        assert f"\n{line}" in timeout["message"], (line, timeout["message"])
+    return timeout
+
+
+def test_hung_steps_of_every_class_are_stopped_explained_and_handled_by_class(drhost: Any) -> None:
+    """Hung core, business and third-party steps: warnings on time, full reports, class policy, nothing left."""
+    proc = drhost(
+        "upgrade", "--demo", "--json", *FAST_CADENCE,
+        "--set", "plugin.dr-core.fault=update_config_files:hang:1",
+        "--set", f"timeouts.upgrade.update_config_files={TIMEOUT_S:g}",
+        "--set", "plugin.dr-catalog.fault=migrate_job_templates:hang", "--set", "class.business.retries=0",
+        "--set", f"timeouts.upgrade.migrate_job_templates={TIMEOUT_S:g}",
+        "--set", "plugin.dr-monitoring.fault=update_monitoring_config:hang",
+        "--set", f"timeouts.upgrade.update_monitoring_config={TIMEOUT_S:g}",
+    )
+    summary = run_json(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(summary["run_dir"])
+    events = read_events(run_dir)
+    for target in ("dr-demo-1", "dr-demo-2", "dr-demo-3"):
+        # core (thread): timed out once, retried, done — the run goes on.
+        core = attempts_of(events, target, "update_config_files")
+        assert len(core) == 2
+        report = check_timed_out_attempt(core[0], TIMEOUT_S)
+        assert report["data"]["isolation"] == "thread" and report["data"]["category"] == "file"
+        assert any(e["event"] == "step.completed" for e in core[1])
+        # business (process): timed out, no retries in its class: the plugin is skipped.
+        business = attempts_of(events, target, "migrate_job_templates")
+        assert len(business) == 1
+        assert check_timed_out_attempt(business[0], TIMEOUT_S)["data"]["isolation"] == "process"
+        assert any(e["event"] == "plugin.skipped" and e.get("target") == target for e in events)
+        # third party (container): timed out twice (1 retry), the error recorded, the upgrade goes on.
+        vendor = attempts_of(events, target, "update_monitoring_config")
+        assert len(vendor) == 2
+        for attempt in vendor:
+            assert check_timed_out_attempt(attempt, TIMEOUT_S)["data"]["isolation"] == "container"
+        assert any(e["event"] == "plugin.error_recorded" and e.get("target") == target for e in events)
+    assert summary["status"] == "succeeded"
+    assert {t["version"] for t in summary["targets"].values()} == {"2.0.0"}
+    assert leftovers(summary["run_id"]) == []
+    # The English console shows the warnings and the full message.
+    for text in ("[warning] operation about to time out", "[urgent] operation about to time out",
+                 "[error] upgrade operation timed out", "[progress] running for", "[status] CPU"):
+        assert text in proc.stderr, text
+
+
+def test_database_timeout_rolls_back_and_speaks_the_operators_language(drhost: Any) -> None:
+    """A hung database step, LANG=zh_CN.UTF-8: the design's Chinese wording on the console, then rollback."""
+    proc = drhost("upgrade", "--demo", "--json", *FAST_CADENCE,
+                  "--set", "plugin.dr-database.fault=upgrade_db_schema:hang",
+                  "--set", "timeouts.upgrade.upgrade_db_schema=5",
+                  env={"LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""})
+    summary = run_json(proc)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert summary["status"] == "rolled_back"
+    for text in ("[错误] 升级操作超时", "操作步骤:", "超时原因:", "超时设置:", "实际执行:", "超出时间:",
+                 "当前环境:", "建议操作:", "[进度]", "[警告] 操作即将超时", "[紧急] 操作即将超时",
+                 "数据库操作超时, catalog:", "请检查数据库性能或考虑在低峰期执行升级"):
+        assert text in proc.stderr, text
+    assert "[error] upgrade operation timed out" not in proc.stderr
+    events = read_events(Path(summary["run_dir"]))
+    for target in ("dr-demo-1", "dr-demo-2", "dr-demo-3"):
+        (attempt,) = attempts_of(events, target, "upgrade_db_schema")
+        data = check_timed_out_attempt(attempt, 5.0)["data"]
+        assert data["category"] == "database" and data["measurement"]["label"] == "catalog"
+        assert data["measurement"]["data_bytes"] > 0
+        # The journal stays English whatever the console's language.
+        assert data["reason"].startswith("database operation; catalog ")
+    assert leftovers(summary["run_id"]) == []
+
+
+@pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])
+def test_hung_remote_command_over_ssh_is_killed_on_the_target_and_retried(drhost: Any) -> None:
+    """A remote command that never ends: its process group on the target is killed at the timeout, then retried."""
+    proc = drhost("upgrade", "--demo", "--ssh", "--json", *FAST_CADENCE,
+                  "--set", "plugin.dr-core.fault=upload_package:remote_hang:1",
+                  "--set", f"timeouts.transfer.upload_package={TIMEOUT_S:g}")
+    summary = run_json(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_events(Path(summary["run_dir"]))
+    for target in summary["targets"]:
+        attempts = attempts_of(events, target, "upload_package")
+        assert len(attempts) == 2
+        data = check_timed_out_attempt(attempts[0], TIMEOUT_S)["data"]
+        assert data["category"] == "network"
+        assert data["measurement"]["latency_ms"] is not None and data["measurement"]["latency_ms"] >= 0
+        assert "connection latency" in data["reason"] and "unknown" not in data["reason"]
+        (command,) = data["stopped"]["remote_commands"]
+        # Stopped by the step's deadline (the session's own timer or the runner's stop request, whichever first).
+        assert command["argv"] == ["sleep", "86400"] and "stopped" in command["how"]
+        assert any(e["event"] == "step.completed" for e in attempts[1])
+    assert summary["status"] == "succeeded"
+    assert leftovers(summary["run_id"]) == []
+
+
+def test_second_run_estimates_a_stable_step_within_20_percent(drhost: Any) -> None:
+    """The history of a first run gives the second run's ETA of a steady 2 s step within 20 %."""
+    slow = ("--set", "plugin.dr-catalog.fault=migrate_job_templates:slow",
+            "--set", "plugin.dr-catalog.fault_delay_s=2", *FAST_CADENCE)
+    first = run_json(drhost("upgrade", "--demo", "--json", *slow))
+    first_events = read_events(Path(first["run_dir"]))
+    started = [e for e in first_events if e["event"] == "step.started" and e["step"] == "migrate_job_templates"]
+    assert started and all(e["data"]["expected_s"] is None for e in started)
+    second = run_json(drhost("upgrade", "--demo", "--json", *slow))
+    assert second["status"] == "succeeded"
+    events = read_events(Path(second["run_dir"]))
+    for target in second["targets"]:
+        (attempt,) = attempts_of(events, target, "migrate_job_templates")
+        expected = attempt[0]["data"]["expected_s"]
+        (done,) = [e for e in attempt if e["event"] == "step.completed"]
+        actual = done["data"]["duration_s"]
+        assert expected is not None and abs(expected - actual) <= 0.2 * actual, (expected, actual)
+        # Progress lines carry the step's own progress and a remaining time.
+        progress = [e for e in attempt if e["event"] == "step_progress"]
+        assert progress and max(e["data"]["percent"] for e in progress) > 0
+        assert all(e["data"]["remaining_s"] is not None for e in progress)
+        # Every later step of the target was timed in the first run: the target's remaining time is known.
+        assert attempt[0]["data"]["rest_after_s"] is not None
+    history = Path(os.environ["DRHOST_STATE_DIR"]) / "history" / "step-durations.json"
+    assert stat.S_IMODE(history.stat().st_mode) == 0o600
