@@ -15,6 +15,10 @@ import jsonschema
 import pytest
 
 from cli_helpers import run_json
+from drhost.orchestrator._timeouts import measurement_for
+from drhost.plan import PlannedStep
+from drhost.watchdog import WATCHDOG_EVENTS
+from drhost_hookspecs import Category, PluginClass, Stage
 from sshd_hosts import sshd_available
 
 pytestmark = pytest.mark.integration
@@ -217,3 +221,31 @@ def test_second_run_estimates_a_stable_step_within_20_percent(drhost: Any) -> No
         assert attempt[0]["data"]["rest_after_s"] is not None
     history = Path(os.environ["DRHOST_STATE_DIR"]) / "history" / "step-durations.json"
     assert stat.S_IMODE(history.stat().st_mode) == 0o600
+
+
+def test_measurement_comes_from_the_right_plugin() -> None:
+    """A file figure is only the step's own plugin's; port, catalog size and latency may come from any plugin."""
+    def step(category: Category, plugin: str = "vendor", stage: Stage = Stage.UPGRADE) -> PlannedStep:
+        return PlannedStep(stage=stage, name="s", plugin=plugin, plugin_class=PluginClass.THIRD_PARTY,
+                           isolation="container", retryable=True, timeout_key="k", timeout_s=5,
+                           declared_timeout_s=5, category=category, order=1, has_cleanup=False, has_rollback=False)
+
+    contexts = {"core": {"measurement": {"port": 8080}}, "db": {"measurement": {"data_bytes": 9, "label": "catalog"}},
+                "catalog": {"measurement": {"file_bytes": 77, "label": "job export"}}}
+    kwargs: dict[str, Any] = {"latency_ms": 1.5, "progress_total_bytes": None, "package_size": 1000}
+    assert measurement_for(step(Category.SERVICE), contexts, **kwargs) == {"port": 8080}
+    assert measurement_for(step(Category.DATABASE), contexts, **kwargs) == {"data_bytes": 9, "label": "catalog"}
+    assert measurement_for(step(Category.FILE), contexts, **kwargs) == {"file_bytes": None}
+    assert measurement_for(step(Category.FILE, "catalog"), contexts, **kwargs) == {"file_bytes": 77,
+                                                                                    "label": "job export"}
+    assert measurement_for(step(Category.FILE, stage=Stage.TRANSFER), {}, **kwargs) == {"file_bytes": 1000,
+                                                                                         "label": "package"}
+    assert measurement_for(step(Category.NETWORK), {}, **kwargs) == {"latency_ms": 1.5}
+    assert measurement_for(step(Category.PLUGIN), contexts, **kwargs) == {"plugin": "vendor"}
+
+
+def test_event_schema_is_valid_and_names_every_watchdog_event() -> None:
+    """docs/schemas/watchdog-events.schema.json is a valid schema and covers exactly the events the watchdog emits."""
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    assert set(SCHEMA["properties"]["event"]["enum"]) == set(WATCHDOG_EVENTS) == WATCHDOG
+    assert set(SCHEMA["$defs"]) >= set(WATCHDOG_EVENTS)

@@ -72,7 +72,10 @@ def measurement_for(step: PlannedStep, contexts: Mapping[str, Mapping[str, Any]]
         return {"plugin": step.plugin}
     # The step's own plugin knows best what it was doing; then any plugin that measured the same thing.
     wanted = {"network": "latency_ms", "database": "data_bytes", "file": "file_bytes", "service": "port"}[category]
-    ordered = [step.plugin, *sorted(name for name in contexts if name != step.plugin)]
+    # A file is the step's own business; the service's port, the catalog's size and the link's latency are the
+    # target's, whichever plugin measured them.
+    others = [] if category == "file" else sorted(name for name in contexts if name != step.plugin)
+    ordered = [step.plugin, *others]
     for name in ordered:
         measured = contexts.get(name, {}).get("measurement")
         if isinstance(measured, Mapping) and measured.get(wanted) is not None:

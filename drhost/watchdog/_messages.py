@@ -63,8 +63,11 @@ def human_duration(seconds: float, t: Translate = _identity) -> str:
 
 
 def short_duration(seconds: float, t: Translate = _identity) -> str:
-    """Minutes with at most one decimal (``12 min``, ``1.5 min``); under a minute, seconds (``30 s``)."""
+    """Minutes with at most one decimal (``12 min``, ``1.5 min``); under a minute, seconds (``30 s``, ``0.3 s``)."""
     seconds = max(0.0, seconds)
+    if seconds < 10:
+        # Short budgets (drills, tests) need the tenth: "0.3 s left (5.7 s of 6 s used)", not "0 s left".
+        return t("{s} s").format(s=_num(seconds))
     if seconds < 60:
         return t("{s} s").format(s=round(seconds))
     return t("{m} min").format(m=_num(seconds / 60))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from drplugin_ops_catalog.catalog import compare
@@ -48,3 +49,14 @@ def test_compare_ignores_added_columns_but_not_changed_ones() -> None:
     exported = [{"id": 1, "name": "a", "source_path": "/a", "schedule": "daily"}]
     assert compare(exported, [{**exported[0], "retention_days": 30}]) == []
     assert compare(exported, [{**exported[0], "schedule": "hourly"}]) == ["job 1 (a) changed: schedule"]
+
+
+def test_collect_context_measures_the_job_export(harness: Harness) -> None:
+    """collect_context gives the export's real size as the file measurement, and no figure before it exists."""
+    ctx = harness.ctxs["dr-catalog"]
+    before = harness.plugins["dr-catalog"].invoke("collect_context", ctx, in_process=True)
+    assert before["export"]["bytes"] is None and "measurement" not in before
+    harness.run_stages(Stage.PRECHECK, Stage.BACKUP)
+    found = harness.plugins["dr-catalog"].invoke("collect_context", ctx, in_process=True)
+    size = Path(found["export"]["path"]).stat().st_size
+    assert found["measurement"] == {"file_bytes": size, "label": "job export"} and size > 0

@@ -44,3 +44,13 @@ def test_rollback_removes_a_directory_it_created(harness: Harness) -> None:
     harness.plugins["dr-monitoring"].invoke("rollback", harness.ctxs["dr-monitoring"], stage=Stage.UPGRADE,
                                             in_process=True)
     assert not (harness.root / "etc" / "monitoring").exists()
+
+
+def test_collect_context_measures_the_monitoring_config(harness: Harness) -> None:
+    """collect_context gives the monitoring config's real size as the file measurement once it exists."""
+    ctx = harness.ctxs["dr-monitoring"]
+    harness.run_stages(*Stage.ordered())
+    found = harness.plugins["dr-monitoring"].invoke("collect_context", ctx, in_process=True)
+    size = Path(_config_file(harness)).stat().st_size
+    assert found["config"] == _config_file(harness)
+    assert found["measurement"] == {"file_bytes": size, "label": "monitoring config"}

@@ -77,3 +77,16 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str]:
     if ctx.state.get(t.TEMPLATES_BEFORE, "absent") is None and exists:
         return [f"{t.templates_file(ctx)} still there after rollback"]
     return []
+
+
+@hookimpl
+def drhost_collect_context(ctx: Context) -> dict[str, Any]:
+    """Sizes of the job export (what the template migration reads) and of the templates file it writes."""
+    found: dict[str, Any] = {}
+    for key, file in (("export", t.export_file(ctx)), ("templates", t.templates_file(ctx))):
+        result = ctx.run(["stat", "-c", "%s", file], check=False, timeout=5)
+        size = result.stdout.strip()
+        found[key] = {"path": file, "bytes": int(size) if size.isdigit() else None}
+    if found["export"]["bytes"] is not None:
+        found["measurement"] = {"file_bytes": found["export"]["bytes"], "label": "job export"}
+    return found

@@ -80,3 +80,15 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str]:
         return [] if exists else [f"{t.monitoring_file(ctx)} was not written"]
     now = ctx.read_text(t.monitoring_file(ctx)) if exists else None
     return [] if now == before else [f"{t.monitoring_file(ctx)} differs from before the upgrade"]
+
+
+@hookimpl
+def drhost_collect_context(ctx: Context) -> dict[str, Any]:
+    """The monitoring config file this plugin writes: its path and size (the file measurement)."""
+    path = t.monitoring_file(ctx)
+    result = ctx.run(["stat", "-c", "%s", path], check=False, timeout=5)
+    size = result.stdout.strip()
+    found: dict[str, Any] = {"config": path, "bytes": int(size) if size.isdigit() else None}
+    if found["bytes"] is not None:
+        found["measurement"] = {"file_bytes": found["bytes"], "label": "monitoring config"}
+    return found
