@@ -147,7 +147,9 @@ def test_target_context_has_every_part(session: TargetSession, tmp_path: Path,
     entries = connections["entries"]
     assert {"local": f"127.0.0.1:{port}", "remote": "0.0.0.0:0", "state": "LISTEN"} in entries
     client_port = client.getsockname()[1]
-    assert {"local": f"127.0.0.1:{client_port}", "remote": f"127.0.0.1:{port}", "state": "ESTABLISHED"} in entries
+    established = {"local": f"127.0.0.1:{client_port}", "remote": f"127.0.0.1:{port}", "state": "ESTABLISHED"}
+    # Listeners come first; on a busy machine the cap of 50 may leave this connection out, counted only.
+    assert established in entries or len(entries) == 50
     assert connections["states"]["LISTEN"] >= 1 and connections["states"]["ESTABLISHED"] >= 2
     assert connections["total"] == sum(connections["states"].values())
     assert len(entries) <= 50

@@ -306,8 +306,9 @@ class Executor:
         else:
             self.env.emit("step_timeout", target=target, stage=planned.stage, step=planned.name,
                           plugin=planned.plugin, message=str(fields.pop("text")), **fields)
-            message = (f"timed out: {report.elapsed_s:g} s against a timeout of {report.configured_s:g} s; "
-                       f"context saved in {report.context_path}")
+            # The runner's words say how the step was stopped; the report adds how long it ran and where to look.
+            stopped = outcome.message if outcome.ended == "timeout" else f"no result after {planned.timeout_s:g} s"
+            message = f"{stopped} (ran {report.elapsed_s:g} s; context saved in {report.context_path})"
         detail = {**outcome.detail, "timeout": fields}
         return dataclasses.replace(outcome, ended="timeout", message=message, detail=detail,
                                    retryable=outcome.retryable)

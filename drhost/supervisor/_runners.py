@@ -290,7 +290,7 @@ class WorkerRunner:
                  killed: bool, usage: dict[str, Any]) -> CallOutcome:
         how = "; worker killed" if killed else ""
         if reason == "timeout":
-            return CallOutcome("timeout", message=f"no result after {timeout_s:g} s{how}", state=state,
+            return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s{how}", state=state,
                                duration_s=duration, detail={"killed": killed, "usage": usage})
         return CallOutcome("cancelled", message=f"stopped by the host{how}", state=state, duration_s=duration,
                            detail={"killed": killed, "usage": usage})

@@ -52,7 +52,7 @@ class ThreadRunner:
         state = dict(ctx.state)
         if timed_out:
             hung = thread.is_alive()
-            return CallOutcome("timeout", message=f"no result after {timeout_s:g} s" + (
+            return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s" + (
                 "; the thread did not stop and was abandoned" if hung else ""), state=state,
                 detail={"hung_thread": hung}, duration_s=duration)
         if "error" in box:

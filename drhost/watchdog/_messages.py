@@ -52,12 +52,15 @@ def _num(value: float) -> str:
 
 
 def human_duration(seconds: float, t: Translate = _identity) -> str:
-    """``1800 s (30 min)``, ``95 s (1 min 35 s)``, ``45 s``; zh_CN ``1800秒 (30分钟)``. Negative is 0."""
-    total = max(0, round(seconds))
+    """``1800 s (30 min)``, ``95 s (1 min 35 s)``, ``45 s``, ``4.3 s``; zh_CN ``1800秒 (30分钟)``. Negative is 0.
+
+    Under a minute the tenth is kept: a 4 s drill stopped after 4.3 s reads ``exceeded by: 0.3 s``, not 0.
+    """
+    if seconds < 59.95:
+        return t("{s} s").format(s=_num(max(0.0, seconds)))
+    total = round(seconds)
     minutes, secs = divmod(total, 60)
     plain = t("{s} s").format(s=total)
-    if minutes == 0:
-        return plain
     spelled = t("{m} min").format(m=minutes) if secs == 0 else t("{m} min {s} s").format(m=minutes, s=secs)
     return t("{seconds} ({spelled})").format(seconds=plain, spelled=spelled)
 
