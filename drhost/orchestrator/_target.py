@@ -220,7 +220,8 @@ class TargetFlow:
             self._emit("step.started", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
                        attempts=attempts, timeout_s=step.timeout_s, retryable=step.retryable,
                        isolation=step.isolation, expected_s=None if expected is None else round(expected, 3),
-                       rest_after_s=self._expected_after(step))
+                       rest_after_s=self._expected_after(step),
+                       stage_rest_after_s=self._expected_after(step, same_stage=True))
             outcome = self.executor.call(self.name, step.plugin, "run_step", stage=step.stage, step=step.name,
                                          timeout_s=step.timeout_s, attempt=attempt)
             if outcome.ok:
@@ -250,11 +251,13 @@ class TargetFlow:
                 return CallOutcome("cancelled", message="run is stopping")
         return outcome
 
-    def _expected_after(self, step: PlannedStep) -> float | None:
-        """How long this target's steps after ``step`` usually take in all; None if any was never timed."""
+    def _expected_after(self, step: PlannedStep, *, same_stage: bool = False) -> float | None:
+        """How long this target's steps after ``step`` (in its stage, or in all) usually take; None if any was
+        never timed."""
         steps = self.record.get("steps") or {}
         later = [s for s in self.env.plan.steps if s.key != step.key and steps.get(s.key, {}).get("status")
-                 not in ("done", "skipped") and _sort_position(s) > _sort_position(step)]
+                 not in ("done", "skipped") and _sort_position(s) > _sort_position(step)
+                 and (not same_stage or s.stage is step.stage)]
         total = remaining_for(((self.name, s.key) for s in later), self.executor.history)
         return None if total is None else round(total, 3)
 

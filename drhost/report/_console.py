@@ -51,7 +51,8 @@ def describe(event: Event, t: Translate = _identity) -> str:
         return f"{prefix}{where}{who} {rendered or event.message}"
     if name == "step.started":
         attempt = f"attempt {d.get('attempt')}/{d.get('attempts')}"
-        text = f"{where}{who} started ({attempt}, timeout {d.get('timeout_s'):g} s)"
+        usually = f", usually {d['expected_s']:.1f} s" if d.get("expected_s") is not None else ""
+        text = f"{where}{who} started ({attempt}, timeout {d.get('timeout_s'):g} s{usually})"
     elif name == "step.completed":
         text = f"{where}{who} done in {d.get('duration_s', 0):.1f} s"
     elif name == "step.failed":
