@@ -10,14 +10,14 @@ detached job (its own process group, output and exit code in files, survives a d
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, publish
 
 from drhost.demo.sshd import start_hosts
 from drhost.transport import SshSession, SshTarget
@@ -63,18 +63,14 @@ def main() -> int:
     ours, theirs = median_ms(drhost_samples), median_ms(ssh_samples)
     report = "\n".join([
         f"### Remote step overhead on a warm connection ({time.strftime('%Y-%m-%d')})", "",
-        f"Machine: {platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python "
-        f"{platform.python_version()}  ",
+        f"Machine: {machine()}  ",
         f"Command: `python bench/remote_step.py --runs {args.runs}`", "",
         "| runner of `true` on a loopback sshd | median ms |", "|---|---|",
         f"| drhost `SshSession.run` (detached job: start, remote wait, output) | {ours:.1f} |",
         f"| OpenSSH `ssh` with ControlMaster reuse | {theirs:.1f} |", "",
         f"- ratio drhost / ssh ControlMaster = {ours / theirs:.2f}", "",
     ])
-    print(report)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as handle:
-            handle.write("\n" + report)
+    publish(report, args.write)
     return 0
 
 

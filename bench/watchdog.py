@@ -13,8 +13,6 @@ Run on demand:  python bench/watchdog.py [--watches N] [--runs N] [--write docs/
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import shlex
 import statistics
@@ -25,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _report import machine, publish
 
 from drhost.demo.sshd import start_hosts
 from drhost.transport import LocalSession, SshSession, SshTarget
@@ -121,8 +121,7 @@ def main() -> int:
 
     report = "\n".join([
         f"### Watchdog punctuality and timeout diagnosis ({time.strftime('%Y-%m-%d')})", "",
-        f"Machine: {platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python "
-        f"{platform.python_version()}  ",
+        f"Machine: {machine()}  ",
         f"Command: `python bench/watchdog.py --watches {args.watches} --runs {args.runs}`", "",
         f"{args.watches} steps watched at once (3 s budget, progress every 0.5 s): {punct['events']:.0f} events",
         "", "| lateness after the event's moment | ms |", "|---|---|",
@@ -139,10 +138,7 @@ def main() -> int:
         f"{results['sample_ssh'] / results['sample_openssh']:.2f} (both include the 0.5 s between the reads)",
         "",
     ])
-    print(report)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as handle:
-            handle.write("\n" + report)
+    publish(report, args.write)
     return 0
 
 
