@@ -55,6 +55,8 @@ class HostContext:
         self._upload_slots = upload_slots
         #: Commands the host stopped during this call (deadline or cancel), with how: a timeout report names them.
         self.stopped_commands: list[dict[str, Any]] = []
+        self._running = 0
+        self._running_lock = threading.Lock()
 
     def _remaining(self, timeout: float | None) -> float | None:
         if self._deadline is None:
@@ -75,6 +77,8 @@ class HostContext:
         if self._cancel.is_set():
             raise Cancelled()
         self._log.debug("run %s", list(argv))
+        with self._running_lock:
+            self._running += 1
         try:
             result = self._session.run(
                 argv, timeout=self._remaining(timeout), env=env, cwd=cwd, input=input, cancel=self._cancel
@@ -86,6 +90,9 @@ class HostContext:
             raise StepFailed(str(exc)) from None
         except TransportError as exc:
             raise StepFailed(str(exc)) from None
+        finally:
+            with self._running_lock:
+                self._running -= 1
         self._log.debug("exit %s after %.2fs: %s", result.returncode, result.duration_s, list(argv))
         if check and result.returncode != 0:
             tail = (result.stderr or result.stdout).strip()[-_STDERR_TAIL:]
@@ -151,6 +158,19 @@ class HostContext:
     def stop(self) -> None:
         """Ask the current call to stop: running commands end, ``ctx.sleep`` wakes."""
         self._cancel.set()
+
+    @property
+    def commands_running(self) -> int:
+        """Commands of this call still running — or still being stopped (TERM, grace, KILL, confirmed)."""
+        with self._running_lock:
+            return self._running
+
+    def wait_commands_stopped(self, timeout_s: float) -> bool:
+        """After :meth:`stop`: wait until the transport confirmed every command of this call ended."""
+        deadline = time.monotonic() + timeout_s
+        while self.commands_running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.commands_running
 
     # -- serving a worker -------------------------------------------------------
     def dispatch(self, method: str, args: Mapping[str, Any]) -> Any:

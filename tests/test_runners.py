@@ -136,3 +136,20 @@ def test_thread_step_runs_commands_in_their_own_group_and_kills_them(tmp_path: P
     time.sleep(0.2)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert os.getpgid(os.getpid()) != child
+
+
+def test_thread_waiting_for_its_command_to_be_stopped_is_not_hung(tmp_path: Path) -> None:
+    """A step whose command ignores TERM takes the transport's whole kill grace to stop: the runner waits for
+    that confirmed stop instead of declaring the thread hung, and the command is gone when the call returns."""
+    marker = tmp_path / "stubborn.pid"
+
+    def stubborn(ctx):  # type: ignore[no-untyped-def]
+        ctx.run(["sh", "-c", f'trap "" TERM; echo $$ > {marker}; while :; do sleep 0.1; done'])
+
+    runner = ThreadRunner(_plugin(stubborn), grace_s=0.2)  # the session's own kill grace is 3 s
+    started = time.monotonic()
+    outcome = runner.call("run_step", make_context(tmp_path), stage=Stage.UPGRADE, step="work", timeout_s=0.5)
+    assert outcome.ended in ("timeout", "cancelled") and outcome.detail.get("hung_thread") is not True, outcome
+    assert time.monotonic() - started >= 3.0  # TERM ignored: only the KILL after the session's grace ended it
+    pid = int(marker.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -18,6 +18,7 @@ from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, ProtocolError, decode,
 from ..context import HostContext, context_payload
 from ._outcome import CallOutcome, outcome_from_error
 from ._sandbox import Sandbox
+from ._thread_runner import COMMAND_STOP_S
 
 _STDERR_LOG_LIMIT = 4 * 1024 * 1024
 _SAMPLE_EVERY_S = 0.25
@@ -260,14 +261,14 @@ class WorkerRunner:
                 if cancelled_at is not None and now >= cancelled_at + self._grace:
                     self._kill()
                     return self._stopped(stop_reason, timeout_s, state(), now - started, killed=True,
-                                         usage=health.peak)
+                                         usage=health.peak, ctx=ctx)
                 continue
             if kind == "eof":
                 how = self._exit_description()
                 self._proc = None
                 if cancelled_at is not None:
                     return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False,
-                                         usage=health.peak)
+                                         usage=health.peak, ctx=ctx)
                 # A kernel limit that killed the worker (the memory cgroup's OOM killer) is named as that limit.
                 limit_hit = getattr(self.sandbox, "exit_limit", None)
                 return CallOutcome("memory" if limit_hit == "memory" else "crashed", message=f"worker died: {how}",
@@ -282,12 +283,20 @@ class WorkerRunner:
             if outcome is not None:
                 if cancelled_at is not None and not outcome.ok:
                     return self._stopped(stop_reason, timeout_s, outcome.state, now - started, killed=False,
-                                         usage=health.peak)
+                                         usage=health.peak, ctx=ctx)
                 return dataclasses.replace(outcome, detail={**outcome.detail, "usage": health.peak})
 
+    def _stopped(self, reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
+                 killed: bool, usage: dict[str, Any], ctx: HostContext | None = None) -> CallOutcome:
+        if ctx is not None:
+            # The worker is gone; commands it had the host run on the target are being stopped by the host
+            # itself (TERM, grace, KILL). The call ends once that is confirmed, so nothing outlives it.
+            ctx.wait_commands_stopped(self._grace + COMMAND_STOP_S)
+        return self._stopped_outcome(reason, timeout_s, state, duration, killed=killed, usage=usage)
+
     @staticmethod
-    def _stopped(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
-                 killed: bool, usage: dict[str, Any]) -> CallOutcome:
+    def _stopped_outcome(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
+                         killed: bool, usage: dict[str, Any]) -> CallOutcome:
         how = "; worker killed" if killed else ""
         if reason == "timeout":
             return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s{how}", state=state,

@@ -12,6 +12,9 @@ from drhost_hookspecs._protocol import error_to_json
 from ..context import HostContext
 from ._outcome import CallOutcome, outcome_from_error
 
+#: How long the transport may take, beyond the kill grace, to confirm that a stopped command is gone.
+COMMAND_STOP_S = 15.0
+
 
 class ThreadRunner:
     """Core plugins: called in a thread of the host.
@@ -48,6 +51,10 @@ class ThreadRunner:
         if timed_out:
             ctx.stop()
             thread.join(self._grace)
+            # Stopping a command on a target (TERM, grace, KILL, confirmed gone) outlasts the grace, most of all
+            # over SSH on a busy machine: a thread waiting for that stop is not hung.
+            if thread.is_alive() and ctx.commands_running and ctx.wait_commands_stopped(self._grace + COMMAND_STOP_S):
+                thread.join(self._grace)
         duration = time.monotonic() - started
         state = dict(ctx.state)
         if timed_out:
