@@ -236,8 +236,10 @@ while True:
     ("fail", "failed", "injected fault"),
 ])
 def test_injected_faults_are_contained(tmp_path: Path, site: Path, runners: list[WorkerRunner], kind: str,
-                                       ended: str, says: str) -> None:
-    """The oom/crash/fail faults end the call as expected; a crash is not mistaken for the memory limit."""
+                                       ended: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oom/crash/fail faults end the call as expected; a crash is not mistaken for the memory limit; nothing
+    is left in the operator's working directory (conmon writes an "oom" file into its cwd)."""
+    monkeypatch.chdir(tmp_path)
     runner = throwaway(site, runners, f"zz-fault-{kind}", "pass")
     outcome = run_work(runner, tmp_path, config={"fault": f"work:{kind}"})
     assert outcome.ended == ended and says in outcome.message, outcome
@@ -245,6 +247,7 @@ def test_injected_faults_are_contained(tmp_path: Path, site: Path, runners: list
         assert "memory limit" not in outcome.message
     again = run_work(runner, tmp_path)  # a dead worker is started again for the next call
     assert again.ok, again.message
+    assert not (tmp_path / "oom").exists()
 
 
 def test_hang_fault_is_stopped_at_the_deadline(tmp_path: Path, site: Path, runners: list[WorkerRunner]) -> None:

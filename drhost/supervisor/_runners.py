@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import queue
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from typing import IO, Any, Protocol
@@ -103,6 +106,9 @@ class WorkerRunner:
         self._next_id = 0
         self.launches = 0
         self.hello: dict[str, Any] = {}
+        # Workers (and podman's conmon, which drops an "oom" file in its cwd after a memory kill) start in
+        # a private empty directory, never in the operator's.
+        self._cwd = tempfile.mkdtemp(prefix="drhost-worker-")
 
     # -- lifecycle --------------------------------------------------------------
     def _spawn(self) -> None:
@@ -110,8 +116,9 @@ class WorkerRunner:
         self._messages = queue.Queue()
         # The worker's argv ends with its own arguments, whatever the sandbox puts before them.
         argv = [*self.sandbox.command(self.entry_point), *([self._value] if self._value else [])]
+        os.makedirs(self._cwd, mode=0o700, exist_ok=True)  # again after close(): a runner may be reused
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=self.sandbox.environment(), start_new_session=True)
+                                      env=self.sandbox.environment(), start_new_session=True, cwd=self._cwd)
         self.sandbox.started(self._proc.pid)
         self.launches += 1
         assert self._proc.stdout is not None and self._proc.stderr is not None
@@ -206,6 +213,7 @@ class WorkerRunner:
                 self._proc.wait(timeout=self._grace)
         self._kill()
         self.sandbox.close()
+        shutil.rmtree(self._cwd, ignore_errors=True)
 
     @property
     def pid(self) -> int | None:
