@@ -92,3 +92,14 @@ def test_unstartable_containers_refuse_the_run_unless_weaker_isolation_is_allowe
     assert "weaker isolation" in proc.stderr
     report = json.loads(drhost("status", "--json").stdout)
     assert "dr-monitoring" in report["weaker_isolation"]
+
+
+def test_demo_target_count_is_bounded_and_used(drhost: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """--demo-targets N plans N demo targets; 0, 51 and use without --demo are refused with exit 2."""
+    proc = drhost("plan", "--demo", "--demo-targets", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "targets: " + ", ".join(f"dr-demo-{i}" for i in range(1, 6))
+    for args in (("--demo", "--demo-targets", "0"), ("--demo", "--demo-targets", "51"), ("--demo-targets", "2")):
+        refused = drhost("plan", *args)
+        assert refused.returncode == 2 and "--demo-targets" in refused.stderr, (args, refused.stderr)
+        assert "Traceback" not in refused.stderr

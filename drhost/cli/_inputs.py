@@ -9,7 +9,14 @@ from pathlib import Path
 from drhost_hookspecs import PackageInfo, parse_faults
 
 from ..config import LoadedConfig, load_config, validate_plugin_section
-from ..demo.environment import demo_inventory, demo_package, planned_roots, planned_ssh_hosts, ssh_inventory
+from ..demo.environment import (
+    MAX_DEMO_TARGETS,
+    demo_inventory,
+    demo_package,
+    planned_roots,
+    planned_ssh_hosts,
+    ssh_inventory,
+)
 from ..demo.sshd import SshHost
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
 from ..packaging import Package, PackageError, read_package, verify_payload
@@ -189,7 +196,12 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         if args.inventory:
             raise ConfigError(Origin("command line", "", "--demo"), "either --demo or -i INVENTORY", "both")
         root = state_root()
-        demo_roots = planned_roots(root)
+        count = getattr(args, "demo_targets", None)
+        count = 3 if count is None else count
+        if not 1 <= count <= MAX_DEMO_TARGETS:
+            raise ConfigError(Origin("command line", "", "--demo-targets"),
+                              f"a number of targets from 1 to {MAX_DEMO_TARGETS}", str(count))
+        demo_roots = planned_roots(root, count)
         if getattr(args, "ssh", False):
             demo_ssh_hosts = planned_ssh_hosts(demo_roots)
             base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root))
@@ -197,6 +209,9 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
             base = demo_inventory(demo_roots, demo_package(root))
     elif getattr(args, "ssh", False):
         raise ConfigError(Origin("command line", "", "--ssh"), "--ssh together with --demo", "--ssh alone")
+    elif getattr(args, "demo_targets", None) is not None:
+        raise ConfigError(Origin("command line", "", "--demo-targets"), "--demo-targets together with --demo",
+                          "--demo-targets alone")
     config = load_config(files, overrides, base=base)
     registry = discover(blocked)
     plan = validate_run_inputs(config, registry)

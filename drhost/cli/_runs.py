@@ -219,6 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_run_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="use the embedded demo: three local drproduct targets")
+    parser.add_argument("--demo-targets", type=int, metavar="N", help="demo: N targets instead of three (1-50)")
     parser.add_argument("--ssh", action="store_true",
                         help="demo: reach the three targets over SSH (upgrade starts its own loopback sshd servers)")
     parser.add_argument("-i", "--inventory", help="ops INI file with [target:NAME] sections")

@@ -1,4 +1,4 @@
-"""The embedded demo: three local targets running drproduct 1.0.0, upgraded to 2.0.0."""
+"""The embedded demo: local targets (three by default) running drproduct 1.0.0, upgraded to 2.0.0."""
 
 from __future__ import annotations
 
@@ -38,10 +38,18 @@ def demo_inventory(roots: dict[str, Path], package: Path) -> dict[str, Any]:
     }
 
 
-def planned_roots(state_root: Path) -> dict[str, Path]:
-    """Where a new demo's targets would go (nothing is created)."""
+#: How many targets ``--demo-targets`` may ask for: each runs a real daemon (and with --ssh an sshd).
+MAX_DEMO_TARGETS = 50
+
+
+def demo_target_names(count: int = len(DEMO_TARGETS)) -> list[str]:
+    return [f"dr-demo-{i}" for i in range(1, count + 1)]
+
+
+def planned_roots(state_root: Path, count: int = len(DEMO_TARGETS)) -> dict[str, Path]:
+    """Where a new demo's ``count`` targets would go (nothing is created)."""
     base = state_root / "demo" / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
-    return {name: base / name / "opt" / "drproduct" for name in DEMO_TARGETS}
+    return {name: base / name / "opt" / "drproduct" for name in demo_target_names(count)}
 
 
 def planned_ssh_hosts(roots: dict[str, Path]) -> dict[str, SshHost]:
