@@ -81,3 +81,32 @@ class TargetProbe:
 def demo_roots(state_dir: Path) -> list[Path]:
     """Install roots of every demo created under ``state_dir``."""
     return sorted((state_dir / "demo").glob("*/*/opt/drproduct"))
+
+
+def whole_version(root: Path, seed_jobs: list[tuple[Any, ...]]) -> str:
+    """``2.0.0`` or ``1.0.0`` when every part of the target agrees on it, else what is mixed.
+
+    Read from the target itself: the release ``current`` points at, the running daemon's answer, the
+    catalog's schema and tables, every seed job, and the licence series.
+    """
+    probe = TargetProbe(root)
+    found: dict[str, Any] = {}
+    try:
+        found["current"] = probe.current_version
+    except OSError as exc:
+        found["current"] = f"unreadable: {exc}"
+    health = probe.health()
+    found["daemon"] = None if health is None else (health.get("status"), health.get("version"))
+    found["schema"] = probe.schema()
+    found["replicas_table"] = "replicas" in probe.tables()
+    found["jobs_intact"] = probe.jobs() == seed_jobs
+    expected = {
+        "2.0.0": {"current": "2.0.0", "daemon": ("ok", "2.0.0"), "schema": 2, "replicas_table": True,
+                  "jobs_intact": True},
+        "1.0.0": {"current": "1.0.0", "daemon": ("ok", "1.0.0"), "schema": 1, "replicas_table": False,
+                  "jobs_intact": True},
+    }
+    for version, whole in expected.items():
+        if found == whole:
+            return version
+    return f"mixed: {found}"

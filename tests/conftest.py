@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,14 @@ def drhost(state_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 def probes() -> Callable[[Path], list[TargetProbe]]:
     return lambda state_dir: [TargetProbe(root) for root in demo_roots(state_dir)]
 
+
+
+@pytest.fixture(scope="session")
+def fresh_seed_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
+    """The job rows of a fresh 1.0.0 install (what every demo target starts with)."""
+    from drhost.demo import install
+    from drhost.packaging import build_package
+
+    base = tmp_path_factory.mktemp("seed")
+    install.install_fresh(build_package("1.0.0", base), base / "R", install.free_port())
+    return TargetProbe(base / "R").jobs()

@@ -40,17 +40,6 @@ def roots_of(state: dict[str, Any]) -> list[Path]:
     return [Path(r) for r in state["demo"]["roots"]]
 
 
-@pytest.fixture(scope="module")
-def fresh_seed_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
-    """The job rows of a fresh 1.0.0 install (what every demo target starts with)."""
-    from drhost.demo import install
-    from drhost.packaging import build_package
-
-    base = tmp_path_factory.mktemp("seed")
-    install.install_fresh(build_package("1.0.0", base), base / "R", install.free_port())
-    return TargetProbe(base / "R").jobs()
-
-
 def fault_args(plugin_class: str, kind: str) -> list[str]:
     plugin, step = PLUGINS[plugin_class]
     args = [*BASE, "--set", f"plugin.{plugin}.fault={step}:{kind}"]

@@ -33,6 +33,8 @@ def new_target_record() -> dict[str, Any]:
         "cleanups": [],
         "rollback": {"stages": {}, "steps": {}, "problems": [], "errors": []},
         "seq": 0,
+        #: A stage restart decided but not yet carried out (cleanup, then its steps reset).
+        "pending_restart": None,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import stage_policy
 from ._env import Executor, RunEnv
@@ -75,12 +76,14 @@ class RollbackFlow:
             if self.record.get("rollback", "stages", stage.value) in ("done", "failed"):
                 continue
             errors = self._roll_back_stage(stage)
+            failpoint(f"rollback.stage_returned:{stage.value}")
             with self.env.state.mutate() as body:
                 rollback = body["targets"][self.name]["rollback"]
                 rollback["stages"][stage.value] = "failed" if errors else "done"
                 rollback["errors"].extend(errors)
             self._emit("rollback.stage", stage=stage, status="failed" if errors else "done", errors=errors,
                        rule=stage_policy(self.env.config, stage).rollback_rule)
+        failpoint("rollback.verifying")
         problems = self._verify(stages)
         with self.env.state.mutate() as body:
             body["targets"][self.name]["rollback"]["problems"] = problems
@@ -112,7 +115,9 @@ class RollbackFlow:
             key = f"{stage.value}/{plugin.name}/*"
             if done.get(key) == "done":
                 continue
+            failpoint(f"rollback.plugin_before:{stage.value}/{plugin.name}")
             outcome = self.executor.call(self.name, plugin.name, "rollback", stage=stage, timeout_s=_HOOK_TIMEOUT_S)
+            failpoint(f"rollback.plugin_returned:{stage.value}/{plugin.name}")
             self._mark(key, outcome.ok)
             self._emit("rollback.plugin", stage=stage, plugin=plugin.name, ended=outcome.ended,
                        message=outcome.message)
@@ -121,8 +126,10 @@ class RollbackFlow:
         return errors
 
     def _compensate(self, step: PlannedStep) -> list[str]:
+        failpoint(f"rollback.before:{step.key}")
         outcome = self.executor.call(self.name, step.plugin, "rollback_step", stage=step.stage, step=step.name,
                                      timeout_s=step.timeout_s)
+        failpoint(f"rollback.returned:{step.key}")
         self._mark(step.key, outcome.ok)
         self._emit("rollback.step", stage=step.stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
                    message=outcome.message)

@@ -20,6 +20,7 @@ from drhost_hookspecs import ENTRY_POINT_GROUP, PackageInfo
 
 from ..errors import ExitCode, RefusedError
 from ..events import EventBus, Subscriber
+from ..failpoints import failpoint
 from ..plan import Plan
 from ..state import RunLock, RunState, new_run_id
 from ..supervisor._cgroups import remove_run_cgroups
@@ -89,7 +90,9 @@ def create_run(*, config: Mapping[str, Any], config_files: Sequence[str], plan: 
         "targets": {name: new_target_record() for name in sorted(config["targets"])},
         **(extra or {}),
     }
-    return RunState.create(new_run_id(), body)
+    state = RunState.create(new_run_id(), body)
+    failpoint("run.created")
+    return state
 
 
 def _check_plugins_present(plan: Plan) -> list[str]:

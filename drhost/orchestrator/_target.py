@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
@@ -71,6 +72,7 @@ class TargetFlow:
             if result != "completed":
                 return result
         version = self.probe_version()
+        failpoint("target.finishing")
         self.record.set(status="succeeded", version=version, phase="done")
         self._emit("target.succeeded", version=version)
         return "succeeded"
@@ -84,6 +86,12 @@ class TargetFlow:
 
     # -- one stage, with its failure policy -------------------------------------------------
     def _run_stage_with_policy(self, stage: Stage) -> str:
+        pending = self.record.get("pending_restart") or {}
+        if pending.get("stage") == stage.value:
+            self._emit("stage.restart_resumed", stage=stage,
+                       message="the controller stopped while preparing a restart of this stage; finishing it")
+            if not self._finish_restart(stage):
+                return self._rollback()
         while True:
             if self.env.stop.is_set():
                 return self._interrupted()
@@ -93,6 +101,7 @@ class TargetFlow:
             if failure is None:
                 failure = self._verify_completed(stage)
                 if failure is None:
+                    failpoint(f"stage.verified:{stage.value}")
                     self.record.set_stage(stage, "completed")
                     self._emit("stage.completed", stage=stage)
                     return "completed"
@@ -131,25 +140,37 @@ class TargetFlow:
 
     def _prepare_retry(self, stage: Stage, failure: StageFailure) -> bool:
         """Make the stage ready to run again; False when its cleanup failed."""
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
-            record["stage_attempts"][stage.value] += 0 if failure.interrupted else 1
         policy = stage_policy(self.env.config, stage)
         restart_whole = policy.restart == "stage" or failure.needs_cleanup or failure.step is None
         needs_cleanup = policy.restart == "cleanup_then_stage" and (failure.needs_cleanup or failure.step is None)
-        if needs_cleanup and not self.cleanup_stage(stage):
-            return False
-        self._emit("stage.retry", stage=stage, message="restarting the stage from its first step" if restart_whole
-                   else f"retrying step {failure.step.name if failure.step else ''}")
+        # The intent is durable before the first cleanup runs: a controller killed mid-cleanup resumes by
+        # finishing the cleanup and restarting the stage — never by running the stage over a half-cleaned target.
         with self.env.state.mutate() as body:
-            steps = body["targets"][self.name]["steps"]
+            record = body["targets"][self.name]
+            record["stage_attempts"][stage.value] += 0 if failure.interrupted else 1
+            record["pending_restart"] = {
+                "stage": stage.value, "cleanup": needs_cleanup, "whole": restart_whole,
+                "step": failure.step.key if failure.step is not None else None}
+        return self._finish_restart(stage)
+
+    def _finish_restart(self, stage: Stage) -> bool:
+        """Carry out the recorded restart of ``stage``: cleanup (if asked), then reset its steps."""
+        pending = self.record.get("pending_restart") or {}
+        if pending.get("cleanup") and not self.cleanup_stage(stage):
+            return False
+        restart_whole, failed_key = bool(pending.get("whole")), pending.get("step")
+        self._emit("stage.retry", stage=stage, message="restarting the stage from its first step" if restart_whole
+                   else f"retrying step {str(failed_key).rsplit('/', 1)[-1]}")
+        with self.env.state.mutate() as body:
+            record = body["targets"][self.name]
+            steps = record["steps"]
             for step in self.env.plan.stage_steps(stage):
                 entry = steps.get(step.key)
                 if entry is None:
                     continue
-                is_failed_step = failure.step is not None and step.key == failure.step.key
-                if restart_whole or (is_failed_step and entry.get("status") != "skipped"):
+                if restart_whole or (step.key == failed_key and entry.get("status") != "skipped"):
                     entry["status"] = "pending"
+            record["pending_restart"] = None
         return True
 
     def cleanup_stage(self, stage: Stage) -> bool:
@@ -162,8 +183,10 @@ class TargetFlow:
         for step in touched:
             if not step.has_cleanup:
                 continue
+            failpoint(f"cleanup.before:{step.key}")
             outcome = self.executor.call(self.name, step.plugin, "cleanup_step", stage=stage, step=step.name,
                                          timeout_s=step.timeout_s)
+            failpoint(f"cleanup.returned:{step.key}")
             self._emit("step.cleanup", stage=stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
                        message=outcome.message)
             if outcome.ok:
@@ -216,14 +239,17 @@ class TargetFlow:
         outcome = CallOutcome("failed", message="not run")
         for attempt in range(1, attempts + 1):
             self.record.mark_step(step, "started", attempt=attempt)
+            failpoint(f"step.started:{step.key}")
             expected = self.executor.expected_s(self.name, step.key)
             self._emit("step.started", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
                        attempts=attempts, timeout_s=step.timeout_s, retryable=step.retryable,
                        isolation=step.isolation, expected_s=None if expected is None else round(expected, 3),
                        rest_after_s=self._expected_after(step),
                        stage_rest_after_s=self._expected_after(step, same_stage=True))
+            failpoint(f"step.mid:{step.key}")
             outcome = self.executor.call(self.name, step.plugin, "run_step", stage=step.stage, step=step.name,
                                          timeout_s=step.timeout_s, attempt=attempt)
+            failpoint(f"step.returned:{step.key}")
             if outcome.ok:
                 self.record.mark_step(step, "done", duration_s=round(outcome.duration_s, 3))
                 self.record.plugin_ended(step.plugin, {"ended": "ok"})

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import StateError
 from ..events import Event
+from ..failpoints import failpoint
 
 STATE_FORMAT = 1
 
@@ -32,6 +33,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    failpoint("state.tmp_written")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -74,6 +76,7 @@ class StateFile:
         if self.path.exists():
             # Keep the last good generation: a torn write of the new one falls back to it.
             os.replace(self.path, self.previous)
+            failpoint("state.rotated")
         atomic_write(self.path, data)
 
     def read(self) -> tuple[dict[str, Any], str | None]:
