@@ -17,6 +17,10 @@ from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_statu
 _FAILURE_MODES = ("ask", "retry", "rollback", "abort")
 
 
+_BREAK_LOCK = ("take over a target lock held by another run (after checking that no drhost drives that target); "
+               "the broken lock's owner is logged")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drhost", description="Upgrade a DR product across a fleet of hosts.")
     parser.add_argument("--version", action="version", version=f"drhost {__version__}")
@@ -30,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--forks", type=int, help="targets upgraded at the same time")
     upgrade.add_argument("--keep", action="store_true", help="demo: leave the product daemons running")
     upgrade.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    upgrade.add_argument("--break-lock", action="store_true", help=_BREAK_LOCK)
     upgrade.add_argument("--allow-weaker-isolation", action="store_true",
                          help="if containers cannot be started, run container-class plugins as child processes "
                               "(recorded with the run)")
@@ -46,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--on-failure", choices=_FAILURE_MODES)
         cmd.add_argument("--json", action="store_true")
         cmd.add_argument("--plain", action="store_true")
+        cmd.add_argument("--break-lock", action="store_true", help=_BREAK_LOCK)
         cmd.set_defaults(func=func)
 
     status = sub.add_parser("status", help="where a run is, per target, and what to run next")

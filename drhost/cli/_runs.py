@@ -123,7 +123,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     summary = drive(state, mode="upgrade",
                     decide=make_decide(prepared.config.data["run"]["on_failure"], interactive, reporter),
                     subscribers=[reporter],
-                    after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None)
+                    after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None,
+                    break_lock=bool(args.break_lock))
     return _finish(args, summary)
 
 
@@ -135,7 +136,7 @@ def _continue(args: argparse.Namespace, mode: str) -> int:
     demo = state.get("demo")
     reporter = _reporter(args, len(plan.steps))
     summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive, reporter), subscribers=[reporter],
-                    after=_demo_after(bool(demo.get("keep"))) if demo else None)
+                    after=_demo_after(bool(demo.get("keep"))) if demo else None, break_lock=bool(args.break_lock))
     return _finish(args, summary)
 
 

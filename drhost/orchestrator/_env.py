@@ -44,6 +44,8 @@ class RunEnv:
     decide: Decide
     logger: logging.Logger
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Why this run lost a target's lock (someone broke it), or None: set by the run's TargetLocks.
+    lock_lost: Callable[[str], str | None] = field(default=lambda target: None)
 
     def emit(self, event: str, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
              plugin: str | None = None, message: str = "", **data: Any) -> None:

@@ -25,7 +25,9 @@ from ..plan import Plan
 from ..state import RunLock, RunState, new_run_id
 from ..supervisor._cgroups import remove_run_cgroups
 from ..supervisor._container import remove_orphaned_containers, remove_run_containers
+from ..transport import TransportError
 from ._env import Decide, Executor, RunEnv
+from ._locks import WHOLE, TargetLocks
 from ._records import new_target_record
 from ._rollback import RollbackFlow
 from ._target import TargetFlow
@@ -36,6 +38,7 @@ RUN_EXIT_CODES = {
     "failed": ExitCode.ROLLBACK_FAILED,
     "aborted": ExitCode.ABORTED,
     "interrupted": ExitCode.INTERRUPTED,
+    "refused": ExitCode.REFUSED,
 }
 
 
@@ -61,10 +64,12 @@ def run_status(target_statuses: Sequence[str]) -> str:
     statuses = set(target_statuses)
     if statuses <= {"succeeded", "up_to_date"}:
         return "succeeded"
-    if "interrupted" in statuses or "pending" in statuses or "running" in statuses or "rolling_back" in statuses:
+    if statuses & {"interrupted", "pending", "running", "rolling_back", "unreachable"}:
         return "interrupted"
-    if statuses & {"rollback_failed", "failed"}:
+    if statuses & {"rollback_failed", "failed", "inconsistent"}:
         return "failed"
+    if "locked" in statuses:
+        return "refused"
     if "aborted" in statuses:
         return "aborted"
     return "rolled_back"
@@ -123,6 +128,31 @@ def _remove_leftovers(env: RunEnv, plan: Plan) -> None:
                                                f"controller", containers=removed)
 
 
+def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str) -> str | None:
+    """Take the target's lock before touching it. None when held; else the target's status: ``locked``
+    (another run holds it; the target is left untouched) or ``unreachable`` (resume tries again)."""
+    try:
+        session = executor.session(name)
+    except (TransportError, RefusedError) as exc:
+        status, why = "unreachable", f"cannot reach {name} to lock it: {exc}"
+    else:
+        previous, refused = locks.acquire(name, session, str(env.config["targets"][name]["root"]))
+        if refused is None:
+            if previous is not None and previous.run_id != env.state.run_id:
+                env.emit("target.lock_broken", target=name, message=f"--break-lock: took the lock of "
+                                                                    f"{previous.describe()}",
+                         owner=dataclasses.asdict(previous))
+            return None
+        status, why = ("unreachable" if refused.startswith("cannot reach") else "locked"), refused
+    with env.state.mutate() as body:
+        record = body["targets"][name]
+        if record["status"] in ("pending", "locked", "unreachable"):
+            record["status"] = status
+        record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "target not touched"})
+    env.emit(f"target.{status}", target=name, message=why)
+    return status
+
+
 @contextlib.contextmanager
 def _signals_stop(env: RunEnv, executor: Executor) -> Iterator[None]:
     """Ctrl-C and SIGTERM stop the current steps safely; the state stays resumable."""
@@ -153,7 +183,7 @@ def _debug_log(run_dir: Path) -> logging.Handler:
 
 
 def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[Subscriber] = (),
-          after: Callable[[RunState, str], None] | None = None) -> RunSummary:
+          after: Callable[[RunState, str], None] | None = None, break_lock: bool = False) -> RunSummary:
     """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run."""
     lock = RunLock(state.run_dir)
     lock.acquire()
@@ -175,6 +205,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
     env = RunEnv(state=state, plan=plan, config=body["config"], package=package, bus=bus, decide=decide,
                  logger=logger)
     executor = Executor(env)
+    locks = TargetLocks(run_id=state.run_id, config=env.config, break_lock=break_lock)
+    env.lock_lost = locks.lost
     try:
         if state.recovered_from:
             env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
@@ -192,12 +224,18 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         forks = int(env.config["run"]["forks"])
 
         def one(name: str) -> str:
-            if mode == "rollback":
-                with state.mutate() as b:
-                    if b["targets"][name]["status"] in ("rolled_back", "up_to_date"):
-                        return str(b["targets"][name]["status"])
-                return RollbackFlow(env, executor, name).run()
-            return TargetFlow(env, executor, name).run()
+            with state.reading() as b:
+                status = str(b["targets"][name]["status"])
+            if status in WHOLE and (mode != "rollback" or status != "succeeded"):
+                return status
+            refused = _lock_target(env, executor, locks, name)
+            if refused is not None:
+                return refused
+            result = RollbackFlow(env, executor, name).run() if mode == "rollback" else \
+                TargetFlow(env, executor, name).run()
+            if result in WHOLE:
+                locks.release(name)
+            return result
 
         with _signals_stop(env, executor), ThreadPoolExecutor(max_workers=forks, thread_name_prefix="target") as pool:
             results = dict(zip(sorted(body["targets"]), pool.map(one, sorted(body["targets"])), strict=True))
@@ -212,6 +250,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
             after(state, status)
         return RunSummary(state.run_id, status, state.run_dir, targets)
     finally:
+        locks.close()
         executor.close()
         _remove_leftovers(env, plan)
         journal.close()

@@ -209,6 +209,11 @@ class TargetFlow:
         for step in self.env.plan.stage_steps(stage):
             if self.env.stop.is_set():
                 return "interrupted"
+            lost = self.env.lock_lost(self.name)
+            if lost:
+                # Another run broke our lock: two runs must never drive one target, so this one stops here.
+                self._emit("target.lock_lost", stage=stage, message=lost)
+                return "interrupted"
             # Read each time: a failure earlier in this very stage may have skipped the plugin.
             skipped = self.record.get("skipped_plugins") or {}
             entry = self.record.step(step)
