@@ -75,7 +75,9 @@ ROLLBACK_POINTS = [
     "rollback.plugin_returned:upgrade/dr-database",
     "rollback.stage_returned:upgrade",
     "rollback.stage_returned:transfer",
-    "rollback.verifying",
+    "rollback.verifying:upgrade",
+    "rollback.verifying:precheck",
+    "rollback.concluding",
 ]
 
 #: A non-retryable step failing once, the operator says retry: cleanup, then the stage restarts.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -225,8 +226,8 @@ def test_checkpointed_state_survives_a_worker_killed_mid_step(world) -> None:  #
     assert state.get("targets")["t"]["plugin_state"]["rec"]["backup"] == "/b/1"
 
 
-def test_drhost_rollback_retries_a_failed_rollback(world) -> None:  # type: ignore[no-untyped-def]
-    """A compensation that failed is run again by a later rollback; what succeeded is not repeated."""
+def test_a_rollback_failing_once_is_recovered_in_the_same_run(world) -> None:  # type: ignore[no-untyped-def]
+    """A compensation that fails once is run again by recovery: the target ends rolled back, verified."""
     flaky = RECORDER.replace('''cleanup=step("b.cleanup"), rollback=step("b.rollback")''',
                              '''cleanup=step("b.cleanup"), rollback=flaky_rollback''') + '''
 def flaky_rollback(ctx):
@@ -239,13 +240,48 @@ def flaky_rollback(ctx):
 '''
     source = "NAME = 'rec'\nCLASS = 'core'\n" + flaky
     summary, log, state = world(source=source, overrides=("plugin.rec.fault=c:fail",))
-    assert summary.status == "failed" and summary.exit_code == 4
-    assert state.get("targets")["t"]["status"] == "rollback_failed"
-    assert "b.rollback" not in log and "a.rollback" in log
+    assert summary.status == "rolled_back" and summary.exit_code == 3
+    assert state.get("targets")["t"]["status"] == "rolled_back"
+    assert log.count("b.rollback") == 1
+    events = [json.loads(line) for line in (state.run_dir / "events.jsonl").read_text().splitlines()]
+    (recovery,) = [e for e in events if e["event"] == "rollback.recovery"]
+    assert "disk full while restoring" in " ".join(recovery["data"]["errors"])
+
+
+def test_a_rollback_failing_twice_leaves_an_inconsistent_target_with_a_procedure(world) -> None:  # type: ignore[no-untyped-def]
+    """Recovery fails too: the target is marked inconsistent, evidence kept, a manual procedure given; once the
+    cause is gone, drhost rollback finishes it."""
+    broken = RECORDER.replace('''cleanup=step("b.cleanup"), rollback=step("b.rollback")''',
+                              '''cleanup=step("b.cleanup"), rollback=stuck_rollback''') + '''
+def stuck_rollback(ctx):
+    if ctx.exists(os.path.join(ctx.target.install_root, "disk-full")):
+        raise RuntimeError("disk full while restoring")
+    note(ctx, "b.rollback")
+'''
+    source = "NAME = 'rec'\nCLASS = 'core'\n" + broken
+    root = None
+
+    def fill_disk(state: RunState) -> None:
+        nonlocal root
+        root = Path(state.get("config")["targets"]["t"]["root"])
+        (root / "disk-full").write_text("")
+        drive(state, mode="upgrade", decide=lambda *a: "rollback")
+
+    summary, _log, state = world(source=source, overrides=("plugin.rec.fault=c:fail",), before=fill_disk)
+    record = state.get("targets")["t"]
+    assert record["status"] == "inconsistent" and summary.status == "failed" and summary.exit_code == 4
+    assert record["phase"] == "rollback"
+    procedure = record["manual_procedure"]
+    assert procedure[0].startswith("1. make sure nothing drives t")
+    assert any("disk full while restoring" in line for line in procedure)
+    assert procedure[-1].endswith("(it retries only what failed and verifies again)")
+    evidence = Path(record["evidence"])
+    assert evidence.stat().st_mode & 0o777 == 0o600
+    assert json.loads(evidence.read_text())["procedure"] == procedure
+    assert root is not None
+    (root / "disk-full").unlink()
     again = drive(state, mode="rollback", decide=lambda *a: "rollback")
-    log = (Path(state.get("config")["targets"]["t"]["root"]) / "log").read_text().split()
-    assert again.status == "rolled_back"
-    assert log.count("b.rollback") == 1 and log.count("a.rollback") == 1
+    assert again.status == "rolled_back" and state.get("targets")["t"]["status"] == "rolled_back"
 
 
 def test_resume_after_abort_cleans_up_the_failed_non_retryable_step(world) -> None:  # type: ignore[no-untyped-def]

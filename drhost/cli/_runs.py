@@ -172,7 +172,9 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
     remaining = [s.key for s in plan.steps if s.key not in done]
     status = record["status"]
     consistent = {"succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
-                  "rollback_failed": "NO: rollback failed, see errors", "pending": "yes: untouched"}.get(
+                  "inconsistent": "NO: neither version; follow the manual procedure",
+                  "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
+                  "unreachable": "unknown: unreachable; resume when it is back"}.get(
         status, "unknown until the run is resumed or rolled back")
     return {
         "target": name, "status": status, "phase": record.get("phase"), "stage": record.get("stage"),
@@ -180,8 +182,23 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
         "remaining": remaining, "consistent": consistent, "version_before": record.get("version_before"),
         "version": record.get("version"), "errors": record.get("errors", []),
         "skipped_plugins": record.get("skipped_plugins", {}), "rollback": record.get("rollback", {}),
-        "plugins": record.get("plugins", {}),
+        "plugins": record.get("plugins", {}), "manual_procedure": record.get("manual_procedure"),
+        "evidence": record.get("evidence"), "next": target_next(name, status, record),
     }
+
+
+def target_next(name: str, status: str, record: dict[str, Any]) -> str:
+    """What the operator does next for this target, as one line."""
+    return {
+        "succeeded": "nothing: at the new version",
+        "up_to_date": "nothing: was already at the package's version",
+        "rolled_back": "nothing: back at the old version, verified",
+        "inconsistent": "follow the manual procedure below, then: drhost rollback RUN",
+        "locked": "another run holds its lock: wait for it (see the error), or --break-lock if it is dead",
+        "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
+        "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
+        "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
+    }.get(status, "drhost resume RUN (if no drhost is running it)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -206,10 +223,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for t in targets:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
+        print(f"      next: {t['next'].replace('RUN', body['run_id'])}")
         for plugin, ending in sorted(t["plugins"].items()):
             if ending.get("ended") != "ok":
                 extra = ", ".join(f"{k} {ending[k]}" for k in ("limit", "signal") if ending.get(k))
                 print(f"      plugin {plugin}: {ending['ended']}" + (f" ({extra})" if extra else ""))
+        for line in t.get("manual_procedure") or []:
+            print(f"      {line}")
+        if t.get("evidence"):
+            print(f"      evidence: {t['evidence']}")
         for error in t["errors"][-3:]:
             print(f"      error: [{error.get('stage')}] {error.get('step') or ''} {error.get('plugin')}: "
                   f"{error.get('message')} ({error.get('action')})")

@@ -7,6 +7,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import stage_policy
+from ..watchdog._collect import save_context
 from ._env import Executor, RunEnv
 from ._records import TOUCHED, TargetRecord
 
@@ -75,28 +76,78 @@ class RollbackFlow:
                 return "interrupted"
             if self.record.get("rollback", "stages", stage.value) in ("done", "failed"):
                 continue
-            errors = self._roll_back_stage(stage)
+            errors, problems = self._stage_with_recovery(stage)
             failpoint(f"rollback.stage_returned:{stage.value}")
             with self.env.state.mutate() as body:
                 rollback = body["targets"][self.name]["rollback"]
-                rollback["stages"][stage.value] = "failed" if errors else "done"
+                rollback["stages"][stage.value] = "failed" if errors or problems else "done"
                 rollback["errors"].extend(errors)
-            self._emit("rollback.stage", stage=stage, status="failed" if errors else "done", errors=errors,
-                       rule=stage_policy(self.env.config, stage).rollback_rule)
-        failpoint("rollback.verifying")
-        problems = self._verify(stages)
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["rollback"]["problems"] = problems
+                rollback["problems"].extend(problems)
+            self._emit("rollback.stage", stage=stage, status="failed" if errors or problems else "done",
+                       errors=errors, problems=problems, rule=stage_policy(self.env.config, stage).rollback_rule)
+        failpoint("rollback.concluding")
         errors = self.record.get("rollback", "errors") or []
+        problems = self.record.get("rollback", "problems") or []
         if errors or problems:
-            self.record.set(status="rollback_failed", phase="done")
-            self._emit("rollback.failed", errors=errors, problems=problems,
-                       message="rollback did not restore the target; see errors and problems")
-            return "rollback_failed"
+            return self._inconsistent(stages, errors, problems)
         self.record.set(status="rolled_back", phase="done")
         self._emit("rollback.verified", message="target restored and verified")
         return "rolled_back"
 
+    def _stage_with_recovery(self, stage: Stage) -> tuple[list[str], list[str]]:
+        """Roll ``stage`` back and verify it; when either fails, run the stage's rollback once more."""
+        errors = self._roll_back_stage(stage)
+        problems = self._verify_stage(stage)
+        if not errors and not problems:
+            return [], []
+        # Recovery: compensations promise to tolerate a second run; a transient failure (a busy file, a
+        # slow service) or a half-done compensation gets one more complete pass, verified again.
+        self._emit("rollback.recovery", stage=stage, errors=errors, problems=problems,
+                   message="rollback of the stage failed or did not verify; running it once more")
+        with self.env.state.mutate() as body:
+            done = body["targets"][self.name]["rollback"]["steps"]
+            for key in [k for k in done if k.startswith(f"{stage.value}/")]:
+                del done[key]
+        errors = self._roll_back_stage(stage)
+        return errors, self._verify_stage(stage)
+
+    def _inconsistent(self, stages: list[Stage], errors: list[str], problems: list[str]) -> str:
+        """Recovery failed: keep the evidence, say exactly what to do by hand, mark the target."""
+        failed = [s for s in stages if self.record.get("rollback", "stages", s.value) == "failed"]
+        procedure = self._manual_procedure(failed, errors, problems)
+        evidence_dir = self.env.state.run_dir / "inconsistent"
+        evidence = save_context(evidence_dir, self.name, {
+            "target": self.name, "run_id": self.env.state.run_id, "failed_stages": [s.value for s in failed],
+            "errors": errors, "problems": problems, "procedure": procedure,
+            "record": self.env.state.snapshot()["targets"][self.name]})
+        # The phase stays "rollback": resume and `drhost rollback` continue the rollback, never the upgrade.
+        self.record.set(status="inconsistent", phase="rollback", manual_procedure=procedure,
+                        evidence=str(evidence))
+        self._emit("target.inconsistent", errors=errors, problems=problems, procedure=procedure,
+                   evidence=str(evidence),
+                   message="rollback failed twice; the target is neither version: follow the manual procedure")
+        return "inconsistent"
+
+    def _manual_procedure(self, failed: list[Stage], errors: list[str], problems: list[str]) -> list[str]:
+        run_id = self.env.state.run_id
+        lines = [f"1. make sure nothing drives {self.name}: drhost status {run_id} (no drhost process on it)"]
+        number = 2
+        for stage in failed:
+            rule = stage_policy(self.env.config, stage).rollback_rule
+            lines.append(f"{number}. [{stage.value}] {rule} — what failed:")
+            lines.extend(f"     {item}" for item in (*errors, *problems) if item.startswith(f"[{stage.value}]"))
+            for plugin in self.env.plan.plugins_with("drhost_manual_rollback_steps"):
+                outcome = self.executor.call(self.name, plugin.name, "manual_rollback_steps", stage=stage,
+                                             timeout_s=_HOOK_TIMEOUT_S)
+                steps = list(outcome.result or []) if outcome.ok else [
+                    f"(could not ask {plugin.name} for its steps: {outcome.message})"]
+                if steps:
+                    lines.append(f"   {plugin.name}:")
+                    lines.extend(f"     - {item}" for item in steps)
+            number += 1
+        lines.append(f"{number}. then let drhost check and finish: drhost rollback {run_id} (it retries only what "
+                     f"failed and verifies again)")
+        return lines
     def _roll_back_stage(self, stage: Stage) -> list[str]:
         steps = self.record.get("steps") or {}
         done = self.record.get("rollback", "steps") or {}
@@ -139,14 +190,14 @@ class RollbackFlow:
         with self.env.state.mutate() as body:
             body["targets"][self.name]["rollback"]["steps"][key] = "done" if ok else "failed"
 
-    def _verify(self, stages: list[Stage]) -> list[str]:
+    def _verify_stage(self, stage: Stage) -> list[str]:
+        failpoint(f"rollback.verifying:{stage.value}")
         problems: list[str] = []
-        for stage in stages:
-            for plugin in self.env.plan.plugins_with("drhost_verify"):
-                outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage,
-                                             phase=VerifyPhase.ROLLED_BACK, timeout_s=_HOOK_TIMEOUT_S)
-                if not outcome.ok:
-                    problems.append(f"[{stage.value}] {plugin.name}: verification did not run: {outcome.message}")
-                else:
-                    problems.extend(f"[{stage.value}] {plugin.name}: {p}" for p in (outcome.result or []))
+        for plugin in self.env.plan.plugins_with("drhost_verify"):
+            outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage,
+                                         phase=VerifyPhase.ROLLED_BACK, timeout_s=_HOOK_TIMEOUT_S)
+            if not outcome.ok:
+                problems.append(f"[{stage.value}] {plugin.name}: verification did not run: {outcome.message}")
+            else:
+                problems.extend(f"[{stage.value}] {plugin.name}: {p}" for p in (outcome.result or []))
         return problems

@@ -243,8 +243,9 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         with state.mutate() as b:
             b["status"] = status
             b["finished"] = time.time()
-            targets = {n: {"status": t["status"], "version": t.get("version") or t.get("version_before")}
-                       for n, t in b["targets"].items()}
+            # An inconsistent target is at neither version: claiming the one it started from would mislead.
+            targets = {n: {"status": t["status"], "version": None if t["status"] == "inconsistent"
+                           else t.get("version") or t.get("version_before")} for n, t in b["targets"].items()}
         env.emit("run.finished", status=status, targets=targets)
         if after is not None:
             after(state, status)

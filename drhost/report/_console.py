@@ -24,12 +24,15 @@ _PLAIN = {
     "stage.cleanup_finished", "stage.verify_failed", "step.started", "step.completed", "step.failed",
     "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "decision",
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
+    "rollback.recovery", "target.inconsistent", "target.locked", "target.unreachable", "target.lock_broken",
+    "target.lock_lost", "stage.restart_resumed",
     *WATCHDOG_EVENTS,
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
-            "stage.cleanup_started", "stage.cleanup_finished", *WATCHDOG_EVENTS}
+            "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
+            "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", *WATCHDOG_EVENTS}
 
 
 def _identity(message: str) -> str:
@@ -69,6 +72,12 @@ def describe(event: Event, t: Translate = _identity) -> str:
         text = f"{where}{who}: {event.message}"
     elif name == "stage.failed":
         text = f"[{event.stage}] failed: {event.message}"
+    elif name == "target.inconsistent":
+        text = "\n".join([f"INCONSISTENT: {event.message}", *d.get("procedure", []),
+                          f"evidence: {d.get('evidence')}"])
+    elif name == "rollback.recovery":
+        found = "; ".join([*d.get("errors", []), *d.get("problems", [])])
+        text = f"[{event.stage}] recovery: {event.message} ({found})"
     elif name == "decision":
         text = f"{where} decision: {d.get('decision')} — {event.message}"
     elif name == "rollback.stage":

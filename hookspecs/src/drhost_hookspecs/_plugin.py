@@ -27,6 +27,7 @@ OPERATIONS = (
     "verify",
     "collect_context",
     "installed_version",
+    "manual_rollback_steps",
 )
 
 
@@ -192,6 +193,11 @@ class LoadedPlugin:
             for found in self._pm.hook.drhost_collect_context(ctx=ctx):
                 merged.update(found or {})
             return merged
+        if op == "manual_rollback_steps":
+            steps: list[str] = []
+            for found in self._pm.hook.drhost_manual_rollback_steps(stage=stage, ctx=ctx):
+                steps.extend(str(item) for item in (found or []))
+            return steps
         if op == "installed_version":
             version = self._pm.hook.drhost_installed_version(ctx=ctx)
             return None if version is None else str(version)

@@ -97,6 +97,20 @@ def drhost_verify(stage: Stage, phase: VerifyPhase, ctx: Context) -> list[str] |
 
 
 @hookspec
+def drhost_manual_rollback_steps(stage: Stage, ctx: Context) -> list[str] | None:
+    """Return what an operator does by hand to finish undoing this plugin's part of ``stage``.
+
+    Called only when drhost's own rollback of ``stage`` failed twice (the compensation
+    or its verification) and the target is marked ``inconsistent``. One item per
+    instruction, with the real paths and commands of this target (from ``ctx.target``
+    and ``ctx.state``), for example ``"restore the catalog: /opt/drproduct/current/bin/
+    drproduct-db --root /opt/drproduct restore --from /opt/drproduct/backup/RUN/catalog.db"``.
+    Read-only: change nothing here. The items are printed, saved with the evidence
+    and shown by ``drhost status``.
+    """
+
+
+@hookspec
 def drhost_collect_context(ctx: Context) -> dict[str, Any] | None:
     """Return extra diagnostics (JSON-safe) when a step times out on this target.
 

@@ -8,6 +8,7 @@ and verifies that every row survived.
 from __future__ import annotations
 
 import posixpath
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -104,3 +105,24 @@ def drhost_collect_context(ctx: Context) -> dict[str, Any]:
         except Exception as exc:  # diagnostics must not fail: report what went wrong instead
             found[key] = f"unavailable: {exc}"
     return found
+
+
+@hookimpl
+def drhost_manual_rollback_steps(stage: Stage, ctx: Context) -> list[str]:
+    """By hand: the catalog restored from the run's backup (or a copy the operator trusts), then checked."""
+    if stage is not Stage.UPGRADE:
+        return []
+    tool = " ".join(shlex.quote(part) for part in t.db_tool(ctx))
+    backup = ctx.state.get(t.DB_BACKUP)
+    source = str(backup.get("path")) if isinstance(backup, dict) else t.backup_file(ctx)
+    digest = backup.get("sha256") if isinstance(backup, dict) else None
+    steps = ["stop the service first (see dr-core's steps); the catalog must not be in use"]
+    if digest:
+        steps.append(f"check the backup: sha256sum {shlex.quote(source)}  (expect {digest})")
+    steps += [
+        f"restore the catalog: {tool} restore --from {shlex.quote(source)}  (if that file is gone, use the "
+        f"newest catalog backup you trust)",
+        f"check: {tool} version  (expect schema {ctx.state.get(t.OLD_SCHEMA, 'of the old release')}) and "
+        f"{tool} count",
+    ]
+    return steps

@@ -7,6 +7,7 @@ licence and service registration; and puts the old release back on rollback.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -160,3 +161,26 @@ def drhost_collect_context(ctx: Context) -> dict[str, Any]:
     except Exception as exc:  # diagnostics must not fail: say what could not be read instead
         found["error"] = f"{type(exc).__name__}: {exc}"
     return found
+
+
+@hookimpl
+def drhost_manual_rollback_steps(stage: Stage, ctx: Context) -> list[str]:
+    """By hand: the old release current, registered and running; the run's backup archive for etc/."""
+    if stage is Stage.TRANSFER:
+        return [f"remove the staged package: rm -rf {shlex.quote(_target.staging_dir(ctx))}"]
+    if stage is not Stage.UPGRADE:
+        return []
+    root = _target.root(ctx)
+    old = _target.old_version(ctx) or "OLD_VERSION"
+    ctl = " ".join(shlex.quote(part) for part in _target.tool(ctx, "drproductctl", old))
+    backup = ctx.state.get(_target.PROGRAM_BACKUP)
+    archive = str(backup.get("path")) if isinstance(backup, dict) else f"{_target.backup_dir(ctx)}/<program archive>"
+    return [
+        f"stop whatever release runs: {' '.join(shlex.quote(p) for p in _target.tool(ctx, 'drproductctl'))} stop",
+        f"put back etc/ from the run's backup if it changed: tar -xzf {shlex.quote(archive)} -C {shlex.quote(root)} "
+        f"etc",
+        f"make {old} current: ln -sfn releases/{old} {shlex.quote(root)}/current.tmp && mv -T "
+        f"{shlex.quote(root)}/current.tmp {shlex.quote(root)}/current",
+        f"register and start it: {ctl} register && {ctl} start",
+        f"check: {ctl} health  (expect status ok, version {old})",
+    ]
