@@ -315,5 +315,13 @@ class Executor:
         return dataclasses.replace(outcome, ended="timeout", message=message, detail=detail,
                                    retryable=outcome.retryable)
 
+    def unreachable(self, target: str) -> str | None:
+        """Why ``target`` cannot be reached right now (a trivial command through its session), or None."""
+        try:
+            self.session(target).run(["true"], timeout=15)
+        except (TransportError, RefusedError) as exc:
+            return str(exc)
+        return None
+
     def plugin_class(self, plugin_name: str) -> PluginClass:
         return self.env.plan.plugin(plugin_name).plugin_class

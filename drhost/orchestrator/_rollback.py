@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from drhost_hookspecs import Stage, VerifyPhase
 
 from ..failpoints import failpoint
@@ -76,7 +78,13 @@ class RollbackFlow:
                 return "interrupted"
             if self.record.get("rollback", "stages", stage.value) in ("done", "failed"):
                 continue
+            if not self._wait_until_reachable():
+                return self._queued()
             errors, problems = self._stage_with_recovery(stage)
+            if (errors or problems) and self.executor.unreachable(self.name) is not None:
+                # The link failed, not the rollback: forget this pass and queue the target until it is back.
+                self._forget_stage_marks(stage)
+                return self._queued()
             failpoint(f"rollback.stage_returned:{stage.value}")
             with self.env.state.mutate() as body:
                 rollback = body["targets"][self.name]["rollback"]
@@ -100,16 +108,50 @@ class RollbackFlow:
         problems = self._verify_stage(stage)
         if not errors and not problems:
             return [], []
+        if not self._wait_until_reachable():
+            return errors, problems
         # Recovery: compensations promise to tolerate a second run; a transient failure (a busy file, a
         # slow service) or a half-done compensation gets one more complete pass, verified again.
         self._emit("rollback.recovery", stage=stage, errors=errors, problems=problems,
                    message="rollback of the stage failed or did not verify; running it once more")
+        self._forget_stage_marks(stage)
+        errors = self._roll_back_stage(stage)
+        return errors, self._verify_stage(stage)
+
+    def _forget_stage_marks(self, stage: Stage) -> None:
         with self.env.state.mutate() as body:
             done = body["targets"][self.name]["rollback"]["steps"]
             for key in [k for k in done if k.startswith(f"{stage.value}/")]:
                 del done[key]
-        errors = self._roll_back_stage(stage)
-        return errors, self._verify_stage(stage)
+
+    def _wait_until_reachable(self) -> bool:
+        """True once the target answers; an unreachable one is waited for, with backoff, for
+        ``run.unreachable_wait_s`` — it needs this rollback more than any other."""
+        reason = self.executor.unreachable(self.name)
+        if reason is None:
+            return True
+        budget = float(self.env.config["run"]["unreachable_wait_s"])
+        self._emit("target.unreachable", message=f"rollback waits for the target to come back (up to "
+                                                 f"{budget:g} s): {reason}")
+        deadline = time.monotonic() + budget
+        delay = 1.0
+        while time.monotonic() < deadline:
+            if self.env.stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
+                return False
+            delay = min(delay * 2, 30.0)
+            reason = self.executor.unreachable(self.name)
+            if reason is None:
+                self._emit("target.reachable", message="the target answers again; the rollback continues")
+                return True
+        return False
+
+    def _queued(self) -> str:
+        """Still unreachable: the rollback stays queued; resume or `drhost rollback RUN` takes it up."""
+        self.record.set(status="unreachable", phase="rollback")
+        self._emit("target.rollback_queued",
+                   message=f"unreachable: rollback queued; when the target is back run drhost rollback "
+                           f"{self.env.state.run_id}")
+        return "unreachable"
 
     def _inconsistent(self, stages: list[Stage], errors: list[str], problems: list[str]) -> str:
         """Recovery failed: keep the evidence, say exactly what to do by hand, mark the target."""

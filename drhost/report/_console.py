@@ -25,14 +25,15 @@ _PLAIN = {
     "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "decision",
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
     "rollback.recovery", "target.inconsistent", "target.locked", "target.unreachable", "target.lock_broken",
-    "target.lock_lost", "stage.restart_resumed",
+    "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
     *WATCHDOG_EVENTS,
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
             "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
-            "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", *WATCHDOG_EVENTS}
+            "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", "target.reachable",
+            "target.rollback_queued", *WATCHDOG_EVENTS}
 
 
 def _identity(message: str) -> str:
