@@ -156,37 +156,25 @@ def _spec_name(point: str) -> str:
     return point.split("+", 1)[0]
 
 
-@pytest.mark.parametrize("point", UPGRADE_POINTS)
-def test_upgrade_killed_anywhere_resumes_to_a_whole_new_version(
-        drhost: Drhost, state_dir: Path, point: str, reached: dict[str, set[str]],
-        fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
-    """SIGKILL of the controller at this point, then resume: the target is whole at 2.0.0."""
-    assert _spec_name(point) in reached["upgrade"], f"{point} is never reached by a clean upgrade"
-    run_dir, status = crash_and_resume(drhost, state_dir, point, ())
-    assert status == "succeeded"
-    check_whole(state_dir, run_dir, fresh_seed_jobs, "2.0.0")
+#: (point, what the run does, its drill's name, the run's status after resume, the version the target is at).
+CASES = [
+    *((point, (), "upgrade", "succeeded", "2.0.0") for point in UPGRADE_POINTS),
+    *((point, ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0") for point in ROLLBACK_POINTS),
+    *((point, CLEANUP_FAULT, "cleanup", "succeeded", "2.0.0") for point in CLEANUP_POINTS),
+]
 
 
-@pytest.mark.parametrize("point", ROLLBACK_POINTS)
-def test_rollback_killed_anywhere_resumes_to_a_whole_old_version(
-        drhost: Drhost, state_dir: Path, point: str, reached: dict[str, set[str]],
-        fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
-    """SIGKILL in the middle of a rollback, then resume: the rollback completes and the target is whole at 1.0.0."""
-    assert _spec_name(point) in reached["rollback"], f"{point} is never reached by the rollback drill"
-    run_dir, status = crash_and_resume(drhost, state_dir, point, ROLLBACK_FAULT)
-    assert status == "rolled_back"
-    check_whole(state_dir, run_dir, fresh_seed_jobs, "1.0.0")
-
-
-@pytest.mark.parametrize("point", CLEANUP_POINTS)
-def test_cleanup_killed_anywhere_resumes_to_a_whole_new_version(
-        drhost: Drhost, state_dir: Path, point: str, reached: dict[str, set[str]],
-        fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
-    """SIGKILL during the cleanup before a stage restart, then resume: cleanup finishes, the upgrade completes."""
-    assert _spec_name(point) in reached["cleanup"], f"{point} is never reached by the cleanup drill"
-    run_dir, status = crash_and_resume(drhost, state_dir, point, CLEANUP_FAULT)
-    assert status == "succeeded"
-    check_whole(state_dir, run_dir, fresh_seed_jobs, "2.0.0")
+@pytest.mark.parametrize(("point", "extra", "drill", "status", "version"), CASES,
+                         ids=[f"{case[2]}:{case[0]}" for case in CASES])
+def test_controller_killed_anywhere_resumes_to_a_whole_target(
+        drhost: Drhost, state_dir: Path, point: str, extra: tuple[str, ...], drill: str, status: str, version: str,
+        reached: dict[str, set[str]], fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
+    """SIGKILL of the controller at this point of an upgrade, a rollback or a cleanup, then resume: the run
+    ends as that drill does and the target is whole at the version it should be, read from the target."""
+    assert _spec_name(point) in reached[drill], f"{point} is never reached by the {drill} drill"
+    run_dir, ended = crash_and_resume(drhost, state_dir, point, extra)
+    assert ended == status
+    check_whole(state_dir, run_dir, fresh_seed_jobs, version)
 
 
 def test_matrix_has_at_least_fifty_distinct_points() -> None:
