@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
@@ -53,11 +54,13 @@ class RunEnv:
                             step=step, plugin=plugin, message=message, data=data))
 
 
-def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str) -> TargetSession:
+def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
+                 run_dir: Path | None = None) -> TargetSession:
     transport = target["transport"]
     grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
-        return LocalSession(name, kill_grace_s=grace)
+        return LocalSession(name, kill_grace_s=grace,
+                            command_log=None if run_dir is None else run_dir / "commands" / f"{name}.pids")
     if transport == "ssh":
         ssh = SshTarget(
             name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
@@ -110,7 +113,8 @@ class Executor:
         with self._lock:
             if target not in self._sessions:
                 spec = self.env.config["targets"][target]
-                self._sessions[target] = open_session(target, spec, self.env.config, self.env.state.run_id)
+                self._sessions[target] = open_session(target, spec, self.env.config, self.env.state.run_id,
+                                                      self.env.state.run_dir)
             return self._sessions[target]
 
     def _runner(self, plugin: PluginEntry, target: str) -> Runner:

@@ -128,6 +128,20 @@ def _remove_leftovers(env: RunEnv, plan: Plan) -> None:
                                                f"controller", containers=removed)
 
 
+def _stop_leftovers(env: RunEnv, executor: Executor, name: str) -> None:
+    """A killed controller's commands may still run on the target: stop them before the resumed step."""
+    try:
+        stopped = executor.session(name).stop_leftover_commands()
+    except (TransportError, RefusedError) as exc:
+        env.emit("target.leftovers_unknown", target=name,
+                 message=f"could not look for commands left running by an earlier controller: {exc}")
+        return
+    if stopped:
+        env.emit("target.leftovers_stopped", target=name, stopped=stopped,
+                 message=f"stopped {len(stopped)} command(s) an earlier controller of this run left running: "
+                         + ", ".join(stopped))
+
+
 def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str) -> str | None:
     """Take the target's lock before touching it. None when held; else the target's status: ``locked``
     (another run holds it; the target is left untouched) or ``unreachable`` (resume tries again)."""
@@ -231,6 +245,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
             refused = _lock_target(env, executor, locks, name)
             if refused is not None:
                 return refused
+            if mode != "upgrade":
+                _stop_leftovers(env, executor, name)
             result = RollbackFlow(env, executor, name).run() if mode == "rollback" else \
                 TargetFlow(env, executor, name).run()
             if result in WHOLE:

@@ -66,6 +66,11 @@ class TargetSession(abc.ABC):
     @abc.abstractmethod
     def remove(self, path: str, recursive: bool = False) -> None: ...
 
+    def stop_leftover_commands(self) -> list[str]:
+        """Stop commands an earlier controller of this run started and left running (it was killed);
+        return what was stopped. Called by a resume before it touches the target."""
+        return []
+
     def latency_ms(self) -> float | None:
         """Round-trip time to the target in ms, for a network timeout's diagnosis; None if not measurable."""
         return None

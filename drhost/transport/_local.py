@@ -38,6 +38,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     """TERM the group, wait ``grace_s``, then KILL it; returns once no member is left alive."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -65,10 +76,15 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 class LocalSession(TargetSession):
     """Commands run as child processes in their own process group; files are plain files."""
 
-    def __init__(self, name: str, *, path_env: str | None = None, kill_grace_s: float = 3.0) -> None:
+    def __init__(self, name: str, *, path_env: str | None = None, kill_grace_s: float = 3.0,
+                 command_log: Path | None = None) -> None:
         self.name = name
         self._path_env = path_env or os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         self._grace = kill_grace_s
+        #: Every command's process group leader as "pid starttime": what a later controller of the run stops
+        #: if this one is killed while commands run (the start time tells a reused pid from ours).
+        self._command_log = command_log
+        self._log_lock = threading.Lock()
 
     def run(
         self,
@@ -93,6 +109,7 @@ class LocalSession(TargetSession):
             )
         except OSError as exc:
             raise TransportError(f"cannot start {argv[0]!r}: {exc.strerror}", category="file") from None
+        self._log_command(proc.pid, argv[0])
         outputs: dict[str, bytes] = {}
 
         def communicate() -> None:
@@ -120,6 +137,44 @@ class LocalSession(TargetSession):
     def latency_ms(self) -> float | None:
         # The target is this machine: no network between controller and target.
         return 0.0
+
+    def _log_command(self, pid: int, name: str) -> None:
+        if self._command_log is None:
+            return
+        started = _start_time(pid)
+        if started is None:
+            return  # already gone
+        with self._log_lock:
+            self._command_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self._command_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, f"{pid} {started} {os.path.basename(name)}\n".encode())
+            finally:
+                os.close(fd)
+
+    def stop_leftover_commands(self) -> list[str]:
+        if self._command_log is None or not self._command_log.exists():
+            return []
+        stopped = []
+        for line in self._command_log.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+                continue
+            pid, started = int(parts[0]), int(parts[1])
+            if _start_time(pid) != started or not group_members(pid):
+                continue
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, sig)
+                deadline = time.monotonic() + (self._grace if sig == signal.SIGTERM else 10)
+                while group_members(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if not group_members(pid):
+                    break
+            stopped.append(f"{' '.join(parts[2:]) or 'command'} (process group {pid})")
+        with self._log_lock:
+            self._command_log.unlink(missing_ok=True)
+        return stopped
 
     def put(self, local_path: str, remote_path: str, progress: ProgressCallback | None = None) -> None:
         target = Path(remote_path)

@@ -311,6 +311,23 @@ class SshSession(TargetSession):
             duration_s=time.monotonic() - started,
         )
 
+    def stop_leftover_commands(self) -> list[str]:
+        # Jobs of this run still running on the target were started by a controller that is gone: this one
+        # never waits for them, so they are stopped (TERM, grace, KILL, confirmed) before anything else.
+        _, out, _ = self._retrying(
+            lambda: self._exec(jobs.shell_command(f"ls -1 -- {shlex.quote(self.job_dir)} 2>/dev/null"), None, 30),
+            "list of jobs")
+        stopped = []
+        for job_id in out.decode("utf-8", "replace").split():
+            status = self._retrying(lambda j=job_id: jobs.poll(self._exec, self.job_dir, j),  # type: ignore[misc]
+                                    f"poll of job {job_id}")
+            if status.state != "running":
+                continue
+            result = self._retrying(lambda j=job_id: jobs.stop_job(self._exec, self.job_dir, j, self._grace),  # type: ignore[misc]
+                                    f"stop of job {job_id}")
+            stopped.append(f"job {job_id} ({result.how})")
+        return stopped
+
     def _stop(self, job_id: str, argv: Sequence[str]) -> None:
         result = self._retrying(lambda: jobs.stop_job(self._exec, self.job_dir, job_id, self._grace),
                                 f"stop of {argv[0]}")
