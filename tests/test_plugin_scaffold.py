@@ -226,3 +226,23 @@ def test_plugin_info_reports_the_class(installed_infos: dict[str, dict[str, Any]
     assert (info["name"], info["plugin_class"], info["department"]) == (
         class_plugin(plugin_class), plugin_class, "my-department")
     assert Path(info["file"]).is_relative_to(site)
+
+
+def test_cli_creates_the_distribution_and_refuses_bad_input_without_traceback(tmp_path: Path) -> None:
+    """`drhost plugin new NAME --class CLASS` writes the distribution; a bad name or a used directory exits 2
+    with the reason and no traceback."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "drhost", "plugin", "new", *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=60)
+
+    made = cli("acme-audit", "--class", "database")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "drhost-plugin-acme-audit" / "src" / "drplugin_acme_audit" / "__init__.py").is_file()
+    assert "created drhost-plugin-acme-audit" in made.stdout
+    for args, says in ((("Bad_Name", "--class", "core"), "plugin name 'Bad_Name'"),
+                       (("acme-audit", "--class", "core"), "exists and is not empty")):
+        refused = cli(*args)
+        assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr

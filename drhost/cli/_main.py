@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..authoring import PLUGIN_CLASSES
 from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
 from ._doctor import cmd_doctor
-from ._misc import cmd_config_check, cmd_package_build, cmd_plugins_list
+from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new, cmd_plugins_list
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
 _FAILURE_MODES = ("ask", "retry", "rollback", "abort")
@@ -65,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--json", action="store_true")
     plist.add_argument("-p", dest="plugin_options", action="append", metavar="no:NAME")
     plist.set_defaults(func=cmd_plugins_list)
+
+    plugin = sub.add_parser("plugin", help="for plugin authors")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
+    new = plugin_sub.add_parser("new", help="create a complete plugin distribution to start from")
+    new.add_argument("name", help="plugin name: lowercase letters, digits and '-', e.g. acme-audit")
+    new.add_argument("--class", dest="plugin_class", required=True, choices=PLUGIN_CLASSES,
+                     help="the plugin's class: it decides isolation, limits and failure policy")
+    new.add_argument("--dir", help="where to create it (default: ./drhost-plugin-NAME)")
+    new.add_argument("--department", default="my-department", help="the department that owns the plugin")
+    new.set_defaults(func=cmd_plugin_new)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

@@ -1,4 +1,4 @@
-"""The commands around runs: plugins list, config check, package build."""
+"""The commands around runs: plugins list, plugin new, config check, package build."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..authoring import ScaffoldError, new_plugin
 from ..config import load_config
 from ..errors import ExitCode
 from ..packaging import build_package
@@ -61,4 +62,18 @@ def cmd_package_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(build_package(args.version, out))
+    return ExitCode.SUCCEEDED
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else Path(f"drhost-plugin-{args.name}")
+    try:
+        result = new_plugin(args.name, args.plugin_class, directory, department=args.department)
+    except ScaffoldError as exc:
+        print(f"drhost: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    print(f"created {result.distribution} in {result.directory}:")
+    for file in result.files:
+        print(f"  {file.relative_to(result.directory)}")
+    print(f"next: cd {result.directory} && pip install -e '.[test]' && pytest   (see its README.md)")
     return ExitCode.SUCCEEDED
