@@ -135,15 +135,17 @@ def test_events_have_required_fields(kept_run: tuple[Path, dict[str, Any]]) -> N
 
 
 def test_run_files_are_private(kept_run: tuple[Path, dict[str, Any]]) -> None:
-    """The run directory is 0700 and every file in it (state.json, events.jsonl, ...) is 0600."""
+    """The run directory and every directory in it are 0700, every file in them (state.json, events.jsonl,
+    the command logs, ...) 0600."""
     _, summary = kept_run
     run_dir = Path(summary["run_dir"])
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(run_dir.parent.stat().st_mode) == 0o700
-    files = list(run_dir.iterdir())
-    assert {"state.json", "events.jsonl"} <= {f.name for f in files}
-    for path in files:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path.name}: {oct(path.stat().st_mode)}"
+    entries = list(run_dir.rglob("*"))
+    assert {"state.json", "events.jsonl"} <= {f.name for f in entries}
+    for path in entries:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, f"{path.name}: {oct(path.stat().st_mode)}"
 
 
 def test_state_records_every_step_done(kept_run: tuple[Path, dict[str, Any]]) -> None:
