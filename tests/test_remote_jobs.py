@@ -27,3 +27,16 @@ def test_every_word_is_quoted() -> None:
     """The command line quotes every word and every environment value; nothing is interpreted."""
     line = jobs.command_line(["echo", "$(reboot)", "a b;c"], {"X": "1 `id`"}, "/tmp/x y")
     assert "'$(reboot)'" in line and "'a b;c'" in line and "'X=1 `id`'" in line and "'/tmp/x y'" in line
+
+
+def test_a_cut_off_output_is_an_error_not_a_shorter_output() -> None:
+    """Output shorter than its frame announces raises TransportError instead of reaching the plugin cut."""
+    import pytest
+
+    from drhost.transport import TransportError
+
+    def exec_fn(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        return 0, b"4242\nrc 0\n30000 0\n{\"jobs\": [", b""
+
+    with pytest.raises(TransportError, match="incomplete: 10 of 30000 bytes"):
+        jobs.start_and_wait(exec_fn, "/tmp/jobs", ["drproduct-db", "dump"], {}, wait_s=1)

@@ -279,3 +279,55 @@ def test_frozen_peer_is_detected_and_the_step_reattached(host: SshHost, tmp_path
     (result,) = results
     assert result.returncode == 0  # type: ignore[attr-defined]
     assert counter.read_text() == "done\n"
+
+
+def test_large_outputs_arrive_whole_every_time(session: SshSession) -> None:
+    """Outputs of a few hundred KB on stdout and stderr arrive byte-exact on every one of 25 runs (data, EOF and
+    exit status arriving together must not lose the tail)."""
+    script = "head -c 300000 /dev/zero | tr '\\0' a; head -c 50000 /dev/zero | tr '\\0' b >&2"
+    for _ in range(25):
+        result = session.run(["sh", "-c", script])
+        assert (len(result.stdout), len(result.stderr)) == (300000, 50000)
+        assert set(result.stdout) == {"a"} and set(result.stderr) == {"b"}
+
+
+class _LateDataChannel:
+    """A channel whose last data, EOF and exit status all become ready between the reader's two checks."""
+
+    def __init__(self) -> None:
+        self.data = [b"x" * 1000, b"y" * 500]
+        self.asked = 0
+        self.closed = False
+        self.eof_received = True
+        self.status_event = threading.Event()
+
+    def exec_command(self, command: str) -> None: ...
+    def sendall(self, data: bytes) -> None: ...
+    def shutdown_write(self) -> None: ...
+    def close(self) -> None: ...
+
+    def recv_ready(self) -> bool:
+        self.asked += 1
+        return self.asked > 1 and bool(self.data)  # not yet at the first look, buffered right after
+
+    def recv(self, size: int) -> bytes:
+        return self.data.pop(0)
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def exit_status_ready(self) -> bool:
+        return True
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+
+def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Data that arrives together with EOF and the exit status is drained, not dropped."""
+    channel = _LateDataChannel()
+    transport = type("T", (), {"open_session": lambda self, timeout: channel, "is_active": lambda self: True})()
+    ssh = SshSession("t", SshTarget("t", "127.0.0.1", 1), run_id="r", work_dir=str(tmp_path))
+    monkeypatch.setattr(ssh, "_ensure", lambda: transport)
+    status, out, err = ssh._exec("true", None, 5)
+    assert (status, out, err) == (0, b"x" * 1000 + b"y" * 500, b"")

@@ -71,6 +71,9 @@ def _unframe(data: bytes) -> tuple[bytes, bytes]:
     if len(sizes) != 2 or not all(size.isdigit() for size in sizes):
         raise TransportError(f"job output not framed as expected: {data[:80]!r}")
     out_size, err_size = int(sizes[0]), int(sizes[1])
+    if len(body) < out_size + err_size:
+        # Never hand a plugin a cut-off output as if it were the whole: JSON would fail far from the cause.
+        raise TransportError(f"job output arrived incomplete: {len(body)} of {out_size + err_size} bytes")
     return body[:out_size], body[out_size : out_size + err_size]
 
 

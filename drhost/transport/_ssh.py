@@ -191,6 +191,12 @@ class SshSession(TargetSession):
                 if got:
                     continue
                 if channel.exit_status_ready() and channel.eof_received:
+                    # Data, EOF and the exit status can all land between the two readiness checks above:
+                    # after EOF everything is buffered here, so drain it before leaving.
+                    while channel.recv_ready():
+                        out += channel.recv(65536)
+                    while channel.recv_stderr_ready():
+                        err += channel.recv_stderr(65536)
                     break
                 if channel.closed or not transport.is_active():
                     if channel.exit_status_ready():
