@@ -13,6 +13,7 @@ from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
 from ._doctor import cmd_doctor
 from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new, cmd_plugins_list
+from ._plugin_test import add_plugin_test
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
 _FAILURE_MODES = ("ask", "retry", "rollback", "abort")
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", help="where to create it (default: ./drhost-plugin-NAME)")
     new.add_argument("--department", default="my-department", help="the department that owns the plugin")
     new.set_defaults(func=cmd_plugin_new)
+
+    add_plugin_test(sub)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

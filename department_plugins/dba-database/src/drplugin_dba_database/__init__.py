@@ -63,6 +63,9 @@ def drhost_rollback(stage: Stage, ctx: Context) -> None:
     # A safety net behind the step's own rollback: restores only when the catalog differs.
     if stage is Stage.UPGRADE and ctx.state.get(t.MIGRATION_STARTED):
         steps.restore_database(ctx)
+    elif stage is Stage.BACKUP:
+        # Only reached when the backup stage itself failed ([stages.backup] rollback_when = stage_failed).
+        steps.remove_backup(ctx)
 
 
 @hookimpl

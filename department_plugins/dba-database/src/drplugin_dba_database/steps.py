@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from drhost_hookspecs import Context, StepFailed
@@ -39,6 +40,15 @@ def backup_database(ctx: Context) -> None:
     ctx.state[t.SNAPSHOT] = snapshot.take(ctx)
     ctx.state[t.DB_BACKUP] = {"path": out, "sha256": info.get("sha256"), "bytes": info.get("bytes")}
     ctx.log(f"catalog saved to {out} ({info.get('bytes')} bytes)")
+
+
+def remove_backup(ctx: Context) -> None:
+    """The backup stage rolled back: the catalog backup and its .sha256 go, the run's backup directory if empty."""
+    out = t.backup_file(ctx)
+    for file in (out, out + ".sha256"):
+        ctx.remove(file)
+    ctx.state.pop(t.DB_BACKUP, None)
+    ctx.run(["rmdir", "--ignore-fail-on-non-empty", "--", posixpath.dirname(out)], check=False)
 
 
 def test_db_connection(ctx: Context) -> None:

@@ -65,6 +65,9 @@ def drhost_stage_steps(stage: Stage, register: Callable[[Step], None]) -> None:
 def drhost_rollback(stage: Stage, ctx: Context) -> None:
     if stage is Stage.UPGRADE:
         catalog.restore_job_templates(ctx)
+    elif stage is Stage.BACKUP:
+        # Only reached when the backup stage itself failed ([stages.backup] rollback_when = stage_failed).
+        catalog.remove_export(ctx)
 
 
 @hookimpl

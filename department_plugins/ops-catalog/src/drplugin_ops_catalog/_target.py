@@ -11,6 +11,7 @@ from drhost_hookspecs import Context, StepFailed
 #: Keys this plugin keeps in ``ctx.state``.
 EXPORT = "export"
 TEMPLATES_BEFORE = "templates_before"
+TEMPLATES_DIR_CREATED = "templates_dir_created"
 
 
 def root(ctx: Context) -> str:

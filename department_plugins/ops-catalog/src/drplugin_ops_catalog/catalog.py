@@ -6,6 +6,7 @@ Nothing of 2.0.0 depends on the templates: when this plugin fails, the upgrade c
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,9 @@ def migrate_job_templates(ctx: Context) -> None:
     # What was there before the first attempt, so rollback can put it back; later attempts keep it.
     if t.TEMPLATES_BEFORE not in ctx.state:
         ctx.state[t.TEMPLATES_BEFORE] = ctx.read_text(target) if ctx.exists(target) else None
+        # The directory too: rollback removes it only when this step created it.
+        ctx.state[t.TEMPLATES_DIR_CREATED] = not ctx.exists(posixpath.dirname(target))
+        ctx.checkpoint()
     retention = int(ctx.config.get("default_retention_days", 30))
     document = templates_of(_exported_jobs(ctx), retention)
     ctx.write_text(target, json.dumps(document, indent=2, sort_keys=True) + "\n", mode=0o640)
@@ -67,10 +71,21 @@ def restore_job_templates(ctx: Context) -> None:
     if t.TEMPLATES_BEFORE not in ctx.state:
         return
     before = ctx.state[t.TEMPLATES_BEFORE]
+    target = t.templates_file(ctx)
     if before is None:
-        ctx.remove(t.templates_file(ctx))
+        ctx.remove(target)
+        if ctx.state.get(t.TEMPLATES_DIR_CREATED):
+            ctx.run(["rmdir", "--ignore-fail-on-non-empty", "--", posixpath.dirname(target)], check=False)
     else:
-        ctx.write_text(t.templates_file(ctx), str(before), mode=0o640)
+        ctx.write_text(target, str(before), mode=0o640)
+
+
+def remove_export(ctx: Context) -> None:
+    """The backup stage rolled back: the job export goes, and the run's backup directory when left empty."""
+    out = t.export_file(ctx)
+    ctx.remove(out)
+    ctx.state.pop(t.EXPORT, None)
+    ctx.run(["rmdir", "--ignore-fail-on-non-empty", "--", posixpath.dirname(out)], check=False)
 
 
 def compare(exported: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -97,7 +97,9 @@ def _steps(stage: Stage) -> list[Step]:
             _step(s, "update_config_files", config.update_config_files, True, 30, file, 60,
                   rollback=config.restore_ini),
             _step(s, "init_log_files", config.init_log_files, True, 30, file, 70),
-            _step(s, "set_permissions", config.set_permissions, True, 30, file, 80),
+            # Rolled back step by step, before init_core_config's restore of the ini puts back its own mode.
+            _step(s, "set_permissions", config.set_permissions, True, 30, file, 80,
+                  rollback=config.restore_permissions),
             _step(s, "start_services", services.start_services, True, 180, service, 90,
                   rollback=services.stop_services),
         ]
@@ -130,6 +132,10 @@ def drhost_rollback(stage: Stage, ctx: Context) -> None:
     elif stage is Stage.TRANSFER:
         transfer.remove_staging(ctx)
         transfer.remove_package(ctx)
+    elif stage is Stage.BACKUP:
+        # Only reached when the backup stage itself failed ([stages.backup] rollback_when = stage_failed): a
+        # complete backup is what the other stages' rollback restores from and is never removed here.
+        backup.remove_program_backup(ctx)
 
 
 @hookimpl

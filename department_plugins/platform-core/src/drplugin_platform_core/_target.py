@@ -12,6 +12,7 @@ from drhost_hookspecs import Context, StepFailed
 OLD_VERSION = "old_version"
 PROGRAM_BACKUP = "program_backup"
 SERVICE_WAS_RUNNING = "service_was_running"
+MODES_BEFORE = "modes_before"
 
 
 def root(ctx: Context) -> str:

@@ -32,6 +32,17 @@ def backup_program_files(ctx: Context) -> None:
     ctx.log(f"program files of {old} and etc/ saved to {archive} (sha256 {digest[:12]})")
 
 
+def remove_program_backup(ctx: Context) -> None:
+    """The backup stage rolled back: its archive (also a partial one) goes, and the run's backup directory when
+    nothing else is left in it."""
+    directory = t.backup_dir(ctx)
+    archive = posixpath.join(directory, ARCHIVE_NAME)
+    for file in (archive, archive + ".partial"):
+        ctx.remove(file)
+    ctx.state.pop(t.PROGRAM_BACKUP, None)
+    ctx.run(["rmdir", "--ignore-fail-on-non-empty", "--", directory], check=False)
+
+
 def restore_member(ctx: Context, member: str) -> bool:
     """Put ``member`` (e.g. ``etc/license.lic``) back from the backup archive.
 

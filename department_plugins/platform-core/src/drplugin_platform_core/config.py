@@ -94,8 +94,22 @@ def init_log_files(ctx: Context) -> None:
 
 
 def set_permissions(ctx: Context) -> None:
-    """Config, licence and catalog readable by the service only."""
-    for relative, mode in PERMISSIONS:
+    """Config, licence and catalog readable by the service only; the modes they had are kept for rollback."""
+    before: dict[str, str] = dict(ctx.state.get(t.MODES_BEFORE) or {})
+    present = [(relative, mode) for relative, mode in PERMISSIONS if ctx.exists(t.path(ctx, relative))]
+    for relative, _ in present:
+        # Only the first attempt records: a retry would see the modes this step already set.
+        if relative not in before:
+            before[relative] = ctx.run(["stat", "-c", "%a", t.path(ctx, relative)]).stdout.strip()
+    ctx.state[t.MODES_BEFORE] = before
+    ctx.checkpoint()
+    for relative, mode in present:
+        ctx.run(["chmod", mode, t.path(ctx, relative)])
+
+
+def restore_permissions(ctx: Context) -> None:
+    """The modes ``set_permissions`` found, put back (files that are gone are skipped)."""
+    for relative, mode in (ctx.state.get(t.MODES_BEFORE) or {}).items():
         target = t.path(ctx, relative)
-        if ctx.exists(target):
-            ctx.run(["chmod", mode, target])
+        if mode and ctx.exists(target):
+            ctx.run(["chmod", str(mode), target])

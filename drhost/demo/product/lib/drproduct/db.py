@@ -169,6 +169,9 @@ def restore(dst_path: str, src: str) -> dict[str, Any]:
             conn.close()
         if result != "ok":
             raise Failure(f"backup {src} fails integrity_check: {result}")
+        # The restored catalog keeps the permissions of the one it replaces (mkstemp made it 0600).
+        if os.path.exists(dst_path):
+            os.chmod(tmp, os.stat(dst_path).st_mode & 0o7777)
         os.replace(tmp, dst_path)
     except BaseException:
         if os.path.exists(tmp):
