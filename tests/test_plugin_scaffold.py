@@ -144,14 +144,14 @@ def test_generated_files(tmp_path: Path) -> None:
     directory.mkdir()
     result = new_plugin(NAME, "business", directory)
     expected = ["README.md", "pyproject.toml", f"src/{MODULE}/__init__.py", f"src/{MODULE}/py.typed",
-                f"tests/test_{MODULE}.py"]
+                f"tests/test_{MODULE}.py", "tests/test_in_drhost.py"]
     assert [p for p, content in tree(directory).items() if content is not None] == expected
     assert (result.directory, result.distribution, result.module) == (directory, f"drhost-plugin-{NAME}", MODULE)
     assert result.files == tuple(directory / p for p in expected)
 
 
 def test_pyproject_declares_the_plugin(generated: Path) -> None:
-    """pyproject.toml: setuptools, Python >= 3.10, drhost-hookspecs, the entry point, src layout, py.typed."""
+    """pyproject.toml: setuptools, Python >= 3.10, hookspecs, the entry point, src layout, py.typed, drhost_plugin."""
     tomllib: Any = pytest.importorskip("tomllib")
     data = tomllib.loads((generated / "pyproject.toml").read_text())
     project = data["project"]
@@ -161,6 +161,7 @@ def test_pyproject_declares_the_plugin(generated: Path) -> None:
     assert project["entry-points"] == {"drhost.plugins": {NAME: MODULE}}
     assert data["tool"]["setuptools"]["packages"]["find"]["where"] == ["src"]
     assert data["tool"]["setuptools"]["package-data"] == {MODULE: ["py.typed"]}
+    assert data["tool"]["pytest"]["ini_options"]["drhost_plugin"] == NAME
 
 
 def test_generation_is_deterministic(tmp_path: Path) -> None:
@@ -185,10 +186,14 @@ def test_generated_code_passes_mypy_strict(long_plugin: Path, tmp_path: Path) ->
 
 
 def test_generated_tests_pass_against_the_installed_plugin(generated: Path, site: Path) -> None:
-    """The generated tests pass with plain pytest once the distribution is installed."""
-    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=generated, site=site)
+    """Once installed, all generated tests pass with plain pytest, the drhost-run ones too; none is skipped."""
+    done = run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider"], cwd=generated, site=site)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert " passed" in done.stdout and "failed" not in done.stdout
+    assert "failed" not in done.stdout and "skipped" not in done.stdout and "error" not in done.stdout
+    ran = {line.split("::")[-1] for line in done.stdout.splitlines() if line.startswith("PASSED tests/test_in_drhost")}
+    assert ran == {"test_precheck_passes_in_the_plugins_isolation",
+                   "test_upgrade_writes_the_marker_and_rollback_removes_it",
+                   "test_record_upgrade_with_the_hosts_context"}
 
 
 def test_entry_point_is_discoverable(site: Path) -> None:

@@ -2,8 +2,10 @@
 
 The generated plugin is small but real: a read-only precheck, a non-retryable
 upgrade step with its cleanup and rollback, a config schema and a verification,
-with unit tests that run it against a temporary directory. An author replaces
-the marker file with their own work and keeps the shape.
+with unit tests that run it against a temporary directory and tests that run it
+through drhost (the pytest fixtures of ``drhost.testing.pytest_plugin``) on a
+disposable target. An author replaces the marker file with their own work and
+keeps the shape.
 
 The templates are string constants rather than package files so that the
 generator works from any install of drhost without package-data declarations.
@@ -117,6 +119,7 @@ def new_plugin(name: str, plugin_class: str, directory: Path, *, department: str
         f"src/{module}/__init__.py": _MODULE,
         f"src/{module}/py.typed": "",
         f"tests/test_{module}.py": _TESTS,
+        "tests/test_in_drhost.py": _TESTS_IN_DRHOST,
     }
     written: list[Path] = []
     for relative in sorted(contents):
@@ -157,6 +160,8 @@ where = ["src"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
+# The plugin under test for drhost's pytest fixtures (tests/test_in_drhost.py).
+drhost_plugin = "{{name}}"
 
 [tool.ruff]
 line-length = 120
@@ -227,14 +232,21 @@ pip install -e .          # while developing; `pip install .` for a release
 
 ```sh
 pip install -e '.[test]'
-pytest                    # the unit tests: the plugin in-process against a temporary directory
+pytest                    # unit tests, and the plugin run through drhost on a disposable target
 ruff check . && mypy      # lint and strict typing, as configured in pyproject.toml
 drhost plugin-test .      # the host's safety check: runs the plugin the way drhost will
 ```
 
-The unit tests use a small fake Context; `drhost plugin-test .` is the check
-that counts before a release: it runs the plugin through the host, in its
-class's isolation, with its compensations and verification.
+`tests/test_{{module}}.py` holds unit tests: the plugin in-process with a
+small fake Context against a temporary directory. `tests/test_in_drhost.py`
+runs it through drhost itself, with the fixtures drhost's pytest plugin
+provides wherever drhost is installed (`drhost_runner`, `drhost_context`,
+`drhost_target`, ...): its steps in its class's isolation on a real
+drproduct 1.0.0 install that is thrown away after each test. The plugin they
+test is named by `drhost_plugin` under `[tool.pytest.ini_options]`.
+`drhost plugin-test .` is the check that counts before a release: it takes
+the plugin through every stage, with its compensations, cut-short steps and
+verification.
 
 ## Enable it in a run
 
@@ -703,4 +715,81 @@ def test_verify_answers_per_phase(loaded: LoadedPlugin, ctx: FakeContext) -> Non
     compensate(loaded, ctx, "rollback_step")
     assert verify(loaded, ctx, VerifyPhase.ROLLED_BACK) == []
     assert verify(loaded, ctx, VerifyPhase.COMPLETED, stage=Stage.PRECHECK) == []
+'''
+
+_TESTS_IN_DRHOST = r'''"""Tests of {{name}} run by drhost: in its class's isolation, on a disposable target.
+
+The fixtures come from drhost's pytest plugin, loaded wherever drhost is
+installed; ``drhost_plugin`` in pyproject.toml names this plugin as the one
+under test. Each test gets its own target: drproduct 1.0.0 installed in a
+temporary directory with its daemon running, gone after the test.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import pytest
+from drhost_hookspecs import Context, Stage, VerifyPhase
+
+import {{module}} as plugin
+
+# Without drhost there are no fixtures: a skip that says why reads better than "fixture not found".
+pytest.importorskip("drhost.testing.pytest_plugin", reason="these tests run the plugin through drhost: install "
+                    "the plugin into drhost's environment")
+
+
+class Outcome(Protocol):
+    """How one call ended, as drhost reports it (``drhost.supervisor.CallOutcome``)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+class Runner(Protocol):
+    """The ``drhost_runner`` fixture, as far as these tests use it.
+
+    Spelled out here rather than imported from drhost so that mypy checks this
+    file with drhost_hookspecs alone.
+    """
+
+    @property
+    def isolation(self) -> str: ...
+
+    def run_step(self, stage: Stage | str, step: str, *, timeout_s: float | None = None) -> Outcome: ...
+
+    def rollback(self, stage: Stage | str) -> list[str]: ...
+
+    def verify(self, stage: Stage | str, phase: VerifyPhase | str) -> list[str]: ...
+
+
+def test_precheck_passes_in_the_plugins_isolation(drhost_runner: Runner, drhost_context: Context) -> None:
+    """Run by drhost in the class's isolation, the precheck passes on a fresh install and creates nothing."""
+    outcome = drhost_runner.run_step(Stage.PRECHECK, "check_marker_dir_writable")
+    assert outcome.ok, f"{drhost_runner.isolation}: {outcome.message}"
+    assert not drhost_context.exists(plugin.marker_dir(drhost_context))
+
+
+def test_upgrade_writes_the_marker_and_rollback_removes_it(drhost_runner: Runner, drhost_context: Context) -> None:
+    """Run by drhost, record_upgrade writes the new version and verifies; the stage's rollback removes it again."""
+    marker = plugin.marker_file(drhost_context)
+    outcome = drhost_runner.run_step(Stage.UPGRADE, "record_upgrade")
+    assert outcome.ok, f"{drhost_runner.isolation}: {outcome.message}"
+    assert drhost_context.read_text(marker) == drhost_context.package.version + "\n"
+    assert drhost_runner.verify(Stage.UPGRADE, VerifyPhase.COMPLETED) == []
+    assert drhost_runner.rollback(Stage.UPGRADE) == []
+    assert not drhost_context.exists(marker)
+    assert drhost_runner.verify(Stage.UPGRADE, VerifyPhase.ROLLED_BACK) == []
+
+
+def test_record_upgrade_with_the_hosts_context(drhost_context: Context) -> None:
+    """Called here with the Context drhost gives plugins, record_upgrade writes the marker and its undo removes it."""
+    marker = plugin.marker_file(drhost_context)
+    plugin.record_upgrade(drhost_context)
+    assert drhost_context.read_text(marker) == drhost_context.package.version + "\n"
+    plugin.undo_record_upgrade(drhost_context)
+    assert not drhost_context.exists(marker)
 '''
