@@ -37,3 +37,29 @@ def drhost_stage_steps(stage, register):
     if stage is Stage.UPGRADE:
         register(Step("work", work, retryable=True, timeout_s=30, category=Category.PLUGIN, order=99))
 """
+
+
+def make_source_tree(directory: Path, name: str, source: str, *, version: str = "0.1.0",
+                     requires: tuple[str, ...] = ("drhost-hookspecs",)) -> Path:
+    """A plugin's source distribution as an author has it: pyproject.toml and one module, pip-installable."""
+    module = "drplugin_" + name.replace("-", "_")
+    directory.mkdir(parents=True, exist_ok=True)
+    dependencies = ", ".join(f'"{r}"' for r in requires)
+    (directory / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "drhost-plugin-{name}"
+        version = "{version}"
+        dependencies = [{dependencies}]
+
+        [project.entry-points."drhost.plugins"]
+        {name} = "{module}"
+
+        [tool.setuptools]
+        py-modules = ["{module}"]
+        """))
+    (directory / f"{module}.py").write_text(PRELUDE + textwrap.dedent(source))
+    return directory

@@ -18,7 +18,7 @@ from ..policy import class_policy
 from ..supervisor import CallOutcome
 from ._checks import CheckResult, failed, passed, skipped
 from ._session import PluginSession
-from ._snapshot import Snapshot
+from ._snapshot import Snapshot, describe_key
 
 #: A step cut short gets this share of the time its full run took (and never less than the floor).
 CUT_SHARE = 0.5
@@ -72,12 +72,13 @@ def _not_restored(record: _StageRecord, keys: set[str], now: Snapshot) -> list[s
         before, after = record.before[key], now.entries.get(key)
         if before == after or key.startswith(_EVIDENCE):
             continue
+        what = describe_key(key)
         if before is None:
-            lines.append(f"left behind {key} ({after})")
+            lines.append(f"left behind {what} ({after})")
         elif after is None:
-            lines.append(f"not put back {key} (was {before})")
+            lines.append(f"not put back {what} (was {before})")
         else:
-            lines.append(f"not restored {key}: was {before}, now {after}")
+            lines.append(f"not restored {what}: was {before}, now {after}")
     return lines
 
 

@@ -51,8 +51,8 @@ class SnapshotDiff:
     def lines(self, limit: int = 8) -> list[str]:
         """One readable line per difference, at most ``limit`` of them and then how many were left out."""
         out = [_added_line(key, self.fingerprints.get(key, "")) for key in self.added]
-        out += [f"changed {_label(key)}: {before} -> {after}" for key, before, after in self.changed]
-        out += [f"removed {_label(key)}" for key in self.removed]
+        out += [f"changed {describe_key(key)}: {before} -> {after}" for key, before, after in self.changed]
+        out += [f"removed {describe_key(key)}" for key in self.removed]
         if len(out) > limit:
             return [*out[:max(limit, 0)], f"… and {len(out) - max(limit, 0)} more"]
         return out
@@ -351,7 +351,7 @@ def _inside(path: str, roots: set[str]) -> bool:
 # ---- messages ----------------------------------------------------------------------------------
 
 
-def _label(key: str) -> str:
+def describe_key(key: str) -> str:
     """``db:data/catalog.db:table:jobs`` -> ``db data/catalog.db table jobs``."""
     kind, _, rest = key.partition(":")
     if kind == "db":
@@ -365,7 +365,7 @@ def _label(key: str) -> str:
 
 
 def _added_line(key: str, fingerprint: str) -> str:
-    line = f"added {_label(key)}"
+    line = f"added {describe_key(key)}"
     if key.startswith("file:") and fingerprint.startswith("sha256:"):
         return f"{line} ({' '.join(fingerprint.split()[1:3])})"
     if key.startswith("link:"):
@@ -375,4 +375,4 @@ def _added_line(key: str, fingerprint: str) -> str:
     return f"{line} ({fingerprint})"
 
 
-__all__ = ["Snapshot", "SnapshotDiff", "take_snapshot"]
+__all__ = ["Snapshot", "SnapshotDiff", "describe_key", "take_snapshot"]
