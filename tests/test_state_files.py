@@ -11,7 +11,7 @@ import pytest
 
 from drhost.errors import RefusedError, StateError
 from drhost.events import Event
-from drhost.state import Journal, RunLock, RunState, StateFile, read_journal
+from drhost.state import Journal, RunLock, RunState, StateFile, read_journal, write_private_json
 
 
 def test_state_round_trips_with_checksum(tmp_path: Path) -> None:
@@ -98,3 +98,46 @@ def test_run_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     state = RunState.create("run-y", {"targets": {}})
     assert stat.S_IMODE(os.stat(state.run_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(state.run_dir / "state.json").st_mode) == 0o600
+
+def test_write_private_json_writes_private_json(tmp_path: Path) -> None:
+    """write_private_json creates the directory 0700 and a 0600 file holding the data as sorted, indented JSON."""
+    directory = tmp_path / "contexts" / "run1"
+    data = {"b": 1, "a": {"path": Path("/opt/x")}, "errors": []}
+    path = write_private_json(directory, "upgrade.db-migrate", data)
+    assert path == directory / "upgrade.db-migrate.json"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"a": {"path": "/opt/x"}, "b": 1, "errors": []}
+    assert path.read_text().index('"a"') < path.read_text().index('"b"')
+
+
+@pytest.mark.parametrize(("name", "file_name"), [
+    ("step 1/upgrade:db", "step-1-upgrade-db.json"),
+    ("../../etc/passwd", "..-..-etc-passwd.json"),
+    ("..", "context.json"),
+    ("数据库", "---.json"),
+])
+def test_write_private_json_sanitises_names(tmp_path: Path, name: str, file_name: str) -> None:
+    """Names keep only [A-Za-z0-9._-]; anything else becomes '-', so the file always lands in the directory."""
+    path = write_private_json(tmp_path, name, {"x": 1})
+    assert path == tmp_path / file_name
+    assert [p.name for p in tmp_path.iterdir()] == [file_name]
+
+
+def test_write_private_json_replaces_atomically(tmp_path: Path) -> None:
+    """A second save replaces the file by rename (new inode, no temp file left); a save that fails to encode
+    leaves the previous file intact."""
+    first = write_private_json(tmp_path, "step", {"n": 1})
+    inode = first.stat().st_ino
+    second = write_private_json(tmp_path, "step", {"n": 2})
+    assert second == first and second.stat().st_ino != inode
+    assert json.loads(second.read_text()) == {"n": 2}
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("cannot print")
+
+    with pytest.raises(RuntimeError):
+        write_private_json(tmp_path, "step", {"n": Unprintable()})
+    assert json.loads(second.read_text()) == {"n": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["step.json"]

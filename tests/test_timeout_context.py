@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -22,7 +20,6 @@ from drhost.watchdog._collect import (
     collect_controller_context,
     collect_target_context,
     decode_address,
-    save_context,
 )
 from sshd_hosts import sshd_available, start_hosts
 
@@ -258,50 +255,3 @@ def test_controller_context_lists_its_own_process_tree() -> None:
     assert len(context["top_processes"]["by_rss"]) <= 15
     assert {"load1", "load5", "load15"} <= set(context["loadavg"])
     assert context["memory"]["mem_total_kb"] > 0
-
-
-# ---------------------------------------------------------------------------- saving
-
-
-def test_save_context_writes_private_json(tmp_path: Path) -> None:
-    """save_context creates the directory 0700 and a 0600 file holding the data as sorted, indented JSON."""
-    directory = tmp_path / "contexts" / "run1"
-    data = {"b": 1, "a": {"path": Path("/opt/x")}, "errors": []}
-    path = save_context(directory, "upgrade.db-migrate", data)
-    assert path == directory / "upgrade.db-migrate.json"
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text()) == {"a": {"path": "/opt/x"}, "b": 1, "errors": []}
-    assert path.read_text().index('"a"') < path.read_text().index('"b"')
-
-
-@pytest.mark.parametrize(("name", "file_name"), [
-    ("step 1/upgrade:db", "step-1-upgrade-db.json"),
-    ("../../etc/passwd", "..-..-etc-passwd.json"),
-    ("..", "context.json"),
-    ("数据库", "---.json"),
-])
-def test_save_context_sanitises_names(tmp_path: Path, name: str, file_name: str) -> None:
-    """Names keep only [A-Za-z0-9._-]; anything else becomes '-', so the file always lands in the directory."""
-    path = save_context(tmp_path, name, {"x": 1})
-    assert path == tmp_path / file_name
-    assert [p.name for p in tmp_path.iterdir()] == [file_name]
-
-
-def test_save_context_replaces_atomically(tmp_path: Path) -> None:
-    """A second save replaces the file by rename (new inode, no temp file left); a save that fails to encode
-    leaves the previous file intact."""
-    first = save_context(tmp_path, "step", {"n": 1})
-    inode = first.stat().st_ino
-    second = save_context(tmp_path, "step", {"n": 2})
-    assert second == first and second.stat().st_ino != inode
-    assert json.loads(second.read_text()) == {"n": 2}
-
-    class Unprintable:
-        def __str__(self) -> str:
-            raise RuntimeError("cannot print")
-
-    with pytest.raises(RuntimeError):
-        save_context(tmp_path, "step", {"n": Unprintable()})
-    assert json.loads(second.read_text()) == {"n": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["step.json"]

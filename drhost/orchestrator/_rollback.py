@@ -9,7 +9,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import stage_policy
-from ..watchdog._collect import save_context
+from ..state import write_private_json
 from ._env import Executor, RunEnv
 from ._records import TOUCHED, TargetRecord
 
@@ -158,7 +158,7 @@ class RollbackFlow:
         failed = [s for s in stages if self.record.get("rollback", "stages", s.value) == "failed"]
         procedure = self._manual_procedure(failed, errors, problems)
         evidence_dir = self.env.state.run_dir / "inconsistent"
-        evidence = save_context(evidence_dir, self.name, {
+        evidence = write_private_json(evidence_dir, self.name, {
             "target": self.name, "run_id": self.env.state.run_id, "failed_stages": [s.value for s in failed],
             "errors": errors, "problems": problems, "procedure": procedure,
             "record": self.env.state.snapshot()["targets"][self.name]})

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..plan import PlannedStep
+from ..state import write_private_json
 from ..supervisor import CallOutcome
 from ..transport import TargetSession
 from ..watchdog import Environment, TimeoutReport, as_event_fields, format_timeout
-from ..watchdog._collect import collect_controller_context, collect_target_context, save_context
+from ..watchdog._collect import collect_controller_context, collect_target_context
 from ..watchdog._watchdog import StepWatch
 
 __all__ = ["TimeoutEvidence", "diagnose_timeout", "measurement_for"]
@@ -130,7 +131,7 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
         "target_context": target_context, "controller_context": controller_context, "plugin_contexts": contexts,
         "collected_in_s": round(time.monotonic() - started, 2),
     }
-    path = save_context(run_dir / "timeouts", _context_name(evidence), record)
+    path = write_private_json(run_dir / "timeouts", _context_name(evidence), record)
     report = dataclasses.replace(report, context_path=str(path))
     fields = {**as_event_fields(report), "measurement": measurement, "attempt": evidence.attempt,
               "class": step.plugin_class.value, "isolation": step.isolation, "timeout_key": step.timeout_key,

@@ -1,6 +1,6 @@
 """Durable run state: checkpoints, the event journal, run directories and locks."""
 
-from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, read_journal
+from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, read_journal, write_private_json
 from ._runs import RunLock, RunState, find_run, new_run_id, runs_dir, state_root
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "read_journal",
     "runs_dir",
     "state_root",
+    "write_private_json",
 ]

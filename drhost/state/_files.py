@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,27 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     failpoint("state.tmp_written")
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def _safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", name)
+    # "", "." and ".." would name the directory itself or its parent, not a file in it.
+    return "context" if cleaned.strip(".") == "" else cleaned
+
+
+def write_private_json(directory: Path, name: str, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as ``directory/<name>.json`` (name sanitised), atomically and readable by the owner only.
+
+    For the evidence a run keeps beside its state: timeout contexts, an inconsistent target's findings.
+    """
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{_safe_name(name)}.json"
+    body = json.dumps(dict(data), indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
+    atomic_write(path, body.encode("utf-8"), 0o600)
+    # atomic_write creates the file with 0600 minus the umask; a stricter umask must not leave it unreadable.
+    os.chmod(path, 0o600)
+    return path
 
 
 def _checksum(body: Any) -> str:

@@ -10,25 +10,21 @@ and nothing here raises, because the caller is a watchdog reporting a failure al
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import os
 import re
 import secrets
 import socket
 import struct
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ..state import atomic_write
 from ..transport._base import TargetSession
 from ._resources import sample_controller, sample_target
 
-__all__ = ["collect_controller_context", "collect_target_context", "save_context"]
+__all__ = ["collect_controller_context", "collect_target_context"]
 
 log = logging.getLogger(__name__)
 
@@ -414,23 +410,3 @@ def collect_controller_context() -> dict[str, Any]:
         errors.append(f"collector: {type(exc).__name__}: {exc}")
     return context
 
-
-# ---------------------------------------------------------------------------- saving
-
-
-def _safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", name)
-    # "", "." and ".." would name the directory itself or its parent, not a file in it.
-    return "context" if cleaned.strip(".") == "" else cleaned
-
-
-def save_context(directory: Path, name: str, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as ``directory/<name>.json`` (name sanitised), atomically and readable by the owner only."""
-    if not directory.is_dir():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / f"{_safe_name(name)}.json"
-    body = json.dumps(dict(data), indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
-    atomic_write(path, body.encode("utf-8"), 0o600)
-    # atomic_write creates the file with 0600 minus the umask; a stricter umask must not leave it unreadable.
-    os.chmod(path, 0o600)
-    return path
