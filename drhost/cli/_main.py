@@ -14,6 +14,7 @@ from ..packaging import PackageError
 from ._doctor import cmd_doctor
 from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new, cmd_plugins_list
 from ._plugin_test import add_plugin_test
+from ._report import add_report
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
 _FAILURE_MODES = ("ask", "retry", "rollback", "abort")
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", nargs="?", help="run id (default: the newest run)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    add_report(sub)
 
     plugins = sub.add_parser("plugins", help="plugin commands")
     plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")

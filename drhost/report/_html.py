@@ -1,0 +1,329 @@
+"""``drhost report``: one self-contained HTML file about a run, from its state and its journal.
+
+The page is drawn in the browser by a small inline script from a JSON blob embedded in the page, so the
+same data a test reads is what the operator sees. Only run data goes in, never configuration values other
+than the targets' names, hosts and groups and the rollout settings: a run's config may name secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from drhost_hookspecs import Stage
+
+from ..errors import ExitCode
+from ..events import Event
+from ..orchestrator import RUN_EXIT_CODES
+from ..state import RunState, atomic_write, read_journal
+from ._console import describe
+from ._html_assets import CSS, SCRIPT
+
+_EXIT_MEANINGS = {
+    ExitCode.SUCCEEDED: "every target succeeded or was already up to date",
+    ExitCode.FAILED: "an unexpected end",
+    ExitCode.ROLLED_BACK: "targets were rolled back (verified)",
+    ExitCode.ROLLBACK_FAILED: "a target is inconsistent (rollback and recovery failed): act now",
+    ExitCode.ABORTED: "targets were left as they are (abort decision or the rollout stopped): resume or roll back",
+    ExitCode.INTERRUPTED: "targets are unfinished: resume or roll back",
+    ExitCode.REFUSED: "drhost refused to drive some targets",
+}
+_EXIT_NAMES = {value: name for name, value in vars(ExitCode).items() if isinstance(value, int)}
+#: The rollout keys a report may show; anything else under ``[rollout]`` stays out.
+_ROLLOUT_KEYS = ("serial", "groups", "max_failed", "max_failed_total", "max_unreachable", "max_unreachable_total",
+                 "pause_s", "approve")
+#: Events that end a step attempt, and the outcome they stand for (``step.failed`` carries its own).
+_STEP_ENDS = {"step.completed": "completed", "step.failed": "failed", "step.interrupted": "interrupted"}
+_ROLLBACK_ENDS = {"rollback.verified": "verified", "rollback.failed": "failed", "target.inconsistent": "failed",
+                  "target.rollback_queued": "queued", "target.interrupted": "interrupted"}
+
+
+def _title(event: Mapping[str, Any]) -> str:
+    """The console's line for an event, without the target (the row already names it)."""
+    fields = {k: event.get(k) for k in ("stage", "step", "plugin")}
+    rebuilt = Event(str(event["event"]), str(event.get("run_id", "")), message=str(event.get("message") or ""),
+                    data=event.get("data") or {}, ts=float(event["ts"]), **fields)
+    return describe(rebuilt)
+
+
+class _Timeline:
+    """One target's bars and markers, built from its events in journal order."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+        self.loose_steps: list[dict[str, Any]] = []
+        self.cleanups: list[dict[str, Any]] = []
+        self.markers: list[dict[str, Any]] = []
+        self.rollbacks: list[dict[str, Any]] = []
+        self.timeouts: list[dict[str, Any]] = []
+        self.started: float | None = None
+        self.last: float | None = None
+        self._open_stage: dict[str, dict[str, Any]] = {}
+        self._open_steps: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._open_cleanup: dict[str, dict[str, Any]] = {}
+
+    def _marker(self, kind: str, event: Mapping[str, Any], title: str | None = None) -> None:
+        self.markers.append({"kind": kind, "ts": event["ts"], "stage": event.get("stage"), "step": event.get("step"),
+                             "title": title if title is not None else _title(event)})
+
+    def close_open(self, outcome: str) -> None:
+        """A controller that stopped mid-stage leaves bars open: they end where the target was last seen."""
+        end = self.last
+        for bar in [*self._open_steps.values(), *self._open_stage.values(), *self._open_cleanup.values()]:
+            bar["end"], bar["outcome"] = end, outcome
+        self._open_steps.clear()
+        self._open_stage.clear()
+        self._open_cleanup.clear()
+        if self.rollbacks and self.rollbacks[-1]["end"] is None:
+            self.rollbacks[-1]["end"], self.rollbacks[-1]["outcome"] = end, outcome
+
+    def see(self, event: Mapping[str, Any]) -> None:
+        name, ts = str(event["event"]), float(event["ts"])
+        data: Mapping[str, Any] = event.get("data") or {}
+        stage, step, plugin = event.get("stage"), event.get("step"), event.get("plugin")
+        self.last = ts
+        if name == "target.started" and self.started is None:
+            self.started = ts
+        bar: dict[str, Any] | None
+        if name == "stage.started":
+            bar = {"stage": stage, "start": ts, "end": None, "outcome": "running", "steps": []}
+            self.stages.append(bar)
+            self._open_stage[str(stage)] = bar
+        elif name in ("stage.completed", "stage.failed") and str(stage) in self._open_stage:
+            bar = self._open_stage.pop(str(stage))
+            bar["end"], bar["outcome"] = ts, "completed" if name == "stage.completed" else "failed"
+            if name == "stage.failed":
+                bar["message"] = event.get("message")
+                self._marker("failure", event)
+        elif name == "step.started":
+            bar = {"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
+                   "attempts": data.get("attempts"), "timeout_s": data.get("timeout_s"), "start": ts, "end": None,
+                   "outcome": "running"}
+            owner = self._open_stage.get(str(stage))
+            (owner["steps"] if owner is not None else self.loose_steps).append(bar)
+            self._open_steps[(str(stage), str(step), str(plugin))] = bar
+            if int(data.get("attempt") or 1) > 1:
+                self._marker("retry", event, f"retry: attempt {data.get('attempt')}/{data.get('attempts')} of "
+                                             f"[{stage}] {step} ({plugin})")
+        elif name in _STEP_ENDS:
+            bar = self._open_steps.pop((str(stage), str(step), str(plugin)), None)
+            if bar is not None:
+                bar["end"] = ts
+                bar["outcome"] = str(data.get("ended") or _STEP_ENDS[name])
+                bar["duration_s"] = data.get("duration_s")
+                if name != "step.completed":
+                    bar["message"] = event.get("message")
+            if name == "step.failed":
+                self._marker("failure", event)
+        elif name == "step.skipped":
+            self._marker("skipped", event)
+        elif name == "step_timeout":
+            self._marker("timeout", event, f"timeout: [{stage}] {step} ({plugin}), attempt {data.get('attempt')}")
+            self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
+                                  "ts": ts, "message": event.get("message") or _title(event)})
+        elif name == "timeout_warning":
+            self._marker("warning", event)
+        elif name == "stage.retry":
+            self._marker("retry", event)
+        elif name == "decision":
+            self._marker("decision", event)
+        elif name == "stage.cleanup_started":
+            bar = {"stage": stage, "start": ts, "end": None, "outcome": "running"}
+            self.cleanups.append(bar)
+            self._open_cleanup[str(stage)] = bar
+        elif name == "stage.cleanup_finished" and str(stage) in self._open_cleanup:
+            bar = self._open_cleanup.pop(str(stage))
+            bar["end"], bar["outcome"] = ts, "failed" if data.get("errors") else "completed"
+        elif name == "rollback.started":
+            self.rollbacks.append({"start": ts, "end": None, "outcome": "running", "stages": data.get("stages", []),
+                                   "parts": []})
+        elif self.rollbacks and name == "rollback.stage":
+            rollback = self.rollbacks[-1]
+            begin = rollback["parts"][-1]["end"] if rollback["parts"] else rollback["start"]
+            rollback["parts"].append({"stage": stage, "start": begin, "end": ts, "status": data.get("status"),
+                                      "title": _title(event) + (f"; rule: {data['rule']}" if data.get("rule")
+                                                                else "")})
+        elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["end"] is None:
+            self.rollbacks[-1]["outcome"] = _ROLLBACK_ENDS[name]
+            self.rollbacks[-1]["message"] = event.get("message")
+
+    def to_json(self) -> dict[str, Any]:
+        # A rollback's bar runs to the target's end: a later resume or status event is part of its story.
+        for rollback in self.rollbacks:
+            rollback["end"] = self.last
+        return {"stages": self.stages, "loose_steps": self.loose_steps, "cleanups": self.cleanups,
+                "markers": self.markers, "rollbacks": self.rollbacks, "timeouts": self.timeouts,
+                "started": self.started, "last": self.last}
+
+
+def _timelines(events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, _Timeline], list[str]]:
+    timelines: dict[str, _Timeline] = {}
+    modes: list[str] = []
+    for event in events:
+        if event.get("event") == "run.started":
+            modes.append(str((event.get("data") or {}).get("mode", "upgrade")))
+            if len(modes) > 1:
+                for timeline in timelines.values():
+                    timeline.close_open("interrupted")
+        target = event.get("target")
+        if target is not None and "ts" in event:
+            timelines.setdefault(str(target), _Timeline()).see(event)
+    for timeline in timelines.values():
+        timeline.close_open("unfinished")
+    return timelines, modes
+
+
+def _not_started_reason(name: str, rollout: Mapping[str, Any], batches: list[dict[str, Any]]) -> str:
+    stopped = rollout.get("stopped")
+    if stopped and name in stopped.get("not_started", []):
+        return "not started: rollout stopped"
+    waiting = rollout.get("waiting")
+    if waiting is not None and name in batches[waiting]["targets"]:
+        return f"not started: batch {waiting + 1} waits for approval"
+    return "not started"
+
+
+def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batch: int, not_started: str,
+            ) -> dict[str, Any]:
+    from ..cli._runs import target_next  # here, not at the top: the cli package imports this one as it loads
+
+    record = body["targets"][name]
+    config = body.get("config", {}).get("targets", {}).get(name, {})
+    status = str(record.get("status"))
+    rollback = record.get("rollback") or {}
+    plugins = {p: e for p, e in (record.get("plugins") or {}).items() if e.get("ended") != "ok"}
+    return {
+        "name": name, "host": config.get("host"), "group": config.get("group"), "batch": batch, "status": status,
+        "version_before": record.get("version_before"), "version": record.get("version"),
+        "errors": [{k: e.get(k) for k in ("ts", "stage", "step", "plugin", "message", "action")}
+                   for e in record.get("errors") or []],
+        "rollback_errors": [*rollback.get("errors", []), *rollback.get("problems", [])],
+        "plugins": plugins, "manual_procedure": record.get("manual_procedure"), "evidence": record.get("evidence"),
+        "next": target_next(name, status, dict(record)).replace("RUN", str(body["run_id"])),
+        "not_started": not_started if status == "pending" and (timeline is None or timeline.started is None) else None,
+        **(timeline.to_json() if timeline is not None else {}),
+    }
+
+
+def _next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any]) -> list[str]:
+    from ..cli._runs import next_commands
+
+    run_id, status = str(body["run_id"]), str(body["status"])
+    if rollout.get("waiting") is not None:
+        return [f"approve batch {rollout['waiting'] + 1}: drhost resume {run_id}",
+                f"roll back:  drhost rollback {run_id}"]
+    if status in ("running", "rolling_back", "created"):
+        return [f"if no drhost is running it: drhost resume {run_id}"]
+    return [*next_commands(run_id, status), f"details:   drhost status {run_id}"]
+
+
+def report_data(run_dir: Path) -> dict[str, Any]:
+    """Everything the page shows, as plain JSON: the summary, the rollout, each target's timeline and details."""
+    from ..cli._runs import rollout_summary
+
+    state = RunState.open(run_dir)
+    body = state.snapshot()
+    journal = run_dir / "events.jsonl"
+    events = sorted(read_journal(journal) if journal.exists() else [], key=lambda e: float(e.get("ts", 0)))
+    timelines, modes = _timelines(events)
+    rollout = rollout_summary(body)
+    batches = (body.get("rollout") or {}).get("batches") or [{"index": 0, "group": None,
+                                                             "targets": sorted(body["targets"])}]
+    record = body.get("rollout") or {}
+    batch_of = {name: i for i, b in enumerate(batches) for name in b["targets"]}
+    targets = [_target(name, body, timelines.get(name), batch_of.get(name, len(batches) - 1),
+                       _not_started_reason(name, record, batches))
+               for name in sorted(body["targets"], key=lambda n: (batch_of.get(n, len(batches)), n))]
+    stamps = [float(e["ts"]) for e in events if "ts" in e]
+    run_started = next((float(e["ts"]) for e in events if e.get("event") == "run.started"), None)
+    started = run_started if run_started is not None else body.get("created")
+    finished = body.get("finished")
+    status = str(body["status"])
+    code = RUN_EXIT_CODES.get(status, ExitCode.FAILED) if status not in ("running", "rolling_back", "created") \
+        else None
+    settings = (body.get("config") or {}).get("rollout") or {}
+    return {
+        "run": {
+            "id": body["run_id"], "modes": modes or ["upgrade"], "status": status, "exit_code": code,
+            "exit_name": _EXIT_NAMES.get(code) if code is not None else None,
+            "exit_meaning": _EXIT_MEANINGS.get(code, "") if code is not None else "not finished: no exit code yet",
+            "package": (body.get("package") or {}).get("version"), "started": started, "finished": finished,
+            "duration_s": None if finished is None or started is None else round(float(finished) - started, 3),
+            "counts": dict(sorted(Counter(t["status"] for t in targets).items())),
+            "weaker_isolation": body.get("weaker_isolation"), "recovered_from": state.recovered_from,
+            "generated": time.time(),
+        },
+        "rollout": {
+            "batches": [{"index": i, "group": b.get("group"), "targets": list(b["targets"])}
+                        for i, b in enumerate(batches)],
+            "stopped": rollout["stopped"], "waiting": rollout["waiting"], "lines": rollout["lines"],
+            "settings": {k: settings[k] for k in _ROLLOUT_KEYS if k in settings},
+        },
+        "next": _next_commands(body, rollout),
+        "axis": {"start": min(stamps) if stamps else started, "end": max(stamps) if stamps else finished},
+        "stages": [stage.value for stage in Stage.ordered()],
+        "targets": targets,
+    }
+
+
+def _embed(data: Mapping[str, Any]) -> str:
+    """JSON that cannot end its ``<script>`` element early: ``<``, ``>`` and ``&`` only occur escaped."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def _noscript(data: Mapping[str, Any]) -> str:
+    """The summary without the script: run facts and one row per target."""
+    e = html.escape
+    run = data["run"]
+    rows = "".join(
+        f"<tr><td>{e(str(t['name']))}</td><td>{e(str(t['status']))}</td><td>{t['batch'] + 1}</td>"
+        f"<td>{e(str(t.get('version_before') or '-'))}</td><td>{e(str(t.get('version') or '-'))}</td>"
+        f"<td>{e(str(t['next']))}</td></tr>" for t in data["targets"])
+    lines = "".join(f"<li>{e(line)}</li>" for line in [*data["rollout"]["lines"], *data["next"]])
+    return (f"<noscript><p>run {e(str(run['id']))}: {e(run['status'])} (exit {e(str(run['exit_code']))}), "
+            f"package {e(str(run['package']))}. The timeline needs JavaScript.</p><ul>{lines}</ul>"
+            f"<table><thead><tr><th>target</th><th>status</th><th>batch</th><th>version before</th>"
+            f"<th>version after</th><th>next</th></tr></thead><tbody>{rows}</tbody></table></noscript>")
+
+
+def build_report(run_dir: Path) -> str:
+    """The report page of the run in ``run_dir``: one HTML document that loads nothing from anywhere."""
+    data = report_data(run_dir)
+    # Only this page's own style and script may run: a message that smuggled markup in could not load anything.
+    policy = (f"default-src 'none'; style-src {_csp_hash(CSS)}; script-src {_csp_hash(SCRIPT)}; img-src data:; "
+              f"base-uri 'none'; form-action 'none'")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{html.escape(policy)}\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>drhost run {html.escape(str(data['run']['id']))}</title>"
+        f"<style>{CSS}</style></head><body>"
+        f"<main id=\"report\"></main>{_noscript(data)}"
+        f"<script type=\"application/json\" id=\"run-data\">{_embed(data)}</script>"
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) atomically, readable by the owner only."""
+    path = out if out is not None else run_dir / "report.html"
+    atomic_write(path, build_report(run_dir).encode("utf-8"), 0o600)
+    # atomic_write's mode is filtered by the umask; a stricter umask must not leave the report unreadable.
+    os.chmod(path, 0o600)
+    return path
+
+
+__all__ = ["build_report", "report_data", "write_report"]
