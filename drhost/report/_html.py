@@ -82,8 +82,8 @@ class _Timeline:
         self._open_steps.clear()
         self._open_stage.clear()
         self._open_cleanup.clear()
-        if self.rollbacks and self.rollbacks[-1]["end"] is None:
-            self.rollbacks[-1]["end"], self.rollbacks[-1]["outcome"] = end, outcome
+        if self.rollbacks and self.rollbacks[-1]["outcome"] == "running":
+            self.rollbacks[-1]["outcome"] = outcome
 
     def see(self, event: Mapping[str, Any]) -> None:
         name, ts = str(event["event"]), float(event["ts"])
@@ -151,14 +151,16 @@ class _Timeline:
             rollback["parts"].append({"stage": stage, "start": begin, "end": ts, "status": data.get("status"),
                                       "title": _title(event) + (f"; rule: {data['rule']}" if data.get("rule")
                                                                 else "")})
-        elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["end"] is None:
+        elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["outcome"] == "running":
             self.rollbacks[-1]["outcome"] = _ROLLBACK_ENDS[name]
             self.rollbacks[-1]["message"] = event.get("message")
 
     def to_json(self) -> dict[str, Any]:
-        # A rollback's bar runs to the target's end: a later resume or status event is part of its story.
-        for rollback in self.rollbacks:
-            rollback["end"] = self.last
+        # A rollback's bar runs to the target's end (its verification and what followed belong to it), or to the
+        # next rollback of the target (`drhost rollback RUN` after an inconsistent one), so the two never overlap.
+        for index, rollback in enumerate(self.rollbacks):
+            later = self.rollbacks[index + 1:]
+            rollback["end"] = later[0]["start"] if later else self.last
         return {"stages": self.stages, "loose_steps": self.loose_steps, "cleanups": self.cleanups,
                 "markers": self.markers, "rollbacks": self.rollbacks, "timeouts": self.timeouts,
                 "started": self.started, "last": self.last}
@@ -217,12 +219,13 @@ def _next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any]) -> list[
     from ..cli._runs import next_commands
 
     run_id, status = str(body["run_id"]), str(body["status"])
+    # As `drhost status` words them: next_commands knows only runs that ended, not one waiting or still driven.
     if rollout.get("waiting") is not None:
         return [f"approve batch {rollout['waiting'] + 1}: drhost resume {run_id}",
                 f"roll back:  drhost rollback {run_id}"]
     if status in ("running", "rolling_back", "created"):
         return [f"if no drhost is running it: drhost resume {run_id}"]
-    return [*next_commands(run_id, status), f"details:   drhost status {run_id}"]
+    return next_commands(run_id, status)
 
 
 def report_data(run_dir: Path) -> dict[str, Any]:
