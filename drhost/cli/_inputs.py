@@ -19,6 +19,7 @@ from ..demo.environment import (
 )
 from ..demo.sshd import SshHost
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
+from ..orchestrator._rollout import Budget, RolloutError, batches_for
 from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
@@ -137,6 +138,11 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
             raise ConfigError(config.origin(("process", "network")),
                               f"a machine where process workers can get their own network namespace ({why}); "
                               f"or set [process] network = host", "none")
+    try:
+        batches_for(config.data)
+        Budget.from_config(config.data["rollout"])
+    except RolloutError as exc:
+        raise ConfigError(config.origin(("rollout", exc.key)), exc.expected, exc.found) from None
     unused = unknown_timeout_keys(plan, config.data)
     if unused:
         known = ", ".join(sorted({s.timeout_key for s in plan.steps}))
@@ -151,6 +157,10 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
                 raise ConfigError(config.origin(("plugins", name, "fault")),
                                   f"a step of plugin {name} ({', '.join(steps) or 'it has none in this run'})",
                                   spec.step)
+            if spec.target is not None and spec.target not in config.data["targets"]:
+                raise ConfigError(config.origin(("plugins", name, "fault")),
+                                  f"a target of this run after '@' ({', '.join(sorted(config.data['targets']))})",
+                                  spec.target)
     return plan
 
 

@@ -17,6 +17,8 @@ from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
 from ..orchestrator import Decide, RunSummary, create_run, drive
+from ..orchestrator._fleet import ApproveBatch
+from ..orchestrator._rollout import Batch, batches_for
 from ..plan import Plan, format_plan
 from ..report import LiveReporter, PlainReporter
 from ..state import RunState, find_run, state_root
@@ -49,6 +51,30 @@ def make_decide(mode: str, interactive: bool, reporter: Subscriber | None = None
     return ask
 
 
+def make_approve(interactive: bool, reporter: Subscriber | None = None, *, granted: int | None = None,
+                 ) -> ApproveBatch | None:
+    """Approval of a batch ([rollout] approve): asked on a terminal; without one the run stops there, resumable.
+
+    ``granted``: the batch the operator approved by running ``drhost resume`` (the one the run waits for).
+    """
+    lock = threading.Lock()
+
+    def approve(batch: Batch, count: int) -> bool:
+        if granted is not None and batch.index == granted:
+            return True
+        if not interactive:
+            return False
+        pause = reporter.paused() if isinstance(reporter, LiveReporter) else contextlib.nullcontext()
+        with lock, pause:
+            group = f" (group {batch.group})" if batch.group else ""
+            sys.stderr.write(f"\nbatch {batch.index + 1} of {count}{group}: {len(batch.targets)} targets: "
+                             f"{', '.join(batch.targets)}\n  start it? [y]es / [n]o (stop here; resume later) ")
+            sys.stderr.flush()
+            return sys.stdin.readline().strip().lower()[:1] == "y"
+
+    return approve if interactive or granted is not None else None
+
+
 def _reporter(args: argparse.Namespace, total_steps: int) -> Subscriber:
     if sys.stderr.isatty() and not args.json and not getattr(args, "plain", False):
         return LiveReporter(total_steps)
@@ -60,8 +86,13 @@ def _finish(args: argparse.Namespace, summary: RunSummary) -> int:
         print(json.dumps(summary.to_json(), indent=2))
     else:
         print(f"run {summary.run_id}: {summary.status}")
+        for line in rollout_summary(RunState.open(summary.run_dir).snapshot())["lines"]:
+            print(f"  {line}")
         for name, target in summary.targets.items():
-            print(f"  {name}: {target['status']} (version {target.get('version') or 'unknown'})")
+            if target["status"] == "pending":
+                print(f"  {name}: not started")
+            else:
+                print(f"  {name}: {target['status']} (version {target.get('version') or 'unknown'})")
         for line in next_commands(summary.run_id, summary.status):
             print(line)
         print(f"run directory: {summary.run_dir}")
@@ -124,7 +155,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
                     decide=make_decide(prepared.config.data["run"]["on_failure"], interactive, reporter),
                     subscribers=[reporter],
                     after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None,
-                    break_lock=bool(args.break_lock))
+                    break_lock=bool(args.break_lock), approve=make_approve(interactive, reporter))
     return _finish(args, summary)
 
 
@@ -135,8 +166,15 @@ def _continue(args: argparse.Namespace, mode: str) -> int:
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     demo = state.get("demo")
     reporter = _reporter(args, len(plan.steps))
+    # Resuming a run that waits for approval is the approval of that batch; after a budget stopped the rollout,
+    # of the batch after the one that stopped it.
+    rollout = state.get("rollout") or {}
+    waiting = rollout.get("waiting")
+    if waiting is None and rollout.get("stopped"):
+        waiting = int(rollout["stopped"]["batch"]) + 1
     summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive, reporter), subscribers=[reporter],
-                    after=_demo_after(bool(demo.get("keep"))) if demo else None, break_lock=bool(args.break_lock))
+                    after=_demo_after(bool(demo.get("keep"))) if demo else None, break_lock=bool(args.break_lock),
+                    approve=make_approve(interactive, reporter, granted=waiting))
     return _finish(args, summary)
 
 
@@ -150,8 +188,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     prepared = prepare(args, need_package=False)
+    batches = batches_for(prepared.config.data)
     if args.json:
         print(json.dumps({"targets": sorted(prepared.config.data["targets"]),
+                          "batches": [b.to_json() for b in batches],
                           "steps": [s.to_json() for s in prepared.plan.steps],
                           "plugins": [p.to_json() for p in prepared.plan.plugins]}, indent=2))
     else:
@@ -160,6 +200,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             where = (f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
                      if target["transport"] == "ssh" else "local")
             print(f"  {name}: {where}, install root {target['root']}")
+        if len(batches) > 1:
+            print(f"rollout: {len(batches)} batches, {prepared.config.data['run']['forks']} targets at a time")
+            for batch in batches:
+                group = f" [{batch.group}]" if batch.group else ""
+                print(f"  batch {batch.index + 1}{group}: {', '.join(batch.targets)}")
         for line in format_plan(prepared.plan):
             print(line)
     return ExitCode.SUCCEEDED
@@ -209,9 +254,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     commands = next_commands(body["run_id"], body["status"])
     if body["status"] in ("running", "rolling_back", "created"):
         commands = [f"if no drhost is running it: drhost resume {body['run_id']}"]
+    rollout = rollout_summary(body)
+    if rollout["waiting"] is not None:
+        commands = [f"approve batch {rollout['waiting'] + 1}: drhost resume {body['run_id']}",
+                    f"roll back:  drhost rollback {body['run_id']}"]
     report = {"run_id": body["run_id"], "status": body["status"], "run_dir": str(state.run_dir),
               "package": body["package"]["version"], "targets": targets, "next": commands,
-              "recovered_from": state.recovered_from, "weaker_isolation": body.get("weaker_isolation")}
+              "recovered_from": state.recovered_from, "weaker_isolation": body.get("weaker_isolation"),
+              "rollout": rollout}
     if args.json:
         print(json.dumps(report, indent=2))
         return ExitCode.SUCCEEDED
@@ -220,6 +270,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  note: {state.recovered_from}")
     if body.get("weaker_isolation"):
         print(f"  weaker isolation (operator allowed): {body['weaker_isolation']}")
+    for line in rollout["lines"]:
+        print(f"  {line}")
     for t in targets:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
@@ -238,6 +290,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in commands:
         print(line)
     return ExitCode.SUCCEEDED
+
+
+def rollout_summary(body: dict[str, Any]) -> dict[str, Any]:
+    """The run's batches and why the rollout stopped or waits, as data and as lines for the operator."""
+    record = body.get("rollout") or {}
+    batches = record.get("batches") or []
+    stopped, waiting = record.get("stopped"), record.get("waiting")
+    lines = []
+    if len(batches) > 1:
+        sizes = ", ".join(str(len(b["targets"])) for b in batches)
+        lines.append(f"rollout: {len(batches)} batches of {sizes} targets")
+    if stopped:
+        lines.append(f"rollout stopped in batch {stopped['batch'] + 1}: {stopped['reason']}; not started: "
+                     f"{', '.join(stopped['not_started']) or 'none'} (drhost resume RUN continues with them; "
+                     f"the budget then counts afresh)".replace("RUN", str(body["run_id"])))
+    if waiting is not None:
+        lines.append(f"rollout waits for approval of batch {waiting + 1}: "
+                     f"{', '.join(batches[waiting]['targets'])}")
+    return {"batches": [list(b["targets"]) for b in batches], "stopped": stopped, "waiting": waiting,
+            "lines": lines}
 
 
 def add_run_inputs(parser: argparse.ArgumentParser) -> None:

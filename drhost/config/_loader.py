@@ -25,8 +25,8 @@ Path_ = tuple[str, ...]
 
 #: INI section prefix -> (top-level key of the config, whether the section has a name)
 _NAMED_SECTIONS = {"stage": "stages", "class": "classes", "plugin": "plugins", "target": "targets", "ssh": "ssh"}
-_PLAIN_SECTIONS = {"run": "run", "timeouts": "timeouts", "watchdog": "watchdog", "container": "container",
-                   "process": "process"}
+_PLAIN_SECTIONS = {"run": "run", "rollout": "rollout", "timeouts": "timeouts", "watchdog": "watchdog",
+                   "container": "container", "process": "process"}
 #: ``--set`` prefixes, which read like the INI sections they stand for
 _SET_PREFIXES = {**{k: v for k, v in _NAMED_SECTIONS.items()}, **_PLAIN_SECTIONS}
 
@@ -277,7 +277,8 @@ def validate_plugin_section(config: LoadedConfig, plugin: str, plugin_schema: Ma
         try:
             parse_faults(str(section["fault"]))
         except ValueError as exc:
-            raise ConfigError(config.origin(("plugins", plugin, "fault")), "STEP:KIND[:TIMES]", str(exc)) from None
+            raise ConfigError(config.origin(("plugins", plugin, "fault")), "STEP:KIND[:TIMES][@TARGET]",
+                              str(exc)) from None
     errors = list(jsonschema.Draft202012Validator(merged).iter_errors(section))
     if errors:
         error = jsonschema.exceptions.best_match(errors)

@@ -27,9 +27,11 @@ from ..supervisor._cgroups import remove_run_cgroups
 from ..supervisor._container import remove_orphaned_containers, remove_run_containers
 from ..transport import TransportError
 from ._env import Decide, Executor, RunEnv
+from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
 from ._records import new_target_record
 from ._rollback import RollbackFlow
+from ._rollout import Batch, batches_for
 from ._target import TargetFlow
 
 RUN_EXIT_CODES = {
@@ -93,6 +95,7 @@ def create_run(*, config: Mapping[str, Any], config_files: Sequence[str], plan: 
         "package": package_for(package),
         "plan": plan.to_json(),
         "targets": {name: new_target_record() for name in sorted(config["targets"])},
+        "rollout": rollout_record(batches_for(config)),
         **(extra or {}),
     }
     state = RunState.create(new_run_id(), body)
@@ -196,9 +199,24 @@ def _debug_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def _with_rollout(state: RunState) -> None:
+    """Runs created before batches existed: one batch of every target, under the default settings."""
+    from ..config import defaults
+
+    with state.mutate() as body:
+        if "rollout" not in body:
+            body["rollout"] = rollout_record([Batch(0, None, tuple(sorted(body["targets"])))])
+        body["config"].setdefault("rollout", defaults()["rollout"])
+
+
 def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[Subscriber] = (),
-          after: Callable[[RunState, str], None] | None = None, break_lock: bool = False) -> RunSummary:
-    """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run."""
+          after: Callable[[RunState, str], None] | None = None, break_lock: bool = False,
+          approve: ApproveBatch | None = None) -> RunSummary:
+    """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run.
+
+    Upgrades go batch by batch (``[rollout]``); ``approve`` is asked before a batch that needs approval (None:
+    the run stops there, resumable). A rollback takes every target at once, ``forks`` at a time.
+    """
     lock = RunLock(state.run_dir)
     lock.acquire()
     logger = logging.getLogger(f"drhost.run.{state.run_id}")
@@ -214,6 +232,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
     for subscriber in subscribers:
         bus.subscribe(subscriber)
     plan = Plan.from_json(state.get("plan"))
+    _with_rollout(state)
     body = state.snapshot()
     package = PackageInfo(**{**body["package"], "upgrades_from": tuple(body["package"]["upgrades_from"])})
     env = RunEnv(state=state, plan=plan, config=body["config"], package=package, bus=bus, decide=decide,
@@ -234,7 +253,10 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         env.emit("run.started", mode=mode, targets=sorted(body["targets"]), package=package.version,
                  steps=len(plan.steps), run_dir=str(state.run_dir),
                  isolation={p.name: p.isolation for p in plan.plugins},
-                 weaker_isolation=body.get("weaker_isolation"))
+                 weaker_isolation=body.get("weaker_isolation"), forks=int(env.config["run"]["forks"]),
+                 batches=[{"targets": b["targets"], "group": b.get("group")} for b in body["rollout"]["batches"]]
+                 if mode != "rollback" else [{"targets": sorted(body["targets"]), "group": None}],
+                 pause_s=float(env.config["rollout"]["pause_s"]))
         forks = int(env.config["run"]["forks"])
 
         def one(name: str) -> str:
@@ -253,9 +275,17 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
                 locks.release(name)
             return result
 
-        with _signals_stop(env, executor), ThreadPoolExecutor(max_workers=forks, thread_name_prefix="target") as pool:
-            results = dict(zip(sorted(body["targets"]), pool.map(one, sorted(body["targets"])), strict=True))
-        status = run_status(list(results.values()))
+        stopped_by_budget = False
+        with _signals_stop(env, executor):
+            if mode == "rollback":
+                with ThreadPoolExecutor(max_workers=forks, thread_name_prefix="target") as pool:
+                    list(pool.map(one, sorted(body["targets"])))
+            else:
+                stopped_by_budget = Fleet(env, one, forks=forks, approve=approve).run().stopped is not None
+        with state.reading() as b:
+            status = run_status([str(t["status"]) for t in b["targets"].values()])
+        if stopped_by_budget and status == "interrupted":
+            status = "aborted"  # stopped on purpose by the failure budget, not by a crash or a signal
         with state.mutate() as b:
             b["status"] = status
             b["finished"] = time.time()

@@ -13,6 +13,7 @@ from typing import TextIO
 from ..events import Event
 from ..transport._sftp_upload import rate_and_eta
 from ..watchdog import WATCHDOG_EVENTS, render_watchdog_event, translator
+from ._fleet import FleetBoard
 
 Translate = Callable[[str], str]
 
@@ -26,14 +27,16 @@ _PLAIN = {
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
     "rollback.recovery", "target.inconsistent", "target.locked", "target.unreachable", "target.lock_broken",
     "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
-    *WATCHDOG_EVENTS,
+    *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished", "rollout.stopped",
+    "rollout.waiting_approval", "rollout.paused", "rollout.approved",
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
             "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
             "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", "target.reachable",
-            "target.rollback_queued", *WATCHDOG_EVENTS}
+            "target.rollback_queued", *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished",
+            "rollout.stopped", "rollout.waiting_approval", "rollout.paused", "rollout.approved"}
 
 
 def _identity(message: str) -> str:
@@ -79,6 +82,8 @@ def describe(event: Event, t: Translate = _identity) -> str:
     elif name == "rollback.recovery":
         found = "; ".join([*d.get("errors", []), *d.get("problems", [])])
         text = f"[{event.stage}] recovery: {event.message} ({found})"
+    elif name.startswith("rollout."):
+        text = event.message
     elif name == "decision":
         text = f"{where} decision: {d.get('decision')} — {event.message}"
     elif name == "rollback.stage":
@@ -186,6 +191,7 @@ class LiveReporter:
         self._stream = stream
         self._t = t or translator()
         self._eta = EtaBoard()
+        self._fleet = FleetBoard(self._eta.target)
         self._total = max(1, total_steps)
         self._lines: dict[str, str] = {}
         self._done: dict[str, int] = {}
@@ -202,23 +208,34 @@ class LiveReporter:
             self._stream.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = 0
 
+    def _host_line(self, name: str) -> str:
+        if name not in self._lines:
+            return f"{name:<14} {self._fleet.status.get(name, 'waiting')}"
+        done = self._done.get(name, 0)
+        bar_len = 20
+        filled = int(bar_len * min(done, self._total) / self._total)
+        since = self._step_started.get(name)
+        step_elapsed = f" {time.time() - since:5.1f}s" if since else ""
+        eta = self._eta.target(name, time.time())
+        eta_text = f" ETA {_clock(eta)}" if eta is not None else ""
+        return (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed}"
+                f"{eta_text} {self._lines[name]}")
+
     def _draw(self) -> None:
-        width = shutil.get_terminal_size((100, 20)).columns
-        for name in sorted(self._lines):
-            done = self._done.get(name, 0)
-            bar_len = 20
-            filled = int(bar_len * min(done, self._total) / self._total)
-            since = self._step_started.get(name)
-            step_elapsed = f" {time.time() - since:5.1f}s" if since else ""
-            eta = self._eta.target(name, time.time())
-            eta_text = f" ETA {_clock(eta)}" if eta is not None else ""
-            line = (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed}"
-                    f"{eta_text} {self._lines[name]}")
-            self._stream.write(line[: width - 1] + "\n")
-        run_eta = self._eta.run(time.time())
+        size = shutil.get_terminal_size((100, 20))
+        now = time.time()
+        if self._fleet.several:
+            # Room for the notable lines above the block: a terminal that scrolls the block loses its top.
+            lines = self._fleet.lines(now, self._host_line, max(4, size.lines - 4), _clock)
+            run_eta = self._fleet.run_eta(now)
+        else:
+            lines = [self._host_line(name) for name in sorted(self._lines)]
+            run_eta = self._eta.run(now)
+        for line in lines:
+            self._stream.write(line[: size.columns - 1] + "\n")
         run_eta_text = f", run ETA {_clock(run_eta)}" if run_eta is not None else ""
         self._stream.write(f"elapsed {time.monotonic() - self._started:6.1f} s{run_eta_text}\n")
-        self._drawn = len(self._lines) + 1
+        self._drawn = len(lines) + 1
         self._stream.flush()
 
     @contextlib.contextmanager
@@ -255,6 +272,7 @@ class LiveReporter:
             if event.event in _NOTABLE or event.event == "run.finished":
                 self._stream.write(describe(event, self._t) + "\n")
             self._eta.see(event)
+            self._fleet.see(event)
             target = event.target
             if target:
                 if event.event == "step.started":

@@ -1,7 +1,9 @@
 """Fault injection, so operators can drill failure handling and tests can exercise it.
 
-A plugin's config key ``fault`` holds ``STEP:KIND[:TIMES]`` (several separated by
-commas). KIND is one of ``fail``, ``hang``, ``crash``, ``oom``, ``slow``, ``remote_hang``. TIMES limits
+A plugin's config key ``fault`` holds ``STEP:KIND[:TIMES][@TARGET]`` (several
+separated by commas); with ``@TARGET`` only that target is hit, so a fleet drill
+can fail one host of a batch. KIND is one of ``fail``, ``hang``, ``crash``, ``oom``,
+``slow``, ``remote_hang``. TIMES limits
 how many calls of the step are hit (default: every call), which lets a drill show
 a retry that succeeds. The runtime applies faults before the step runs, so every
 plugin honours them without code of its own.
@@ -30,15 +32,19 @@ class FaultSpec:
     step: str
     kind: str
     times: int | None = None
+    target: str | None = None
 
 
 def parse_faults(value: str) -> list[FaultSpec]:
     """Parse a ``fault`` setting; raise ValueError naming what is wrong."""
     specs: list[FaultSpec] = []
     for item in filter(None, (part.strip() for part in value.split(","))):
-        parts = item.split(":")
+        spec_text, at, target = item.partition("@")
+        if at and not target.strip():
+            raise ValueError(f"fault {item!r}: expected a target name after '@'")
+        parts = spec_text.split(":")
         if len(parts) not in (2, 3) or not parts[0]:
-            raise ValueError(f"fault {item!r}: expected STEP:KIND[:TIMES]")
+            raise ValueError(f"fault {item!r}: expected STEP:KIND[:TIMES][@TARGET]")
         step, kind = parts[0], parts[1]
         if kind not in FAULT_KINDS:
             raise ValueError(f"fault {item!r}: kind must be one of {', '.join(FAULT_KINDS)}, found {kind!r}")
@@ -47,7 +53,7 @@ def parse_faults(value: str) -> list[FaultSpec]:
             if not parts[2].isdigit() or int(parts[2]) < 1:
                 raise ValueError(f"fault {item!r}: TIMES must be a whole number >= 1, found {parts[2]!r}")
             times = int(parts[2])
-        specs.append(FaultSpec(step, kind, times))
+        specs.append(FaultSpec(step, kind, times, target.strip() or None))
     return specs
 
 
@@ -58,7 +64,7 @@ def inject(ctx: Context, step: str, *, in_process: bool, memory_limit_bytes: int
     if not raw:
         return
     for spec in parse_faults(str(raw)):
-        if spec.step != step:
+        if spec.step != step or (spec.target is not None and spec.target != ctx.target.name):
             continue
         hits = dict(ctx.state.get(_HITS_KEY, {}))
         count = int(hits.get(step, 0))

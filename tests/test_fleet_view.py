@@ -1,0 +1,123 @@
+"""The live view of a fleet: batch headers, host lines, and ETAs per host, batch and run from the events."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from drhost.events import Event
+from drhost.report import LiveReporter
+from drhost.report._console import EtaBoard
+from drhost.report._fleet import FleetBoard
+
+RUN = "run-1"
+
+
+def _event(name: str, ts: float, target: str | None = None, message: str = "", **data: object) -> Event:
+    return Event(name, RUN, target=target, stage="upgrade" if target else None,
+                 step="s" if name.startswith("step") else None, plugin="p" if target else None, message=message,
+                 data=data, ts=ts)
+
+
+def _started(batches: list[list[str]], forks: int = 2, pause_s: float = 0.0) -> Event:
+    return _event("run.started", 0.0, batches=[{"targets": b, "group": None} for b in batches], forks=forks,
+                  pause_s=pause_s, mode="upgrade", targets=[t for b in batches for t in b], steps=3)
+
+
+def _board() -> tuple[FleetBoard, EtaBoard]:
+    eta = EtaBoard()
+    return FleetBoard(eta.target), eta
+
+
+def _see(board: FleetBoard, eta: EtaBoard, *events: Event) -> None:
+    for event in events:
+        eta.see(event)
+        board.see(event)
+
+
+def test_eta_of_a_batch_adds_waves_of_queued_hosts() -> None:
+    """A batch's ETA is its slowest running host plus one typical host per wave still queued behind forks."""
+    board, eta = _board()
+    _see(board, eta, _started([["a"], ["b", "c", "d", "e", "f"]], forks=2),
+         _event("target.started", 0.0, "a"), _event("step.started", 0.0, "a", expected_s=2.0, rest_after_s=8.0))
+    assert eta.target("a", 1.0) == 9.0
+    assert board.batch_eta(0, 1.0) == 9.0
+    # later batch: 5 hosts, forks 2 -> 3 waves of a typical host (the expected total, 10 s)
+    assert board.run_eta(1.0) == 9.0 + 3 * 10.0
+    _see(board, eta, _event("target.succeeded", 12.0, "a"),
+         _event("rollout.batch_finished", 12.0, batch=0, counts={"succeeded": 1}))
+    assert board.typical_s() == 12.0, "a host that finished replaces the estimate"
+    _see(board, eta, _event("target.started", 12.0, "b"), _event("step.started", 12.0, "b", expected_s=3.0,
+                                                                  rest_after_s=9.0),
+         _event("target.started", 12.0, "c"), _event("step.started", 12.0, "c", expected_s=1.0,
+                                                      rest_after_s=4.0))
+    # b: 12 s left at t=12, c: 5 s; d, e, f queued behind 2 forks -> 2 waves of 12 s
+    assert board.batch_eta(1, 12.0) == 12.0 + 2 * 12.0
+    assert board.run_eta(12.0) == board.batch_eta(1, 12.0)
+
+
+def test_pauses_between_batches_count_in_the_run_eta() -> None:
+    """Each later batch adds the configured pause before it."""
+    board, eta = _board()
+    _see(board, eta, _started([["a"], ["b"], ["c"]], forks=1, pause_s=30.0),
+         _event("target.started", 0.0, "a"), _event("step.started", 0.0, "a", expected_s=5.0, rest_after_s=5.0))
+    assert board.run_eta(0.0) == 10.0 + 2 * (10.0 + 30.0)
+
+
+def test_unknown_durations_give_no_eta() -> None:
+    """With no history and no finished host, the run's ETA stays unknown instead of guessed."""
+    board, eta = _board()
+    _see(board, eta, _started([["a"], ["b"]]), _event("target.started", 0.0, "a"),
+         _event("step.started", 0.0, "a", expected_s=None, rest_after_s=None))
+    assert board.batch_eta(0, 1.0) is None
+    assert board.run_eta(1.0) is None
+
+
+def test_a_stopped_rollout_has_no_run_eta_and_says_why() -> None:
+    """After the budget stops the rollout the view shows the reason and no longer promises an end."""
+    board, eta = _board()
+    _see(board, eta, _started([["a"], ["b"]]), _event("target.started", 0.0, "a"),
+         _event("step.started", 0.0, "a", expected_s=1.0, rest_after_s=1.0),
+         _event("rollout.stopped", 1.0, reason="1 of 1 targets failed in batch 1"))
+    assert board.run_eta(1.0) is None
+    lines = board.lines(1.0, lambda t: t, 20, lambda s: f"{s:g}s")
+    assert lines[-1] == "rollout stopped: 1 of 1 targets failed in batch 1"
+    assert "batch 2/2: 1 hosts waiting" in lines
+
+
+def test_live_view_shows_batches_and_the_current_batch_hosts() -> None:
+    """On a terminal, finished batches are one line, the running batch shows its hosts, later batches wait."""
+    stream = io.StringIO()
+    view = LiveReporter(3, stream=stream, t=lambda m: m)
+    events = [_started([["a"], ["b", "c", "d"], ["e"]], forks=2),
+              _event("rollout.batch_started", 0.0, batch=0, message="batch 1 of 3: 1 targets"),
+              _event("target.started", 0.0, "a"), _event("step.started", 0.0, "a", expected_s=1.0,
+                                                          rest_after_s=1.0),
+              _event("target.succeeded", 2.0, "a"),
+              _event("rollout.batch_finished", 2.0, batch=0, counts={"succeeded": 1},
+                     message="batch 1 of 3 finished: 1 succeeded"),
+              _event("rollout.batch_started", 2.0, batch=1, message="batch 2 of 3: 3 targets"),
+              _event("target.started", 2.0, "b"), _event("step.started", 2.0, "b", expected_s=1.0,
+                                                          rest_after_s=1.0)]
+    for event in events:
+        view(event)
+    block = stream.getvalue().rsplit("\x1b[J", 1)[-1]
+    lines = block.splitlines()
+    assert "batch 1/3: done — 1 succeeded" in lines
+    assert any(re.match(r"batch 2/3: 0/3 hosts done, ETA \d+s$", line) for line in lines), lines
+    assert any(line.startswith("b ") and "[upgrade] s (p)" in line and "ETA" in line for line in lines), lines
+    assert any(re.match(r"c\s+waiting$", line) for line in lines), lines
+    assert "batch 3/3: 1 hosts waiting" in lines
+    assert re.match(r"elapsed\s+[\d.]+ s, run ETA \d+s", lines[-1]), lines[-1]
+    assert "batch 2 of 3: 3 targets" in stream.getvalue(), "batch starts are notable lines above the block"
+
+
+def test_many_hosts_are_cut_to_the_terminal() -> None:
+    """A batch of 50 hosts on a 20-line terminal shows the hosts at work first and counts the rest."""
+    board, eta = _board()
+    hosts = [f"h{i:02d}" for i in range(50)]
+    _see(board, eta, _started([hosts], forks=5), *(_event("target.started", 0.0, h) for h in hosts[:5]))
+    lines = board.lines(0.0, lambda t: t, 12, lambda s: f"{s:g}s")
+    assert len(lines) <= 13
+    assert lines[1:6] == hosts[:5], "running hosts come first"
+    assert lines[-1] == "  … 41 more hosts (41 waiting, 0 done)"
