@@ -331,3 +331,23 @@ def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.Mo
     monkeypatch.setattr(ssh, "_ensure", lambda: transport)
     status, out, err = ssh._exec("true", None, 5)
     assert (status, out, err) == (0, b"x" * 1000 + b"y" * 500, b"")
+
+
+def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, tmp_path: Path) -> None:
+    """A black-holed peer (connection accepted, not a byte back) fails as a network TransportError after the
+    banner timeout — never as a library error that would crash a run."""
+    from drhost.transport import TransportError
+    from tcp_proxy import TcpProxy
+
+    with TcpProxy(host.host, host.port) as proxy:
+        proxy.blackhole(True)
+        target = SshTarget(host.name, proxy.host, proxy.port, key_file=str(host.client_key),
+                           known_hosts=str(host.known_hosts), banner_timeout_s=1.0)
+        ssh = SshSession(host.name, target, run_id="run1", work_dir=str(tmp_path / "work"), reconnects=0)
+        try:
+            with pytest.raises(TransportError) as caught:
+                ssh.run(["true"])
+        finally:
+            ssh.close()
+    assert caught.value.category == "network"
+    assert "did not complete within 1 s" in str(caught.value)

@@ -247,6 +247,12 @@ def connect(target: SshTarget) -> paramiko.Transport:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"SSH handshake with {target.address} failed: {exc}", category="network") \
                 from None
+        # start_client returns, without an error, when its timeout passes before the key exchange is done (a
+        # peer that accepts the connection and then says nothing): that is a network failure, not a bad key.
+        if not transport.is_active() or transport.host_key is None:
+            raise TransportError(f"SSH handshake with {target.address} did not complete within "
+                                 f"{target.banner_timeout_s:g} s (the peer accepted the connection and then "
+                                 f"said nothing)", category="network")
         _check_host_key(target, host_keys, transport.get_remote_server_key())
         try:
             _authenticate(target, transport)
