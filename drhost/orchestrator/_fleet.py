@@ -134,7 +134,7 @@ class Fleet:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     name = running.pop(future)
-                    outcome.results[name] = future.result()
+                    outcome.results[name] = self._result(name, future)
                 if outcome.stopped is None:
                     reason = self.budget.exceeded(batch, outcome.results, fleet_size)
                     if reason is not None:
@@ -152,6 +152,21 @@ class Fleet:
                       seconds=round(time.monotonic() - started, 3), counts=counts,
                       message=f"batch {batch.index + 1} of {count} finished: "
                               + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v))
+
+    def _result(self, name: str, future: Future[str]) -> str:
+        """The target's status; a defect in drhost that escaped its flow stops that target only, resumably."""
+        try:
+            return future.result()
+        except Exception as exc:
+            self.env.logger.exception("driving %s failed", name)
+            message = f"drhost could not go on with this target: {type(exc).__name__}: {exc} (see debug.log)"
+            with self.env.state.mutate() as body:
+                record = body["targets"][name]
+                record["status"] = "interrupted"
+                record.setdefault("errors", []).append({"ts": time.time(), "message": message,
+                                                        "action": "target interrupted; resume or roll back"})
+            self.env.emit("target.interrupted", target=name, message=message)
+            return "interrupted"
 
     def _later(self, batch: Batch) -> list[Batch]:
         return [b for b in batches_of(self._record()) if b.index > batch.index]
