@@ -243,6 +243,8 @@ def target_next(name: str, status: str, record: dict[str, Any]) -> str:
         "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
         "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
         "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
+        "pending": "not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "
+                   "the run)",
     }.get(status, "drhost resume RUN (if no drhost is running it)")
 
 
