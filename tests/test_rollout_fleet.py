@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from drhost.cli._runs import make_approve, rollout_summary
 from drhost.demo.environment import create_demo, start_ssh_hosts, stop_demo
 from drhost.demo.sshd import SshHost
 from drhost.orchestrator import RunSummary, create_run, drive
+from drhost.report import build_report
 from drhost.state import RunState, state_root
 from sshd_hosts import sshd_available
 from tcp_proxy import TcpProxy
@@ -104,6 +106,12 @@ def test_failure_budget_stops_the_rollout_and_later_batches_stay_untouched(
         lines = rollout_summary(run.state.snapshot())["lines"]
         assert any(line.startswith("rollout stopped in batch 2: 1 of 2 targets failed") and
                    "not started: dr-demo-4, dr-demo-5" in line for line in lines), lines
+        embedded = re.search(r'<script type="application/json" id="run-data">(.*?)</script>',
+                             build_report(run.state.run_dir), re.S)
+        assert embedded is not None
+        reported = json.loads(embedded.group(1))["rollout"]["stopped"]
+        assert (reported["reason"], reported["not_started"]) == (stopped["data"]["reason"],
+                                                                  ["dr-demo-4", "dr-demo-5"])
 
 
 def test_same_failure_within_budget_goes_on_through_every_batch_with_pauses(
