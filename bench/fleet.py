@@ -1,7 +1,7 @@
 """Fleet benchmark: `drhost upgrade` beside `ansible-playbook`, same hosts, same work, same forks, one run.
 
 Run on demand:  python bench/fleet.py [--hosts 20 50] [--runs 2] [--forks 10 [hosts]] [--size-mib 64]
-                [--steps 20] [--ansible-venv DIR] [--write docs/benchmarks.md]
+                [--steps 20] [--ansible-venv DIR] [--ansible-ssh-args ARGS] [--keep] [--write docs/benchmarks.md]
 
 Every host is its own loopback sshd (drhost/demo/sshd.py) with its own host key, checked strictly against a
 known_hosts file by both tools. Per host both tools do the same work: upload one random file (the same for
@@ -18,7 +18,9 @@ Each tool runs under a small meter process (this file with ``--meter``) that is 
 ControlPersist masters ssh forks into the background stay in the measured tree: their CPU is counted when
 the meter stops and reaps them after the tool has exited. The meter reports the tool's wall time, the user +
 system CPU of its whole process tree, the largest single process's RSS, the peak PSS of the tree (sampled
-every 0.5 s) and the busy CPU time of the whole machine (which adds the targets' sshd and commands).
+every 0.5 s) and the busy CPU time of the whole machine. The targets' share of that comes from the sshd
+listeners' own and reaped children's CPU (/proc/PID/stat); what is left is everything else on the machine.
+Every sshd and the temp dir are removed at the end, also after Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -336,6 +338,9 @@ class Bench:
             pipelining = True
             control_path_dir = {scratch / 'cp'}
             """))
+        if self.args.ansible_ssh_args is not None:
+            with open(config, "a", encoding="utf-8") as handle:
+                handle.write(f"ssh_args = {self.args.ansible_ssh_args}\n")
         return config
 
     # -- runs -----------------------------------------------------------------
@@ -464,53 +469,56 @@ def med(samples: list[Sample], field: str) -> float:
 def describe(args: argparse.Namespace, ansible: str) -> str:
     """What the section says once, before its first measurement."""
     true_steps, test_steps = args.steps - args.steps // 2, args.steps // 2
-    return textwrap.dedent(f"""\
-        {SECTION}
-
-        The same fleet work done by `drhost upgrade` and by `ansible-playbook`, on the same loopback sshd hosts
-        (one `sshd` per host, own port, own host key, checked strictly against a known_hosts file by both: no
-        auto-accept), with the same forks, in one run (`bench/fleet.py`). Per host: one upload of a random file
-        (the same file for every host, verified by sha256 on disk afterwards) and {args.steps} trivial remote
-        commands ({true_steps} × `true`, {test_steps} × `test -d ROOT`). The tools alternate which goes first in
-        every repetition; each cell is the median of the repetitions.
-
-        - drhost: the real CLI, `python -m drhost upgrade -i INVENTORY --package drproduct-2.0.0.tar.gz --set
-          run.forks=N --plain --json`, with `DRHOST_LOAD_PLUGINS={PLUGIN_NAME}`: only a benchmark plugin the
-          script generates and installs with `pip install --no-deps --target` (class `core`: a thread inside
-          drhost, the cheapest isolation; process and container classes add a worker launch per target, see
-          [Isolation overhead](#isolation-overhead)). Its transfer stage has one step `ctx.put(FILE, ROOT/…)`
-          and {true_steps} steps `ctx.run(["true"])`, its upgrade stage {test_steps} steps
-          `ctx.run(["test", "-d", ROOT])`, all retryable. drhost's defaults otherwise, which include
-          `run.max_parallel_uploads = 4`.
-          Per target drhost keeps one paramiko connection (with its heartbeat thread, `keepalive@openssh.com`
-          every 45 s) and runs each command as a detached job: one new SSH channel (session) per short
-          command, which starts the job, waits for it on the target and returns its output and exit code. An
-          upload opens a second connection of its own, sends the file over SFTP (256 KiB requests, 32 in
-          flight) and compares the target's `sha256sum` with the controller's hash.
-          Around the steps a run also does its own work per target: lock, run records and state
-          checkpoints on the controller after each step, the target's job directory.
-        - Ansible ({ansible}, its own venv): `ansible-playbook` with `pipelining = True`, `gather_facts: false`,
-          `host_key_checking = True` and per host `ansible_ssh_common_args='-o UserKnownHostsFile=HOST/known_hosts
-          -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'`, `interpreter_python = /usr/bin/python3` (no
-          interpreter discovery), the default `linear` strategy, forks = N, and the SSH options as Ansible
-          ships them: `ssh_args = -C -o ControlMaster=auto -o ControlPersist=60s` (compression on, one master
-          connection per host kept 60 s after its last use; a fresh `control_path_dir` for every run so no run
-          starts warm). Tasks: one `ansible.builtin.copy` of the file, then the same commands as
-          `ansible.builtin.command` tasks. Per task and host Ansible forks a worker, starts an `ssh` client
-          that multiplexes a new session over the host's master, and pipes the module (an AnsiballZ zip) into
-          `/usr/bin/python3` on the target; `copy` first stats the destination through a module, sends the
-          file over SFTP into a temp directory on the target and runs the copy module (sha1 of the file,
-          rename into place).
-        - Measured per run by a meter process around the tool (a child subreaper, so the ControlPersist
-          masters ssh forks into the background are reaped and counted): wall time, user + system CPU of
-          the tool's whole process tree on the controller, the largest single process's RSS and the peak
-          PSS of the tree (sampled every 0.5 s; PSS so that forked workers' shared pages count once).
-          Targets' CPU: what the hosts' sshd listeners and the sessions they reaped used (sshd with its
-          internal SFTP server, shells, Ansible's module interpreters, `sha256sum`, the commands); drhost's
-          detached job wrappers are reparented to init and are not in it. Others' CPU: the machine's busy
-          time minus the two, i.e. those job wrappers plus whatever else ran on the machine meanwhile (a
-          noise indicator: the controller and the targets share the same 2 cores here).
-        """)
+    intro = (
+        "The same fleet work done by `drhost upgrade` and by `ansible-playbook`, on the same loopback sshd hosts "
+        "(one `sshd` per host, own port, own host key, checked strictly against a known_hosts file by both: no "
+        "auto-accept), with the same forks, in one run (`bench/fleet.py`). Per host: one upload of a random file "
+        "(the same file for every host, verified by sha256 on disk afterwards) and "
+        f"{args.steps} trivial remote commands ({true_steps} × `true`, {test_steps} × `test -d ROOT`). The tools "
+        "alternate which goes first in every repetition; each cell is the median of the repetitions.")
+    bullets = [
+        "drhost: the real CLI, `python -m drhost upgrade -i INVENTORY --package drproduct-2.0.0.tar.gz --set "
+        f"run.forks=N --plain --json`, with `DRHOST_LOAD_PLUGINS={PLUGIN_NAME}`: only a benchmark plugin the "
+        "script generates and installs with `pip install --no-deps --target` (class `core`: a thread inside "
+        "drhost, the cheapest isolation; process and container classes add a worker launch per target, see "
+        "[Isolation overhead](#isolation-overhead)). Its transfer stage has one step `ctx.put(FILE, ROOT/…)` and "
+        f"{true_steps} steps `ctx.run([\"true\"])`, its upgrade stage {test_steps} steps "
+        "`ctx.run([\"test\", \"-d\", ROOT])`, all retryable. drhost's defaults otherwise, which include "
+        "`run.max_parallel_uploads = 4`. Per target drhost keeps one paramiko connection (with its heartbeat "
+        "thread, `keepalive@openssh.com` every 45 s) and runs each command as a detached job: one new SSH channel "
+        "(session) per short command, which starts the job, waits for it on the target and returns its output "
+        "and exit code. An upload opens a second connection of its own, sends the file over SFTP (256 KiB "
+        "requests, 32 in flight) and compares the target's `sha256sum` with the controller's hash. Around the "
+        "steps a run does its own bookkeeping per target: lock, run state and step history written on the "
+        "controller as each step starts and ends, the target's job directory.",
+        f"Ansible ({ansible}, its own venv): `ansible-playbook` with `pipelining = True`, `gather_facts: false`, "
+        "`host_key_checking = True` and per host `ansible_ssh_common_args='-o UserKnownHostsFile=HOST/known_hosts "
+        "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes'`, `interpreter_python = /usr/bin/python3` (no "
+        "interpreter discovery), the default `linear` strategy, forks = N, and the SSH options as Ansible ships "
+        "them: `ssh_args = -C -o ControlMaster=auto -o ControlPersist=60s` (compression on, one master connection "
+        "per host kept 60 s after its last use; a fresh `control_path_dir` for every run so no run starts warm). "
+        "Tasks: one `ansible.builtin.copy` of the file, then the same commands as `ansible.builtin.command` tasks. "
+        "Per task and host Ansible forks a worker, starts an `ssh` client that multiplexes a new session over the "
+        "host's master, and pipes the module (an AnsiballZ zip) into `/usr/bin/python3` on the target; `copy` "
+        "first stats the destination through a module, sends the file over SFTP into a temp directory on the "
+        "target and runs the copy module (sha1 of the file, rename into place).",
+        "Measured per run by a meter process around the tool (a child subreaper, so the ControlPersist masters "
+        "ssh forks into the background are reaped and counted): wall time, user + system CPU of the tool's whole "
+        "process tree on the controller, the largest single process's RSS and the peak PSS of the tree (sampled "
+        "every 0.5 s; PSS so that forked workers' shared pages count once). Targets' CPU: what the hosts' sshd "
+        "listeners and the sessions they reaped used (sshd with its internal SFTP server, shells, Ansible's module "
+        "interpreters, `sha256sum`, the commands); drhost's detached job wrappers are reparented to init and are "
+        "not in it. Others' CPU: the machine's busy time minus the two, i.e. those job wrappers plus whatever else "
+        "ran on the machine meanwhile (a noise indicator: the controller and the targets share the same cores "
+        "here).",
+    ]
+    width = 110
+    return "\n".join([
+        SECTION, "", textwrap.fill(intro, width), "",
+        *(textwrap.fill(b, width, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False)
+          for b in bullets),
+        "",
+    ])
 
 
 def report(args: argparse.Namespace, results: dict[tuple[int, int, str], list[Sample]], versions: str,
@@ -536,7 +544,9 @@ def report(args: argparse.Namespace, results: dict[tuple[int, int, str], list[Sa
     command = (f"python bench/fleet.py --hosts {' '.join(map(str, args.hosts))} --runs {args.runs} "
                f"--forks {' '.join(args.forks)}"
                + (f" --size-mib {args.size_mib}" if args.size_mib != 64 else "")
-               + (f" --steps {args.steps}" if args.steps != 20 else ""))
+               + (f" --steps {args.steps}" if args.steps != 20 else "")
+               + (f" --ansible-ssh-args {shlex.quote(args.ansible_ssh_args)}" if args.ansible_ssh_args is not None
+                  else ""))
     lines = [describe(args, ansible)] if fresh_section else []
     lines += [
         f"### Fleet: {args.steps} commands + {args.size_mib} MiB upload per host ({time.strftime('%Y-%m-%d')})", "",
@@ -558,6 +568,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=64, help="size of the uploaded file")
     parser.add_argument("--steps", type=int, default=20, help="remote commands per host")
     parser.add_argument("--ansible-venv", default=str(DEFAULT_ANSIBLE_VENV), help="made with ansible-core if missing")
+    parser.add_argument("--ansible-ssh-args", help="Ansible's ssh_args instead of its default "
+                        "'-C -o ControlMaster=auto -o ControlPersist=60s'")
     parser.add_argument("--write", type=Path, help="append the results to this markdown file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs of every run) at the end")
     args = parser.parse_args()
