@@ -54,7 +54,7 @@ def fleet(count: int, *settings: str, groups: dict[str, str] | None = None, grou
                                       *(item for s in settings for item in ("--set", s))])
     prepared = prepare(args, need_package=True)
     assert prepared.demo_roots is not None and prepared.demo_ssh_hosts is not None and prepared.package
-    create_demo(state_root(), prepared.demo_roots)
+    create_demo(state_root(), prepared.demo_roots, reserved_ports=[h.port for h in prepared.demo_ssh_hosts.values()])
     start_ssh_hosts(prepared.demo_ssh_hosts)
     proxy: TcpProxy | None = None
     try:

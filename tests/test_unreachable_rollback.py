@@ -26,7 +26,7 @@ def ssh_demo_run(*settings: str) -> tuple[Any, SshHost, Path]:
                                       *(item for s in settings for item in ("--set", s))])
     prepared = prepare(args, need_package=True)
     assert prepared.demo_roots is not None and prepared.demo_ssh_hosts is not None and prepared.package
-    create_demo(state_root(), prepared.demo_roots)
+    create_demo(state_root(), prepared.demo_roots, reserved_ports=[h.port for h in prepared.demo_ssh_hosts.values()])
     start_ssh_hosts(prepared.demo_ssh_hosts)
     state = create_run(config=prepared.config.data, config_files=[], plan=prepared.plan,
                        package=package_info(prepared.package),

@@ -135,7 +135,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if prepared.weaker_isolation:
         print(f"warning: weaker isolation for this run: {prepared.weaker_isolation}", file=sys.stderr)
     if prepared.demo_roots is not None:
-        create_demo(state_root(), prepared.demo_roots)
+        create_demo(state_root(), prepared.demo_roots,
+                    reserved_ports=[h.port for h in (prepared.demo_ssh_hosts or {}).values()])
         extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
         if prepared.demo_ssh_hosts is not None:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,21 @@ def start_ssh_hosts(hosts: dict[str, SshHost]) -> None:
         raise
 
 
-def create_demo(state_root: Path, roots: dict[str, Path]) -> None:
-    """Install and start drproduct 1.0.0 on three fresh local targets at ``roots``."""
+def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collection[int] = ()) -> None:
+    """Install and start drproduct 1.0.0 on fresh local targets at ``roots``.
+
+    ``reserved_ports``: ports promised to something not listening yet (the SSH demo's sshd servers, chosen
+    earlier): a daemon must not take one of them, or that sshd cannot start.
+    """
     old = demo_package(state_root, FROM_VERSION)
     started: list[Path] = []
     try:
         for root in roots.values():
             root.mkdir(parents=True)
-            install.install_fresh(old, root, install.free_port())
+            port = install.free_port()
+            while port in reserved_ports:
+                port = install.free_port()
+            install.install_fresh(old, root, port)
             install.start(root)
             started.append(root)
     except BaseException:
