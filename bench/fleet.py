@@ -547,9 +547,10 @@ def report(args: argparse.Namespace, results: dict[tuple[int, int, str], list[Sa
                + (f" --steps {args.steps}" if args.steps != 20 else "")
                + (f" --ansible-ssh-args {shlex.quote(args.ansible_ssh_args)}" if args.ansible_ssh_args is not None
                   else ""))
+    variant = "" if args.ansible_ssh_args is None else f", Ansible ssh_args `{args.ansible_ssh_args}`"
     lines = [describe(args, ansible)] if fresh_section else []
     lines += [
-        f"### Fleet: {args.steps} commands + {args.size_mib} MiB upload per host ({time.strftime('%Y-%m-%d')})", "",
+        f"### Fleet: {args.steps} commands + {args.size_mib} MiB upload per host{variant} ({time.strftime('%F')})", "",
         f"Machine: {machine()}, {versions}  ",
         f"Command: `{command}`", "",
         *rows, "",
