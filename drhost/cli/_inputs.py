@@ -179,11 +179,7 @@ def load_package(path_text: str, origin: Origin) -> Package:
 
 
 def package_info(package: Package) -> PackageInfo:
-    return PackageInfo(
-        product=package.product, version=package.version, upgrades_from=tuple(package.upgrades_from),
-        local_path=str(package.path.resolve()), remote_path="", sha256=package.sha256, size=package.size,
-        manifest=dict(package.manifest),
-    )
+    return package.info()
 
 
 def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:

@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from drhost_hookspecs import PackageInfo
+
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_PREFIX = "payload/"
 
@@ -39,6 +41,12 @@ class Package:
     size: int
     sha256: str
     manifest: dict[str, Any] = field(compare=False, hash=False, repr=False)
+
+    def info(self) -> PackageInfo:
+        """What a run tells plugins about the package; ``remote_path`` is filled per target by the host."""
+        return PackageInfo(product=self.product, version=self.version, upgrades_from=tuple(self.upgrades_from),
+                           local_path=str(self.path.resolve()), remote_path="", sha256=self.sha256, size=self.size,
+                           manifest=dict(self.manifest))
 
 
 @cache

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._plugin_test import plugin_test
     from ._session import TARGET, PluginSession, session_config, session_plan
     from ._snapshot import Snapshot, SnapshotDiff, take_snapshot
-    from ._target import DisposableTarget, package_info
+    from ._target import DisposableTarget
 
 _WHERE = {
     "CHECKS": "_checks", "CheckResult": "_checks", "PluginTestReport": "_checks",
@@ -25,7 +25,7 @@ _WHERE = {
     "plugin_test": "_plugin_test",
     "TARGET": "_session", "PluginSession": "_session", "session_config": "_session", "session_plan": "_session",
     "Snapshot": "_snapshot", "SnapshotDiff": "_snapshot", "take_snapshot": "_snapshot",
-    "DisposableTarget": "_target", "package_info": "_target",
+    "DisposableTarget": "_target",
 }
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "SnapshotDiff",
     "Subject",
     "SubjectError",
-    "package_info",
     "plugin_test",
     "session_config",
     "session_plan",

@@ -18,7 +18,7 @@ from ..policy import class_policy
 from ..supervisor import CallOutcome
 from ._checks import CheckResult, failed, passed, skipped
 from ._session import PluginSession
-from ._snapshot import Snapshot, describe_key
+from ._snapshot import Snapshot, SnapshotDiff, describe_key
 
 #: A step cut short gets this share of the time its full run took (and never less than the floor).
 CUT_SHARE = 0.5
@@ -55,8 +55,8 @@ class _StageRecord:
     #: How long each of the plugin's steps took on its first run.
     durations: dict[str, float] = field(default_factory=dict)
 
-    def note(self, step: PlannedStep, earlier: Snapshot, later: Snapshot) -> None:
-        for key in sorted(earlier.diff(later).keys()):
+    def note(self, step: PlannedStep, earlier: Snapshot, changes: SnapshotDiff) -> None:
+        for key in sorted(changes.keys()):
             self.before.setdefault(key, earlier.entries.get(key))
             if step.has_cleanup:
                 self.with_cleanup.add(key)
@@ -160,7 +160,7 @@ class Driver:
                                           f"changed {len(changes.keys())} things on the target",
                            changed=changes.lines(limit=20)))
         self._limits(step, outcome)
-        record.note(step, before, after)
+        record.note(step, before, changes)
         record.durations[step.key] = outcome.duration_s
         if step.retryable:
             self._idempotent(step, after)

@@ -281,13 +281,14 @@ def _health(base: Path) -> dict[str, Any] | None:
 # ---- processes ---------------------------------------------------------------------------------
 
 
-def _processes(base: Path, service_pid: int | None) -> dict[str, str]:
-    """Live processes that run in or name the root: what a step may have left behind."""
+def processes_inside(base: Path | str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process that runs in or names the root, the caller and its parents
+    excepted: what a step may have left behind."""
     spellings = {str(base), os.path.realpath(base)}
     # The root's path not followed by more of a file name: /x/R matches /x/R/bin and '/x/R', not /x/R2.
     mention = re.compile("|".join(re.escape(s) + r"(?![\w.-])" for s in sorted(spellings)))
-    skip = _ancestry(os.getpid()) | ({service_pid} if service_pid else set())
-    counts: dict[str, int] = {}
+    skip = _ancestry(os.getpid())
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in skip or not _alive(int(entry.name)):
             continue
@@ -296,6 +297,14 @@ def _processes(base: Path, service_pid: int | None) -> dict[str, str]:
             continue  # kernel threads, or gone already
         command = " ".join(argv)
         if mention.search(command) or _inside(_cwd(int(entry.name)), spellings):
+            found.append((int(entry.name), command))
+    return found
+
+
+def _processes(base: Path, service_pid: int | None) -> dict[str, str]:
+    counts: dict[str, int] = {}
+    for pid, command in processes_inside(base):
+        if pid != service_pid:
             key = f"process:{command[:PROCESS_KEY_CHARS]}"
             counts[key] = counts.get(key, 0) + 1
     return {key: "running" if n == 1 else f"running x{n}" for key, n in counts.items()}
@@ -375,4 +384,4 @@ def _added_line(key: str, fingerprint: str) -> str:
     return f"{line} ({fingerprint})"
 
 
-__all__ = ["Snapshot", "SnapshotDiff", "describe_key", "take_snapshot"]
+__all__ = ["Snapshot", "SnapshotDiff", "describe_key", "processes_inside", "take_snapshot"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from pathlib import Path
 from types import TracebackType
@@ -13,40 +12,22 @@ import psutil
 from drhost_hookspecs import PackageInfo
 
 from ..demo import install
-from ..demo.environment import FROM_VERSION, TO_VERSION, packages_dir
-from ..packaging import build_package, read_package
-from ._snapshot import Snapshot, take_snapshot
+from ..demo.environment import FROM_VERSION, TO_VERSION, demo_package
+from ..packaging import read_package
+from ._snapshot import Snapshot, processes_inside, take_snapshot
 
 #: Jobs seeded into the catalog: enough rows that a lost or duplicated one shows.
 SEED_JOBS = 25
 
 
-def package_file(state_root: Path, version: str) -> Path:
-    """The demo package of ``version`` under ``state_root``, built on first use (builds are deterministic)."""
-    existing = packages_dir(state_root) / f"drproduct-{version}.tar.gz"
-    return existing if existing.exists() else build_package(version, packages_dir(state_root))
-
-
-def package_info(path: Path) -> PackageInfo:
-    """What a run knows of its package; ``remote_path`` is filled per target by the host."""
-    package = read_package(path)
-    return PackageInfo(product=package.product, version=package.version,
-                       upgrades_from=tuple(package.upgrades_from), local_path=str(path.resolve()), remote_path="",
-                       sha256=package.sha256, size=package.size, manifest=dict(package.manifest))
-
-
 def _processes_under(root: Path) -> list[psutil.Process]:
-    """Processes whose command line or working directory is inside ``root``: what a target leaves running."""
+    """Processes running inside ``root`` (the snapshot's rule), as processes that can be signalled."""
     found = []
-    text = str(root)
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        if proc.pid == me:
+    for pid, _ in processes_inside(root):
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.Error:
             continue
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        cwd = proc.info.get("cwd") or ""
-        if text in cmdline or cwd == text or cwd.startswith(text + os.sep):
-            found.append(proc)
     return found
 
 
@@ -60,8 +41,8 @@ class DisposableTarget:
     def __init__(self, base: Path, state_root: Path, *, seed_jobs: int = SEED_JOBS) -> None:
         self.base = base
         self.root = base / "opt" / "drproduct"
-        self.from_package = package_file(state_root, FROM_VERSION)
-        self.to_package = package_file(state_root, TO_VERSION)
+        self.from_package = demo_package(state_root, FROM_VERSION)
+        self.to_package = demo_package(state_root, TO_VERSION)
         self.root.mkdir(parents=True)
         self.port = install.free_port()
         install.install_fresh(self.from_package, self.root, self.port, seed_jobs=seed_jobs)
@@ -71,7 +52,7 @@ class DisposableTarget:
     @property
     def package(self) -> PackageInfo:
         """The package a run against this target installs (2.0.0)."""
-        return package_info(self.to_package)
+        return read_package(self.to_package).info()
 
     def snapshot(self) -> Snapshot:
         """Files, catalog, service and processes of the target, as compared by plugin-test."""
@@ -87,7 +68,7 @@ class DisposableTarget:
     def leftover_processes(self) -> list[str]:
         """Command lines of processes still running inside the install root, the daemon excepted."""
         daemon = self._daemon_pid()
-        return [" ".join(p.info.get("cmdline") or []) for p in _processes_under(self.root) if p.pid != daemon]
+        return [command for pid, command in processes_inside(self.root) if pid != daemon]
 
     def _daemon_pid(self) -> int | None:
         try:
@@ -121,4 +102,4 @@ class DisposableTarget:
         self.close()
 
 
-__all__ = ["SEED_JOBS", "DisposableTarget", "package_file", "package_info"]
+__all__ = ["SEED_JOBS", "DisposableTarget"]
