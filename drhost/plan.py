@@ -81,16 +81,20 @@ class PluginEntry:
     hooks: tuple[str, ...]
     #: The entry point's value (``module[:attr]``): workers import it without scanning metadata.
     value: str = ""
+    #: PluginInfo.paths / PluginInfo.commands as discovered: the Context's confinement for this run.
+    paths: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "class": self.plugin_class.value, "isolation": self.isolation,
                 "version": self.version, "department": self.department, "hooks": list(self.hooks),
-                "value": self.value}
+                "value": self.value, "paths": list(self.paths), "commands": list(self.commands)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PluginEntry:
         return cls(data["name"], PluginClass(data["class"]), data["isolation"], data["version"],
-                   data["department"], tuple(data["hooks"]), str(data.get("value", "")))
+                   data["department"], tuple(data["hooks"]), str(data.get("value", "")),
+                   tuple(str(p) for p in data.get("paths", ())), tuple(str(c) for c in data.get("commands", ())))
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def build_plan(registry: Registry, config: Mapping[str, Any]) -> Plan:
         assert record.plugin_class is not None
         isolation = str(config["classes"][record.plugin_class.value]["isolation"])
         plugins.append(PluginEntry(record.name, record.plugin_class, isolation, record.version,
-                                   record.department, record.hooks, record.value))
+                                   record.department, record.hooks, record.value, record.paths, record.commands))
         for stage, described in record.steps.items():
             for d in described:
                 steps.append(PlannedStep(

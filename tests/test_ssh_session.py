@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from drhost.errors import DrhostError, ExitCode
-from drhost.transport import AuthError, CommandStopped, HostKeyError, SshSession, SshTarget
+from drhost.transport import AuthError, CommandStopped, HostKeyError, SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
-from drhost.transport._ssh_connect import fingerprint
+from drhost.transport._ssh_connect import _authenticate, _handshake, connect, fingerprint
 from sshd_hosts import SshHost, sshd_available, start_hosts
 
 available, why = sshd_available()
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not available, reason=why)]
+# The skip is in the sshd fixture, not here: the scripted-peer tests at the end need no sshd.
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[SshHost]:
+    if not available:
+        pytest.skip(why)
     (sshd,) = start_hosts(tmp_path, 1)
     try:
         yield sshd
@@ -336,7 +343,6 @@ def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.Mo
 def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, tmp_path: Path) -> None:
     """A black-holed peer (connection accepted, not a byte back) fails as a network TransportError after the
     banner timeout — never as a library error that would crash a run."""
-    from drhost.transport import TransportError
     from tcp_proxy import TcpProxy
 
     with TcpProxy(host.host, host.port) as proxy:
@@ -350,4 +356,381 @@ def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, 
         finally:
             ssh.close()
     assert caught.value.category == "network"
-    assert "did not complete within 1 s" in str(caught.value)
+    # One message whichever of paramiko's two paths reports the silence (start_client's own timeout, or the
+    # transport thread's "Error reading SSH protocol banner"): see test_silent_peer_gives_one_message_on_every_path.
+    assert str(caught.value) == silent_before_banner(f"root@{proxy.host}:{proxy.port}", 1)
+
+
+# -- scripted peers on loopback: every path by which paramiko reports a silent or closing server -------------
+#
+# paramiko reports one peer behaviour in different ways depending on which of its timers or threads sees it
+# first (start_client's own timeout vs the transport thread's banner/handshake timers; EOF vs a reset vs a
+# failed write). connect() must give one cause and one message for each behaviour. The tests below force
+# each path by giving the transport's internal timers other values than start_client's bound, and check from
+# the debug log that paramiko really took that path.
+
+CLIENT_BANNER_TIMEOUT_S = 1.0
+FAKE_BANNER = "SSH-2.0-FakeSSH_1.0"
+
+
+def silent_before_banner(address: str, bound: float) -> str:
+    return (f"SSH handshake with {address} did not complete within {bound:g} s (the peer accepted the connection "
+            "and then sent no SSH banner: it is silent or too slow, e.g. a black hole, a firewall dropping packets "
+            "or an overloaded server)")
+
+
+def silent_after_banner(address: str, bound: float) -> str:
+    return (f"SSH handshake with {address} did not complete within {bound:g} s (the peer sent its banner "
+            f"{FAKE_BANNER} and then stalled in the key exchange: it is silent or too slow, e.g. a black hole, a "
+            "firewall dropping packets or an overloaded server)")
+
+
+def closed_before_banner(address: str) -> str:
+    return (f"SSH handshake with {address} failed: the peer closed the connection before sending an SSH banner "
+            "(not an SSH server, or sshd turned the connection away: MaxStartups, tcp wrappers, a firewall reset)")
+
+
+def closed_in_key_exchange(address: str) -> str:
+    return (f"SSH handshake with {address} failed: the peer ({FAKE_BANNER}) closed the connection during the key "
+            "exchange")
+
+
+class ScriptedPeer:
+    """A TCP server on 127.0.0.1 that runs ``script(connection)`` in a thread for each connection it accepts;
+    connections stay open until the peer is closed, unless the script closes them."""
+
+    def __init__(self, script: Callable[[socket.socket], None]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.address = f"root@127.0.0.1:{self.port}"
+        self.script_done = threading.Event()
+        self._script = script
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name=f"scripted-peer-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        # The peer's own end of a connection it broke on purpose may fail; that is not what the tests check.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self._script(connection)
+        self.script_done.set()
+
+    def __enter__(self) -> ScriptedPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self._connections:
+            connection.close()
+
+
+def read_line(connection: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def reset(connection: socket.socket) -> None:
+    """Close with a RST instead of a FIN (SO_LINGER 0)."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+def disconnect_packet(reason: str) -> bytes:
+    """An unencrypted SSH_MSG_DISCONNECT binary packet (RFC 4253 §6, §11.1), as sent before any key exchange."""
+    text = reason.encode()
+    payload = b"\x01" + struct.pack(">I", 11) + struct.pack(">I", len(text)) + text + struct.pack(">I", 0)
+    padding = 8 - (5 + len(payload)) % 8
+    padding += 8 if padding < 4 else 0
+    return struct.pack(">IB", 1 + len(payload) + padding, padding) + payload + b"\0" * padding
+
+
+def send_banner(connection: socket.socket) -> None:
+    connection.sendall(f"{FAKE_BANNER}\r\n".encode())
+
+
+def reset_after_client_banner(connection: socket.socket) -> None:
+    read_line(connection)
+    reset(connection)
+
+
+def banner_then_fin(connection: socket.socket) -> None:
+    send_banner(connection)
+    connection.shutdown(socket.SHUT_WR)
+
+
+def banner_then_disconnect(connection: socket.socket) -> None:
+    send_banner(connection)
+    connection.sendall(disconnect_packet("go away"))
+
+
+PEER_SCRIPTS: dict[str, Callable[[socket.socket], None]] = {
+    "silent": lambda connection: None,
+    "partial-banner": lambda connection: connection.sendall(b"SSH-2.0-Fake"),
+    "banner-then-silent": send_banner,
+    "fin-at-once": lambda connection: connection.shutdown(socket.SHUT_WR),
+    "reset-after-client-banner": reset_after_client_banner,
+    "reset-at-once": reset,
+    "banner-then-fin": banner_then_fin,
+    "banner-then-disconnect": banner_then_disconnect,
+}
+
+
+def expected_handshake_failure(script: str, address: str) -> str:
+    if script in ("silent", "partial-banner"):
+        return silent_before_banner(address, CLIENT_BANNER_TIMEOUT_S)
+    if script == "banner-then-silent":
+        return silent_after_banner(address, CLIENT_BANNER_TIMEOUT_S)
+    if script in ("fin-at-once", "reset-after-client-banner", "reset-at-once"):
+        return closed_before_banner(address)
+    return closed_in_key_exchange(address)
+
+
+def fake_target(peer: ScriptedPeer, tmp_path: Path, **overrides: object) -> SshTarget:
+    settings: dict[str, object] = {"known_hosts": str(tmp_path / "known_hosts"),
+                                   "banner_timeout_s": CLIENT_BANNER_TIMEOUT_S}
+    settings.update(overrides)
+    return SshTarget("fake", "127.0.0.1", peer.port, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("script", sorted(PEER_SCRIPTS))
+def test_connect_gives_one_message_per_peer_behaviour(script: str, tmp_path: Path) -> None:
+    """connect() to a peer that is silent, slow or closes fails with category network and the one message of
+    that behaviour, with paramiko's timers as configured (where they race)."""
+    with ScriptedPeer(PEER_SCRIPTS[script]) as peer:
+        started = time.monotonic()
+        with pytest.raises(TransportError) as caught:
+            connect(fake_target(peer, tmp_path))
+        took = time.monotonic() - started
+    assert type(caught.value) is TransportError and caught.value.category == "network"
+    assert str(caught.value) == expected_handshake_failure(script, peer.address)
+    if "silent" in script or "partial" in script:
+        assert took >= CLIENT_BANNER_TIMEOUT_S - 0.05  # the bound the message names was really waited
+
+
+def handshake_with(peer: ScriptedPeer, tmp_path: Path, *, banner_timer_s: float, kex_timer_s: float,
+                   wait_for_script: bool = False) -> TransportError:
+    """Run _handshake (bound CLIENT_BANNER_TIMEOUT_S) with the transport thread's banner and key-exchange
+    timers set apart from that bound, so that the path paramiko takes is chosen, not left to chance."""
+    target = fake_target(peer, tmp_path)
+    sock = socket.create_connection(("127.0.0.1", peer.port), timeout=5)
+    if wait_for_script:
+        # The peer acts before the client sends its banner: wait until what it did has reached our socket.
+        assert peer.script_done.wait(5)
+        assert select.select([sock], [], [], 5)[0]
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = banner_timer_s
+    transport.handshake_timeout = kex_timer_s
+    try:
+        with pytest.raises(TransportError) as caught:
+            _handshake(target, transport)
+    finally:
+        transport.close()
+        sock.close()
+    return caught.value
+
+
+BANNER_READ = "SSHException(Error reading SSH protocol banner)"
+RESET_READ = ("SSHException(Error reading SSH protocol banner[Errno 104] Connection reset by peer) <- "
+              "ConnectionResetError([Errno 104] Connection reset by peer)")
+LATE = 30.0  # a timer that never fires within a test
+SOON = 0.2  # a timer that fires well before CLIENT_BANNER_TIMEOUT_S
+
+
+@pytest.mark.parametrize(("script", "banner_timer_s", "kex_timer_s", "path"), [
+    ("silent", LATE, LATE, "start_client timed out"),
+    ("silent", SOON, LATE, f"{BANNER_READ} <- TimeoutError()"),
+    ("partial-banner", LATE, LATE, "start_client timed out"),
+    ("partial-banner", SOON, LATE, f"{BANNER_READ} <- TimeoutError()"),
+    ("banner-then-silent", LATE, LATE, "start_client timed out"),
+    ("banner-then-silent", LATE, SOON, "EOFError()"),
+], ids=["silent/start_client", "silent/banner-timer", "partial/start_client", "partial/banner-timer",
+        "banner/start_client", "banner/handshake-timer"])
+def test_silent_peer_gives_one_message_on_every_path(script: str, banner_timer_s: float, kex_timer_s: float,
+                                                     path: str, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A silent or too slow peer is one network failure naming the bound, whether start_client's timeout or
+    the transport thread's banner or handshake timer reports it."""
+    caplog.set_level(logging.DEBUG, logger="drhost.transport._ssh_connect")
+    with ScriptedPeer(PEER_SCRIPTS[script]) as peer:
+        failure = handshake_with(peer, tmp_path, banner_timer_s=banner_timer_s, kex_timer_s=kex_timer_s)
+    assert f"{peer.address} ended: {path}\n" in caplog.text + "\n", caplog.text
+    assert failure.category == "network"
+    assert str(failure) == expected_handshake_failure(script, peer.address)
+
+
+@pytest.mark.parametrize(("script", "path", "wait_for_script"), [
+    ("fin-at-once", f"{BANNER_READ} <- EOFError()", False),
+    ("reset-after-client-banner", RESET_READ, False),
+    ("reset-at-once", "EOFError()", True),  # the client's banner write fails: paramiko's write_all says EOFError
+    ("banner-then-fin", "EOFError()", False),
+    ("banner-then-disconnect", "SSHException(Negotiation failed.)", False),
+])
+def test_closing_peer_gives_one_message_on_every_path(script: str, path: str, wait_for_script: bool,
+                                                      tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that closes (FIN, RST on a read or on a write, SSH disconnect) is one network failure saying the
+    peer closed, and whether it did so before its banner or in the key exchange — never a timeout."""
+    caplog.set_level(logging.DEBUG, logger="drhost.transport._ssh_connect")
+    with ScriptedPeer(PEER_SCRIPTS[script]) as peer:
+        failure = handshake_with(peer, tmp_path, banner_timer_s=LATE, kex_timer_s=LATE,
+                                 wait_for_script=wait_for_script)
+    assert f"{peer.address} ended: {path}\n" in caplog.text + "\n", caplog.text
+    assert failure.category == "network"
+    assert str(failure) == expected_handshake_failure(script, peer.address)
+
+
+# -- the same for authentication: a paramiko server that closes, stalls or refuses ---------------------------
+
+class _AuthServer(paramiko.ServerInterface):
+    def __init__(self, on_auth: Callable[[], int]) -> None:
+        self.on_auth = on_auth
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        return self.on_auth()
+
+
+class SshPeer(ScriptedPeer):
+    """A real SSH server (paramiko in server mode) whose authentication does what ``on_auth(connection)``
+    does; ``after_key_exchange(server)`` runs once the key exchange is done."""
+
+    def __init__(self, on_auth: Callable[[socket.socket], int],
+                 after_key_exchange: Callable[[paramiko.Transport], None] | None = None) -> None:
+        self.host_key = paramiko.ECDSAKey.generate()
+        self.servers: list[paramiko.Transport] = []
+
+        def script(connection: socket.socket) -> None:
+            server = paramiko.Transport(connection)
+            self.servers.append(server)
+            server.add_server_key(self.host_key)
+            negotiated = threading.Event()
+            # With an event start_server returns at once; without, it raises when on_auth has already hung up.
+            server.start_server(negotiated, server=_AuthServer(lambda: on_auth(connection)))
+            negotiated.wait(10)
+            if after_key_exchange is not None and server.is_active():
+                after_key_exchange(server)
+
+        super().__init__(script)
+
+    def known_hosts(self, path: Path) -> Path:
+        path.write_text(f"[127.0.0.1]:{self.port} {self.host_key.get_name()} {self.host_key.get_base64()}\n")
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers:
+            server.close()
+        super().__exit__(*exc)
+
+
+@pytest.fixture
+def client_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # no agent keys: the key file is the only credential
+    path = tmp_path / "client_key"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(path))
+    return path
+
+
+def closed_in_auth(address: str) -> str:
+    return (f"SSH authentication with {address} broke off: the peer closed the connection during authentication; "
+            "sshd does this after MaxAuthTries failed attempts or when LoginGraceTime ran out")
+
+
+def test_peer_closing_before_the_auth_request_is_the_same_failure(tmp_path: Path, client_key: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that closes after the key exchange, seen before the auth request ("No existing session"), is a
+    network failure saying the peer closed during authentication."""
+    caplog.set_level(logging.DEBUG, logger="drhost.transport._ssh_connect")
+    handshake_done = threading.Event()
+
+    def close_after_handshake(server: paramiko.Transport) -> None:
+        handshake_done.wait(10)
+        server.close()
+
+    with SshPeer(lambda connection: paramiko.AUTH_FAILED, close_after_handshake) as peer:
+        target = fake_target(peer, tmp_path, key_file=str(client_key))
+        sock = socket.create_connection(("127.0.0.1", peer.port), timeout=5)
+        transport = paramiko.Transport(sock)
+        try:
+            _handshake(target, transport)
+            handshake_done.set()
+            assert wait_for(lambda: not transport.is_active(), 5)
+            with pytest.raises(TransportError) as caught:
+                _authenticate(target, transport)
+        finally:
+            transport.close()
+            sock.close()
+    assert "ended: SSHException: No existing session" in caplog.text
+    assert type(caught.value) is TransportError and caught.value.category == "network"
+    assert str(caught.value) == closed_in_auth(peer.address)
+
+
+def test_peer_closing_during_the_auth_wait_is_the_same_failure(tmp_path: Path, client_key: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that closes while the client waits for the auth answer (paramiko: AuthenticationException) is
+    the same network failure, never an AuthError (which is never retried)."""
+    caplog.set_level(logging.DEBUG, logger="drhost.transport._ssh_connect")
+
+    def hang_up(connection: socket.socket) -> int:
+        connection.shutdown(socket.SHUT_RDWR)
+        return paramiko.AUTH_FAILED
+
+    with SshPeer(hang_up) as peer:
+        target = fake_target(peer, tmp_path, key_file=str(client_key), known_hosts=str(peer.known_hosts(
+            tmp_path / "known_hosts")))
+        with pytest.raises(TransportError) as caught:
+            connect(target)
+    assert "ended: AuthenticationException: Authentication failed: transport shut down or saw EOF" in caplog.text
+    assert not isinstance(caught.value, AuthError) and caught.value.category == "network"
+    assert str(caught.value) == closed_in_auth(peer.address)
+
+
+def test_peer_silent_during_auth_is_a_network_failure_naming_the_bound(tmp_path: Path, client_key: Path) -> None:
+    """A peer that stops answering during authentication fails after auth_timeout_s as a network failure,
+    not as refused credentials."""
+    release = threading.Event()
+
+    def stall(connection: socket.socket) -> int:
+        release.wait(10)
+        return paramiko.AUTH_FAILED
+
+    with SshPeer(stall) as peer:
+        target = fake_target(peer, tmp_path, key_file=str(client_key), auth_timeout_s=0.5,
+                             known_hosts=str(peer.known_hosts(tmp_path / "known_hosts")))
+        try:
+            with pytest.raises(TransportError) as caught:
+                connect(target)
+        finally:
+            release.set()
+    assert not isinstance(caught.value, AuthError) and caught.value.category == "network"
+    assert str(caught.value) == (f"SSH authentication with {peer.address} did not complete within 0.5 s (the peer "
+                                 "stopped answering during authentication)")
+
+
+def test_refused_key_is_still_an_auth_error(tmp_path: Path, client_key: Path) -> None:
+    """A live peer that refuses the key gives AuthError (category auth) listing what was tried."""
+    with SshPeer(lambda connection: paramiko.AUTH_FAILED) as peer:
+        target = fake_target(peer, tmp_path, key_file=str(client_key),
+                             known_hosts=str(peer.known_hosts(tmp_path / "known_hosts")))
+        with pytest.raises(AuthError) as caught:
+            connect(target)
+    assert caught.value.category == "auth"
+    assert str(caught.value).startswith(f"authentication as {peer.address} (fake) failed; tried: key file "
+                                        f"{client_key} (ecdsa-sha2-nistp256 SHA256:")

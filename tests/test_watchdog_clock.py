@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -37,6 +38,15 @@ def make_watch(recorder: Recorder, timeout_s: float = 1800, settings: WatchdogSe
                      / fraction)
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def run_clock(watch: StepWatch, until: float, step: float = 1.0) -> None:
     now = 0.0
     while now <= until:
@@ -48,12 +58,16 @@ def test_cadences_follow_the_configured_periods() -> None:
     """Progress every 10 s, remaining every 30 s, resources every 60 s, counted from the step's start."""
     recorder = Recorder()
     watch = make_watch(recorder)
-    run_clock(watch, 125)
+    run_clock(watch, 119)
+    # Resources are sampled off the watchdog thread, and a tick skips the sample while the previous one still
+    # runs. The fake clock passes 60 s in microseconds, so the 120 s sample would be skipped or not depending
+    # on whether the 60 s sampling thread happens to be inside its sample: let it finish, as 60 real seconds do.
+    assert wait_for(lambda: len(recorder.named("step_resources")) == 1)
+    for now in range(120, 126):
+        watch.tick(float(now))
     assert [d["elapsed_s"] for d in recorder.named("step_progress")] == [10.0 * i for i in range(1, 13)]
     assert [d["elapsed_s"] for d in recorder.named("step_remaining")] == [30.0, 60.0, 90.0, 120.0]
-    deadline = time.monotonic() + 5
-    while len(recorder.named("step_resources")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)  # resources are sampled off the watchdog thread
+    assert wait_for(lambda: len(recorder.named("step_resources")) == 2)
     assert sorted(d["elapsed_s"] for d in recorder.named("step_resources")) == [60.0, 120.0]
     assert recorder.named("step_resources")[0]["environment"] == {"cpu_percent": 10, "memory_percent": 20,
                                                                   "disk_io_percent": 30}

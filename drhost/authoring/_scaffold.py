@@ -213,6 +213,11 @@ How the upgrade step keeps the contract of a non-retryable step:
 Every effect on the target goes through the Context (`ctx.write_text`,
 `ctx.exists`, `ctx.remove`, `ctx.run`): the host runs the plugin in a thread,
 a worker process or a container, and reaches the target locally or over SSH.
+The host confines those: files inside the install root, plus the paths
+declared in `PluginInfo(paths=...)` (none here); commands, for a
+`third_party` plugin, only those in `PluginInfo(commands=...)` (here `test`
+and `rmdir`). Declare what you add; `drhost plugin-test .` fails on anything
+refused.
 
 ## Config (`[plugin:{{name}}]`)
 
@@ -318,6 +323,11 @@ def drhost_plugin_info() -> PluginInfo:
         department="{{department}}",
         plugin_class=PluginClass.{{class_member}},
         description="records the version each upgrade installed in a marker file",
+        # What the Context lets the plugin do beyond its install root. Its files are all inside the
+        # root (marker_dir cannot leave it), so no paths=; a path elsewhere would be declared here
+        # (paths=("/var/log/acme",), "{root}/..." also works) or the host refuses it. commands= are
+        # the argv[0] of every ctx.run: a third_party plugin may run nothing else.
+        commands=("test", "rmdir"),
     )
 
 

@@ -28,10 +28,11 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no plugins found in entry-point group 'drhost.plugins' ({ALLOW_ENV} may exclude them)")
         return ExitCode.SUCCEEDED
-    header = ("name", "version", "department", "class", "isolation", "status", "hooks")
+    # The declarations (PluginInfo.paths, .commands) as counts: --json lists them.
+    header = ("name", "version", "department", "class", "isolation", "status", "hooks", "paths", "commands")
     table = [header] + [
         (r["name"], r["version"], r["department"] or "-", r["class"] or "-", r["isolation"] or "-", r["status"],
-         str(len(r["hooks"]))) for r in rows
+         str(len(r["hooks"])), str(len(r["paths"])), str(len(r["commands"]))) for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -29,6 +29,7 @@ from ..watchdog import render_watchdog_event
 from ..watchdog._history import StepHistory, remaining_s
 from ..watchdog._resources import sample_controller, sample_target
 from ..watchdog._watchdog import StepWatch, Watchdog, WatchdogSettings
+from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
 from ._timeouts import PLUGIN_CONTEXT_TIMEOUT_S, TimeoutEvidence, diagnose_timeout
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
@@ -199,17 +200,24 @@ class Executor:
         started = time.monotonic()
         watch: StepWatch | None = None
 
-        def notify(method: str, args: Mapping[str, Any]) -> None:
-            if method == "progress":
-                if watch is not None:
-                    watch.report_progress(float(args.get("done") or 0), float(args.get("total") or 0),
-                                          str(args.get("unit", "")))
-                env.emit("step.progress", target=target, stage=stage, step=step, plugin=plugin_name,
-                         done=args.get("done"), total=args.get("total"), unit=args.get("unit", ""),
-                         elapsed_s=round(time.monotonic() - started, 3))
-            else:
-                env.emit("plugin.log", target=target, stage=stage, step=step, plugin=plugin_name,
-                         message=str(args.get("message", "")), level=args.get("level", "info"))
+        def report_progress(args: Mapping[str, Any]) -> None:
+            if watch is not None:
+                watch.report_progress(float(args.get("done") or 0), float(args.get("total") or 0),
+                                      str(args.get("unit", "")))
+
+        def write_progress(report: HeldProgress) -> None:
+            args = report.args
+            env.emit("step.progress", target=target, stage=stage, step=step, plugin=plugin_name,
+                     done=args.get("done"), total=args.get("total"), unit=args.get("unit", ""),
+                     elapsed_s=round(report.at - started, 3))
+
+        def write_log(args: Mapping[str, Any]) -> None:
+            env.emit("plugin.log", target=target, stage=stage, step=step, plugin=plugin_name,
+                     message=str(args.get("message", "")), level=args.get("level", "info"))
+
+        # Every ctx.progress / ctx.log of the call passes here; the budget bounds what reaches the run directory.
+        notify = CallOutput(OutputBudget(OutputLimits.from_config(env.config)), watch=report_progress,
+                            write_progress=write_progress, write_log=write_log)
 
         def persist(state: dict[str, Any]) -> None:
             with env.state.mutate() as body:
@@ -230,6 +238,9 @@ class Executor:
             notify=notify, persist=persist, upload_slots=self._upload_slots, cancel=threading.Event(),
             deadline=time.monotonic() + timeout_s,
             logger=env.logger.getChild(f"plugin.{plugin_name}.{target}"),
+            plugin=plugin_name, plugin_class=plugin.plugin_class, paths=plugin.paths, commands=plugin.commands,
+            on_refused=lambda message, refused: env.emit("context.refused", target=target, stage=stage, step=step,
+                                                         plugin=plugin_name, message=message, op=op, **refused),
         )
         if env.stop.is_set():
             return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
@@ -258,8 +269,25 @@ class Executor:
                 self.watchdog.release(watch)
             with self._lock:
                 self._active.discard(ctx)
+            self._close_output(notify, target, stage, step, plugin_name)
         persist(outcome.state)
         return outcome
+
+    def _close_output(self, output: CallOutput, target: str, stage: Stage | None, step: str | None,
+                      plugin: str) -> None:
+        """The call's last held progress, then one note of what its output budget kept off disk."""
+        dropped = output.close()
+        if not dropped:
+            return
+        limits = output.output_budget.limits
+        text = (f"{plugin}: output over its budget: {dropped.log_lines} log lines ({dropped.log_bytes} bytes, "
+                f"{dropped.truncated} lines shortened) and {dropped.progress} progress reports not written "
+                f"(limits per call: {limits.log_lines} lines, {limits.log_bytes} bytes, {limits.line_chars} "
+                f"characters a line, one progress report per {limits.progress_interval_s:g} s)")
+        self.env.logger.getChild(f"plugin.{plugin}.{target}").warning("%s", text)
+        self.env.emit("plugin.output_dropped", target=target, stage=stage, step=step, plugin=plugin, message=text,
+                      log_lines=dropped.log_lines, log_bytes=dropped.log_bytes, truncated=dropped.truncated,
+                      progress=dropped.progress, limits=limits.to_json())
 
     # -- the watchdog's part of a step ------------------------------------------------
     def expected_s(self, target: str, step_key: str) -> float | None:

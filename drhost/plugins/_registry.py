@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from drhost_hookspecs import ENTRY_POINT_GROUP, HOOK_API_VERSION, PluginClass, Stage, StepDescription
+from drhost_hookspecs import ENTRY_POINT_GROUP, HOOK_API_VERSION, PluginClass, PluginInfo, Stage, StepDescription
 
 from ..supervisor import RlimitSandbox, WorkerRunner
 
@@ -44,6 +44,9 @@ class PluginRecord:
     hooks: tuple[str, ...] = ()
     config_schema: Mapping[str, Any] | None = None
     steps: Mapping[Stage, tuple[StepDescription, ...]] = field(default_factory=dict)
+    #: PluginInfo.paths and PluginInfo.commands: what the Context lets it touch and (third_party) run.
+    paths: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -63,6 +66,8 @@ class PluginRecord:
             "api_version": self.api_version,
             "hooks": list(self.hooks),
             "steps": {stage.value: [s.name for s in steps] for stage, steps in self.steps.items() if steps},
+            "paths": list(self.paths),
+            "commands": list(self.commands),
         }
 
 
@@ -104,10 +109,14 @@ def _from_description(ep: importlib.metadata.EntryPoint, description: Mapping[st
         Stage(stage): tuple(StepDescription.from_json(s) for s in items)
         for stage, items in description["steps"].items()
     }
+
+    # Validated again here: the declaration comes from a worker process (PluginDefinitionError: broken).
+    declared = PluginInfo.from_json(info)
     return _record(
         ep, "ok", department=str(info["department"]), plugin_class=PluginClass(info["plugin_class"]),
         api_version=int(info["api_version"]), hooks=tuple(description["hooks"]),
         config_schema=description.get("config_schema"), steps=steps,
+        paths=declared.paths, commands=declared.commands,
     )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import html
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from drhost_hookspecs import Stage
 from ..errors import ExitCode
 from ..events import Event
 from ..orchestrator import RUN_EXIT_CODES
-from ..state import RunState, atomic_write, read_journal
+from ..state import RunState, atomic_write, iter_journal
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
@@ -44,6 +45,55 @@ _ROLLOUT_KEYS = ("serial", "groups", "max_failed", "max_failed_total", "max_unre
 _STEP_ENDS = {"step.completed": "completed", "step.failed": "failed", "step.interrupted": "interrupted"}
 _ROLLBACK_ENDS = {"rollback.verified": "verified", "rollback.failed": "failed", "target.inconsistent": "failed",
                   "target.rollback_queued": "queued", "target.interrupted": "interrupted"}
+#: Events the timelines read in full; of every other event only its time and target matter (the journal is
+#: mostly plugin.log and step.progress, and those are dropped as soon as they are read).
+_READ_IN_FULL = frozenset({
+    "run.started", "target.started", "stage.started", "stage.completed", "stage.failed", "step.started",
+    *_STEP_ENDS, "step.skipped", "step_timeout", "timeout_warning", "stage.retry", "decision",
+    "stage.cleanup_started", "stage.cleanup_finished", "rollback.started", "rollback.stage", *_ROLLBACK_ENDS,
+    "plugin.output_dropped",
+})
+#: Per target, at most this many of each kind go into the report; the rest are counted in ``not_shown``, so a
+#: report's memory and size do not grow with the journal.
+SHOWN_PER_TARGET = {"markers": 500, "steps": 1000, "stages": 200, "cleanups": 200, "rollbacks": 50,
+                    "rollback_parts": 200, "timeouts": 100, "output_dropped": 100}
+#: A message (step failure, timeout block, ...) is cut to this many characters in the report.
+MESSAGE_CHARS = 4000
+#: Modes (drives of the run: upgrade, resume, rollback) listed at most.
+MODES_SHOWN = 100
+#: Events are written in the order they reach the journal, stamped a moment before by their thread: this many
+#: events are enough to put them back in time order, and bound the memory it takes.
+REORDER_WINDOW = 2048
+
+
+def _cut(text: object) -> object:
+    if isinstance(text, str) and len(text) > MESSAGE_CHARS:
+        return f"{text[:MESSAGE_CHARS]} [... {len(text) - MESSAGE_CHARS} more characters]"
+    return text
+
+
+def _slim(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each event as little as the report needs: messages cut; of events it does not draw, time and target."""
+    for event in events:
+        if "ts" not in event:
+            continue
+        if event.get("event") not in _READ_IN_FULL:
+            yield {"ts": event["ts"], "event": event.get("event"), "target": event.get("target")}
+            continue
+        if "message" in event:
+            event["message"] = _cut(event["message"])
+        yield event
+
+
+def _in_time_order(events: Iterable[dict[str, Any]], window: int = REORDER_WINDOW) -> Iterator[dict[str, Any]]:
+    """The events by time (journal order among equal times), sorted within a sliding window of ``window``."""
+    heap: list[tuple[float, int, dict[str, Any]]] = []
+    for seq, event in enumerate(events):
+        heapq.heappush(heap, (float(event["ts"]), seq, event))
+        if len(heap) > window:
+            yield heapq.heappop(heap)[2]
+    while heap:
+        yield heapq.heappop(heap)[2]
 
 
 def _title(event: Mapping[str, Any]) -> str:
@@ -64,13 +114,26 @@ class _Timeline:
         self.markers: list[dict[str, Any]] = []
         self.rollbacks: list[dict[str, Any]] = []
         self.timeouts: list[dict[str, Any]] = []
+        self.output_dropped: list[dict[str, Any]] = []
+        self.not_shown: Counter[str] = Counter()
+        self._steps_shown = 0
         self.started: float | None = None
         self.last: float | None = None
         self._open_stage: dict[str, dict[str, Any]] = {}
         self._open_steps: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._open_cleanup: dict[str, dict[str, Any]] = {}
 
+    def _keep(self, kind: str, into: list[dict[str, Any]], item: dict[str, Any]) -> None:
+        """Append ``item`` while ``kind`` has room (``SHOWN_PER_TARGET``); count it otherwise."""
+        if len(into) < SHOWN_PER_TARGET[kind]:
+            into.append(item)
+        else:
+            self.not_shown[kind] += 1
+
     def _marker(self, kind: str, event: Mapping[str, Any], title: str | None = None) -> None:
+        if len(self.markers) >= SHOWN_PER_TARGET["markers"]:
+            self.not_shown["markers"] += 1  # before building the title: counting must stay cheap
+            return
         self.markers.append({"kind": kind, "ts": event["ts"], "stage": event.get("stage"), "step": event.get("step"),
                              "title": title if title is not None else _title(event)})
 
@@ -89,13 +152,17 @@ class _Timeline:
         name, ts = str(event["event"]), float(event["ts"])
         data: Mapping[str, Any] = event.get("data") or {}
         stage, step, plugin = event.get("stage"), event.get("step"), event.get("plugin")
-        self.last = ts
+        self.last = ts if self.last is None else max(self.last, ts)
+        if name not in _READ_IN_FULL:
+            return
         if name == "target.started" and self.started is None:
             self.started = ts
         bar: dict[str, Any] | None
         if name == "stage.started":
             bar = {"stage": stage, "start": ts, "end": None, "outcome": "running", "steps": []}
-            self.stages.append(bar)
+            self._keep("stages", self.stages, bar)
+            if self.stages[-1] is not bar:
+                bar["hidden"] = True  # over the limit: never in the report, and neither are its steps
             self._open_stage[str(stage)] = bar
         elif name in ("stage.completed", "stage.failed") and str(stage) in self._open_stage:
             bar = self._open_stage.pop(str(stage))
@@ -108,7 +175,11 @@ class _Timeline:
                    "attempts": data.get("attempts"), "timeout_s": data.get("timeout_s"), "start": ts, "end": None,
                    "outcome": "running"}
             owner = self._open_stage.get(str(stage))
-            (owner["steps"] if owner is not None else self.loose_steps).append(bar)
+            if self._steps_shown < SHOWN_PER_TARGET["steps"] and not (owner or {}).get("hidden"):
+                self._steps_shown += 1
+                (owner["steps"] if owner is not None else self.loose_steps).append(bar)
+            else:
+                self.not_shown["steps"] += 1
             self._open_steps[(str(stage), str(step), str(plugin))] = bar
             if int(data.get("attempt") or 1) > 1:
                 self._marker("retry", event, f"retry: attempt {data.get('attempt')}/{data.get('attempts')} of "
@@ -127,8 +198,15 @@ class _Timeline:
             self._marker("skipped", event)
         elif name == "step_timeout":
             self._marker("timeout", event, f"timeout: [{stage}] {step} ({plugin}), attempt {data.get('attempt')}")
-            self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
-                                  "ts": ts, "message": event.get("message") or _title(event)})
+            if len(self.timeouts) < SHOWN_PER_TARGET["timeouts"]:
+                self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
+                                      "ts": ts, "message": event.get("message") or _cut(_title(event))})
+            else:
+                self.not_shown["timeouts"] += 1
+        elif name == "plugin.output_dropped":
+            self._keep("output_dropped", self.output_dropped, {
+                "ts": ts, "stage": stage, "step": step, "plugin": plugin, "message": event.get("message"),
+                **{k: data.get(k) for k in ("log_lines", "log_bytes", "truncated", "progress")}})
         elif name == "timeout_warning":
             self._marker("warning", event)
         elif name == "stage.retry":
@@ -137,20 +215,24 @@ class _Timeline:
             self._marker("decision", event)
         elif name == "stage.cleanup_started":
             bar = {"stage": stage, "start": ts, "end": None, "outcome": "running"}
-            self.cleanups.append(bar)
+            self._keep("cleanups", self.cleanups, bar)
             self._open_cleanup[str(stage)] = bar
         elif name == "stage.cleanup_finished" and str(stage) in self._open_cleanup:
             bar = self._open_cleanup.pop(str(stage))
             bar["end"], bar["outcome"] = ts, "failed" if data.get("errors") else "completed"
         elif name == "rollback.started":
+            if len(self.rollbacks) >= SHOWN_PER_TARGET["rollbacks"]:
+                # The last one shown is the one that goes on: only the latest rollbacks matter for the outcome.
+                self.not_shown["rollbacks"] += 1
+                self.rollbacks.pop(0)
             self.rollbacks.append({"start": ts, "end": None, "outcome": "running", "stages": data.get("stages", []),
                                    "parts": []})
         elif self.rollbacks and name == "rollback.stage":
             rollback = self.rollbacks[-1]
             begin = rollback["parts"][-1]["end"] if rollback["parts"] else rollback["start"]
-            rollback["parts"].append({"stage": stage, "start": begin, "end": ts, "status": data.get("status"),
-                                      "title": _title(event) + (f"; rule: {data['rule']}" if data.get("rule")
-                                                                else "")})
+            self._keep("rollback_parts", rollback["parts"], {
+                "stage": stage, "start": begin, "end": ts, "status": data.get("status"),
+                "title": _title(event) + (f"; rule: {data['rule']}" if data.get("rule") else "")})
         elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["outcome"] == "running":
             self.rollbacks[-1]["outcome"] = _ROLLBACK_ENDS[name]
             self.rollbacks[-1]["message"] = event.get("message")
@@ -163,24 +245,45 @@ class _Timeline:
             rollback["end"] = later[0]["start"] if later else self.last
         return {"stages": self.stages, "loose_steps": self.loose_steps, "cleanups": self.cleanups,
                 "markers": self.markers, "rollbacks": self.rollbacks, "timeouts": self.timeouts,
+                "output_dropped": self.output_dropped, "not_shown": dict(sorted(self.not_shown.items())),
                 "started": self.started, "last": self.last}
 
 
-def _timelines(events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, _Timeline], list[str]]:
-    timelines: dict[str, _Timeline] = {}
-    modes: list[str] = []
-    for event in events:
-        if event.get("event") == "run.started":
-            modes.append(str((event.get("data") or {}).get("mode", "upgrade")))
-            if len(modes) > 1:
-                for timeline in timelines.values():
-                    timeline.close_open("interrupted")
-        target = event.get("target")
-        if target is not None and "ts" in event:
-            timelines.setdefault(str(target), _Timeline()).see(event)
-    for timeline in timelines.values():
-        timeline.close_open("unfinished")
-    return timelines, modes
+class _Journal:
+    """What the report takes from the journal, read once, front to back, in bounded memory."""
+
+    def __init__(self, targets: Collection[str]) -> None:
+        self._targets = targets
+        self.timelines: dict[str, _Timeline] = {}
+        self.modes: list[str] = []
+        self.drives = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.run_started: float | None = None
+
+    def read(self, events: Iterable[dict[str, Any]]) -> _Journal:
+        for event in _in_time_order(_slim(events)):
+            ts = float(event["ts"])
+            self.first = ts if self.first is None else min(self.first, ts)
+            self.last = ts if self.last is None else max(self.last, ts)
+            if event.get("event") == "run.started":
+                self._run_started(event, ts)
+            target = event.get("target")
+            # Only the run's own targets get a row: a timeline per name found would grow with the journal.
+            if target is not None and str(target) in self._targets:
+                self.timelines.setdefault(str(target), _Timeline()).see(event)
+        for timeline in self.timelines.values():
+            timeline.close_open("unfinished")
+        return self
+
+    def _run_started(self, event: Mapping[str, Any], ts: float) -> None:
+        self.drives += 1
+        self.run_started = ts if self.run_started is None else min(self.run_started, ts)
+        if len(self.modes) < MODES_SHOWN:
+            self.modes.append(str((event.get("data") or {}).get("mode", "upgrade")))
+        if self.drives > 1:
+            for timeline in self.timelines.values():
+                timeline.close_open("interrupted")
 
 
 def _not_started_reason(name: str, rollout: Mapping[str, Any], batches: list[dict[str, Any]]) -> str:
@@ -234,9 +337,9 @@ def report_data(run_dir: Path) -> dict[str, Any]:
 
     state = RunState.open(run_dir)
     body = state.snapshot()
-    journal = run_dir / "events.jsonl"
-    events = sorted(read_journal(journal) if journal.exists() else [], key=lambda e: float(e.get("ts", 0)))
-    timelines, modes = _timelines(events)
+    path = run_dir / "events.jsonl"
+    journal = _Journal(set(body["targets"])).read(iter_journal(path) if path.exists() else ())
+    timelines, modes = journal.timelines, journal.modes
     rollout = rollout_summary(body)
     batches = (body.get("rollout") or {}).get("batches") or [{"index": 0, "group": None,
                                                              "targets": sorted(body["targets"])}]
@@ -245,8 +348,7 @@ def report_data(run_dir: Path) -> dict[str, Any]:
     targets = [_target(name, body, timelines.get(name), batch_of.get(name, len(batches) - 1),
                        _not_started_reason(name, record, batches))
                for name in sorted(body["targets"], key=lambda n: (batch_of.get(n, len(batches)), n))]
-    stamps = [float(e["ts"]) for e in events if "ts" in e]
-    run_started = next((float(e["ts"]) for e in events if e.get("event") == "run.started"), None)
+    run_started = journal.run_started
     started = run_started if run_started is not None else body.get("created")
     finished = body.get("finished")
     status = str(body["status"])
@@ -255,7 +357,8 @@ def report_data(run_dir: Path) -> dict[str, Any]:
     settings = (body.get("config") or {}).get("rollout") or {}
     return {
         "run": {
-            "id": body["run_id"], "modes": modes or ["upgrade"], "status": status, "exit_code": code,
+            "id": body["run_id"], "modes": modes or ["upgrade"], "modes_not_shown": journal.drives - len(modes),
+            "status": status, "exit_code": code,
             "exit_name": _EXIT_NAMES.get(code) if code is not None else None,
             "exit_meaning": _EXIT_MEANINGS.get(code, "") if code is not None else "not finished: no exit code yet",
             "package": (body.get("package") or {}).get("version"), "started": started, "finished": finished,
@@ -271,7 +374,8 @@ def report_data(run_dir: Path) -> dict[str, Any]:
             "settings": {k: settings[k] for k in _ROLLOUT_KEYS if k in settings},
         },
         "next": _next_commands(body, rollout),
-        "axis": {"start": min(stamps) if stamps else started, "end": max(stamps) if stamps else finished},
+        "axis": {"start": journal.first if journal.first is not None else started,
+                 "end": journal.last if journal.last is not None else finished},
         "stages": [stage.value for stage in Stage.ordered()],
         "targets": targets,
     }

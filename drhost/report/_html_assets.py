@@ -282,6 +282,11 @@ SCRIPT = r"""
     });
   }
 
+  // What report_data leaves out past its per-target limits (not_shown), in words.
+  var HIDDEN = {markers: "markers", steps: "step bars", stages: "stage bars", cleanups: "cleanup bars",
+    rollbacks: "rollbacks", rollback_parts: "rollback parts", timeouts: "timeout reports",
+    output_dropped: "output notes"};
+
   function listSection(parent, title, items, render) {
     if (!items || !items.length) { return; }
     add(parent, el("h4", null, title));
@@ -319,6 +324,16 @@ SCRIPT = r"""
       if (t.timeouts && t.timeouts.length) {
         add(box, el("h4", null, "Timeouts"));
         t.timeouts.forEach(function (x) { add(box, el("pre", "timeout-report", x.message)); });
+      }
+      listSection(box, "Plugin output over its limits", t.output_dropped, function (o) {
+        return clock(o.ts) + " [" + (o.stage || "-") + "] " + (o.step ? o.step + " " : "") + (o.plugin || "")
+          + ": " + o.message;
+      });
+      var hidden = Object.keys(t.not_shown || {}).filter(function (k) { return t.not_shown[k] > 0; });
+      if (hidden.length) {
+        add(box, el("p", "muted not-shown", hidden.map(function (k) {
+          return t.not_shown[k] + " more " + (HIDDEN[k] || k) + " not shown";
+        }).join("; ")));
       }
       if (t.manual_procedure && t.manual_procedure.length) {
         add(box, el("h4", null, "Manual procedure"));

@@ -1,6 +1,6 @@
 """Durable run state: checkpoints, the event journal, run directories and locks."""
 
-from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, read_journal, write_private_json
+from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, iter_journal, read_journal, write_private_json
 from ._runs import RunLock, RunState, find_run, new_run_id, runs_dir, state_root
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "StateFile",
     "atomic_write",
     "find_run",
+    "iter_journal",
     "new_run_id",
     "read_journal",
     "runs_dir",

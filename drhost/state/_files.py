@@ -7,7 +7,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +139,21 @@ class Journal:
             self._file.close()
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """Every complete event of a journal; a torn last line (crash mid-append) is ignored."""
-    events = []
-    with open(path, encoding="utf-8") as handle:
+def iter_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """The complete events of a journal, one at a time (a journal may be far larger than memory); a torn
+    last line (crash mid-append) is ignored, and so is a line that is not a JSON object."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if not line.endswith("\n"):
                 break
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return events
+            if isinstance(event, dict):
+                yield event
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Every complete event of a journal, in a list; see :func:`iter_journal`."""
+    return list(iter_journal(path))

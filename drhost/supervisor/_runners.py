@@ -330,7 +330,8 @@ class WorkerRunner:
             if message["method"] == "progress":
                 ctx.progress(float(args.get("done", 0)), float(args.get("total", 0)), str(args.get("unit", "")))
             elif message["method"] == "log":
-                ctx.log(str(args.get("message", ""))[:4000], level=str(args.get("level", "info")))
+                # Not cut here: the call's output budget cuts (run.plugin_log_line_chars) and counts what it cut.
+                ctx.log(str(args.get("message", "")), level=str(args.get("level", "info")))
         return None
 
     def _serve_request(self, message: dict[str, Any], ctx: HostContext) -> None:

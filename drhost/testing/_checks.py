@@ -39,6 +39,9 @@ CHECKS: dict[str, str] = {
                           "and the stage then runs again",
     "rollback_restores": "the stage's rollback restores everything the plugin's steps changed",
     "verify_rolled_back": "drhost_verify reports no problem after the stage was rolled back",
+    "declares_effects": "the Context refused none of the plugin's calls: every path outside the product root it "
+                        "touches is in PluginInfo.paths and, for a third_party plugin, every command it runs is in "
+                        "PluginInfo.commands",
 }
 
 STATUSES = ("pass", "fail", "skip")

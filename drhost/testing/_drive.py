@@ -100,6 +100,45 @@ class Driver:
 
     # -- the walk -----------------------------------------------------------------------
     def run(self) -> None:
+        """All stages, then whether everything the plugin's calls did on the way was declared."""
+        try:
+            self._walk()
+        finally:
+            self.report(self._declares_effects())
+
+    def _declares_effects(self) -> CheckResult:
+        """Fails when the Context refused the plugin a path or a command during the walk."""
+        refused = [e for e in self.session.events_named("context.refused") if e.plugin == self.subject]
+        if not refused:
+            entry = self.session.plan.plugin(self.subject)
+            return passed("declares_effects", self.subject,
+                          f"nothing refused: its file operations stayed in the product root or its declared paths "
+                          f"({', '.join(entry.paths) or 'none'}); declared commands: "
+                          f"{', '.join(entry.commands) or 'none'}")
+        root = self.session.target.root.as_posix().rstrip("/")
+        wanted: dict[str, list[str]] = {"paths": [], "commands": [], "env": []}
+        for event in refused:
+            kind, value = str(event.data.get("kind", "")), str(event.data.get("value", ""))
+            if value.startswith(root + "/"):
+                value = "{root}" + value[len(root):]
+            key = {"path": "paths", "command": "commands"}.get(kind, "env")
+            if value not in wanted[key]:
+                wanted[key].append(value)
+        fixes = [f"PluginInfo({key}=[..., {', '.join(repr(v) for v in values[:8])}])"
+                 for key, values in wanted.items() if values and key != "env"]
+        if wanted["env"]:
+            fixes.append(f"stop setting {', '.join(wanted['env'])} in ctx.run(env=...)")
+        where = sorted({f"{e.stage}/{e.step}" if e.step else f"{e.stage or '-'} ({e.data.get('op')})"
+                        for e in refused})
+        messages = list(dict.fromkeys(e.message for e in refused))
+        return failed("declares_effects", self.subject,
+                      f"{len(refused)} Context calls refused in {', '.join(where[:6])}: " + "; ".join(messages[:4]),
+                      "declare what the plugin needs: " + "; ".join(fixes) +
+                      " (a path: the file or a directory above it; a command: argv[0] exactly as the plugin "
+                      "passes it) — or keep the work inside the product root",
+                      refused=[{"message": e.message, **dict(e.data)} for e in refused[:50]])
+
+    def _walk(self) -> None:
         """All stages; a failure that leaves the target unusable ends the walk with the rest reported skipped."""
         for index, stage in enumerate(Stage.ordered()):
             try:

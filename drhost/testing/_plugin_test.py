@@ -30,7 +30,7 @@ from ._target import DisposableTarget
 
 #: Checks that need the plugin to run; reported skipped when it never gets that far.
 _DYNAMIC = ("companions", "runs", "within_limits", "idempotent", "timeout_behaviour", "verify_completed",
-            "cleanup_no_residue", "rollback_restores", "verify_rolled_back")
+            "cleanup_no_residue", "rollback_restores", "verify_rolled_back", "declares_effects")
 _PIP_TAIL = 1500
 
 

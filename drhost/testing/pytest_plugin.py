@@ -307,10 +307,11 @@ def drhost_context(drhost_session: PluginSession, drhost_plugin_name: str) -> Ho
     ``run_id``; ``target``, the target's ``TargetInfo`` (``install_root`` is
     ``drhost_target.root``); ``package``, the 2.0.0 package with ``remote_path`` under the
     root's ``staging/``; ``config``, the plugin's settings; ``state``, a dict that starts
-    empty. Its effects reach the target through a ``LocalSession``. ``checkpoint()`` saves
-    ``state`` as the plugin's state in the session's run, where later ``drhost_runner`` calls
-    find it; ``log`` and ``progress`` become events in ``drhost_session.events``. No
-    deadline: the call runs in the test's own thread, outside the plugin's isolation.
+    empty. Confined like a run's: the install root and the plugin's declared paths (and, for a
+    third_party plugin, its declared commands). Its effects reach the target through a
+    ``LocalSession``. ``checkpoint()`` saves ``state`` as the plugin's state in the session's
+    run, where later ``drhost_runner`` calls find it; ``log`` and ``progress`` become events in
+    ``drhost_session.events``. No deadline: the call runs in the test's own thread, outside the plugin's isolation.
     """
     import dataclasses
     import os
@@ -338,10 +339,14 @@ def drhost_context(drhost_session: PluginSession, drhost_plugin_name: str) -> Ho
         with session.state.mutate() as body:
             body["targets"][TARGET]["plugin_state"][name] = state
 
+    entry = env.plan.plugin(name)
     return HostContext(
         session=session.executor.session(TARGET), run_id=session.state.run_id, target=info, package=package,
         config=dict(env.config["plugins"].get(name, {})), state={}, notify=notify, persist=persist,
         cancel=threading.Event(), deadline=None, logger=env.logger.getChild(f"plugin.{name}.{TARGET}"),
+        plugin=name, plugin_class=entry.plugin_class, paths=entry.paths, commands=entry.commands,
+        on_refused=lambda message, refused: env.emit("context.refused", target=TARGET, stage=None, step=None,
+                                                     plugin=name, message=message, op="direct", **refused),
     )
 
 

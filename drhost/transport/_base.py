@@ -66,6 +66,13 @@ class TargetSession(abc.ABC):
     @abc.abstractmethod
     def remove(self, path: str, recursive: bool = False) -> None: ...
 
+    def realpath(self, path: str) -> str:
+        """``path`` (absolute) with every symlink of its deepest existing ancestor resolved on the target;
+        the components below that ancestor are appended as they are. Used to confine plugins' file operations.
+
+        A session that cannot resolve paths refuses (the Context then refuses every file operation)."""
+        raise TransportError(f"{self.name}: this transport cannot resolve paths on the target", category="file")
+
     def stop_leftover_commands(self) -> list[str]:
         """Stop commands an earlier controller of this run started and left running (it was killed);
         return what was stopped. Called by a resume before it touches the target."""

@@ -66,6 +66,8 @@ SHARP_RISE_MIN_S = 0.05
 TIMEOUT_RTT_FACTOR = 4.0
 SOONER_FRACTION = 0.25
 SOONER_MIN_S = 0.1
+#: The reason of a peer declared dead because its connection closed, however that was noticed.
+TRANSPORT_CLOSED = "transport closed"
 
 
 class KeepaliveTransport(Protocol):
@@ -292,8 +294,14 @@ class Heartbeat:
             try:
                 self.transport.global_request(KEEPALIVE_REQUEST, wait=True)
                 if not self.transport.is_active():
-                    probe.error = "transport closed"
-            except Exception as exc:  # paramiko raises SSHException/EOFError/OSError on a broken link
+                    probe.error = TRANSPORT_CLOSED
+            except (EOFError, OSError) as exc:
+                # A probe sent after the peer closed but before paramiko's reader saw it fails in the send
+                # (paramiko's write_all says EOFError): the same cause as a probe that returns on a closed
+                # transport, so the same reason, whichever of the two sees the close first.
+                log.debug("heartbeat probe of %s: %s(%s)", self.settings.connection_type, type(exc).__name__, exc)
+                probe.error = TRANSPORT_CLOSED
+            except Exception as exc:  # e.g. paramiko's SSHException on a stuck key exchange
                 probe.error = f"{type(exc).__name__}: {exc}"
             probe.replied = self.clock()
             probe.done.set()
@@ -309,7 +317,7 @@ class Heartbeat:
                 probe = self._probe
                 if probe is None and now >= next_send:
                     if not self.transport.is_active():
-                        self._declare("transport closed before the probe", now)
+                        self._declare(TRANSPORT_CLOSED, now)  # the same reason as a probe that saw the close
                         return
                     self._send(now)
                     probe = self._probe

@@ -213,6 +213,9 @@ class LocalSession(TargetSession):
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
 
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
     def remove(self, path: str, recursive: bool = False) -> None:
         target = Path(path)
         try:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import posixpath
 import random
 import secrets
 import shlex
@@ -172,7 +173,7 @@ class SshSession(TargetSession):
         try:
             channel = transport.open_session(timeout=timeout)
         except _EXEC_ERRORS as exc:
-            raise _ConnectionLost(f"cannot open a channel: {exc}") from None
+            raise _ConnectionLost(f"cannot open a channel: {str(exc) or type(exc).__name__}") from None
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
         try:
@@ -222,7 +223,7 @@ class SshSession(TargetSession):
                 try:
                     self._sftp = paramiko.SFTPClient.from_transport(transport)
                 except _CONNECTION_ERRORS as exc:
-                    raise _ConnectionLost(f"cannot open SFTP: {exc}") from None
+                    raise _ConnectionLost(f"cannot open SFTP: {str(exc) or type(exc).__name__}") from None
                 if self._sftp is None:
                     raise _ConnectionLost("cannot open SFTP")
             return self._sftp
@@ -236,7 +237,7 @@ class SshSession(TargetSession):
                 raise _ConnectionLost(str(exc) or type(exc).__name__) from None
             except OSError as exc:
                 if self._transport is None or not self._transport.is_active():
-                    raise _ConnectionLost(str(exc)) from None
+                    raise _ConnectionLost(str(exc) or type(exc).__name__) from None
                 raise TransportError(f"cannot {what}: {exc.strerror or exc}", category="file") from None
 
         return self._retrying(attempt, what)
@@ -401,7 +402,9 @@ class SshSession(TargetSession):
                 if transport is not None:
                     transport.close()
         evidence = f"; {dead[-1].describe()}" if dead else ""
-        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection ({last}); "
+        # Which error ends an attempt depends on what saw the cut first; paramiko's EOFError has no text.
+        cause = str(last) or type(last).__name__
+        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection ({cause}); "
                              f"gave up after {settings.reconnects} reconnects{evidence}", category="network")
 
     def get(self, remote_path: str, local_path: str) -> None:
@@ -449,6 +452,23 @@ class SshSession(TargetSession):
 
     def exists(self, path: str) -> bool:
         return self._lstat(path) is not None
+
+    def realpath(self, path: str) -> str:
+        """The server's realpath (SFTP ``normalize``) of the deepest existing ancestor, the rest appended."""
+        def resolve(sftp: paramiko.SFTPClient) -> str:
+            head, tail = path, ""
+            while True:
+                try:
+                    resolved = str(sftp.normalize(head))
+                    return resolved.rstrip("/") + "/" + tail if tail else resolved
+                except OSError:
+                    # Missing, or not a directory: try its parent; a lost connection is not that.
+                    if self._transport is None or not self._transport.is_active() or head in ("/", ""):
+                        raise
+                    head, name = posixpath.split(head)
+                    tail = f"{name}/{tail}" if tail else name
+
+        return self._file_call(resolve, f"resolve {path}")
 
     def remove(self, path: str, recursive: bool = False) -> None:
         attrs = self._lstat(path)

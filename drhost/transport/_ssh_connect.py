@@ -4,17 +4,23 @@ paramiko is used as a protocol library only: the socket is created here (TCP_NOD
 TCP_USER_TIMEOUT — see DESIGN.md §5), and the server's host key is checked against known_hosts here, so the
 refusal messages name host, key type and SHA256 fingerprint the way OpenSSH does. A password is read from
 an environment variable or a file at connect time, never stored, logged or put into an exception.
+
+paramiko reports one peer behaviour in different ways depending on which of its timers or threads sees it
+first; every failure here is turned into one :class:`TransportError` per cause (silent or too slow: "did not
+complete within N s"; closed: "the peer closed the connection ..."), whichever path won.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -186,6 +192,128 @@ def _read_password(target: SshTarget) -> tuple[str | None, str]:
     return None, ""
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as text that is never empty: paramiko raises ``EOFError()`` and ``socket.timeout()``
+    without a message."""
+    return str(exc) or type(exc).__name__
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and what it was raised from or during: paramiko wraps the socket's error of a banner read in an
+    ``SSHException`` raised inside the ``except`` block, so only ``__context__`` keeps the real cause."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def _peer_closed(exc: BaseException) -> bool:
+    # A peer that closes shows up as EOF on a read, a reset or a broken pipe on a write, whichever the kernel
+    # delivers first (a close with our banner still unread in its buffer is a reset): one condition.
+    return isinstance(exc, (EOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError))
+
+
+def _handshake_failure(target: SshTarget, transport: paramiko.Transport, exc: BaseException | None) -> \
+        TransportError:
+    """One :class:`TransportError` per cause for a key exchange that did not finish, whichever of paramiko's
+    paths reported it.
+
+    A peer that accepts and then stays silent (or too slow) is reported by ``start_client`` returning without
+    an error at its timeout, *or* by the transport thread: ``SSHException("Error reading SSH protocol
+    banner")`` from ``socket.timeout`` before the banner, ``EOFError`` from the handshake timer after it. Both
+    timers have the same bound, so which one fires first is chance. A peer that closes is EOF, a reset or a
+    broken pipe, wrapped or not, again by chance. ``exc`` is what ``start_client`` raised, or None when it
+    returned with the exchange unfinished.
+    """
+    if exc is None and not transport.is_active():
+        # The thread died between start_client's last look and ours: its saved exception is the cause.
+        exc = transport.get_exception()
+    chain = _chain(exc)
+    banner = transport.remote_version[:100]  # "" until a whole banner line arrived; the peer chose its length
+    log.debug("SSH handshake with %s ended: %s", target.address,
+              " <- ".join(f"{type(e).__name__}({e})" for e in chain) or "start_client timed out")
+    silent = (exc is None and transport.is_active()) or transport.packetizer.handshake_timed_out() or \
+        any(isinstance(e, TimeoutError) for e in chain)
+    if silent:
+        what = (f"sent its banner {banner} and then stalled in the key exchange" if banner
+                else "accepted the connection and then sent no SSH banner")
+        return TransportError(f"SSH handshake with {target.address} did not complete within "
+                              f"{target.banner_timeout_s:g} s (the peer {what}: it is silent or too slow, e.g. a "
+                              "black hole, a firewall dropping packets or an overloaded server)", category="network")
+    # "Negotiation failed." is start_client's word for a thread that ended without an error of its own: the
+    # peer sent SSH_MSG_DISCONNECT, which is the peer closing the connection.
+    disconnected = exc is None or (isinstance(exc, paramiko.SSHException) and len(chain) == 1
+                                   and str(exc) == "Negotiation failed.")
+    if disconnected or any(_peer_closed(e) for e in chain):
+        if banner:
+            return TransportError(f"SSH handshake with {target.address} failed: the peer ({banner}) closed the "
+                                  "connection during the key exchange", category="network")
+        return TransportError(f"SSH handshake with {target.address} failed: the peer closed the connection "
+                              "before sending an SSH banner (not an SSH server, or sshd turned the connection "
+                              "away: MaxStartups, tcp wrappers, a firewall reset)", category="network")
+    assert exc is not None
+    return TransportError(f"SSH handshake with {target.address} failed: {_describe(exc)}", category="network")
+
+
+def _handshake(target: SshTarget, transport: paramiko.Transport) -> paramiko.PKey:
+    """Run the key exchange; the server's host key, or the one :class:`TransportError` of its cause."""
+    try:
+        transport.start_client(timeout=target.banner_timeout_s)
+    except Exception as exc:  # whatever the transport thread saved is re-raised here, not only SSHException
+        raise _handshake_failure(target, transport, exc) from None
+    try:
+        # start_client also returns, without an error, when its timeout passes before the key exchange is done;
+        # this raises ("No existing session") until it is done, and when the peer closed right after it.
+        return transport.get_remote_server_key()
+    except paramiko.SSHException:
+        raise _handshake_failure(target, transport, None) from None
+
+
+def _auth_attempt(target: SshTarget, transport: paramiko.Transport, tried: list[str],
+                  attempt: Callable[[], object]) -> bool:
+    """True when the server accepted, False when it refused; a peer that closes or stops answering is a
+    :class:`TransportError` (category ``network``), whichever of paramiko's paths reports it.
+
+    paramiko reports a peer that closes during auth as ``SSHException("No existing session")`` when the close
+    was seen before the request, as ``AuthenticationException("... transport shut down or saw EOF")`` when it
+    was seen during the wait, or re-raises the transport thread's socket error; a silent peer as
+    ``AuthenticationException("Authentication timeout.")``. Taken as refusals, the first would be a network
+    failure and the others an :class:`AuthError` that is never retried, by chance.
+    """
+    started = time.monotonic()
+    try:
+        attempt()
+        return True
+    except paramiko.AuthenticationException as exc:
+        # The refusal of a live peer. The elapsed-time test does not depend on paramiko's wording: its wait
+        # raises the timeout only once auth_timeout has passed.
+        timed_out = time.monotonic() - started >= target.auth_timeout_s or str(exc) == "Authentication timeout."
+        if transport.is_active() and not timed_out:
+            return False
+        problem: BaseException = exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        problem = exc
+    raise _auth_failure(target, transport, problem, tried)
+
+
+def _auth_failure(target: SshTarget, transport: paramiko.Transport, problem: BaseException, tried: list[str]) -> \
+        TransportError:
+    so_far = f" (tried so far: {', '.join(tried)})" if tried else ""
+    log.debug("SSH authentication with %s ended: %s: %s", target.address, type(problem).__name__, problem)
+    if not transport.is_active():
+        return TransportError(
+            f"SSH authentication with {target.address} broke off: the peer closed the connection during "
+            f"authentication{so_far}; sshd does this after MaxAuthTries failed attempts or when LoginGraceTime "
+            "ran out", category="network")
+    if isinstance(problem, paramiko.AuthenticationException):
+        return TransportError(
+            f"SSH authentication with {target.address} did not complete within {target.auth_timeout_s:g} s "
+            f"(the peer stopped answering during authentication{so_far})", category="network")
+    return TransportError(f"SSH authentication with {target.address} broke off: {_describe(problem)}",
+                          category="network")
+
+
 def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
     tried: list[str] = []
     if target.key_file:
@@ -193,30 +321,26 @@ def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
             key = paramiko.PKey.from_path(target.key_file)
         except (OSError, paramiko.SSHException, ValueError) as exc:
             raise AuthError(f"cannot load key file {target.key_file} for {target.address}: {exc}") from None
-        try:
-            transport.auth_publickey(target.user, key)
+        if _auth_attempt(target, transport, tried, functools.partial(transport.auth_publickey, target.user, key)):
             return
-        except paramiko.AuthenticationException:
-            tried.append(f"key file {target.key_file} ({key.get_name()} {fingerprint(key)})")
+        tried.append(f"key file {target.key_file} ({key.get_name()} {fingerprint(key)})")
     try:
         agent_keys = paramiko.Agent().get_keys()
     except paramiko.SSHException:
         agent_keys = ()
-    for agent_key in agent_keys:
-        try:
-            transport.auth_publickey(target.user, agent_key)
+    for number, agent_key in enumerate(agent_keys):
+        so_far = [*tried, f"{number} agent key(s)"] if number else tried
+        if _auth_attempt(target, transport, so_far,
+                         functools.partial(transport.auth_publickey, target.user, agent_key)):
             return
-        except paramiko.AuthenticationException:
-            continue
     if agent_keys:
         tried.append(f"{len(agent_keys)} agent key(s)")
     password, source = _read_password(target)
     if password is not None:
         try:
-            transport.auth_password(target.user, password)
-            return
-        except paramiko.AuthenticationException:
-            pass
+            if _auth_attempt(target, transport, tried,
+                             functools.partial(transport.auth_password, target.user, password)):
+                return
         finally:
             del password
     if source:
@@ -242,24 +366,9 @@ def connect(target: SshTarget) -> paramiko.Transport:
             available = list(options.key_types)
             options.key_types = [t for t in preferred if t in available] + \
                 [t for t in available if t not in preferred]
-        try:
-            transport.start_client(timeout=target.banner_timeout_s)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"SSH handshake with {target.address} failed: {exc}", category="network") \
-                from None
-        # start_client returns, without an error, when its timeout passes before the key exchange is done (a
-        # peer that accepts the connection and then says nothing): that is a network failure, not a bad key.
-        if not transport.is_active() or transport.host_key is None:
-            raise TransportError(f"SSH handshake with {target.address} did not complete within "
-                                 f"{target.banner_timeout_s:g} s (the peer accepted the connection and then "
-                                 f"said nothing)", category="network")
-        _check_host_key(target, host_keys, transport.get_remote_server_key())
-        try:
-            _authenticate(target, transport)
-        except paramiko.SSHException as exc:
-            # Not an auth refusal: the connection broke during auth.
-            raise TransportError(f"SSH authentication with {target.address} broke off: {exc}",
-                                 category="network") from None
+        server_key = _handshake(target, transport)
+        _check_host_key(target, host_keys, server_key)
+        _authenticate(target, transport)
     except BaseException:
         transport.close()
         sock.close()

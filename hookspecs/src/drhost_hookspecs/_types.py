@@ -67,15 +67,99 @@ class VerifyPhase(str, enum.Enum):
         return self.value
 
 
+#: The placeholder for the target's install root in ``PluginInfo.paths`` and ``PluginInfo.commands``.
+ROOT_PLACEHOLDER = "{root}"
+#: At most this many entries in ``PluginInfo.paths`` and in ``PluginInfo.commands`` each.
+MAX_DECLARED = 64
+#: At most this many characters per entry (PATH_MAX).
+MAX_DECLARED_LENGTH = 4096
+
+
+def _declared_error(plugin: str, message: str) -> Exception:
+    from ._plugin import PluginDefinitionError  # _plugin imports this module
+
+    return PluginDefinitionError(plugin, "drhost_plugin_info", message)
+
+
+def _declared_path(plugin: str, field_name: str, index: int, value: object) -> str:
+    """``value`` checked as an absolute target path (``{root}/...`` allowed) and normalised."""
+    where = f"PluginInfo.{field_name}[{index}] {value!r}"
+    if not isinstance(value, str):
+        raise _declared_error(plugin, f"{where}: expected a string, found {type(value).__name__}")
+    if not value or len(value) > MAX_DECLARED_LENGTH:
+        raise _declared_error(plugin, f"{where}: expected 1 to {MAX_DECLARED_LENGTH} characters")
+    if "\0" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _declared_error(plugin, f"{where}: contains a NUL or control character")
+    rest = value[len(ROOT_PLACEHOLDER):] if value.startswith(ROOT_PLACEHOLDER) else value
+    if "{" in rest or "}" in rest:
+        raise _declared_error(plugin, f"{where}: the only placeholder is {ROOT_PLACEHOLDER}, at the start")
+    if not rest.startswith("/") and rest != "":
+        raise _declared_error(plugin, f"{where}: expected an absolute path (/... or {ROOT_PLACEHOLDER}/...)")
+    if ".." in rest.split("/"):
+        raise _declared_error(plugin, f"{where}: '..' is not allowed")
+    prefix = ROOT_PLACEHOLDER if value.startswith(ROOT_PLACEHOLDER) else ""
+    normal = "/" + "/".join(part for part in rest.split("/") if part not in ("", "."))
+    if prefix:
+        return prefix if normal == "/" else prefix + normal
+    if normal == "/":
+        raise _declared_error(plugin, f"{where}: '/' would allow every path; declare the directories the plugin "
+                                      f"needs")
+    return normal
+
+
+def _declared_command(plugin: str, index: int, value: object) -> str:
+    """``value`` checked as a command: a bare name (looked up on the target's PATH) or an absolute path."""
+    if isinstance(value, str) and "/" not in value and "{" not in value:
+        where = f"PluginInfo.commands[{index}] {value!r}"
+        if not value or len(value) > 255:
+            raise _declared_error(plugin, f"{where}: expected a name of 1 to 255 characters")
+        if value in (".", "..") or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise _declared_error(plugin, f"{where}: expected a command name (no spaces or control characters) "
+                                          f"or an absolute path")
+        return value
+    command = _declared_path(plugin, "commands", index, value)
+    if command == ROOT_PLACEHOLDER:
+        raise _declared_error(plugin, f"PluginInfo.commands[{index}] {value!r}: the install root is not a command")
+    return command
+
+
+def _declared(plugin: str, field_name: str, values: object) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise _declared_error(plugin, f"PluginInfo.{field_name}: expected a list or tuple of strings, found "
+                                      f"{type(values).__name__}")
+    if len(values) > MAX_DECLARED:
+        raise _declared_error(plugin, f"PluginInfo.{field_name}: {len(values)} entries, at most {MAX_DECLARED}")
+    checked = [_declared_command(plugin, i, v) if field_name == "commands" else
+               _declared_path(plugin, field_name, i, v) for i, v in enumerate(values)]
+    return tuple(dict.fromkeys(checked))
+
+
 @dataclass(frozen=True)
 class PluginInfo:
-    """Who a plugin is. Returned by ``drhost_plugin_info``."""
+    """Who a plugin is. Returned by ``drhost_plugin_info``.
+
+    ``paths``: absolute paths on the target outside the product's install root that the
+    plugin's file operations (``ctx.write_text``, ``read_text``, ``exists``, ``remove``, the
+    target path of ``put``) may touch, each a directory (everything below it) or a file;
+    ``{root}`` at the start stands for the target's install root. Everything else outside the
+    install root is refused. ``commands``: the ``argv[0]`` values a ``third_party`` plugin may
+    pass to ``ctx.run`` (a bare name looked up on the target's PATH, or an absolute path,
+    ``{root}/...`` allowed), matched exactly; other classes may declare them too (shown, and
+    checked by plugin-test) but are not limited by them.
+    """
 
     name: str
     department: str
     plugin_class: PluginClass
     api_version: int = HOOK_API_VERSION
     description: str = ""
+    paths: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lists are accepted from plugin authors; stored normalised as tuples.
+        object.__setattr__(self, "paths", _declared(self.name, "paths", self.paths))
+        object.__setattr__(self, "commands", _declared(self.name, "commands", self.commands))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,7 +168,22 @@ class PluginInfo:
             "plugin_class": str(self.plugin_class),
             "api_version": self.api_version,
             "description": self.description,
+            "paths": list(self.paths),
+            "commands": list(self.commands),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PluginInfo:
+        """The info as a describe worker sent it, validated again on the host's side."""
+        return cls(
+            name=str(data["name"]),
+            department=str(data["department"]),
+            plugin_class=PluginClass(data["plugin_class"]),
+            api_version=int(data["api_version"]),
+            description=str(data.get("description", "")),
+            paths=data.get("paths", ()),
+            commands=data.get("commands", ()),
+        )
 
 
 StepCallable = Callable[["Context"], None]

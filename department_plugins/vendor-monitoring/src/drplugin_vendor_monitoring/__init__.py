@@ -25,6 +25,9 @@ def drhost_plugin_info() -> PluginInfo:
         department="vendor-monitoring",
         plugin_class=PluginClass.THIRD_PARTY,
         description="monitoring config for drproduct and a probe of its health endpoint",
+        # Its files are all under the install root (etc/monitoring); as a third_party plugin it may run only
+        # these: the product's own control tool (health) and stat (sizes for a timeout report).
+        commands=("{root}/current/bin/drproductctl", "stat"),
     )
 
 
