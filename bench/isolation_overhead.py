@@ -26,7 +26,6 @@ from pathlib import Path
 from drhost.config import load_config
 from drhost.policy import class_policy
 from drhost.supervisor import ThreadRunner, WorkerRunner, make_sandbox
-from drhost.supervisor._netns import NetworkIsolated, network_namespace_available
 from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo
 
 PLUGIN = '''
@@ -89,8 +88,6 @@ def worker_numbers(isolation: str, plugin_class: str, launches: int, calls: int,
     for index in range(launches):
         sandbox = make_sandbox(policy, label=f"bench/{isolation}/{index}", message_limit=4 * 1024 * 1024,
                                config=config)
-        if sandbox.kind == "process" and network_namespace_available()[0]:
-            sandbox = NetworkIsolated(sandbox, network_namespace_available()[1])
         runner = WorkerRunner("bench-noop", sandbox=sandbox, logger=logging.getLogger("bench"), grace_s=2)
         try:
             launch_samples.extend(timed(runner.start, 1))

@@ -23,6 +23,7 @@ from drhost.supervisor._cgroups import (
     process_sandbox,
     remove_run_cgroups,
 )
+from drhost.supervisor._confine import innermost
 from drhost_hookspecs import PluginClass, Stage
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context
@@ -250,10 +251,11 @@ def test_factory_uses_cgroups_unless_off() -> None:
     """make_sandbox gives process classes cgroups in auto and required mode, rlimits with cgroups = off."""
     for mode in ("auto", "required"):
         sandbox = make_sandbox(policy(), label="r/p/t", message_limit=MiB, config={"process": {"cgroups": mode}})
-        assert isinstance(sandbox, CgroupSandbox) and sandbox.enforces_memory and sandbox.process_limit == 48
+        limits = innermost(sandbox)
+        assert isinstance(limits, CgroupSandbox) and sandbox.enforces_memory and sandbox.process_limit == 48
         sandbox.close()
     off = make_sandbox(policy(), label="r/p/t", message_limit=MiB, config={"process": {"cgroups": "off"}})
-    assert isinstance(off, RlimitSandbox)
+    assert isinstance(innermost(off), RlimitSandbox)
 
 
 def test_required_cgroups_refuse_clearly_where_there_are_none(monkeypatch: pytest.MonkeyPatch) -> None:

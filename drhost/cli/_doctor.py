@@ -18,6 +18,7 @@ from ..errors import DrhostError, ExitCode
 from ..policy import class_policy
 from ..supervisor import RlimitSandbox, make_sandbox
 from ..supervisor._cgroups import LIMIT_CONTROLLERS, CgroupSandbox, probe_cgroups
+from ..supervisor._confine import innermost
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
 CAVEATS = {
@@ -82,7 +83,7 @@ def _network(config: Mapping[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {"mode": mode}
     if mode == "none":
         try:
-            netns = importlib.import_module("drhost.supervisor._netns")
+            netns = importlib.import_module("drhost.supervisor._confine")
             available, detail = netns.network_namespace_available()
             found.update(available=bool(available), detail=str(detail))
         except (ImportError, AttributeError):
@@ -109,7 +110,7 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
         found["limits"] = sandbox.in_force()
     finally:
         sandbox.close()
-    inner = getattr(sandbox, "inner", sandbox)
+    inner = innermost(sandbox)
     caveats: list[str] = []
     if isinstance(inner, CgroupSandbox):
         in_force = found["limits"]

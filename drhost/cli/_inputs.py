@@ -25,7 +25,7 @@ from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, discover
 from ..state import state_root
 from ..supervisor._cgroups import cgroup_support
-from ..supervisor._netns import network_namespace_available
+from ..supervisor._confine import network_namespace_available
 from ..supervisor._podman import container_available
 
 #: Checked before a run is created, so that nothing is half-started.

@@ -21,8 +21,7 @@ from ..events import Event, EventBus
 from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy
 from ..state import RunState
-from ..supervisor import CallOutcome, Runner, Sandbox, ThreadRunner, WorkerRunner, make_sandbox
-from ..supervisor._netns import NetworkIsolated, network_namespace_available
+from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
 from ..transport import LocalSession, SshSession, SshTarget, TargetSession, TransportError
 from ..transport._heartbeat import HeartbeatSettings
 from ..watchdog import render_watchdog_event
@@ -77,17 +76,6 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
     raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
 
 
-def without_network(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
-    """Process workers get an empty network namespace unless ``[process] network = host``."""
-    if sandbox.kind != "process" or config["process"]["network"] != "none":
-        return sandbox
-    available, unshare = network_namespace_available()
-    if not available:
-        raise RefusedError(f"process workers cannot be cut off the network here ({unshare}); "
-                           f"set [process] network = host to run them with the host's network")
-    return NetworkIsolated(sandbox, unshare)
-
-
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
     root = str(target["root"])
     return TargetInfo(name=name, host=str(target.get("host", "localhost")), transport=str(target["transport"]),
@@ -130,9 +118,8 @@ class Executor:
                 else:
                     policy = class_policy(self.env.config, plugin.plugin_class)
                     limit = int(self.env.config["run"]["worker_message_limit_bytes"])
-                    sandbox = without_network(
-                        make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
-                                     message_limit=limit, config=dict(self.env.config)), self.env.config)
+                    sandbox = make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
+                                           message_limit=limit, config=dict(self.env.config))
                     self._runners[key] = WorkerRunner(
                         plugin.name, sandbox=sandbox, logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"),
                         grace_s=grace, message_limit=limit, value=plugin.value or None,

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import RefusedError
 from ..policy import ClassPolicy
 from ._cgroups import process_sandbox
+from ._confine import confine_process
 from ._container import ContainerSandbox, WeakerSandbox
 from ._podman import ContainerUnavailable
 from ._sandbox import Sandbox
@@ -19,8 +20,10 @@ DEFAULT_CONTAINER_PIDS = 64
 def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
     """The sandbox a worker of ``policy``'s class gets. ``label`` names it (run, plugin, target)."""
     if policy.isolation == "process":
-        # cgroups where [process] cgroups allows and the machine gives them, else rlimits
-        return process_sandbox(policy, label=label, message_limit=message_limit, config=config)
+        # cgroups where [process] cgroups allows and the machine gives them, else rlimits; then the worker's
+        # own namespaces, identity and read-only view of the host
+        return confine_process(process_sandbox(policy, label=label, message_limit=message_limit, config=config),
+                               config)
     if policy.isolation == "container":
         return container_sandbox(policy, label=label, message_limit=message_limit, config=config)
     raise ValueError(f"no sandbox for isolation {policy.isolation!r}")
