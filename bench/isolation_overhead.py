@@ -121,6 +121,7 @@ def main() -> int:
 
     os.environ.setdefault("DRHOST_STATE_DIR", tempfile.mkdtemp(prefix="drhost-bench-"))
     site = Path(tempfile.mkdtemp(prefix="drhost-bench-site-"))
+    site.chmod(0o755)  # mkdtemp makes it 0700: process workers (drhost-worker) must be able to read the plugin
     root = Path(tempfile.mkdtemp(prefix="drhost-bench-target-"))
     sys.path.insert(0, str(site))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import threading
@@ -11,6 +12,7 @@ from dataclasses import asdict
 from typing import Any, NoReturn
 
 from drhost_hookspecs import Cancelled, PackageInfo, PluginClass, RunResult, StepFailed, TargetInfo
+from drhost_hookspecs._protocol import json_problem, not_json_message
 from drhost_hookspecs._types import ROOT_PLACEHOLDER
 
 from .transport import CommandStopped, TargetSession, TransportError
@@ -76,6 +78,7 @@ class HostContext:
         paths: Sequence[str] = (),
         commands: Sequence[str] = (),
         on_refused: OnRefused | None = None,
+        call: str = "",
     ) -> None:
         self._session = session
         self.run_id = run_id
@@ -83,6 +86,11 @@ class HostContext:
         self.package = package
         self.config = config
         self.state = state
+        #: Which call this context serves, for messages: ``plugin 'x' step 'y'``.
+        self.call = call or f"plugin {plugin or 'plugin'!r}"
+        #: The plugin's state as the host last stored it, in a copy the plugin cannot reach: what is kept when
+        #: the state the plugin hands back is not JSON.
+        self.saved_state: dict[str, Any] = json.loads(json.dumps(dict(state)))
         self._notify = notify
         self._persist = persist
         self._cancel = cancel
@@ -273,7 +281,14 @@ class HostContext:
         self._notify("log", {"message": message, "level": level})
 
     def checkpoint(self) -> None:
-        self._persist(dict(self.state))
+        # Checked before it is stored: a value that is not JSON fails the step here, named, and never reaches
+        # (and breaks) the run's state file. What is stored is a copy the plugin can no longer change.
+        problem = json_problem(self.state, "ctx.state")
+        if problem is not None:
+            raise StepFailed(not_json_message(self.call, f"ctx.checkpoint(): {problem}"), retryable=False)
+        state = json.loads(json.dumps(dict(self.state)))
+        self._persist(state)
+        self.saved_state = json.loads(json.dumps(state))
 
     def sleep(self, seconds: float) -> None:
         if self._cancel.wait(seconds):

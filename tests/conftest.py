@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import subprocess
@@ -27,6 +28,23 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for pid in pids_under(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory for throwaway plugin distributions (plugin_factory), on sys.path and on workers' PYTHONPATH.
+
+    Readable by the unprivileged worker user (process workers drop to it before importing a plugin), with a
+    description cache of its own, so that no test sees another's cached descriptions.
+    """
+    path = tmp_path / "site"
+    path.mkdir()
+    path.chmod(0o755)
+    monkeypatch.syspath_prepend(str(path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("DRHOST_CACHE_DIR", str(tmp_path / "cache"))
+    importlib.invalidate_caches()
+    return path
 
 
 @pytest.fixture

@@ -26,6 +26,21 @@ STEP_BODIES = {
     "oversize_message": "ctx.state['blob'] = 'x' * (8 * 1024 * 1024)",
     "write_outside": "open('/opt/drhost-fault-matrix-evil', 'w').write('owned')",
     "network": "import socket\nsocket.create_connection(('127.0.0.1', int(ctx.config['port'])), timeout=3).close()",
+    # Leave the cgroups that hold the limits (and the final kill): the root cgroup of each controller.
+    "escape_cgroup": (
+        "import glob, os\nprocs_files = sorted(glob.glob('/sys/fs/cgroup/*/cgroup.procs'))\n"
+        "for procs in procs_files + ['/sys/fs/cgroup/cgroup.procs']:\n"
+        "    if os.path.exists(procs):\n        open(procs, 'w').write(str(os.getpid()))\n"
+        "raise RuntimeError('left its cgroups')"),
+    "become_root": "import os\nos.setuid(0)\nraise RuntimeError('became root')",
+    # Through the Context: the host performs the write, so the host refuses it (not the sandbox).
+    "context_outside": "ctx.write_text('/etc/drhost-hostile-context', 'owned')",
+    # A daemon that outlives the step: double fork, own session; __PLUGIN__ in its command line finds it later.
+    "daemon": (
+        "import subprocess, sys\nsleeper = 'import os, time; os.fork() or time.sleep(300); time.sleep(300)'\n"
+        "subprocess.Popen([sys.executable, '-c', sleeper, '__PLUGIN__'], start_new_session=True,\n"
+        "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "raise RuntimeError('started a daemon')"),
 }
 
 #: kind -> words the failure message must contain (the limit or cause that stopped the plugin)
@@ -39,13 +54,17 @@ NAMED_BY = {
     "protocol_garbage": ("protocol",),
     "oversize_message": ("exceeds the limit",),
     "write_outside": ("Read-only file system",),
+    "escape_cgroup": ("Read-only file system", "Permission denied"),
+    "become_root": ("Operation not permitted",),
+    "context_outside": ("outside the product root",),
+    "daemon": ("started a daemon",),
     "network": ("Network is unreachable", "Connection refused", "No route", "unreachable"),
 }
 
 
 def fault_plugin(name: str, plugin_class: str, kind: str) -> str:
     """A plugin with one upgrade step doing ``kind``; it also accepts a ``port`` config key."""
-    body = STEP_BODIES[kind].replace("\n", "\n    ")
+    body = STEP_BODIES[kind].replace("__PLUGIN__", name).replace("\n", "\n    ")
     return f"""
 @hookimpl
 def drhost_plugin_info():

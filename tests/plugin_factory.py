@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 PRELUDE = """
@@ -10,8 +13,13 @@ from drhost_hookspecs import Category, PluginClass, PluginInfo, Stage, Step, hoo
 """
 
 
-def make_plugin(site: Path, name: str, source: str, *, module: str | None = None, version: str = "0.1") -> Path:
-    """Write module ``module`` (default: ``name`` with '-' as '_') and register it as plugin ``name``."""
+def make_plugin(site: Path, name: str, source: str, *, module: str | None = None, version: str = "0.1",
+                record: bool = False, extra_files: Mapping[str, str] | None = None) -> Path:
+    """Write module ``module`` (default: ``name`` with '-' as '_') and register it as plugin ``name``.
+
+    ``record``: also write a RECORD (as pip does) listing the module, the dist-info and ``extra_files``
+    (path relative to ``site`` -> text), which are written too.
+    """
     module = module or name.replace("-", "_")
     site.mkdir(parents=True, exist_ok=True)
     (site / f"{module}.py").write_text(PRELUDE + textwrap.dedent(source))
@@ -19,6 +27,18 @@ def make_plugin(site: Path, name: str, source: str, *, module: str | None = None
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
     (dist / "entry_points.txt").write_text(f"[drhost.plugins]\n{name} = {module}\n")
+    for relative, text in (extra_files or {}).items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_text(text)
+    if record:
+        listed = [f"{module}.py", f"{dist.name}/METADATA", f"{dist.name}/entry_points.txt", *(extra_files or {})]
+        lines = []
+        for relative in listed:
+            data = (site / relative).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            lines.append(f"{relative},sha256={digest},{len(data)}")
+        lines.append(f"{dist.name}/RECORD,,")
+        (dist / "RECORD").write_text("\n".join(lines) + "\n")
     return site
 
 

@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 
 def runs(state_dir: Path) -> list[Path]:
     path = state_dir / "runs"
@@ -31,6 +33,7 @@ def test_fault_for_an_unknown_step_is_refused(drhost: Callable[..., subprocess.C
     assert "plugin.dr-database.fault" in proc.stderr and "upgrade_db_schema" in proc.stderr
 
 
+@pytest.mark.podman
 def test_missing_package_is_named(drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path,
                                   tmp_path: Path) -> None:
     """An upgrade without a usable package says which file, and creates nothing."""
@@ -41,6 +44,7 @@ def test_missing_package_is_named(drhost: Callable[..., subprocess.CompletedProc
     assert runs(state_dir) == []
 
 
+@pytest.mark.podman
 def test_garbage_package_is_refused(drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path,
                                     tmp_path: Path) -> None:
     """A file that is not a package is refused with its name, without a traceback."""
@@ -65,6 +69,7 @@ def test_config_check_reports_ok_with_the_plan_size(drhost: Callable[..., subpro
     assert proc.returncode == 2 and "[timeouts] upgrade.stop_service" in proc.stderr
 
 
+@pytest.mark.podman
 def test_plan_into_a_closed_pipe_is_quiet(state_dir: Path) -> None:
     """drhost plan | head ends without a traceback."""
     proc = subprocess.run("python -m drhost plan --demo | head -1", shell=True, capture_output=True, text=True,
@@ -72,6 +77,8 @@ def test_plan_into_a_closed_pipe_is_quiet(state_dir: Path) -> None:
     assert proc.stdout.startswith("targets:") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.podman
+@pytest.mark.cgroups
 def test_required_cgroups_are_checked_before_a_run(drhost: Callable[..., subprocess.CompletedProcess[str]],
                                                    state_dir: Path) -> None:
     """[process] cgroups = required is checked by plan: here the cgroups exist, so the plan is made."""
@@ -79,6 +86,7 @@ def test_required_cgroups_are_checked_before_a_run(drhost: Callable[..., subproc
     assert proc.returncode == 0 and "dr-catalog" in proc.stdout
 
 
+@pytest.mark.slow
 def test_unstartable_containers_refuse_the_run_unless_weaker_isolation_is_allowed(
         drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path) -> None:
     """Without a usable podman, third-party plugins never run unconfined silently: refused, or recorded."""
@@ -94,6 +102,7 @@ def test_unstartable_containers_refuse_the_run_unless_weaker_isolation_is_allowe
     assert "dr-monitoring" in report["weaker_isolation"]
 
 
+@pytest.mark.podman
 def test_demo_target_count_is_bounded_and_used(drhost: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """--demo-targets N plans N demo targets; 0, 51 and use without --demo are refused with exit 2."""
     proc = drhost("plan", "--demo", "--demo-targets", "5")

@@ -333,6 +333,7 @@ def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
 
 
 @pytest.mark.integration
+@pytest.mark.sshd
 def test_ssh_target_resolves_symlinks_on_the_target(ssh_host: SshHost, world: tuple[Path, Path]) -> None:
     """Over SSH realpath is the server's (SFTP): a link out of the root is refused, the root itself is fine."""
     root, outside = world
@@ -375,6 +376,7 @@ def site_env(site: Path) -> dict[str, str]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("plugin_class", ["core", "business"])
+@pytest.mark.slow
 def test_thread_and_process_plugins_are_refused_outside_the_root_in_a_run(
         drhost: Any, tmp_path: Path, plugin_class: str) -> None:
     """In a real demo run a core (thread) and a business (process) plugin's write outside the root is refused:
@@ -436,6 +438,8 @@ def drhost_stage_steps(stage, register):
 
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+@pytest.mark.podman
+@pytest.mark.slow
 def test_third_party_plugin_runs_declared_commands_only_in_a_run(drhost: Any, tmp_path: Path) -> None:
     """In a real run a containerised third_party plugin runs its declared command; an undeclared one is refused
     and recorded; ``plugins list`` shows the declaration."""

@@ -23,7 +23,7 @@ import pytest
 
 from cli_helpers import demo_roots, pids_under, run_json, whole_version
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 Drhost = Callable[..., subprocess.CompletedProcess[str]]
 BASE = ("--demo", "--demo-targets", "1", "--keep", "--json", "--set", "run.kill_grace_s=0.5")

@@ -18,7 +18,7 @@ import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under, run_json
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 TARGETS = ["dr-demo-1", "dr-demo-2", "dr-demo-3"]
 STEP_FIELDS = ("stage", "name", "plugin", "class", "isolation", "retryable", "timeout_key", "timeout_s", "category")

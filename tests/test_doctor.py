@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ needs_cgroups = pytest.mark.skipif(bool(MISSING), reason=f"cgroups cannot be cre
 
 
 @needs_cgroups
+@pytest.mark.cgroups
 def test_doctor_json_reports_cgroup_v1_and_the_limits_of_each_class(drhost: Drhost) -> None:
     """doctor --json exits 0 with one object: cgroup v1 with memory/cpu/pids usable, each class's mechanisms."""
     done = drhost("doctor", "--json")
@@ -53,6 +56,7 @@ def test_doctor_without_cgroups_names_what_rlimits_do_not_guarantee(drhost: Drho
 
 
 @needs_cgroups
+@pytest.mark.cgroups
 def test_doctor_text_exits_zero_and_names_the_cgroup_version(drhost: Drhost) -> None:
     """Plain doctor prints the cgroup version, each controller, podman and every class, and exits 0."""
     done = drhost("doctor")
@@ -73,3 +77,23 @@ def test_doctor_says_when_the_container_sandbox_is_not_in_this_build(monkeypatch
     config = load_config([], ["class.third_party.isolation=process"]).data
     report = doctor_report(config)
     assert report["container"] == {"available": False, "detail": "container sandbox: not available in this build"}
+
+
+@needs_cgroups
+@pytest.mark.skipif(os.geteuid() != 0, reason="process workers are confined by a root drhost")
+@pytest.mark.cgroups
+def test_doctor_states_only_what_a_live_worker_of_each_process_class_proved(drhost: Drhost) -> None:
+    """For process classes doctor starts a real confined worker and reports what it was refused, as that worker."""
+    worker = pwd.getpwnam("drhost-worker")
+    report = json.loads(drhost("doctor", "--json").stdout)
+    for name in ("business", "database"):
+        proven = report["classes"][name]["proven"]
+        assert proven["worker"] == "started"
+        assert proven["identity"].startswith(f"uid {worker.pw_uid} (drhost-worker), capabilities none")
+        assert set(proven["namespaces"]) == {"mount", "ipc", "pid", "net"}
+        refused = proven["refused"]
+        assert refused["create a file in /"] == "EROFS" and refused["connect to 1.1.1.1:53"] == "ENETUNREACH"
+        assert [v for k, v in refused.items() if k.startswith("move itself to the parent cgroup")] == ["EROFS"]
+        caveats = report["classes"][name]["not_guaranteed"]
+        assert any(c.startswith("confinement: the host stays readable") for c in caveats)
+    assert "proven" not in report["classes"]["core"] and "proven" not in report["classes"]["third_party"]

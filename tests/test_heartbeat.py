@@ -100,6 +100,7 @@ def assert_detected(recorder: Recorder, since: float, settings: HeartbeatSetting
 # -- real sshd ----------------------------------------------------------------------------------------------
 @pytest.mark.integration
 @needs_sshd
+@pytest.mark.sshd
 def test_healthy_connection_is_never_declared_dead(host: SshHost) -> None:
     transport = connect(host)
     recorder = Recorder()
@@ -120,6 +121,7 @@ def test_healthy_connection_is_never_declared_dead(host: SshHost) -> None:
 
 @pytest.mark.integration
 @needs_sshd
+@pytest.mark.sshd
 def test_frozen_peer_is_declared_dead_within_the_bound(host: SshHost) -> None:
     before = host.session_pids()
     transport = connect(host)
@@ -151,6 +153,7 @@ def test_frozen_peer_is_declared_dead_within_the_bound(host: SshHost) -> None:
 
 @pytest.mark.integration
 @needs_sshd
+@pytest.mark.sshd
 def test_closed_connection_is_reported_at_once(host: SshHost) -> None:
     before = host.session_pids()
     transport = connect(host)
@@ -239,6 +242,7 @@ def namespaced_host(tmp_path: Path) -> Iterator[tuple[SshHost, str]]:
 
 
 @pytest.mark.integration
+@pytest.mark.sshd
 def test_black_holed_peer_is_declared_dead_within_the_bound(namespaced_host: tuple[SshHost, str]) -> None:
     server, namespace = namespaced_host
     transport = connect(server)

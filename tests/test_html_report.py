@@ -25,7 +25,7 @@ import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, pids_under
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 HOSTILE = 'a<b>&"c'
 SECRET_NAME = "DRHOST_REPORT_SECRET_ENV_NAME"

@@ -13,7 +13,7 @@ import pytest
 from cli_helpers import run_json
 from sshd_hosts import sshd_available
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 Drhost = Callable[..., subprocess.CompletedProcess[str]]
 HANG = ("--set", "plugin.dr-database.fault=upgrade_db_schema:remote_hang:1")
@@ -33,7 +33,7 @@ def sleepers() -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("transport", ["local", "ssh"])
+@pytest.mark.parametrize("transport", ["local", pytest.param("ssh", marks=pytest.mark.sshd)])
 def test_resume_stops_the_command_a_killed_controller_left_running(
         drhost: Drhost, state_dir: Path, transport: str) -> None:
     """The step's command outlives its killed controller; the resume stops it (and says so) before re-running

@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import TargetProbe, run_json
 from product_helpers import repack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 TARGETS = ["dr-demo-1", "dr-demo-2", "dr-demo-3"]

@@ -134,6 +134,7 @@ def test_retries_stop_at_the_class_limit(world) -> None:  # type: ignore[no-unty
     assert "rec" in state.get("targets")["t"]["skipped_plugins"]
 
 
+@pytest.mark.podman
 def test_third_party_failure_is_recorded_and_the_run_goes_on(world) -> None:  # type: ignore[no-untyped-def]
     """A third-party failure is recorded; its plugin's later steps still run."""
     summary, log, state = world("third_party", overrides=("plugin.rec.fault=a:fail",))
@@ -295,6 +296,7 @@ def test_resume_after_abort_cleans_up_the_failed_non_retryable_step(world) -> No
     assert upgrade == ["a", "b.cleanup", "a.cleanup", "cleanup:upgrade", "a", "b", "c"]
 
 
+@pytest.mark.podman
 def test_oversized_result_fails_the_step_but_keeps_the_saved_state(world) -> None:  # type: ignore[no-untyped-def]
     """A step whose result is too large to send fails; the state it checkpointed before is kept."""
     source = simple_plugin("rec", "third_party", step_body=(

@@ -10,6 +10,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from drhost.state import StateFile
 from drhost.testing import CHECKS, pytest_plugin
 from drhost_hookspecs import Context, _spec
@@ -76,6 +78,8 @@ def _quickstart() -> list[str]:
     return [line for line in body[:body.index("```")].splitlines() if line.strip()]
 
 
+@pytest.mark.podman
+@pytest.mark.slow
 def test_quick_start_takes_a_new_plugin_into_a_demo_upgrade(tmp_path: Path) -> None:
     """The quick start, run line by line in a fresh environment, ends with the new plugin's step in a demo run."""
     venv = tmp_path / "venv"

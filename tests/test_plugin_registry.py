@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from drhost.plugins import discover
 from drhost_hookspecs import Stage
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context, process_runner
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")])))
-    import importlib
-
-    importlib.invalidate_caches()
-    return path
 
 
 def test_import_error_is_listed_as_broken_and_others_stay_ok(site: Path) -> None:

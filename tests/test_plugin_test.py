@@ -11,6 +11,8 @@ import pytest
 
 from plugin_test_helpers import failures, plugin_test, results
 
+pytestmark = [pytest.mark.podman, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: plugin -> (its source tree, the isolation its class gets by default)

@@ -9,6 +9,8 @@ import pytest
 from plugin_factory import make_source_tree
 from plugin_test_helpers import failures, only_failed, plugin_test, results
 
+pytestmark = [pytest.mark.slow]
+
 
 def _info(name: str, plugin_class: str = "business", extra: str = "") -> str:
     return f"""

@@ -201,6 +201,7 @@ def run_author_pytest(author: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, 
     return author.runpytest_subprocess("-p", "no:cacheprovider", "-rA", timeout=RUN_TIMEOUT_S)
 
 
+@pytest.mark.slow
 def test_author_tests_drive_the_plugin_through_drhost(author: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                                                       good_site: Path) -> None:
     """An author's tests pass with every fixture (the sole non-drhost plugin under test); nothing outlives the run."""

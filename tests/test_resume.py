@@ -17,7 +17,7 @@ import pytest
 
 from cli_helpers import TargetProbe, run_json
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 TARGETS = ["dr-demo-1", "dr-demo-2", "dr-demo-3"]
 DB_STEP = "upgrade/dr-database/upgrade_db_schema"

@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import demo_roots, run_json, whole_version
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 Drhost = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -24,7 +24,11 @@ from drhost.state import RunState, state_root
 from sshd_hosts import sshd_available
 from tcp_proxy import TcpProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
+pytestmark = [
+    pytest.mark.sshd,
+    pytest.mark.slow,
+    pytest.mark.integration, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1]),
+]
 
 
 @dataclass

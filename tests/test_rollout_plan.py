@@ -127,6 +127,7 @@ def test_bad_rollout_settings_stop_before_anything_is_touched(drhost: Any, state
     assert not (state_dir / "runs").exists() or not list((state_dir / "runs").iterdir())
 
 
+@pytest.mark.podman
 def test_plan_shows_the_batches(drhost: Any, state_dir: Path) -> None:
     """`drhost plan` lists the batches a run would go through (text and JSON)."""
     proc = drhost("plan", "--demo", "--demo-targets", "4", "--set", "rollout.serial=1, 2", "--json")

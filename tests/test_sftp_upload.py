@@ -18,6 +18,7 @@ from sshd_hosts import SshHost, sshd_available, start_hosts
 from tcp_proxy import TcpProxy
 
 pytestmark = [
+    pytest.mark.sshd,
     pytest.mark.integration,
     pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1]),
 ]

@@ -74,6 +74,7 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in found if "pgrep" not in line]
 
 
+@pytest.mark.sshd
 def test_run_returns_output_and_exit_code(session: SshSession) -> None:
     """run returns stdout, stderr, stdin-fed input and the exit code of the remote command."""
     result = session.run(["sh", "-c", "echo out; echo err >&2; cat; exit 3"], input="fed in\n")
@@ -83,6 +84,7 @@ def test_run_returns_output_and_exit_code(session: SshSession) -> None:
     assert result.argv == ("sh", "-c", "echo out; echo err >&2; cat; exit 3")
 
 
+@pytest.mark.sshd
 def test_argv_words_are_never_interpreted_by_a_shell(session: SshSession, tmp_path: Path) -> None:
     """Each argv word reaches the command verbatim: quotes, $, ;, spaces and newlines are not shell syntax."""
     canary = tmp_path / "pwned"
@@ -92,6 +94,7 @@ def test_argv_words_are_never_interpreted_by_a_shell(session: SshSession, tmp_pa
     assert not canary.exists()
 
 
+@pytest.mark.sshd
 def test_environment_is_explicit(session: SshSession, monkeypatch: pytest.MonkeyPatch) -> None:
     """The remote command sees only drhost's base environment plus what the caller passes, under /bin/sh."""
     monkeypatch.setenv("DRHOST_LEAK_CHECK", "from-the-controller")
@@ -109,6 +112,7 @@ def test_environment_is_explicit(session: SshSession, monkeypatch: pytest.Monkey
     assert "parent=sh" in lines
 
 
+@pytest.mark.sshd
 def test_write_text_is_atomic_with_mode_and_file_ops(session: SshSession, tmp_path: Path) -> None:
     """write_text creates parents, replaces the file in one rename with the given mode; read/exists/remove work."""
     path = tmp_path / "etc" / "product" / "conf.ini"
@@ -134,6 +138,7 @@ def test_write_text_is_atomic_with_mode_and_file_ops(session: SshSession, tmp_pa
         session.read_text(str(tmp_path / "missing"))
 
 
+@pytest.mark.sshd
 def test_put_and_get(session: SshSession, tmp_path: Path) -> None:
     """put copies a controller file atomically (reporting progress), get copies it back."""
     source = tmp_path / "pkg.bin"
@@ -148,6 +153,7 @@ def test_put_and_get(session: SshSession, tmp_path: Path) -> None:
     assert back.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.sshd
 def test_unknown_host_key_is_refused_with_fingerprint(host: SshHost, tmp_path: Path) -> None:
     """A host not in known_hosts is refused (strict), naming host, key type and SHA256 fingerprint."""
     empty = tmp_path / "empty_known_hosts"
@@ -161,6 +167,7 @@ def test_unknown_host_key_is_refused_with_fingerprint(host: SshHost, tmp_path: P
     assert isinstance(caught.value, DrhostError) and caught.value.exit_code == ExitCode.REFUSED
 
 
+@pytest.mark.sshd
 def test_changed_host_key_is_refused_loudly(host: SshHost, tmp_path: Path) -> None:
     """A known host offering a different key is refused even with accept-new, showing old and new fingerprints."""
     other = tmp_path / "other_key"
@@ -178,6 +185,7 @@ def test_changed_host_key_is_refused_loudly(host: SshHost, tmp_path: Path) -> No
     assert known.read_text().count("\n") == 1  # nothing was added
 
 
+@pytest.mark.sshd
 def test_accept_new_adds_the_key(host: SshHost, tmp_path: Path) -> None:
     """With accept-new an unknown host key is appended to known_hosts (mode 0600) and then trusted."""
     known = tmp_path / "ssh" / "known_hosts"
@@ -192,6 +200,7 @@ def test_accept_new_adds_the_key(host: SshHost, tmp_path: Path) -> None:
     strict.close()
 
 
+@pytest.mark.sshd
 def test_failed_password_auth_never_shows_the_password(
     host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,6 +226,7 @@ def test_failed_password_auth_never_shows_the_password(
     assert secret not in (host.directory / "sshd.log").read_text()
 
 
+@pytest.mark.sshd
 def test_step_survives_connection_loss_and_runs_once(host: SshHost, session: SshSession, tmp_path: Path) -> None:
     """A step running while its connection is killed is re-attached after reconnect, never run twice."""
     counter = tmp_path / "counter"
@@ -236,6 +246,7 @@ def test_step_survives_connection_loss_and_runs_once(host: SshHost, session: Ssh
     assert counter.read_text() == "done\n"
 
 
+@pytest.mark.sshd
 def test_timed_out_step_leaves_no_process(session: SshSession) -> None:
     """On timeout the whole remote process group (even a TERM-ignoring child) is killed and confirmed gone."""
     marker = f"drhost-timeout-marker-{os.getpid()}"
@@ -248,6 +259,7 @@ def test_timed_out_step_leaves_no_process(session: SshSession) -> None:
     assert processes_matching(marker) == []
 
 
+@pytest.mark.sshd
 def test_cancel_stops_the_remote_group(session: SshSession) -> None:
     """Setting the cancel event stops the running remote command's process group and raises CommandStopped."""
     marker = f"drhost-cancel-marker-{os.getpid()}"
@@ -261,6 +273,7 @@ def test_cancel_stops_the_remote_group(session: SshSession) -> None:
     assert processes_matching(marker) == []
 
 
+@pytest.mark.sshd
 def test_frozen_peer_is_detected_and_the_step_reattached(host: SshHost, tmp_path: Path) -> None:
     """A frozen connection is declared dead by the heartbeat; the session reconnects and the step runs once."""
     settings = HeartbeatSettings("plugin_exec", interval_s=0.3, dead_after_s=1.2, reconnects=3)
@@ -288,6 +301,7 @@ def test_frozen_peer_is_detected_and_the_step_reattached(host: SshHost, tmp_path
     assert counter.read_text() == "done\n"
 
 
+@pytest.mark.sshd
 def test_large_outputs_arrive_whole_every_time(session: SshSession) -> None:
     """Outputs of a few hundred KB on stdout and stderr arrive byte-exact on every one of 25 runs (data, EOF and
     exit status arriving together must not lose the tail)."""
@@ -340,6 +354,7 @@ def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.Mo
     assert (status, out, err) == (0, b"x" * 1000 + b"y" * 500, b"")
 
 
+@pytest.mark.sshd
 def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, tmp_path: Path) -> None:
     """A black-holed peer (connection accepted, not a byte back) fails as a network TransportError after the
     banner timeout — never as a library error that would crash a run."""

@@ -16,7 +16,7 @@ from drhost.transport._heartbeat import HeartbeatSettings
 from sshd_hosts import SshHost, sshd_available, start_hosts
 from tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])
+pytestmark = [pytest.mark.sshd, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
 MiB = 1024 * 1024
 
 

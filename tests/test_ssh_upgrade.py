@@ -13,7 +13,11 @@ import pytest
 from cli_helpers import TargetProbe, run_json
 from sshd_hosts import sshd_available
 
-pytestmark = pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])
+pytestmark = [
+    pytest.mark.sshd,
+    pytest.mark.slow,
+    pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1]),
+]
 
 
 def sshd_pids(state_dir: Path) -> list[int]:

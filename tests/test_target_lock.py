@@ -328,6 +328,7 @@ def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not available, reason=why)
+@pytest.mark.sshd
 def test_over_a_real_ssh_session(ssh_host: SshHost, tmp_path: Path) -> None:
     """Over SshSession to a real sshd: acquire, a second run refused, release; a nasty root stays a path."""
     target = SshTarget(ssh_host.name, ssh_host.host, ssh_host.port, key_file=str(ssh_host.client_key),

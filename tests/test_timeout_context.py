@@ -30,7 +30,8 @@ TARGET_KEYS = {"target", "install_root", "collected_at", "environment", "loadavg
                "connections", "log_lines", "errors"}
 
 
-@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.skipif(not ssh_available, reason=ssh_why))])
+@pytest.fixture(params=["local", pytest.param("ssh", marks=[pytest.mark.sshd,
+                                                        pytest.mark.skipif(not ssh_available, reason=ssh_why)])])
 def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TargetSession]:
     """The same checks through both transports: both reach this machine, so what the test starts is on the target."""
     if request.param == "local":

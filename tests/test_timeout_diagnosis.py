@@ -107,6 +107,8 @@ def check_timed_out_attempt(attempt: list[dict[str, Any]], timeout_s: float, gra
     return timeout
 
 
+@pytest.mark.podman
+@pytest.mark.slow
 def test_hung_steps_of_every_class_are_stopped_explained_and_handled_by_class(drhost: Any) -> None:
     """Hung core, business and third-party steps: warnings on time, full reports, class policy, nothing left."""
     proc = drhost(
@@ -149,6 +151,8 @@ def test_hung_steps_of_every_class_are_stopped_explained_and_handled_by_class(dr
         assert text in proc.stderr, text
 
 
+@pytest.mark.podman
+@pytest.mark.slow
 def test_database_timeout_rolls_back_and_speaks_the_operators_language(drhost: Any) -> None:
     """A hung database step, LANG=zh_CN.UTF-8: the design's Chinese wording on the console, then rollback."""
     proc = drhost("upgrade", "--demo", "--json", *FAST_CADENCE,
@@ -175,6 +179,9 @@ def test_database_timeout_rolls_back_and_speaks_the_operators_language(drhost: A
 
 
 @pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])
+@pytest.mark.sshd
+@pytest.mark.podman
+@pytest.mark.slow
 def test_hung_remote_command_over_ssh_is_killed_on_the_target_and_retried(drhost: Any) -> None:
     """A remote command that never ends: its process group on the target is killed at the timeout, then retried."""
     proc = drhost("upgrade", "--demo", "--ssh", "--json", *FAST_CADENCE,
@@ -203,6 +210,8 @@ SLOW_STEPS = {"dr-core": "update_config_files", "dr-database": "test_db_connecti
               "dr-catalog": "migrate_job_templates", "dr-monitoring": "update_monitoring_config"}
 
 
+@pytest.mark.podman
+@pytest.mark.slow
 def test_second_run_estimates_a_stable_step_within_20_percent(drhost: Any) -> None:
     """Slow (2 s) steps in a plugin of every class: the first run's history gives the second run's ETAs within 20 %."""
     slow: list[str] = list(FAST_CADENCE)

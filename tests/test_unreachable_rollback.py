@@ -18,7 +18,11 @@ from drhost.orchestrator import create_run, drive
 from drhost.state import state_root
 from sshd_hosts import sshd_available
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
+pytestmark = [
+    pytest.mark.sshd,
+    pytest.mark.slow,
+    pytest.mark.integration, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1]),
+]
 
 
 def ssh_demo_run(*settings: str) -> tuple[Any, SshHost, Path]:

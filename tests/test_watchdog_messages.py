@@ -119,6 +119,7 @@ def exercise_every_formatter(t: Any) -> None:
         format_elapsed(40, 300, remaining, t)
         format_remaining(remaining, 600, t)
     format_timeout(example_report(controller_environment=Environment(50, 40, 10)), t)
+    format_timeout(example_report(cpu_throttled={"percent": 92, "cpu_percent": 20}), t)
 
 
 def test_english_example_is_reproduced_exactly() -> None:

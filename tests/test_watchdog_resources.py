@@ -212,6 +212,7 @@ def ssh_session_for(host: SshHost, tmp_path: Path) -> SshSession:
 
 
 @pytest.mark.integration
+@pytest.mark.sshd
 def test_ssh_target_sample_is_in_range(ssh_session: SshSession) -> None:
     """sample_target through a real OpenSSH server measures the target's CPU and memory in 0..100."""
     assert_plausible(sample_target(ssh_session, interval_s=0.3))

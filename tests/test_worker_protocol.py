@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from drhost.supervisor import WorkerRunner
+from drhost_hookspecs._protocol import PROTOCOL_VERSION
 from worker_helpers import fake_worker, make_context, process_runner
 
 LOG = logging.getLogger("test.worker")
@@ -126,3 +128,45 @@ def test_fields_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
                                   ' out.flush(); sys.stdin.readline()')
     outcome = runner.call("run_step", make_context(tmp_path), timeout_s=10)
     assert outcome.ended == "protocol" and "id must be int" in outcome.message
+
+
+def stale_worker(tmp_path: Path, hello: dict[str, object]) -> list[str]:
+    """A worker from another drhost: says ``hello`` (plus its pid), then waits for the host."""
+    script = tmp_path / "stale_worker.py"
+    script.write_text("import json, os, sys\n"
+                      f"hello = {{**{hello!r}, 'type': 'hello', 'pid': os.getpid()}}\n"
+                      "sys.stdout.buffer.write(json.dumps(hello).encode() + b'\\n'); sys.stdout.buffer.flush()\n"
+                      "sys.stdin.readline()\n")
+    return [sys.executable, str(script)]
+
+
+@pytest.mark.parametrize(("hello", "speaks"), [
+    ({"protocol": 999}, "speaks drhost protocol 999"),
+    ({}, "names no drhost protocol in its hello (older than protocol 1)"),
+    ({"protocol": "1"}, "speaks drhost protocol '1'"),
+])
+def test_worker_of_another_protocol_is_refused_with_one_message(
+        tmp_path: Path, hello: dict[str, object], speaks: str) -> None:
+    """A worker whose hello names another protocol (or none) is refused at once: ended 'protocol', not retried."""
+    runner = process_runner("dr-stale", command=stale_worker(tmp_path, hello))
+    started = time.monotonic()
+    outcome = runner.call("run_step", make_context(tmp_path), timeout_s=60)
+    assert time.monotonic() - started < 10
+    assert outcome.ended == "protocol" and outcome.retryable is False
+    assert outcome.message == (
+        f"worker for plugin 'dr-stale' {speaks}, this drhost speaks {PROTOCOL_VERSION}: the worker's environment "
+        f"(container bundle or venv) is stale — rebuild it (install this drhost's drhost-hookspecs where the "
+        f"worker runs; a container bundle is rebuilt when its sources change)")
+    assert runner.pid is None  # the stale worker was stopped, nothing left running
+    again = runner.call("describe", None, timeout_s=60)
+    assert again.ended == "protocol" and again.message == outcome.message
+
+
+def test_worker_of_this_protocol_is_accepted(tmp_path: Path) -> None:
+    """A hello naming this drhost's protocol is accepted and the worker stays up for the call."""
+    runner = process_runner("dr-current", command=stale_worker(tmp_path, {"protocol": PROTOCOL_VERSION}))
+    try:
+        runner.start()
+        assert runner.hello["protocol"] == PROTOCOL_VERSION and runner.pid is not None
+    finally:
+        runner.close()

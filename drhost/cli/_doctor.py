@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -12,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from drhost_hookspecs import PluginClass
+from drhost_hookspecs._probe import PROBE_PLUGIN, PROBE_VALUE
 
 from ..config import load_config
 from ..errors import DrhostError, ExitCode
 from ..policy import class_policy
-from ..supervisor import RlimitSandbox, make_sandbox
+from ..supervisor import RlimitSandbox, Sandbox, WorkerRunner, make_sandbox
 from ..supervisor._cgroups import LIMIT_CONTROLLERS, CgroupSandbox, probe_cgroups
 from ..supervisor._confine import innermost
+from ..supervisor._runners import WorkerDied
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
 CAVEATS = {
-    "thread": "runs inside drhost itself: no memory, CPU or process limit applies; a crash, a leak or a hang "
+    "thread": "runs inside drhost itself: no memory, CPU or process limit is enforced (memory_mb is sampled and "
+              "warned about, cpu_percent is not applied at all); a crash, a leak or a hang "
               "in C code is drhost's own; a hung step cannot be killed, only asked to stop (cooperative deadline)",
     "cgroup_memory": "counts the page cache the worker causes, not only its own memory; the kernel OOM killer "
                      "sends SIGKILL, so the plugin gets no chance to clean up; nested under drhost's own cgroup, "
@@ -41,6 +45,10 @@ CAVEATS = {
     "nofile": "RLIMIT_NOFILE is per process: every child the plugin starts gets its own count",
     "container": "shares the host's kernel (no VM boundary); limits and confinement are what podman and its OCI "
                  "runtime enforce (see 'limits')",
+    "confined": "the host stays readable where it is world-readable (read-only, not hidden; only directories the "
+                "worker user cannot traverse and /run are hidden); the kernel is shared, and where it allows "
+                "unprivileged user namespaces they are kernel attack surface; all process workers share one uid "
+                "(their own pid namespaces keep them from signalling or tracing each other)",
     "network_none": "an empty network namespace: the worker reaches its target only through the Context API",
     "network_host": "the host's network: a plugin can open any connection the controller can",
 }
@@ -91,11 +99,37 @@ def _network(config: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _live_probe(sandbox: Sandbox, message_limit: int) -> dict[str, Any]:
+    """Start a real worker of the class and report what its confinement proved (or that it did not start)."""
+    runner = WorkerRunner(PROBE_PLUGIN, sandbox=sandbox, logger=logging.getLogger("drhost.doctor"),
+                          message_limit=message_limit, value=PROBE_VALUE)
+    try:
+        runner.start()
+        confined = (runner.hello.get("limits") or {}).get("confined")
+    except WorkerDied as exc:
+        return {"worker": f"did not start: {exc}"}
+    finally:
+        runner.close()
+    if not confined:
+        return {"worker": "started", "confinement": "none proven (drhost is not root: the worker runs as drhost's "
+                                                    "own user)"}
+    return {"worker": "started", "identity": f"uid {confined['uid']} ({confined['user']}), capabilities "
+                                             f"{confined['capabilities']}, no_new_privs {confined['no_new_privs']}",
+            "namespaces": confined.get("namespaces", []), "refused": confined.get("refused", {})}
+
+
 def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network: Mapping[str, Any]) -> dict[str, Any]:
     policy = class_policy(config, plugin_class)
     found: dict[str, Any] = {"isolation": policy.isolation}
     if policy.isolation == "thread":
-        found["limits"] = {"mechanism": "none (thread in the host)", "deadline": "cooperative (ctx.cancelled)"}
+        found["limits"] = {
+            "mechanism": "none (thread in the host)", "deadline": "cooperative (ctx.cancelled)",
+            "memory": f"sampled, warned, not enforced: the host's resident memory every 0.25 s while a call runs; "
+                      f"over {policy.memory_mb} MiB a warning and a finding in the step's record",
+            "cpu": f"not enforced: cpu_percent = {policy.cpu_percent} is not applied to threads of the host",
+            "output": "what the plugin prints (print, sys.stdout, fd 1) goes to drhost's stderr, never stdout",
+            "state": "state and results must be JSON: anything else fails the step, named (every class)",
+        }
         found["not_guaranteed"] = [CAVEATS["thread"]]
         return found
     limit = int((config.get("run") or {}).get("worker_message_limit_bytes", 4 * 1024 * 1024))
@@ -108,6 +142,8 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
         return found
     try:
         found["limits"] = sandbox.in_force()
+        if sandbox.kind == "process":
+            found["proven"] = _live_probe(sandbox, limit)
     finally:
         sandbox.close()
     inner = innermost(sandbox)
@@ -129,6 +165,8 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
         found["limits"]["network"] = ("none (own network namespace)" if net == "network_none"
                                       and network.get("available") else network.get("mode"))
         caveats.append(f"network: {CAVEATS[net]}")
+        if "identity" in found["limits"]:
+            caveats.append(f"confinement: {CAVEATS['confined']}")
     found["not_guaranteed"] = caveats
     return found
 
@@ -175,6 +213,11 @@ def _print_text(report: Mapping[str, Any]) -> None:
             print(f"  REFUSED: {row['refused']}")
         for key, value in (row.get("limits") or {}).items():
             print(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        proven = row.get("proven")
+        if proven:
+            print(f"  proven by a live worker just now: {proven.get('identity') or proven['worker']}")
+            for what, result in (proven.get("refused") or {}).items():
+                print(f"    refused: {what} ({result})")
         for caveat in row["not_guaranteed"]:
             print(f"  does not guarantee - {caveat}")
 

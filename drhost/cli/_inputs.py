@@ -22,7 +22,7 @@ from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
 from ..orchestrator._rollout import Budget, RolloutError, batches_for
 from ..packaging import Package, PackageError, read_package, verify_payload
 from ..plan import Plan, build_plan, unknown_timeout_keys
-from ..plugins import Registry, discover
+from ..plugins import Registry, check_registry, discover
 from ..state import state_root
 from ..supervisor._cgroups import cgroup_support
 from ..supervisor._confine import network_namespace_available
@@ -219,7 +219,9 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         raise ConfigError(Origin("command line", "", "--demo-targets"), "--demo-targets together with --demo",
                           "--demo-targets alone")
     config = load_config(files, overrides, base=base)
-    registry = discover(blocked)
+    registry = discover(blocked, config=config.data)
+    # A plugin lock in force: exactly the locked plugins, or no run (exit 7), before anything else is checked.
+    check_registry(registry, blocked)
     plan = validate_run_inputs(config, registry)
     weaker = container_check(config, plan)
     package = None

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from .._stdout import cli_stdout
 from ..authoring import PLUGIN_CLASSES
 from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
 from ._doctor import cmd_doctor
-from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new, cmd_plugins_list
+from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new
 from ._plugin_test import add_plugin_test
+from ._plugins import add_plugins
 from ._report import add_report
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
@@ -64,12 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report(sub)
 
-    plugins = sub.add_parser("plugins", help="plugin commands")
-    plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")
-    plist = plugins_sub.add_parser("list", help="every discovered plugin, broken ones included")
-    plist.add_argument("--json", action="store_true")
-    plist.add_argument("-p", dest="plugin_options", action="append", metavar="no:NAME")
-    plist.set_defaults(func=cmd_plugins_list)
+    add_plugins(sub)
 
     plugin = sub.add_parser("plugin", help="for plugin authors")
     plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
@@ -106,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Its output is the only thing on stdout: what plugin code in the host prints (core
+    plugins run in its threads) goes to stderr (``drhost._stdout``). Called without ``argv`` (the ``drhost``
+    program), fd 1 stays on stderr afterwards, until the process ends."""
+    with cli_stdout(restore=argv is not None):
+        return _command(argv)
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

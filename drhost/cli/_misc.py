@@ -1,9 +1,8 @@
-"""The commands around runs: plugins list, plugin new, config check, package build."""
+"""The commands around runs: plugin new, config check, package build (plugins list/lock: ``_plugins.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,41 +10,13 @@ from ..authoring import ScaffoldError, new_plugin
 from ..config import load_config
 from ..errors import ExitCode
 from ..packaging import build_package
-from ..plugins import ALLOW_ENV, discover
-from ._inputs import blocked_plugins, load_package, validate_run_inputs
-
-
-def cmd_plugins_list(args: argparse.Namespace) -> int:
-    config = load_config()
-    registry = discover(blocked_plugins(args.plugin_options))
-    rows = []
-    for record in sorted(registry.records.values(), key=lambda r: r.name):
-        isolation = config.data["classes"][record.plugin_class.value]["isolation"] if record.plugin_class else None
-        rows.append(record.to_json(isolation))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return ExitCode.SUCCEEDED
-    if not rows:
-        print(f"no plugins found in entry-point group 'drhost.plugins' ({ALLOW_ENV} may exclude them)")
-        return ExitCode.SUCCEEDED
-    # The declarations (PluginInfo.paths, .commands) as counts: --json lists them.
-    header = ("name", "version", "department", "class", "isolation", "status", "hooks", "paths", "commands")
-    table = [header] + [
-        (r["name"], r["version"], r["department"] or "-", r["class"] or "-", r["isolation"] or "-", r["status"],
-         str(len(r["hooks"])), str(len(r["paths"])), str(len(r["commands"]))) for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    for r in rows:
-        if r["error"]:
-            print(f"{r['name']}: {r['status']}: {r['error']}")
-    return ExitCode.SUCCEEDED
+from ..plugins import discover
+from ._inputs import load_package, validate_run_inputs
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config([Path(f) for f in args.files], list(args.set or []))
-    registry = discover()
+    registry = discover(config=config.data)
     plan = validate_run_inputs(config, registry)
     package = config.data["run"]["package"]
     if package and Path(package).exists():

@@ -17,7 +17,9 @@ from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
 from ..orchestrator import Decide, RunSummary, create_run, drive
+from ..orchestrator._abandoned import abandoned_view
 from ..orchestrator._fleet import ApproveBatch
+from ..orchestrator._rollback import rollback_verdict
 from ..orchestrator._rollout import Batch, batches_for
 from ..plan import Plan, format_plan
 from ..report import LiveReporter, PlainReporter
@@ -93,6 +95,10 @@ def _finish(args: argparse.Namespace, summary: RunSummary) -> int:
                 print(f"  {name}: not started")
             else:
                 print(f"  {name}: {target['status']} (version {target.get('version') or 'unknown'})")
+            if target.get("verification"):
+                print(f"    verification: {target['verification']}")
+            for line in target.get("still_changing") or []:
+                print(f"    MAY STILL BE CHANGING: {line}")
         for line in next_commands(summary.run_id, summary.status):
             print(line)
         print(f"run directory: {summary.run_dir}")
@@ -218,10 +224,19 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
     remaining = [s.key for s in plan.steps if s.key not in done]
     status = record["status"]
     consistent = {"succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
-                  "inconsistent": "NO: neither version; follow the manual procedure",
                   "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
                   "unreachable": "unknown: unreachable; resume when it is back"}.get(
         status, "unknown until the run is resumed or rolled back")
+    verdict = rollback_verdict(record) if status == "inconsistent" else None
+    if status == "inconsistent":
+        # Derived from what the plugins' verification reported, never a fixed label.
+        consistent = (f"{verdict['verdict']}: {verdict['label']}; follow the manual procedure" if verdict
+                      else "unknown: no verification recorded; follow the manual procedure")
+    abandoned = abandoned_view(record)
+    if abandoned["still_changing"]:
+        consistent = f"unknown: may still be changing ({'; '.join(abandoned['still_changing'])})"
+    elif abandoned["abandoned"]:
+        consistent = f"{consistent} when recorded; but {abandoned['abandoned'][-1]}"
     return {
         "target": name, "status": status, "phase": record.get("phase"), "stage": record.get("stage"),
         "step": current.key if current else None, "done": len(done), "total": len(plan.steps),
@@ -229,7 +244,14 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
         "version": record.get("version"), "errors": record.get("errors", []),
         "skipped_plugins": record.get("skipped_plugins", {}), "rollback": record.get("rollback", {}),
         "plugins": record.get("plugins", {}), "manual_procedure": record.get("manual_procedure"),
-        "evidence": record.get("evidence"), "next": target_next(name, status, record),
+        "evidence": record.get("evidence"),
+        "next": "wait: a core thread that drhost abandoned may still be changing it (see above); check the target "
+                "once that drhost has exited" if abandoned["still_changing"] else target_next(name, status, record),
+        "still_changing": abandoned["still_changing"], "abandoned_threads": abandoned["abandoned"],
+        "verification": verdict,
+        # What was noticed but not enforced (a core step that grew drhost past its class's memory_mb).
+        "findings": [*(f for entry in steps.values() for f in entry.get("findings", [])),
+                     *record.get("findings", [])],
     }
 
 
@@ -279,14 +301,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
         print(f"      next: {t['next'].replace('RUN', body['run_id'])}")
+        for line in t["still_changing"]:
+            print(f"      MAY STILL BE CHANGING: {line}")
+        for line in t["abandoned_threads"]:
+            print(f"      note: {line}")
         for plugin, ending in sorted(t["plugins"].items()):
             if ending.get("ended") != "ok":
                 extra = ", ".join(f"{k} {ending[k]}" for k in ("limit", "signal") if ending.get(k))
-                print(f"      plugin {plugin}: {ending['ended']}" + (f" ({extra})" if extra else ""))
+                print(f"      plugin {plugin}: {ending['ended']}" + (f" ({extra})" if extra else "")
+                      + (f": {ending['limit_text']}" if ending.get("limit_text") else ""))
         for line in t.get("manual_procedure") or []:
             print(f"      {line}")
         if t.get("evidence"):
             print(f"      evidence: {t['evidence']}")
+        for finding in t["findings"][-3:]:
+            print(f"      finding: {finding.get('message')}")
         for error in t["errors"][-3:]:
             print(f"      error: [{error.get('stage')}] {error.get('step') or ''} {error.get('plugin')}: "
                   f"{error.get('message')} ({error.get('action')})")

@@ -26,7 +26,7 @@ Path_ = tuple[str, ...]
 #: INI section prefix -> (top-level key of the config, whether the section has a name)
 _NAMED_SECTIONS = {"stage": "stages", "class": "classes", "plugin": "plugins", "target": "targets", "ssh": "ssh"}
 _PLAIN_SECTIONS = {"run": "run", "rollout": "rollout", "timeouts": "timeouts", "watchdog": "watchdog",
-                   "container": "container", "process": "process"}
+                   "container": "container", "process": "process", "discovery": "discovery"}
 #: ``--set`` prefixes, which read like the INI sections they stand for
 _SET_PREFIXES = {**{k: v for k, v in _NAMED_SECTIONS.items()}, **_PLAIN_SECTIONS}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
+from drhost_hookspecs._protocol import call_label, json_problem, not_json_message
 
+from .._stdout import plugin_code
 from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus
@@ -28,6 +31,7 @@ from ..watchdog import render_watchdog_event
 from ..watchdog._history import StepHistory, remaining_s
 from ..watchdog._resources import sample_controller, sample_target
 from ..watchdog._watchdog import StepWatch, Watchdog, WatchdogSettings
+from ._abandoned import AbandonedThreads
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
 from ._timeouts import PLUGIN_CONTEXT_TIMEOUT_S, TimeoutEvidence, diagnose_timeout
 
@@ -96,6 +100,8 @@ class Executor:
         self._upload_slots = threading.Semaphore(int(env.config["run"].get("max_parallel_uploads", 4)))
         self.watchdog = Watchdog(WatchdogSettings.from_config(env.config))
         self.history = StepHistory()
+        #: Core threads a timeout left running, and the targets they may still be changing.
+        self.abandoned = AbandonedThreads(env)
 
     # -- resources ------------------------------------------------------------------
     def session(self, target: str) -> TargetSession:
@@ -113,8 +119,11 @@ class Executor:
                 grace = float(self.env.config["run"]["kill_grace_s"])
                 if plugin.isolation == "thread":
                     if plugin.name not in self._loaded:
-                        self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
-                    self._runners[key] = ThreadRunner(self._loaded[plugin.name], grace_s=grace)
+                        with plugin_code():  # what its module prints at import goes to stderr, never stdout
+                            self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
+                    self._runners[key] = ThreadRunner(
+                        self._loaded[plugin.name], grace_s=grace,
+                        memory_mb=class_policy(self.env.config, plugin.plugin_class).memory_mb)
                 else:
                     policy = class_policy(self.env.config, plugin.plugin_class)
                     limit = int(self.env.config["run"]["worker_message_limit_bytes"])
@@ -183,7 +192,9 @@ class Executor:
         plugin = env.plan.plugin(plugin_name)
         spec = env.config["targets"][target]
         with env.state.reading() as body:
-            plugin_state = dict(body["targets"][target]["plugin_state"].get(plugin_name, {}))
+            # A deep copy: a plugin in a thread of the host changes what it is given in place, and must never
+            # change (or put a non-JSON value into) the run's state behind a checkpoint's back.
+            plugin_state = json.loads(json.dumps(body["targets"][target]["plugin_state"].get(plugin_name, {})))
         started = time.monotonic()
         watch: StepWatch | None = None
 
@@ -228,6 +239,7 @@ class Executor:
             plugin=plugin_name, plugin_class=plugin.plugin_class, paths=plugin.paths, commands=plugin.commands,
             on_refused=lambda message, refused: env.emit("context.refused", target=target, stage=stage, step=step,
                                                          plugin=plugin_name, message=message, op=op, **refused),
+            call=call_label(plugin_name, op, step=step, stage=stage.value if stage else None),
         )
         if env.stop.is_set():
             return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
@@ -257,8 +269,56 @@ class Executor:
             with self._lock:
                 self._active.discard(ctx)
             self._close_output(notify, target, stage, step, plugin_name)
+        outcome = self._json_checked(outcome, ctx)
         persist(outcome.state)
+        self.abandoned.note(outcome, target=target, plugin=plugin_name, op=op, stage=stage, step=step)
+        if outcome.detail.get("host_memory"):
+            self._host_memory_finding(outcome.detail["host_memory"], ctx, target, plugin_name, op, stage, step,
+                                      planned, attempt)
         return outcome
+
+    @staticmethod
+    def _json_checked(outcome: CallOutcome, ctx: HostContext) -> CallOutcome:
+        """The outcome with its state as a detached JSON copy; or, when the state or result the plugin handed
+        back is not JSON, the call failed (not retryable), named, with the state the host last stored."""
+        try:
+            problem = json_problem(outcome.state, "ctx.state")
+            if problem is None and outcome.ok:
+                problem = json_problem(outcome.result, "the result")
+            if problem is None:
+                return dataclasses.replace(outcome, state=json.loads(json.dumps(outcome.state)))
+        except (RuntimeError, RecursionError, TypeError, ValueError) as exc:  # changed while read: a live thread
+            problem = f"ctx.state could not be read ({type(exc).__name__}: {exc})"
+        message = not_json_message(ctx.call, problem)
+        detail = {**outcome.detail, "not_json": problem}
+        if outcome.ended in ("ok", "skipped", "up_to_date", "failed"):
+            also = f" (the call had also failed: {outcome.message})" if outcome.ended == "failed" else ""
+            return CallOutcome("failed", message=message + also, retryable=False, state=ctx.saved_state,
+                               detail=detail, duration_s=outcome.duration_s)
+        # Stopped for another reason (timeout, killed, ...): that ending stays; the state is not taken.
+        return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", retryable=False,
+                                   state=ctx.saved_state, detail=detail)
+
+    def _host_memory_finding(self, grown: Mapping[str, Any], ctx: HostContext, target: str, plugin: str, op: str,
+                             stage: Stage | None, step: str | None, planned: PlannedStep | None,
+                             attempt: int) -> None:
+        """A thread-class call grew the host past its class's memory_mb: warn, and record it with the step."""
+        text = (f"{ctx.call}: host memory grew to {grown['peak_mib']} MiB (from {grown['start_mib']} MiB), over "
+                f"[class:{self.plugin_class(plugin).value}] memory_mb = {grown['memory_mb']} (not enforced: "
+                f"{self.plugin_class(plugin).value} plugins run inside the host; move the plugin to a class with "
+                f"process isolation, such as business, to enforce a limit)")
+        self.env.logger.warning("%s", text)
+        self.env.emit("plugin.host_memory", target=target, stage=stage, step=step, plugin=plugin, message=text,
+                      op=op, attempt=attempt, **grown)
+        finding = {"ts": time.time(), "kind": "host_memory", "op": op, "attempt": attempt, "message": text, **grown}
+        with self.env.state.mutate() as body:
+            record = body["targets"][target]
+            entry = record["steps"].get(planned.key) if planned is not None and op == "run_step" else None
+            if entry is not None:
+                entry.setdefault("findings", []).append(finding)
+            else:
+                record.setdefault("findings", []).append(
+                    {**finding, "stage": stage.value if stage else None, "step": step})
 
     def _close_output(self, output: CallOutput, target: str, stage: Stage | None, step: str | None,
                       plugin: str) -> None:

@@ -48,6 +48,12 @@ def plugin_ending(outcome_ended: str, message: str, detail: dict[str, Any], acti
         ending["limit"] = str(detail["limit"])
     elif outcome_ended == "memory":
         ending["limit"] = "memory"
+    if detail.get("limit_text"):
+        # In words, with the figure: "pids limit 16 reached", "memory limit 256 MiB", "CPU time limit 2 s reached".
+        ending["limit_text"] = str(detail["limit_text"])
+    throttled = detail.get("cpu_throttled")
+    if isinstance(throttled, dict):
+        ending["cpu_throttled"] = throttled
     exit_text = str(detail.get("exit", ""))
     if "SIG" in exit_text:
         ending["signal"] = exit_text[exit_text.index("SIG"):].split()[0].rstrip(",;)")

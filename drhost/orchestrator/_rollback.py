@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from drhost_hookspecs import Stage, VerifyPhase
 
@@ -10,6 +12,7 @@ from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import stage_policy
 from ..state import write_private_json
+from ..supervisor import CallOutcome
 from ._env import Executor, RunEnv
 from ._records import TOUCHED, TargetRecord
 
@@ -23,6 +26,59 @@ def plugins_last_first(touched: list[PlannedStep], steps: dict[str, dict[str, ob
         seq = int(str(steps.get(step.key, {}).get("seq", 0)))
         last[step.plugin] = max(last.get(step.plugin, 0), seq)
     return sorted(last, key=lambda name: last[name], reverse=True)
+
+
+def _how_it_ended(call: Mapping[str, Any]) -> str:
+    """``killed after 30 s``, ``abandoned after 30 s (its thread did not stop)``, ``failed: ...``."""
+    ended, seconds = str(call.get("ended")), call.get("timeout_s")
+    if ended == "timeout":
+        after = f" after {float(seconds):g} s" if seconds else ""
+        if call.get("hung_thread"):
+            return f"abandoned{after} (its thread did not stop)"
+        return f"killed{after}" if call.get("killed") else f"stopped{after} (timeout)"
+    return f"{ended}: {call.get('message')}"
+
+
+def rollback_verdict(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the target's rollback can claim, from evidence only: the compensations that did not finish and
+    what each plugin's ``drhost_verify(stage, rolled_back)`` reported in the latest pass of every stage.
+
+    ``verdict`` is ``NO`` (a verification reported a problem), ``unknown`` (a verification did not run, or
+    none exists), or ``unconfirmed`` (every verification reported the old state, but a compensation did not
+    finish); ``label`` says it in one line, e.g. "rollback of stage upgrade: dr-database/upgrade_db_schema
+    rollback killed after 30 s; verification reports: old version (dr-core), unknown (dr-database: verify not
+    run: ...)". None when the record has no rollback evidence (a rollback from before it was recorded).
+    """
+    rollback = record.get("rollback") or {}
+    verification: Mapping[str, Mapping[str, Any]] = rollback.get("verification") or {}
+    failed_calls: Mapping[str, list[Mapping[str, Any]]] = rollback.get("failed_calls") or {}
+    if not verification and not failed_calls:
+        return None
+    order = [stage.value for stage in reversed(Stage.ordered())]
+    calls = [f"rollback of stage {stage}: {call.get('what')} {_how_it_ended(call)}"
+             for stage in order for call in failed_calls.get(stage, [])]
+    found: dict[str, dict[str, list[str]]] = {}
+    for stage in order:
+        for plugin, result in (verification.get(stage) or {}).items():
+            seen = found.setdefault(plugin, {"problems": [], "not_run": []})
+            if result.get("ran"):
+                seen["problems"].extend(f"[{stage}] {problem}" for problem in result.get("problems") or [])
+            else:
+                seen["not_run"].append(f"[{stage}] {result.get('why')}")
+    plugins: dict[str, dict[str, str]] = {}
+    for plugin, seen in sorted(found.items()):
+        if seen["problems"]:
+            plugins[plugin] = {"reports": "not restored", "why": "; ".join(seen["problems"])}
+        elif seen["not_run"]:
+            plugins[plugin] = {"reports": "unknown", "why": "verify not run: " + "; ".join(seen["not_run"])}
+        else:
+            plugins[plugin] = {"reports": "old version", "why": ""}
+    said = ", ".join(f"{v['reports']} ({name}{': ' + v['why'] if v['why'] else ''})" for name, v in plugins.items())
+    reports = [v["reports"] for v in plugins.values()]
+    verdict = "NO" if "not restored" in reports else "unknown" if "unknown" in reports or not reports \
+        else "unconfirmed" if calls else "old version"
+    label = "; ".join([*calls, f"verification reports: {said or 'nothing (no plugin verifies a rollback)'}"])
+    return {"verdict": verdict, "label": label, "plugins": plugins, "failed_calls": calls}
 
 
 class RollbackFlow:
@@ -165,9 +221,13 @@ class RollbackFlow:
         # The phase stays "rollback": resume and `drhost rollback` continue the rollback, never the upgrade.
         self.record.set(status="inconsistent", phase="rollback", manual_procedure=procedure,
                         evidence=str(evidence))
+        # What is claimed about the target is what its plugins' verification reported, nothing fixed.
+        verdict = rollback_verdict(self.record.get() or {}) or {}
+        label = verdict.get("label", "no verification recorded")
         self._emit("target.inconsistent", errors=errors, problems=problems, procedure=procedure,
-                   evidence=str(evidence),
-                   message="rollback failed twice; the target is neither version: follow the manual procedure")
+                   evidence=str(evidence), verdict=verdict.get("verdict", "unknown"), verification=label,
+                   message=f"rollback did not complete, also after a recovery pass: {label}; follow the manual "
+                           f"procedure")
         return "inconsistent"
 
     def _manual_procedure(self, failed: list[Stage], errors: list[str], problems: list[str]) -> list[str]:
@@ -191,6 +251,8 @@ class RollbackFlow:
                      f"failed and verifies again)")
         return lines
     def _roll_back_stage(self, stage: Stage) -> list[str]:
+        with self.env.state.mutate() as body:  # this pass's failures replace an earlier pass's
+            body["targets"][self.name]["rollback"].setdefault("failed_calls", {})[stage.value] = []
         steps = self.record.get("steps") or {}
         done = self.record.get("rollback", "steps") or {}
         touched = [s for s in self.env.plan.stage_steps(stage)
@@ -215,6 +277,7 @@ class RollbackFlow:
             self._emit("rollback.plugin", stage=stage, plugin=plugin.name, ended=outcome.ended,
                        message=outcome.message)
             if not outcome.ok:
+                self._failed_call(stage, f"{plugin.name} drhost_rollback", outcome, _HOOK_TIMEOUT_S)
                 errors.append(f"[{stage.value}] {plugin.name} drhost_rollback {outcome.ended}: {outcome.message}")
         return errors
 
@@ -226,7 +289,17 @@ class RollbackFlow:
         self._mark(step.key, outcome.ok)
         self._emit("rollback.step", stage=step.stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
                    message=outcome.message)
+        if not outcome.ok:
+            self._failed_call(step.stage, f"{step.plugin}/{step.name} rollback", outcome, step.timeout_s)
         return [] if outcome.ok else [f"{step.label} rollback {outcome.ended}: {outcome.message}"]
+
+    def _failed_call(self, stage: Stage, what: str, outcome: CallOutcome, timeout_s: float) -> None:
+        """A compensation that did not finish, as evidence for the rollback's verdict."""
+        call = {"what": what, "ended": outcome.ended, "message": outcome.message, "timeout_s": timeout_s,
+                "killed": bool(outcome.detail.get("killed")), "hung_thread": bool(outcome.detail.get("hung_thread"))}
+        with self.env.state.mutate() as body:
+            body["targets"][self.name]["rollback"].setdefault("failed_calls", {}).setdefault(stage.value, []).append(
+                call)
 
     def _mark(self, key: str, ok: bool) -> None:
         with self.env.state.mutate() as body:
@@ -235,11 +308,18 @@ class RollbackFlow:
     def _verify_stage(self, stage: Stage) -> list[str]:
         failpoint(f"rollback.verifying:{stage.value}")
         problems: list[str] = []
+        #: What each plugin's verification reported in this pass: the only evidence the verdict may use.
+        reported: dict[str, dict[str, Any]] = {}
         for plugin in self.env.plan.plugins_with("drhost_verify"):
             outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage,
                                          phase=VerifyPhase.ROLLED_BACK, timeout_s=_HOOK_TIMEOUT_S)
             if not outcome.ok:
                 problems.append(f"[{stage.value}] {plugin.name}: verification did not run: {outcome.message}")
+                reported[plugin.name] = {"ran": False, "ended": outcome.ended, "why": outcome.message}
             else:
-                problems.extend(f"[{stage.value}] {plugin.name}: {p}" for p in (outcome.result or []))
+                found = [str(p) for p in (outcome.result or [])]
+                problems.extend(f"[{stage.value}] {plugin.name}: {p}" for p in found)
+                reported[plugin.name] = {"ran": True, "problems": found}
+        with self.env.state.mutate() as body:
+            body["targets"][self.name]["rollback"].setdefault("verification", {})[stage.value] = reported
         return problems

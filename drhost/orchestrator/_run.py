@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import logging
+import os
 import signal
 import threading
 import time
@@ -22,15 +23,17 @@ from ..errors import ExitCode, RefusedError
 from ..events import EventBus, Subscriber
 from ..failpoints import failpoint
 from ..plan import Plan
+from ..plugins import check_run
 from ..state import RunLock, RunState, new_run_id
 from ..supervisor._cgroups import remove_run_cgroups
 from ..supervisor._container import remove_orphaned_containers, remove_run_containers
 from ..transport import TransportError
+from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
 from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
 from ._records import new_target_record
-from ._rollback import RollbackFlow
+from ._rollback import RollbackFlow, rollback_verdict
 from ._rollout import Batch, batches_for
 from ._target import TargetFlow
 
@@ -101,6 +104,21 @@ def create_run(*, config: Mapping[str, Any], config_files: Sequence[str], plan: 
     state = RunState.create(new_run_id(), body)
     failpoint("run.created")
     return state
+
+
+def _target_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A target as ``--json`` and the final lines show it: status, version, and what is known beyond them."""
+    status = record["status"]
+    # An inconsistent target's version is unknown: its plugins' verification says what can be said instead.
+    summary: dict[str, Any] = {"status": status, "version": None if status == "inconsistent"
+                               else record.get("version") or record.get("version_before")}
+    if status == "inconsistent":
+        verdict = rollback_verdict(record)
+        summary["verification"] = verdict["label"] if verdict else "no verification recorded"
+    still = abandoned_view(record)["still_changing"]
+    if still:
+        summary["still_changing"] = still
+    return summary
 
 
 def _check_plugins_present(plan: Plan) -> list[str]:
@@ -248,6 +266,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         if mode != "upgrade":
             for change in _check_plugins_present(plan):
                 env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
+            # The run's plugins: one distribution each, and exactly as the plugin lock has them (if one is in force).
+            check_run([(p.name, p.plugin_class) for p in plan.plugins], env.config)
         with state.mutate() as b:
             b["status"] = "running" if mode != "rollback" else "rolling_back"
         env.emit("run.started", mode=mode, targets=sorted(body["targets"]), package=package.version,
@@ -289,14 +309,17 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         with state.mutate() as b:
             b["status"] = status
             b["finished"] = time.time()
-            # An inconsistent target is at neither version: claiming the one it started from would mislead.
-            targets = {n: {"status": t["status"], "version": None if t["status"] == "inconsistent"
-                           else t.get("version") or t.get("version_before")} for n, t in b["targets"].items()}
+            targets = {n: _target_summary(t) for n, t in b["targets"].items()}
+            changing = {n: t["still_changing"] for n, t in targets.items() if t.get("still_changing")}
+            if changing:
+                # Said in the run itself: after this process ends, these threads end with it, unrecorded.
+                b["still_changing_at_finish"] = {"pid": os.getpid(), "at": time.time(), "targets": changing}
         env.emit("run.finished", status=status, targets=targets)
         if after is not None:
             after(state, status)
         return RunSummary(state.run_id, status, state.run_dir, targets)
     finally:
+        executor.abandoned.close()
         locks.close()
         executor.close()
         _remove_leftovers(env, plan)

@@ -309,7 +309,7 @@ class TargetFlow:
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)
         action = {"skip_plugin": "skipped", "continue": "failed, recorded"}.get(policy.on_failure, "failed")
-        if outcome.ended in ("killed", "memory", "crashed") or outcome.detail.get("killed"):
+        if outcome.ended in ("killed", "memory", "pids", "cpu_time", "crashed") or outcome.detail.get("killed"):
             action = f"killed, {action}" if action != "failed" else "killed"
         self.record.plugin_ended(step.plugin, plugin_ending(outcome.ended, outcome.message, outcome.detail, action,
                                                             step.timeout_s))

@@ -122,6 +122,8 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
         measurement=measurement, configured_s=step.timeout_s, elapsed_s=round(evidence.elapsed_s, 1),
         environment=environment,
         controller_environment=controller if step.category.value == "plugin" else None,
+        # The class's CPU share that throttled the worker meanwhile (measured by the runner from cpu.stat).
+        cpu_throttled=evidence.outcome.detail.get("cpu_throttled") or None,
     )
     record: dict[str, Any] = {
         "target": evidence.target, "stage": step.stage.value, "step": step.name, "plugin": step.plugin,

@@ -28,7 +28,8 @@ _PLAIN = {
     "rollback.recovery", "target.inconsistent", "target.locked", "target.unreachable", "target.lock_broken",
     "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
     *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished", "rollout.stopped",
-    "rollout.waiting_approval", "rollout.paused", "rollout.approved",
+    "rollout.waiting_approval", "rollout.paused", "rollout.approved", "plugin.host_memory",
+    "target.still_changing", "target.thread_returned",
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
@@ -36,7 +37,8 @@ _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.fai
             "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
             "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", "target.reachable",
             "target.rollback_queued", *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished",
-            "rollout.stopped", "rollout.waiting_approval", "rollout.paused", "rollout.approved"}
+            "rollout.stopped", "rollout.waiting_approval", "rollout.paused", "rollout.approved",
+            "plugin.host_memory", "target.still_changing", "target.thread_returned"}
 
 
 def _identity(message: str) -> str:
@@ -74,6 +76,8 @@ def describe(event: Event, t: Translate = _identity) -> str:
         text = f"run {event.run_id} {d.get('status')}: {targets}"
     elif name in ("plugin.skipped", "plugin.error_recorded"):
         text = f"{where}{who}: {event.message}"
+    elif name == "plugin.host_memory":
+        text = f"warning: {event.message}"
     elif name == "stage.failed":
         text = f"[{event.stage}] failed: {event.message}"
     elif name == "target.inconsistent":

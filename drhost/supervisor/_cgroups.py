@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import RefusedError
 from ..policy import ClassPolicy
 from ..transport import stop_process_group
-from ._sandbox import RlimitSandbox, Sandbox, worker_environment
+from ._sandbox import RlimitSandbox, Sandbox, cpu_time_exit, worker_environment
 
 _LOG = logging.getLogger("drhost.supervisor.cgroups")
 
@@ -230,6 +230,52 @@ def _read_keyed(path: Path) -> dict[str, int]:
     return found
 
 
+def limit_counters(dirs: Mapping[str, Path], version: int) -> dict[str, float]:
+    """The kernel's counters of limits hit in these cgroups; each only grows while the cgroup exists.
+
+    ``pids_refused`` (``pids.events`` ``max``: forks refused at ``pids.max``), ``oom_kill`` (``memory.oom_control``
+    on v1, ``memory.events`` on v2), and from ``cpu.stat`` ``nr_periods``, ``nr_throttled`` and ``throttled_s``
+    (v1 ``throttled_time`` in ns, v2 ``throttled_usec``). A file that cannot be read is left out.
+    """
+    found: dict[str, float] = {}
+    pids, memory, cpu = dirs.get("pids"), dirs.get("memory"), dirs.get("cpu")
+    if pids is not None:
+        events = _read_keyed(pids / "pids.events")
+        if "max" in events:
+            found["pids_refused"] = events["max"]
+    if memory is not None:
+        events = _read_keyed(memory / ("memory.oom_control" if version == 1 else "memory.events"))
+        if "oom_kill" in events:
+            found["oom_kill"] = events["oom_kill"]
+    if cpu is not None:
+        stat = _read_keyed(cpu / "cpu.stat")
+        for key in ("nr_periods", "nr_throttled"):
+            if key in stat:
+                found[key] = stat[key]
+        if "throttled_time" in stat:
+            found["throttled_s"] = stat["throttled_time"] / 1e9
+        elif "throttled_usec" in stat:
+            found["throttled_s"] = stat["throttled_usec"] / 1e6
+    return found
+
+
+def cgroup_dirs_of(pid: int, *, cgroup_root: Path = Path("/sys/fs/cgroup"),
+                   proc: Path = Path("/proc")) -> tuple[int, dict[str, Path]]:
+    """(cgroup version, controller -> directory) of a running process, e.g. a container's init; (0, {}) if gone."""
+    try:
+        own = _own_cgroups((proc / str(pid) / "cgroup").read_text())
+    except OSError:
+        return 0, {}
+    if (cgroup_root / "cgroup.controllers").exists():
+        directory = _below(cgroup_root, "/", own.get("", "/"))
+        return 2, {c: directory for c in LIMIT_CONTROLLERS}
+    try:
+        mounts = _v1_mounts((proc / "self" / "mountinfo").read_text())
+    except OSError:
+        return 0, {}
+    return 1, {c: _below(mounts[c][0], mounts[c][1], own[c]) for c in LIMIT_CONTROLLERS if c in mounts and c in own}
+
+
 class CgroupSandbox:
     """A worker process in fresh cgroups: real memory, CPU share and process count, enforced by the kernel.
 
@@ -421,8 +467,11 @@ class CgroupSandbox:
         return f"{(self.memory_limit_bytes or 0) // _MiB} MiB"
 
     def explain_exit(self, returncode: int) -> str | None:
-        parts: list[str] = []
+        """Name the limit that ended the worker. A fork bomb held at ``pids.max`` is named the pids limit even
+        when the memory cgroup then killed some of its many small processes: the process count is the cause."""
         memory, pids = self._dirs.get("memory"), self._dirs.get("pids")
+        how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+        oom_text = ""
         if memory is not None and self.enforces_memory:
             if self.version == 1:
                 oom = _read_keyed(memory / "memory.oom_control").get("oom_kill", 0)
@@ -432,23 +481,35 @@ class CgroupSandbox:
                 oom = _read_keyed(memory / "memory.events").get("oom_kill", 0)
                 failcnt = 0
             if oom and returncode == -signal.SIGKILL:
-                parts.append(f"killed by the memory cgroup (limit {self._mib()}, oom_kill {oom})")
+                oom_text = f"killed by the memory cgroup (limit {self._mib()}, oom_kill {oom})"
                 self.exit_limit = "memory"
             elif oom:
-                parts.append(f"exit code {returncode}; the memory cgroup killed {oom} of its processes "
-                             f"(limit {self._mib()})")
+                oom_text = f"the memory cgroup killed {oom} of its processes (limit {self._mib()})"
             elif failcnt and returncode == -signal.SIGKILL:
-                parts.append(f"killed by SIGKILL at the memory cgroup limit ({self._mib()}, failcnt {failcnt})")
+                oom_text = f"killed by SIGKILL at the memory cgroup limit ({self._mib()}, failcnt {failcnt})"
                 self.exit_limit = "memory"
+        refused = 0
         if pids is not None and self.pids_max is not None:
             refused = _read_keyed(pids / "pids.events").get("max", 0)
-            if refused:
-                self.exit_limit = self.exit_limit or "pids"
-                parts.append(f"fork refused by the pids cgroup (limit {self.pids_max}, {refused} times)")
-        if parts and not parts[0].startswith(("killed", "exit")):
-            how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
-            parts.insert(0, how)
+        cpu = cpu_time_exit(returncode, self._limits.get("cpu_seconds"), self.cpu_seconds())
+        parts: list[str] = []
+        if refused:
+            self.exit_limit = "pids"
+            parts = [how, f"pids limit {self.pids_max} reached (fork refused {refused} times by the pids cgroup)"]
+            if oom_text:
+                parts.append(f"also {oom_text}")
+        elif oom_text and self.exit_limit == "memory":
+            parts = [oom_text]
+        elif cpu is not None:
+            self.exit_limit = "cpu_time"
+            parts = [cpu]
+        elif oom_text:
+            parts = [how, oom_text]
         return "; ".join(parts) or None
+
+    def limit_counters(self) -> dict[str, float]:
+        """The kernel's limit counters of this launch's cgroups (see :func:`limit_counters`)."""
+        return limit_counters(self._dirs, self.version) if self._dirs else {}
 
     def cpu_seconds(self) -> float | None:
         cpuacct, cpu = self._dirs.get("cpuacct"), self._dirs.get("cpu")

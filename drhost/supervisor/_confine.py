@@ -6,13 +6,23 @@ A plugin reaches its target only through the Context: the host performs every ef
 from __future__ import annotations
 
 import functools
+import json
+import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from drhost_hookspecs._confine import CONFINE_ENV
+
 from ..errors import RefusedError
-from ._sandbox import Sandbox
+from ._sandbox import DelegatingSandbox, Sandbox
+
+#: The unprivileged identity of process workers, created by scripts/install-dev.
+DEFAULT_WORKER_USER = "drhost-worker"
+DEFAULT_SCRATCH_MB = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,61 +37,117 @@ def network_namespace_available() -> tuple[bool, str]:
     return True, unshare
 
 
-class ConfinedSandbox:
-    """Runs the inner sandbox's worker in a new, empty network namespace (only a down loopback)."""
+@dataclass(frozen=True)
+class Confinement:
+    """How a process worker is confined: which namespaces, which identity, how much scratch space.
 
-    def __init__(self, inner: Sandbox, unshare: str) -> None:
-        self.inner = inner
-        self._unshare = unshare
-        self.kind = inner.kind
-        self.memory_limit_bytes = inner.memory_limit_bytes
-        self.enforces_memory = inner.enforces_memory
-        self.process_limit = getattr(inner, "process_limit", None)
-        self.enforces_processes = getattr(inner, "enforces_processes", True)
+    ``user`` is None where drhost itself is not root: the worker then runs as drhost's own
+    user, which cannot change anything drhost could not.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        # What else the runner asks of the real sandbox (exit_limit after a cgroup OOM kill), read when asked.
-        return getattr(self.inner, name)
+    #: unshare(1), for the network namespace of a worker that cannot build its own (drhost not root)
+    unshare: str
+    network: bool
+    user: str | None = None
+    uid: int = -1
+    gid: int = -1
+    scratch_mb: int = DEFAULT_SCRATCH_MB
 
-    def command(self, entry_point: str) -> list[str]:
-        # unshare execs the worker in place: same pid, same process group, same cgroup.
-        return [self._unshare, "--net", "--", *self.inner.command(entry_point)]
+    def command(self, worker: list[str]) -> list[str]:
+        if self.user is None:
+            return [self.unshare, "--net", "--", *worker] if self.network else worker
+        # A root drhost: the worker builds its namespaces itself (drhost_hookspecs._confine), so that it is
+        # pid 1 of its own pid namespace with a relay outside that passes on how it ended.
+        return worker
 
     def environment(self) -> dict[str, str]:
-        return self.inner.environment()
-
-    def prepare(self) -> None:
-        self.inner.prepare()
-
-    def started(self, pid: int) -> None:
-        self.inner.started(pid)
-
-    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
-        self.inner.stop(proc, grace_s)
-
-    def explain_exit(self, returncode: int) -> str | None:
-        return self.inner.explain_exit(returncode)
-
-    def usage(self) -> dict[str, Any]:
-        return self.inner.usage()
+        if self.user is None:
+            return {}
+        spec = {"user": self.user, "uid": self.uid, "gid": self.gid, "tmpfs_mb": self.scratch_mb,
+                "network": self.network}
+        # PYTHONSAFEPATH: the worker's working directory is never on sys.path (Python 3.11+).
+        return {CONFINE_ENV: json.dumps(spec), "PYTHONSAFEPATH": "1"}
 
     def in_force(self) -> dict[str, Any]:
-        return {**self.inner.in_force(), "network": "none (own network namespace)"}
+        found: dict[str, Any] = {"network": "none (own network namespace)" if self.network else "host"}
+        if self.user is None:
+            found["identity"] = ("root (no worker user; weaker isolation allowed)" if os.geteuid() == 0
+                                  else f"drhost's own user (uid {os.geteuid()}, not root)")
+            return found
+        found.update(
+            identity=f"user {self.user} (uid {self.uid}), no supplementary groups, no_new_privs, no capabilities",
+            filesystem=f"host read-only (private mount namespace); writable: own tmpfs on /tmp, /var/tmp, "
+                       f"/dev/shm ({self.scratch_mb} MiB)",
+            processes="own pid and IPC namespace (sees and signals only its own processes)",
+        )
+        return found
 
-    def close(self) -> None:
-        self.inner.close()
+
+class ConfinedSandbox(DelegatingSandbox):
+    """Runs the inner sandbox's worker confined (see :class:`Confinement`); limits stay the inner sandbox's."""
+
+    def __init__(self, inner: Sandbox, confinement: Confinement) -> None:
+        super().__init__(inner)
+        self.confinement = confinement
+
+    def command(self, entry_point: str) -> list[str]:
+        return self.confinement.command(self.inner.command(entry_point))
+
+    def environment(self) -> dict[str, str]:
+        return {**self.inner.environment(), **self.confinement.environment()}
+
+    def in_force(self) -> dict[str, Any]:
+        return {**self.inner.in_force(), **self.confinement.in_force()}
+
+
+def worker_identity(config: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """The (user, uid, gid) process workers run as; None where drhost is not root.
+
+    Raises RefusedError when drhost is root and the worker user is missing or switched off,
+    unless weaker isolation is allowed (then None: the worker stays root, and says so).
+    """
+    if os.geteuid() != 0:
+        return None
+    user = str((config.get("process") or {}).get("user", DEFAULT_WORKER_USER))
+    weaker = bool((config.get("run") or {}).get("allow_weaker_isolation"))
+    if user:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            why = f"the worker user {user!r} does not exist on this machine"
+        else:
+            if entry.pw_uid == 0 or entry.pw_gid == 0:
+                raise RefusedError(f"[process] user = {user!r} is root (uid {entry.pw_uid}, gid {entry.pw_gid}); "
+                                   f"process workers need an unprivileged user")
+            return user, entry.pw_uid, entry.pw_gid
+    else:
+        why = "[process] user is empty"
+    if weaker:
+        return None
+    raise RefusedError(
+        f"process workers run as an unprivileged user, and {why}. Create it with scripts/install-dev (it runs: "
+        f"useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group "
+        f"{DEFAULT_WORKER_USER}), or run the workers as root with --set run.allow_weaker_isolation=true")
 
 
 def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
-    """Process workers get an empty network namespace unless ``[process] network = host``."""
-    if sandbox.kind != "process" or (config.get("process") or {}).get("network", "none") != "none":
+    """Process workers: own namespaces, an empty network unless ``[process] network = host``, not root."""
+    if sandbox.kind != "process":
+        return sandbox
+    process = config.get("process") or {}
+    network = process.get("network", "none") == "none"
+    scratch = int(process.get("tmpfs_mb", DEFAULT_SCRATCH_MB))
+    identity = worker_identity(config)
+    if identity is not None:
+        user, uid, gid = identity
+        return ConfinedSandbox(sandbox, Confinement("", network, user, uid, gid, scratch))
+    if not network:
         return sandbox
     available, unshare = network_namespace_available()
     if not available:
         raise RefusedError(f"process workers cannot be cut off the network here ({unshare}); "
                            f"set [process] network = host to run them with the host's network")
-    return ConfinedSandbox(sandbox, unshare)
-
+    return ConfinedSandbox(sandbox, Confinement(unshare, network, scratch_mb=scratch))
 
 def innermost(sandbox: Sandbox) -> Sandbox:
     """The sandbox that holds the limits, under any wrappers (confinement, weaker-isolation notes)."""

@@ -33,8 +33,9 @@ from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, encode, error_to_json
 
 from ..transport import stop_process_group
 from ._bundle import MOUNT_POINT, SITE, Bundle, BundleError, build_bundle
+from ._cgroups import cgroup_dirs_of, limit_counters
 from ._podman import PodmanSetup, containers_dir, podman_environment, podman_setup, run_podman
-from ._sandbox import Sandbox, tree_usage
+from ._sandbox import DelegatingSandbox, Sandbox, process_alive, tree_usage
 
 _launches = itertools.count(1)
 _USAGE_EVERY_S = 2.0
@@ -68,6 +69,8 @@ class ContainerSandbox:
         self.memory_limit_bytes: int | None = memory_mb * 1024 * 1024
         self.process_limit = pids_limit
         self._memory_mb = memory_mb
+        #: The class's CPU share (``--cpus`` = cpu_percent / 100), named when it throttled a step that timed out.
+        self.cpu_percent = cpu_percent
         self._cpus = max(0.01, cpu_percent / 100)
         self._label = _sanitize(label, 60)
         #: The run a container belongs to (the label starts with the run id), so a later controller of the
@@ -86,6 +89,8 @@ class ContainerSandbox:
         self._leftovers: set[str] = set()
         self._pid: int | None = None
         self._pid_checked = 0.0
+        #: The running container's cgroups, found once per launch (never again from a pid that may be reused).
+        self._cgroups: tuple[int, dict[str, Path]] | None = None
         self._lock = threading.Lock()
         # On cgroup v1 with cgroupfs, podman does not report OOMKilled: each sandbox gets its own parent
         # cgroup, which outlives the container, so the memory peak tells a memory kill from another SIGKILL.
@@ -131,6 +136,7 @@ class ContainerSandbox:
         self._leftovers.add(self.name)
         self._pid = None
         self._pid_checked = 0.0
+        self._cgroups = None
         setup = self.setup
         argv = [
             # --init: the worker must not be PID 1, which ignores signals it has no handler for (even a
@@ -266,6 +272,20 @@ class ContainerSandbox:
                 self._pid = int(result.stdout.strip()) or None
         return tree_usage(self._pid)
 
+    def limit_counters(self) -> dict[str, float]:
+        """The kernel's limit counters (fork refusals at ``--pids-limit``, OOM kills, CPU throttling) of the
+        running container's cgroups, found from its init's ``/proc/PID/cgroup``; empty before it is known and
+        once it is gone."""
+        if self._cgroups is None:
+            if self._pid is None:
+                return {}
+            version, dirs = cgroup_dirs_of(self._pid)
+            if not dirs:
+                return {}
+            self._cgroups = (version, dirs)
+        version, dirs = self._cgroups
+        return limit_counters(dirs, version)
+
     def in_force(self) -> dict[str, Any]:
         setup = self.setup
         return {
@@ -303,46 +323,15 @@ def _fatal_command(exc: BaseException) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.stdout.buffer.write({line!r}); sys.exit(3)"]
 
 
-class WeakerSandbox:
+class WeakerSandbox(DelegatingSandbox):
     """Another sandbox standing in for the container that could not be started (run.allow_weaker_isolation)."""
 
     def __init__(self, inner: Sandbox, why: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.why = why
-        self.kind = inner.kind
-        self.memory_limit_bytes = inner.memory_limit_bytes
-        self.enforces_memory = inner.enforces_memory
-
-    def __getattr__(self, name: str) -> Any:
-        # process_limit, enforces_processes and whatever else the runner asks of the real sandbox.
-        return getattr(self.inner, name)
-
-    def command(self, entry_point: str) -> list[str]:
-        return self.inner.command(entry_point)
-
-    def environment(self) -> dict[str, str]:
-        return self.inner.environment()
-
-    def prepare(self) -> None:
-        self.inner.prepare()
-
-    def started(self, pid: int) -> None:
-        self.inner.started(pid)
-
-    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
-        self.inner.stop(proc, grace_s)
-
-    def explain_exit(self, returncode: int) -> str | None:
-        return self.inner.explain_exit(returncode)
-
-    def usage(self) -> dict[str, Any]:
-        return self.inner.usage()
 
     def in_force(self) -> dict[str, Any]:
         return {**self.inner.in_force(), "weaker_than_configured": self.why}
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def remove_run_containers(run_id: str, config: Mapping[str, Any]) -> list[str]:
@@ -371,18 +360,9 @@ def remove_orphaned_containers(config: Mapping[str, Any]) -> list[str]:
     for line in listed.stdout.splitlines():
         name, _, sandbox = line.partition(" ")
         owner = sandbox.split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not process_alive(int(owner)):
             orphans.append(name)
     if orphans:
         run_podman([setup.podman, "rm", "-f", *orphans], timeout=120)
     return orphans
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: How a call ended, from the host's point of view.
-ENDINGS = ("ok", "failed", "skipped", "up_to_date", "timeout", "crashed", "killed", "memory", "cancelled", "protocol")
+#: How a call ended, from the host's point of view. A limit that stopped the plugin is its own ending:
+#: ``memory`` (memory cgroup OOM kill, container memory limit, the sampled limit of the rlimit sandbox),
+#: ``pids`` (the process limit: pids cgroup, ``--pids-limit``, or the sampled count), ``cpu_time`` (RLIMIT_CPU).
+ENDINGS = ("ok", "failed", "skipped", "up_to_date", "timeout", "crashed", "killed", "memory", "pids", "cpu_time",
+           "cancelled", "protocol")
+#: Endings that name a limit of the sandbox (``detail["limit"]`` says which; ``detail["limit_text"]`` in words).
+LIMIT_ENDINGS = ("memory", "pids", "cpu_time")
 
 
 @dataclass(frozen=True)

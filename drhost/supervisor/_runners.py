@@ -16,9 +16,10 @@ import time
 from typing import IO, Any, Protocol
 
 from drhost_hookspecs import Stage, VerifyPhase
-from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, error_to_json
+from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
+from ._endings import LimitWatch, name_limit
 from ._outcome import CallOutcome, outcome_from_error
 from ._sandbox import Sandbox
 from ._thread_runner import COMMAND_STOP_S
@@ -43,39 +44,65 @@ class WorkerDied(Exception):
     pass
 
 
+class WorkerMismatch(WorkerDied):
+    """The worker speaks another protocol than this drhost: its environment is stale. Not retried."""
+
+
+def protocol_mismatch(hello: dict[str, Any], plugin: str) -> str | None:
+    """Why a worker's hello does not match this drhost's protocol, in one sentence; None when it does."""
+    theirs = hello.get("protocol")
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs == PROTOCOL_VERSION:
+        return None
+    speaks = ("names no drhost protocol in its hello (older than protocol 1)" if "protocol" not in hello
+              else f"speaks drhost protocol {theirs!r}")
+    return (f"worker for plugin {plugin!r} {speaks}, this drhost speaks {PROTOCOL_VERSION}: the worker's "
+            f"environment (container bundle or venv) is stale — rebuild it (install this drhost's "
+            f"drhost-hookspecs where the worker runs; a container bundle is rebuilt when its sources change)")
+
+
 class HealthWatch:
-    """Samples a worker's usage during a call; keeps the peaks; names a memory breach.
+    """Samples a worker's usage during a call; keeps the peaks; names a memory or process-count breach.
 
     Where the kernel does not hold the worker to its memory limit (no cgroup), this
     is what stops it: sampled, so a fast allocation can overshoot by what it grabs
-    between two samples.
+    between two samples. It also follows the sandbox's kernel limit counters
+    (:class:`LimitWatch`), from which the call's ending names the limit that stopped it.
     """
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
         self._next = 0.0
         self.peak: dict[str, Any] = {}
-        #: Which sampled limit was breached: "memory" or "processes".
+        #: Which sampled limit was breached: "memory" or "pids".
         self.breached = ""
+        self.limits = LimitWatch(sandbox)
 
     def sample(self, now: float) -> str | None:
         if now < self._next:
             return None
         self._next = now + _SAMPLE_EVERY_S
         usage = self._sandbox.usage()
+        self.limits.sample()
         for key, value in usage.items():
             if isinstance(value, (int, float)):
                 self.peak[key] = max(self.peak.get(key, 0), value)
-        pids = getattr(self._sandbox, "process_limit", None)
-        processes = usage.get("processes")
-        if pids and not getattr(self._sandbox, "enforces_processes", True) and isinstance(processes, int) \
-                and processes > pids:
-            self.breached = "processes"
-            return (f"process limit {pids} exceeded: {processes} processes (sampled by the supervisor; no pids "
+        pids = int(getattr(self._sandbox, "process_limit", None) or 0)
+        found = usage.get("processes")
+        processes = found if isinstance(found, int) else 0
+        sampled_pids = pids > 0 and not getattr(self._sandbox, "enforces_processes", True) and processes > 0
+        if sampled_pids and processes > pids:
+            self.breached = "pids"
+            return (f"pids limit {pids} reached: {processes} processes (sampled by the supervisor; no pids "
                     f"cgroup here); worker and its children killed")
         limit = self._sandbox.memory_limit_bytes
         memory = usage.get("memory_bytes")
         if limit and not self._sandbox.enforces_memory and isinstance(memory, int) and memory > limit:
+            if sampled_pids and processes >= pids:
+                # Many processes, each small, together over the memory figure: the fork bomb is the cause.
+                self.breached = "pids"
+                return (f"pids limit {pids} reached: {processes} processes holding {memory // (1024 * 1024)} MiB "
+                        f"together, over the memory limit of {limit // (1024 * 1024)} MiB (sampled by the "
+                        f"supervisor; no cgroup here); worker and its children killed")
             self.breached = "memory"
             return (f"memory limit {limit // (1024 * 1024)} MiB exceeded: {memory // (1024 * 1024)} MiB resident "
                     f"(sampled by the supervisor; no cgroup here); worker killed")
@@ -92,9 +119,12 @@ class WorkerRunner:
     """
 
     def __init__(self, entry_point: str, *, sandbox: Sandbox, logger: logging.Logger, grace_s: float = 3.0,
-                 message_limit: int = MAX_MESSAGE_BYTES, value: str | None = None) -> None:
+                 message_limit: int = MAX_MESSAGE_BYTES, value: str | None = None,
+                 startup_timeout_s: float = _STARTUP_TIMEOUT_S) -> None:
         self.entry_point = entry_point
         self._value = value
+        # The worker imports the plugin before its hello: discovery bounds that import by its own deadline.
+        self._startup_timeout = startup_timeout_s
         self._launch_lock = threading.Lock()
         self.sandbox = sandbox
         self.isolation = sandbox.kind
@@ -106,6 +136,7 @@ class WorkerRunner:
         self._next_id = 0
         self.launches = 0
         self.hello: dict[str, Any] = {}
+        self._health: HealthWatch | None = None
         # Workers (and podman's conmon, which drops an "oom" file in its cwd after a memory kill) start in
         # a private empty directory, never in the operator's.
         self._cwd = tempfile.mkdtemp(prefix="drhost-worker-")
@@ -124,8 +155,12 @@ class WorkerRunner:
         assert self._proc.stdout is not None and self._proc.stderr is not None
         threading.Thread(target=self._read_stdout, args=(self._proc.stdout, self._messages), daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True).start()
-        kind, message = self._next_message(time.monotonic() + _STARTUP_TIMEOUT_S)
+        kind, message = self._next_message(time.monotonic() + self._startup_timeout)
         if kind == "msg" and message["type"] == "hello":
+            mismatch = protocol_mismatch(message, self.entry_point)
+            if mismatch is not None:
+                self._kill()
+                raise WorkerMismatch(mismatch)
             self.hello = message
             return
         reason = self._describe_failure(kind, message)
@@ -222,6 +257,25 @@ class WorkerRunner:
     # -- calls ----------------------------------------------------------------------
     def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
+        self._health = None
+        outcome = self._call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
+        health = self._call_health()
+        if health is None or outcome.ok:
+            return outcome
+        # The limit that stopped the call is its ending (pids, memory, CPU time), from the kernel's counters.
+        named = name_limit(outcome, health.limits, health.peak, self.sandbox)
+        if named.ended == "pids" and self._proc is not None:
+            # Whatever the bomb left (processes holding the pids limit) must not outlive its ending.
+            self._kill()
+            named = dataclasses.replace(named, detail={**named.detail, "killed": True})
+        return named
+
+    def _call_health(self) -> HealthWatch | None:
+        """The usage and limit watch of the last call (None when it never reached the worker)."""
+        return self._health
+
+    def _call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         started = time.monotonic()
 
         def state() -> dict[str, Any]:
@@ -230,6 +284,10 @@ class WorkerRunner:
         if self._proc is None or self._proc.poll() is not None or self._launch_lock.locked():
             try:
                 self.start()
+            except WorkerMismatch as exc:
+                # Starting it again would meet the same stale worker: one clear refusal, never retried as a crash.
+                return CallOutcome("protocol", message=str(exc), retryable=False, state=state(),
+                                   duration_s=time.monotonic() - started, detail={"handshake": "mismatch"})
             except WorkerDied as exc:
                 return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state(),
                                    duration_s=time.monotonic() - started)
@@ -247,7 +305,7 @@ class WorkerRunner:
         deadline = started + timeout_s
         cancelled_at: float | None = None
         stop_reason = ""
-        health = HealthWatch(self.sandbox)
+        health = self._health = HealthWatch(self.sandbox)
         while True:
             limit = deadline if cancelled_at is None else cancelled_at + self._grace
             kind, incoming = self._next_message(min(limit, time.monotonic() + _SAMPLE_EVERY_S))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any, Protocol
@@ -62,6 +63,64 @@ class Sandbox(Protocol):
         ...
 
 
+class DelegatingSandbox:
+    """A wrapper that adds something (confinement, a note) to the sandbox holding the limits.
+
+    Everything not overridden is the inner sandbox's; ``inner`` is public so that callers
+    can find the sandbox under any wrappers (``_confine.innermost``).
+    """
+
+    def __init__(self, inner: Sandbox) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.memory_limit_bytes = inner.memory_limit_bytes
+        self.enforces_memory = inner.enforces_memory
+        self.process_limit = getattr(inner, "process_limit", None)
+        self.enforces_processes = getattr(inner, "enforces_processes", True)
+
+    def __getattr__(self, name: str) -> Any:
+        # What else the runner asks of the real sandbox (exit_limit after a cgroup OOM kill), read when asked.
+        return getattr(self.inner, name)
+
+    def command(self, entry_point: str) -> list[str]:
+        return self.inner.command(entry_point)
+
+    def environment(self) -> dict[str, str]:
+        return self.inner.environment()
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    def started(self, pid: int) -> None:
+        self.inner.started(pid)
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float) -> None:
+        self.inner.stop(proc, grace_s)
+
+    def explain_exit(self, returncode: int) -> str | None:
+        return self.inner.explain_exit(returncode)
+
+    def usage(self) -> dict[str, Any]:
+        return self.inner.usage()
+
+    def in_force(self) -> dict[str, Any]:
+        return self.inner.in_force()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def worker_environment(limits: dict[str, Any], message_limit: int) -> dict[str, str]:
     """The explicit environment of a worker process on this machine."""
     env = {
@@ -78,6 +137,23 @@ def worker_environment(limits: dict[str, Any], message_limit: int) -> dict[str, 
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     return env
+
+
+def cpu_time_exit(returncode: int, limit_s: Any, used_s: float | None) -> str | None:
+    """Name ``RLIMIT_CPU`` when it ended the worker: SIGXCPU at the soft limit, or SIGKILL at the hard one.
+
+    drhost sets soft = hard, so the kernel sends SIGKILL; a SIGKILL is named the CPU time limit only when the
+    worker had used (nearly) its whole budget of CPU time (``used_s``: the last measurement, up to a sample
+    behind).
+    """
+    if not limit_s:
+        return None
+    limit = float(limit_s)
+    if returncode == -signal.SIGXCPU:
+        return f"CPU time limit {limit:g} s reached (RLIMIT_CPU; killed by SIGXCPU)"
+    if returncode == -signal.SIGKILL and used_s is not None and used_s >= limit - max(0.5, 0.05 * limit):
+        return f"CPU time limit {limit:g} s reached (RLIMIT_CPU; killed by SIGKILL after {used_s:.1f} s of CPU)"
+    return None
 
 
 def tree_usage(pid: int | None) -> dict[str, Any]:
@@ -122,6 +198,9 @@ class RlimitSandbox:
         self._command = command
         self.memory_limit_bytes: int | None = limits.get("memory_bytes")
         self._pid: int | None = None
+        #: The limit that ended the last worker (``cpu_time``), set by :meth:`explain_exit`.
+        self.exit_limit: str | None = None
+        self._cpu_seen: float | None = None
 
     def command(self, entry_point: str) -> list[str]:
         return self._command or [sys.executable, "-m", "drhost_hookspecs.worker", entry_point]
@@ -130,7 +209,8 @@ class RlimitSandbox:
         return worker_environment(self._limits, self._message_limit)
 
     def prepare(self) -> None:
-        return None
+        self.exit_limit = None
+        self._cpu_seen = None
 
     def started(self, pid: int) -> None:
         self._pid = pid
@@ -139,10 +219,16 @@ class RlimitSandbox:
         stop_process_group(proc, grace_s)
 
     def explain_exit(self, returncode: int) -> str | None:
-        return None
+        cpu = cpu_time_exit(returncode, self._limits.get("cpu_seconds"), self._cpu_seen)
+        if cpu is not None:
+            self.exit_limit = "cpu_time"
+        return cpu
 
     def usage(self) -> dict[str, Any]:
-        return tree_usage(self._pid)
+        found = tree_usage(self._pid)
+        if "cpu_seconds" in found:
+            self._cpu_seen = float(found["cpu_seconds"])
+        return found
 
     def in_force(self) -> dict[str, Any]:
         found: dict[str, Any] = {"mechanism": "rlimit"}

@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
 
+import psutil
+
 from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
 from drhost_hookspecs._protocol import error_to_json
 
+from .._stdout import plugin_code
 from ..context import HostContext
 from ._outcome import CallOutcome, outcome_from_error
 
 #: How long the transport may take, beyond the kill grace, to confirm that a stopped command is gone.
 COMMAND_STOP_S = 15.0
+#: How often the host's resident memory is sampled while a thread-class call runs.
+HOST_SAMPLE_EVERY_S = 0.25
+_MiB = 1024 * 1024
+
+
+class HostMemoryWatch:
+    """The thread class's honest ``memory_mb``: the host's resident memory, sampled while a call runs.
+
+    A plugin in a thread of the host cannot be held to a limit (it shares the host's memory), so nothing is
+    enforced. What can be said is whether the host grew past the class figure while the call ran; the
+    runner reports it in the outcome's ``host_memory`` and the orchestrator warns and records it.
+    """
+
+    def __init__(self, limit_mb: int | None) -> None:
+        self.limit_mb = limit_mb
+        self._process = psutil.Process()
+        self.start = self.peak = self._rss()
+
+    def _rss(self) -> int:
+        try:
+            return int(self._process.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._rss())
+
+    def finding(self) -> dict[str, Any] | None:
+        """When the call grew the host past the class figure: the numbers; else None."""
+        if not self.limit_mb or self.peak <= self.limit_mb * _MiB or self.peak <= self.start:
+            return None
+        return {"peak_mib": round(self.peak / _MiB), "start_mib": round(self.start / _MiB),
+                "memory_mb": self.limit_mb, "enforced": False}
 
 
 class ThreadRunner:
@@ -26,14 +63,17 @@ class ThreadRunner:
 
     isolation = "thread"
 
-    def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0) -> None:
+    def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0, memory_mb: int | None = None) -> None:
         self._plugin = plugin
         self._grace = grace_s
+        #: The class's ``memory_mb``: sampled against, never enforced (see HostMemoryWatch).
+        self.memory_mb = memory_mb
 
     def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         if op == "describe":
-            return CallOutcome("ok", result=self._plugin.describe())
+            with plugin_code():
+                return CallOutcome("ok", result=self._plugin.describe())
         assert ctx is not None
         box: dict[str, Any] = {}
         started = time.monotonic()
@@ -45,8 +85,14 @@ class ThreadRunner:
                 box["error"] = error_to_json(exc)
 
         thread = threading.Thread(target=target, name=f"plugin-{self._plugin.entry_point}-{step or op}", daemon=True)
+        memory = HostMemoryWatch(self.memory_mb)
         thread.start()
-        thread.join(timeout_s)
+        deadline = started + timeout_s
+        while True:
+            thread.join(max(0.0, min(HOST_SAMPLE_EVERY_S, deadline - time.monotonic())))
+            memory.sample()
+            if not thread.is_alive() or time.monotonic() >= deadline:
+                break
         timed_out = thread.is_alive()
         if timed_out:
             ctx.stop()
@@ -57,14 +103,20 @@ class ThreadRunner:
                 thread.join(self._grace)
         duration = time.monotonic() - started
         state = dict(ctx.state)
+        grown = memory.finding()
+        extra: dict[str, Any] = {} if grown is None else {"host_memory": grown}
         if timed_out:
             hung = thread.is_alive()
             return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s" + (
                 "; the thread did not stop and was abandoned" if hung else ""), state=state,
-                detail={"hung_thread": hung}, duration_s=duration)
+                detail={"hung_thread": hung, **extra,
+                        # which thread keeps running: the orchestrator marks its target "may still be changing"
+                        **({"thread": thread.name, "thread_ident": thread.ident} if hung else {})},
+                duration_s=duration)
         if "error" in box:
-            return outcome_from_error(box["error"], state, duration)
-        return CallOutcome("ok", result=box.get("result"), state=state, duration_s=duration)
+            failed = outcome_from_error(box["error"], state, duration)
+            return dataclasses.replace(failed, detail={**failed.detail, **extra}) if extra else failed
+        return CallOutcome("ok", result=box.get("result"), state=state, duration_s=duration, detail=extra)
 
     def close(self) -> None:
         return None

@@ -211,7 +211,16 @@ class Driver:
         policy = class_policy(self.session.config.data, step.plugin_class)
         usage = outcome.detail.get("usage") or {}
         peak = usage.get("memory_bytes")
-        if outcome.ended in ("memory", "killed"):
+        if outcome.ended == "pids":
+            self.report(failed("within_limits", where, outcome.message,
+                               f"start fewer processes (threads count too): class {step.plugin_class.value} allows "
+                               f"{policy.pids or 'the default number of'} at once ([class:{step.plugin_class.value}] "
+                               f"pids)", usage=usage))
+        elif outcome.ended == "cpu_time":
+            self.report(failed("within_limits", where, outcome.message,
+                               "use less CPU time in the worker process (RLIMIT_CPU ends it without cleanup)",
+                               usage=usage))
+        elif outcome.ended in ("memory", "killed"):
             self.report(failed("within_limits", where, outcome.message,
                                f"stay under the {policy.memory_mb} MiB of class {step.plugin_class.value} (stream "
                                f"instead of loading whole files; start fewer processes), or ask the operator for "

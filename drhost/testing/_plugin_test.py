@@ -124,7 +124,7 @@ def plugin_test(argument: str, *, plugin: str | None = None, alone: bool = False
                 report(passed("requirements", subject.plugin,
                               f"{len(subject.requirements)} declared, all installed: " +
                               ", ".join(f"{r.name} {r.installed}" for r in subject.requirements)))
-            registry = discover(blocked)
+            registry = discover(blocked, config=load_config(config_files, overrides).data)
             record = registry.records.get(subject.plugin)
             if record is None or record.status in ("blocked", "not_allowed"):
                 why = record.error if record else "not discovered"

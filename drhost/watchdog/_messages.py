@@ -192,6 +192,9 @@ class TimeoutReport:
     reason_detail: str | None = None
     #: The controller's usage, shown for plugin-execution timeouts (the plugin's code runs there).
     controller_environment: Environment | None = None
+    #: How much the class's CPU share throttled the step (cgroup ``cpu.stat`` of its worker): ``percent`` of its
+    #: CPU periods throttled, ``cpu_percent`` the class's share; None when it was not throttled or not measured.
+    cpu_throttled: Mapping[str, Any] | None = None
 
     @property
     def exceeded_s(self) -> float:
@@ -243,6 +246,11 @@ def reason_text(report: TimeoutReport, t: Translate = _identity) -> str:
         raise ValueError(f"unknown timeout category {category!r}")
     if report.reason_detail:
         text = t("{reason}, {detail}").format(reason=text, detail=report.reason_detail)
+    throttled = report.cpu_throttled
+    if throttled:
+        detail = t("throttled {percent}% of the time by cpu_percent = {limit}").format(
+            percent=throttled.get("percent"), limit=throttled.get("cpu_percent"))
+        text = t("{reason}, {detail}").format(reason=text, detail=detail)
     return text
 
 
@@ -298,4 +306,5 @@ def as_event_fields(report: TimeoutReport) -> dict[str, Any]:
         "context_path": report.context_path,
         "controller_environment": (None if report.controller_environment is None
                                    else report.controller_environment.as_dict()),
+        **({"cpu_throttled": dict(report.cpu_throttled)} if report.cpu_throttled else {}),
     }

@@ -45,6 +45,7 @@ def report_from_event(stage: str, step_label: str, data: Mapping[str, Any]) -> T
         environment=environment_from(data.get("environment")), context_path=data.get("context_path"),
         controller_environment=environment_from(controller) if data.get("category") == "plugin" and controller
         else None,
+        cpu_throttled=data.get("cpu_throttled") or None,
     )
 
 

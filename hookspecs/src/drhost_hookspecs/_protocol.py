@@ -19,7 +19,8 @@ PROTOCOL_VERSION = 1
 #: message type -> required keys and their JSON types (the schema of the protocol)
 MESSAGE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     # worker -> host
-    "hello": {"pid": int, "protocol": int},
+    # "protocol" (int) is required too, but checked by the host's handshake, which names a stale worker.
+    "hello": {"pid": int},
     "fatal": {"error": dict},
     "request": {"id": int, "call_id": int, "method": str, "args": dict},
     "notify": {"call_id": int, "method": str, "args": dict},
@@ -38,6 +39,61 @@ MESSAGE_KEYS = {kind: (*fields, *_FREE_FIELDS.get(kind, ())) for kind, fields in
 
 class ProtocolError(Exception):
     """A message that is not valid JSON, too large, or not of a known shape."""
+
+
+#: What a plugin's state and results may hold; said in every refusal.
+JSON_VALUES = "state and results must be JSON values (str, int, float, bool, None, list, dict)"
+
+
+def _kind(value: object) -> str:
+    """How a refusal names a value's type: ``a socket``, ``an Event``, ``a set``."""
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}"
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """Why ``value`` is not a strict JSON value, naming where in it (``ctx.state['conn'] is a socket``); or None.
+
+    Strict: NaN and the infinities are refused (JSON has no such numbers, and the run's state, journal and
+    ``--json`` output must parse anywhere); so are object keys that are not strings (JSON would turn them into
+    strings behind the plugin's back) and cycles. Tuples are accepted as arrays (they come back as lists).
+    """
+    stack: list[tuple[Any, str, tuple[int, ...]]] = [(value, where, ())]
+    while stack:
+        item, path, parents = stack.pop()
+        if item is None or isinstance(item, (str, bool, int)):
+            continue
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return f"{path} is {item!r}, which is not JSON (no NaN or Infinity)"
+            continue
+        if isinstance(item, (dict, list, tuple)):
+            if id(item) in parents:
+                return f"{path} contains itself (a cycle), which is not JSON"
+            inner = (*parents, id(item))
+            if isinstance(item, dict):
+                for key, child in reversed(list(item.items())):
+                    if not isinstance(key, str):
+                        return f"{path} has the key {key!r}, {_kind(key)}: JSON object keys are strings"
+                    stack.append((child, f"{path}[{key!r}]", inner))
+            else:
+                stack.extend((child, f"{path}[{i}]", inner) for i, child in reversed(list(enumerate(item))))
+            continue
+        return f"{path} is {_kind(item)}, which is not JSON"
+    return None
+
+
+def call_label(plugin: str, op: str, *, step: str | None = None, stage: str | None = None) -> str:
+    """Which call a message is about: ``plugin 'x' step 'backup-db'``, ``plugin 'x' rollback of stage 'upgrade'``."""
+    if step:
+        return f"plugin {plugin!r} step {step!r}" + (f" ({op.replace('_', ' ')})" if op != "run_step" else "")
+    return f"plugin {plugin!r} {op.replace('_', ' ')}" + (f" of stage {stage!r}" if stage else "")
+
+
+def not_json_message(who: str, problem: str) -> str:
+    """The one refusal for a value that is not JSON: ``plugin 'x' step 'y': ctx.state['conn'] is a socket, ...``."""
+    return f"{who}: {problem}; {JSON_VALUES}"
 
 
 def encode(message: dict[str, Any], *, limit: int = MAX_MESSAGE_BYTES) -> bytes:

@@ -15,10 +15,21 @@ import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, BinaryIO
 
+from ._confine import CONFINE_ENV, confine
 from ._errors import Cancelled, StepFailed
 from ._limits import apply_limits
 from ._plugin import LoadedPlugin
-from ._protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
+from ._protocol import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    call_label,
+    decode,
+    encode,
+    error_to_json,
+    json_problem,
+    not_json_message,
+)
 from ._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
 
 
@@ -58,8 +69,11 @@ class WorkerContext:
         self.package = PackageInfo(**package)
         self.config: Mapping[str, Any] = dict(payload.get("config") or {})
         self.state: MutableMapping[str, Any] = dict(payload.get("state") or {})
-        #: The state the host last stored: what it keeps if the current state cannot be sent.
-        self.saved_state: dict[str, Any] = dict(self.state)
+        #: The state the host last stored (a copy the plugin cannot reach): what it keeps if the current state
+        #: cannot be sent.
+        self.saved_state: dict[str, Any] = json.loads(json.dumps(self.state))
+        #: Which call this is, for refusals: ``plugin 'x' step 'y'``.
+        self.label = "plugin"
 
     # -- plumbing -------------------------------------------------------------
     def _request(self, method: str, **args: Any) -> Any:
@@ -145,7 +159,11 @@ class WorkerContext:
 
     def checkpoint(self) -> None:
         # A request, not a notification: when it returns, the state is on the host's disk.
-        state = dict(self.state)
+        # Refused here, before anything is sent: a value that is not JSON fails the step, not the channel.
+        problem = json_problem(self.state, "ctx.state")
+        if problem is not None:
+            raise StepFailed(not_json_message(self.label, f"ctx.checkpoint(): {problem}"), retryable=False)
+        state = json.loads(json.dumps(self.state))
         self._request("checkpoint", state=state)
         self.saved_state = state
 
@@ -185,11 +203,18 @@ class Worker:
             self._current = None
 
     def _reply(self, ctx: WorkerContext, message: dict[str, Any]) -> None:
+        # A state or result that is not JSON fails the call at once, named (never a reply that cannot be
+        # encoded, which would leave the host waiting for the whole timeout).
+        problem = json_problem(message["state"], "ctx.state")
+        if problem is None and message["type"] == "result":
+            problem = json_problem(message["result"], "the result")
         try:
+            if problem is not None:
+                raise ProtocolError(not_json_message(ctx.label, problem))
             self._channel.send(message)
-        except ProtocolError as exc:
-            # Too large to send: fail the call, and hand back the state the host already had (it fits), so
-            # nothing a compensation needs is wiped.
+        except (ProtocolError, TypeError, ValueError, RecursionError) as exc:
+            # Not JSON, or too large to send: fail the call, and hand back the state the host already had (it
+            # fits), so nothing a compensation needs is wiped.
             self._channel.send({"type": "error", "id": message["id"], "state": ctx.saved_state,
                                 "error": {"kind": "step_failed", "message": str(exc), "retryable": False}})
 
@@ -216,6 +241,8 @@ class Worker:
                                         "state": {}})
             elif kind == "call":
                 ctx = WorkerContext(self._channel, int(message["id"]), message["ctx"])
+                ctx.label = call_label(self._plugin.entry_point, str(message["op"]), step=message.get("step"),
+                                       stage=message.get("stage"))
                 self._current = ctx
                 threading.Thread(target=self._execute, args=(message, ctx), daemon=True).start()
             elif kind == "reply" and self._current is not None:
@@ -232,6 +259,18 @@ def _protect_stdout() -> BinaryIO:
     return os.fdopen(protocol_fd, "wb", buffering=0)
 
 
+def _load(args: Sequence[str], confined: Mapping[str, Any]) -> LoadedPlugin:
+    try:
+        return LoadedPlugin.from_value(args[0], args[1]) if len(args) == 2 else LoadedPlugin.from_entry_point(args[0])
+    except (ImportError, LookupError) as exc:
+        unreadable = confined.get("unreadable")
+        if unreadable:
+            # The plugin's files may be where the worker identity cannot read them: say so, not just "no module".
+            raise type(exc)(f"{exc} (worker user {confined.get('user')!r} cannot read: {', '.join(unreadable)}; "
+                              f"make the plugin's installation readable by that user)") from exc
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 2):
@@ -241,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = json.loads(os.environ.get("DRHOST_WORKER_LIMITS", "{}"))
     try:
         applied = apply_limits(limits, os.getpid())
-        plugin = LoadedPlugin.from_value(args[0], args[1]) if len(args) == 2 else LoadedPlugin.from_entry_point(
-            args[0])
+        if CONFINE_ENV in os.environ:
+            cgroups = [os.path.dirname(procs) for procs in limits.get("cgroup_procs", [])]
+            applied["confined"] = confine({**json.loads(os.environ.pop(CONFINE_ENV)), "cgroup_dirs": cgroups})
+        plugin = _load(args, applied.get("confined") or {})
     except BaseException as exc:
         channel.send({"type": "fatal", "error": error_to_json(exc)})
         return 3
