@@ -105,6 +105,7 @@ def probe(ctx):
     ctx.state["raise_own_limit"] = attempt(
         lambda: write("/sys/fs/cgroup/memory" + memory + "/memory.limit_in_bytes", "-1"))
     ctx.state["host_file"] = attempt(lambda: write(HOST_FILE))
+    ctx.state["etc_file"] = attempt(lambda: write("/etc/" + MARKER))
     ctx.state["plugin_dir"] = attempt(lambda: write(os.path.join(os.path.dirname(__file__), "planted.py")))
     ctx.state["scratch"] = attempt(lambda: write("/tmp/" + MARKER))
     ctx.state["visible_pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
@@ -134,8 +135,12 @@ def test_a_hostile_business_plugin_cannot_reach_root_cgroups_host_files_processe
         assert state["uid"] == [WORKER.pw_uid, WORKER.pw_uid, WORKER.pw_gid, WORKER.pw_gid, []]
         assert int(state["caps"], 16) == 0 and state["no_new_privs"] == "1"
         assert state["become_root"] == "EPERM"
-        for escape in ("leave_cgroup", "join_parent_cgroup", "raise_own_limit", "host_file", "plugin_dir"):
+        for escape in ("leave_cgroup", "join_parent_cgroup", "raise_own_limit", "etc_file", "plugin_dir"):
             assert state[escape] in ("EROFS", "EACCES"), (escape, state[escape])
+        # A checkout under /tmp (a fresh CI clone) is behind the worker's own scratch /tmp: not even visible.
+        hidden = host_file.is_relative_to("/tmp")
+        assert state["host_file"] in (("ENOENT",) if hidden else ("EROFS", "EACCES")), state["host_file"]
+        assert not Path("/etc", marker).exists()
         assert not host_file.exists() and not (site / "planted.py").exists()
         assert state["scratch"] == "allowed" and not Path("/tmp", marker).exists()  # its own /tmp, not the host's
         assert state["visible_pids"] <= 3  # itself (pid 1), the step's thread is not a process
@@ -148,6 +153,7 @@ def test_a_hostile_business_plugin_cannot_reach_root_cgroups_host_files_processe
         victim.wait()
         listener.close()
         host_file.unlink(missing_ok=True)
+        Path("/etc", marker).unlink(missing_ok=True)
 
 
 @needs_worker_user
