@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+from typing import Any
+
+#: What an error's message quotes of a value at most: an over-long value must not bury the line that names it.
+QUOTE_LIMIT = 200
+
+#: Attributes an error may carry; :meth:`DrhostError.details` reports those it has (``--json`` errors).
+_DETAIL_ATTRIBUTES = ("file", "section", "key", "value", "expected", "plugin", "target", "variable", "argument",
+                      "path", "run")
+
+#: An echoed value longer than this is cut: one error stays one readable line.
+SHOWN_CHARS = 200
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` safe to print on a terminal: control characters (C0, DEL, C1, newlines), format characters
+    (bidi overrides) and lone surrogates become ``\\xNN``/``\\uNNNN`` escapes, and a long text is cut.
+
+    Used wherever a value read from a file or the command line is echoed, so that a config file can
+    neither move the cursor, recolour the terminal nor split one error into several misleading lines."""
+    out = []
+    for char in text[:limit]:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    if len(text) > limit:
+        out.append(f"... ({len(text)} characters)")
+    return "".join(out)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character :func:`shown` would escape (a name or path must not)."""
+    return any(unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") for char in text)
 
 
 class ExitCode:
@@ -23,6 +58,10 @@ class DrhostError(Exception):
 
     exit_code = ExitCode.FAILED
 
+    def details(self) -> dict[str, Any]:
+        """The data this error carries (file, key, value, plugin, target, ...), for the ``--json`` error object."""
+        return error_details(self)
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -33,8 +72,9 @@ class Origin:
     key: str
 
     def __str__(self) -> str:
-        section = f"[{self.section}] " if self.section else ""
-        return f"{self.file}: {section}{self.key}"
+        section = (f"[{shown(self.section)}]" + (" " if self.key else "")) if self.section else ""
+        where = f"{section}{shown(self.key)}"
+        return f"{shown(self.file)}: {where}" if where else shown(self.file)
 
 
 class ConfigError(DrhostError):
@@ -46,8 +86,13 @@ class ConfigError(DrhostError):
         self.origin = origin
         self.expected = expected
         self.found = found
-        found_text = found if isinstance(found, str) and found.startswith("<") else repr(found)
+        # "<...>" describes what was found (no quotes); anything else is the value itself, quoted.
+        found_text = shown(found) if isinstance(found, str) and found.startswith("<") else shown(repr(found))
         super().__init__(f"{origin}: expected {expected}, found {found_text}")
+
+    def details(self) -> dict[str, Any]:
+        found = {"file": self.origin.file, "section": self.origin.section, "key": self.origin.key}
+        return {**{k: v for k, v in found.items() if v}, "expected": self.expected, "value": json_value(self.found)}
 
 
 class RefusedError(DrhostError):
@@ -60,3 +105,53 @@ class StateError(DrhostError):
     """A run's state cannot be read or trusted."""
 
     exit_code = ExitCode.REFUSED
+
+
+class UsageError(DrhostError):
+    """The command line is wrong: names the argument, what was expected and what was found."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, *, argument: str | None = None, value: str | None = None) -> None:
+        self.argument = argument
+        self.value = value
+        super().__init__(message)
+
+
+class EnvironmentVariableError(DrhostError):
+    """A ``DRHOST_*`` environment variable drhost reads has a value it cannot use."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, variable: str, value: str, expected: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.expected = expected
+        super().__init__(f"environment variable {variable}={quote(value)}: expected {expected}")
+
+
+def quote(value: object) -> str:
+    """``repr(value)`` as :func:`shown` prints it: cut, control characters escaped, one readable line."""
+    return shown(repr(value), QUOTE_LIMIT)
+
+
+def json_value(value: object) -> Any:
+    """``value`` as JSON can carry it: text cut like :func:`quote`, numbers that JSON allows, else its text."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}… ({len(text)} characters)"
+
+
+def error_details(exc: BaseException) -> dict[str, Any]:
+    """The data attributes ``exc`` carries (any exception: a package error is not a :class:`DrhostError`)."""
+    if isinstance(exc, DrhostError) and type(exc).details is not DrhostError.details:
+        return exc.details()
+    found: dict[str, Any] = {}
+    for name in _DETAIL_ATTRIBUTES:
+        value = getattr(exc, name, None)
+        if value is not None and value != "":
+            found[name] = json_value(value)
+    return found

@@ -43,7 +43,16 @@ def parse_spec(value: str) -> FailpointSpec:
     return spec
 
 
-_SPEC = parse_spec(os.environ[ENV]) if os.environ.get(ENV) else None
+def _spec_from_environment() -> FailpointSpec | None:
+    try:
+        return parse_spec(os.environ[ENV]) if os.environ.get(ENV) else None
+    except ValueError:
+        # Not at import (that would be a traceback before any command runs): drhost._environment refuses the
+        # value, naming it, before a command starts.
+        return None
+
+
+_SPEC = _spec_from_environment()
 _LOG = os.environ.get(LOG_ENV) or None
 _hits = 0
 _lock = threading.Lock()

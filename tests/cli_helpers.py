@@ -110,3 +110,19 @@ def whole_version(root: Path, seed_jobs: list[tuple[Any, ...]]) -> str:
         if found == whole:
             return version
     return f"mixed: {found}"
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every entry under ``root`` (and ``root`` itself) with its type, mode and content hash: equal digests
+    before and after a command mean the command changed nothing on that target."""
+    import hashlib
+    import stat
+
+    found: dict[str, tuple[str, int, str]] = {}
+    for path in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+        info = path.lstat()
+        kind = "dir" if stat.S_ISDIR(info.st_mode) else "link" if stat.S_ISLNK(info.st_mode) else "file"
+        body = (str(path.readlink()) if kind == "link" else
+                hashlib.sha256(path.read_bytes()).hexdigest() if kind == "file" else "")
+        found[str(path.relative_to(root))] = (kind, stat.S_IMODE(info.st_mode), body)
+    return found

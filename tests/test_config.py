@@ -60,7 +60,7 @@ def test_bad_type_names_file_section_key_expected_and_found(tmp_path: Path) -> N
     ini = write(tmp_path / "ops.ini", "[class:core]\nretries = three\n")
     with pytest.raises(ConfigError) as info:
         load_config([ini])
-    assert str(info.value) == f"{ini}: [class:core] retries: expected an integer, found 'three'"
+    assert str(info.value) == f"{ini}: [class:core] retries: expected an integer from 0 to 100, found 'three'"
 
 
 def test_out_of_range_value_is_refused_with_its_origin(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_out_of_range_value_is_refused_with_its_origin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config([ini])
     assert f"{ini}: [class:business] cpu_percent" in str(info.value)
-    assert "<= 100" in str(info.value) and "250" in str(info.value)
+    assert "from 1 to 100" in str(info.value) and "250" in str(info.value)
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:

@@ -183,6 +183,58 @@ def test_same_run_reacquires_its_lock(session: LocalSession, root: Path) -> None
     assert written.pid == os.getpid() and written.token != crashed.token
 
 
+@pytest.mark.parametrize("holder", ["live-pid-here", "other-controller-fresh"])
+def test_same_run_from_a_live_controller_is_refused(session: LocalSession, root: Path, holder: str) -> None:
+    """The same run id does not take a lock whose holder may be alive (a copy of the run resumed elsewhere)."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        alive = (other_owner(run_id="run-a", controller=socket.gethostname(), pid=sleeper.pid)
+                 if holder == "live-pid-here" else other_owner(run_id="run-a", since=time.strftime(
+                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        plant(root, alive.to_json())
+        with pytest.raises(TargetLocked) as refused:
+            lock_for(session, root, "run-a").acquire()
+        assert refused.value.stale is False and refused.value.owner == alive
+        assert "not provably gone" in str(refused.value) and "--break-lock" not in str(refused.value)
+        assert LockOwner.from_json(lock_file(root).read_text()) == alive
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_same_run_takes_back_a_lock_stale_by_both_clocks(session: LocalSession, root: Path) -> None:
+    """The same run from another controller takes its lock back once both the heartbeat and the mtime are old."""
+    old = other_owner(run_id="run-a", since=TWO_HOURS_AGO)
+    plant(root, old.to_json(), age_s=7200)
+    assert lock_for(session, root, "run-a").acquire() == old
+    plant(root, old.to_json(), age_s=0)
+    with pytest.raises(TargetLocked):
+        lock_for(session, root, "run-a").acquire()
+
+
+def test_break_lock_still_overrides_a_live_holder_of_the_same_run(session: LocalSession, root: Path) -> None:
+    """--break-lock stays the operator's explicit override, for the same run as for another."""
+    alive = other_owner(run_id="run-a", since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    plant(root, alive.to_json())
+    taker = lock_for(session, root, "run-a")
+    assert taker.acquire(break_lock=True) == alive
+    assert LockOwner.from_json(lock_file(root).read_text()) == taker.held
+
+
+def test_a_lock_this_process_forgot_is_taken_back_one_it_holds_is_not(session: LocalSession, root: Path) -> None:
+    """This process's own lock: refused while a TargetLock here holds it, taken back once it was forgotten."""
+    first = lock_for(session, root, "run-a")
+    first.acquire()
+    with pytest.raises(TargetLocked):
+        lock_for(session, root, "run-a").acquire()
+    held = first.held
+    first.forget()
+    again = lock_for(session, root, "run-a")
+    assert again.acquire() == held
+    again.release()
+    assert not lock_file(root).exists()
+
+
 def test_release_leaves_another_runs_lock(session: LocalSession, root: Path) -> None:
     """release() removes nothing when the file holds another run's token."""
     holder = lock_for(session, root, "run-a")
@@ -215,8 +267,9 @@ def test_a_mutex_left_by_a_killed_script_is_cleared(session: LocalSession, root:
     assert not leftover.exists()
 
 
-@pytest.mark.parametrize("content", ["", "not json {", '{"run_id": "x"}', "[1, 2]", "\udcff\udcfe"],
-                         ids=["empty", "not-json", "missing-keys", "not-an-object", "not-utf8"])
+@pytest.mark.parametrize("content", ["", "not json {", '{"run_id": "x"}', "[1, 2]", "\udcff\udcfe",
+                                     other_owner(controller="ctl\x1b]0;owned\x07").to_json()],
+                         ids=["empty", "not-json", "missing-keys", "not-an-object", "not-utf8", "terminal-escape"])
 def test_garbage_lock_file_is_stale_and_can_be_broken(session: LocalSession, root: Path, content: str) -> None:
     """An unreadable lock file is a stale lock ("unreadable lock file"), and break_lock replaces it."""
     path = lock_file(root)
@@ -350,3 +403,31 @@ def test_over_a_real_ssh_session(ssh_host: SshHost, tmp_path: Path) -> None:
     finally:
         ssh.close()
     assert not list(tmp_path.rglob("PWNED"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not available, reason=why)
+@pytest.mark.sshd
+def test_same_run_from_two_controllers_over_real_ssh(ssh_host: SshHost, tmp_path: Path) -> None:
+    """Over a real sshd, a second controller of the same run is refused while the first holds the lock (its
+    process alive), and takes it back once the first has forgotten it."""
+    target = SshTarget(ssh_host.name, ssh_host.host, ssh_host.port, key_file=str(ssh_host.client_key),
+                       known_hosts=str(ssh_host.known_hosts))
+    sessions = [SshSession(ssh_host.name, target, run_id="run-a", work_dir=str(tmp_path / f"work{i}"),
+                           kill_grace_s=1.0, poll_interval_s=0.05) for i in (1, 2)]
+    try:
+        first = TargetLock(sessions[0], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a")
+        assert first.acquire() is None
+        with pytest.raises(TargetLocked) as refused:
+            TargetLock(sessions[1], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a").acquire()
+        assert refused.value.owner == first.held and "not provably gone" in str(refused.value)
+        assert LockOwner.from_json(lock_file(ssh_host.root).read_text()) == first.held
+        held = first.held
+        first.forget()
+        second = TargetLock(sessions[1], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a")
+        assert second.acquire() == held
+        second.release()
+        assert not lock_file(ssh_host.root).exists()
+    finally:
+        for session in sessions:
+            session.close()

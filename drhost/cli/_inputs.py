@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,15 @@ from ..demo.environment import (
 from ..demo.sshd import SshHost
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
 from ..orchestrator._rollout import Budget, RolloutError, batches_for
-from ..packaging import Package, PackageError, read_package, verify_payload
+from ..packaging import (
+    DEFAULT_MAX_UNPACKED_BYTES,
+    Package,
+    PackageError,
+    check_product,
+    read_package,
+    verify_payload,
+)
+from ..packaging.manifest import MIB
 from ..plan import Plan, build_plan, unknown_timeout_keys
 from ..plugins import Registry, check_registry, discover
 from ..state import state_root
@@ -31,10 +42,19 @@ from ..supervisor._podman import container_available
 #: Checked before a run is created, so that nothing is half-started.
 BUILT_TRANSPORTS = ("local", "ssh")
 BUILT_ISOLATIONS = ("thread", "process", "container")
+#: The schema's bound of [run] forks, said with the option's name when --forks is out of it.
+MAX_FORKS = 1000
 
 
 class PackageRefused(DrhostError):
+    """An unusable package: bad input (exit 2), refused before any run or target is touched."""
+
     exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, path: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.key = key
 
 
 def container_check(config: LoadedConfig, plan: Plan) -> str | None:
@@ -77,24 +97,106 @@ def blocked_plugins(values: list[str] | None) -> list[str]:
     return blocked
 
 
-def _check_targets(config: LoadedConfig) -> None:
+#: Files an SSH target reads its credentials from: a run fails at connect time without them.
+KEY_FILES = ("key_file", "password_file")
+#: Where settings of ``--demo`` come from (drhost.config's ``base``).
+DEMO_ORIGIN = "demo inventory"
+
+
+def _target_problems(config: LoadedConfig, name: str, target: dict[str, object]) -> list[ConfigError]:
+    problems = []
+    root = target.get("root")
+    if not root:
+        problems.append(ConfigError(config.origin(("targets", name, "root")),
+                                    "the product's install root on the target", "<nothing>"))
+    elif target["transport"] == "local" and not Path(str(root)).is_absolute():
+        problems.append(ConfigError(config.origin(("targets", name, "root")), "an absolute path", root))
+    if target["transport"] == "ssh" and not target.get("host"):
+        problems.append(ConfigError(config.origin(("targets", name, "host")),
+                                    "the host name or address to reach over SSH", "<nothing>"))
+    if target["transport"] not in BUILT_TRANSPORTS:
+        problems.append(ConfigError(config.origin(("targets", name, "transport")),
+                                    f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)})",
+                                    target["transport"]))
+    for key in KEY_FILES if target["transport"] == "ssh" else ():
+        # The SSH demo's keys are made when its sshd starts, after these checks.
+        if target.get(key) and config.origin(("targets", name, key)).file != DEMO_ORIGIN:
+            found = _not_a_readable_file(Path(str(target[key])))
+            if found:
+                problems.append(ConfigError(config.origin(("targets", name, key)), "a readable regular file",
+                                            f"<{found}: {target[key]}>"))
+    return problems
+
+
+def _not_a_readable_file(path: Path) -> str | None:
+    """What ``path`` is instead of a file this process can read, or None when it is one."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return "missing" if isinstance(exc, FileNotFoundError) else f"not reachable: {exc.strerror}"
+    if stat.S_ISDIR(info.st_mode):
+        return "a directory"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "not readable by this user"
+    return None
+
+
+def root_identity(target: dict[str, object]) -> tuple[str, str]:
+    """(machine, path) naming where a target's root really is: two targets with equal identities (or one
+    inside the other) would drive one install from two sides. The path is normalised; on this machine
+    symlinks are resolved too, since the link and its destination are the same install."""
+    root = str(target.get("root") or "")
+    if target["transport"] == "local":
+        return "localhost", os.path.realpath(root)
+    path = posixpath.normpath(root)
+    if path.startswith("//"):  # kept by normpath (POSIX leaves its meaning open); on a Linux target it is '/'
+        path = "/" + path.lstrip("/")
+    return f"{str(target.get('host') or '').lower()}:{target.get('port') or 22}", path
+
+
+def _contains(outer: str, inner: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _shared_roots(config: LoadedConfig, targets: dict[str, dict[str, object]]) -> list[ConfigError]:
+    problems = []
+    seen: list[tuple[str, tuple[str, str]]] = []
+    for name, target in sorted(targets.items()):
+        if not target.get("root") or target["transport"] not in BUILT_TRANSPORTS:
+            continue
+        machine, path = root_identity(target)
+        for other, (other_machine, other_path) in seen:
+            if machine != other_machine or not (_contains(other_path, path) or _contains(path, other_path)):
+                continue
+            how = "the same root" if path == other_path else "a root inside the other's"
+            problems.append(ConfigError(config.origin(("targets", name, "root")),
+                                        f"a root no other target has (target {other} has {how}: {other_path} on "
+                                        f"{other_machine})", target["root"]))
+            break
+        seen.append((name, (machine, path)))
+    return problems
+
+
+def targets_well_formed(config: LoadedConfig) -> bool:
+    """Whether the targets have the shape :func:`target_problems` reads (a config with schema problems
+    elsewhere still gets its targets checked by ``config check``)."""
+    targets = config.data.get("targets")
+    return isinstance(targets, dict) and all(
+        isinstance(t, dict) and isinstance(t.get("transport"), str)
+        and all(isinstance(t.get(k, ""), str) for k in ("root", "host", *KEY_FILES)) for t in targets.values())
+
+
+def target_problems(config: LoadedConfig) -> list[ConfigError]:
+    """Every problem of the targets, in the order an operator fixes them: each target's own, then clashes."""
     targets = config.data["targets"]
     if not targets:
-        raise ConfigError(Origin("command line", "", "targets"),
-                          "at least one target: -i inventory.ini with [target:NAME] sections, or --demo", "<none>")
-    for name, target in targets.items():
-        if not target.get("root"):
-            raise ConfigError(config.origin(("targets", name, "root")), "the product's install root on the target",
-                              "<nothing>")
-        if target["transport"] == "local" and not Path(target["root"]).is_absolute():
-            raise ConfigError(config.origin(("targets", name, "root")), "an absolute path", target["root"])
-        if target["transport"] == "ssh" and not target.get("host"):
-            raise ConfigError(config.origin(("targets", name, "host")), "the host name or address to reach over SSH",
-                              "<nothing>")
-        if target["transport"] not in BUILT_TRANSPORTS:
-            raise ConfigError(config.origin(("targets", name, "transport")),
-                              f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)})",
-                              target["transport"])
+        return [ConfigError(Origin("command line", "", "targets"),
+                            "at least one target: -i inventory.ini with [target:NAME] sections, or --demo",
+                            "<none>")]
+    problems = [p for name, target in targets.items() for p in _target_problems(config, name, target)]
+    return problems + _shared_roots(config, targets)
 
 
 def _section_origin(config: LoadedConfig, path: tuple[str, ...]) -> Origin:
@@ -105,21 +207,33 @@ def _section_origin(config: LoadedConfig, path: tuple[str, ...]) -> Origin:
     return config.origin(path)
 
 
-def _check_plugin_sections(config: LoadedConfig, registry: Registry) -> None:
+def plugin_section_problems(config: LoadedConfig, registry: Registry) -> list[ConfigError]:
+    """Sections (or ``--set plugin.NAME.KEY``) of plugins that are not installed, and bad plugin settings."""
+    problems = []
     for name in list(config.data["plugins"]):
         record = registry.records.get(name)
         if record is None:
             known = ", ".join(sorted(registry.records)) or "none installed"
-            raise ConfigError(_section_origin(config, ("plugins", name)),
-                              f"a section for an installed plugin ({known})", name)
-        if record.usable:
-            validate_plugin_section(config, name, record.config_schema)
+            problems.append(ConfigError(_section_origin(config, ("plugins", name)),
+                                        f"a section for an installed plugin ({known})", name))
+        elif record.usable:
+            try:
+                validate_plugin_section(config, name, record.config_schema)
+            except ConfigError as exc:
+                problems.append(exc)
+    return problems
+
+
+def input_problems(config: LoadedConfig, registry: Registry) -> list[ConfigError]:
+    """The problems of targets and plugin sections, all of them (``config check`` lists every one)."""
+    return target_problems(config) + plugin_section_problems(config, registry)
 
 
 def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
     """Every check that can be made before a run exists; returns the plan."""
-    _check_targets(config)
-    _check_plugin_sections(config, registry)
+    problems = input_problems(config, registry)
+    if problems:
+        raise problems[0]
     plan = build_plan(registry, config.data)
     for plugin in plan.plugins:
         if plugin.isolation not in BUILT_ISOLATIONS:
@@ -164,17 +278,30 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
     return plan
 
 
-def load_package(path_text: str, origin: Origin) -> Package:
+def load_package(path_text: str, origin: Origin, config: LoadedConfig | None = None) -> Package:
+    """Read and verify the package; with ``config``, also against ``[package]`` (product, size limit).
+
+    Every problem is a PackageRefused (exit 2): the package is bad input, and nothing exists yet."""
     path = Path(path_text)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ConfigError(origin, "an upgrade package file (drproduct-VERSION.tar.gz)",
+                          f"<{'a directory' if path.is_dir() else 'not a regular file'}: {path}>")
     if not path.is_file():
         raise ConfigError(origin, "an upgrade package file (drproduct-VERSION.tar.gz)", f"<no such file: {path}>")
+    section = (config.data.get("package") if config is not None else None) or {}
+    max_bytes = int(section.get("max_unpacked_mb", DEFAULT_MAX_UNPACKED_BYTES // MIB)) * MIB
     try:
-        package = read_package(path)
+        package = read_package(path, max_bytes)
+        if config is not None and section.get("product"):
+            check_product(package, str(section["product"]), str(config.origin(("package", "product"))))
     except PackageError as exc:
-        raise PackageRefused(str(exc)) from None
-    problems = verify_payload(path)
+        raise PackageRefused(str(exc), str(path), exc.entry) from None
+    problems = verify_payload(path, max_bytes)
     if problems:
-        raise RefusedError(f"{path.name}: package content does not match its manifest: " + "; ".join(problems[:5]))
+        head = f"{path.name}: "
+        shown_problems = [p[len(head):] if p.startswith(head) else p for p in problems[:5]]
+        raise PackageRefused(head + "package content does not match its manifest: " + "; ".join(shown_problems),
+                             str(path), None)
     return package
 
 
@@ -187,10 +314,18 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     blocked = blocked_plugins(args.plugin_options)
     files = [Path(p) for p in ([args.inventory] if args.inventory else []) + list(args.config or [])]
     overrides = list(args.set or [])
-    if args.package:
+    # An option given is an option meant: '--forks 0' or '--package ""' (an unset shell variable) is an
+    # error, never the default in disguise.
+    if args.package is not None:
+        if not args.package.strip():
+            raise ConfigError(Origin("command line", "", "--package"), "an upgrade package file", "<empty>")
         overrides.append(f"run.package={args.package}")
-    if getattr(args, "forks", None):
-        overrides.append(f"run.forks={args.forks}")
+    forks = getattr(args, "forks", None)
+    if forks is not None:
+        if not 1 <= forks <= MAX_FORKS:
+            raise ConfigError(Origin("command line", "", "--forks"), f"a number of targets from 1 to {MAX_FORKS}",
+                              forks)
+        overrides.append(f"run.forks={forks}")
     if getattr(args, "allow_weaker_isolation", False):
         overrides.append("run.allow_weaker_isolation=true")
     if getattr(args, "on_failure", None):
@@ -229,5 +364,5 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         if not config.data["run"]["package"]:
             raise ConfigError(Origin("command line", "run", "package"),
                               "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
-        package = load_package(config.data["run"]["package"], config.origin(("run", "package")))
+        package = load_package(config.data["run"]["package"], config.origin(("run", "package")), config)
     return Prepared(config, registry, plan, package, blocked, demo_roots, weaker, demo_ssh_hosts)

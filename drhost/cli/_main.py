@@ -6,13 +6,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
+from .._environment import check_environment
 from .._stdout import cli_stdout
 from ..authoring import PLUGIN_CLASSES
 from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
 from ._doctor import cmd_doctor
+from ._errors import Parser, check_lengths, internal_error, report, stdout_gone, wants_json
 from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new
 from ._plugin_test import add_plugin_test
 from ._plugins import add_plugins
@@ -27,7 +30,7 @@ _BREAK_LOCK = ("take over a target lock held by another run (after checking that
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drhost", description="Upgrade a DR product across a fleet of hosts.")
+    parser: argparse.ArgumentParser = Parser(prog="drhost", description="Upgrade a DR product across a fleet of hosts.")
     parser.add_argument("--version", action="version", version=f"drhost {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -110,21 +113,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _command(argv)
 
 
+#: Commands that keep state under the state directory: it must be usable before they start.
+_STATEFUL = frozenset({"upgrade", "resume", "rollback", "status", "report"})
+
+
 def _command(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(words)
     try:
+        parser = build_parser()
+        args = parser.parse_args(words)
+        check_lengths(parser, args)
+        check_environment(state=args.command in _STATEFUL)
         code: int = args.func(args)
         return code
     except DrhostError as exc:
-        print(f"drhost: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc, exc.exit_code, as_json=as_json)
     except PackageError as exc:
-        print(f"drhost: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except BrokenPipeError:
+        return report(exc, ExitCode.USAGE, as_json=as_json)
+    except BrokenPipeError as exc:
+        if not stdout_gone():
+            return internal_error(exc, words, _debug_dir(), as_json=as_json)
         # The reader went away (drhost plan | head): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.SUCCEEDED
-    except KeyboardInterrupt:
-        print("drhost: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return report(exc, ExitCode.INTERRUPTED, as_json=as_json, line="drhost: interrupted",
+                      message="interrupted")
+    except Exception as exc:
+        # Nothing above expected it: the operator gets one line and where the traceback is, never the traceback.
+        return internal_error(exc, words, _debug_dir(), as_json=as_json)
+
+
+def _debug_dir() -> Path | None:
+    """The state directory, if it is usable without creating anything but its debug directory."""
+    try:
+        check_environment(state=True)
+        explicit = os.environ.get("DRHOST_STATE_DIR")
+        base = (Path(explicit) if explicit else
+                Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "drhost")
+    except (DrhostError, RuntimeError, OSError):  # Path.home() raises RuntimeError without a home
+        return None
+    return base if base.is_dir() else None

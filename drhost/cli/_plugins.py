@@ -12,6 +12,7 @@ from ..config import LoadedConfig, load_config
 from ..errors import ExitCode, RefusedError
 from ..plugins import ALLOW_ENV, LockEntry, Registry, discover, write_lock, write_path
 from ._inputs import blocked_plugins
+from ._outpath import output_file
 
 
 def add_plugins(sub: Any) -> None:
@@ -112,6 +113,8 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins_lock(args: argparse.Namespace) -> int:
+    # Checked before the plugins are described; a missing directory is created, as it always was.
+    out = output_file(args.out, create_parents=True) if args.out is not None else None
     config = _config(args)
     # Described without the old lock: a plugin whose class changed must be lockable again (as untrusted meanwhile).
     registry = discover(blocked_plugins(args.plugin_options), config=config.data, lock=None,
@@ -125,7 +128,7 @@ def cmd_plugins_lock(args: argparse.Namespace) -> int:
     entries = [LockEntry(name=r.name, distribution=r.distribution, version=r.version,
                          plugin_class=r.plugin_class.value, entry_point=r.value, digest=r.digest)
                for r in usable if r.plugin_class is not None]
-    path = write_path(config.data, args.out)
+    path = write_path(config.data, str(out) if out else None)
     write_lock(path, entries)
     print(f"wrote plugin lock {path}: {len(entries)} plugin(s)")
     for entry in entries:

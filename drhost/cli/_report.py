@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DrhostError, ExitCode
+from ..errors import DrhostError, ExitCode, quote
 from ..report import write_report
-from ..state import find_run
+from ..state import find_run, runs_dir
+from ._outpath import output_file
 
 
 class ReportError(DrhostError):
@@ -15,15 +16,26 @@ class ReportError(DrhostError):
 
     exit_code = ExitCode.USAGE
 
+    def __init__(self, message: str, *, path: Path | None = None, argument: str | None = None) -> None:
+        self.path = path
+        self.argument = argument
+        super().__init__(message)
+
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # --out first: a mistake there is reported without touching the state directory at all.
+    out = output_file(args.out) if args.out is not None else None
     run_dir = find_run(args.run)
-    out = Path(args.out) if args.out else None
+    if out is None and run_dir.resolve().parent != runs_dir().resolve():
+        # A run id such as /tmp/x or ../.. would otherwise put report.html wherever it points.
+        raise ReportError(f"run {quote(args.run)}: expected a run id under {runs_dir()}, found "
+                          f"{quote(str(run_dir.resolve()))}", path=run_dir, argument="RUN")
+    target = out or run_dir / "report.html"
     try:
         path = write_report(run_dir, out)
     except OSError as exc:
-        raise ReportError(f"cannot write the report to {out or run_dir / 'report.html'}: {exc.strerror or exc}") \
-            from None
+        raise ReportError(f"cannot write the report to {quote(str(target))}: {exc.strerror or exc}",
+                          path=target) from None
     print(path)
     return ExitCode.SUCCEEDED
 

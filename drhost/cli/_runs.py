@@ -167,9 +167,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def _continue(args: argparse.Namespace, mode: str) -> int:
-    state = RunState.open(find_run(args.run))
-    plan = Plan.from_json(state.get("plan"))
-    on_failure = args.on_failure or state.get("config")["run"]["on_failure"]
+    state = RunState.open(find_run(args.run), complete=True)
+    plan = state.plan()
+    # A stored config without it is refused by drive()'s re-check, with the key named; not a KeyError here.
+    on_failure = args.on_failure or str(state.get("config")["run"].get("on_failure", "ask"))
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     demo = state.get("demo")
     reporter = _reporter(args, len(plan.steps))
@@ -272,9 +273,9 @@ def target_next(name: str, status: str, record: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = RunState.open(find_run(args.run))
+    state = RunState.open(find_run(args.run), complete=True)
     body = state.snapshot()
-    plan = Plan.from_json(body["plan"])
+    plan = state.plan()
     targets = [target_status(plan, name, record) for name, record in sorted(body["targets"].items())]
     commands = next_commands(body["run_id"], body["status"])
     if body["status"] in ("running", "rolling_back", "created"):

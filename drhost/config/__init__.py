@@ -1,5 +1,15 @@
 """Configuration: built-in JSON defaults, ops INI/JSON files and ``--set``, validated by jsonschema."""
 
-from ._loader import LoadedConfig, defaults, load_config, parse_override, schema, validate_plugin_section
+from ._loader import (
+    ConfigProblems,
+    LoadedConfig,
+    defaults,
+    load_config,
+    parse_override,
+    read_config_text,
+    schema,
+    validate_plugin_section,
+)
 
-__all__ = ["LoadedConfig", "defaults", "load_config", "parse_override", "schema", "validate_plugin_section"]
+__all__ = ["ConfigProblems", "LoadedConfig", "defaults", "load_config", "parse_override", "read_config_text", "schema",
+           "validate_plugin_section"]

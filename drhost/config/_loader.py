@@ -7,9 +7,13 @@ file, the section and the key, what was expected and what was found.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import copy
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import re
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,16 +23,63 @@ import jsonschema
 
 from drhost_hookspecs import parse_faults
 
-from ..errors import ConfigError, Origin
+from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control
 
 Path_ = tuple[str, ...]
 
 #: INI section prefix -> (top-level key of the config, whether the section has a name)
 _NAMED_SECTIONS = {"stage": "stages", "class": "classes", "plugin": "plugins", "target": "targets", "ssh": "ssh"}
 _PLAIN_SECTIONS = {"run": "run", "rollout": "rollout", "timeouts": "timeouts", "watchdog": "watchdog",
-                   "container": "container", "process": "process", "discovery": "discovery"}
+                   "container": "container", "process": "process", "discovery": "discovery",
+                   "package": "package"}
 #: ``--set`` prefixes, which read like the INI sections they stand for
 _SET_PREFIXES = {**{k: v for k, v in _NAMED_SECTIONS.items()}, **_PLAIN_SECTIONS}
+#: An inventory is a few KiB; anything this large is the wrong file, and is not read into memory.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}", re.ASCII)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
+class ConfigProblems(DrhostError):
+    """Every problem found in a configuration (``drhost config check``), in the order found."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        self.problems = list(problems)
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}")
+
+
+class Problems:
+    """Raise a problem at once, or collect them all (``config check`` lists every one)."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.found: list[ConfigError] = []
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        """A problem raised inside is collected, and the work after the block goes on."""
+        try:
+            yield
+        except ConfigProblems as exc:
+            if not self.collect:
+                raise
+            self.found.extend(exc.problems)
+        except ConfigError as exc:
+            if not self.collect:
+                raise
+            self.found.append(exc)
+
+    def add(self, error: ConfigError) -> None:
+        if not self.collect:
+            raise error
+        self.found.append(error)
+
+    def raise_found(self) -> None:
+        if self.found:
+            raise ConfigProblems(self.found)
 
 
 def _read_json_resource(name: str) -> dict[str, Any]:
@@ -53,6 +104,8 @@ class LoadedConfig:
     data: dict[str, Any]
     origins: dict[Path_, Origin] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    #: Problems found while loading with ``all_problems=True`` (else the first one is raised).
+    problems: Problems = field(default_factory=lambda: Problems(False))
 
     def origin(self, path: Path_) -> Origin:
         for length in range(len(path), 0, -1):
@@ -61,6 +114,10 @@ class LoadedConfig:
                 if length == len(path):
                     return found
                 return Origin(found.file, found.section, ".".join(path[length - 1 :]))
+        # A section (a target's name, say): name the file and section its keys came from.
+        for known, found in self.origins.items():
+            if len(known) > len(path) and known[:len(path)] == path:
+                return Origin(found.file, found.section, "")
         # A key that is missing: name the section it should be in, from a sibling that is there.
         parent = path[:-1]
         for known, found in self.origins.items():
@@ -102,13 +159,17 @@ def coerce(value: str, fragment: Mapping[str, Any] | None, origin: Origin) -> An
         return value
     kind = fragment.get("type")
     text = value.strip()
-    try:
-        if kind == "integer":
-            return int(text)
-        if kind == "number":
-            return float(text)
-    except ValueError:
-        raise ConfigError(origin, f"{'an integer' if kind == 'integer' else 'a number'}", value) from None
+    # Only plain ASCII decimals: Python's int() and float() also take '1_000', other scripts' digits,
+    # 'nan' and 'inf', none of which an operator means as a timeout or a size.
+    if kind == "integer":
+        if not _INTEGER.fullmatch(text):
+            raise ConfigError(origin, f"an integer{_range(fragment)}", value)
+        return int(text)
+    if kind == "number":
+        number = float(text) if _NUMBER.fullmatch(text) else math.nan
+        if not math.isfinite(number):
+            raise ConfigError(origin, f"a number{_range(fragment)}", value)
+        return number
     if kind == "boolean":
         if text.lower() in _TRUE:
             return True
@@ -116,6 +177,17 @@ def coerce(value: str, fragment: Mapping[str, Any] | None, origin: Origin) -> An
             return False
         raise ConfigError(origin, "true or false", value)
     return text
+
+
+def _range(fragment: Mapping[str, Any]) -> str:
+    """The bounds a numeric setting allows, as an operator reads them: ' from 1 to 1000', ' > 0 and <= 60'."""
+    low = fragment.get("minimum", fragment.get("exclusiveMinimum"))
+    high = fragment.get("maximum", fragment.get("exclusiveMaximum"))
+    low_text = f"{'>' if 'exclusiveMinimum' in fragment else '>='} {low}" if low is not None else ""
+    high_text = f"{'<' if 'exclusiveMaximum' in fragment else '<='} {high}" if high is not None else ""
+    if "minimum" in fragment and "maximum" in fragment:
+        return f" from {low} to {high}"
+    return " " + " and ".join(t for t in (low_text, high_text) if t) if low_text or high_text else ""
 
 
 def _set(data: dict[str, Any], path: Path_, value: Any) -> None:
@@ -149,28 +221,72 @@ def _section_path(section: str, origin_file: str) -> Path_:
     raise ConfigError(Origin(origin_file, section, ""), f"a section among {known}", f"[{section}]")
 
 
+def read_config_text(path: Path) -> str:
+    """A config file's text, or a :class:`ConfigError` naming the file and what it is instead.
+
+    Only a regular file is opened (a FIFO would block, a device never end), its size is bounded, and
+    invalid UTF-8 is reported with the offset of the first bad byte."""
+    where = Origin(str(path), "", "")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(where, "a readable config file", "<no such file>") from None
+    except OSError as exc:
+        raise ConfigError(where, "a readable config file", f"<{exc.strerror}>") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
+            else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
+        raise ConfigError(where, "a readable config file", f"<{kind}>")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(where, f"a config file of at most {MAX_CONFIG_BYTES} bytes", f"<{info.st_size} bytes>")
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(where, "a readable config file", f"<{exc.strerror}>") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(where, f"a config file of at most {MAX_CONFIG_BYTES} bytes", "<more>")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(Origin(str(path), "", f"line {line}, byte offset {exc.start}"), "UTF-8 text",
+                          f"<invalid byte 0x{data[exc.start]:02x}>") from None
+
+
 def _load_ini(path: Path, config: LoadedConfig, root_schema: Mapping[str, Any]) -> None:
     parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive names
     try:
-        parser.read_string(path.read_text("utf-8"), source=str(path))
+        parser.read_string(read_config_text(path), source=str(path))
     except configparser.Error as exc:
         raise ConfigError(Origin(str(path), "", ""), "a valid INI file", f"<{exc.message.splitlines()[0]}>") from None
     for section in parser.sections():
-        base = _section_path(section, str(path))
-        for key, raw in parser.items(section, raw=True):
-            origin = Origin(str(path), section, key)
-            full = (*base, key)
-            value = coerce(raw, _schema_at(root_schema, full), origin)
-            _set(config.data, full, value)
-            config.origins[full] = origin
+        with config.problems.each():
+            base = _section_path(section, str(path))
+            for key, raw in parser.items(section, raw=True):
+                with config.problems.each():
+                    origin = Origin(str(path), section, key)
+                    full = (*base, key)
+                    value = coerce(raw, _schema_at(root_schema, full), origin)
+                    _set(config.data, full, value)
+                    config.origins[full] = origin
 
 
 def _load_json(path: Path, config: LoadedConfig) -> None:
+    text = read_config_text(path)
     try:
-        extra = json.loads(path.read_text("utf-8"))
+        # NaN and Infinity are not JSON, though Python's json module reads them: validate() refuses them
+        # with the key they are set to.
+        extra = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(Origin(str(path), "", f"line {exc.lineno}"), "valid JSON", f"<{exc.msg}>") from None
+    except ValueError:  # an integer past Python's limit of digits
+        raise ConfigError(Origin(str(path), "", ""), "valid JSON with numbers of a sane size",
+                          "<a number of thousands of digits>") from None
+    except RecursionError:
+        raise ConfigError(Origin(str(path), "", ""), "JSON nested a few levels deep", "<nesting too deep>") \
+            from None
     if not isinstance(extra, dict):
         raise ConfigError(Origin(str(path), "", ""), "a JSON object at the top", type(extra).__name__)
     _merge(config.data, extra, config.origins, lambda p: Origin(str(path), p[0], ".".join(p[1:])))
@@ -180,6 +296,8 @@ def parse_override(text: str, root_schema: Mapping[str, Any]) -> tuple[Path_, An
     """Parse one ``--set section.key=value``."""
     name, sep, raw = text.partition("=")
     origin = Origin("--set", "", name or text)
+    if len(text) > 64 * 1024:
+        raise ConfigError(origin, "SECTION.KEY=VALUE of at most 65536 characters", f"<{len(text)} characters>")
     parts = name.strip().split(".")
     if not sep or len(parts) < 2 or parts[0] not in _SET_PREFIXES:
         prefixes = ", ".join(sorted(_SET_PREFIXES))
@@ -210,8 +328,9 @@ def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
     if validator == "enum":
         return "one of " + ", ".join(map(str, value)), error.instance
     if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[str(validator)]
-        return f"a number {op} {value}", error.instance
+        fragment: Any = error.schema
+        kind = "an integer" if fragment.get("type") == "integer" else "a number"
+        return f"{kind}{_range(fragment)}", error.instance
     if validator == "additionalProperties":
         extra = _unknown_keys(error)
         known: Any = error.schema
@@ -225,39 +344,81 @@ def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
     return error.message, error.instance
 
 
+def _unsafe_values(node: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str, Any]]:
+    """Values no setting may have, wherever they are: NaN and infinities (every comparison with NaN is
+    false, so a schema's bounds would let it through), and names or values with control characters or
+    terminal escapes (a root with a newline, a target name that recolours the terminal)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield path, "a finite number", node
+    elif isinstance(node, str) and has_control(node):
+        yield path, "a value without control characters or terminal escapes", node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            if isinstance(key, str) and has_control(key):
+                yield (*path, key), "a name without control characters or terminal escapes", key
+            else:
+                yield from _unsafe_values(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _unsafe_values(value, (*path, str(index)))
+
+
+def _error_path(error: jsonschema.ValidationError) -> Path_:
+    path = tuple(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        path = (*path, _unknown_keys(error)[0])
+    elif error.validator in ("pattern", "propertyNames") and isinstance(error.instance, str):
+        path = (*path, error.instance)
+    return path
+
+
 def validate(config: LoadedConfig, root_schema: Mapping[str, Any]) -> None:
+    unsafe = [path for path, expected, found in _unsafe_values(config.data)]
+    for path, expected, found in _unsafe_values(config.data):
+        config.problems.add(ConfigError(config.origin(path), expected, found))
     validator = jsonschema.Draft202012Validator(root_schema)
     errors = sorted(validator.iter_errors(config.data), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
+    if not errors:
+        return
+    if not config.problems.collect:
         error = jsonschema.exceptions.best_match(errors)
-        path = tuple(str(p) for p in error.absolute_path)
-        if error.validator == "additionalProperties":
-            path = (*path, _unknown_keys(error)[0])
-        elif error.validator in ("pattern", "propertyNames") and isinstance(error.instance, str):
-            path = (*path, error.instance)
         expected, found = _describe_expected(error)
-        raise ConfigError(config.origin(path), expected, found)
+        raise ConfigError(config.origin(_error_path(error)), expected, found)
+    seen: set[str] = set()
+    for error in errors:
+        path = _error_path(error)
+        if any(path[:len(bad)] == bad for bad in unsafe):
+            continue  # said already, and better: the schema would call NaN a number out of range
+        expected, found = _describe_expected(error)
+        problem = ConfigError(config.origin(path), expected, found)
+        if str(problem) not in seen:
+            seen.add(str(problem))
+            config.problems.add(problem)
 
 
 def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> LoadedConfig:
-    """Defaults, then ``base`` (for example the demo's inventory), then files, then overrides."""
+                base: Mapping[str, Any] | None = None, *, all_problems: bool = False) -> LoadedConfig:
+    """Defaults, then ``base`` (for example the demo's inventory), then files, then overrides.
+
+    Raises :class:`ConfigError` for the first problem. With ``all_problems`` nothing is raised: every
+    problem found is in ``problems.found`` (a file that cannot be read at all is one, and the others are
+    still read), and the data holds every value that was valid."""
     root_schema = schema()
-    config = LoadedConfig(defaults())
+    config = LoadedConfig(defaults(), problems=Problems(all_problems))
     if base:
         _merge(config.data, base, config.origins, lambda p: Origin("demo inventory", p[0], ".".join(p[1:])))
     for path in files:
-        if not path.is_file():
-            raise ConfigError(Origin(str(path), "", ""), "a readable config file", "<no such file>")
-        config.files.append(str(path))
-        if path.suffix == ".json":
-            _load_json(path, config)
-        else:
-            _load_ini(path, config, root_schema)
+        with config.problems.each():
+            config.files.append(str(path))
+            if path.suffix == ".json":
+                _load_json(path, config)
+            else:
+                _load_ini(path, config, root_schema)
     for text in overrides:
-        path_, value, origin = parse_override(text, root_schema)
-        _set(config.data, path_, value)
-        config.origins[path_] = origin
+        with config.problems.each():
+            path_, value, origin = parse_override(text, root_schema)
+            _set(config.data, path_, value)
+            config.origins[path_] = origin
     validate(config, root_schema)
     return config
 
@@ -268,7 +429,7 @@ def validate_plugin_section(config: LoadedConfig, plugin: str, plugin_schema: Ma
     merged: dict[str, Any] = dict(plugin_schema or {"type": "object"})
     props = dict(merged.get("properties", {}))
     props.setdefault("fault", {"type": "string"})
-    props.setdefault("fault_delay_s", {"type": "number", "minimum": 0})
+    props.setdefault("fault_delay_s", {"type": "number", "minimum": 0, "maximum": 86400})
     merged["properties"] = props
     for key, value in list(section.items()):
         if isinstance(value, str):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drhost.packaging import PackageError, read_package, verify_payload
-from drhost.packaging.manifest import PAYLOAD_PREFIX
+from drhost.packaging.manifest import INSTALL_MODE_MASK, PAYLOAD_PREFIX
 
 TOOL_TIMEOUT = 60.0
 ROOT_DIRS = ("releases", "etc/services", "data", "run", "log", "backup", "staging")
@@ -65,8 +65,10 @@ def _extract_payload(package: Path, dest: Path) -> None:
             src = tar.extractfile(member)
             if src is None:
                 raise PackageError(f"{package.name}: {member.name}: unreadable member")
-            target.write_bytes(src.read())
-            target.chmod(member.mode & 0o777)
+            with target.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            # Owners are never taken from the archive, and no mode gives setuid/setgid or group/world write.
+            target.chmod(member.mode & INSTALL_MODE_MASK)
     # Rename last so a half-extracted release never sits under its real name.
     tmp.rename(dest)
 

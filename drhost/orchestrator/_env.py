@@ -127,7 +127,9 @@ class Executor:
                 else:
                     policy = class_policy(self.env.config, plugin.plugin_class)
                     limit = int(self.env.config["run"]["worker_message_limit_bytes"])
-                    sandbox = make_sandbox(policy, label=f"{self.env.state.run_id}/{plugin.name}/{target}",
+                    # The controller's pid in the label: a later sweep kills only cgroups of a controller that is gone.
+                    label = f"{self.env.state.run_id}/{os.getpid()}/{plugin.name}/{target}"
+                    sandbox = make_sandbox(policy, label=label,
                                            message_limit=limit, config=dict(self.env.config))
                     self._runners[key] = WorkerRunner(
                         plugin.name, sandbox=sandbox, logger=self.env.logger.getChild(f"plugin.{plugin.name}.{target}"),

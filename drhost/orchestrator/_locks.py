@@ -66,9 +66,14 @@ class TargetLocks:
             return self._lost.get(target)
 
     def close(self) -> None:
+        """Stop refreshing; the locks of targets that are not whole stay on them, owned by no live driver."""
         self._stop.set()
         if self._refresher is not None:
             self._refresher.join(5)
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for lock in held:
+            lock.forget()
 
     def _refresh_all(self) -> None:
         # A quarter of the stale age: three refreshes may fail (a dropped link) before the lock looks stale.

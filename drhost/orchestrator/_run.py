@@ -32,9 +32,18 @@ from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
 from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
+from ._recheck import (
+    check_config,
+    check_controller,
+    check_package,
+    controller_record,
+    previous_controller_gone,
+    spare_cgroup,
+)
 from ._records import new_target_record
 from ._rollback import RollbackFlow, rollback_verdict
 from ._rollout import Batch, batches_for
+from ._root import MISSING_ROOT_STATUS, missing_root
 from ._target import TargetFlow
 
 RUN_EXIT_CODES = {
@@ -135,15 +144,22 @@ def _check_plugins_present(plan: Plan) -> list[str]:
     return changed
 
 
-def _remove_leftovers(env: RunEnv, plan: Plan) -> None:
-    """Remove cgroups and containers that a killed controller left (of this run, or orphaned)."""
-    cgroups = remove_run_cgroups(env.state.run_id)
+def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool) -> None:
+    """Remove cgroups and containers that a killed controller left (of this run, or orphaned).
+
+    Only what provably belongs to a controller that is gone: a live controller of the same run (a copy of
+    the run directory resumed elsewhere) keeps its workers. ``previous_gone``: the run's previous controller
+    is provably gone, so what carries no controller pid is its.
+    """
+    run_id = env.state.run_id
+    cgroups = remove_run_cgroups(run_id, spare=lambda name: spare_cgroup(run_id, name, previous_gone))
     if cgroups:
         env.emit("cgroups.removed", message=f"removed {len(cgroups)} cgroup(s) left by an earlier controller "
                                             f"of this run", cgroups=cgroups)
     if not any(p.isolation == "container" for p in plan.plugins):
         return
-    removed = remove_run_containers(env.state.run_id, env.config) + remove_orphaned_containers(env.config)
+    removed = (remove_run_containers(run_id, env.config) if previous_gone else []) \
+        + remove_orphaned_containers(env.config)
     if removed:
         env.emit("containers.removed", message=f"removed {len(removed)} container(s) left by a killed "
                                                f"controller", containers=removed)
@@ -171,6 +187,9 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str)
     except (TransportError, RefusedError) as exc:
         status, why = "unreachable", f"cannot reach {name} to lock it: {exc}"
     else:
+        missing = missing_root(session, name, str(env.config["targets"][name]["root"]))
+        if missing is not None:
+            return _not_locked(env, name, MISSING_ROOT_STATUS, missing)
         previous, refused = locks.acquire(name, session, str(env.config["targets"][name]["root"]))
         if refused is None:
             if previous is not None and previous.run_id != env.state.run_id:
@@ -179,6 +198,10 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str)
                          owner=dataclasses.asdict(previous))
             return None
         status, why = ("unreachable" if refused.startswith("cannot reach") else "locked"), refused
+    return _not_locked(env, name, status, why)
+
+
+def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
     with env.state.mutate() as body:
         record = body["targets"][name]
         if record["status"] in ("pending", "locked", "unreachable"):
@@ -237,6 +260,21 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
     """
     lock = RunLock(state.run_dir)
     lock.acquire()
+    try:
+        # Before anything is written or swept: a refusal here leaves the run and its targets as they were.
+        if mode != "upgrade":
+            check_controller(state)
+            # A rollback too: a stored value today's code would misread could undo the wrong thing.
+            check_config(state)
+        if mode == "resume":
+            check_package(state)
+        plan = state.plan()
+        previous_gone = mode == "upgrade" or previous_controller_gone(state)
+        with state.mutate() as b:
+            b["controller"] = controller_record()
+    except BaseException:
+        lock.release()
+        raise
     logger = logging.getLogger(f"drhost.run.{state.run_id}")
     # The run's debug log takes everything drhost logs meanwhile: transport, supervisor and plugins too.
     package_logger = logging.getLogger("drhost")
@@ -249,7 +287,6 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
     bus.subscribe(lambda e: logger.info("%s %s", e.event, e.to_json()))
     for subscriber in subscribers:
         bus.subscribe(subscriber)
-    plan = Plan.from_json(state.get("plan"))
     _with_rollout(state)
     body = state.snapshot()
     package = PackageInfo(**{**body["package"], "upgrades_from": tuple(body["package"]["upgrades_from"])})
@@ -262,7 +299,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         if state.recovered_from:
             env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
                                                 f"{state.recovered_from}")
-        _remove_leftovers(env, plan)
+        _remove_leftovers(env, plan, previous_gone)
         if mode != "upgrade":
             for change in _check_plugins_present(plan):
                 env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
@@ -278,6 +315,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
                  if mode != "rollback" else [{"targets": sorted(body["targets"]), "group": None}],
                  pause_s=float(env.config["rollout"]["pause_s"]))
         forks = int(env.config["run"]["forks"])
+        # Targets whose lock another run holds: left untouched, whatever their record says.
+        locked_out: list[str] = []
 
         def one(name: str) -> str:
             with state.reading() as b:
@@ -286,6 +325,8 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
                 return status
             refused = _lock_target(env, executor, locks, name)
             if refused is not None:
+                if refused == "locked":
+                    locked_out.append(name)
                 return refused
             if mode != "upgrade":
                 _stop_leftovers(env, executor, name)
@@ -306,6 +347,10 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
             status = run_status([str(t["status"]) for t in b["targets"].values()])
         if stopped_by_budget and status == "interrupted":
             status = "aborted"  # stopped on purpose by the failure budget, not by a crash or a signal
+        elif locked_out and status == "interrupted":
+            # A half-done target locked by another controller (of this very run, resumed from a copy): this
+            # drhost was refused, it did not stop half-way.
+            status = "refused"
         with state.mutate() as b:
             b["status"] = status
             b["finished"] = time.time()
@@ -322,7 +367,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         executor.abandoned.close()
         locks.close()
         executor.close()
-        _remove_leftovers(env, plan)
+        _remove_leftovers(env, plan, previous_gone)
         journal.close()
         package_logger.removeHandler(handler)
         handler.close()

@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +77,67 @@ def encode_state(body: dict[str, Any]) -> bytes:
     return f'{{"body":{canonical},"checksum":"{checksum}","format":{STATE_FORMAT}}}\n'.encode()
 
 
+def _what_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _unopenable(path: Path, exc: OSError) -> str:
+    # A socket cannot even be opened: say what it is rather than the bare ENXIO.
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        return f"{path}: expected a regular file, found {_what_kind(mode)}"
+    return f"{path}: cannot be opened ({exc.strerror or exc})"
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file; StateError naming it otherwise.
+
+    Opened with O_NONBLOCK and checked with fstat before any read: a FIFO put where a state file belongs must
+    never hang drhost, and a directory or a device must give a message, not a traceback.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateError(_unopenable(path, exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StateError(f"{path}: expected a regular file, found {_what_kind(mode)}")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
 def decode_state(path: Path, data: bytes) -> dict[str, Any]:
     """Parse and verify a state document; raise StateError saying what is wrong."""
     try:
         document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and an integer of absurd length
         raise StateError(f"{path}: not valid JSON ({exc}); the file is truncated or corrupt") from None
+    except RecursionError:
+        raise StateError(f"{path}: JSON nested too deeply to be a drhost state document") from None
     if not isinstance(document, dict) or document.get("format") != STATE_FORMAT or "body" not in document:
         raise StateError(f"{path}: expected a drhost state document of format {STATE_FORMAT}")
     body = document["body"]
-    if _checksum(body) != document.get("checksum"):
+    try:
+        checksum = _checksum(body)
+    except (RecursionError, ValueError):
+        raise StateError(f"{path}: body cannot be checksummed; the file is not a drhost state document") from None
+    if checksum != document.get("checksum"):
         raise StateError(f"{path}: checksum mismatch; the file was modified or partly written")
     if not isinstance(body, dict):
         raise StateError(f"{path}: expected an object as body")
@@ -106,12 +159,20 @@ class StateFile:
             failpoint("state.rotated")
         atomic_write(self.path, data)
 
-    def read(self) -> tuple[dict[str, Any], str | None]:
-        """Return the body and, when the newest generation was unusable, why it was skipped."""
+    def read(self, check: Callable[[Path, dict[str, Any]], None] | None = None
+             ) -> tuple[dict[str, Any], str | None]:
+        """Return the body and, when the newest generation was unusable, why it was skipped.
+
+        ``check`` raises StateError for a body that is well formed but unusable (keys missing, say); such a
+        generation is skipped like a corrupt one, so that the previous generation is used if it is good.
+        """
         problems: list[str] = []
         for candidate in (self.path, self.previous):
             try:
-                return decode_state(candidate, candidate.read_bytes()), ("; ".join(problems) or None)
+                body = decode_state(candidate, read_regular(candidate))
+                if check is not None:
+                    check(candidate, body)
+                return body, ("; ".join(problems) or None)
             except FileNotFoundError:
                 problems.append(f"{candidate}: missing")
             except StateError as exc:
@@ -139,21 +200,62 @@ class Journal:
             self._file.close()
 
 
-def iter_journal(path: Path) -> Iterator[dict[str, Any]]:
-    """The complete events of a journal, one at a time (a journal may be far larger than memory); a torn
-    last line (crash mid-append) is ignored, and so is a line that is not a JSON object."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
+@dataclass
+class JournalSkips:
+    """What a journal reader passed over, so that a report can say its events are incomplete."""
+
+    lines: int = 0
+    torn_tail: bool = False
+
+    def describe(self, path: Path) -> str | None:
+        """``events.jsonl: 3 malformed lines skipped`` or None when nothing was skipped."""
+        parts = [f"{self.lines} malformed line{'s' if self.lines != 1 else ''} skipped"] if self.lines else []
+        if self.torn_tail:
+            parts.append("a torn last line ignored")
+        return f"{path}: {', '.join(parts)}" if parts else None
+
+
+def _open_journal(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StateError(_unopenable(path, exc).replace(": expected a", ": expected the journal to be a", 1)
+                         ) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StateError(f"{path}: expected the journal to be a regular file, found {_what_kind(mode)}")
+    return fd
+
+
+def iter_journal(path: Path, skips: JournalSkips | None = None) -> Iterator[dict[str, Any]]:
+    """The complete events of a journal, one at a time (a journal may be far larger than memory).
+
+    A torn last line (crash mid-append) is ignored, and so is a line that is not a JSON object (malformed,
+    too deeply nested, an array, a number): each is counted in ``skips``; invalid UTF-8 is replaced. A
+    journal that is not a regular file (a directory, a FIFO) raises StateError before anything is read,
+    and never blocks.
+    """
+    skips = skips if skips is not None else JournalSkips()
+    with os.fdopen(_open_journal(path), "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                skips.torn_tail = True
                 break
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+                # Replaced, not skipped: one bad byte in a plugin's message must not lose the whole event.
+                event = json.loads(raw.decode("utf-8", errors="replace"))
+            except (ValueError, RecursionError):
+                skips.lines += 1
                 continue
             if isinstance(event, dict):
                 yield event
+            else:
+                skips.lines += 1
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
+def read_journal(path: Path, skips: JournalSkips | None = None) -> list[dict[str, Any]]:
     """Every complete event of a journal, in a list; see :func:`iter_journal`."""
-    return list(iter_journal(path))
+    return list(iter_journal(path, skips))

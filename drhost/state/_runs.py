@@ -6,27 +6,82 @@ import contextlib
 import copy
 import fcntl
 import os
+import re
 import secrets
+import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import RefusedError, StateError
+from ..errors import DrhostError, ExitCode, RefusedError, StateError
 from ._files import Journal, StateFile
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+
+#: The longest run id accepted; new_run_id() makes 22 characters, so this only stops abuse.
+RUN_ID_MAX = 64
+# What new_run_id() makes (``20261205-182313-a1b2c3``) and what any earlier drhost made, which were all
+# letters, digits, ``-``, ``_`` and ``.``; a leading letter or digit rules out ``.``, ``..`` and options.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class BadRunId(DrhostError):
+    """A run id on the command line that cannot name a run directory (a path, a control character, ...)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class StateDirError(StateError):
+    """The state directory itself is unusable: an operator setting (``DRHOST_STATE_DIR``) to fix."""
+
+    exit_code = ExitCode.USAGE
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """``value`` safe for a terminal: quoted, escaped (no control character or escape sequence gets
+    through) and shortened when long."""
+    if len(value) > limit:
+        return f"{value[:limit]!a}... ({len(value)} characters)"
+    return ascii(value)
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run directory; BadRunId saying what is wrong with it otherwise."""
+    problem = None
+    if len(run_id) > RUN_ID_MAX:
+        problem = f"at most {RUN_ID_MAX} characters"
+    elif "/" in run_id or "\\" in run_id or ".." in run_id:
+        problem = "a name, not a path (no '/', no '..')"
+    elif not _RUN_ID.fullmatch(run_id):
+        problem = "letters, digits, '-', '_' and '.', starting with a letter or digit"
+    if problem is not None:
+        raise BadRunId(f"run id {shown(run_id)}: expected {problem} (like 20261205-182313-a1b2c3)")
+    return run_id
+
+
+def _private_dir(path: Path, what: str, parents: bool = False) -> Path:
+    try:
+        path.mkdir(parents=parents, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        pass  # a file, or a link to one, of that name: said below
+    except OSError as exc:
+        raise StateDirError(f"{path}: {what} cannot be created ({exc.strerror or exc})") from None
+    if not path.is_dir():
+        raise StateDirError(f"{path}: expected {what} to be a directory, found "
+                            f"{'a broken link' if path.is_symlink() and not path.exists() else 'a file'}")
+    return path
 
 
 def state_root() -> Path:
     """``$DRHOST_STATE_DIR``, else ``$XDG_STATE_HOME/drhost``, else ``~/.local/state/drhost``."""
     explicit = os.environ.get("DRHOST_STATE_DIR")
     if explicit:
-        root = Path(explicit)
-    else:
-        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        root = Path(base) / "drhost"
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root
+        return _private_dir(Path(explicit), "the state directory (DRHOST_STATE_DIR)", parents=True)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return _private_dir(Path(base) / "drhost", "the state directory", parents=True)
 
 
 def new_run_id() -> str:
@@ -34,20 +89,28 @@ def new_run_id() -> str:
 
 
 def runs_dir() -> Path:
-    path = state_root() / "runs"
-    path.mkdir(exist_ok=True, mode=0o700)
-    return path
+    return _private_dir(state_root() / "runs", "the runs directory")
+
+
+def _has_state(path: Path) -> bool:
+    return (path / "state.json").exists() or (path / "state.json.1").exists()
 
 
 def find_run(run_id: str | None) -> Path:
-    """The run directory of ``run_id``, or the newest run when it is None."""
+    """The run directory of ``run_id``, or the newest run when it is None.
+
+    Every command that takes a run id comes here, so the id is validated here, before it becomes a path.
+    """
+    if run_id is not None:
+        check_run_id(run_id)
     base = runs_dir()
     if run_id:
         path = base / run_id
-        if not (path / "state.json").exists() and not (path / "state.json.1").exists():
-            raise StateError(f"no run {run_id!r} under {base}")
+        if not _has_state(path):
+            raise StateError(f"no run {shown(run_id)} under {base}")
         return path
-    runs = sorted(p for p in base.iterdir() if (p / "state.json").exists() or (p / "state.json.1").exists())
+    # Only names a run id can have: a stray directory must not pass for the newest run.
+    runs = sorted(p for p in base.iterdir() if _RUN_ID.fullmatch(p.name) and _has_state(p))
     if not runs:
         raise StateError(f"no runs under {base}")
     return runs[-1]
@@ -61,11 +124,21 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # O_NONBLOCK: a FIFO put where the lock belongs must not hang the open.
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            kind = "a directory" if self._path.is_dir() else "unusable"
+            raise StateError(f"{self._path}: the run's lock file is {kind} ({exc.strerror or exc}); "
+                             f"remove it if no drhost is running run {self._path.parent.name}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{self._path}: the run's lock file is not a regular file; remove it if no "
+                             f"drhost is running run {self._path.parent.name}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip()
+            holder = "".join(c if c.isprintable() else "?" for c in os.read(fd, 200).decode(errors="replace").strip())
             os.close(fd)
             raise RefusedError(f"run {self._path.parent.name} is in use by another drhost ({holder})") from None
         os.ftruncate(fd, 0)
@@ -97,11 +170,32 @@ class RunState:
         return state
 
     @classmethod
-    def open(cls, run_dir: Path) -> RunState:
-        body, problem = StateFile(run_dir / "state.json").read()
+    def open(cls, run_dir: Path, *, complete: bool = False) -> RunState:
+        """The state of the run in ``run_dir``, from its newest usable generation; StateError otherwise.
+
+        A generation that is valid JSON but lacks what drhost relies on counts as unusable, like a corrupt
+        one; ``complete`` asks for everything driving or showing the run relies on (see :func:`check_body`).
+        A state naming another run than its directory is refused: a copied or renamed run directory would
+        let two controllers drive one run, each believing it holds the run's only lock.
+        """
+        body, problem = StateFile(run_dir / "state.json").read(lambda path, b: check_body(path, b, complete))
+        if body["run_id"] != run_dir.name:
+            raise StateError(f"{run_dir / 'state.json'}: the state is of run {shown(body['run_id'])}, but its "
+                             f"directory is {shown(run_dir.name)}: a copied or renamed run directory is refused; "
+                             f"use the run's own directory")
         state = cls(run_dir, body)
         state.recovered_from = problem
         return state
+
+    def plan(self) -> Plan:
+        """The run's recorded plan; StateError when the record cannot be read as one."""
+        from ..plan import Plan
+
+        try:
+            return Plan.from_json(self.get("plan"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(f"{self.run_dir / 'state.json'}: plan: not a drhost plan ({type(exc).__name__}: "
+                             f"{exc})") from None
 
     @property
     def run_id(self) -> str:
@@ -134,3 +228,44 @@ class RunState:
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
             return copy.deepcopy(self._body.get(key, default))
+
+
+def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], name: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        found = "nothing" if value is None else type(value).__name__
+        raise StateError(f"{path}: {where}: expected {name}, found {found}")
+
+
+def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> None:
+    """StateError naming the first key a run state lacks, among those drhost indexes without looking.
+
+    ``complete``: also what driving or showing the run needs (config, package, plan); without it, only what
+    any reader needs (run id, status, targets), and the others only when present.
+    """
+    _expect(path, "run_id", body.get("run_id"), str, "a run id")
+    _expect(path, "status", body.get("status"), str, "a status")
+    _expect(path, "targets", body.get("targets"), dict, "an object")
+    for key in ("config", "package", "plan"):
+        if complete or key in body:
+            _expect(path, key, body.get(key), dict, "an object")
+    if complete or "run" in body.get("config", {}):
+        _expect(path, "config.run", body["config"].get("run"), dict, "an object")
+    if complete or "version" in body.get("package", {}):
+        _expect(path, "package.version", body["package"].get("version"), str, "a version")
+    for key in ("steps", "plugins"):
+        if complete or key in body.get("plan", {}):
+            _expect(path, f"plan.{key}", body["plan"].get(key), list, "a list")
+    for name, record in body["targets"].items():
+        _expect(path, f"targets.{name}", record, dict, "an object")
+        _expect(path, f"targets.{name}.status", record.get("status"), str, "a status")
+        if "steps" in record:
+            _expect(path, f"targets.{name}.steps", record["steps"], dict, "an object")
+        if "errors" in record:
+            _expect(path, f"targets.{name}.errors", record["errors"], list, "a list")
+    rollout = body.get("rollout")
+    if rollout is not None:
+        _expect(path, "rollout", rollout, dict, "an object")
+        _expect(path, "rollout.batches", rollout.get("batches"), list, "a list")
+        for index, batch in enumerate(rollout["batches"]):
+            _expect(path, f"rollout.batches[{index}]", batch, dict, "an object")
+            _expect(path, f"rollout.batches[{index}].targets", batch.get("targets"), list, "a list")

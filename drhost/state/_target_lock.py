@@ -22,6 +22,7 @@ How the scripts stay safe when controllers race:
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -31,6 +32,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NoReturn
@@ -134,6 +136,12 @@ state "$1"
 exit 3
 """
 
+#: Tokens of the locks TargetLock objects of this process hold now: what makes our own pid's lock judgeable.
+_HELD_HERE: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+
 _OWNER_KEYS = ("run_id", "controller", "pid", "user", "since", "token")
 
 
@@ -217,6 +225,9 @@ class LockOwner:
         for key in ("run_id", "controller", "user", "since", "token"):
             if not isinstance(data[key], str) or not data[key]:
                 raise ValueError(f"{key} is {data[key]!r}, not a non-empty string")
+            # These end up in messages on the operator's terminal: no escape sequence may ride along.
+            if not data[key].isprintable():
+                raise ValueError(f"{key} is {data[key]!a}, which has control characters")
         refreshed = data.get("refreshed")
         if refreshed is not None and not isinstance(refreshed, str):
             raise ValueError(f"refreshed is {refreshed!r}, not a string")
@@ -241,8 +252,8 @@ def _refusal(target: str, path: str, owner: LockOwner | None, stale: bool, why: 
                 "then run again with --break-lock")
     if owner is None:
         return f"{head}; {why}: wait and run again"
-    return (f"{head}: wait for that run to finish, or check it with drhost status {owner.run_id} "
-            f"on {owner.controller}")
+    return (f"{head}{f' ({why})' if why else ''}: wait for that run to finish, or check it with drhost status "
+            f"{owner.run_id} on {owner.controller}")
 
 
 class TargetLocked(RefusedError):
@@ -318,6 +329,27 @@ class TargetLock:
         # refresh() may run on a heartbeat thread while the main thread releases.
         self._mutex = threading.Lock()
 
+    def _set_held(self, owner: LockOwner | None) -> None:
+        with _HELD_LOCK:
+            if self._held is not None:
+                _HELD_HERE.discard(self._held.token)
+            if owner is not None:
+                _HELD_HERE.add(owner.token)
+        self._held = owner
+
+    @contextlib.contextmanager
+    def _claiming(self, token: str) -> Iterator[None]:
+        """The token counts as held here from before its lock is written: another thread of this process
+        that reads the lock in between must not judge it abandoned. Dropped again unless the lock was taken."""
+        with _HELD_LOCK:
+            _HELD_HERE.add(token)
+        try:
+            yield
+        finally:
+            with _HELD_LOCK:
+                if self._held is None or self._held.token != token:
+                    _HELD_HERE.discard(token)
+
     @property
     def held(self) -> LockOwner | None:
         """The owner this lock wrote, while it believes it holds the target."""
@@ -341,8 +373,15 @@ class TargetLock:
         owner = seen.owner
         if owner is None:
             return True, "unreadable lock file"
-        if owner.controller == socket.gethostname() and not _pid_alive(owner.pid):
-            return True, f"process {owner.pid} is gone from {owner.controller}"
+        if owner.controller == socket.gethostname():
+            if owner.pid == os.getpid():
+                # This process: its lock is gone exactly when no TargetLock here holds the token any more
+                # (an earlier drive of this process ended without releasing, as an interrupted run does).
+                with _HELD_LOCK:
+                    if owner.token not in _HELD_HERE:
+                        return True, f"no lock of this process (pid {owner.pid}) holds it any more"
+            elif not _pid_alive(owner.pid):
+                return True, f"process {owner.pid} is gone from {owner.controller}"
         age = seen.age_s(owner)
         if age > self.stale_after_s:
             last = owner.refreshed or owner.since
@@ -364,9 +403,11 @@ class TargetLock:
             to_break: bytes | None = None
             for _ in range(_ATTEMPTS):
                 candidate = LockOwner.for_this_process(self.run_id)
-                code, out = self._script(_ACQUIRE, candidate.to_json(), ok=(0, 3, 4))
+                with self._claiming(candidate.token):
+                    code, out = self._script(_ACQUIRE, candidate.to_json(), ok=(0, 3, 4))
+                    if code == 0:
+                        self._set_held(candidate)
                 if code == 0:
-                    self._held = candidate
                     return None
                 if code == 4:
                     continue  # released between our create and our read: try to create it again
@@ -376,14 +417,18 @@ class TargetLock:
                     unreadable += 1
                     time.sleep(_UNREADABLE_PAUSE_S)
                     continue
-                if owner is not None and owner.run_id == self.run_id:
-                    # Our own run, from a controller that crashed or restarted: resume with a new owner.
+                stale, why = self._judge(seen)
+                if owner is not None and owner.run_id == self.run_id and stale:
+                    # Our own run, from a controller that is provably gone: resume with a new owner. One that
+                    # may still be alive (a copy of the run resumed elsewhere) is refused like any other run.
                     if self._take_over(seen, candidate):
-                        log.info("target %s: run %s resumes its lock (was %s)", self.target, self.run_id,
-                                 owner.describe())
+                        log.info("target %s: run %s resumes its lock (was %s: %s)", self.target, self.run_id,
+                                 owner.describe(), why)
                         return owner
                     continue
-                stale, why = self._judge(seen)
+                if owner is not None and owner.run_id == self.run_id and not break_lock:
+                    raise TargetLocked(self.target, self.path, owner, stale=False,
+                                       why="the same run, from another drhost that is not provably gone")
                 # Break only the lock first found: one that replaced it since belongs to a run that has
                 # just started (perhaps another breaker), which this --break-lock was never about.
                 if not break_lock or to_break not in (None, seen.raw):
@@ -401,9 +446,10 @@ class TargetLock:
             self._fail(f"the lock kept appearing and vanishing over {_ATTEMPTS} attempts")
 
     def _take_over(self, seen: _Seen, candidate: LockOwner) -> bool:
-        code, _ = self._script(_TAKEOVER, seen.raw.hex(), candidate.to_json(), ok=(0, 4, 5))
-        if code == 0:
-            self._held = candidate
+        with self._claiming(candidate.token):
+            code, _ = self._script(_TAKEOVER, seen.raw.hex(), candidate.to_json(), ok=(0, 4, 5))
+            if code == 0:
+                self._set_held(candidate)
         return code == 0
 
     def refresh(self) -> None:
@@ -416,9 +462,9 @@ class TargetLock:
             fresh = replace(held, refreshed=_utc_now())
             code, out = self._script(_REFRESH, held.token, fresh.to_json(), ok=(0, 3, 4))
             if code == 0:
-                self._held = fresh
+                self._set_held(fresh)
                 return
-            self._held = None
+            self._set_held(None)
             if code == 4:
                 raise TargetLocked(self.target, self.path, None, stale=False, lost=True,
                                    why="the lock file was removed")
@@ -430,13 +476,20 @@ class TargetLock:
     def release(self) -> None:
         """Remove the lock if it still holds our token; a missing file or another run's lock is left alone."""
         with self._mutex:
-            held, self._held = self._held, None
+            held = self._held
+            self._set_held(None)
             if held is None:
                 return
             code, _ = self._script(_RELEASE, held.token, ok=(0, 3, 4))
             if code == 3:
                 log.warning("target %s: not releasing %s: it no longer holds run %s's token (someone broke "
                             "the lock)", self.target, self.path, self.run_id)
+
+    def forget(self) -> None:
+        """This process stops driving the target but leaves its lock in place (the target is not whole yet):
+        from now on the lock reads as held by a controller that is gone, so a resume may take it over."""
+        with self._mutex:
+            self._set_held(None)
 
     def read(self) -> LockOwner | None:
         """The current owner; None when there is no lock or it is unreadable."""

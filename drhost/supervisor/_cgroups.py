@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -590,10 +590,13 @@ def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, conf
     return RlimitSandbox(policy.worker_limits(), message_limit=message_limit, process_limit=policy.pids)
 
 
-def remove_run_cgroups(run_id: str, support: CgroupSupport | None = None) -> list[str]:
+def remove_run_cgroups(run_id: str, support: CgroupSupport | None = None,
+                       spare: Callable[[str], bool] | None = None) -> list[str]:
     """Kill whatever is left in, and remove, the cgroups of run ``run_id`` (left by a killed controller).
 
-    Safe only while this controller holds the run's lock: no other controller of the run is alive.
+    Safe only while this controller holds the run's lock: no other controller of the run is alive. ``spare``
+    is given each cgroup's directory name and leaves alone those it returns True for (those of a controller
+    that may still be alive).
     """
     support = support if support is not None else cgroup_support()
     prefix = f"{sanitize_label(run_id)}_"
@@ -604,6 +607,8 @@ def remove_run_cgroups(run_id: str, support: CgroupSupport | None = None) -> lis
             continue
         for directory in sorted(parent.iterdir()):
             if not directory.name.startswith(prefix) or not directory.is_dir():
+                continue
+            if spare is not None and spare(directory.name):
                 continue
             for _attempt in range(100):
                 try:

@@ -10,6 +10,8 @@ from . import _target as t
 def check_installed_version(ctx: Context) -> None:
     """The installed version is one the package upgrades from; it is recorded."""
     installed = t.current_version(ctx)
+    if installed is None and not ctx.exists(t.root(ctx)):
+        raise StepFailed(f"install root {t.root(ctx)} does not exist on this target", retryable=False)
     if installed is None:
         raise StepFailed(f"no drproduct installed: {t.path(ctx, 'current', 'VERSION')} is missing", retryable=False)
     if installed == ctx.package.version:

@@ -62,7 +62,16 @@ def unpack_package(ctx: Context) -> None:
     # directory that exists is always complete.
     ctx.remove(partial, recursive=True)
     ctx.run(["mkdir", "-p", partial])
-    ctx.run(["tar", "-xzf", ctx.package.remote_path, "-C", partial])
+    # As root GNU tar would take owners, setuid/setgid and world-write bits from the archive: the files belong
+    # to the user that unpacks instead, and modes are the manifest's within rwxr-xr-x, whatever the umask.
+    ctx.run(["sh", "-c", 'umask 022 && exec tar --no-same-owner --no-same-permissions -xzf "$1" -C "$2"', "sh",
+             ctx.package.remote_path, partial])
+    ctx.run(["chmod", "-R", "a-st,go-w", "--", partial])
+    odd = ctx.run(["find", partial, "!", "-type", "f", "!", "-type", "d"]).stdout.strip()
+    if odd:
+        # The controller refuses such packages; one here means the archive is not the verified one.
+        raise StepFailed(f"package {ctx.package.remote_path} unpacked entries that are neither files nor "
+                         f"directories: {odd.splitlines()[0]!r}", retryable=False)
     manifest_file = posixpath.join(partial, "manifest.json")
     if not ctx.exists(manifest_file):
         raise StepFailed(f"package {ctx.package.remote_path} has no manifest.json", retryable=False)
