@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from cli_helpers import demo_roots, pids_under, tree_digest
 from drhost.cli import main
-from drhost.errors import StateError
-from drhost.state import RunState, StateFile, iter_journal
-from drhost.state._files import JournalSkips, encode_state
+from drhost.errors import StateError, quote
+from drhost.state import JournalSkips, RunState, StateFile, iter_journal
+from drhost.state._files import encode_state
 
 pytestmark = [pytest.mark.podman, pytest.mark.integration]
 
@@ -119,7 +119,7 @@ def test_bad_run_id_is_refused_by_every_command(run: Interrupted, capsys: Capsys
     """A run id that is a path, too long, or has control characters is refused (exit 2), escaped in the message."""
     code, _, err = call(capsys, command, "--", run_id) if run_id.startswith("-") else call(capsys, command, run_id)
     assert code == 2, err
-    assert "run id" in err and ascii(run_id)[1:-1][:40] in err
+    assert "run id" in err and quote(run_id)[1:-1][:40] in err
     assert "\x1b" not in err and "\x00" not in err
 
 
@@ -289,6 +289,18 @@ def test_journal_that_is_not_a_file_is_refused_without_hanging(run: Interrupted,
     assert time.monotonic() - started < 30
     assert code == 7, err
     assert f"{journal}: expected the journal to be a regular file" in err
+
+
+def test_report_says_its_events_are_incomplete_when_journal_lines_were_skipped(
+        run: Interrupted, capsys: Capsys, tmp_path: Path) -> None:
+    """Malformed journal lines do not stop the report, and the page says how many events it could not read."""
+    journal = run.run_dir / "events.jsonl"
+    with journal.open("ab") as handle:
+        handle.write(b"[1]\nnot json\n")
+    out = tmp_path / "report.html"
+    code, _, err = call(capsys, "report", run.run_id, "--out", str(out))
+    assert code == 0, err
+    assert f"{journal}: 2 malformed lines skipped" in out.read_text()
 
 
 # -- resume re-checks what it relies on ----------------------------------------------------------------------

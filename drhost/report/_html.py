@@ -24,7 +24,7 @@ from drhost_hookspecs import Stage
 from ..errors import ExitCode
 from ..events import Event
 from ..orchestrator import RUN_EXIT_CODES
-from ..state import RunState, atomic_write, iter_journal
+from ..state import JournalSkips, RunState, atomic_write, iter_journal
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
@@ -338,7 +338,8 @@ def report_data(run_dir: Path) -> dict[str, Any]:
     state = RunState.open(run_dir)
     body = state.snapshot()
     path = run_dir / "events.jsonl"
-    journal = _Journal(set(body["targets"])).read(iter_journal(path) if path.exists() else ())
+    skips = JournalSkips()
+    journal = _Journal(set(body["targets"])).read(iter_journal(path, skips) if path.exists() else ())
     timelines, modes = journal.timelines, journal.modes
     rollout = rollout_summary(body)
     batches = (body.get("rollout") or {}).get("batches") or [{"index": 0, "group": None,
@@ -365,6 +366,7 @@ def report_data(run_dir: Path) -> dict[str, Any]:
             "duration_s": None if finished is None or started is None else round(float(finished) - started, 3),
             "counts": dict(sorted(Counter(t["status"] for t in targets).items())),
             "weaker_isolation": body.get("weaker_isolation"), "recovered_from": state.recovered_from,
+            "journal_skipped": skips.describe(path),
             "generated": time.time(),
         },
         "rollout": {

@@ -128,6 +128,7 @@ SCRIPT = r"""
     fact(facts, "targets", counts.join(", ")).className = "counts";
     if (run.weaker_isolation) { fact(facts, "weaker isolation", run.weaker_isolation); }
     if (run.recovered_from) { fact(facts, "state", "previous generation used: " + run.recovered_from); }
+    if (run.journal_skipped) { fact(facts, "journal", "events incomplete: " + run.journal_skipped); }
   }
 
   function rollout() {

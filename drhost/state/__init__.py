@@ -1,11 +1,21 @@
 """Durable run state: checkpoints, the event journal, run directories and locks."""
 
-from ._files import STATE_FORMAT, Journal, StateFile, atomic_write, iter_journal, read_journal, write_private_json
+from ._files import (
+    STATE_FORMAT,
+    Journal,
+    JournalSkips,
+    StateFile,
+    atomic_write,
+    iter_journal,
+    read_journal,
+    write_private_json,
+)
 from ._runs import RunLock, RunState, find_run, new_run_id, runs_dir, state_root
 
 __all__ = [
     "STATE_FORMAT",
     "Journal",
+    "JournalSkips",
     "RunLock",
     "RunState",
     "StateFile",

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DrhostError, ExitCode, RefusedError, StateError
+from ..errors import DrhostError, ExitCode, RefusedError, StateError, quote
 from ._files import Journal, StateFile
 
 if TYPE_CHECKING:
@@ -40,14 +40,6 @@ class StateDirError(StateError):
     exit_code = ExitCode.USAGE
 
 
-def shown(value: str, limit: int = 80) -> str:
-    """``value`` safe for a terminal: quoted, escaped (no control character or escape sequence gets
-    through) and shortened when long."""
-    if len(value) > limit:
-        return f"{value[:limit]!a}... ({len(value)} characters)"
-    return ascii(value)
-
-
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it can name a run directory; BadRunId saying what is wrong with it otherwise."""
     problem = None
@@ -58,7 +50,7 @@ def check_run_id(run_id: str) -> str:
     elif not _RUN_ID.fullmatch(run_id):
         problem = "letters, digits, '-', '_' and '.', starting with a letter or digit"
     if problem is not None:
-        raise BadRunId(f"run id {shown(run_id)}: expected {problem} (like 20261205-182313-a1b2c3)")
+        raise BadRunId(f"run id {quote(run_id)}: expected {problem} (like 20261205-182313-a1b2c3)")
     return run_id
 
 
@@ -107,7 +99,7 @@ def find_run(run_id: str | None) -> Path:
     if run_id:
         path = base / run_id
         if not _has_state(path):
-            raise StateError(f"no run {shown(run_id)} under {base}")
+            raise StateError(f"no run {quote(run_id)} under {base}")
         return path
     # Only names a run id can have: a stray directory must not pass for the newest run.
     runs = sorted(p for p in base.iterdir() if _RUN_ID.fullmatch(p.name) and _has_state(p))
@@ -180,8 +172,8 @@ class RunState:
         """
         body, problem = StateFile(run_dir / "state.json").read(lambda path, b: check_body(path, b, complete))
         if body["run_id"] != run_dir.name:
-            raise StateError(f"{run_dir / 'state.json'}: the state is of run {shown(body['run_id'])}, but its "
-                             f"directory is {shown(run_dir.name)}: a copied or renamed run directory is refused; "
+            raise StateError(f"{run_dir / 'state.json'}: the state is of run {quote(body['run_id'])}, but its "
+                             f"directory is {quote(run_dir.name)}: a copied or renamed run directory is refused; "
                              f"use the run's own directory")
         state = cls(run_dir, body)
         state.recovered_from = problem
