@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -89,7 +90,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., tupl
         monkeypatch.setenv("DRHOST_LOAD_PLUGINS", "rec")
         config = load_config(overrides=["target.t.transport=local", f"target.t.root={root}", *overrides])
         plan = build_plan(discover(), config.data)
-        package = PackageInfo("p", "2", ("1",), str(tmp_path / "pkg"), "", "0" * 64, 0)
+        # A real (empty) file with its real digest: resume re-checks the package it was verified with.
+        (tmp_path / "pkg").write_bytes(b"")
+        package = PackageInfo("p", "2", ("1",), str(tmp_path / "pkg"), "", hashlib.sha256(b"").hexdigest(), 0)
         state = create_run(config=config.data, config_files=[], plan=plan, package=package)
         mode = "upgrade"
         if before is not None:

@@ -165,9 +165,12 @@ def test_a_second_distribution_claiming_a_name_breaks_both_and_a_run_refuses(
         assert "drhost-plugin-platform-core 1.0.0" in row["error"] and "evil_core 6.6.6" in row["error"]
     run = drhost("upgrade", "--demo", "--json")
     assert run.returncode == 7, run.stderr[-2000:]
-    assert run.stdout == "" and "Traceback" not in run.stderr
-    assert "drhost-plugin-platform-core 1.0.0" in run.stderr and "evil_core 6.6.6" in run.stderr
-    assert marker not in run.stderr
+    # --json: the refusal is the one JSON document on stdout, nothing else.
+    error = json.loads(run.stdout)
+    assert error["exit_code"] == 7 and error["error"]["type"] == "RefusedError"
+    assert "drhost-plugin-platform-core 1.0.0" in error["error"]["message"]
+    assert "evil_core 6.6.6" in error["error"]["message"]
+    assert "Traceback" not in run.stderr and marker not in run.stdout + run.stderr
     # A run that leaves the name out does not need it.
     assert drhost("plan", "--demo", "-p", "no:dr-core").returncode == 0
 
