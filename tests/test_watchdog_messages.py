@@ -18,6 +18,7 @@ from drhost.watchdog import (
     TimeoutReport,
     as_event_fields,
     format_elapsed,
+    format_eta_extra,
     format_progress,
     format_remaining,
     format_resources,
@@ -120,6 +121,8 @@ def exercise_every_formatter(t: Any) -> None:
         format_remaining(remaining, 600, t)
     format_timeout(example_report(controller_environment=Environment(50, 40, 10)), t)
     format_timeout(example_report(cpu_throttled={"percent": 92, "cpu_percent": 20}), t)
+    for retries_s, restart_s in ((None, None), (90.0, 600.0)):
+        format_eta_extra(2, retries_s, True, restart_s, t)
 
 
 def test_english_example_is_reproduced_exactly() -> None:

@@ -226,7 +226,8 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
     status = record["status"]
     consistent = {"succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
                   "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
-                  "unreachable": "unknown: unreachable; resume when it is back"}.get(
+                  "unreachable": "unknown: unreachable; resume when it is back",
+                  "refused": "unknown: it refused drhost (host key or credentials); nothing was done since"}.get(
         status, "unknown until the run is resumed or rolled back")
     verdict = rollback_verdict(record) if status == "inconsistent" else None
     if status == "inconsistent":
@@ -265,6 +266,9 @@ def target_next(name: str, status: str, record: dict[str, Any]) -> str:
         "inconsistent": "follow the manual procedure below, then: drhost rollback RUN",
         "locked": "another run holds its lock: wait for it (see the error), or --break-lock if it is dead",
         "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
+        # Never retried on its own: a changed host key may be an impostor; the operator decides.
+        "refused": "check why it refused (a changed host key: confirm with its owner, then update known_hosts; "
+                   "rejected credentials: fix them), then: drhost rollback RUN (or drhost resume RUN)",
         "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
         "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
         "pending": "not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "

@@ -9,12 +9,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drhost_hookspecs import LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
+from drhost_hookspecs import Category, LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
 from drhost_hookspecs._protocol import call_label, json_problem, not_json_message
 
 from .._stdout import plugin_code
@@ -22,18 +22,20 @@ from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus
 from ..plan import Plan, PlannedStep, PluginEntry
-from ..policy import class_policy
+from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
 from ..transport import LocalSession, SshSession, SshTarget, TargetSession, TransportError
 from ..transport._heartbeat import HeartbeatSettings
 from ..watchdog import render_watchdog_event
-from ..watchdog._history import StepHistory, remaining_s
+from ..watchdog._budgets import BUDGET_KEYS, budget_key, budget_s
+from ..watchdog._history import StepHistory, eta_extra, remaining_for, remaining_s
 from ..watchdog._resources import sample_controller, sample_target
 from ..watchdog._watchdog import StepWatch, Watchdog, WatchdogSettings
 from ._abandoned import AbandonedThreads
+from ._network import NetworkEvents
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
-from ._timeouts import PLUGIN_CONTEXT_TIMEOUT_S, TimeoutEvidence, diagnose_timeout
+from ._timeouts import Operation, TimeoutEvidence, diagnose_timeout
 
 #: (target, stage, failure message) -> "retry" | "rollback" | "abort"
 Decide = Callable[[str, Stage, str], str]
@@ -59,7 +61,8 @@ class RunEnv:
 
 
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
-                 run_dir: Path | None = None) -> TargetSession:
+                 run_dir: Path | None = None,
+                 on_network: Callable[[str, str, dict[str, Any]], None] | None = None) -> TargetSession:
     transport = target["transport"]
     grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
@@ -76,7 +79,8 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
         return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost", kill_grace_s=grace,
                           reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
                           heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
-                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"))
+                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
+                          on_network=on_network)
     raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
 
 
@@ -102,6 +106,8 @@ class Executor:
         self.history = StepHistory()
         #: Core threads a timeout left running, and the targets they may still be changing.
         self.abandoned = AbandonedThreads(env)
+        #: Which call runs on which target, so a reconnect's event lands on the right row and step.
+        self.network = NetworkEvents(env.emit)
 
     # -- resources ------------------------------------------------------------------
     def session(self, target: str) -> TargetSession:
@@ -109,7 +115,7 @@ class Executor:
             if target not in self._sessions:
                 spec = self.env.config["targets"][target]
                 self._sessions[target] = open_session(target, spec, self.env.config, self.env.state.run_id,
-                                                      self.env.state.run_dir)
+                                                      self.env.state.run_dir, self.network.listener(target))
             return self._sessions[target]
 
     def _runner(self, plugin: PluginEntry, target: str) -> Runner:
@@ -246,16 +252,18 @@ class Executor:
         if env.stop.is_set():
             return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
         planned = env.plan.find_step(stage, plugin_name, step) if op == "run_step" and stage and step else None
+        # Every operation with a budget is watched, not only steps: cleanups, rollbacks, verification, probes.
+        operation = self.operation(op, plugin_name, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
         with self._lock:
             self._active.add(ctx)
+        self.network.started(target, ctx, stage=stage, step=step, plugin=plugin_name, op=op)
         try:
             try:
                 runner = self._runner(plugin, target)
             except Exception as exc:  # the sandbox could not be made: this plugin fails here, the run goes on
                 return CallOutcome("failed", message=f"cannot start the plugin's sandbox: {exc}", retryable=False,
                                    state=plugin_state)
-            if planned is not None:
-                watch = self._watch(target, planned, session, started)
+            watch = self._watch(target, operation, session, started, attempt)
             # The runner holds the watch's deadline exactly: one budget, measured from one start.
             budget = timeout_s if watch is None else max(0.0, watch.deadline - time.monotonic())
             try:
@@ -263,13 +271,14 @@ class Executor:
             finally:
                 stopped_at = time.monotonic()
             self._note_launches(runner, target, plugin_name)
-            if watch is not None and planned is not None:
-                outcome = self._after_watch(watch, planned, outcome, ctx, session, target, attempt, stopped_at)
+            if watch is not None:
+                outcome = self._after_watch(watch, operation, outcome, ctx, session, target, attempt, stopped_at)
         finally:
             if watch is not None:
                 self.watchdog.release(watch)
             with self._lock:
                 self._active.discard(ctx)
+            self.network.ended(target, ctx)
             self._close_output(notify, target, stage, step, plugin_name)
         outcome = self._json_checked(outcome, ctx)
         persist(outcome.state)
@@ -343,25 +352,96 @@ class Executor:
         """The step's usual duration on this target (median of history); None when never seen."""
         return self.history.expected_s(target, step_key)
 
-    def _watch(self, target: str, planned: PlannedStep, session: TargetSession, started: float) -> StepWatch:
+    def operation(self, op: str, plugin_name: str, *, stage: Stage | None = None, step: str | None = None,
+                  phase: VerifyPhase | None = None, timeout_s: float) -> Operation:
+        """What a call of ``op`` is, for its watch and its timeout report: a step's own, else the plugin's."""
+        planned = self.env.plan.find_step(stage, plugin_name, step) if stage and step else None
+        if planned is not None and op in ("run_step", "cleanup_step", "rollback_step"):
+            return dataclasses.replace(Operation.of_step(planned, op), timeout_s=timeout_s)
+        plugin = self.env.plan.plugin(plugin_name)
+        # Verification after a rollback is part of the rollback, and has its budget.
+        kind = "rollback" if op == "verify" and phase is VerifyPhase.ROLLED_BACK else op
+        key = budget_key(kind) if kind in BUDGET_KEYS else f"{op} (built in)"
+        where = f"/{stage.value}" if stage is not None else ""
+        return Operation(kind=op, plugin=plugin_name, stage=stage, step=step, category=Category.PLUGIN,
+                         timeout_s=timeout_s, timeout_key=key, plugin_class=plugin.plugin_class,
+                         isolation=plugin.isolation, history_key=f"{op}{where}/{plugin_name}",
+                         phase=phase.value if phase is not None else None)
+
+    def lock_operation(self) -> Operation:
+        """Taking a target's lock: drhost's own remote commands, watched against ``[watchdog] lock_timeout_s``."""
+        return Operation(kind="lock", plugin="", stage=None, step=None, category=Category.NETWORK,
+                         timeout_s=self.budget_s("lock"), timeout_key=budget_key("lock"), history_key="lock")
+
+    def budget_s(self, kind: str) -> float:
+        """The configured budget of an operation that is not a step (``[watchdog] verify_timeout_s`` ...)."""
+        return budget_s(self.env.config, kind)
+
+    def _eta_extra(self, target: str, operation: Operation, attempt: int) -> dict[str, Any]:
+        """The retries and stage restart the policy still allows this step, and what they would cost."""
+        planned = (self.env.plan.find_step(operation.stage, operation.plugin, operation.step)
+                   if operation.kind == "run_step" and operation.stage and operation.step else None)
+        if planned is None:
+            return {}
+        config = self.env.config
+        policy = class_policy(config, planned.plugin_class)
+        attempts = policy.attempts if planned.retryable else 1
+        # Only a failure that fails the stage (class policy "abort") can restart it, and only when the run's
+        # failure decision may be "retry" and the stage policy reruns the stage.
+        restarts_left = 0
+        if (policy.on_failure == "abort" and str(config["run"].get("on_failure")) in ("retry", "ask")
+                and stage_policy(config, planned.stage).restart in ("stage", "cleanup_then_stage")):
+            with self.env.state.reading() as body:
+                used = int(body["targets"][target].get("stage_attempts", {}).get(planned.stage.value) or 0)
+            restarts_left = max(0, int(config["run"]["stage_retries"]) - used)
+        stage_steps = [(target, s.key) for s in self.env.plan.stage_steps(planned.stage)]
+        return eta_extra(expected_s=self.expected_s(target, planned.key), retry_wait_s=retry_wait_s(policy, config),
+                         retries_left=max(0, attempts - attempt),
+                         stage_expected_s=remaining_for(stage_steps, self.history) if restarts_left else None,
+                         restarts_left=restarts_left)
+
+    def _watch(self, target: str, operation: Operation, session: TargetSession, started: float,
+               attempt: int = 1) -> StepWatch:
         env = self.env
-        expected = self.expected_s(target, planned.key)
+        expected = self.expected_s(target, operation.history_key)
 
         def emit(name: str, data: dict[str, Any]) -> None:
-            text = render_watchdog_event(name, data, stage=planned.stage.value, step_label=planned.name) or ""
-            env.emit(name, target=target, stage=planned.stage, step=planned.name, plugin=planned.plugin,
-                     message=text, **data)
+            stage = operation.stage.value if operation.stage is not None else ""
+            text = render_watchdog_event(name, data, stage=stage, step_label=operation.report_step) or ""
+            env.emit(name, target=target, stage=operation.stage, step=operation.step,
+                     plugin=operation.plugin or None, message=text, operation=operation.label, op=operation.kind,
+                     **data)
 
         return self.watchdog.watch(
-            timeout_s=planned.timeout_s, started=started, emit=emit,
+            timeout_s=operation.timeout_s, started=started, emit=emit,
             sample=lambda: sample_target(session), sample_controller=lambda: sample_controller(),
             estimate=lambda elapsed, fraction: remaining_s(expected, elapsed, fraction),
+            eta_extra=self._eta_extra(target, operation, attempt),
         )
 
-    def _after_watch(self, watch: StepWatch, planned: PlannedStep, outcome: CallOutcome, ctx: HostContext,
+    @contextlib.contextmanager
+    def watched(self, target: str, operation: Operation, session: TargetSession) -> Iterator[StepWatch]:
+        """Watch drhost's own operation on ``target`` (a lock): progress lines, warnings, and, when it returned
+        past its budget, the classified timeout report. Its commands carry their own bound; the watch explains."""
+        started = time.monotonic()
+        watch = self._watch(target, operation, session, started)
+        try:
+            yield watch
+        finally:
+            stopped_at = time.monotonic()
+            self.watchdog.release(watch)
+            if watch.expired(stopped_at):
+                outcome = CallOutcome("timeout", message=f"{operation.label} took "
+                                      f"{stopped_at - started:.1f} s, over its budget of {operation.timeout_s:g} s",
+                                      duration_s=stopped_at - started)
+                self._diagnose(watch, operation, outcome, (), session, target, 1, stopped_at)
+            else:
+                self.history.record(target, operation.history_key, stopped_at - started)
+
+    def _after_watch(self, watch: StepWatch, operation: Operation, outcome: CallOutcome, ctx: HostContext,
                      session: TargetSession, target: str, attempt: int, stopped_at: float) -> CallOutcome:
         if outcome.ok:
-            self.history.record(target, planned.key, outcome.duration_s)
+            self.history.record(target, operation.history_key, outcome.duration_s)
             return outcome
         # A command stopped by the step's deadline ends the step as "cancelled" a moment before the runner's
         # own timer fires: still a timeout, and reported as one.
@@ -369,28 +449,38 @@ class Executor:
                                                  and not self.env.stop.is_set())
         if not ran_out:
             return outcome
+        return self._diagnose(watch, operation, outcome, tuple(ctx.stopped_commands), session, target, attempt,
+                              stopped_at)
+
+    def _diagnose(self, watch: StepWatch, operation: Operation, outcome: CallOutcome,
+                  stopped_commands: tuple[Mapping[str, Any], ...], session: TargetSession, target: str,
+                  attempt: int, stopped_at: float) -> CallOutcome:
+        """Gather the context of a timeout, emit its ``step_timeout`` report, and word the outcome."""
         spec = self.env.config["targets"][target]
         evidence = TimeoutEvidence(
-            target=target, step=planned, attempt=attempt, watch=watch, elapsed_s=watch.elapsed(stopped_at),
-            outcome=outcome, stopped_commands=tuple(ctx.stopped_commands), install_root=str(spec["root"]),
+            target=target, step=operation, attempt=attempt, watch=watch, elapsed_s=watch.elapsed(stopped_at),
+            outcome=outcome, stopped_commands=stopped_commands, install_root=str(spec["root"]),
             package_size=int(self.env.package.size))
-        with_hook = [p.name for p in self.env.plan.plugins_with("drhost_collect_context")]
+        # A context collection that timed out does not ask the plugins again: that is what just hung.
+        with_hook = ([] if operation.kind == "collect_context"
+                     else [p.name for p in self.env.plan.plugins_with("drhost_collect_context")])
 
         def ask(plugin_name: str) -> CallOutcome:
-            return self.call(target, plugin_name, "collect_context", timeout_s=PLUGIN_CONTEXT_TIMEOUT_S)
+            return self.call(target, plugin_name, "collect_context", timeout_s=self.budget_s("collect_context"))
 
         try:
             report, fields = diagnose_timeout(evidence, session=session, ask_plugin=ask,
                                               plugins_with_context=with_hook, run_dir=self.env.state.run_dir)
         except Exception as exc:  # the diagnosis must never turn a timeout into a crash of the run
-            self.env.logger.exception("timeout diagnosis of %s on %s failed", planned.label, target)
+            self.env.logger.exception("timeout diagnosis of %s on %s failed", operation.label, target)
             fields = {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
-            message = f"no result after {planned.timeout_s:g} s (diagnosis failed: {exc})"
+            message = f"no result after {operation.timeout_s:g} s (diagnosis failed: {exc})"
         else:
-            self.env.emit("step_timeout", target=target, stage=planned.stage, step=planned.name,
-                          plugin=planned.plugin, message=str(fields.pop("text")), **fields)
+            self.env.emit("step_timeout", target=target, stage=operation.stage, step=operation.step,
+                          plugin=operation.plugin or None, message=str(fields.pop("text")), **fields)
             # The runner's words say how the step was stopped; the report adds how long it ran and where to look.
-            stopped = outcome.message if outcome.ended == "timeout" else f"no result after {planned.timeout_s:g} s"
+            stopped = (outcome.message if outcome.ended == "timeout"
+                       else f"no result after {operation.timeout_s:g} s")
             message = f"{stopped} (ran {report.elapsed_s:g} s; context saved in {report.context_path})"
         detail = {**outcome.detail, "timeout": fields}
         return dataclasses.replace(outcome, ended="timeout", message=message, detail=detail,
@@ -398,10 +488,17 @@ class Executor:
 
     def unreachable(self, target: str) -> str | None:
         """Why ``target`` cannot be reached right now (a trivial command through its session), or None."""
+        problem = self.probe(target)
+        return None if problem is None else str(problem)
+
+    def probe(self, target: str, timeout_s: float = 15.0) -> TransportError | RefusedError | None:
+        """What keeps ``target`` from answering a trivial command right now, or None: the error itself, so a
+        refusal (a changed host key, rejected credentials: a :class:`RefusedError`) can be told from an outage.
+        ``timeout_s`` bounds the whole look (a wait that is nearly over looks for no longer than it has left)."""
         try:
-            self.session(target).run(["true"], timeout=15)
+            self.session(target).probe(timeout_s)  # one bound for the whole probe: connects and retries included
         except (TransportError, RefusedError) as exc:
-            return str(exc)
+            return exc
         return None
 
     def plugin_class(self, plugin_name: str) -> PluginClass:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,13 +9,14 @@ from drhost_hookspecs import Stage, VerifyPhase
 
 from ..failpoints import failpoint
 from ..plan import PlannedStep
-from ..policy import stage_policy
+from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import write_private_json
 from ..supervisor import CallOutcome
 from ._env import Executor, RunEnv
+from ._manual_evidence import plugins_left, read_from_target
+from ._reach import look, queue_rollback, wait_until_reachable
 from ._records import TOUCHED, TargetRecord
-
-_HOOK_TIMEOUT_S = 300.0
+from ._stray_commands import confirm_stopped, stop_pending
 
 
 def plugins_last_first(touched: list[PlannedStep], steps: dict[str, dict[str, object]]) -> list[str]:
@@ -93,6 +93,8 @@ class RollbackFlow:
         self.executor = executor
         self.name = name
         self.record = TargetRecord(env, name)
+        #: Why the target refused us at the last look (host key, credentials), or None.
+        self._refusal: str | None = None
 
     def _emit(self, event: str, **kwargs: object) -> None:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
@@ -125,6 +127,11 @@ class RollbackFlow:
                                        {"errors": rollback["errors"], "problems": rollback["problems"]}]
                 rollback["errors"], rollback["problems"] = [], []
             record["phase"], record["status"] = "rollback", "rolling_back"
+        unstopped = stop_pending(self.env, self.executor, self.name)
+        if unstopped is not None:
+            # A step's command may still run there: no compensation may start next to it.
+            self._refusal = unstopped.why if unstopped.status == "refused" else None
+            return self._queued()
         stages = self._stages_to_roll_back()
         self._emit("rollback.started", stages=[s.value for s in stages])
         for stage in stages:
@@ -137,8 +144,9 @@ class RollbackFlow:
             if not self._wait_until_reachable():
                 return self._queued()
             errors, problems = self._stage_with_recovery(stage)
-            if (errors or problems) and self.executor.unreachable(self.name) is not None:
-                # The link failed, not the rollback: forget this pass and queue the target until it is back.
+            if (errors or problems) and not self._reachable_now():
+                # The link failed (or the target now refuses us), not the rollback: forget this pass and queue
+                # the target until it is back.
                 self._forget_stage_marks(stage)
                 return self._queued()
             failpoint(f"rollback.stage_returned:{stage.value}")
@@ -182,32 +190,22 @@ class RollbackFlow:
 
     def _wait_until_reachable(self) -> bool:
         """True once the target answers; an unreachable one is waited for, with backoff, for
-        ``run.unreachable_wait_s`` — it needs this rollback more than any other."""
-        reason = self.executor.unreachable(self.name)
-        if reason is None:
-            return True
-        budget = float(self.env.config["run"]["unreachable_wait_s"])
-        self._emit("target.unreachable", message=f"rollback waits for the target to come back (up to "
-                                                 f"{budget:g} s): {reason}")
-        deadline = time.monotonic() + budget
-        delay = 1.0
-        while time.monotonic() < deadline:
-            if self.env.stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
-                return False
-            delay = min(delay * 2, 30.0)
-            reason = self.executor.unreachable(self.name)
-            if reason is None:
-                self._emit("target.reachable", message="the target answers again; the rollback continues")
-                return True
-        return False
+        ``run.unreachable_wait_s`` — it needs this rollback more than any other. A target that refuses us
+        (changed host key, rejected credentials) is not waited for: :meth:`_queued` marks it ``refused``."""
+        reach = wait_until_reachable(self.env, self.executor, self.name, "rollback")
+        self._refusal = reach.why if reach.status == "refused" else None
+        return reach.ok
+
+    def _reachable_now(self) -> bool:
+        reach = look(self.executor, self.name)
+        self._refusal = reach.why if reach.status == "refused" else None
+        return reach.ok
 
     def _queued(self) -> str:
-        """Still unreachable: the rollback stays queued; resume or `drhost rollback RUN` takes it up."""
-        self.record.set(status="unreachable", phase="rollback")
-        self._emit("target.rollback_queued",
-                   message=f"unreachable: rollback queued; when the target is back run drhost rollback "
-                           f"{self.env.state.run_id}")
-        return "unreachable"
+        """Not reachable: the rollback stays queued; resume or `drhost rollback RUN` takes it up. A refusal is
+        ``refused`` (exit 7: the operator must act first), an outage ``unreachable`` (exit 6)."""
+        return queue_rollback(self.env, self.name, "refused" if self._refusal is not None else "unreachable",
+                              self._refusal)
 
     def _inconsistent(self, stages: list[Stage], errors: list[str], problems: list[str]) -> str:
         """Recovery failed: keep the evidence, say exactly what to do by hand, mark the target."""
@@ -240,13 +238,19 @@ class RollbackFlow:
             lines.extend(f"     {item}" for item in (*errors, *problems) if item.startswith(f"[{stage.value}]"))
             for plugin in self.env.plan.plugins_with("drhost_manual_rollback_steps"):
                 outcome = self.executor.call(self.name, plugin.name, "manual_rollback_steps", stage=stage,
-                                             timeout_s=_HOOK_TIMEOUT_S)
+                                             timeout_s=self.executor.budget_s("manual_rollback_steps"))
                 steps = list(outcome.result or []) if outcome.ok else [
                     f"(could not ask {plugin.name} for its steps: {outcome.message})"]
                 if steps:
                     lines.append(f"   {plugin.name}:")
                     lines.extend(f"     - {item}" for item in steps)
             number += 1
+        # Which plugins' compensations failed and what they left, read from the target: not a fixed label.
+        left = [line for stage in failed for line in plugins_left(self.record.get() or {}, stage, _how_it_ended)]
+        lines.append(f"{number}. what the failed compensations left (evidence from the target):")
+        lines.extend(f"     {line}" for line in
+                     (*left, *read_from_target(self.env, self.executor, self.name)))
+        number += 1
         lines.append(f"{number}. then let drhost check and finish: drhost rollback {run_id} (it retries only what "
                      f"failed and verifies again)")
         return lines
@@ -271,32 +275,58 @@ class RollbackFlow:
             if done.get(key) == "done":
                 continue
             failpoint(f"rollback.plugin_before:{stage.value}/{plugin.name}")
-            outcome = self.executor.call(self.name, plugin.name, "rollback", stage=stage, timeout_s=_HOOK_TIMEOUT_S)
+            outcome = self.executor.call(self.name, plugin.name, "rollback", stage=stage,
+                                         timeout_s=self.executor.budget_s("rollback"))
             failpoint(f"rollback.plugin_returned:{stage.value}/{plugin.name}")
             self._mark(key, outcome.ok)
             self._emit("rollback.plugin", stage=stage, plugin=plugin.name, ended=outcome.ended,
                        message=outcome.message)
             if not outcome.ok:
-                self._failed_call(stage, f"{plugin.name} drhost_rollback", outcome, _HOOK_TIMEOUT_S)
+                self._failed_call(stage, f"{plugin.name} drhost_rollback", outcome, self.executor.budget_s("rollback"),
+                                  plugin=plugin.name)
                 errors.append(f"[{stage.value}] {plugin.name} drhost_rollback {outcome.ended}: {outcome.message}")
         return errors
 
     def _compensate(self, step: PlannedStep) -> list[str]:
-        failpoint(f"rollback.before:{step.key}")
-        outcome = self.executor.call(self.name, step.plugin, "rollback_step", stage=step.stage, step=step.name,
-                                     timeout_s=step.timeout_s)
-        failpoint(f"rollback.returned:{step.key}")
+        """A step's compensation, retried per its class policy like the step itself (a retryable step's
+        compensation killed after its deadline gets the class's attempts); what a failed attempt left
+        running is confirmed stopped before the next attempt."""
+        unstopped = stop_pending(self.env, self.executor, self.name)
+        if unstopped is not None:
+            # An earlier attempt's command may still run: compensating next to it would race it.
+            return [f"{step.label} rollback not run: a command of this run may still run on the target "
+                    f"({unstopped.why})"]
+        policy = class_policy(self.env.config, step.plugin_class)
+        attempts = policy.attempts if step.retryable else 1
+        outcome = CallOutcome("failed", message="not run")
+        for attempt in range(1, attempts + 1):
+            failpoint(f"rollback.before:{step.key}")
+            outcome = self.executor.call(self.name, step.plugin, "rollback_step", stage=step.stage, step=step.name,
+                                         timeout_s=step.timeout_s)
+            failpoint(f"rollback.returned:{step.key}")
+            retry = (not outcome.ok and attempt < attempts and outcome.retryable
+                     and not outcome.detail.get("hung_thread") and not self.env.stop.is_set())
+            if not outcome.ok and confirm_stopped(self.env, self.executor, self.name, step,
+                                                  outcome.message) is not None:
+                retry = False  # its command may still run: nothing more on this target until it is stopped
+            wait = retry_wait_s(policy, self.env.config) if retry else 0.0
+            self._emit("rollback.step", stage=step.stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
+                       message=outcome.message, attempt=attempt, attempts=attempts,
+                       retrying_in_s=wait if retry else None)
+            if not retry or self.env.stop.wait(wait):
+                break
         self._mark(step.key, outcome.ok)
-        self._emit("rollback.step", stage=step.stage, step=step.name, plugin=step.plugin, ended=outcome.ended,
-                   message=outcome.message)
         if not outcome.ok:
-            self._failed_call(step.stage, f"{step.plugin}/{step.name} rollback", outcome, step.timeout_s)
+            self._failed_call(step.stage, f"{step.plugin}/{step.name} rollback", outcome, step.timeout_s,
+                              plugin=step.plugin, attempts=attempt)
         return [] if outcome.ok else [f"{step.label} rollback {outcome.ended}: {outcome.message}"]
 
-    def _failed_call(self, stage: Stage, what: str, outcome: CallOutcome, timeout_s: float) -> None:
+    def _failed_call(self, stage: Stage, what: str, outcome: CallOutcome, timeout_s: float, *,
+                     plugin: str | None = None, attempts: int = 1) -> None:
         """A compensation that did not finish, as evidence for the rollback's verdict."""
         call = {"what": what, "ended": outcome.ended, "message": outcome.message, "timeout_s": timeout_s,
-                "killed": bool(outcome.detail.get("killed")), "hung_thread": bool(outcome.detail.get("hung_thread"))}
+                "killed": bool(outcome.detail.get("killed")), "hung_thread": bool(outcome.detail.get("hung_thread")),
+                "plugin": plugin, "attempts": attempts}
         with self.env.state.mutate() as body:
             body["targets"][self.name]["rollback"].setdefault("failed_calls", {}).setdefault(stage.value, []).append(
                 call)
@@ -312,7 +342,8 @@ class RollbackFlow:
         reported: dict[str, dict[str, Any]] = {}
         for plugin in self.env.plan.plugins_with("drhost_verify"):
             outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage,
-                                         phase=VerifyPhase.ROLLED_BACK, timeout_s=_HOOK_TIMEOUT_S)
+                                         phase=VerifyPhase.ROLLED_BACK,
+                                         timeout_s=self.executor.budget_s("rollback"))
             if not outcome.ok:
                 problems.append(f"[{stage.value}] {plugin.name}: verification did not run: {outcome.message}")
                 reported[plugin.name] = {"ran": False, "ended": outcome.ended, "why": outcome.message}

@@ -32,6 +32,7 @@ from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
 from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
+from ._reach import Reach, look, queue_rollback, wait_until_reachable
 from ._recheck import (
     check_config,
     check_controller,
@@ -82,7 +83,7 @@ def run_status(target_statuses: Sequence[str]) -> str:
         return "interrupted"
     if statuses & {"rollback_failed", "failed", "inconsistent"}:
         return "failed"
-    if "locked" in statuses:
+    if statuses & {"locked", "refused"}:
         return "refused"
     if "aborted" in statuses:
         return "aborted"
@@ -179,32 +180,51 @@ def _stop_leftovers(env: RunEnv, executor: Executor, name: str) -> None:
                          + ", ".join(stopped))
 
 
-def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str) -> str | None:
+def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str, *, rollback: bool) -> str | None:
     """Take the target's lock before touching it. None when held; else the target's status: ``locked``
-    (another run holds it; the target is left untouched) or ``unreachable`` (resume tries again)."""
+    (another run holds it; the target is left untouched), ``refused`` (a changed host key or rejected
+    credentials: never waited for, never retried) or ``unreachable`` (resume tries again).
+
+    ``rollback``: the target needs a rollback (``drhost rollback``, or a queued one that resume takes up). An
+    unreachable one is then waited for (``run.unreachable_wait_s``), and whatever keeps it from being locked
+    leaves it queued under that status — never under the status it had, which would claim a rollback that
+    did not happen (a ``succeeded`` target still at the new version, exit 0).
+    """
+    root = str(env.config["targets"][name]["root"])
     try:
-        session = executor.session(name)
+        executor.session(name)
     except (TransportError, RefusedError) as exc:
-        status, why = "unreachable", f"cannot reach {name} to lock it: {exc}"
+        reach = Reach("refused" if isinstance(exc, RefusedError) else "unreachable", str(exc))
     else:
-        missing = missing_root(session, name, str(env.config["targets"][name]["root"]))
-        if missing is not None:
-            return _not_locked(env, name, MISSING_ROOT_STATUS, missing)
-        previous, refused = locks.acquire(name, session, str(env.config["targets"][name]["root"]))
-        if refused is None:
-            if previous is not None and previous.run_id != env.state.run_id:
-                env.emit("target.lock_broken", target=name, message=f"--break-lock: took the lock of "
-                                                                    f"{previous.describe()}",
-                         owner=dataclasses.asdict(previous))
-            return None
-        status, why = ("unreachable" if refused.startswith("cannot reach") else "locked"), refused
-    return _not_locked(env, name, status, why)
+        # One look first: an outage costs one connect timeout (not one per lock-file operation), and a refusal
+        # is told apart from it before anything is waited for.
+        reach = wait_until_reachable(env, executor, name, "rollback") if rollback else look(executor, name)
+    if not reach.ok:
+        why = f"cannot reach {name} to lock it: {reach.why}" if reach.status == "unreachable" else \
+            f"{name} refused the connection: {reach.why}"
+        return queue_rollback(env, name, reach.status, why) if rollback else _not_locked(env, name, reach.status, why)
+    session = executor.session(name)
+    missing = missing_root(session, name, root)
+    if missing is not None:
+        return _not_locked(env, name, MISSING_ROOT_STATUS, missing)
+    with executor.watched(name, executor.lock_operation(), session):
+        previous, refused = locks.acquire(name, session, root)
+    if refused is None:
+        if previous is not None and previous.run_id != env.state.run_id:
+            env.emit("target.lock_broken", target=name, message=f"--break-lock: took the lock of "
+                                                                f"{previous.describe()}",
+                     owner=dataclasses.asdict(previous))
+        return None
+    status = "unreachable" if refused.startswith("cannot reach") else "locked"
+    return queue_rollback(env, name, status, refused) if rollback else _not_locked(env, name, status, refused)
 
 
 def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
     with env.state.mutate() as body:
         record = body["targets"][name]
-        if record["status"] in ("pending", "locked", "unreachable"):
+        # A refusal replaces what an earlier drive left (interrupted, aborted): the operator must act on it first,
+        # and the run's exit code (7) must say so. The steps' records keep where the target stands.
+        if record["status"] in ("pending", "locked", "unreachable", "refused") or status == "refused":
             record["status"] = status
         record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "target not touched"})
     env.emit(f"target.{status}", target=name, message=why)
@@ -321,9 +341,10 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
         def one(name: str) -> str:
             with state.reading() as b:
                 status = str(b["targets"][name]["status"])
+                phase = str(b["targets"][name].get("phase"))
             if status in WHOLE and (mode != "rollback" or status != "succeeded"):
                 return status
-            refused = _lock_target(env, executor, locks, name)
+            refused = _lock_target(env, executor, locks, name, rollback=mode == "rollback" or phase == "rollback")
             if refused is not None:
                 if refused == "locked":
                     locked_out.append(name)

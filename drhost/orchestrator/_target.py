@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -15,9 +16,7 @@ from ..watchdog._history import remaining_for
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
-
-_VERIFY_TIMEOUT_S = 120.0
-_PROBE_TIMEOUT_S = 60.0
+from ._stray_commands import Unstopped, confirm_stopped, queued_message
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,8 @@ class TargetFlow:
 
     def probe_version(self) -> str | None:
         for plugin in self.env.plan.plugins_with("drhost_installed_version"):
-            outcome = self.executor.call(self.name, plugin.name, "installed_version", timeout_s=_PROBE_TIMEOUT_S)
+            outcome = self.executor.call(self.name, plugin.name, "installed_version",
+                                         timeout_s=self.executor.budget_s("installed_version"))
             if outcome.ok and outcome.result:
                 return str(outcome.result)
         return None
@@ -106,6 +106,8 @@ class TargetFlow:
                     self._emit("stage.completed", stage=stage)
                     return "completed"
             if isinstance(failure, str):
+                if failure in ("unreachable", "refused"):
+                    return failure
                 return self._interrupted() if failure == "interrupted" else self._up_to_date()
             self.record.set_stage(stage, "failed")
             self._emit("stage.failed", stage=stage, step=failure.step.name if failure.step else None,
@@ -193,10 +195,13 @@ class TargetFlow:
                 self.record.mark_step(step, "cleaned")
             else:
                 errors.append(f"{step.label}: {outcome.message}")
+                # A failed cleanup leads to the rollback: what it left running is stopped first (or queued first).
+                confirm_stopped(self.env, self.executor, self.name, step, outcome.message)
         for plugin in plugins_last_first(touched, steps):
             if "drhost_cleanup" not in self.env.plan.plugin(plugin).hooks:
                 continue
-            outcome = self.executor.call(self.name, plugin, "cleanup", stage=stage, timeout_s=_VERIFY_TIMEOUT_S)
+            outcome = self.executor.call(self.name, plugin, "cleanup", stage=stage,
+                                         timeout_s=self.executor.budget_s("cleanup"))
             if not outcome.ok:
                 errors.append(f"{plugin} drhost_cleanup: {outcome.message}")
         with self.env.state.mutate() as body:
@@ -233,6 +238,9 @@ class TargetFlow:
                 self._emit("step.interrupted", stage=stage, step=step.name, plugin=step.plugin, message=message)
                 return StageFailure(message, step, step.plugin, needs_cleanup=True, interrupted=True)
             outcome = self._execute(step)
+            unstopped = outcome.detail.get("unstopped")
+            if isinstance(unstopped, Unstopped):
+                return self._unstopped(step, outcome, unstopped)
             failure = self._apply_outcome(step, outcome)
             if failure is not None:
                 return failure
@@ -269,8 +277,13 @@ class TargetFlow:
                            message="stopped by the operator")
                 return outcome
             self.record.mark_step(step, "failed", message=outcome.message, ended_as=outcome.ended)
+            # Its command may outlive the call (a lost link, a deadline while the link was down): confirmed
+            # stopped before the step runs again, is cleaned up or compensated — or the target is queued.
+            unstopped = confirm_stopped(self.env, self.executor, self.name, step, outcome.message)
+            if unstopped is not None:
+                outcome = dataclasses.replace(outcome, detail={**outcome.detail, "unstopped": unstopped})
             retry = (attempt < attempts and step.retryable and outcome.retryable
-                     and not outcome.detail.get("hung_thread"))
+                     and not outcome.detail.get("hung_thread") and unstopped is None)
             wait = retry_wait_s(policy, self.env.config) if retry else 0.0
             self._emit("step.failed", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
                        attempts=attempts, ended=outcome.ended, retrying_in_s=wait if retry else None,
@@ -344,7 +357,7 @@ class TargetFlow:
             if plugin.name in skipped:
                 continue
             outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage, phase=VerifyPhase.COMPLETED,
-                                         timeout_s=_VERIFY_TIMEOUT_S)
+                                         timeout_s=self.executor.budget_s("verify"))
             found = list(outcome.result or []) if outcome.ok else [f"verification did not run: {outcome.message}"]
             if not found:
                 continue
@@ -363,6 +376,20 @@ class TargetFlow:
         self.record.set(status="interrupted")
         self._emit("target.interrupted")
         return "interrupted"
+
+    def _unstopped(self, step: PlannedStep, outcome: CallOutcome, unstopped: Unstopped) -> str:
+        """The step's command could not be confirmed stopped: nothing may touch the target (no retry, cleanup or
+        compensation next to a command that may still run); its rollback is queued with the stop first."""
+        self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
+                              action="rollback queued: the command may still run")
+        self.record.set_stage(step.stage, "failed")
+        self.record.set(status=unstopped.status, phase="rollback")
+        self._emit("stage.failed", stage=step.stage, step=step.name, plugin=step.plugin,
+                   message=f"{step.label} {outcome.ended}: {outcome.message}")
+        self._emit("target.rollback_queued", stage=step.stage, step=step.name, plugin=step.plugin,
+                   status=unstopped.status, pending_stop=True,
+                   message=queued_message(unstopped, step, self.env.state.run_id))
+        return unstopped.status
 
     def _up_to_date(self) -> str:
         version = self.probe_version() or self.env.package.version

@@ -1,6 +1,8 @@
-"""What happens when a step runs out of time: the evidence, the classified report, the event.
+"""What happens when an operation runs out of time: the evidence, the classified report, the event.
 
-The runner has already stopped the step (and confirmed it) when this runs. Here the
+An operation is anything drhost runs under a deadline on a target: a step, its cleanup or rollback, a
+plugin-wide hook (cleanup, rollback, verification), a version probe, a context collection, a lock. The
+runner has already stopped it (and confirmed it) when this runs. Here the
 context of the moment is gathered — the target's /proc through the session, the
 controller's through psutil, and every plugin's ``drhost_collect_context`` — saved
 with the run, and summed up in one message whose every figure is a measurement.
@@ -14,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from drhost_hookspecs import Category, PluginClass, Stage
+
 from ..plan import PlannedStep
 from ..state import write_private_json
 from ..supervisor import CallOutcome
@@ -22,13 +26,62 @@ from ..watchdog import Environment, TimeoutReport, as_event_fields, format_timeo
 from ..watchdog._collect import collect_controller_context, collect_target_context
 from ..watchdog._watchdog import StepWatch
 
-__all__ = ["TimeoutEvidence", "diagnose_timeout", "measurement_for"]
-
-#: Each plugin's diagnostics get this long; a hook that hangs must not hold up the report.
-PLUGIN_CONTEXT_TIMEOUT_S = 20.0
+__all__ = ["OP_LABELS", "Operation", "TimeoutEvidence", "diagnose_timeout", "measurement_for"]
 
 #: (plugin name) -> the plugin's collect_context outcome.
 AskPlugin = Callable[[str], CallOutcome]
+
+
+#: What each kind of operation is called in its report and events (``rollback dr-database.restore_db``).
+OP_LABELS = {
+    "run_step": "step", "cleanup_step": "cleanup", "rollback_step": "rollback", "cleanup": "cleanup hook",
+    "rollback": "rollback hook", "manual_rollback_steps": "manual rollback steps", "verify": "verification",
+    "installed_version": "version probe", "collect_context": "context collection", "lock": "lock",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """One watched operation on a target: what it is, whose it is, its budget and where that budget is set."""
+
+    kind: str
+    plugin: str
+    stage: Stage | None
+    step: str | None
+    category: Category
+    timeout_s: float
+    #: The key that sets the budget: a ``[timeouts]`` key (``upgrade.x``) for a step, its cleanup and rollback;
+    #: else the full key (``watchdog.verify_timeout_s``).
+    timeout_key: str
+    plugin_class: PluginClass | None = None
+    isolation: str | None = None
+    #: The history key its durations are kept under.
+    history_key: str = ""
+    #: verify's phase (``completed``, ``rolled_back``), shown in the label.
+    phase: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``rollback dr-database.restore_db``, ``version probe dr-core``, ``verification (completed) dr-core``."""
+        what = OP_LABELS.get(self.kind, self.kind)
+        if self.phase:
+            what = f"{what} ({self.phase})"
+        if not self.plugin:  # drhost's own operation (a lock)
+            return what
+        return f"{what} {self.plugin}.{self.step}" if self.step else f"{what} {self.plugin}"
+
+    @property
+    def report_step(self) -> str:
+        """The report's ``step:`` row: a step keeps its ``name (plugin)``; any other operation shows its label."""
+        return f"{self.step} ({self.plugin})" if self.kind == "run_step" else self.label
+
+    @classmethod
+    def of_step(cls, step: PlannedStep, kind: str = "run_step") -> Operation:
+        """A step, or its cleanup or rollback (which have the step's timeout)."""
+        key = step.key if kind == "run_step" else f"{step.key}#{kind}"
+        return cls(kind=kind, plugin=step.plugin, stage=step.stage, step=step.name, category=step.category,
+                   timeout_s=step.timeout_s, timeout_key=step.timeout_key,
+                   plugin_class=step.plugin_class, isolation=step.isolation, history_key=key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +89,7 @@ class TimeoutEvidence:
     """What the executor knows about the timed-out call when it hands it over."""
 
     target: str
-    step: PlannedStep
+    step: Operation
     attempt: int
     watch: StepWatch
     #: Seconds from the step's start until its stop was confirmed.
@@ -51,7 +104,11 @@ def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
     detail = evidence.outcome.detail
     isolation = evidence.step.isolation
     how: dict[str, Any]
-    if isolation == "thread":
+    if isolation is None:
+        # drhost's own operation (a lock): the watch cannot stop it; its commands are bounded on their own.
+        how = {"how": "drhost's own operation; it returned after its budget (its commands have their own bound)",
+               "confirmed": True}
+    elif isolation == "thread":
         hung = bool(detail.get("hung_thread"))
         how = {"how": "thread asked to stop; it did not return and was abandoned" if hung
                else "thread aborted (it returned after the stop request)", "confirmed": not hung}
@@ -65,8 +122,8 @@ def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
     return how
 
 
-def measurement_for(step: PlannedStep, contexts: Mapping[str, Mapping[str, Any]], *, latency_ms: float | None,
-                    progress_total_bytes: float | None, package_size: int) -> dict[str, Any]:
+def measurement_for(step: PlannedStep | Operation, contexts: Mapping[str, Mapping[str, Any]], *,
+                    latency_ms: float | None, progress_total_bytes: float | None, package_size: int) -> dict[str, Any]:
     """The figure the reason line carries for the step's category (see ``drhost_collect_context``)."""
     category = step.category.value
     if category == "plugin":
@@ -85,14 +142,16 @@ def measurement_for(step: PlannedStep, contexts: Mapping[str, Mapping[str, Any]]
         return {"latency_ms": latency_ms}
     if category == "file" and progress_total_bytes:
         return {"file_bytes": progress_total_bytes}
-    if category == "file" and step.stage.value == "transfer":
+    if category == "file" and step.stage is Stage.TRANSFER:
         return {"file_bytes": package_size, "label": "package"}
     return {wanted: None}
 
 
 def _context_name(evidence: TimeoutEvidence) -> str:
     step = evidence.step
-    return f"{evidence.target}-{step.stage.value}-{step.plugin}-{step.name}-attempt{evidence.attempt}"
+    where = step.stage.value if step.stage is not None else "run"
+    what = step.step if step.kind == "run_step" else f"{step.step or ''}{'-' if step.step else ''}{step.kind}"
+    return f"{evidence.target}-{where}-{step.plugin}-{what}-attempt{evidence.attempt}"
 
 
 def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_plugin: AskPlugin,
@@ -118,16 +177,19 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
                                   package_size=evidence.package_size)
     stopped = _how_stopped(evidence)
     report = TimeoutReport(
-        stage=step.stage.value, step=f"{step.name} ({step.plugin})", category=step.category.value,
+        stage=step.stage.value if step.stage is not None else "", step=step.report_step,
+        category=step.category.value,
         measurement=measurement, configured_s=step.timeout_s, elapsed_s=round(evidence.elapsed_s, 1),
         environment=environment,
         controller_environment=controller if step.category.value == "plugin" else None,
         # The class's CPU share that throttled the worker meanwhile (measured by the runner from cpu.stat).
         cpu_throttled=evidence.outcome.detail.get("cpu_throttled") or None,
     )
+    cls = step.plugin_class.value if step.plugin_class is not None else None
     record: dict[str, Any] = {
-        "target": evidence.target, "stage": step.stage.value, "step": step.name, "plugin": step.plugin,
-        "class": step.plugin_class.value, "isolation": step.isolation, "attempt": evidence.attempt,
+        "target": evidence.target, "stage": step.stage.value if step.stage is not None else None,
+        "step": step.step, "plugin": step.plugin or None, "operation": step.label, "op": step.kind,
+        "class": cls, "isolation": step.isolation, "attempt": evidence.attempt,
         "timeout_key": step.timeout_key, **as_event_fields(report), "measurement": measurement,
         "controller_environment": (controller or Environment()).as_dict(), "stopped": stopped,
         "target_context": target_context, "controller_context": controller_context, "plugin_contexts": contexts,
@@ -136,7 +198,8 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
     path = write_private_json(run_dir / "timeouts", _context_name(evidence), record)
     report = dataclasses.replace(report, context_path=str(path))
     fields = {**as_event_fields(report), "measurement": measurement, "attempt": evidence.attempt,
-              "class": step.plugin_class.value, "isolation": step.isolation, "timeout_key": step.timeout_key,
+              "operation": step.label, "op": step.kind,
+              "class": cls, "isolation": step.isolation, "timeout_key": step.timeout_key,
               "controller_environment": record["controller_environment"], "stopped": stopped,
               "text": format_timeout(report)}
     return report, fields

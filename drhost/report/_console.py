@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from ..events import Event
+from ..transport._heartbeat import NETWORK_EVENTS
 from ..transport._sftp_upload import rate_and_eta
 from ..watchdog import WATCHDOG_EVENTS, render_watchdog_event, translator
 from ._fleet import FleetBoard
@@ -25,20 +26,22 @@ _PLAIN = {
     "stage.cleanup_finished", "stage.verify_failed", "step.started", "step.completed", "step.failed",
     "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "decision",
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
-    "rollback.recovery", "target.inconsistent", "target.locked", "target.unreachable", "target.lock_broken",
-    "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
+    "rollback.recovery", "target.inconsistent", "target.locked", "target.refused", "target.unreachable",
+    "target.lock_broken", "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
     *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished", "rollout.stopped",
     "rollout.waiting_approval", "rollout.paused", "rollout.approved", "plugin.host_memory",
-    "target.still_changing", "target.thread_returned",
+    "target.still_changing", "target.thread_returned", *NETWORK_EVENTS, "step.command_stopped",
 }
 _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
             "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
-            "target.locked", "target.unreachable", "target.lock_broken", "target.lock_lost", "target.reachable",
-            "target.rollback_queued", *WATCHDOG_EVENTS, "rollout.batch_started", "rollout.batch_finished",
+            "target.locked", "target.refused", "target.unreachable", "target.lock_broken", "target.lock_lost",
+            "target.reachable", "target.rollback_queued", *WATCHDOG_EVENTS, "rollout.batch_started",
+            "rollout.batch_finished",
             "rollout.stopped", "rollout.waiting_approval", "rollout.paused", "rollout.approved",
-            "plugin.host_memory", "target.still_changing", "target.thread_returned"}
+            "plugin.host_memory", "target.still_changing", "target.thread_returned", *NETWORK_EVENTS,
+            "step.command_stopped"}
 
 
 def _identity(message: str) -> str:
@@ -76,6 +79,9 @@ def describe(event: Event, t: Translate = _identity) -> str:
         text = f"run {event.run_id} {d.get('status')}: {targets}"
     elif name in ("plugin.skipped", "plugin.error_recorded"):
         text = f"{where}{who}: {event.message}"
+    elif name in NETWORK_EVENTS:
+        # The step that was running when the network failed, then what happened: the row and time say the rest.
+        text = f"{where}{who} network: {event.message}" if where else f"network: {event.message}"
     elif name == "plugin.host_memory":
         text = f"warning: {event.message}"
     elif name == "stage.failed":
@@ -286,6 +292,11 @@ class LiveReporter:
                     self._done[target] = self._done.get(target, 0) + 1
                 elif event.event == "step.progress":
                     self._lines[target] = f"[{event.stage}] {event.step} ({event.plugin}){progress_text(event)}"
+                elif event.event in NETWORK_EVENTS and target in self._lines:
+                    # The row says the link is down (or back) until the step's next progress or end.
+                    what = event.event.split(".", 1)[1].replace("_", " ")
+                    where = f"[{event.stage}] {event.step} ({event.plugin}) " if event.step else ""
+                    self._lines[target] = f"{where}network: {what}"
                 elif event.event.startswith(("target.", "rollback.")):
                     self._step_started.pop(target, None)
                     self._lines[target] = event.event.split(".", 1)[1].replace("_", " ")

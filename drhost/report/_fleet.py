@@ -13,7 +13,7 @@ from ..events import Event
 _ENDINGS = {
     "target.succeeded": "succeeded", "target.up_to_date": "up to date", "target.interrupted": "interrupted",
     "target.aborted": "aborted", "target.rollback_queued": "rollback queued", "target.inconsistent": "INCONSISTENT",
-    "target.locked": "locked", "rollback.verified": "rolled back",
+    "target.locked": "locked", "target.refused": "REFUSED", "rollback.verified": "rolled back",
 }
 
 

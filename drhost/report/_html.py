@@ -25,6 +25,7 @@ from ..errors import ExitCode
 from ..events import Event
 from ..orchestrator import RUN_EXIT_CODES
 from ..state import JournalSkips, RunState, atomic_write, iter_journal
+from ..transport._heartbeat import NETWORK_EVENTS
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
@@ -51,7 +52,7 @@ _READ_IN_FULL = frozenset({
     "run.started", "target.started", "stage.started", "stage.completed", "stage.failed", "step.started",
     *_STEP_ENDS, "step.skipped", "step_timeout", "timeout_warning", "stage.retry", "decision",
     "stage.cleanup_started", "stage.cleanup_finished", "rollback.started", "rollback.stage", *_ROLLBACK_ENDS,
-    "plugin.output_dropped",
+    "plugin.output_dropped", *NETWORK_EVENTS,
 })
 #: Per target, at most this many of each kind go into the report; the rest are counted in ``not_shown``, so a
 #: report's memory and size do not grow with the journal.
@@ -209,6 +210,8 @@ class _Timeline:
                 **{k: data.get(k) for k in ("log_lines", "log_bytes", "truncated", "progress")}})
         elif name == "timeout_warning":
             self._marker("warning", event)
+        elif name in NETWORK_EVENTS:
+            self._marker("network", event)
         elif name == "stage.retry":
             self._marker("retry", event)
         elif name == "decision":

@@ -61,6 +61,7 @@ pre { background: var(--panel); border: 1px solid var(--line); padding: 8px 10px
 .marker-timeout { background: var(--bad); } .marker-failure { background: #b71c1c; }
 .marker-retry { background: #1565c0; } .marker-warning { background: var(--warn); }
 .marker-decision { background: #4a148c; } .marker-skipped { background: #757575; }
+.marker-network { background: #e65100; }
 .empty { position: absolute; top: 20px; left: 0; color: var(--muted); font-style: italic; }
 .row.not-started .track { background: repeating-linear-gradient(90deg, transparent 0 8px, #f3f4f6 8px 16px); }
 .target-details { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; margin: 10px 0; }
@@ -77,7 +78,8 @@ SCRIPT = r"""
   var data = JSON.parse(document.getElementById("run-data").textContent);
   var root = document.getElementById("report");
   var axis = data.axis, span = Math.max((axis.end || 0) - (axis.start || 0), 0.001);
-  var GLYPHS = {timeout: "\u23f1", failure: "\u2715", retry: "\u21bb", warning: "!", decision: "?", skipped: "\u2013"};
+  var GLYPHS = {timeout: "\u23f1", failure: "\u2715", retry: "\u21bb", warning: "!", decision: "?", skipped: "\u2013",
+                network: "\u21af"};
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);

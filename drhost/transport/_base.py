@@ -73,6 +73,11 @@ class TargetSession(abc.ABC):
         A session that cannot resolve paths refuses (the Context then refuses every file operation)."""
         raise TransportError(f"{self.name}: this transport cannot resolve paths on the target", category="file")
 
+    def probe(self, timeout_s: float) -> None:
+        """Return when the target answers a trivial command; raise :class:`TransportError` when it does not
+        within ``timeout_s`` in all (a session over a network bounds its connects and retries by it too)."""
+        self.run(["true"], timeout=timeout_s)
+
     def stop_leftover_commands(self) -> list[str]:
         """Stop commands an earlier controller of this run started and left running (it was killed);
         return what was stopped. Called by a resume before it touches the target."""

@@ -66,6 +66,10 @@ SHARP_RISE_MIN_S = 0.05
 TIMEOUT_RTT_FACTOR = 4.0
 SOONER_FRACTION = 0.25
 SOONER_MIN_S = 0.1
+#: What an SSH session tells the run about its network (``on_network``): journal events, console lines and
+#: report marks, so the operator sees a dead peer, a lost and a regained connection where it happened.
+NETWORK_EVENTS = ("network.peer_dead", "network.connection_lost", "network.reconnected", "network.upload_lost",
+                  "network.upload_resumed")
 #: The reason of a peer declared dead because its connection closed, however that was noticed.
 TRANSPORT_CLOSED = "transport closed"
 
@@ -302,7 +306,7 @@ class Heartbeat:
                 log.debug("heartbeat probe of %s: %s(%s)", self.settings.connection_type, type(exc).__name__, exc)
                 probe.error = TRANSPORT_CLOSED
             except Exception as exc:  # e.g. paramiko's SSHException on a stuck key exchange
-                probe.error = f"{type(exc).__name__}: {exc}"
+                probe.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             probe.replied = self.clock()
             probe.done.set()
             self._wake.set()

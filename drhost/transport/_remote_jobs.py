@@ -288,3 +288,59 @@ def stop_job(exec_fn: ExecFn, job_dir: str, job_id: str, grace_s: float, *, conf
     if status != 0 or not words:
         raise TransportError(f"cannot stop job {job_id}: {err.decode('utf-8', 'replace').strip()}")
     return StopResult(words[0], tuple(int(word) for word in words[1:] if word.isdigit()))
+
+
+def running_jobs_script(job_dir: str) -> str:
+    """A read-only ``/bin/sh`` script listing the jobs under ``job_dir`` whose process group still has a live
+    member, one line each: ``job_id pgid started LINE`` (LINE: the ``exec env -i …`` line of its ``cmd``, cut to
+    4000 characters). Nothing is stopped: this is evidence for a manual procedure, not an action."""
+    return (
+        f"cd -- {shlex.quote(job_dir)} 2>/dev/null || exit 0\n"
+        "for job in *; do\n"
+        '  [ -d "$job" ] || continue\n'
+        '  PG=$(cat "$job/pid" 2>/dev/null)\n'
+        '  case "$PG" in ""|*[!0-9]*) continue;; esac\n'
+        '  [ -s "$job/rc" ] && continue\n'
+        '  kill -0 -"$PG" 2>/dev/null || continue\n'
+        '  printf \'%s %s %s %s\\n\' "$job" "$PG" "$(cat "$job/started" 2>/dev/null || echo 0)" '
+        '"$(tail -n 1 "$job/cmd" 2>/dev/null | cut -c1-4000)"\n'
+        "done\n"
+    )
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job whose process group is alive on the target (from :func:`running_jobs_script`)."""
+
+    job_id: str
+    pgid: int
+    started: int
+    command: str
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.started)) if self.started else "?"
+        return f"job {self.job_id} (process group {self.pgid}, since {since}): {self.command}"
+
+
+def _argv_of(line: str) -> str:
+    """The command a ``cmd`` line runs, without ``exec env -i`` and the environment (see command_line)."""
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return line[:200]
+    if words[:3] == ["exec", "env", "-i"]:
+        words = words[3:]
+    while words and _ENV_NAME.match(words[0].split("=", 1)[0]) and "=" in words[0]:
+        words = words[1:]
+    if words[:1] == ["command"]:
+        words = words[1:]
+    return shlex.join(words)[:200]
+
+
+def parse_running_jobs(out: bytes) -> list[RunningJob]:
+    found: list[RunningJob] = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        words = line.split(" ", 3)
+        if len(words) == 4 and _JOB_ID.match(words[0]) and words[1].isdigit() and words[2].isdigit():
+            found.append(RunningJob(words[0], int(words[1]), int(words[2]), _argv_of(words[3])))
+    return found

@@ -10,6 +10,7 @@ the same directory, then ``posix_rename``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -22,7 +23,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import paramiko
 
@@ -38,9 +39,25 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: ``on_network(event, message, data)``: what the session saw of the network, for the run's journal and console.
+NetworkListener = Callable[[str, str, dict[str, Any]], None]
+
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError)
 _EXEC_ERRORS = (paramiko.SSHException, EOFError, OSError)
 _SHORT_TIMEOUT_S = 30.0
+#: The least time left to a bounded call for one more network try; below it the call gives up.
+_MIN_TRY_S = 0.1
+
+
+def _cause(exc: BaseException | None) -> str:
+    """An exception's text, never empty: paramiko raises ``EOFError()`` and ``socket.timeout()`` bare."""
+    if exc is None:
+        return "unknown cause"
+    return str(exc) or type(exc).__name__
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f}"
 
 
 def _declare_dead(sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
@@ -69,6 +86,7 @@ class SshSession(TargetSession):
         reconnects: int = 3,
         heartbeat: HeartbeatSettings | None = None,
         transfer_heartbeat: HeartbeatSettings | None = None,
+        on_network: NetworkListener | None = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -89,6 +107,36 @@ class SshSession(TargetSession):
         self._transfer_settings = transfer_heartbeat or HeartbeatSettings.from_config({}, "transfer")
         self.dead_peer: DeadPeer | None = None  # evidence from the last heartbeat that declared the peer dead
         self.connections = 0  # how many times a connection was opened (1 + reconnects)
+        self._on_network = on_network
+        # A bounded call (the reachability probe) sets its deadline here: every connect, channel and retry
+        # of that call shares it, so the call as a whole ends within its bound (per thread: calls overlap).
+        self._bound = threading.local()
+
+    def _notify(self, event: str, message: str, **data: Any) -> None:
+        """Tell the run what the network did; a listener that fails must never break the connection."""
+        if self._on_network is not None:
+            with contextlib.suppress(Exception):
+                self._on_network(event, message, data)
+
+    def _deadline(self) -> float | None:
+        deadline: float | None = getattr(self._bound, "deadline", None)
+        return deadline
+
+    def _left(self) -> float | None:
+        """Seconds left to the current bounded call, or None when the call is not bounded."""
+        deadline = self._deadline()
+        return None if deadline is None else deadline - time.monotonic()
+
+    def _bounded_target(self) -> SshTarget:
+        """The target with every connect timer (TCP, banner and key exchange, each auth try) cut to the time
+        left: each alone respects its bound, but in sequence they add up (a 15 s probe took 31 s)."""
+        left = self._left()
+        if left is None:
+            return self.target
+        left = max(_MIN_TRY_S, left)
+        return dataclasses.replace(self.target, connect_timeout_s=min(self.target.connect_timeout_s, left),
+                                   banner_timeout_s=min(self.target.banner_timeout_s, left),
+                                   auth_timeout_s=min(self.target.auth_timeout_s, left))
 
     # -- connection -------------------------------------------------------------------------------------
 
@@ -101,34 +149,52 @@ class SshSession(TargetSession):
         def on_dead(evidence: DeadPeer) -> None:
             self.dead_peer = evidence
             log.warning("%s: peer declared dead: %s", self.name, evidence.describe())
+            self._notify("network.peer_dead", f"peer declared dead: {evidence.describe()}",
+                         connection=settings.connection_type, evidence=evidence.describe())
             transport.close()
 
         self._heartbeat = Heartbeat(transport, settings, on_dead)
 
     def _connect_once(self) -> paramiko.Transport:
-        transport = connect(self.target)
+        transport = connect(self._bounded_target())
         self.connections += 1
         self._on_connected(transport)
         return transport
 
     def _ensure(self) -> paramiko.Transport:
-        with self._lock:
+        left = self._left()
+        if not self._lock.acquire(timeout=-1 if left is None else max(0.0, left)):
+            raise TransportError(f"{self.name}: no connection within the bound (another call holds the session "
+                                 "while it connects)", category="network")
+        try:
             if self._closed:
                 raise TransportError(f"session to {self.name} is closed")
             if self._transport is not None and self._transport.is_active():
                 return self._transport
             first = self._transport is None and self.connections == 0
+            if self._transport is not None:
+                # Lost while no call was waiting on it (idle, or between calls): said here, before the reconnect.
+                cause = _cause(self._transport.get_exception()) if self._transport.get_exception() else \
+                    (f"peer declared dead: {self.dead_peer.describe()}" if self.dead_peer else "connection closed")
+                log.warning("%s: connection lost while idle: %s", self.name, cause)
+                self._notify("network.connection_lost", f"connection lost: {cause}", during="idle", cause=cause)
             self._drop()
             attempts = 1 if first else self._reconnects
             last: TransportError | None = None
             for attempt in range(max(1, attempts)):
                 if attempt:
                     delay = min(0.25 * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.5)
+                    left = self._left()
+                    if left is not None and left < delay + _MIN_TRY_S:
+                        break  # no time for another try within the call's bound: the last error stands
                     time.sleep(delay)
                 try:
                     self._transport = self._connect_once()
                     if not first:
                         log.info("%s: reconnected to %s", self.name, self.target.address)
+                        self._notify("network.reconnected", f"reconnected to {self.target.address} "
+                                     f"(connection {self.connections})", attempt=attempt + 1,
+                                     connections=self.connections)
                     return self._transport
                 except (HostKeyError, AuthError):
                     raise
@@ -137,6 +203,8 @@ class SshSession(TargetSession):
                     log.warning("%s: connect attempt %d failed: %s", self.name, attempt + 1, exc)
             assert last is not None
             raise last
+        finally:
+            self._lock.release()
 
     def _drop(self) -> None:
         """Forget the current connection (it is dead or being replaced)."""
@@ -158,18 +226,28 @@ class SshSession(TargetSession):
                 return call()
             except _ConnectionLost as exc:
                 log.warning("%s: connection lost during %s: %s", self.name, what, exc)
+                self._notify("network.connection_lost", f"connection lost during {what}: {_cause(exc)}",
+                             during=what, cause=_cause(exc))
                 with self._lock:
                     self._drop()
+                evidence = f"; {self.dead_peer.describe()}" if self.dead_peer is not None else ""
+                left = self._left()
+                if left is not None and left < _MIN_TRY_S:
+                    raise TransportError(f"network failure: {self.name}: connection lost during {what} "
+                                         f"({_cause(exc)}); no time left for a reconnect within the call's "
+                                         f"bound{evidence}", category="network") from None
                 if attempt == self._reconnects:
-                    evidence = f"; {self.dead_peer.describe()}" if self.dead_peer is not None else ""
-                    raise TransportError(f"network failure: {self.name}: connection lost during {what} ({exc}); "
-                                         f"gave up after {self._reconnects} reconnects{evidence}",
-                                         category="network") from None
+                    raise TransportError(f"network failure: {self.name}: connection lost during {what} "
+                                         f"({_cause(exc)}); gave up after {self._reconnects} "
+                                         f"reconnects{evidence}", category="network") from None
         raise AssertionError("unreachable")
 
     def _exec(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
         """Run one short command line on the target and collect its exit status and output."""
         transport = self._ensure()
+        left = self._left()
+        if left is not None:
+            timeout = max(_MIN_TRY_S, min(timeout, left))
         try:
             channel = transport.open_session(timeout=timeout)
         except _EXEC_ERRORS as exc:
@@ -238,7 +316,7 @@ class SshSession(TargetSession):
             except OSError as exc:
                 if self._transport is None or not self._transport.is_active():
                     raise _ConnectionLost(str(exc) or type(exc).__name__) from None
-                raise TransportError(f"cannot {what}: {exc.strerror or exc}", category="file") from None
+                raise TransportError(f"cannot {what}: {exc.strerror or _cause(exc)}", category="file") from None
 
         return self._retrying(attempt, what)
 
@@ -246,6 +324,18 @@ class SshSession(TargetSession):
             int, bytes, bytes]:
         """Run a short /bin/sh script with the minimal environment (not detached; for quick helper commands)."""
         return self._retrying(lambda: self._exec(jobs.shell_command(script), stdin, timeout), "a remote command")
+
+    def probe(self, timeout_s: float) -> None:
+        """Whether the target answers, within ``timeout_s`` in all: the connects, the channel and any retry
+        share that one deadline (each connect timer alone would respect its bound, but they add up)."""
+        self._bound.deadline = time.monotonic() + timeout_s
+        try:
+            status, _, err = self.shell("true", timeout=timeout_s)
+        finally:
+            self._bound.deadline = None
+        if status != 0:
+            raise TransportError(f"{self.name}: the probe command failed (exit {status}): "
+                                 f"{err.decode('utf-8', 'replace').strip() or 'no output'}", category="network")
 
     # -- commands ----------------------------------------------------------------------------------------
 
@@ -332,6 +422,10 @@ class SshSession(TargetSession):
                 continue
             result = self._retrying(lambda j=job_id: jobs.stop_job(self._exec, self.job_dir, j, self._grace),  # type: ignore[misc]
                                     f"stop of job {job_id}")
+            if not result.confirmed:
+                # Never claimed stopped: the caller must not compensate next to what survived.
+                raise TransportError(f"{self.name}: job {job_id}: processes {list(result.remaining)} survived "
+                                     f"SIGKILL", category="plugin")
             stopped.append(f"job {job_id} ({result.how})")
         return stopped
 
@@ -375,19 +469,37 @@ class SshSession(TargetSession):
         delays = reconnect_delays(settings)
         dead: list[DeadPeer] = []
         last: BaseException | None = None
+        total = os.path.getsize(local_path)
+        # What the target acknowledged: the furthest offset reached and where each connection started.
+        moved = {"on_target": 0, "started_at": -1}
+
+        def seen(done: int, size: int) -> None:
+            if moved["started_at"] < 0:
+                moved["started_at"] = done  # the first report of a connection is the verified prefix kept
+                if attempt:
+                    self._notify("network.upload_resumed", f"upload of {os.path.basename(local_path)} resumed "
+                                 f"at {_mib(done)} of {_mib(size)} MiB (connection {attempt + 1})",
+                                 connection=attempt + 1, offset=done, total=size)
+            moved["on_target"] = max(moved["on_target"], done)
+            if progress is not None:
+                progress(done, size)
+
+        connections = 0
         for attempt in range(settings.reconnects + 1):
             if attempt:
                 time.sleep(next(delays, 1.0))
             transport: paramiko.Transport | None = None
             heartbeat: Heartbeat | None = None
+            moved["started_at"] = -1
             try:
                 transport = connect(self.target)
-                heartbeat = Heartbeat(transport, settings, functools.partial(_declare_dead, dead, transport))
+                connections += 1
+                heartbeat = Heartbeat(transport, settings, functools.partial(self._upload_peer_dead, dead, transport))
                 sftp = paramiko.SFTPClient.from_transport(transport)
                 if sftp is None:
                     raise TransportError(f"{self.name}: no SFTP subsystem", category="network")
                 # A retry resumes after the verified prefix of the .part file: only the rest is sent again.
-                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=progress)
+                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=seen)
                 return
             except (HostKeyError, AuthError):
                 raise
@@ -395,7 +507,11 @@ class SshSession(TargetSession):
                 if isinstance(exc, TransportError) and exc.category == "file":
                     raise
                 last = exc
-                log.warning("%s: upload connection lost (attempt %d): %s", self.name, attempt + 1, exc)
+                log.warning("%s: upload connection lost (attempt %d): %s", self.name, attempt + 1, _cause(exc))
+                self._notify("network.upload_lost", f"upload connection {attempt + 1} of "
+                             f"{os.path.basename(local_path)} lost at {_mib(moved['on_target'])} of {_mib(total)} "
+                             f"MiB: {_cause(exc)}", connection=attempt + 1, cause=_cause(exc),
+                             moved=moved["on_target"], total=total, reconnects_left=settings.reconnects - attempt)
             finally:
                 if heartbeat is not None:
                     heartbeat.stop(timeout=1.0)
@@ -403,9 +519,17 @@ class SshSession(TargetSession):
                     transport.close()
         evidence = f"; {dead[-1].describe()}" if dead else ""
         # Which error ends an attempt depends on what saw the cut first; paramiko's EOFError has no text.
-        cause = str(last) or type(last).__name__
-        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection ({cause}); "
-                             f"gave up after {settings.reconnects} reconnects{evidence}", category="network")
+        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection "
+                             f"({_cause(last)}); gave up after {settings.reconnects} reconnects "
+                             f"({settings.reconnects + 1} connection attempts, {connections} made; "
+                             f"{_mib(moved['on_target'])} of {_mib(total)} MiB moved){evidence}",
+                             category="network")
+
+    def _upload_peer_dead(self, sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
+        """An upload connection's heartbeat found the peer dead: reported, then closed like the session's."""
+        self._notify("network.peer_dead", f"peer declared dead (upload connection): {evidence.describe()}",
+                     connection=self._transfer_settings.connection_type, evidence=evidence.describe())
+        _declare_dead(sink, transport, evidence)
 
     def get(self, remote_path: str, local_path: str) -> None:
         self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")

@@ -29,6 +29,7 @@ __all__ = [
     "KEEP_PER_STEP",
     "StepHistory",
     "default_history_path",
+    "eta_extra",
     "remaining_for",
     "remaining_s",
 ]
@@ -254,3 +255,20 @@ def remaining_for(steps: Iterable[tuple[str, str]], history: StepHistory,
             return None
         total += estimate
     return total
+
+
+def eta_extra(*, expected_s: float | None, retry_wait_s: float, retries_left: int, stage_expected_s: float | None,
+              restarts_left: int) -> dict[str, object]:
+    """What a step's ETA foresees beyond its current attempt, as the fields of its progress events.
+
+    The policy allows ``retries_left`` more attempts of the step, each costing its typical duration plus the
+    class's retry wait, and ``restarts_left`` restarts of its stage, each costing the stage's typical duration.
+    These are upper bounds, not expectations: a run that needs none of them finishes on the plain ETA; a run
+    that needs all of them finishes near ``remaining + retries_s + restart_s``. A cost whose durations were
+    never timed is None (unknown), never a guess.
+    """
+    retries_s = None if expected_s is None else retries_left * (expected_s + max(0.0, retry_wait_s))
+    restart_s = None if stage_expected_s is None else restarts_left * stage_expected_s
+    return {"retries_left": retries_left, "retries_s": None if retries_s is None else round(retries_s, 1),
+            "stage_restart": restarts_left > 0, "restarts_left": restarts_left,
+            "restart_s": None if restart_s is None or restarts_left == 0 else round(restart_s, 1)}

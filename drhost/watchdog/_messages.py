@@ -21,6 +21,7 @@ __all__ = [
     "exceeded_s",
     "format_elapsed",
     "format_environment",
+    "format_eta_extra",
     "format_progress",
     "format_remaining",
     "format_resources",
@@ -150,6 +151,25 @@ def format_elapsed(elapsed_s: float, configured_s: float, remaining_s: float | N
         remaining=short_duration(remaining_s, t), **values)
 
 
+def format_eta_extra(retries_left: int, retries_s: float | None, stage_restart: bool, restart_s: float | None,
+                     t: Translate = _identity) -> str:
+    """What the ETA also foresees, appended to a progress or remaining line; empty when nothing is left.
+
+    ``; with retries up to 3 min more (2 retries), a stage restart up to 1 min more``. A cost that is not
+    known (a step never timed) reads ``unknown``: the line says the estimate cannot include it.
+    """
+    parts = []
+    if retries_left > 0:
+        cost = t("unknown") if retries_s is None else short_duration(retries_s, t)
+        parts.append(t("retries up to {cost} more ({n} retries)").format(cost=cost, n=retries_left))
+    if stage_restart:
+        cost = t("unknown") if restart_s is None else short_duration(restart_s, t)
+        parts.append(t("a stage restart up to {cost} more").format(cost=cost))
+    if not parts:
+        return ""
+    return t("; with {parts}").format(parts=", ".join(parts))
+
+
 def format_remaining(remaining_s: float | None, budget_left_s: float, t: Translate = _identity) -> str:
     """The remaining-time line: ``remaining: about 15 min (timeout in 20 min)``; unknown without history."""
     budget = short_duration(budget_left_s, t)
@@ -273,7 +293,9 @@ def format_timeout(report: TimeoutReport, t: Translate = _identity) -> str:
     """The multi-line timeout message (design §4.2.2), labels padded to one column, no trailing newline."""
     env = report.environment
     rows = [
-        (t("step:"), t("[{stage}] {step}").format(stage=_stage_label(report.stage, t), step=report.step)),
+        # An operation outside the stages (a version probe, a lock) has no stage to name.
+        (t("step:"), t("[{stage}] {step}").format(stage=_stage_label(report.stage, t), step=report.step)
+         if report.stage else report.step),
         (t("reason:"), reason_text(report, t)),
         (t("timeout:"), human_duration(report.configured_s, t)),
         (t("elapsed:"), human_duration(report.elapsed_s, t)),

@@ -13,6 +13,7 @@ from ._messages import (
     Environment,
     TimeoutReport,
     format_elapsed,
+    format_eta_extra,
     format_progress,
     format_remaining,
     format_resources,
@@ -53,9 +54,22 @@ def _bytes_as_mb(done: float, total: float) -> tuple[int, int, str]:
     return round(done / 1e6), round(total / 1e6), "MB"
 
 
+def _eta_extra(data: Mapping[str, Any], t: Translate) -> str:
+    retries_s, restart_s = data.get("retries_s"), data.get("restart_s")
+    return format_eta_extra(int(data.get("retries_left") or 0), None if retries_s is None else float(retries_s),
+                            bool(data.get("stage_restart")), None if restart_s is None else float(restart_s), t)
+
+
 def render_watchdog_event(name: str, data: Mapping[str, Any], *, stage: str = "", step_label: str = "",
                           t: Translate = _identity) -> str | None:
     """The line (or, for a timeout, the block) for a watchdog event; None for any other event."""
+    if name in ("step_progress", "step_remaining"):
+        line = _render_eta_line(name, data, t)
+        return line + _eta_extra(data, t)
+    return _render_other(name, data, stage, step_label, t)
+
+
+def _render_eta_line(name: str, data: Mapping[str, Any], t: Translate) -> str:
     if name == "step_progress":
         remaining = data.get("remaining_s")
         if data.get("percent") is not None:
@@ -66,8 +80,10 @@ def render_watchdog_event(name: str, data: Mapping[str, Any], *, stage: str = ""
                 shown_done, shown_total = round(done), round(total)
             return format_progress(float(data["percent"]), shown_done, shown_total, unit, remaining, t)
         return format_elapsed(float(data["elapsed_s"]), float(data["timeout_s"]), remaining, t)
-    if name == "step_remaining":
-        return format_remaining(data.get("remaining_s"), float(data.get("budget_left_s") or 0), t)
+    return format_remaining(data.get("remaining_s"), float(data.get("budget_left_s") or 0), t)
+
+
+def _render_other(name: str, data: Mapping[str, Any], stage: str, step_label: str, t: Translate) -> str | None:
     if name == "step_resources":
         env = environment_from(data.get("environment"))
         return format_resources(env.cpu_percent, env.memory_percent, env.disk_io_percent, t)
@@ -75,5 +91,8 @@ def render_watchdog_event(name: str, data: Mapping[str, Any], *, stage: str = ""
         return format_warning(bool(data.get("urgent")), float(data["remaining_s"]), float(data["elapsed_s"]),
                               float(data["timeout_s"]), t)
     if name == "step_timeout":
+        # An operation other than a step (a rollback, a probe, a lock) is named by its own label.
+        if data.get("operation") and data.get("op") not in (None, "run_step"):
+            step_label = str(data["operation"])
         return format_timeout(report_from_event(stage, step_label, data), t)
     return None

@@ -1,6 +1,8 @@
-"""The watchdog: one clock per running step, and the cadenced events it owes the operator.
+"""The watchdog: one clock per running operation, and the cadenced events it owes the operator.
 
-A step's budget is its configured timeout, unchanged. The watchdog does not stop
+Every operation drhost runs on a target under a deadline is watched alike — a step, its cleanup
+and rollback, the plugin-wide hooks, verification, version probes, context collection and locks.
+An operation's budget is its configured timeout, unchanged. The watchdog does not stop
 steps itself: the runner that executes the step holds the same deadline and owns the
 means to stop it (abort a thread, kill a worker, kill a remote process group). What
 the watchdog adds is everything around that deadline — progress, remaining time,
@@ -74,6 +76,9 @@ class StepWatch:
     settings: WatchdogSettings
     #: Also sample the controller (steps whose time goes into plugin code on the controller).
     sample_controller: Sampler | None = None
+    #: What the ETA also foresees beyond this attempt (``retries_left``, ``retries_s``, ``restart_s``):
+    #: added to every progress and remaining event, so the line says what the estimate includes.
+    eta_extra: Mapping[str, Any] = field(default_factory=dict)
     progress: Progress | None = None
     #: The usage measured at the deadline (set by the watchdog thread; read after the call).
     at_deadline: Environment | None = None
@@ -153,6 +158,7 @@ class StepWatch:
         data = self._common(now)
         remaining = self.remaining(now)
         data["remaining_s"] = None if remaining is None else round(remaining, 1)
+        data.update(self.eta_extra)
         progress = self.progress
         if progress is not None and progress.fraction is not None:
             data.update(percent=round(100 * progress.fraction, 1), done=progress.done, total=progress.total,
@@ -164,6 +170,7 @@ class StepWatch:
         data = self._common(now)
         remaining = self.remaining(now)
         data["remaining_s"] = None if remaining is None else round(remaining, 1)
+        data.update(self.eta_extra)
         self.emit("step_remaining", data)
         self._reschedule("remaining", self.settings.remaining_every_s)
 
@@ -221,10 +228,11 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     def watch(self, *, timeout_s: float, emit: Emit, sample: Sampler, estimate: Estimate,
-              sample_controller: Sampler | None = None, started: float | None = None) -> StepWatch:
+              sample_controller: Sampler | None = None, started: float | None = None,
+              eta_extra: Mapping[str, Any] | None = None) -> StepWatch:
         watch = StepWatch(timeout_s=timeout_s, started=self._clock() if started is None else started, emit=emit,
                           sample=sample, estimate=estimate, settings=self.settings,
-                          sample_controller=sample_controller)
+                          sample_controller=sample_controller, eta_extra=dict(eta_extra or {}))
         with self._changed:
             self._watches.add(watch)
             if self._thread is None:

@@ -31,6 +31,8 @@ def upload_package(ctx: Context) -> None:
 
 
 def remove_package(ctx: Context) -> None:
+    """The package and what an interrupted upload left of it (``.part``, kept for a resume) are removed."""
+    ctx.remove(ctx.package.remote_path + ".part")
     ctx.remove(ctx.package.remote_path)
 
 
