@@ -8,8 +8,9 @@ from typing import Any
 
 from drhost_hookspecs import Category, PluginClass, Stage
 
-from .errors import RefusedError
+from .errors import RefusedError, StateError
 from .plugins import Registry
+from .state import RunState
 
 
 @dataclass(frozen=True)
@@ -182,3 +183,12 @@ def format_plan(plan: Plan) -> Iterable[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         yield "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+
+
+def recorded_plan(state: RunState) -> Plan:
+    """The plan a run recorded when it was created; StateError when the record cannot be read as one."""
+    try:
+        return Plan.from_json(state.get("plan"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"{state.run_dir / 'state.json'}: plan: not a drhost plan ({type(exc).__name__}: "
+                         f"{exc})") from None

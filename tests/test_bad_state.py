@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from cli_helpers import demo_roots, pids_under, tree_digest
 from drhost.cli import main
 from drhost.errors import StateError, quote
+from drhost.plan import recorded_plan
 from drhost.state import JournalSkips, RunState, StateFile, iter_journal
 from drhost.state._files import encode_state
 
@@ -409,7 +410,7 @@ def read_state_dir(newest: bytes, previous: bytes | None) -> None:
                 assert str(exc)
                 continue
             with contextlib.suppress(StateError):
-                state.plan()
+                recorded_plan(state)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

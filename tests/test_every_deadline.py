@@ -30,6 +30,7 @@ from drhost.orchestrator._env import Executor, RunEnv
 from drhost.orchestrator._locks import TargetLocks
 from drhost.orchestrator._target import TargetFlow
 from drhost.packaging import build_package
+from drhost.plan import recorded_plan
 from drhost.state import RunState, state_root
 from drhost.watchdog import render_watchdog_event
 from drhost.watchdog._history import eta_extra
@@ -277,7 +278,7 @@ def test_a_lock_and_a_version_probe_over_a_slow_link_get_timeout_reports(
     bus = EventBus()
     bus.subscribe(lambda event: seen.append(json.loads(json.dumps(event.to_json()))))
     package = PackageInfo(**{**body["package"], "upgrades_from": tuple(body["package"]["upgrades_from"])})
-    env = RunEnv(state=state, plan=state.plan(), config=body["config"], package=package, bus=bus,
+    env = RunEnv(state=state, plan=recorded_plan(state), config=body["config"], package=package, bus=bus,
                  decide=lambda *_: "abort", logger=logging.getLogger("test_every_deadline"))
     executor = Executor(env)
     locks = TargetLocks(run_id=state.run_id, config=env.config, break_lock=False)

@@ -15,12 +15,13 @@ import pytest
 from cli_helpers import whole_version
 from drhost.cli._inputs import package_info, prepare
 from drhost.cli._main import build_parser
-from drhost.cli._runs import make_approve, rollout_summary
+from drhost.cli._runs import make_approve
 from drhost.demo.environment import create_demo, start_ssh_hosts, stop_demo
 from drhost.demo.sshd import SshHost
 from drhost.orchestrator import RunSummary, create_run, drive
 from drhost.report import build_report
 from drhost.state import RunState, state_root
+from drhost.status import rollout_summary
 from sshd_hosts import sshd_available
 from tcp_proxy import TcpProxy
 

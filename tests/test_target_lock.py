@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from drhost.errors import ExitCode, RefusedError
-from drhost.state._target_lock import LockOwner, TargetLock, TargetLocked
+from drhost.orchestrator._target_lock import LockOwner, TargetLock, TargetLocked
 from drhost.transport import LocalSession, SshSession, SshTarget
 from sshd_hosts import SshHost, sshd_available, start_hosts
 

@@ -18,10 +18,17 @@ from drhost_hookspecs._probe import PROBE_PLUGIN, PROBE_VALUE
 from ..config import load_config
 from ..errors import DrhostError, ExitCode
 from ..policy import class_policy
-from ..supervisor import RlimitSandbox, Sandbox, WorkerRunner, make_sandbox
-from ..supervisor._cgroups import LIMIT_CONTROLLERS, CgroupSandbox, probe_cgroups
-from ..supervisor._confine import innermost
-from ..supervisor._runners import WorkerDied
+from ..supervisor import (
+    LIMIT_CONTROLLERS,
+    CgroupSandbox,
+    RlimitSandbox,
+    Sandbox,
+    WorkerDied,
+    WorkerRunner,
+    innermost,
+    make_sandbox,
+    probe_cgroups,
+)
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
 CAVEATS = {

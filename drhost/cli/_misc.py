@@ -11,7 +11,7 @@ from ..config import ConfigProblems, load_config
 from ..errors import ExitCode, UsageError, quote, shown
 from ..packaging import build_package
 from ..plugins import discover
-from ._inputs import input_problems, load_package, target_problems, targets_well_formed, validate_run_inputs
+from ..preflight import input_problems, load_package, target_problems, targets_well_formed, validate_run_inputs
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -8,8 +8,18 @@ from ._loader import (
     parse_override,
     read_config_text,
     schema,
+    validate,
     validate_plugin_section,
 )
 
-__all__ = ["ConfigProblems", "LoadedConfig", "defaults", "load_config", "parse_override", "read_config_text", "schema",
-           "validate_plugin_section"]
+__all__ = [
+    "ConfigProblems",
+    "LoadedConfig",
+    "defaults",
+    "load_config",
+    "parse_override",
+    "read_config_text",
+    "schema",
+    "validate",
+    "validate_plugin_section",
+]

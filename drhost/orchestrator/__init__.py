@@ -1,18 +1,31 @@
 """The orchestrator: drives every target through the stages, applies policies, rolls back."""
 
-from ._env import Decide, Executor, RunEnv
+from ._abandoned import abandoned_view
+from ._env import Decide, Executor, RunEnv, target_info
+from ._fleet import ApproveBatch
 from ._records import TERMINAL, new_target_record
+from ._rollback import plugins_last_first, rollback_verdict
+from ._rollout import Batch, Budget, RolloutError, batches_for
 from ._run import RUN_EXIT_CODES, RunSummary, create_run, drive, run_status
 
 __all__ = [
     "RUN_EXIT_CODES",
     "TERMINAL",
+    "ApproveBatch",
+    "Batch",
+    "Budget",
     "Decide",
     "Executor",
+    "RolloutError",
     "RunEnv",
     "RunSummary",
+    "abandoned_view",
+    "batches_for",
     "create_run",
     "drive",
     "new_target_record",
+    "plugins_last_first",
+    "rollback_verdict",
     "run_status",
+    "target_info",
 ]

@@ -25,13 +25,22 @@ from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
-from ..transport import LocalSession, SshSession, SshTarget, TargetSession, TransportError
-from ..transport._heartbeat import HeartbeatSettings
-from ..watchdog import render_watchdog_event
-from ..watchdog._budgets import BUDGET_KEYS, budget_key, budget_s
-from ..watchdog._history import StepHistory, eta_extra, remaining_for, remaining_s
-from ..watchdog._resources import sample_controller, sample_target
-from ..watchdog._watchdog import StepWatch, Watchdog, WatchdogSettings
+from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
+from ..watchdog import (
+    BUDGET_KEYS,
+    StepHistory,
+    StepWatch,
+    Watchdog,
+    WatchdogSettings,
+    budget_key,
+    budget_s,
+    eta_extra,
+    remaining_for,
+    remaining_s,
+    render_watchdog_event,
+    sample_controller,
+    sample_target,
+)
 from ._abandoned import AbandonedThreads
 from ._network import NetworkEvents
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..state._target_lock import LockOwner, TargetLock, TargetLocked
 from ..transport import TargetSession, TransportError
+from ._target_lock import LockOwner, TargetLock, TargetLocked
 
 __all__ = ["WHOLE", "TargetLocks"]
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from drhost_hookspecs import Stage
 
 from ..errors import RefusedError
-from ..transport import SshSession, TransportError
-from ..transport._remote_jobs import parse_running_jobs, running_jobs_script
+from ..transport import SshSession, TransportError, parse_running_jobs, running_jobs_script
 
 if TYPE_CHECKING:
     from ._env import Executor, RunEnv

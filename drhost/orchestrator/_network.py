@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from drhost_hookspecs import Stage
 
-from ..transport._heartbeat import NETWORK_EVENTS
+from ..transport import NETWORK_EVENTS
 
 __all__ = ["NETWORK_EVENTS", "NetworkEvents"]
 

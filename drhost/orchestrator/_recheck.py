@@ -71,7 +71,7 @@ def spare_cgroup(run_id: str, name: str, previous_gone: bool) -> bool:
     this process is spared. Older names carry no pid; they are swept only when the previous controller of the
     run is provably gone.
     """
-    from ..supervisor._cgroups import sanitize_label
+    from ..supervisor import sanitize_label
 
     head = name[len(sanitize_label(run_id)) + 1:].split("_", 1)[0]
     if not head.isdigit():
@@ -138,8 +138,7 @@ def check_package(state: RunState) -> None:
 
 def check_config(state: RunState) -> None:
     """Refuse when the config the run stored no longer validates against this drhost's schema."""
-    from ..config import ConfigProblems, LoadedConfig, defaults, schema
-    from ..config._loader import validate
+    from ..config import ConfigProblems, LoadedConfig, defaults, schema, validate
 
     stored = state.get("config")
     where = str(state.run_dir / "state.json")

@@ -22,11 +22,10 @@ from drhost_hookspecs import ENTRY_POINT_GROUP, PackageInfo
 from ..errors import ExitCode, RefusedError
 from ..events import EventBus, Subscriber
 from ..failpoints import failpoint
-from ..plan import Plan
+from ..plan import Plan, recorded_plan
 from ..plugins import check_run
 from ..state import RunLock, RunState, new_run_id
-from ..supervisor._cgroups import remove_run_cgroups
-from ..supervisor._container import remove_orphaned_containers, remove_run_containers
+from ..supervisor import remove_orphaned_containers, remove_run_cgroups, remove_run_containers
 from ..transport import TransportError
 from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
@@ -288,7 +287,7 @@ def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[S
             check_config(state)
         if mode == "resume":
             check_package(state)
-        plan = state.plan()
+        plan = recorded_plan(state)
         previous_gone = mode == "upgrade" or previous_controller_gone(state)
         with state.mutate() as b:
             b["controller"] = controller_record()

@@ -12,7 +12,7 @@ from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
-from ..watchdog._history import remaining_for
+from ..watchdog import remaining_for
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first

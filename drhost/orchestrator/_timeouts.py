@@ -22,9 +22,15 @@ from ..plan import PlannedStep
 from ..state import write_private_json
 from ..supervisor import CallOutcome
 from ..transport import TargetSession
-from ..watchdog import Environment, TimeoutReport, as_event_fields, format_timeout
-from ..watchdog._collect import collect_controller_context, collect_target_context
-from ..watchdog._watchdog import StepWatch
+from ..watchdog import (
+    Environment,
+    StepWatch,
+    TimeoutReport,
+    as_event_fields,
+    collect_controller_context,
+    collect_target_context,
+    format_timeout,
+)
 
 __all__ = ["OP_LABELS", "Operation", "TimeoutEvidence", "diagnose_timeout", "measurement_for"]
 

@@ -29,13 +29,19 @@ from drhost_hookspecs import PluginClass
 
 from ..errors import RefusedError
 from ..policy import ClassPolicy, class_policy
-from ..supervisor import CallOutcome, Sandbox, WorkerRunner, make_sandbox
-from ..supervisor._cgroups import cgroup_support, remove_run_cgroups
-from ..supervisor._confine import innermost
-from ..supervisor._container import WeakerSandbox
-from ..supervisor._podman import container_available
-from ..supervisor._runners import WorkerDied
-from ..supervisor._sandbox import process_alive
+from ..supervisor import (
+    CallOutcome,
+    Sandbox,
+    WeakerSandbox,
+    WorkerDied,
+    WorkerRunner,
+    cgroup_support,
+    container_available,
+    innermost,
+    make_sandbox,
+    process_alive,
+    remove_run_cgroups,
+)
 from ._cache import DescriptionCache, cache_key
 from ._digest import Installed, describer_digest
 

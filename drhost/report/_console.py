@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from ..events import Event
-from ..transport._heartbeat import NETWORK_EVENTS
-from ..transport._sftp_upload import rate_and_eta
+from ..transport import NETWORK_EVENTS, rate_and_eta
 from ..watchdog import WATCHDOG_EVENTS, render_watchdog_event, translator
 from ._fleet import FleetBoard
 

@@ -25,7 +25,8 @@ from ..errors import ExitCode
 from ..events import Event
 from ..orchestrator import RUN_EXIT_CODES
 from ..state import JournalSkips, RunState, atomic_write, iter_journal
-from ..transport._heartbeat import NETWORK_EVENTS
+from ..status import rollout_summary, run_next_commands, target_next
+from ..transport import NETWORK_EVENTS
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
@@ -301,8 +302,6 @@ def _not_started_reason(name: str, rollout: Mapping[str, Any], batches: list[dic
 
 def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batch: int, not_started: str,
             ) -> dict[str, Any]:
-    from ..cli._runs import target_next  # here, not at the top: the cli package imports this one as it loads
-
     record = body["targets"][name]
     config = body.get("config", {}).get("targets", {}).get(name, {})
     status = str(record.get("status"))
@@ -321,23 +320,8 @@ def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batc
     }
 
 
-def _next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any]) -> list[str]:
-    from ..cli._runs import next_commands
-
-    run_id, status = str(body["run_id"]), str(body["status"])
-    # As `drhost status` words them: next_commands knows only runs that ended, not one waiting or still driven.
-    if rollout.get("waiting") is not None:
-        return [f"approve batch {rollout['waiting'] + 1}: drhost resume {run_id}",
-                f"roll back:  drhost rollback {run_id}"]
-    if status in ("running", "rolling_back", "created"):
-        return [f"if no drhost is running it: drhost resume {run_id}"]
-    return next_commands(run_id, status)
-
-
 def report_data(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, as plain JSON: the summary, the rollout, each target's timeline and details."""
-    from ..cli._runs import rollout_summary
-
     state = RunState.open(run_dir)
     body = state.snapshot()
     path = run_dir / "events.jsonl"
@@ -378,7 +362,7 @@ def report_data(run_dir: Path) -> dict[str, Any]:
             "stopped": rollout["stopped"], "waiting": rollout["waiting"], "lines": rollout["lines"],
             "settings": {k: settings[k] for k in _ROLLOUT_KEYS if k in settings},
         },
-        "next": _next_commands(body, rollout),
+        "next": run_next_commands(body, rollout),
         "axis": {"start": journal.first if journal.first is not None else started,
                  "end": journal.last if journal.last is not None else finished},
         "stages": [stage.value for stage in Stage.ordered()],

@@ -13,13 +13,10 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, quote
 from ._files import Journal, StateFile
-
-if TYPE_CHECKING:
-    from ..plan import Plan
 
 #: The longest run id accepted; new_run_id() makes 22 characters, so this only stops abuse.
 RUN_ID_MAX = 64
@@ -178,16 +175,6 @@ class RunState:
         state = cls(run_dir, body)
         state.recovered_from = problem
         return state
-
-    def plan(self) -> Plan:
-        """The run's recorded plan; StateError when the record cannot be read as one."""
-        from ..plan import Plan
-
-        try:
-            return Plan.from_json(self.get("plan"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StateError(f"{self.run_dir / 'state.json'}: plan: not a drhost plan ({type(exc).__name__}: "
-                             f"{exc})") from None
 
     @property
     def run_id(self) -> str:

@@ -1,21 +1,46 @@
 """The supervisor's parts: runners that execute plugin code in its isolation, sandboxes, call outcomes."""
 
+from ._cgroups import (
+    LIMIT_CONTROLLERS,
+    CgroupSandbox,
+    cgroup_support,
+    probe_cgroups,
+    remove_run_cgroups,
+    sanitize_label,
+)
+from ._confine import innermost, network_namespace_available
+from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
 from ._factory import make_sandbox
 from ._outcome import ENDINGS, CallOutcome
-from ._runners import HealthWatch, Runner, WorkerRunner
-from ._sandbox import RlimitSandbox, Sandbox, tree_usage, worker_environment
+from ._podman import container_available
+from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
+from ._sandbox import RlimitSandbox, Sandbox, process_alive, tree_usage, worker_environment
 from ._thread_runner import ThreadRunner
 
 __all__ = [
     "ENDINGS",
+    "LIMIT_CONTROLLERS",
     "CallOutcome",
+    "CgroupSandbox",
     "HealthWatch",
     "RlimitSandbox",
     "Runner",
     "Sandbox",
     "ThreadRunner",
+    "WeakerSandbox",
+    "WorkerDied",
     "WorkerRunner",
+    "cgroup_support",
+    "container_available",
+    "innermost",
     "make_sandbox",
+    "network_namespace_available",
+    "probe_cgroups",
+    "process_alive",
+    "remove_orphaned_containers",
+    "remove_run_cgroups",
+    "remove_run_containers",
+    "sanitize_label",
     "tree_usage",
     "worker_environment",
 ]

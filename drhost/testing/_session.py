@@ -21,14 +21,11 @@ from drhost_hookspecs import Stage, VerifyPhase
 
 from ..config import LoadedConfig
 from ..events import Event, EventBus
-from ..orchestrator._env import Executor, RunEnv
-from ..orchestrator._rollback import plugins_last_first
-from ..orchestrator._run import create_run
+from ..orchestrator import Executor, RunEnv, create_run, plugins_last_first
 from ..plan import Plan, PlannedStep
 from ..plugins import Registry
-from ..supervisor import CallOutcome
-from ..supervisor._cgroups import remove_run_cgroups
-from ..supervisor._container import remove_run_containers
+from ..preflight import container_check, validate_run_inputs
+from ..supervisor import CallOutcome, remove_run_cgroups, remove_run_containers
 from ._target import DisposableTarget
 
 #: The target's name in the session's inventory and run state.
@@ -164,10 +161,6 @@ def session_config(target: DisposableTarget, files: Sequence[Path] = (), overrid
 
 def session_plan(config: LoadedConfig, registry: Registry) -> Plan:
     """The plan a run with ``config`` would follow, refused for the same reasons a run is."""
-    # The command line's validation is the production one; imported here to keep drhost.cli out of the import
-    # graph of drhost.testing (the CLI imports this package).
-    from ..cli._inputs import container_check, validate_run_inputs
-
     plan = validate_run_inputs(config, registry)
     container_check(config, plan)
     return plan

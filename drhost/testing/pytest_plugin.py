@@ -317,7 +317,7 @@ def drhost_context(drhost_session: PluginSession, drhost_plugin_name: str) -> Ho
     import os
 
     from ..context import HostContext
-    from ..orchestrator._env import target_info
+    from ..orchestrator import target_info
     from ._session import TARGET
 
     session = drhost_session

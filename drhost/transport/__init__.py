@@ -1,18 +1,26 @@
 """Transports: how drhost reaches a target: ``local`` (a directory tree here) or ``ssh``."""
 
 from ._base import CommandStopped, TargetSession, TransportError
+from ._heartbeat import NETWORK_EVENTS, HeartbeatSettings
 from ._local import LocalSession, stop_process_group
+from ._remote_jobs import parse_running_jobs, running_jobs_script
+from ._sftp_upload import rate_and_eta
 from ._ssh import SshSession
 from ._ssh_connect import AuthError, HostKeyError, SshTarget
 
 __all__ = [
+    "NETWORK_EVENTS",
     "AuthError",
     "CommandStopped",
+    "HeartbeatSettings",
     "HostKeyError",
     "LocalSession",
     "SshSession",
     "SshTarget",
     "TargetSession",
     "TransportError",
+    "parse_running_jobs",
+    "rate_and_eta",
+    "running_jobs_script",
     "stop_process_group",
 ]

@@ -24,14 +24,30 @@ from drhost.watchdog._messages import (
 )
 from drhost.watchdog._render import WATCHDOG_EVENTS, render_watchdog_event, report_from_event
 
+from ._budgets import BUDGET_KEYS, budget_key, budget_s
+from ._collect import collect_controller_context, collect_target_context
+from ._history import StepHistory, eta_extra, remaining_for, remaining_s
+from ._resources import sample_controller, sample_target
+from ._watchdog import StepWatch, Watchdog, WatchdogSettings
+
 __all__ = [
+    "BUDGET_KEYS",
     "CATEGORIES",
     "WATCHDOG_EVENTS",
     "Category",
     "Environment",
     "JsonTranslations",
+    "StepHistory",
+    "StepWatch",
     "TimeoutReport",
+    "Watchdog",
+    "WatchdogSettings",
     "as_event_fields",
+    "budget_key",
+    "budget_s",
+    "collect_controller_context",
+    "collect_target_context",
+    "eta_extra",
     "exceeded_s",
     "format_elapsed",
     "format_environment",
@@ -44,9 +60,13 @@ __all__ = [
     "format_warning",
     "human_duration",
     "reason_text",
+    "remaining_for",
+    "remaining_s",
     "render_watchdog_event",
     "report_from_event",
     "resolve_language",
+    "sample_controller",
+    "sample_target",
     "short_duration",
     "suggestion",
     "translations",

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from ..transport._base import TargetSession
+from ..transport import TargetSession
 from ._resources import sample_controller, sample_target
 
 __all__ = ["collect_controller_context", "collect_target_context"]

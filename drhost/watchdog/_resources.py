@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import psutil
 
-from ..transport._base import TargetSession
+from ..transport import TargetSession
 from ._messages import Environment
 
 __all__ = ["parse_sample", "sample_controller", "sample_target"]

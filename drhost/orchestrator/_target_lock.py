@@ -35,14 +35,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import psutil
 
 from ..errors import RefusedError
-
-if TYPE_CHECKING:
-    from ..transport import TargetSession
+from ..transport import TargetSession, TransportError
 
 __all__ = ["LockOwner", "TargetLock", "TargetLocked"]
 
@@ -363,9 +361,6 @@ class TargetLock:
         return result.returncode, result.stdout
 
     def _fail(self, problem: str) -> NoReturn:
-        # Imported here: drhost.transport imports drhost.state, so a module-level import could be circular.
-        from ..transport import TransportError
-
         raise TransportError(f"target {self.target}: lock {self.path}: {problem}", category="file")
 
     def _judge(self, seen: _Seen) -> tuple[bool, str]:
