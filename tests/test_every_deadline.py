@@ -20,18 +20,15 @@ from typing import Any
 
 import jsonschema
 import pytest
+from demo_proxy import demo_behind_proxy
 
-from drhost.cli._inputs import package_info, prepare
-from drhost.cli._main import build_parser
-from drhost.demo.environment import create_demo, start_ssh_hosts, stop_demo
 from drhost.events import EventBus
-from drhost.orchestrator import create_run
 from drhost.orchestrator._env import Executor, RunEnv
 from drhost.orchestrator._locks import TargetLocks
 from drhost.orchestrator._target import TargetFlow
 from drhost.packaging import build_package
 from drhost.plan import recorded_plan
-from drhost.state import RunState, state_root
+from drhost.state import RunState
 from drhost.watchdog import render_watchdog_event
 from drhost.watchdog._history import eta_extra
 from drhost_hookspecs import PackageInfo
@@ -241,28 +238,8 @@ _SSH_SETTINGS = ("watchdog.version_probe_timeout_s=0.5", "watchdog.lock_timeout_
 @pytest.fixture
 def ssh_state(state_dir: Path) -> Iterator[tuple[RunState, TcpProxy]]:
     """A one-target SSH demo run whose target is reached only through a TCP proxy in front of its sshd."""
-    args = build_parser().parse_args(["upgrade", "--demo", "--ssh", "--demo-targets", "1", "--keep",
-                                      *(item for s in _SSH_SETTINGS for item in ("--set", s))])
-    prepared = prepare(args, need_package=True)
-    assert prepared.demo_roots is not None and prepared.demo_ssh_hosts is not None and prepared.package
-    create_demo(state_root(), prepared.demo_roots, reserved_ports=[h.port for h in prepared.demo_ssh_hosts.values()])
-    start_ssh_hosts(prepared.demo_ssh_hosts)
-    (host,) = prepared.demo_ssh_hosts.values()
-    (root,) = prepared.demo_roots.values()
-    proxy = TcpProxy(host.host, host.port).start()
-    config = prepared.config.data
-    config["targets"]["dr-demo-1"]["port"] = proxy.port
-    public = (host.directory / "host_key.pub").read_text().split()
-    with host.known_hosts.open("a") as known:
-        known.write(f"[{proxy.host}]:{proxy.port} {public[0]} {public[1]}\n")
-    state = create_run(config=config, config_files=[], plan=prepared.plan, package=package_info(prepared.package),
-                       extra={"demo": {"roots": [str(root)], "keep": True}})
-    try:
+    with demo_behind_proxy(*_SSH_SETTINGS) as (state, _host, _root, proxy, _remote):
         yield state, proxy
-    finally:
-        proxy.stop()
-        host.stop()
-        stop_demo([root])
 
 
 @pytest.mark.sshd

@@ -8,35 +8,26 @@ left (``.part``); a connection cut mid-step is in the journal, on the plain cons
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from demo_proxy import demo_behind_proxy, network_events_of
 
 from cli_helpers import whole_version
-from drhost.cli._inputs import package_info, prepare
-from drhost.cli._main import build_parser
-from drhost.demo.environment import create_demo, start_ssh_hosts, stop_demo
 from drhost.events import Event
-from drhost.orchestrator import create_run, drive
+from drhost.orchestrator import drive
 from drhost.report import PlainReporter
 from drhost.report._html import report_data
-from drhost.state import RunState, state_root
 from drhost.transport import SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
 from sshd_hosts import SshHost, sshd_available, start_hosts
 from tcp_proxy import TcpProxy
-
-NETWORK_SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schemas" / "network-events.schema.json")
-                            .read_text())
 
 pytestmark = [pytest.mark.sshd, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
 MiB = 1024 * 1024
@@ -129,41 +120,6 @@ def test_upload_cut_every_connection_gives_up_and_says_how_much_moved(host: SshH
     assert (host.root / "staging" / "pkg.bin.part").exists() and not remote.exists()
 
 
-@contextmanager
-def demo_behind_proxy(*settings: str) -> Iterator[tuple[RunState, SshHost, Path, TcpProxy, Path]]:
-    """A one-target SSH demo run whose target is reached through the fault proxy."""
-    args = build_parser().parse_args(["upgrade", "--demo", "--ssh", "--demo-targets", "1", "--keep",
-                                      *(item for s in settings for item in ("--set", s))])
-    prepared = prepare(args, need_package=True)
-    assert prepared.demo_roots is not None and prepared.demo_ssh_hosts is not None and prepared.package
-    create_demo(state_root(), prepared.demo_roots, reserved_ports=[h.port for h in prepared.demo_ssh_hosts.values()])
-    start_ssh_hosts(prepared.demo_ssh_hosts)
-    ((name, host),) = prepared.demo_ssh_hosts.items()
-    (root,) = prepared.demo_roots.values()
-    proxy = TcpProxy("127.0.0.1", host.port).start()
-    try:
-        config = prepared.config.data
-        spec = config["targets"][name]
-        trust_proxy(proxy, host, Path(spec["known_hosts"]))
-        spec["port"] = proxy.port
-        state = create_run(config=config, config_files=[], plan=prepared.plan, package=package_info(prepared.package),
-                           extra={"demo": {"roots": [str(root)], "keep": True}})
-        yield state, host, root, proxy, root / "staging" / prepared.package.path.name
-    finally:
-        proxy.stop()
-        host.stop()
-        stop_demo([root])
-
-
-def events_of(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's journal; every event docs/schemas/network-events.schema.json covers is checked against it."""
-    found = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    for event in found:
-        if event["event"] in NETWORK_SCHEMA["properties"]["event"]["enum"]:
-            jsonschema.validate(event, NETWORK_SCHEMA)
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_transfer_rollback_removes_what_a_cut_upload_left(
@@ -211,7 +167,7 @@ def test_connection_cut_mid_step_is_in_journal_console_and_report(state_dir: Pat
 
         summary = drive(state, mode="upgrade", decide=lambda *_: "abort",
                         subscribers=[cut_mid_step, PlainReporter(plain)])
-        events = events_of(state.run_dir)
+        events = network_events_of(state.run_dir)
         data = report_data(state.run_dir)
     assert summary.status == "succeeded", summary
     network = [e for e in events if e["event"].startswith("network.")]

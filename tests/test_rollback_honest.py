@@ -6,7 +6,6 @@ test asserts about the target is read from the target's own files.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,22 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from demo_proxy import demo_behind_proxy, network_events_of
 
 from cli_helpers import whole_version
-from drhost.cli._inputs import package_info, prepare
-from drhost.cli._main import build_parser
-from drhost.demo.environment import create_demo, start_ssh_hosts, stop_demo
 from drhost.demo.sshd import SshHost
-from drhost.orchestrator import create_run, drive
+from drhost.orchestrator import drive
 from drhost.orchestrator._rollout import Amount, Batch, Budget
-from drhost.state import RunState, state_root
+from drhost.state import RunState
 from sshd_hosts import sshd_available
 from tcp_proxy import TcpProxy
-
-NETWORK_SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schemas" / "network-events.schema.json")
-                            .read_text())
 
 #: Short waits and bounds: each test stays within seconds of its real work.
 _SETTINGS = ("run.unreachable_wait_s=3", "ssh.plugin_exec.reconnects=0", "ssh.plugin_exec.heartbeat_s=1",
@@ -53,38 +46,12 @@ def never(*_: Any) -> str:
 @pytest.fixture
 def ssh_run(state_dir: Path) -> Iterator[SshRun]:
     """A one-target SSH demo run whose target is reached only through a TCP proxy in front of its sshd."""
-    args = build_parser().parse_args(["upgrade", "--demo", "--ssh", "--demo-targets", "1", "--keep",
-                                      *(item for s in _SETTINGS for item in ("--set", s))])
-    prepared = prepare(args, need_package=True)
-    assert prepared.demo_roots is not None and prepared.demo_ssh_hosts is not None and prepared.package
-    create_demo(state_root(), prepared.demo_roots, reserved_ports=[h.port for h in prepared.demo_ssh_hosts.values()])
-    start_ssh_hosts(prepared.demo_ssh_hosts)
-    (host,) = prepared.demo_ssh_hosts.values()
-    (root,) = prepared.demo_roots.values()
-    proxy = TcpProxy(host.host, host.port).start()
-    config = prepared.config.data
-    config["targets"]["dr-demo-1"]["port"] = proxy.port
-    # The proxy is the host as drhost knows it: known_hosts names it, with the sshd's key.
-    public = (host.directory / "host_key.pub").read_text().split()
-    with host.known_hosts.open("a") as known:
-        known.write(f"[{proxy.host}]:{proxy.port} {public[0]} {public[1]}\n")
-    state = create_run(config=config, config_files=[], plan=prepared.plan, package=package_info(prepared.package),
-                       extra={"demo": {"roots": [str(root)], "keep": True}})
-    try:
+    with demo_behind_proxy(*_SETTINGS) as (state, host, root, proxy, _remote):
         yield SshRun(state, host, proxy, root)
-    finally:
-        proxy.stop()
-        host.stop()
-        stop_demo([root])
 
 
 def events_of(state: RunState) -> list[dict[str, Any]]:
-    """The run's journal; every event docs/schemas/network-events.schema.json covers is checked against it."""
-    found = [json.loads(line) for line in (state.run_dir / "events.jsonl").read_text().splitlines() if line]
-    for event in found:
-        if event["event"] in NETWORK_SCHEMA["properties"]["event"]["enum"]:
-            jsonschema.validate(event, NETWORK_SCHEMA)
-    return found
+    return network_events_of(state.run_dir)
 
 
 def target(state: RunState) -> dict[str, Any]:
