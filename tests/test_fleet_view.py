@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from drhost.events import Event
 from drhost.report import LiveReporter
 from drhost.report._console import EtaBoard
@@ -85,8 +87,11 @@ def test_a_stopped_rollout_has_no_run_eta_and_says_why() -> None:
     assert "batch 2/2: 1 hosts waiting" in lines
 
 
-def test_live_view_shows_batches_and_the_current_batch_hosts() -> None:
+def test_live_view_shows_batches_and_the_current_batch_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal, finished batches are one line, the running batch shows its hosts, later batches wait."""
+    # The view cuts lines at the terminal's width: pin one, whatever runs the test (a tty, CI, an xdist worker).
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("LINES", "40")
     stream = io.StringIO()
     view = LiveReporter(3, stream=stream, t=lambda m: m)
     events = [_started([["a"], ["b", "c", "d"], ["e"]], forks=2),

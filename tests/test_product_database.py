@@ -101,6 +101,22 @@ def test_backup_modify_restore(root: Path, tmp_path: Path) -> None:
     assert tool_json(root, "drproduct-db", "dump") == before
 
 
+def test_a_retry_after_a_killed_backup_or_restore_leaves_no_stray_file(root: Path, tmp_path: Path) -> None:
+    """What a SIGKILLed backup or restore left (its partial copy and journal) is replaced by the next attempt."""
+    backup = tmp_path / "b" / "catalog.db"
+    backup.parent.mkdir()
+    for name in (".catalog.db.partial", ".catalog.db.partial-journal"):
+        (backup.parent / name).write_bytes(b"cut mid-copy")
+    tool_json(root, "drproduct-db", "backup", "--out", str(backup))
+    assert sorted(p.name for p in backup.parent.iterdir()) == ["catalog.db", "catalog.db.sha256"]
+    data = root / "data"
+    before = sorted(p.name for p in data.iterdir())
+    for name in (".catalog.db.restoring", ".catalog.db.restoring-journal"):
+        (data / name).write_bytes(b"cut mid-copy")
+    tool_json(root, "drproduct-db", "restore", "--from", str(backup))
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
 def test_restore_bad_checksum_refuses(root: Path, tmp_path: Path) -> None:
     """restore refuses a backup whose sha256 does not match, leaving the live catalog untouched."""
     backup = tmp_path / "catalog.bak"

@@ -208,6 +208,19 @@ def test_the_cache_is_private_and_keeps_only_successful_descriptions(
 
 
 @pytest.mark.integration
+def test_a_fresh_account_without_a_cache_base_gets_a_working_cache(
+        drhost: DrhostCLI, site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing ~/.cache (a fresh account) is created, not reported as an untrusted cache directory."""
+    monkeypatch.delenv("DRHOST_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh-home" / ".cache"))
+    proc = drhost("plugins", "list", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not a private directory" not in proc.stderr
+    descriptions = tmp_path / "fresh-home" / ".cache" / "drhost" / "descriptions"
+    assert stat.S_IMODE(descriptions.stat().st_mode) == 0o700 and any(descriptions.iterdir())
+
+
+@pytest.mark.integration
 def test_a_corrupt_cache_entry_is_ignored_and_rewritten(drhost: DrhostCLI, site: Path, cache_dir: Path) -> None:
     """Garbage in every cache entry: the plugins are described again (no traceback) and the entries rewritten."""
     listing(drhost)

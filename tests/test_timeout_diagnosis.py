@@ -52,15 +52,21 @@ def attempts_of(events: list[dict[str, Any]], target: str, step: str) -> list[li
 
 
 def leftovers(run_id: str) -> list[str]:
-    """Workers, remote sleeps and containers of this run still alive."""
+    """Workers, remote sleeps and containers of this run still alive.
+
+    Other tests run beside this one (pytest-xdist): a worker counts when its cgroup is named after this run.
+    Every ``sleep 86400`` counts: the tests that start one share the xdist group ``remote_hang`` (conftest).
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
+                ours = (cmdline == b"sleep\x0086400\x00"
+                        or (b"drhost_hookspecs.worker" in cmdline and run_id in (entry / "cgroup").read_text()))
             except OSError:
                 continue
-            if b"drhost_hookspecs.worker" in cmdline or b"sleep\x0086400" in cmdline:
+            if ours:
                 found.append(f"pid {entry.name}: {cmdline[:120]!r}")
     if shutil.which("podman"):
         ps = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,

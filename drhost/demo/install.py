@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 from drhost.packaging import PackageError, read_package, verify_payload
 from drhost.packaging.manifest import INSTALL_MODE_MASK, PAYLOAD_PREFIX
+
+from ._ports import free_port as free_port
 
 TOOL_TIMEOUT = 60.0
 ROOT_DIRS = ("releases", "etc/services", "data", "run", "log", "backup", "staging")
@@ -141,9 +142,3 @@ def installed_version(root: Path) -> str | None:
         return None
 
 
-def free_port() -> int:
-    """A loopback port free right now (the OS picks it; another process could still take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._ports import free_port as free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -26,12 +28,6 @@ def sshd_available() -> tuple[bool, str]:
     if os.geteuid() != 0:
         return False, "sshd test hosts need root (they log in as root on loopback)"
     return True, SSHD
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -81,10 +77,13 @@ class SshHost:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                    if sock.recv(4).startswith(b"SSH-"):
+                    # An sshd that could not bind exits; the banner would then be another server's.
+                    if sock.recv(4).startswith(b"SSH-") and self.process.poll() is None:
                         return
             except OSError:
                 time.sleep(0.05)
+            if self.process.poll() is not None:
+                break
         raise RuntimeError(f"sshd for {self.name} did not start: {(self.directory / 'sshd.log').read_text()}")
 
     def session_pids(self) -> list[int]:

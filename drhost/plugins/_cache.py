@@ -55,6 +55,11 @@ class CachedDescription:
 
 def _private_dir(path: Path) -> bool:
     """Make ``path`` (and its parent cache root) a 0700 directory of ours; False when it cannot be trusted."""
+    try:
+        # On a fresh account even ~/.cache may be missing: that is no reason to distrust the cache.
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
     for directory in (path.parent, path):
         try:
             directory.mkdir(mode=0o700, exist_ok=True)

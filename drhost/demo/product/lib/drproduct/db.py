@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import tempfile
 from typing import Any
 
 from .common import Failure, Parser, Release, Root, UsageError, emit, fsync_dir, run_tool
@@ -111,8 +110,12 @@ def backup(src_path: str, out: str) -> dict[str, Any]:
     out = os.path.abspath(out)
     directory = os.path.dirname(out)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".backup.", dir=directory)
-    os.close(fd)
+    # One fixed temp name per backup file, not mkstemp: a backup killed mid-copy (SIGKILL runs no cleanup) leaves
+    # its partial copy under this name, and the next attempt removes it instead of adding a second stray file.
+    tmp = os.path.join(directory, f".{os.path.basename(out)}.partial")
+    for stale in (tmp, tmp + "-journal"):
+        if os.path.lexists(stale):
+            os.unlink(stale)
     try:
         src = connect(src_path)
         dst = sqlite3.connect(tmp)
@@ -125,8 +128,9 @@ def backup(src_path: str, out: str) -> dict[str, Any]:
         _fsync_file(tmp)
         os.replace(tmp, out)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for partial in (tmp, tmp + "-journal"):
+            if os.path.lexists(partial):
+                os.unlink(partial)
         raise
     digest = sha256_file(out)
     with open(out + ".sha256", "w", encoding="utf-8") as fh:
@@ -152,7 +156,12 @@ def restore(dst_path: str, src: str) -> dict[str, Any]:
                       "refusing to restore")
     directory = os.path.dirname(dst_path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".restore.", dir=directory)
+    # A fixed temp name, as for backup: a restore killed mid-copy leaves one stray file that the next removes.
+    tmp = os.path.join(directory, f".{os.path.basename(dst_path)}.restoring")
+    for stale in (tmp, tmp + "-journal"):
+        if os.path.lexists(stale):
+            os.unlink(stale)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
             for chunk in iter(lambda: inp.read(1 << 20), b""):
@@ -169,13 +178,14 @@ def restore(dst_path: str, src: str) -> dict[str, Any]:
             conn.close()
         if result != "ok":
             raise Failure(f"backup {src} fails integrity_check: {result}")
-        # The restored catalog keeps the permissions of the one it replaces (mkstemp made it 0600).
+        # The restored catalog keeps the permissions of the one it replaces (created 0600 above).
         if os.path.exists(dst_path):
             os.chmod(tmp, os.stat(dst_path).st_mode & 0o7777)
         os.replace(tmp, dst_path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for partial in (tmp, tmp + "-journal"):
+            if os.path.lexists(partial):
+                os.unlink(partial)
         raise
     fsync_dir(directory)
     return {"restored": dst_path, "from": src, "sha256": found, "schema": schema}
