@@ -15,27 +15,17 @@ from typing import Any
 import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
-
-#: Test files that must not run beside each other (pytest-xdist): they share something machine-wide.
-#: remote_hang: both start ``sleep 86400`` on their targets and assert that none is left on the machine.
-SHARED_GROUPS = {
-    "test_leftover_commands.py": "remote_hang",
-    "test_timeout_diagnosis.py": "remote_hang",
-}
+from xdist_scopes import SuiteScheduling, file_order
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> SuiteScheduling:
+    """Spread the suite over xdist workers by the scopes of tests/xdist_scopes.py."""
+    return SuiteScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per test file (or per shared group above), for ``--dist loadgroup``.
-
-    A file's tests then run in order on one worker: its module-scoped fixtures (sshd hosts, built packages,
-    installed products) are made once, not once per worker, and its tests never race each other. tryfirst:
-    xdist reads the groups in its own hook of the same name.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, str(item.path))))
+    """The longest files first (a stable sort: each file's tests stay together and in order)."""
+    items.sort(key=lambda item: file_order(item.path.name))
 
 
 @pytest.fixture

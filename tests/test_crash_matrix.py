@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import demo_roots, pids_under, run_json, whole_version
+from xdist_scopes import computed_once
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
@@ -116,8 +117,14 @@ def the_run(state_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reached(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """The failpoints a clean upgrade, a rolled-back one and a cleaned-up one really reach."""
-    found: dict[str, set[str]] = {}
+    """The failpoints a clean upgrade, a rolled-back one and a cleaned-up one really reach (found once for
+    every xdist worker that runs a part of the matrix)."""
+    found = computed_once(tmp_path_factory, "crash-matrix-reached", lambda: _reach(tmp_path_factory))
+    return {mode: set(points) for mode, points in found.items()}
+
+
+def _reach(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
     for mode, extra in (("upgrade", ()), ("rollback", ROLLBACK_FAULT), ("cleanup", CLEANUP_FAULT)):
         base = tmp_path_factory.mktemp(f"reach-{mode}")
         log = base / "failpoints.log"
@@ -132,7 +139,8 @@ def reached(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         names = log.read_text().splitlines()
-        found[mode] = set(names) | {f"{name}@{n}" for name in set(names) for n in range(1, names.count(name) + 1)}
+        found[mode] = sorted(set(names) | {f"{name}@{n}" for name in set(names)
+                                           for n in range(1, names.count(name) + 1)})
     return found
 
 

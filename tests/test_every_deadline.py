@@ -20,8 +20,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from demo_proxy import demo_behind_proxy
 
+from demo_proxy import demo_behind_proxy
 from drhost.events import EventBus
 from drhost.orchestrator._env import Executor, RunEnv
 from drhost.orchestrator._locks import TargetLocks

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from demo_proxy import demo_behind_proxy, network_events_of
 
 from cli_helpers import whole_version
+from demo_proxy import demo_behind_proxy, network_events_of
 from drhost.events import Event
 from drhost.orchestrator import drive
 from drhost.report import PlainReporter

@@ -24,10 +24,23 @@ DEPARTMENT = {
 }
 
 
+class _Reports(dict[str, tuple[int, dict[str, Any]]]):
+    """plugin-test of a department plugin, run when a test first asks for it (the tests of one plugin share a
+    worker: tests/xdist_scopes.py)."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self._factory = factory
+
+    def __missing__(self, plugin: str) -> tuple[int, dict[str, Any]]:
+        self[plugin] = plugin_test(plugin, tmp=self._factory.mktemp(plugin))
+        return self[plugin]
+
+
 @pytest.fixture(scope="module")
 def department_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, dict[str, Any]]]:
-    """plugin-test of each department plugin, run once for the module: (exit code, report)."""
-    return {plugin: plugin_test(plugin, tmp=tmp_path_factory.mktemp(plugin)) for plugin in DEPARTMENT}
+    """plugin-test of each department plugin, run at most once per worker: (exit code, report)."""
+    return _Reports(tmp_path_factory)
 
 
 @pytest.mark.parametrize("plugin", sorted(DEPARTMENT))
