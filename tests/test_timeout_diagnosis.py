@@ -60,7 +60,7 @@ def leftovers(run_id: str) -> list[str]:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"drhost_hookspecs.worker" in cmdline or b"sleep\x0086400" in cmdline:
+            if b"drhost_hookspecs._runtime.worker" in cmdline or b"sleep\x0086400" in cmdline:
                 found.append(f"pid {entry.name}: {cmdline[:120]!r}")
     if shutil.which("podman"):
         ps = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
