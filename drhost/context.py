@@ -12,8 +12,7 @@ from dataclasses import asdict
 from typing import Any, NoReturn
 
 from drhost_hookspecs import Cancelled, PackageInfo, PluginClass, RunResult, StepFailed, TargetInfo
-from drhost_hookspecs._protocol import json_problem, not_json_message
-from drhost_hookspecs._types import ROOT_PLACEHOLDER
+from drhost_hookspecs._runtime import ROOT_PLACEHOLDER, json_problem, not_json_message
 
 from .transport import CommandStopped, TargetSession, TransportError
 

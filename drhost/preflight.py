@@ -11,7 +11,8 @@ import posixpath
 import stat
 from pathlib import Path
 
-from drhost_hookspecs import PackageInfo, parse_faults
+from drhost_hookspecs import PackageInfo
+from drhost_hookspecs._runtime import parse_faults
 
 from .config import LoadedConfig, validate_plugin_section
 from .errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError

@@ -23,7 +23,7 @@ from cli_helpers import CLI_TIMEOUT_S, run_json
 from drhost.supervisor import WorkerRunner
 from drhost.supervisor._container import ContainerSandbox
 from drhost_hookspecs import Stage, StepFailed
-from drhost_hookspecs._protocol import JSON_VALUES, json_problem
+from drhost_hookspecs._runtime._protocol import JSON_VALUES, json_problem
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context, process_runner
 

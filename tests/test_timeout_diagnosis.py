@@ -63,7 +63,7 @@ def leftovers(run_id: str) -> list[str]:
             try:
                 cmdline = (entry / "cmdline").read_bytes()
                 ours = (cmdline == b"sleep\x0086400\x00"
-                        or (b"drhost_hookspecs.worker" in cmdline and run_id in (entry / "cgroup").read_text()))
+                        or (b"drhost_hookspecs._runtime.worker" in cmdline and run_id in (entry / "cgroup").read_text()))
             except OSError:
                 continue
             if ours:

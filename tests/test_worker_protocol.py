@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from drhost.supervisor import WorkerRunner
-from drhost_hookspecs._protocol import PROTOCOL_VERSION
+from drhost_hookspecs._runtime import PROTOCOL_VERSION
 from worker_helpers import fake_worker, make_context, process_runner
 
 LOG = logging.getLogger("test.worker")

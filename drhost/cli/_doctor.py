@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from drhost_hookspecs import PluginClass
-from drhost_hookspecs._probe import PROBE_PLUGIN, PROBE_VALUE
+from drhost_hookspecs._runtime import PROBE_PLUGIN, PROBE_VALUE
 
 from ..config import load_config
 from ..errors import DrhostError, ExitCode

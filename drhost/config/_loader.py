@@ -21,7 +21,7 @@ from typing import Any
 
 import jsonschema
 
-from drhost_hookspecs import parse_faults
+from drhost_hookspecs._runtime import parse_faults
 
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drhost_hookspecs import Category, LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
-from drhost_hookspecs._protocol import call_label, json_problem, not_json_message
+from drhost_hookspecs._runtime import call_label, json_problem, not_json_message
 
 from .._stdout import plugin_code
 from ..context import HostContext

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from drhost_hookspecs._plugin import ENTRY_POINT_GROUP
+from drhost_hookspecs import ENTRY_POINT_GROUP
 
 #: Where the bundle is mounted inside the container, and what PYTHONPATH the worker gets.
 MOUNT_POINT = "/opt/drhost"

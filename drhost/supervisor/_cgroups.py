@@ -3,7 +3,7 @@
 Every launch gets a new cgroup ``drhost/<label>-<n>`` under the cgroup this process
 already sits in, in each controller, so drhost's limits nest inside whatever limits
 drhost itself runs under. The worker writes its own pid into the cgroups' ``cgroup.procs``
-before it imports the plugin (``drhost_hookspecs._limits``); the host writes it too, as
+before it imports the plugin (``drhost_hookspecs._runtime._limits``); the host writes it too, as
 soon as the process exists. Both cgroup v2 (one unified hierarchy at ``/sys/fs/cgroup``)
 and v1 (one mount per controller) are handled.
 """
@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from drhost_hookspecs._runtime import WORKER_MODULE
 
 from ..errors import RefusedError
 from ..policy import ClassPolicy
@@ -314,7 +316,7 @@ class CgroupSandbox:
 
     # -- the worker's side -------------------------------------------------------------
     def command(self, entry_point: str) -> list[str]:
-        return self._command or [sys.executable, "-m", "drhost_hookspecs.worker", entry_point]
+        return self._command or [sys.executable, "-m", WORKER_MODULE, entry_point]
 
     def worker_limits(self) -> dict[str, Any]:
         limits = dict(self._limits)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drhost_hookspecs._confine import CONFINE_ENV
+from drhost_hookspecs._runtime import CONFINE_ENV
 
 from ..errors import RefusedError
 from ._sandbox import DelegatingSandbox, Sandbox
@@ -56,7 +56,7 @@ class Confinement:
     def command(self, worker: list[str]) -> list[str]:
         if self.user is None:
             return [self.unshare, "--net", "--", *worker] if self.network else worker
-        # A root drhost: the worker builds its namespaces itself (drhost_hookspecs._confine), so that it is
+        # A root drhost: the worker builds its namespaces itself (drhost_hookspecs._runtime._confine), so that it is
         # pid 1 of its own pid namespace with a relay outside that passes on how it ended.
         return worker
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, encode, error_to_json
+from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, WORKER_MODULE, encode, error_to_json
 
 from ..transport import stop_process_group
 from ._bundle import MOUNT_POINT, SITE, Bundle, BundleError, build_bundle
@@ -159,7 +159,7 @@ class ContainerSandbox:
         for key, value in sorted(self.worker_env().items()):
             argv += ["--env", f"{key}={value}"]
         # -S: no site-packages of the interpreter; the bundle is the only code besides the stdlib.
-        return [*argv, *setup.root_arguments(), setup.python, "-S", "-m", "drhost_hookspecs.worker", entry_point]
+        return [*argv, *setup.root_arguments(), setup.python, "-S", "-m", WORKER_MODULE, entry_point]
 
     def environment(self) -> dict[str, str]:
         return podman_environment()

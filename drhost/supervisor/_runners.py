@@ -16,7 +16,7 @@ import time
 from typing import IO, Any, Protocol
 
 from drhost_hookspecs import Stage, VerifyPhase
-from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
+from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
 from ._endings import LimitWatch, name_limit

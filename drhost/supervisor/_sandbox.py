@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from drhost_hookspecs._runtime import WORKER_MODULE
+
 from ..transport import stop_process_group
 
 
@@ -203,7 +205,7 @@ class RlimitSandbox:
         self._cpu_seen: float | None = None
 
     def command(self, entry_point: str) -> list[str]:
-        return self._command or [sys.executable, "-m", "drhost_hookspecs.worker", entry_point]
+        return self._command or [sys.executable, "-m", WORKER_MODULE, entry_point]
 
     def environment(self) -> dict[str, str]:
         return worker_environment(self._limits, self._message_limit)

@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 
 from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
-from drhost_hookspecs._protocol import error_to_json
+from drhost_hookspecs._runtime import error_to_json
 
 from .._stdout import plugin_code
 from ..context import HostContext

@@ -11,12 +11,12 @@ import pluggy
 
 from . import _spec
 from ._context import Context
-from ._faults import inject
 from ._types import HOOK_API_VERSION, PluginInfo, Stage, Step, StepDescription, VerifyPhase
 
+#: The entry-point group a plugin distribution publishes its plugin in.
 ENTRY_POINT_GROUP = "drhost.plugins"
 
-#: The operations the host can ask of a plugin.
+#: The operations the host can ask of a plugin: the values of ``LoadedPlugin.invoke``'s ``op``.
 OPERATIONS = (
     "describe",
     "run_step",
@@ -165,6 +165,10 @@ class LoadedPlugin:
         if op == "run_step":
             assert stage is not None and step is not None
             target_step = self.step(stage, step)
+            # Fault injection is the runtime's: imported here so that an author's ``import drhost_hookspecs``
+            # never loads the worker runtime.
+            from ._runtime import inject
+
             inject(ctx, step, in_process=in_process, memory_limit_bytes=memory_limit_bytes)
             target_step.run(ctx)
             return None

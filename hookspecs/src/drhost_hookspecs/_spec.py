@@ -16,6 +16,7 @@ from ._types import PluginInfo, Stage, Step, VerifyPhase
 
 PROJECT_NAME = "drhost"
 
+#: Marks the hook specifications below; plugins need only ``hookimpl``.
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Mark a plugin's functions with ``@hookimpl`` so drhost finds them.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

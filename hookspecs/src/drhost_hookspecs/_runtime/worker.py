@@ -1,6 +1,6 @@
 """The sandbox-side worker: loads ONE plugin and serves the host's calls.
 
-Started by the host as ``python -m drhost_hookspecs.worker ENTRY_POINT`` in a fresh
+Started by the host as ``python -m drhost_hookspecs._runtime.worker ENTRY_POINT`` in a fresh
 interpreter (a child process, or a container). It lowers its own limits before it
 imports the plugin, then speaks JSON lines on the stdout it was given; the plugin's
 own prints go to stderr, which the host logs under the plugin's name.
@@ -15,10 +15,11 @@ import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, BinaryIO
 
+from .._errors import Cancelled, StepFailed
+from .._plugin import LoadedPlugin
+from .._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
 from ._confine import CONFINE_ENV, confine
-from ._errors import Cancelled, StepFailed
 from ._limits import apply_limits
-from ._plugin import LoadedPlugin
 from ._protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -30,7 +31,6 @@ from ._protocol import (
     json_problem,
     not_json_message,
 )
-from ._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
 
 
 class _Channel:
@@ -274,7 +274,7 @@ def _load(args: Sequence[str], confined: Mapping[str, Any]) -> LoadedPlugin:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 2):
-        print("usage: python -m drhost_hookspecs.worker ENTRY_POINT [MODULE[:ATTR]]", file=sys.stderr)
+        print("usage: python -m drhost_hookspecs._runtime.worker ENTRY_POINT [MODULE[:ATTR]]", file=sys.stderr)
         return 2
     channel = _Channel(_protect_stdout(), int(os.environ.get("DRHOST_WORKER_MESSAGE_LIMIT", MAX_MESSAGE_BYTES)))
     limits = json.loads(os.environ.get("DRHOST_WORKER_LIMITS", "{}"))

@@ -15,8 +15,8 @@ import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._context import Context
-from ._errors import StepFailed
+from .._context import Context
+from .._errors import StepFailed
 
 FAULT_KINDS = ("fail", "hang", "crash", "oom", "slow", "remote_hang")
 _HITS_KEY = "_drhost_fault_hits"

@@ -6,11 +6,11 @@ states only what a live worker on this machine just showed.
 
 from __future__ import annotations
 
-from ._spec import hookimpl
-from ._types import PluginClass, PluginInfo
+from .._spec import hookimpl
+from .._types import PluginClass, PluginInfo
 
 PROBE_PLUGIN = "drhost-probe"
-PROBE_VALUE = "drhost_hookspecs._probe"
+PROBE_VALUE = "drhost_hookspecs._runtime._probe"
 
 
 @hookimpl

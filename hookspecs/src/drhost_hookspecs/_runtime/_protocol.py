@@ -10,7 +10,7 @@ import json
 import traceback
 from typing import Any
 
-from ._errors import Cancelled, SkipStep, StepFailed, UpToDate
+from .._errors import Cancelled, SkipStep, StepFailed, UpToDate
 from ._faults import InjectedCrash
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
