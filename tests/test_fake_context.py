@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,22 @@ def test_stop_cancels_every_call(tmp_path: Path) -> None:
     for call in (lambda: ctx.sleep(30), lambda: ctx.run(["true"]), lambda: ctx.exists(str(tmp_path))):
         with pytest.raises(Cancelled):
             call()
+
+
+def test_stop_ends_a_running_command(tmp_path: Path) -> None:
+    """stop() from another thread ends a command ctx.run is waiting for, with Cancelled."""
+    ctx = FakeContext(tmp_path)
+    threading.Timer(0.2, ctx.stop).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        ctx.run(["sleep", "30"])
+    assert time.monotonic() - started < 10
+
+
+def test_a_command_over_its_timeout_fails_the_step(tmp_path: Path) -> None:
+    """A command that outlives its own timeout fails the step (it was not stopped by the host)."""
+    with pytest.raises(StepFailed):
+        FakeContext(tmp_path).run(["sleep", "30"], timeout=0.2)
 
 
 def test_fixture_gives_a_fake_context_under_tmp_path(drhost_fake_context: FakeContext, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from drhost_hookspecs import Cancelled, PackageInfo, RunResult, StepFailed, TargetInfo
 
-from ..transport import LocalSession, TransportError
+from ..transport import CommandStopped, LocalSession, TransportError
 
 __all__ = ["Call", "FakeContext", "ScriptedCommand"]
 
@@ -147,9 +147,14 @@ class FakeContext:
             raise Cancelled()
 
     def _file_op(self, func: Callable[..., Any], *args: Any) -> Any:
-        # As the host: a transport error is the step's failure, in the plugin's own terms.
+        # As the host: a transport error is the step's failure, in the plugin's own terms, and a command
+        # stopped because the step was stopped is a cancellation.
         try:
             return func(*args)
+        except CommandStopped as exc:
+            if self._cancel.is_set():
+                raise Cancelled() from None
+            raise StepFailed(str(exc)) from None
         except TransportError as exc:
             raise StepFailed(str(exc)) from None
 
