@@ -22,6 +22,7 @@ import drplugin_scaffold_name as plugin
 pytest.importorskip("drhost.testing.pytest_plugin", reason="these tests use drhost's pytest fixtures: install "
                     "the plugin into drhost's environment")
 
+
 @pytest.fixture(scope="module")
 def loaded() -> LoadedPlugin:
     # Registered as the host registers it: a hook whose name or arguments do not match its spec fails here.
