@@ -1,5 +1,5 @@
-"""Fixtures for the department plugins' tests; the harness itself is in plugin_harness.py."""
+"""Fixtures for the department plugins' tests: drhost's own (``drhost_target``, ...) and the four-plugin harness."""
 
-from plugin_harness import harness, installed, package_v2, packages
+from plugin_harness import harness, package_v2
 
-__all__ = ["harness", "installed", "package_v2", "packages"]
+__all__ = ["harness", "package_v2"]

@@ -1,113 +1,46 @@
-"""Test support for the department plugins: a local Context, real drproduct installs, a small step runner.
+"""What the department plugins' tests share beyond drhost's own test support: the four plugins run together.
 
-The runner imitates what the host does with steps (order across plugins, LIFO
-compensations, plugin-wide hooks after the step-level ones) through the real
-plugin runtime (``LoadedPlugin.invoke``), so the tests exercise the plugins as
-shipped, not their functions in isolation.
+The target is the shipped ``drhost_target`` fixture (a disposable drproduct 1.0.0, running) and each plugin's
+Context a :class:`drhost.testing.FakeContext` on it. What stays here is department-specific: a runner of all
+four plugins in one process that imitates what the host does with steps (order across plugins, LIFO
+compensations, plugin-wide hooks after the step-level ones) through the real plugin runtime
+(``LoadedPlugin.invoke``), so that a test can reach into each plugin's state between steps -- which
+``drhost_runner``, one plugin in its own isolation, does not offer -- and the rules the department plugins'
+declarations follow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import shutil
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drhost_hookspecs import LoadedPlugin, PackageInfo, RunResult, Stage, StepFailed, TargetInfo, VerifyPhase
+from drhost.testing import DisposableTarget, FakeContext
+from drhost_hookspecs import LoadedPlugin, PackageInfo, Stage, VerifyPhase
 
 PLUGINS = ("dr-core", "dr-database", "dr-catalog", "dr-monitoring")
+#: Jobs in a fresh drhost_target's catalog.
 SEED_JOBS = 25
 
 
-class LocalContext:
-    """The Context protocol on the local filesystem; ``run`` takes list argv only, never a shell string."""
-
-    def __init__(self, root: Path, package: PackageInfo, run_id: str, config: Mapping[str, Any] | None = None) -> None:
-        self.run_id = run_id
-        self.target = TargetInfo(name="local", host="localhost", transport="local", install_root=str(root),
-                                 work_dir=str(root.parent / "work"))
-        self.package = package
-        self.config: Mapping[str, Any] = dict(config or {})
-        self.state: MutableMapping[str, Any] = {}
-        self.logs: list[tuple[str, str]] = []
-        self.commands: list[tuple[str, ...]] = []
-        self.checkpoints: list[dict[str, Any]] = []
-
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
-            env: Mapping[str, str] | None = None, cwd: str | None = None, input: str | None = None) -> RunResult:
-        if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
-            raise TypeError(f"argv must be a list of str, got {argv!r}")
-        started = time.monotonic()
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout or 300, cwd=cwd,
-                              input=input, env={**os.environ, **(env or {})},
-                              stdin=None if input is not None else subprocess.DEVNULL)
-        self.commands.append(tuple(argv))
-        result = RunResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
-        if check and not result.ok:
-            raise StepFailed(f"{argv[0]} {' '.join(argv[1:3])}... exited {proc.returncode}: {proc.stderr[-500:]}")
-        return result
-
-    def put(self, local_path: str, remote_path: str) -> None:
-        os.makedirs(os.path.dirname(remote_path), exist_ok=True)
-        temp = remote_path + ".part"
-        shutil.copyfile(local_path, temp)
-        os.replace(temp, remote_path)
-
-    def read_text(self, path: str) -> str:
-        return Path(path).read_text(encoding="utf-8")
-
-    def write_text(self, path: str, text: str, *, mode: int = 0o644) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".write.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path)
-
-    def remove(self, path: str, *, recursive: bool = False) -> None:
-        if os.path.islink(path) or os.path.isfile(path):
-            os.unlink(path)
-        elif os.path.isdir(path):
-            if not recursive:
-                os.rmdir(path)
-            else:
-                shutil.rmtree(path)
-
-    def progress(self, done: float, total: float, unit: str = "") -> None:
-        self.logs.append(("progress", f"{done}/{total} {unit}"))
-
-    def log(self, message: str, *, level: str = "info") -> None:
-        self.logs.append((level, message))
-
-    def checkpoint(self) -> None:
-        self.checkpoints.append(dict(self.state))
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    @property
-    def cancelled(self) -> bool:
-        return False
-
-
 def package_info(path: Path, remote_dir: Path) -> PackageInfo:
+    """The package at ``path`` as a run hands it to the plugins, to be uploaded into ``remote_dir``."""
     from drhost.packaging import read_package
 
-    pkg = read_package(path)
-    return PackageInfo(product=pkg.product, version=pkg.version, upgrades_from=pkg.upgrades_from,
-                       local_path=str(pkg.path), remote_path=str(remote_dir / path.name), sha256=pkg.sha256,
-                       size=pkg.size, manifest=pkg.manifest)
+    return dataclasses.replace(read_package(path).info(), remote_path=str(remote_dir / path.name))
+
+
+def fake_context(root: Path, package: PackageInfo, run_id: str = "run-1",
+                 config: Mapping[str, Any] | None = None) -> FakeContext:
+    """A plugin's Context on the install ``root``: the target "local", its work directory next to the root."""
+    return FakeContext(root, package=package, run_id=run_id, config=config, target_name="local",
+                       work_dir=root.parent / "work")
 
 
 @dataclass
@@ -117,7 +50,7 @@ class Harness:
     root: Path
     package: PackageInfo
     plugins: dict[str, LoadedPlugin]
-    ctxs: dict[str, LocalContext]
+    ctxs: dict[str, FakeContext]
     done: list[tuple[Stage, str, str]] = field(default_factory=list)
 
     def ordered(self, stage: Stage) -> list[tuple[str, str]]:
@@ -166,55 +99,27 @@ class Harness:
         return json.loads(self.tool(tool, *args).stdout)
 
 
-@pytest.fixture(scope="session")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from drhost.packaging import build_package
-
-    out = tmp_path_factory.mktemp("packages")
-    return {version: build_package(version, out) for version in ("1.0.0", "2.0.0")}
-
-
-def _stop_daemon(root: Path) -> None:
-    ctl = root / "current" / "bin" / "drproductctl"
-    if ctl.exists():
-        subprocess.run([str(ctl), "--root", str(root), "stop", "--timeout", "10"], capture_output=True,
-                       timeout=30, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def installed(tmp_path: Path, packages: dict[str, Path]) -> Iterator[Path]:
-    """A running drproduct 1.0.0 under a fresh install root; stopped at teardown."""
-    from drhost.demo import install
-
-    root = tmp_path / "root"
-    install.install_fresh(packages["1.0.0"], root, install.free_port(), seed_jobs=SEED_JOBS)
-    install.start(root)
-    try:
-        yield root
-    finally:
-        _stop_daemon(root)
-
-
 def make_harness(root: Path, package: PackageInfo, configs: Mapping[str, Mapping[str, Any]] | None = None,
                  run_id: str = "run-1") -> Harness:
     plugins = {name: LoadedPlugin.from_entry_point(name) for name in PLUGINS}
-    ctxs = {name: LocalContext(root, package, run_id, (configs or {}).get(name)) for name in PLUGINS}
+    ctxs = {name: fake_context(root, package, run_id, (configs or {}).get(name)) for name in PLUGINS}
     return Harness(root, package, plugins, ctxs)
 
 
 @pytest.fixture
-def harness(installed: Path, packages: dict[str, Path], tmp_path: Path) -> Harness:
-    """The four plugins set to upgrade ``installed`` to 2.0.0."""
-    return make_harness(installed, package_info(packages["2.0.0"], tmp_path / "incoming"))
+def package_v2(drhost_target: DisposableTarget, tmp_path: Path) -> PackageInfo:
+    """The 2.0.0 package of ``drhost_target``, to be uploaded outside its install root (``tmp_path/incoming``)."""
+    return package_info(Path(drhost_target.package.local_path), tmp_path / "incoming")
 
 
 @pytest.fixture
-def package_v2(packages: dict[str, Path], tmp_path: Path) -> PackageInfo:
-    return package_info(packages["2.0.0"], tmp_path / "incoming")
+def harness(drhost_target: DisposableTarget, package_v2: PackageInfo) -> Harness:
+    """The four plugins set to upgrade ``drhost_target`` to 2.0.0."""
+    return make_harness(drhost_target.root, package_v2)
 
 
 def with_package(package: PackageInfo, **changes: Any) -> PackageInfo:
-    return replace(package, **changes)
+    return dataclasses.replace(package, **changes)
 
 
 PRE_UPGRADE = (Stage.PRECHECK, Stage.BACKUP, Stage.TRANSFER)

@@ -164,6 +164,25 @@ def test_pyproject_declares_the_plugin(generated: Path) -> None:
     assert data["tool"]["pytest"]["ini_options"]["drhost_plugin"] == NAME
 
 
+def test_every_template_file_is_generated() -> None:
+    """The scaffold writes every file of its template plugin, and only those (caches and editor files aside)."""
+    from drhost.authoring import _scaffold
+
+    templates = Path(_scaffold.__file__).parent / "templates" / "plugin"
+    found = sorted(p.relative_to(templates).as_posix() for p in templates.rglob("*")
+                   if p.is_file() and not any(part.startswith((".", "__pycache__")) for part in p.parts))
+    assert found == sorted(_scaffold._TEMPLATE_FILES)
+
+
+def test_no_placeholder_is_left(long_plugin: Path) -> None:
+    """No placeholder of the templates survives in a generated plugin, in its files or their paths."""
+    from drhost.authoring import _scaffold
+
+    for relative, content in tree(long_plugin).items():
+        text = relative + ("" if content is None else content.decode("utf-8"))
+        assert [p for p in _scaffold._PLACEHOLDERS if p in text] == [], relative
+
+
 def test_generation_is_deterministic(tmp_path: Path) -> None:
     """Generating the same plugin twice gives byte-identical files."""
     first, second = tmp_path / "first", tmp_path / "second"

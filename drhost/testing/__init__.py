@@ -1,4 +1,4 @@
-"""Testing plugins the way drhost runs them: a disposable target, a session in the plugin's isolation, plugin-test.
+"""Testing plugins as drhost runs them: a fake Context, a disposable target, a session in their isolation, plugin-test.
 
 Public for plugin authors (the pytest plugin's fixtures hand these out) and for
 ``drhost plugin-test``. The names are imported on first use: the pytest plugin
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._checks import CHECKS, CheckResult, PluginTestReport
+    from ._fake import Call, FakeContext, ScriptedCommand
     from ._install import Subject, SubjectError
     from ._plugin_test import plugin_test
     from ._session import TARGET, PluginSession, session_config, session_plan
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "CHECKS": "_checks", "CheckResult": "_checks", "PluginTestReport": "_checks",
+    "Call": "_fake", "FakeContext": "_fake", "ScriptedCommand": "_fake",
     "Subject": "_install", "SubjectError": "_install",
     "plugin_test": "_plugin_test",
     "TARGET": "_session", "PluginSession": "_session", "session_config": "_session", "session_plan": "_session",
@@ -31,10 +33,13 @@ _WHERE = {
 __all__ = [
     "CHECKS",
     "TARGET",
+    "Call",
     "CheckResult",
     "DisposableTarget",
+    "FakeContext",
     "PluginSession",
     "PluginTestReport",
+    "ScriptedCommand",
     "Snapshot",
     "SnapshotDiff",
     "Subject",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..plan import PlannedStep
     from ..plugins import PluginRecord, Registry
     from ..supervisor import CallOutcome
+    from ._fake import FakeContext
     from ._session import PluginSession
     from ._target import DisposableTarget
 
@@ -127,6 +128,19 @@ def drhost_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir(mode=0o700)
     monkeypatch.setenv("DRHOST_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def drhost_fake_context(tmp_path: Path) -> FakeContext:
+    """A :class:`drhost.testing.FakeContext` whose install root is ``tmp_path/drhost-fake-target``.
+
+    For unit tests that call a step function directly, with no target install and no run: its
+    files and commands are this machine's, and it records the plugin's calls, commands, logs,
+    progress and checkpoints. Pass ``config``/``package`` by building your own ``FakeContext``.
+    """
+    from ._fake import FakeContext
+
+    return FakeContext(tmp_path / "drhost-fake-target")
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from drhost.testing import FakeContext
 from drhost_hookspecs import LoadedPlugin, PackageInfo, Stage, StepFailed
-from plugin_harness import LocalContext, package_info
+from plugin_harness import fake_context, package_info
 
 HOSTILE_OWNER = 4242
 
@@ -42,8 +43,8 @@ def _package(path: Path, files: dict[str, tuple[bytes, int]], extra: tuple[tarfi
     return path
 
 
-def _transfer(root: Path, package: PackageInfo) -> LocalContext:
-    ctx = LocalContext(root, package, "run-t")
+def _transfer(root: Path, package: PackageInfo) -> FakeContext:
+    ctx = fake_context(root, package, "run-t")
     plugin = LoadedPlugin.from_entry_point("dr-core")
     for step in ("upload_package", "unpack_package"):
         plugin.invoke("run_step", ctx, stage=Stage.TRANSFER, step=step, in_process=True)
