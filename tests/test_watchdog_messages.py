@@ -12,7 +12,6 @@ import pytest
 
 from drhost.watchdog import (
     CATEGORIES,
-    Category,
     Environment,
     JsonTranslations,
     TimeoutReport,
@@ -33,6 +32,7 @@ from drhost.watchdog import (
     translator,
 )
 from drhost.watchdog._i18n import catalog
+from drhost_hookspecs import Category
 
 ZH = translator("zh_CN")
 

@@ -131,24 +131,25 @@ def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
 def measurement_for(step: PlannedStep | Operation, contexts: Mapping[str, Mapping[str, Any]], *,
                     latency_ms: float | None, progress_total_bytes: float | None, package_size: int) -> dict[str, Any]:
     """The figure the reason line carries for the step's category (see ``drhost_collect_context``)."""
-    category = step.category.value
-    if category == "plugin":
+    category = step.category
+    if category is Category.PLUGIN:
         return {"plugin": step.plugin}
     # The step's own plugin knows best what it was doing; then any plugin that measured the same thing.
-    wanted = {"network": "latency_ms", "database": "data_bytes", "file": "file_bytes", "service": "port"}[category]
+    wanted = {Category.NETWORK: "latency_ms", Category.DATABASE: "data_bytes", Category.FILE: "file_bytes",
+              Category.SERVICE: "port"}[category]
     # A file is the step's own business; the service's port, the catalog's size and the link's latency are the
     # target's, whichever plugin measured them.
-    others = [] if category == "file" else sorted(name for name in contexts if name != step.plugin)
+    others = [] if category is Category.FILE else sorted(name for name in contexts if name != step.plugin)
     ordered = [step.plugin, *others]
     for name in ordered:
         measured = contexts.get(name, {}).get("measurement")
         if isinstance(measured, Mapping) and measured.get(wanted) is not None:
             return {key: measured[key] for key in (wanted, "label") if key in measured}
-    if category == "network":
+    if category is Category.NETWORK:
         return {"latency_ms": latency_ms}
-    if category == "file" and progress_total_bytes:
+    if category is Category.FILE and progress_total_bytes:
         return {"file_bytes": progress_total_bytes}
-    if category == "file" and step.stage is Stage.TRANSFER:
+    if category is Category.FILE and step.stage is Stage.TRANSFER:
         return {"file_bytes": package_size, "label": "package"}
     return {wanted: None}
 
@@ -176,7 +177,7 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
             contexts[name] = outcome.result
         else:
             contexts[name] = {"error": f"{outcome.ended}: {outcome.message}"}
-    latency = session.latency_ms() if step.category.value == "network" else None
+    latency = session.latency_ms() if step.category is Category.NETWORK else None
     progress = evidence.watch.progress
     total_bytes = progress.total if progress is not None and progress.unit == "bytes" else None
     measurement = measurement_for(step, contexts, latency_ms=latency, progress_total_bytes=total_bytes,
@@ -184,10 +185,10 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
     stopped = _how_stopped(evidence)
     report = TimeoutReport(
         stage=step.stage.value if step.stage is not None else "", step=step.report_step,
-        category=step.category.value,
+        category=step.category,
         measurement=measurement, configured_s=step.timeout_s, elapsed_s=round(evidence.elapsed_s, 1),
         environment=environment,
-        controller_environment=controller if step.category.value == "plugin" else None,
+        controller_environment=controller if step.category is Category.PLUGIN else None,
         # The class's CPU share that throttled the worker meanwhile (measured by the runner from cpu.stat).
         cpu_throttled=evidence.outcome.detail.get("cpu_throttled") or None,
     )

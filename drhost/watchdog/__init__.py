@@ -3,7 +3,6 @@
 from drhost.watchdog._i18n import JsonTranslations, resolve_language, translations, translator
 from drhost.watchdog._messages import (
     CATEGORIES,
-    Category,
     Environment,
     TimeoutReport,
     as_event_fields,
@@ -34,7 +33,6 @@ __all__ = [
     "BUDGET_KEYS",
     "CATEGORIES",
     "WATCHDOG_EVENTS",
-    "Category",
     "Environment",
     "JsonTranslations",
     "StepHistory",

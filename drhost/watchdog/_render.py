@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from drhost_hookspecs import Category
+
 from ._messages import (
     Environment,
     TimeoutReport,
@@ -40,11 +42,12 @@ def environment_from(data: Mapping[str, Any] | None) -> Environment:
 def report_from_event(stage: str, step_label: str, data: Mapping[str, Any]) -> TimeoutReport:
     """The :class:`TimeoutReport` a ``step_timeout`` event was made from."""
     controller = data.get("controller_environment")
+    category = Category(data["category"])
     return TimeoutReport(
-        stage=stage, step=step_label, category=data["category"], measurement=dict(data.get("measurement") or {}),
+        stage=stage, step=step_label, category=category, measurement=dict(data.get("measurement") or {}),
         configured_s=float(data["configured_s"]), elapsed_s=float(data["elapsed_s"]),
         environment=environment_from(data.get("environment")), context_path=data.get("context_path"),
-        controller_environment=environment_from(controller) if data.get("category") == "plugin" and controller
+        controller_environment=environment_from(controller) if category is Category.PLUGIN and controller
         else None,
         cpu_throttled=data.get("cpu_throttled") or None,
     )
