@@ -20,7 +20,7 @@ from drhost_hookspecs._protocol import call_label, json_problem, not_json_messag
 from .._stdout import plugin_code
 from ..context import HostContext
 from ..errors import RefusedError
-from ..events import Event, EventBus
+from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
 from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import RunState
@@ -63,7 +63,7 @@ class RunEnv:
     #: Why this run lost a target's lock (someone broke it), or None: set by the run's TargetLocks.
     lock_lost: Callable[[str], str | None] = field(default=lambda target: None)
 
-    def emit(self, event: str, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
+    def emit(self, event: EventName, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
              plugin: str | None = None, message: str = "", **data: Any) -> None:
         self.bus.emit(Event(event, self.state.run_id, target=target, stage=stage.value if stage else None,
                             step=step, plugin=plugin, message=message, data=data))
@@ -71,7 +71,7 @@ class RunEnv:
 
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
-                 on_network: Callable[[str, str, dict[str, Any]], None] | None = None) -> TargetSession:
+                 on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None) -> TargetSession:
     transport = target["transport"]
     grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
@@ -414,7 +414,7 @@ class Executor:
         env = self.env
         expected = self.expected_s(target, operation.history_key)
 
-        def emit(name: str, data: dict[str, Any]) -> None:
+        def emit(name: WatchdogEventName, data: dict[str, Any]) -> None:
             stage = operation.stage.value if operation.stage is not None else ""
             text = render_watchdog_event(name, data, stage=stage, step_label=operation.report_step) or ""
             env.emit(name, target=target, stage=operation.stage, step=operation.step,
@@ -464,7 +464,7 @@ class Executor:
     def _diagnose(self, watch: StepWatch, operation: Operation, outcome: CallOutcome,
                   stopped_commands: tuple[Mapping[str, Any], ...], session: TargetSession, target: str,
                   attempt: int, stopped_at: float) -> CallOutcome:
-        """Gather the context of a timeout, emit its ``step_timeout`` report, and word the outcome."""
+        """Gather the context of a timeout, emit its ``watchdog.timeout`` report, and word the outcome."""
         spec = self.env.config["targets"][target]
         evidence = TimeoutEvidence(
             target=target, step=operation, attempt=attempt, watch=watch, elapsed_s=watch.elapsed(stopped_at),
@@ -485,7 +485,7 @@ class Executor:
             fields = {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
             message = f"no result after {operation.timeout_s:g} s (diagnosis failed: {exc})"
         else:
-            self.env.emit("step_timeout", target=target, stage=operation.stage, step=operation.step,
+            self.env.emit("watchdog.timeout", target=target, stage=operation.stage, step=operation.step,
                           plugin=operation.plugin or None, message=str(fields.pop("text")), **fields)
             # The runner's words say how the step was stopped; the report adds how long it ran and where to look.
             stopped = (outcome.message if outcome.ended == "timeout"

@@ -7,6 +7,7 @@ from typing import Any
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..events import EventName
 from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
@@ -96,7 +97,7 @@ class RollbackFlow:
         #: Why the target refused us at the last look (host key, credentials), or None.
         self._refusal: str | None = None
 
-    def _emit(self, event: str, **kwargs: object) -> None:
+    def _emit(self, event: EventName, **kwargs: object) -> None:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
 
     def _stages_to_roll_back(self) -> list[Stage]:

@@ -31,7 +31,7 @@ from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
 from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
-from ._reach import Reach, look, queue_rollback, wait_until_reachable
+from ._reach import NOT_TAKEN_EVENTS, NotTaken, Reach, look, queue_rollback, wait_until_reachable
 from ._recheck import (
     check_config,
     check_controller,
@@ -201,7 +201,8 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
     if not reach.ok:
         why = f"cannot reach {name} to lock it: {reach.why}" if reach.status == "unreachable" else \
             f"{name} refused the connection: {reach.why}"
-        return queue_rollback(env, name, reach.status, why) if rollback else _not_locked(env, name, reach.status, why)
+        not_taken: NotTaken = "unreachable" if reach.status == "unreachable" else "refused"
+        return queue_rollback(env, name, not_taken, why) if rollback else _not_locked(env, name, not_taken, why)
     session = executor.session(name)
     missing = missing_root(session, name, root)
     if missing is not None:
@@ -214,11 +215,11 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
                                                                 f"{previous.describe()}",
                      owner=dataclasses.asdict(previous))
         return None
-    status = "unreachable" if refused.startswith("cannot reach") else "locked"
+    status: NotTaken = "unreachable" if refused.startswith("cannot reach") else "locked"
     return queue_rollback(env, name, status, refused) if rollback else _not_locked(env, name, status, refused)
 
 
-def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
+def _not_locked(env: RunEnv, name: str, status: NotTaken, why: str) -> str:
     with env.state.mutate() as body:
         record = body["targets"][name]
         # A refusal replaces what an earlier drive left (interrupted, aborted): the operator must act on it first,
@@ -226,7 +227,7 @@ def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
         if record["status"] in ("pending", "locked", "unreachable", "refused") or status == "refused":
             record["status"] = status
         record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "target not touched"})
-    env.emit(f"target.{status}", target=name, message=why)
+    env.emit(NOT_TAKEN_EVENTS[status], target=name, message=why)
     return status
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..events import EventName
 from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
@@ -44,7 +45,7 @@ class TargetFlow:
         self.name = name
         self.record = TargetRecord(env, name)
 
-    def _emit(self, event: str, **kwargs: object) -> None:
+    def _emit(self, event: EventName, **kwargs: object) -> None:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
 
     # -- the whole target -------------------------------------------------------------
@@ -127,17 +128,18 @@ class TargetFlow:
 
     def _decide(self, stage: Stage, failure: StageFailure) -> str:
         if failure.force_rollback:
-            self._emit("decision", stage=stage, decision="rollback", message="a hung in-process step forces rollback")
+            self._emit("stage.decision", stage=stage, decision="rollback",
+                       message="a hung in-process step forces rollback")
             return "rollback"
         decision = self.env.decide(self.name, stage, failure.message)
         if decision == "retry":
             limit = int(self.env.config["run"]["stage_retries"])
             used = int(self.record.get("stage_attempts", stage.value) or 0)
             if used >= limit:
-                self._emit("decision", stage=stage, decision="rollback",
+                self._emit("stage.decision", stage=stage, decision="rollback",
                            message=f"stage retried {used} time(s), the limit of run.stage_retries; rolling back")
                 return "rollback"
-        self._emit("decision", stage=stage, decision=decision, message=failure.message)
+        self._emit("stage.decision", stage=stage, decision=decision, message=failure.message)
         return decision
 
     def _prepare_retry(self, stage: Stage, failure: StageFailure) -> bool:

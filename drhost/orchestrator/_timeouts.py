@@ -163,7 +163,7 @@ def _context_name(evidence: TimeoutEvidence) -> str:
 
 def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_plugin: AskPlugin,
                      plugins_with_context: list[str], run_dir: Path) -> tuple[TimeoutReport, dict[str, Any]]:
-    """Gather and save the context of a timeout; return the report and the ``step_timeout`` event fields."""
+    """Gather and save the context of a timeout; return the report and the ``watchdog.timeout`` event fields."""
     step = evidence.step
     environment, controller = evidence.watch.environment_at_deadline()
     started = time.monotonic()

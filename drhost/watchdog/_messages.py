@@ -321,7 +321,7 @@ def format_timeout(report: TimeoutReport, t: Translate = _identity) -> str:
 
 
 def as_event_fields(report: TimeoutReport) -> dict[str, Any]:
-    """The structured fields of a ``step_timeout`` event (English text, numbers as numbers)."""
+    """The structured fields of a ``watchdog.timeout`` event (English text, numbers as numbers)."""
     return {
         "category": report.category.value,
         "reason": reason_text(report),
