@@ -22,7 +22,7 @@ from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
 from ..plan import Plan, PlannedStep, PluginEntry
-from ..policy import class_policy, retry_wait_s, stage_policy
+from ..policy import Decision, RunOnFailure, class_policy, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
 from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
@@ -46,8 +46,10 @@ from ._network import NetworkEvents
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
 from ._timeouts import Operation, TimeoutEvidence, diagnose_timeout
 
-#: (target, stage, failure message) -> "retry" | "rollback" | "abort"
-Decide = Callable[[str, Stage, str], str]
+#: (target, stage, failure message) -> what to do about the failed stage
+Decide = Callable[[str, Stage, str], Decision]
+#: ``[run] on_failure`` values under which a failed stage may be retried.
+_MAY_RETRY: tuple[RunOnFailure, ...] = ("retry", "ask")
 
 
 @dataclass
@@ -398,7 +400,7 @@ class Executor:
         # Only a failure that fails the stage (class policy "abort") can restart it, and only when the run's
         # failure decision may be "retry" and the stage policy reruns the stage.
         restarts_left = 0
-        if (policy.on_failure == "abort" and str(config["run"].get("on_failure")) in ("retry", "ask")
+        if (policy.on_failure == "abort" and config["run"].get("on_failure") in _MAY_RETRY
                 and stage_policy(config, planned.stage).restart in ("stage", "cleanup_then_stage")):
             with self.env.state.reading() as body:
                 used = int(body["targets"][target].get("stage_attempts", {}).get(planned.stage.value) or 0)

@@ -9,6 +9,7 @@ from typing import Any
 from drhost_hookspecs import Stage
 
 from ..plan import PlannedStep
+from ..supervisor import Ending
 from ._env import RunEnv
 
 #: A target in one of these states needs nothing more from this run.
@@ -38,7 +39,7 @@ def new_target_record() -> dict[str, Any]:
     }
 
 
-def plugin_ending(outcome_ended: str, message: str, detail: dict[str, Any], action: str,
+def plugin_ending(outcome_ended: Ending, message: str, detail: dict[str, Any], action: str,
                   timeout_s: float) -> dict[str, Any]:
     """How a plugin ended on a target, for the record: what happened, the limit and the signal."""
     ending: dict[str, Any] = {"ended": action, "outcome": outcome_ended, "why": message}

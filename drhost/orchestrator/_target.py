@@ -11,7 +11,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 from ..events import EventName
 from ..failpoints import failpoint
 from ..plan import PlannedStep
-from ..policy import class_policy, retry_wait_s, stage_policy
+from ..policy import ClassOnFailure, Decision, class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
 from ..watchdog import remaining_for
 from ._env import Executor, RunEnv
@@ -126,7 +126,7 @@ class TargetFlow:
                 return "aborted"
             return self._rollback()
 
-    def _decide(self, stage: Stage, failure: StageFailure) -> str:
+    def _decide(self, stage: Stage, failure: StageFailure) -> Decision:
         if failure.force_rollback:
             self._emit("stage.decision", stage=stage, decision="rollback",
                        message="a hung in-process step forces rollback")
@@ -323,7 +323,8 @@ class TargetFlow:
         if outcome.ended == "cancelled" and self.env.stop.is_set():
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)
-        action = {"skip_plugin": "skipped", "continue": "failed, recorded"}.get(policy.on_failure, "failed")
+        actions: dict[ClassOnFailure, str] = {"skip_plugin": "skipped", "continue": "failed, recorded"}
+        action = actions.get(policy.on_failure, "failed")
         if outcome.ended in ("killed", "memory", "pids", "cpu_time", "crashed") or outcome.detail.get("killed"):
             action = f"killed, {action}" if action != "failed" else "killed"
         self.record.plugin_ended(step.plugin, plugin_ending(outcome.ended, outcome.message, outcome.detail, action,

@@ -19,6 +19,7 @@ from typing import Any
 from drhost_hookspecs import Category, PluginClass, Stage
 
 from ..plan import PlannedStep
+from ..policy import Isolation
 from ..state import write_private_json
 from ..supervisor import CallOutcome
 from ..transport import TargetSession
@@ -60,7 +61,7 @@ class Operation:
     #: else the full key (``watchdog.verify_timeout_s``).
     timeout_key: str
     plugin_class: PluginClass | None = None
-    isolation: str | None = None
+    isolation: Isolation | None = None
     #: The history key its durations are kept under.
     history_key: str = ""
     #: verify's phase (``completed``, ``rolled_back``), shown in the label.

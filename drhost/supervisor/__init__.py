@@ -11,7 +11,7 @@ from ._cgroups import (
 from ._confine import innermost, network_namespace_available
 from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
 from ._factory import make_sandbox
-from ._outcome import ENDINGS, CallOutcome
+from ._outcome import ENDINGS, LIMIT_ENDINGS, CallOutcome, Ending, LimitEnding
 from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
 from ._sandbox import RlimitSandbox, Sandbox, process_alive, tree_usage, worker_environment
@@ -20,9 +20,12 @@ from ._thread_runner import ThreadRunner
 __all__ = [
     "ENDINGS",
     "LIMIT_CONTROLLERS",
+    "LIMIT_ENDINGS",
     "CallOutcome",
     "CgroupSandbox",
+    "Ending",
     "HealthWatch",
+    "LimitEnding",
     "RlimitSandbox",
     "Runner",
     "Sandbox",

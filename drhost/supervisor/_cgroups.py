@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RefusedError
-from ..policy import ClassPolicy
+from ..policy import ClassPolicy, Isolation
 from ..transport import stop_process_group
 from ._sandbox import RlimitSandbox, Sandbox, cpu_time_exit, worker_environment
 
@@ -284,7 +284,7 @@ class CgroupSandbox:
     in the cgroups, also those that left the process group with ``setsid()``.
     """
 
-    kind = "process"
+    kind: Isolation = "process"
 
     def __init__(self, limits: Mapping[str, Any], *, label: str, message_limit: int, cpu_percent: int | None = None,
                  pids_max: int | None = DEFAULT_PIDS_MAX, support: CgroupSupport | None = None,

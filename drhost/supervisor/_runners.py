@@ -19,6 +19,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 from drhost_hookspecs._protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
+from ..policy import Isolation
 from ._endings import LimitWatch, name_limit
 from ._outcome import CallOutcome, outcome_from_error
 from ._sandbox import Sandbox
@@ -32,7 +33,7 @@ _STARTUP_TIMEOUT_S = 60.0
 class Runner(Protocol):
     """Executes operations of one plugin for one target."""
 
-    isolation: str
+    isolation: Isolation
 
     def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome: ...

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from ..policy import Isolation
 from ..transport import stop_process_group
 
 
@@ -22,7 +23,7 @@ class Sandbox(Protocol):
     whose sampled memory goes over the limit.
     """
 
-    kind: str
+    kind: Isolation
     memory_limit_bytes: int | None
     enforces_memory: bool
 
@@ -186,7 +187,7 @@ class RlimitSandbox:
     root, no process-count limit. The health monitor adds a sampled RSS limit.
     """
 
-    kind = "process"
+    kind: Isolation = "process"
     enforces_memory = False
     enforces_processes = False
 

@@ -14,6 +14,7 @@ from drhost_hookspecs._protocol import error_to_json
 
 from .._stdout import plugin_code
 from ..context import HostContext
+from ..policy import Isolation
 from ._outcome import CallOutcome, outcome_from_error
 
 #: How long the transport may take, beyond the kill grace, to confirm that a stopped command is gone.
@@ -61,7 +62,7 @@ class ThreadRunner:
     behind and reported as hung — trusted code only, and the upgrade aborts.
     """
 
-    isolation = "thread"
+    isolation: Isolation = "thread"
 
     def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0, memory_mb: int | None = None) -> None:
         self._plugin = plugin
