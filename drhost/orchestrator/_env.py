@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drhost_hookspecs import Category, LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
+from drhost_hookspecs import (
+    Category,
+    LoadedPlugin,
+    OperationName,
+    PackageInfo,
+    PluginClass,
+    Stage,
+    TargetInfo,
+    VerifyPhase,
+)
 from drhost_hookspecs._protocol import call_label, json_problem, not_json_message
 
 from .._stdout import plugin_code
@@ -204,7 +213,7 @@ class Executor:
             ctx.stop()
 
     # -- calls ----------------------------------------------------------------------
-    def call(self, target: str, plugin_name: str, op: str, *, stage: Stage | None = None,
+    def call(self, target: str, plugin_name: str, op: OperationName, *, stage: Stage | None = None,
              step: str | None = None, phase: VerifyPhase | None = None, timeout_s: float = 300.0,
              attempt: int = 1) -> CallOutcome:
         env = self.env
@@ -321,8 +330,8 @@ class Executor:
         return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", retryable=False,
                                    state=ctx.saved_state, detail=detail)
 
-    def _host_memory_finding(self, grown: Mapping[str, Any], ctx: HostContext, target: str, plugin: str, op: str,
-                             stage: Stage | None, step: str | None, planned: PlannedStep | None,
+    def _host_memory_finding(self, grown: Mapping[str, Any], ctx: HostContext, target: str, plugin: str,
+                             op: OperationName, stage: Stage | None, step: str | None, planned: PlannedStep | None,
                              attempt: int) -> None:
         """A thread-class call grew the host past its class's memory_mb: warn, and record it with the step."""
         text = (f"{ctx.call}: host memory grew to {grown['peak_mib']} MiB (from {grown['start_mib']} MiB), over "
@@ -363,7 +372,7 @@ class Executor:
         """The step's usual duration on this target (median of history); None when never seen."""
         return self.history.expected_s(target, step_key)
 
-    def operation(self, op: str, plugin_name: str, *, stage: Stage | None = None, step: str | None = None,
+    def operation(self, op: OperationName, plugin_name: str, *, stage: Stage | None = None, step: str | None = None,
                   phase: VerifyPhase | None = None, timeout_s: float) -> Operation:
         """What a call of ``op`` is, for its watch and its timeout report: a step's own, else the plugin's."""
         planned = self.env.plan.find_step(stage, plugin_name, step) if stage and step else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from drhost_hookspecs import Stage
+from drhost_hookspecs import OperationName, Stage
 
 from ..events import NETWORK_EVENTS, EventName, NetworkEventName
 
@@ -29,7 +29,7 @@ class _Call:
     stage: Stage | None
     step: str | None
     plugin: str
-    op: str
+    op: OperationName
 
 
 class NetworkEvents:
@@ -41,7 +41,7 @@ class NetworkEvents:
         self._calls: dict[str, dict[int, _Call]] = {}
 
     def started(self, target: str, key: object, *, stage: Stage | None, step: str | None, plugin: str,
-                op: str) -> None:
+                op: OperationName) -> None:
         with self._lock:
             self._calls.setdefault(target, {})[id(key)] = _Call(stage, step, plugin, op)
 

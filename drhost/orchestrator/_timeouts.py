@@ -14,9 +14,9 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from drhost_hookspecs import Category, PluginClass, Stage
+from drhost_hookspecs import Category, OperationName, PluginClass, Stage
 
 from ..plan import PlannedStep
 from ..policy import Isolation
@@ -39,8 +39,13 @@ __all__ = ["OP_LABELS", "Operation", "TimeoutEvidence", "diagnose_timeout", "mea
 AskPlugin = Callable[[str], CallOutcome]
 
 
+#: What is watched: an operation on a plugin, or drhost's own taking of a target's lock.
+WatchedKind = Literal[OperationName, "lock"]
+#: A step's own operations: the step, and its cleanup and rollback (which have the step's timeout).
+StepOperation = Literal["run_step", "cleanup_step", "rollback_step"]
+
 #: What each kind of operation is called in its report and events (``rollback dr-database.restore_db``).
-OP_LABELS = {
+OP_LABELS: dict[WatchedKind, str] = {
     "run_step": "step", "cleanup_step": "cleanup", "rollback_step": "rollback", "cleanup": "cleanup hook",
     "rollback": "rollback hook", "manual_rollback_steps": "manual rollback steps", "verify": "verification",
     "installed_version": "version probe", "collect_context": "context collection", "lock": "lock",
@@ -51,7 +56,7 @@ OP_LABELS = {
 class Operation:
     """One watched operation on a target: what it is, whose it is, its budget and where that budget is set."""
 
-    kind: str
+    kind: WatchedKind
     plugin: str
     stage: Stage | None
     step: str | None
@@ -83,7 +88,7 @@ class Operation:
         return f"{self.step} ({self.plugin})" if self.kind == "run_step" else self.label
 
     @classmethod
-    def of_step(cls, step: PlannedStep, kind: str = "run_step") -> Operation:
+    def of_step(cls, step: PlannedStep, kind: StepOperation = "run_step") -> Operation:
         """A step, or its cleanup or rollback (which have the step's timeout)."""
         key = step.key if kind == "run_step" else f"{step.key}#{kind}"
         return cls(kind=kind, plugin=step.plugin, stage=step.stage, step=step.name, category=step.category,

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
+from drhost_hookspecs import LoadedPlugin, OperationName, Stage, VerifyPhase
 from drhost_hookspecs._protocol import error_to_json
 
 from .._stdout import plugin_code
@@ -70,7 +70,7 @@ class ThreadRunner:
         #: The class's ``memory_mb``: sampled against, never enforced (see HostMemoryWatch).
         self.memory_mb = memory_mb
 
-    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+    def call(self, op: OperationName, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         if op == "describe":
             with plugin_code():

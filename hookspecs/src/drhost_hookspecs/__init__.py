@@ -7,7 +7,7 @@ raises, and the Context API. See docs/plugin-hooks.md for the reference.
 from ._context import Context
 from ._errors import Cancelled, PluginError, SkipStep, StepFailed, UpToDate
 from ._faults import FAULT_KINDS, FaultSpec, InjectedCrash, parse_faults
-from ._plugin import ENTRY_POINT_GROUP, OPERATIONS, LoadedPlugin, PluginDefinitionError
+from ._plugin import ENTRY_POINT_GROUP, OPERATIONS, LoadedPlugin, OperationName, PluginDefinitionError, operation_name
 from ._spec import hookimpl, hookspec
 from ._types import (
     HOOK_API_VERSION,
@@ -34,6 +34,7 @@ __all__ = [
     "FaultSpec",
     "InjectedCrash",
     "LoadedPlugin",
+    "OperationName",
     "PackageInfo",
     "PluginClass",
     "PluginDefinitionError",
@@ -50,5 +51,6 @@ __all__ = [
     "VerifyPhase",
     "hookimpl",
     "hookspec",
+    "operation_name",
     "parse_faults",
 ]

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from ._confine import CONFINE_ENV, confine
 from ._errors import Cancelled, StepFailed
 from ._limits import apply_limits
-from ._plugin import LoadedPlugin
+from ._plugin import LoadedPlugin, operation_name
 from ._protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -187,7 +187,7 @@ class Worker:
         call_id = int(message["id"])
         try:
             result = self._plugin.invoke(
-                str(message["op"]),
+                operation_name(message["op"]),
                 ctx,
                 stage=Stage(message["stage"]) if message.get("stage") else None,
                 step=message.get("step"),
