@@ -18,6 +18,7 @@ __all__ = [
     "EVENT_NAMES",
     "NETWORK_EVENTS",
     "RENAMED",
+    "RETIRED",
     "WATCHDOG_EVENTS",
     "Event",
     "EventBus",
@@ -70,6 +71,11 @@ RENAMED: Final[Mapping[str, EventName]] = {
     "step_timeout": "watchdog.timeout",
     "decision": "stage.decision",
 }
+
+
+#: Names earlier versions wrote that nothing emits any more and that have no new name; readers still show them.
+#: ``rollback.failed``: a rollback that did not verify, now ``target.inconsistent`` with its manual procedure.
+RETIRED: Final[frozenset[str]] = frozenset({"rollback.failed"})
 
 
 def current_event_name(name: str) -> str:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event
+from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
@@ -52,7 +52,7 @@ def describe(event: Event, t: Translate = _identity) -> str:
     d = event.data
     where = f"[{event.stage}] {event.step}" if event.step else (f"[{event.stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
-    name = event.event
+    name = current_event_name(event.event)  # an event of an earlier version's journal, under today's name
     prefix = f"{event.target}: " if event.target else ""
     if name in WATCHDOG_EVENTS:
         rendered = render_watchdog_event(name, d, stage=event.stage or "", step_label=f"{event.step}{who}", t=t)
