@@ -13,6 +13,15 @@ import pytest
 
 import drhost
 from drhost.events import EVENT_NAMES, NETWORK_EVENTS, RENAMED, RETIRED, WATCHDOG_EVENTS, Event, current_event_name
+from drhost.orchestrator import (
+    RUN_EXIT_CODES,
+    RUN_STATUSES,
+    STAGE_STATUSES,
+    STEP_STATUSES,
+    TARGET_STATUSES,
+    TERMINAL,
+    run_status,
+)
 from drhost.orchestrator._reach import NOT_TAKEN_EVENTS
 from drhost.orchestrator._timeouts import OP_LABELS
 from drhost.policy import (
@@ -26,6 +35,7 @@ from drhost.policy import (
 )
 from drhost.report import describe
 from drhost.state import iter_journal
+from drhost.status import target_next
 from drhost.supervisor import ENDINGS, LIMIT_ENDINGS
 from drhost.watchdog import CATEGORIES
 from drhost_hookspecs import OPERATIONS, Category, LoadedPlugin, operation_name
@@ -94,6 +104,18 @@ def test_endings_and_operations() -> None:
     with pytest.raises(ValueError, match="unknown operation 'run_stpe'"):
         operation_name("run_stpe")
     assert LoadedPlugin  # the runtime that dispatches on OperationName
+
+
+def test_statuses() -> None:
+    """The run's status is made from target statuses into run statuses; exit codes and the tables that word a
+    status use only declared statuses."""
+    for status in TARGET_STATUSES:
+        assert run_status([status]) in RUN_STATUSES
+    assert set(RUN_EXIT_CODES) <= set(RUN_STATUSES)
+    assert set(TERMINAL) <= set(TARGET_STATUSES)
+    assert {"completed", "pending"} <= set(STAGE_STATUSES) and {"done", "skipped", "started"} <= set(STEP_STATUSES)
+    assert target_next("t", "up_to_date", {}) == "nothing: was already at the package's version"
+    assert target_next("t", "no such status", {}) == "drhost resume RUN (if no drhost is running it)"
 
 
 def _emitted_names() -> set[tuple[str, str]]:
@@ -169,6 +191,13 @@ def test_docs_name_the_catalogue() -> None:
     assert documented == EVENT_NAMES | RETIRED
     schema = json.loads((REPO / "docs" / "schemas" / "watchdog-events.schema.json").read_text(encoding="utf-8"))
     assert schema["properties"]["event"]["enum"] == list(WATCHDOG_EVENTS)
+
+
+def test_event_schemas_name_only_catalogued_events() -> None:
+    """Every event a docs/schemas/*-events schema describes is in the catalogue."""
+    for path in sorted((REPO / "docs" / "schemas").glob("*-events.schema.json")):
+        enum = json.loads(path.read_text(encoding="utf-8"))["properties"]["event"]["enum"]
+        assert set(enum) <= EVENT_NAMES, path.name
 
 
 def _old_journal(tmp_path: Path) -> Path:

@@ -7,9 +7,23 @@ from ._records import TERMINAL, new_target_record
 from ._rollback import plugins_last_first, rollback_verdict
 from ._rollout import Batch, Budget, RolloutError, batches_for
 from ._run import RUN_EXIT_CODES, RunSummary, create_run, drive, run_status
+from ._statuses import (
+    RUN_STATUSES,
+    STAGE_STATUSES,
+    STEP_STATUSES,
+    TARGET_STATUSES,
+    RunStatus,
+    StageStatus,
+    StepStatus,
+    TargetStatus,
+)
 
 __all__ = [
     "RUN_EXIT_CODES",
+    "RUN_STATUSES",
+    "STAGE_STATUSES",
+    "STEP_STATUSES",
+    "TARGET_STATUSES",
     "TERMINAL",
     "ApproveBatch",
     "Batch",
@@ -18,7 +32,11 @@ __all__ = [
     "Executor",
     "RolloutError",
     "RunEnv",
+    "RunStatus",
     "RunSummary",
+    "StageStatus",
+    "StepStatus",
+    "TargetStatus",
     "abandoned_view",
     "batches_for",
     "create_run",

@@ -83,7 +83,7 @@ def wait_until_reachable(env: RunEnv, executor: Executor, name: str, waiting_for
     return reach
 
 
-def queue_rollback(env: RunEnv, name: str, status: NotTaken, why: str | None) -> str:
+def queue_rollback(env: RunEnv, name: str, status: NotTaken, why: str | None) -> NotTaken:
     """``name`` needs a rollback this drhost cannot do now: it stays queued (phase ``rollback``) as ``status``
     — ``unreachable`` (resume or `drhost rollback RUN` when it is back), ``refused`` (a changed host key or
     rejected credentials) or ``locked`` (another run holds it): for those two the operator must act first.

@@ -11,11 +11,12 @@ from drhost_hookspecs import Stage
 from ..plan import PlannedStep
 from ..supervisor import Ending
 from ._env import RunEnv
+from ._statuses import StageStatus, StepStatus, TargetStatus
 
 #: A target in one of these states needs nothing more from this run.
-TERMINAL = ("succeeded", "up_to_date", "rolled_back")
+TERMINAL: tuple[TargetStatus, ...] = ("succeeded", "up_to_date", "rolled_back")
 #: Step record states that mean "it ran, at least partly" — compensations apply to them.
-TOUCHED = ("started", "done", "failed")
+TOUCHED: tuple[StepStatus, ...] = ("started", "done", "failed")
 
 
 def new_target_record() -> dict[str, Any]:
@@ -81,11 +82,13 @@ class TargetRecord:
                 return copy.deepcopy(node)
             return node
 
-    def set(self, **fields: Any) -> None:
+    def set(self, *, status: TargetStatus | None = None, **fields: Any) -> None:
+        if status is not None:
+            fields["status"] = status
         with self.env.state.mutate() as body:
             body["targets"][self.name].update(fields)
 
-    def set_stage(self, stage: Stage, status: str) -> None:
+    def set_stage(self, stage: Stage, status: StageStatus) -> None:
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             record["stages"][stage.value] = status
@@ -95,7 +98,7 @@ class TargetRecord:
         found = self.get("steps", step.key)
         return found if isinstance(found, dict) else {}
 
-    def mark_step(self, step: PlannedStep, status: str, **fields: Any) -> None:
+    def mark_step(self, step: PlannedStep, status: StepStatus, **fields: Any) -> None:
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             entry = record["steps"].setdefault(step.key, {"attempts": 0, "runs": 0})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from drhost_hookspecs import Stage, VerifyPhase
 
@@ -17,6 +18,7 @@ from ..watchdog import remaining_for
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
+from ._statuses import TargetStatus
 from ._stray_commands import Unstopped, confirm_stopped, queued_message
 
 
@@ -38,6 +40,9 @@ def _sort_position(step: PlannedStep) -> tuple[int, int, str, str]:
     return (Stage.ordered().index(step.stage), step.order, step.plugin, step.name)
 
 
+#: Why a stage stopped short other than by failing: the target's status says it.
+_Stopped = Literal["interrupted", "up_to_date", "unreachable", "refused"]
+
 class TargetFlow:
     def __init__(self, env: RunEnv, executor: Executor, name: str) -> None:
         self.env = env
@@ -49,10 +54,11 @@ class TargetFlow:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
 
     # -- the whole target -------------------------------------------------------------
-    def run(self) -> str:
+    def run(self) -> TargetStatus:
         status = self.record.get("status")
-        if status in TERMINAL:
-            return str(status)
+        for terminal in TERMINAL:
+            if status == terminal:
+                return terminal
         if self.record.get("phase") == "rollback":
             return self._rollback()
         self.record.set(status="running")
@@ -86,7 +92,7 @@ class TargetFlow:
         return None
 
     # -- one stage, with its failure policy -------------------------------------------------
-    def _run_stage_with_policy(self, stage: Stage) -> str:
+    def _run_stage_with_policy(self, stage: Stage) -> TargetStatus | Literal["completed"]:
         pending = self.record.get("pending_restart") or {}
         if pending.get("stage") == stage.value:
             self._emit("stage.restart_resumed", stage=stage,
@@ -212,7 +218,7 @@ class TargetFlow:
         return not errors
 
     # -- steps --------------------------------------------------------------------------
-    def _run_stage(self, stage: Stage) -> StageFailure | str | None:
+    def _run_stage(self, stage: Stage) -> StageFailure | _Stopped | None:
         for step in self.env.plan.stage_steps(stage):
             if self.env.stop.is_set():
                 return "interrupted"
@@ -307,7 +313,7 @@ class TargetFlow:
         total = remaining_for(((self.name, s.key) for s in later), self.executor.history)
         return None if total is None else round(total, 3)
 
-    def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | str | None:
+    def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | _Stopped | None:
         if outcome.ok:
             return None
         if outcome.ended == "skipped":
@@ -375,12 +381,13 @@ class TargetFlow:
         return StageFailure("verification failed: " + "; ".join(problems), None, None, needs_cleanup=True)
 
     # -- endings ----------------------------------------------------------------------------
-    def _interrupted(self) -> str:
+    def _interrupted(self) -> TargetStatus:
         self.record.set(status="interrupted")
         self._emit("target.interrupted")
         return "interrupted"
 
-    def _unstopped(self, step: PlannedStep, outcome: CallOutcome, unstopped: Unstopped) -> str:
+    def _unstopped(self, step: PlannedStep, outcome: CallOutcome,
+                   unstopped: Unstopped) -> Literal["unreachable", "refused"]:
         """The step's command could not be confirmed stopped: nothing may touch the target (no retry, cleanup or
         compensation next to a command that may still run); its rollback is queued with the stop first."""
         self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
@@ -394,13 +401,13 @@ class TargetFlow:
                    message=queued_message(unstopped, step, self.env.state.run_id))
         return unstopped.status
 
-    def _up_to_date(self) -> str:
+    def _up_to_date(self) -> TargetStatus:
         version = self.probe_version() or self.env.package.version
         self.record.set(status="up_to_date", version=version, phase="done")
         self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
         return "up_to_date"
 
-    def _rollback(self) -> str:
+    def _rollback(self) -> TargetStatus:
         result = RollbackFlow(self.env, self.executor, self.name).run()
         if result == "rolled_back":
             self.record.set(version=self.probe_version())
