@@ -15,6 +15,7 @@ import drhost
 from drhost.events import EVENT_NAMES, NETWORK_EVENTS, RENAMED, RETIRED, WATCHDOG_EVENTS, Event, current_event_name
 from drhost.orchestrator import (
     RUN_EXIT_CODES,
+    RUN_MODES,
     RUN_STATUSES,
     STAGE_STATUSES,
     STEP_STATUSES,
@@ -114,6 +115,7 @@ def test_statuses() -> None:
     assert set(RUN_EXIT_CODES) <= set(RUN_STATUSES)
     assert set(TERMINAL) <= set(TARGET_STATUSES)
     assert {"completed", "pending"} <= set(STAGE_STATUSES) and {"done", "skipped", "started"} <= set(STEP_STATUSES)
+    assert RUN_MODES == ("upgrade", "resume", "rollback")
     assert target_next("t", "up_to_date", {}) == "nothing: was already at the package's version"
     assert target_next("t", "no such status", {}) == "drhost resume RUN (if no drhost is running it)"
 

@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from drhost_hookspecs import Stage
 
@@ -158,7 +158,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return _finish(args, summary)
 
 
-def _continue(args: argparse.Namespace, mode: str) -> int:
+def _continue(args: argparse.Namespace, mode: Literal["resume", "rollback"]) -> int:
     state = RunState.open(find_run(args.run), complete=True)
     plan = recorded_plan(state)
     # A stored config without it is refused by drive()'s re-check, with the key named; not a KeyError here.

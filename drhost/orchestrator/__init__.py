@@ -8,10 +8,12 @@ from ._rollback import plugins_last_first, rollback_verdict
 from ._rollout import Batch, Budget, RolloutError, batches_for
 from ._run import RUN_EXIT_CODES, RunSummary, create_run, drive, run_status
 from ._statuses import (
+    RUN_MODES,
     RUN_STATUSES,
     STAGE_STATUSES,
     STEP_STATUSES,
     TARGET_STATUSES,
+    RunMode,
     RunStatus,
     StageStatus,
     StepStatus,
@@ -20,6 +22,7 @@ from ._statuses import (
 
 __all__ = [
     "RUN_EXIT_CODES",
+    "RUN_MODES",
     "RUN_STATUSES",
     "STAGE_STATUSES",
     "STEP_STATUSES",
@@ -32,6 +35,7 @@ __all__ = [
     "Executor",
     "RolloutError",
     "RunEnv",
+    "RunMode",
     "RunStatus",
     "RunSummary",
     "StageStatus",

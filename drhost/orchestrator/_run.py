@@ -44,7 +44,7 @@ from ._records import new_target_record
 from ._rollback import RollbackFlow, rollback_verdict
 from ._rollout import Batch, batches_for
 from ._root import MISSING_ROOT_STATUS, missing_root
-from ._statuses import RunStatus, TargetStatus
+from ._statuses import RunMode, RunStatus, TargetStatus
 from ._target import TargetFlow
 
 _EXIT_CODES: dict[RunStatus, int] = {
@@ -281,7 +281,7 @@ def _with_rollout(state: RunState) -> None:
         body["config"].setdefault("rollout", defaults()["rollout"])
 
 
-def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[Subscriber] = (),
+def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequence[Subscriber] = (),
           after: Callable[[RunState, str], None] | None = None, break_lock: bool = False,
           approve: ApproveBatch | None = None) -> RunSummary:
     """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run.
