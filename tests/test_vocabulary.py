@@ -7,7 +7,7 @@ import ast
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -37,7 +37,9 @@ from drhost.policy import (
 from drhost.report import describe
 from drhost.state import iter_journal
 from drhost.status import target_next
-from drhost.supervisor import ENDINGS, LIMIT_ENDINGS
+from drhost.supervisor import CGROUPS_MODES, ENDINGS, LIMIT_ENDINGS
+from drhost.transport import TRANSPORTS
+from drhost.transport._ssh_connect import HostKeyPolicy
 from drhost.watchdog import CATEGORIES
 from drhost_hookspecs import OPERATIONS, Category, LoadedPlugin, operation_name
 
@@ -75,6 +77,13 @@ def test_policy_words_are_the_schema_enums(key: str, words: tuple[str, ...]) -> 
     enums = _schema_enums(key)
     assert enums, key
     assert all(enum == list(words) for enum in enums), (key, enums)
+
+
+def test_config_words_are_the_schema_enums() -> None:
+    """How a target is reached, its host key policy and [process] cgroups are the schema's enums."""
+    assert _schema_enums("transport") == [list(TRANSPORTS)]
+    assert _schema_enums("host_key_policy") == [list(get_args(HostKeyPolicy))]
+    assert _schema_enums("cgroups") == [list(CGROUPS_MODES)]
 
 
 def test_failure_words_are_the_schema_enums() -> None:

@@ -31,10 +31,18 @@ from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
 from ..plan import Plan, PlannedStep, PluginEntry
-from ..policy import Decision, RunOnFailure, class_policy, retry_wait_s, stage_policy
+from ..policy import Decision, RunOnFailure, class_policy, one_of, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
-from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
+from ..transport import (
+    TRANSPORTS,
+    HeartbeatSettings,
+    LocalSession,
+    SshSession,
+    SshTarget,
+    TargetSession,
+    TransportError,
+)
 from ..watchdog import (
     BUDGET_KEYS,
     StepHistory,
@@ -83,7 +91,9 @@ class RunEnv:
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
                  on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None) -> TargetSession:
-    transport = target["transport"]
+    if target["transport"] not in TRANSPORTS:
+        raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
+    transport = one_of(target["transport"], TRANSPORTS, f"targets.{name}.transport")
     grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
         return LocalSession(name, kill_grace_s=grace,
@@ -101,7 +111,7 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
                           heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
                           transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
                           on_network=on_network)
-    raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
+    raise AssertionError(f"transport {transport!r} has no session")  # every TransportKind is handled above
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:

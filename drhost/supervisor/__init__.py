@@ -1,8 +1,10 @@
 """The supervisor's parts: runners that execute plugin code in its isolation, sandboxes, call outcomes."""
 
 from ._cgroups import (
+    CGROUPS_MODES,
     LIMIT_CONTROLLERS,
     CgroupSandbox,
+    CgroupsMode,
     cgroup_support,
     probe_cgroups,
     remove_run_cgroups,
@@ -18,11 +20,13 @@ from ._sandbox import RlimitSandbox, Sandbox, process_alive, tree_usage, worker_
 from ._thread_runner import ThreadRunner
 
 __all__ = [
+    "CGROUPS_MODES",
     "ENDINGS",
     "LIMIT_CONTROLLERS",
     "LIMIT_ENDINGS",
     "CallOutcome",
     "CgroupSandbox",
+    "CgroupsMode",
     "Ending",
     "HealthWatch",
     "LimitEnding",

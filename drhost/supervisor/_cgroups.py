@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from ..errors import RefusedError
-from ..policy import ClassPolicy, Isolation
+from ..policy import ClassPolicy, Isolation, one_of
 from ..transport import stop_process_group
 from ._sandbox import RlimitSandbox, Sandbox, cpu_time_exit, worker_environment
 
@@ -568,6 +568,11 @@ class CgroupSandbox:
         return found
 
 
+#: ``[process] cgroups``: cgroups when the machine gives them, always (refuse otherwise), or never.
+CgroupsMode = Literal["auto", "required", "off"]
+CGROUPS_MODES: Final[tuple[CgroupsMode, ...]] = get_args(CgroupsMode)
+
+
 def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: Mapping[str, Any]) -> Sandbox:
     """The sandbox of a ``process`` class: cgroups where ``[process] cgroups`` allows and the machine gives them.
 
@@ -575,7 +580,7 @@ def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, conf
     rlimits otherwise; ``required`` refuses without memory, cpu and pids cgroups;
     ``off`` always uses rlimits.
     """
-    mode = str((config.get("process") or {}).get("cgroups", "auto"))
+    mode = one_of((config.get("process") or {}).get("cgroups", "auto"), CGROUPS_MODES, "process.cgroups")
     pids_max = policy.pids if policy.pids is not None else DEFAULT_PIDS_MAX
     if mode != "off":
         support = cgroup_support()

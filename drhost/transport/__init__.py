@@ -1,6 +1,6 @@
 """Transports: how drhost reaches a target: ``local`` (a directory tree here) or ``ssh``."""
 
-from ._base import CommandStopped, TargetSession, TransportError
+from ._base import TRANSPORTS, CommandStopped, TargetSession, TransportError, TransportKind
 from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession, stop_process_group
 from ._remote_jobs import parse_running_jobs, running_jobs_script
@@ -9,6 +9,7 @@ from ._ssh import SshSession
 from ._ssh_connect import AuthError, HostKeyError, SshTarget
 
 __all__ = [
+    "TRANSPORTS",
     "AuthError",
     "CommandStopped",
     "HeartbeatSettings",
@@ -18,6 +19,7 @@ __all__ = [
     "SshTarget",
     "TargetSession",
     "TransportError",
+    "TransportKind",
     "parse_running_jobs",
     "rate_and_eta",
     "running_jobs_script",
