@@ -14,6 +14,7 @@ import pytest
 import drhost
 from drhost.events import EVENT_NAMES, NETWORK_EVENTS, RENAMED, RETIRED, WATCHDOG_EVENTS, Event, current_event_name
 from drhost.orchestrator import (
+    PHASES,
     RUN_EXIT_CODES,
     RUN_MODES,
     RUN_STATUSES,
@@ -21,6 +22,7 @@ from drhost.orchestrator import (
     STEP_STATUSES,
     TARGET_STATUSES,
     TERMINAL,
+    new_target_record,
     run_status,
 )
 from drhost.orchestrator._reach import NOT_TAKEN_EVENTS
@@ -125,6 +127,9 @@ def test_statuses() -> None:
     assert set(TERMINAL) <= set(TARGET_STATUSES)
     assert {"completed", "pending"} <= set(STAGE_STATUSES) and {"done", "skipped", "started"} <= set(STEP_STATUSES)
     assert RUN_MODES == ("upgrade", "resume", "rollback")
+    fresh = new_target_record()
+    assert fresh["status"] in TARGET_STATUSES and fresh["phase"] in PHASES
+    assert set(fresh["stages"].values()) <= set(STAGE_STATUSES)
     assert target_next("t", "up_to_date", {}) == "nothing: was already at the package's version"
     assert target_next("t", "no such status", {}) == "drhost resume RUN (if no drhost is running it)"
 

@@ -8,11 +8,13 @@ from ._rollback import plugins_last_first, rollback_verdict
 from ._rollout import Batch, Budget, RolloutError, batches_for
 from ._run import RUN_EXIT_CODES, RunSummary, create_run, drive, run_status
 from ._statuses import (
+    PHASES,
     RUN_MODES,
     RUN_STATUSES,
     STAGE_STATUSES,
     STEP_STATUSES,
     TARGET_STATUSES,
+    Phase,
     RunMode,
     RunStatus,
     StageStatus,
@@ -21,6 +23,7 @@ from ._statuses import (
 )
 
 __all__ = [
+    "PHASES",
     "RUN_EXIT_CODES",
     "RUN_MODES",
     "RUN_STATUSES",
@@ -33,6 +36,7 @@ __all__ = [
     "Budget",
     "Decide",
     "Executor",
+    "Phase",
     "RolloutError",
     "RunEnv",
     "RunMode",

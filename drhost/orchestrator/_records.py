@@ -11,7 +11,7 @@ from drhost_hookspecs import Stage
 from ..plan import PlannedStep
 from ..supervisor import Ending
 from ._env import RunEnv
-from ._statuses import StageStatus, StepStatus, TargetStatus
+from ._statuses import Phase, StageStatus, StepStatus, TargetStatus
 
 #: A target in one of these states needs nothing more from this run.
 TERMINAL: tuple[TargetStatus, ...] = ("succeeded", "up_to_date", "rolled_back")
@@ -82,9 +82,11 @@ class TargetRecord:
                 return copy.deepcopy(node)
             return node
 
-    def set(self, *, status: TargetStatus | None = None, **fields: Any) -> None:
+    def set(self, *, status: TargetStatus | None = None, phase: Phase | None = None, **fields: Any) -> None:
         if status is not None:
             fields["status"] = status
+        if phase is not None:
+            fields["phase"] = phase
         with self.env.state.mutate() as body:
             body["targets"][self.name].update(fields)
 

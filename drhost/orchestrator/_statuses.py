@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Final, Literal, get_args
 
 __all__ = [
+    "PHASES",
     "RUN_MODES",
     "RUN_STATUSES",
     "STAGE_STATUSES",
     "STEP_STATUSES",
     "TARGET_STATUSES",
+    "Phase",
     "RunMode",
     "RunStatus",
     "StageStatus",
@@ -23,6 +25,8 @@ __all__ = [
 
 #: What a drive of a run does: the first upgrade, a resume, or a rollback (``run.started`` records it).
 RunMode = Literal["upgrade", "resume", "rollback"]
+#: What a target's record is on its way to (``phase``): the new version, its rollback, or nothing more.
+Phase = Literal["upgrade", "rollback", "done"]
 #: A target's ``status`` in the run's state. ``rollback_failed`` is only in states of earlier versions (today a
 #: rollback that does not verify leaves the target ``inconsistent``).
 TargetStatus = Literal["pending", "running", "rolling_back", "succeeded", "up_to_date", "rolled_back", "failed",
@@ -35,6 +39,7 @@ StageStatus = Literal["pending", "running", "completed", "failed", "done"]
 #: A step's status in a target's record (``steps``): ``cleaned`` after its cleanup ran for a stage restart.
 StepStatus = Literal["pending", "started", "done", "failed", "skipped", "cleaned"]
 
+PHASES: Final[tuple[Phase, ...]] = get_args(Phase)
 RUN_MODES: Final[tuple[RunMode, ...]] = get_args(RunMode)
 TARGET_STATUSES: Final[tuple[TargetStatus, ...]] = get_args(TargetStatus)
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = get_args(RunStatus)
