@@ -44,9 +44,9 @@ def punctuality(watches: int, budget_s: float = 3.0) -> dict[str, float]:
     def emit_for(start: float) -> Any:
         def emit(name: str, data: dict[str, Any]) -> None:
             now = time.monotonic()
-            if name == "timeout_warning":
+            if name == "watchdog.warning":
                 moment = start + budget_s * data["percent"] / 100
-            elif name == "step_progress":
+            elif name == "watchdog.progress":
                 moment = start + round((now - start) / 0.5) * 0.5
             else:
                 return

@@ -9,14 +9,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from drhost_hookspecs import Cancelled, PackageInfo, PluginClass, RunResult, StepFailed, TargetInfo
 from drhost_hookspecs._runtime import ROOT_PLACEHOLDER, json_problem, not_json_message
 
 from .transport import CommandStopped, TargetSession, TransportError
 
-Notify = Callable[[str, Mapping[str, Any]], None]
+#: What a plugin's Context tells the host without waiting for an answer (a worker's ``notify`` message).
+NotifyMethod = Literal["progress", "log"]
+Notify = Callable[[NotifyMethod, Mapping[str, Any]], None]
 #: Told of every refusal: the message, and what was refused:
 #: ``{"kind": "path" | "command" | "env", "method": "write_text" | "run" | ..., "value": ...}``.
 OnRefused = Callable[[str, Mapping[str, str]], None]

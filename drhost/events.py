@@ -1,4 +1,10 @@
-"""Events: frozen records of what happened, fanned out to the journal and reporters."""
+"""Events: frozen records of what happened, fanned out to the journal and reporters; the catalogue of their names.
+
+Every name the code emits is declared once, in :data:`EventName`; the emit functions take an ``EventName``, so
+mypy rejects a name that is not in the catalogue. Names are dotted, ``subject.what``. Journals outlive the code
+that wrote them: :data:`RENAMED` maps the names earlier versions wrote to today's, and journal readers apply it
+(:func:`current_event_name`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,83 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
+
+__all__ = [
+    "EVENT_NAMES",
+    "NETWORK_EVENTS",
+    "RENAMED",
+    "RETIRED",
+    "WATCHDOG_EVENTS",
+    "Event",
+    "EventBus",
+    "EventName",
+    "NetworkEventName",
+    "Subscriber",
+    "WatchdogEventName",
+    "current_event_name",
+]
+
+#: The watchdog's events, about any watched operation (a step, its cleanup, a hook, a probe, the target lock);
+#: docs/schemas/watchdog-events.schema.json describes their data.
+WatchdogEventName = Literal["watchdog.progress", "watchdog.remaining", "watchdog.resources", "watchdog.warning",
+                            "watchdog.timeout"]
+#: What an SSH session saw of the network (``on_network``).
+NetworkEventName = Literal["network.peer_dead", "network.connection_lost", "network.reconnected",
+                           "network.upload_lost", "network.upload_resumed"]
+
+EventName = Literal[
+    WatchdogEventName,
+    NetworkEventName,
+    "run.started", "run.stopping", "run.finished", "state.recovered",
+    "cgroups.removed", "containers.removed", "worker.launched", "context.refused",
+    "rollout.approved", "rollout.waiting_approval", "rollout.paused", "rollout.batch_started",
+    "rollout.batch_finished", "rollout.stopped",
+    "target.started", "target.up_to_date", "target.succeeded", "target.aborted", "target.interrupted",
+    "target.inconsistent", "target.reachable", "target.unreachable", "target.refused", "target.locked",
+    "target.rollback_queued", "target.lock_broken", "target.lock_lost",
+    "target.leftovers_stopped", "target.leftovers_unknown", "target.still_changing", "target.thread_returned",
+    "stage.started", "stage.completed", "stage.failed", "stage.retry", "stage.decision", "stage.restart_resumed",
+    "stage.cleanup_started", "stage.cleanup_finished", "stage.verify_failed",
+    "step.started", "step.progress", "step.completed", "step.failed", "step.skipped", "step.interrupted",
+    "step.cleanup", "step.command_stopped",
+    "plugin.log", "plugin.skipped", "plugin.error_recorded", "plugin.host_memory", "plugin.output_dropped",
+    "plugin.version_changed",
+    "rollback.started", "rollback.stage", "rollback.step", "rollback.plugin", "rollback.verified",
+    "rollback.recovery",
+]
+
+EVENT_NAMES: Final[frozenset[str]] = frozenset(get_args(EventName))
+WATCHDOG_EVENTS: Final[tuple[WatchdogEventName, ...]] = get_args(WatchdogEventName)
+NETWORK_EVENTS: Final[tuple[NetworkEventName, ...]] = get_args(NetworkEventName)
+
+#: Names earlier versions wrote (journals keep them), and today's name of each.
+RENAMED: Final[Mapping[str, EventName]] = {
+    "step_progress": "watchdog.progress",
+    "step_remaining": "watchdog.remaining",
+    "step_resources": "watchdog.resources",
+    "timeout_warning": "watchdog.warning",
+    "step_timeout": "watchdog.timeout",
+    "decision": "stage.decision",
+}
+
+
+#: Names earlier versions wrote that nothing emits any more and that have no new name; readers still show them.
+#: ``rollback.failed``: a rollback that did not verify, now ``target.inconsistent`` with its manual procedure.
+RETIRED: Final[frozenset[str]] = frozenset({"rollback.failed"})
+
+
+def current_event_name(name: str) -> str:
+    """Today's name of an event a journal recorded as ``name``; a name not renamed is returned as it is."""
+    return RENAMED.get(name, name)
 
 
 @dataclass(frozen=True)
 class Event:
-    """One thing that happened in a run. ``event`` is a dotted name such as ``step.failed``."""
+    """One thing that happened in a run. ``event`` is a dotted name such as ``step.failed``.
+
+    ``event`` is a plain string: an event read back from a journal may carry a name this version does not know.
+    """
 
     event: str
     run_id: str

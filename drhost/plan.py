@@ -10,6 +10,7 @@ from drhost_hookspecs import Category, PluginClass, Stage
 
 from .errors import RefusedError, StateError
 from .plugins import Registry
+from .policy import ISOLATIONS, Isolation, one_of
 from .state import RunState
 
 
@@ -21,7 +22,7 @@ class PlannedStep:
     name: str
     plugin: str
     plugin_class: PluginClass
-    isolation: str
+    isolation: Isolation
     retryable: bool
     timeout_key: str
     timeout_s: float
@@ -62,7 +63,8 @@ class PlannedStep:
     def from_json(cls, data: Mapping[str, Any]) -> PlannedStep:
         return cls(
             stage=Stage(data["stage"]), name=data["name"], plugin=data["plugin"],
-            plugin_class=PluginClass(data["class"]), isolation=data["isolation"], retryable=data["retryable"],
+            plugin_class=PluginClass(data["class"]), isolation=one_of(data["isolation"], ISOLATIONS, "plan: isolation"),
+            retryable=data["retryable"],
             timeout_key=data["timeout_key"], timeout_s=float(data["timeout_s"]),
             declared_timeout_s=float(data["declared_timeout_s"]), category=Category(data["category"]),
             order=int(data["order"]), has_cleanup=data["has_cleanup"], has_rollback=data["has_rollback"],
@@ -76,7 +78,7 @@ class PluginEntry:
 
     name: str
     plugin_class: PluginClass
-    isolation: str
+    isolation: Isolation
     version: str
     department: str
     hooks: tuple[str, ...]
@@ -93,8 +95,8 @@ class PluginEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PluginEntry:
-        return cls(data["name"], PluginClass(data["class"]), data["isolation"], data["version"],
-                   data["department"], tuple(data["hooks"]), str(data.get("value", "")),
+        return cls(data["name"], PluginClass(data["class"]), one_of(data["isolation"], ISOLATIONS, "plan: isolation"),
+                   data["version"], data["department"], tuple(data["hooks"]), str(data.get("value", "")),
                    tuple(str(p) for p in data.get("paths", ())), tuple(str(c) for c in data.get("commands", ())))
 
 
@@ -151,7 +153,8 @@ def build_plan(registry: Registry, config: Mapping[str, Any]) -> Plan:
     plugins: list[PluginEntry] = []
     for record in usable:
         assert record.plugin_class is not None
-        isolation = str(config["classes"][record.plugin_class.value]["isolation"])
+        where = f"classes.{record.plugin_class.value}.isolation"
+        isolation = one_of(config["classes"][record.plugin_class.value]["isolation"], ISOLATIONS, where)
         plugins.append(PluginEntry(record.name, record.plugin_class, isolation, record.version,
                                    record.department, record.hooks, record.value, record.paths, record.commands))
         for stage, described in record.steps.items():

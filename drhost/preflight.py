@@ -28,6 +28,7 @@ from .packaging import (
 from .packaging.manifest import MIB
 from .plan import Plan, build_plan, unknown_timeout_keys
 from .plugins import Registry
+from .policy import ISOLATIONS
 from .supervisor import cgroup_support, container_available, network_namespace_available
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 
 #: Checked before a run is created, so that nothing is half-started.
 BUILT_TRANSPORTS = ("local", "ssh")
-BUILT_ISOLATIONS = ("thread", "process", "container")
+BUILT_ISOLATIONS = ISOLATIONS
 
 
 class PackageRefused(DrhostError):
@@ -217,11 +218,15 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
     problems = input_problems(config, registry)
     if problems:
         raise problems[0]
+    # Before the plan, which holds only isolations this drhost has (the schema already says so); a broken plugin
+    # is the plan's refusal first.
+    for record in [] if registry.broken() else registry.usable():
+        cls = record.plugin_class.value if record.plugin_class is not None else None
+        isolation = config.data["classes"][cls]["isolation"] if cls is not None else None
+        if cls is not None and isolation not in BUILT_ISOLATIONS:
+            raise ConfigError(config.origin(("classes", cls, "isolation")),
+                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", isolation)
     plan = build_plan(registry, config.data)
-    for plugin in plan.plugins:
-        if plugin.isolation not in BUILT_ISOLATIONS:
-            raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
-                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", plugin.isolation)
     if config.data["process"]["cgroups"] == "required" and any(p.isolation == "process" for p in plan.plugins):
         missing = cgroup_support().missing()
         if missing:

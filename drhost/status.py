@@ -8,10 +8,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .orchestrator import abandoned_view, rollback_verdict
+from .orchestrator import TargetStatus, abandoned_view, rollback_verdict
 from .plan import Plan
 
 __all__ = ["next_commands", "rollout_summary", "run_next_commands", "target_next", "target_status"]
+
+#: Whether a target in a status is consistent, in the operator's words.
+_CONSISTENT: Mapping[TargetStatus, str] = {
+    "succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
+    "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
+    "unreachable": "unknown: unreachable; resume when it is back",
+    "refused": "unknown: it refused drhost (host key or credentials); nothing was done since",
+}
+#: What the operator does next for a target in a status.
+_NEXT: Mapping[TargetStatus, str] = {
+    "succeeded": "nothing: at the new version",
+    "up_to_date": "nothing: was already at the package's version",
+    "rolled_back": "nothing: back at the old version, verified",
+    "inconsistent": "follow the manual procedure below, then: drhost rollback RUN",
+    "locked": "another run holds its lock: wait for it (see the error), or --break-lock if it is dead",
+    "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
+    # Never retried on its own: a changed host key may be an impostor; the operator decides.
+    "refused": "check why it refused (a changed host key: confirm with its owner, then update known_hosts; "
+               "rejected credentials: fix them), then: drhost rollback RUN (or drhost resume RUN)",
+    "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
+    "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
+    "pending": "not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "
+               "the run)",
+}
+
+
+def _said(table: Mapping[TargetStatus, str], status: object, otherwise: str) -> str:
+    """The table's words for a recorded status (a plain string in the state), else ``otherwise``."""
+    return next((text for known, text in table.items() if known == status), otherwise)
 
 
 def next_commands(run_id: str, status: str) -> list[str]:
@@ -30,11 +59,7 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
     current = next((s for s in plan.steps if steps.get(s.key, {}).get("status") == "started"), None)
     remaining = [s.key for s in plan.steps if s.key not in done]
     status = record["status"]
-    consistent = {"succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
-                  "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
-                  "unreachable": "unknown: unreachable; resume when it is back",
-                  "refused": "unknown: it refused drhost (host key or credentials); nothing was done since"}.get(
-        status, "unknown until the run is resumed or rolled back")
+    consistent = _said(_CONSISTENT, status, "unknown until the run is resumed or rolled back")
     verdict = rollback_verdict(record) if status == "inconsistent" else None
     if status == "inconsistent":
         # Derived from what the plugins' verification reported, never a fixed label.
@@ -65,21 +90,7 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
 
 def target_next(name: str, status: str, record: dict[str, Any]) -> str:
     """What the operator does next for this target, as one line."""
-    return {
-        "succeeded": "nothing: at the new version",
-        "up_to_date": "nothing: was already at the package's version",
-        "rolled_back": "nothing: back at the old version, verified",
-        "inconsistent": "follow the manual procedure below, then: drhost rollback RUN",
-        "locked": "another run holds its lock: wait for it (see the error), or --break-lock if it is dead",
-        "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
-        # Never retried on its own: a changed host key may be an impostor; the operator decides.
-        "refused": "check why it refused (a changed host key: confirm with its owner, then update known_hosts; "
-                   "rejected credentials: fix them), then: drhost rollback RUN (or drhost resume RUN)",
-        "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
-        "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
-        "pending": "not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "
-                   "the run)",
-    }.get(status, "drhost resume RUN (if no drhost is running it)")
+    return _said(_NEXT, status, "drhost resume RUN (if no drhost is running it)")
 
 
 def rollout_summary(body: dict[str, Any]) -> dict[str, Any]:

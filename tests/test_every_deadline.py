@@ -95,20 +95,20 @@ def stamps(root: Path) -> list[tuple[str, float]]:
 
 
 def check_report(events: list[dict[str, Any]], op: str, operation: str, budget_s: float) -> dict[str, Any]:
-    """The rules each run of a watched operation that ran out of time obeys; returns its first step_timeout."""
+    """The rules each run of a watched operation that ran out of time obeys; returns its first watchdog.timeout."""
     mine = [e for e in events if e.get("data", {}).get("op") == op and e["event"] in
-            ("step_progress", "step_remaining", "timeout_warning", "step_timeout")]
+            ("watchdog.progress", "watchdog.remaining", "watchdog.warning", "watchdog.timeout")]
     for event in mine:
         jsonschema.validate(event, SCHEMA)
-    timeouts = [e for e in mine if e["event"] == "step_timeout"]
+    timeouts = [e for e in mine if e["event"] == "watchdog.timeout"]
     assert timeouts, f"no timeout report for {operation}"
     # Each run (a rollback's recovery pass runs it again) warns at 85 % and 95 %, in that order, then reports.
-    warnings = [e for e in mine if e["event"] == "timeout_warning"]
+    warnings = [e for e in mine if e["event"] == "watchdog.warning"]
     assert [w["data"]["percent"] for w in warnings] == [85, 95] * len(timeouts), mine
     assert all(w["data"]["operation"] == operation for w in warnings)
-    assert [e["event"] for e in mine if e["event"] != "step_progress" and e["event"] != "step_remaining"] == [
-        "timeout_warning", "timeout_warning", "step_timeout"] * len(timeouts)
-    assert [e for e in mine if e["event"] == "step_progress"], "no progress line for " + operation
+    assert [e["event"] for e in mine if e["event"] != "watchdog.progress" and e["event"] != "watchdog.remaining"] == [
+        "watchdog.warning", "watchdog.warning", "watchdog.timeout"] * len(timeouts)
+    assert [e for e in mine if e["event"] == "watchdog.progress"], "no progress line for " + operation
     for timeout in timeouts:
         check_one_report(timeout, operation, budget_s)
     return timeouts[0]
@@ -172,14 +172,14 @@ def test_the_eta_foresees_the_policys_retries_and_a_stage_restart() -> None:
                      "restart_s": 200.0}
     data = {"elapsed_s": 10.0, "timeout_s": 300.0, "budget_percent": 3.3, "budget_left_s": 290.0,
             "remaining_s": 30.0, **extra}
-    line = render_watchdog_event("step_progress", data)
+    line = render_watchdog_event("watchdog.progress", data)
     assert line == ("[progress] running for 10 s of 5 min, about 30 s left; with retries up to 2.5 min more "
                     "(3 retries), a stage restart up to 3.3 min more"), line
     unknown = eta_extra(expected_s=None, retry_wait_s=0.0, retries_left=1, stage_expected_s=None, restarts_left=0)
-    assert render_watchdog_event("step_remaining", {**data, **unknown}) == (
+    assert render_watchdog_event("watchdog.remaining", {**data, **unknown}) == (
         "remaining: about 30 s (timeout in 4.8 min); with retries up to unknown more (1 retries)")
     last = eta_extra(expected_s=40.0, retry_wait_s=10.0, retries_left=0, stage_expected_s=None, restarts_left=0)
-    assert render_watchdog_event("step_remaining", {**data, **last}) == "remaining: about 30 s (timeout in 4.8 min)"
+    assert render_watchdog_event("watchdog.remaining", {**data, **last}) == "remaining: about 30 s (timeout in 4.8 min)"
 
 
 def test_a_core_step_s_progress_lines_carry_its_retries_and_stage_restart(
@@ -219,7 +219,7 @@ def drhost_stage_steps(stage, register):
                   "--set", "class.core.retries=3", "--set", "class.core.retry_interval_s=10", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     events = read_events(Path(json.loads(proc.stdout)["run_dir"]))
-    progress = [e for e in events if e["event"] == "step_progress" and e.get("step") == "work"]
+    progress = [e for e in events if e["event"] == "watchdog.progress" and e.get("step") == "work"]
     assert progress, "no progress line"
     data = progress[0]["data"]
     # drhost's CLI tests run with instant retries (DRHOST_INSTANT_RETRIES): the wait is 0, so 3 x 2 s.

@@ -198,8 +198,8 @@ def test_step_bars_sit_in_stage_bars_with_their_titles(report: Report) -> None:
 
 
 def test_timeout_has_a_marker_and_its_report(report: Report) -> None:
-    """A step_timeout gives a timeout marker on the target's row and its message in the target's details."""
-    (timeout,) = report.journal("step_timeout", "dr-demo-2")
+    """A watchdog.timeout gives a timeout marker on the target's row and its message in the target's details."""
+    (timeout,) = report.journal("watchdog.timeout", "dr-demo-2")
     markers = report.row("dr-demo-2").find("marker", data_kind="timeout")
     assert [m.attrs["title"] for m in markers] == ["timeout: [upgrade] migrate_job_templates (dr-catalog), attempt 1"]
     (details,) = report.dom.find("target-details", data_target="dr-demo-2")

@@ -365,7 +365,7 @@ def test_a_run_records_the_pids_limit_as_the_plugins_ending(site: Path, tmp_path
 
 def test_a_run_timeout_report_names_the_cpu_throttling(site: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through a run, a spinning step under cpu_percent = 20 times out; the step_timeout reason says throttled."""
+    """Through a run, a spinning step under cpu_percent = 20 times out; the watchdog.timeout reason says throttled."""
     name = "zz-run-spin"
     _, target, run_dir = drive_one(tmp_path, monkeypatch, name, fault_plugin(name, "business", "cpu_spin"),
                                    ["class.business.cpu_percent=20", "class.business.retries=0",
@@ -374,11 +374,11 @@ def test_a_run_timeout_report_names_the_cpu_throttling(site: Path, tmp_path: Pat
     assert ending["outcome"] == "timeout" and ending["cpu_throttled"]["cpu_percent"] == 20, ending
     assert "by cpu_percent = 20" in ending["why"]
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    (timeout,) = [e for e in events if e["event"] == "step_timeout"]
+    (timeout,) = [e for e in events if e["event"] == "watchdog.timeout"]
     percent = timeout["data"]["cpu_throttled"]["percent"]
     assert timeout["data"]["reason"] == f"plugin execution: [{name}], throttled {percent}% of the time by " \
                                         f"cpu_percent = 20"
     assert f"throttled {percent}% of the time by cpu_percent = 20" in timeout["message"]
-    chinese = render_watchdog_event("step_timeout", timeout["data"], stage="upgrade", step_label="hostile",
+    chinese = render_watchdog_event("watchdog.timeout", timeout["data"], stage="upgrade", step_label="hostile",
                                     t=translator("zh_CN"))
     assert f"{percent}% 的时间被 cpu_percent = 20 限流" in (chinese or "")

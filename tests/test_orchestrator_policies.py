@@ -160,7 +160,7 @@ def test_stage_retry_is_bounded(world) -> None:  # type: ignore[no-untyped-def]
     """When retries of a stage are used up, the target is rolled back instead."""
     summary, _, state = world(overrides=("plugin.rec.fault=b:fail", "run.stage_retries=1"), decision="retry")
     assert summary.status == "rolled_back"
-    decisions = [e for e in events_of(state) if e["event"] == "decision"]
+    decisions = [e for e in events_of(state) if e["event"] == "stage.decision"]
     assert decisions[-1]["data"]["decision"] == "rollback" and "stage_retries" in decisions[-1]["message"]
 
 

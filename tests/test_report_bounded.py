@@ -59,13 +59,13 @@ def capped_events() -> list[dict[str, Any]]:
     ts = T0 + 1
     for n in range(1500):  # 1500 attempts: a bar each, a warning marker each, a failure marker each
         events += [ev("step.started", ts, stage="upgrade", step="s", plugin="p", data={"attempt": 1, "attempts": 1}),
-                   ev("timeout_warning", ts + 0.01, stage="upgrade", step="s", plugin="p",
+                   ev("watchdog.warning", ts + 0.01, stage="upgrade", step="s", plugin="p",
                       data={"percent": 85, "urgent": False, "remaining_s": 3, "elapsed_s": 17, "timeout_s": 20}),
                    ev("step.failed", ts + 0.02, stage="upgrade", step="s", plugin="p", message=f"boom {n}",
                       data={"ended": "failed"})]
         ts += 0.1
     for n in range(150):
-        events += [ev("step_timeout", ts, stage="upgrade", step="s", plugin="p", message=f"timeout {n}",
+        events += [ev("watchdog.timeout", ts, stage="upgrade", step="s", plugin="p", message=f"timeout {n}",
                       data={"attempt": n}),
                    ev("plugin.output_dropped", ts + 0.01, stage="upgrade", step="s", plugin="p", message="over",
                       data={"log_lines": n, "log_bytes": 10 * n, "truncated": 0, "progress": 2 * n})]
@@ -102,7 +102,7 @@ def test_long_messages_are_cut(state_dir: Path) -> None:
               ev("step.started", T0 + 2, stage="upgrade", step="s", plugin="p", data={"attempt": 1, "attempts": 1}),
               ev("step.failed", T0 + 3, stage="upgrade", step="s", plugin="p", message=huge,
                  data={"ended": "failed"}),
-              ev("step_timeout", T0 + 4, stage="upgrade", step="s", plugin="p", message=huge, data={"attempt": 1}),
+              ev("watchdog.timeout", T0 + 4, stage="upgrade", step="s", plugin="p", message=huge, data={"attempt": 1}),
               ev("stage.failed", T0 + 5, stage="upgrade", message=huge)]
     t1 = report_data(make_run(state_dir, events))["targets"][0]
     note = f" [... {len(huge) - MESSAGE_CHARS} more characters]"

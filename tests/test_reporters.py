@@ -41,7 +41,7 @@ def test_plain_reporter_skips_chatty_events() -> None:
 
 
 def _timeout_event() -> Event:
-    return Event("step_timeout", "r", target="t1", stage="upgrade", step="upgrade_db_schema", plugin="dr-database",
+    return Event("watchdog.timeout", "r", target="t1", stage="upgrade", step="upgrade_db_schema", plugin="dr-database",
                  data={"category": "database", "measurement": {"data_bytes": 2.1e9, "label": "catalog"},
                        "configured_s": 1800, "elapsed_s": 2100, "exceeded_s": 300,
                        "environment": {"cpu_percent": 85, "memory_percent": 78, "disk_io_percent": 92},
@@ -69,12 +69,12 @@ def test_timeout_block_is_rendered_in_the_operators_language() -> None:
 
 def test_warning_and_progress_lines_name_the_step() -> None:
     """Watchdog lines say which target and step they are about, then the design's wording."""
-    warning = Event("timeout_warning", "r", target="t1", stage="upgrade", step="s", plugin="p",
+    warning = Event("watchdog.warning", "r", target="t1", stage="upgrade", step="s", plugin="p",
                     data={"percent": 85, "urgent": False, "remaining_s": 270, "elapsed_s": 1530, "timeout_s": 1800,
                           "budget_percent": 85.0, "budget_left_s": 270})
     assert describe(warning) == ("t1: [upgrade] s (p) [warning] operation about to time out, 4.5 min left "
                                  "(25.5 min of 30 min used)")
-    progress = Event("step_progress", "r", target="t1", stage="upgrade", step="s", plugin="p",
+    progress = Event("watchdog.progress", "r", target="t1", stage="upgrade", step="s", plugin="p",
                      data={"percent": 45.0, "done": 9, "total": 20, "unit": "tables", "remaining_s": 720,
                            "elapsed_s": 600, "timeout_s": 1800, "budget_percent": 33.3, "budget_left_s": 1200})
     assert describe(progress) == "t1: [upgrade] s (p) [progress] 45% (9/20 tables done), about 12 min left"
@@ -89,7 +89,7 @@ def test_eta_board_adds_the_running_step_to_the_rest_of_the_target() -> None:
     board.see(Event("step.started", "r", target="b", data={"expected_s": 5, "rest_after_s": 20}, ts=100.0))
     assert board.target("a", 104.0) == 56.0 and board.target("b", 104.0) == 21.0
     assert board.run(104.0) == 56.0
-    board.see(Event("step_progress", "r", target="a", data={"remaining_s": 30}, ts=104.0))
+    board.see(Event("watchdog.progress", "r", target="a", data={"remaining_s": 30}, ts=104.0))
     assert board.target("a", 106.0) == 78.0
     board.see(Event("step.started", "r", target="c", data={"expected_s": None, "rest_after_s": None}, ts=104.0))
     assert board.target("c", 105.0) is None and board.run(105.0) is None

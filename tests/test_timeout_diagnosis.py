@@ -15,16 +15,16 @@ import jsonschema
 import pytest
 
 from cli_helpers import run_json
+from drhost.events import WATCHDOG_EVENTS
 from drhost.orchestrator._timeouts import measurement_for
 from drhost.plan import PlannedStep
-from drhost.watchdog import WATCHDOG_EVENTS
 from drhost_hookspecs import Category, PluginClass, Stage
 from sshd_hosts import sshd_available
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schemas" / "watchdog-events.schema.json").read_text())
-WATCHDOG = {"step_progress", "step_remaining", "step_resources", "timeout_warning", "step_timeout"}
+WATCHDOG = {"watchdog.progress", "watchdog.remaining", "watchdog.resources", "watchdog.warning", "watchdog.timeout"}
 FAST_CADENCE = ("--set", "watchdog.progress_every_s=1", "--set", "watchdog.remaining_every_s=2",
                 "--set", "watchdog.resources_every_s=2", "--set", "run.kill_grace_s=0.5", "--set", "run.forks=3")
 #: How late an event may come after its moment: the clock is one thread, the bus is shared by three targets.
@@ -62,8 +62,8 @@ def leftovers(run_id: str) -> list[str]:
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
-                ours = (cmdline == b"sleep\x0086400\x00"
-                        or (b"drhost_hookspecs._runtime.worker" in cmdline and run_id in (entry / "cgroup").read_text()))
+                worker = b"drhost_hookspecs._runtime.worker" in cmdline
+                ours = cmdline == b"sleep\x0086400\x00" or (worker and run_id in (entry / "cgroup").read_text())
             except OSError:
                 continue
             if ours:
@@ -76,19 +76,19 @@ def leftovers(run_id: str) -> list[str]:
 
 
 def check_timed_out_attempt(attempt: list[dict[str, Any]], timeout_s: float, grace_s: float = 0.5) -> dict[str, Any]:
-    """The rules every timed-out attempt obeys; returns its step_timeout event."""
+    """The rules every timed-out attempt obeys; returns its watchdog.timeout event."""
     started = attempt[0]["ts"]
     for event in attempt:
         if event["event"] in WATCHDOG:
             jsonschema.validate(event, SCHEMA)
-    warnings = [e for e in attempt if e["event"] == "timeout_warning"]
+    warnings = [e for e in attempt if e["event"] == "watchdog.warning"]
     assert [w["data"]["percent"] for w in warnings] == [85, 95]
     for warning, fraction in zip(warnings, (0.85, 0.95), strict=True):
         assert 0 <= warning["ts"] - started - fraction * timeout_s <= LATE_S, warning
         assert warning["data"]["remaining_s"] == pytest.approx((1 - fraction) * timeout_s, abs=LATE_S)
-    progress = [e for e in attempt if e["event"] == "step_progress"]
+    progress = [e for e in attempt if e["event"] == "watchdog.progress"]
     assert len(progress) >= int(timeout_s) - 1, progress
-    (timeout,) = [e for e in attempt if e["event"] == "step_timeout"]
+    (timeout,) = [e for e in attempt if e["event"] == "watchdog.timeout"]
     data = timeout["data"]
     assert data["configured_s"] == timeout_s
     # Elapsed runs from the start to the confirmed stop: at least the timeout, at most the kill grace later.
@@ -238,7 +238,7 @@ def test_second_run_estimates_a_stable_step_within_20_percent(drhost: Any) -> No
             actual = done["data"]["duration_s"]
             assert expected is not None and abs(expected - actual) <= 0.2 * actual, (step, expected, actual)
             # Progress lines carry the step's own progress and a remaining time.
-            progress = [e for e in attempt if e["event"] == "step_progress"]
+            progress = [e for e in attempt if e["event"] == "watchdog.progress"]
             assert progress and max(e["data"]["percent"] for e in progress) > 0, (step, progress)
             assert all(e["data"]["remaining_s"] is not None for e in progress)
             # Every later step of the target was timed in the first run: its remaining time is known.

@@ -62,14 +62,14 @@ def test_cadences_follow_the_configured_periods() -> None:
     # Resources are sampled off the watchdog thread, and a tick skips the sample while the previous one still
     # runs. The fake clock passes 60 s in microseconds, so the 120 s sample would be skipped or not depending
     # on whether the 60 s sampling thread happens to be inside its sample: let it finish, as 60 real seconds do.
-    assert wait_for(lambda: len(recorder.named("step_resources")) == 1)
+    assert wait_for(lambda: len(recorder.named("watchdog.resources")) == 1)
     for now in range(120, 126):
         watch.tick(float(now))
-    assert [d["elapsed_s"] for d in recorder.named("step_progress")] == [10.0 * i for i in range(1, 13)]
-    assert [d["elapsed_s"] for d in recorder.named("step_remaining")] == [30.0, 60.0, 90.0, 120.0]
-    assert wait_for(lambda: len(recorder.named("step_resources")) == 2)
-    assert sorted(d["elapsed_s"] for d in recorder.named("step_resources")) == [60.0, 120.0]
-    assert recorder.named("step_resources")[0]["environment"] == {"cpu_percent": 10, "memory_percent": 20,
+    assert [d["elapsed_s"] for d in recorder.named("watchdog.progress")] == [10.0 * i for i in range(1, 13)]
+    assert [d["elapsed_s"] for d in recorder.named("watchdog.remaining")] == [30.0, 60.0, 90.0, 120.0]
+    assert wait_for(lambda: len(recorder.named("watchdog.resources")) == 2)
+    assert sorted(d["elapsed_s"] for d in recorder.named("watchdog.resources")) == [60.0, 120.0]
+    assert recorder.named("watchdog.resources")[0]["environment"] == {"cpu_percent": 10, "memory_percent": 20,
                                                                   "disk_io_percent": 30}
 
 
@@ -78,7 +78,7 @@ def test_warnings_fire_once_at_85_and_95_percent_of_the_budget() -> None:
     recorder = Recorder()
     watch = make_watch(recorder)
     run_clock(watch, 1800, step=0.5)
-    warnings = recorder.named("timeout_warning")
+    warnings = recorder.named("watchdog.warning")
     assert [(w["percent"], w["urgent"], w["elapsed_s"], w["remaining_s"]) for w in warnings] == [
         (85, False, 1530.0, 270.0), (95, True, 1710.0, 90.0)]
 
@@ -89,7 +89,7 @@ def test_progress_events_carry_the_steps_own_progress_and_eta() -> None:
     watch = make_watch(recorder)
     watch.report_progress(9, 20, "tables")
     watch.tick(10.0)
-    (event,) = recorder.named("step_progress")
+    (event,) = recorder.named("watchdog.progress")
     assert (event["percent"], event["done"], event["total"], event["unit"]) == (45.0, 9, 20, "tables")
     assert event["remaining_s"] == pytest.approx(10 * 11 / 9, abs=0.1)
     assert event["budget_percent"] == pytest.approx(100 * 10 / 1800, abs=0.1)
@@ -100,9 +100,9 @@ def test_nothing_is_scheduled_past_the_deadline() -> None:
     recorder = Recorder()
     watch = make_watch(recorder, timeout_s=20)
     run_clock(watch, 60, step=0.5)
-    assert [d["elapsed_s"] for d in recorder.named("step_progress")] == [10.0]
-    assert recorder.named("step_remaining") == []
-    assert [w["elapsed_s"] for w in recorder.named("timeout_warning")] == [17.0, 19.0]
+    assert [d["elapsed_s"] for d in recorder.named("watchdog.progress")] == [10.0]
+    assert recorder.named("watchdog.remaining") == []
+    assert [w["elapsed_s"] for w in recorder.named("watchdog.warning")] == [17.0, 19.0]
     assert watch.next_due() is None
 
 
@@ -113,7 +113,7 @@ def test_thresholds_of_one_or_more_disable_a_warning() -> None:
                                 urgent_at=0.9)
     watch = make_watch(recorder, timeout_s=100, settings=settings)
     run_clock(watch, 100)
-    assert [w["percent"] for w in recorder.named("timeout_warning")] == [90]
+    assert [w["percent"] for w in recorder.named("watchdog.warning")] == [90]
 
 
 def test_deadline_sample_is_taken_when_the_deadline_passes() -> None:
@@ -142,7 +142,7 @@ def test_one_thread_serves_every_watch_on_time() -> None:
     try:
         time.sleep(2.3)
         for timeout, rec in zip((1.0, 2.0), recorders, strict=True):
-            elapsed = [w["elapsed_s"] for w in rec.named("timeout_warning")]
+            elapsed = [w["elapsed_s"] for w in rec.named("watchdog.warning")]
             assert elapsed == pytest.approx([0.85 * timeout, 0.95 * timeout], abs=0.2)
         assert sum(1 for t in threading.enumerate() if t.name == "watchdog") == 1
     finally:

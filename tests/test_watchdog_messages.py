@@ -12,7 +12,6 @@ import pytest
 
 from drhost.watchdog import (
     CATEGORIES,
-    Category,
     Environment,
     JsonTranslations,
     TimeoutReport,
@@ -33,6 +32,7 @@ from drhost.watchdog import (
     translator,
 )
 from drhost.watchdog._i18n import catalog
+from drhost_hookspecs import Category
 
 ZH = translator("zh_CN")
 
@@ -295,7 +295,7 @@ def test_exceeded_is_elapsed_minus_configured_never_negative(configured: float, 
 
 
 def test_event_fields_are_structured_and_english() -> None:
-    """The step_timeout event fields carry numbers as numbers and English reason and suggestion."""
+    """The watchdog.timeout event fields carry numbers as numbers and English reason and suggestion."""
     fields = as_event_fields(example_report(context_path="/tmp/ctx", environment=Environment(85, None, 92)))
     assert fields == {
         "category": "database",

@@ -14,6 +14,7 @@ from .._stdout import cli_stdout
 from ..authoring import PLUGIN_CLASSES
 from ..errors import DrhostError, ExitCode
 from ..packaging import PackageError
+from ..policy import RUN_ON_FAILURES
 from ._doctor import cmd_doctor
 from ._errors import Parser, check_lengths, internal_error, report, stdout_gone, wants_json
 from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new
@@ -22,7 +23,7 @@ from ._plugins import add_plugins
 from ._report import add_report
 from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
-_FAILURE_MODES = ("ask", "retry", "rollback", "abort")
+_FAILURE_MODES = RUN_ON_FAILURES
 
 
 _BREAK_LOCK = ("take over a target lock held by another run (after checking that no drhost drives that target); "

@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from drhost_hookspecs import Stage
 
@@ -18,23 +18,26 @@ from ..errors import ExitCode
 from ..events import Subscriber
 from ..orchestrator import ApproveBatch, Batch, Decide, RunSummary, batches_for, create_run, drive
 from ..plan import format_plan, recorded_plan
+from ..policy import RUN_ON_FAILURES, Decision, one_of
 from ..report import LiveReporter, PlainReporter
 from ..state import RunState, find_run, state_root
 from ..status import next_commands, rollout_summary, run_next_commands, target_status
 from ._inputs import package_info, prepare
 
-_CHOICES = {"r": "retry", "b": "rollback", "a": "abort"}
+_CHOICES: dict[str, Decision] = {"r": "retry", "b": "rollback", "a": "abort"}
 
 
 def make_decide(mode: str, interactive: bool, reporter: Subscriber | None = None) -> Decide:
     """The failure decision: fixed by ``--on-failure``, or asked on a terminal."""
-    if mode == "ask" and not interactive:
-        mode = "rollback"
-    if mode != "ask":
-        return lambda target, stage, message: mode
+    on_failure = one_of(mode, RUN_ON_FAILURES, "run.on_failure")
+    if on_failure == "ask" and not interactive:
+        on_failure = "rollback"
+    if on_failure != "ask":
+        fixed: Decision = on_failure
+        return lambda target, stage, message: fixed
     lock = threading.Lock()
 
-    def ask(target: str, stage: Stage, message: str) -> str:
+    def ask(target: str, stage: Stage, message: str) -> Decision:
         pause = reporter.paused() if isinstance(reporter, LiveReporter) else contextlib.nullcontext()
         with lock, pause:
             while True:
@@ -155,7 +158,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return _finish(args, summary)
 
 
-def _continue(args: argparse.Namespace, mode: str) -> int:
+def _continue(args: argparse.Namespace, mode: Literal["resume", "rollback"]) -> int:
     state = RunState.open(find_run(args.run), complete=True)
     plan = recorded_plan(state)
     # A stored config without it is refused by drive()'s re-check, with the key named; not a KeyError here.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from drhost_hookspecs import Stage
+from drhost_hookspecs import OperationName, Stage
 
 from ..supervisor import CallOutcome
 
@@ -110,7 +110,7 @@ class AbandonedThreads:
         self._open = True
         self.count = 0
 
-    def note(self, outcome: CallOutcome, *, target: str, plugin: str, op: str, stage: Stage | None,
+    def note(self, outcome: CallOutcome, *, target: str, plugin: str, op: OperationName, stage: Stage | None,
              step: str | None) -> None:
         """Record the thread a call left behind (``detail["hung_thread"]``); no-op for any other outcome."""
         if not outcome.detail.get("hung_thread"):

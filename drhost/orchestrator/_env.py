@@ -14,18 +14,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drhost_hookspecs import Category, LoadedPlugin, PackageInfo, PluginClass, Stage, TargetInfo, VerifyPhase
+from drhost_hookspecs import (
+    Category,
+    LoadedPlugin,
+    OperationName,
+    PackageInfo,
+    PluginClass,
+    Stage,
+    TargetInfo,
+    VerifyPhase,
+)
 from drhost_hookspecs._runtime import call_label, json_problem, not_json_message
 
 from .._stdout import plugin_code
 from ..context import HostContext
 from ..errors import RefusedError
-from ..events import Event, EventBus
+from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
 from ..plan import Plan, PlannedStep, PluginEntry
-from ..policy import class_policy, retry_wait_s, stage_policy
+from ..policy import Decision, RunOnFailure, class_policy, one_of, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
-from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
+from ..transport import (
+    TRANSPORTS,
+    HeartbeatSettings,
+    LocalSession,
+    SshSession,
+    SshTarget,
+    TargetSession,
+    TransportError,
+)
 from ..watchdog import (
     BUDGET_KEYS,
     StepHistory,
@@ -46,8 +63,10 @@ from ._network import NetworkEvents
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
 from ._timeouts import Operation, TimeoutEvidence, diagnose_timeout
 
-#: (target, stage, failure message) -> "retry" | "rollback" | "abort"
-Decide = Callable[[str, Stage, str], str]
+#: (target, stage, failure message) -> what to do about the failed stage
+Decide = Callable[[str, Stage, str], Decision]
+#: ``[run] on_failure`` values under which a failed stage may be retried.
+_MAY_RETRY: tuple[RunOnFailure, ...] = ("retry", "ask")
 
 
 @dataclass
@@ -63,7 +82,7 @@ class RunEnv:
     #: Why this run lost a target's lock (someone broke it), or None: set by the run's TargetLocks.
     lock_lost: Callable[[str], str | None] = field(default=lambda target: None)
 
-    def emit(self, event: str, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
+    def emit(self, event: EventName, *, target: str | None = None, stage: Stage | None = None, step: str | None = None,
              plugin: str | None = None, message: str = "", **data: Any) -> None:
         self.bus.emit(Event(event, self.state.run_id, target=target, stage=stage.value if stage else None,
                             step=step, plugin=plugin, message=message, data=data))
@@ -71,8 +90,10 @@ class RunEnv:
 
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
-                 on_network: Callable[[str, str, dict[str, Any]], None] | None = None) -> TargetSession:
-    transport = target["transport"]
+                 on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None) -> TargetSession:
+    if target["transport"] not in TRANSPORTS:
+        raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
+    transport = one_of(target["transport"], TRANSPORTS, f"targets.{name}.transport")
     grace = float(config["run"]["kill_grace_s"])
     if transport == "local":
         return LocalSession(name, kill_grace_s=grace,
@@ -90,7 +111,7 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
                           heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
                           transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
                           on_network=on_network)
-    raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
+    raise AssertionError(f"transport {transport!r} has no session")  # every TransportKind is handled above
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
@@ -202,7 +223,7 @@ class Executor:
             ctx.stop()
 
     # -- calls ----------------------------------------------------------------------
-    def call(self, target: str, plugin_name: str, op: str, *, stage: Stage | None = None,
+    def call(self, target: str, plugin_name: str, op: OperationName, *, stage: Stage | None = None,
              step: str | None = None, phase: VerifyPhase | None = None, timeout_s: float = 300.0,
              attempt: int = 1) -> CallOutcome:
         env = self.env
@@ -319,8 +340,8 @@ class Executor:
         return dataclasses.replace(outcome, message=f"{outcome.message}; {message}", retryable=False,
                                    state=ctx.saved_state, detail=detail)
 
-    def _host_memory_finding(self, grown: Mapping[str, Any], ctx: HostContext, target: str, plugin: str, op: str,
-                             stage: Stage | None, step: str | None, planned: PlannedStep | None,
+    def _host_memory_finding(self, grown: Mapping[str, Any], ctx: HostContext, target: str, plugin: str,
+                             op: OperationName, stage: Stage | None, step: str | None, planned: PlannedStep | None,
                              attempt: int) -> None:
         """A thread-class call grew the host past its class's memory_mb: warn, and record it with the step."""
         text = (f"{ctx.call}: host memory grew to {grown['peak_mib']} MiB (from {grown['start_mib']} MiB), over "
@@ -361,7 +382,7 @@ class Executor:
         """The step's usual duration on this target (median of history); None when never seen."""
         return self.history.expected_s(target, step_key)
 
-    def operation(self, op: str, plugin_name: str, *, stage: Stage | None = None, step: str | None = None,
+    def operation(self, op: OperationName, plugin_name: str, *, stage: Stage | None = None, step: str | None = None,
                   phase: VerifyPhase | None = None, timeout_s: float) -> Operation:
         """What a call of ``op`` is, for its watch and its timeout report: a step's own, else the plugin's."""
         planned = self.env.plan.find_step(stage, plugin_name, step) if stage and step else None
@@ -398,7 +419,7 @@ class Executor:
         # Only a failure that fails the stage (class policy "abort") can restart it, and only when the run's
         # failure decision may be "retry" and the stage policy reruns the stage.
         restarts_left = 0
-        if (policy.on_failure == "abort" and str(config["run"].get("on_failure")) in ("retry", "ask")
+        if (policy.on_failure == "abort" and config["run"].get("on_failure") in _MAY_RETRY
                 and stage_policy(config, planned.stage).restart in ("stage", "cleanup_then_stage")):
             with self.env.state.reading() as body:
                 used = int(body["targets"][target].get("stage_attempts", {}).get(planned.stage.value) or 0)
@@ -414,7 +435,7 @@ class Executor:
         env = self.env
         expected = self.expected_s(target, operation.history_key)
 
-        def emit(name: str, data: dict[str, Any]) -> None:
+        def emit(name: WatchdogEventName, data: dict[str, Any]) -> None:
             stage = operation.stage.value if operation.stage is not None else ""
             text = render_watchdog_event(name, data, stage=stage, step_label=operation.report_step) or ""
             env.emit(name, target=target, stage=operation.stage, step=operation.step,
@@ -464,7 +485,7 @@ class Executor:
     def _diagnose(self, watch: StepWatch, operation: Operation, outcome: CallOutcome,
                   stopped_commands: tuple[Mapping[str, Any], ...], session: TargetSession, target: str,
                   attempt: int, stopped_at: float) -> CallOutcome:
-        """Gather the context of a timeout, emit its ``step_timeout`` report, and word the outcome."""
+        """Gather the context of a timeout, emit its ``watchdog.timeout`` report, and word the outcome."""
         spec = self.env.config["targets"][target]
         evidence = TimeoutEvidence(
             target=target, step=operation, attempt=attempt, watch=watch, elapsed_s=watch.elapsed(stopped_at),
@@ -485,7 +506,7 @@ class Executor:
             fields = {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
             message = f"no result after {operation.timeout_s:g} s (diagnosis failed: {exc})"
         else:
-            self.env.emit("step_timeout", target=target, stage=operation.stage, step=operation.step,
+            self.env.emit("watchdog.timeout", target=target, stage=operation.stage, step=operation.step,
                           plugin=operation.plugin or None, message=str(fields.pop("text")), **fields)
             # The runner's words say how the step was stopped; the report adds how long it ran and where to look.
             stopped = (outcome.message if outcome.ended == "timeout"

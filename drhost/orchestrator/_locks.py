@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..transport import TargetSession, TransportError
+from ._statuses import TargetStatus
 from ._target_lock import LockOwner, TargetLock, TargetLocked
 
 __all__ = ["WHOLE", "TargetLocks"]
 
 #: Target statuses in which the target is whole again and its lock is given back.
-WHOLE = ("succeeded", "up_to_date", "rolled_back")
+WHOLE: tuple[TargetStatus, ...] = ("succeeded", "up_to_date", "rolled_back")
 
 
 class TargetLocks:

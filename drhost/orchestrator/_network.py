@@ -12,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from drhost_hookspecs import Stage
+from drhost_hookspecs import OperationName, Stage
 
-from ..transport import NETWORK_EVENTS
+from ..events import NETWORK_EVENTS, EventName, NetworkEventName
 
 __all__ = ["NETWORK_EVENTS", "NetworkEvents"]
 
 
 class _Emit(Protocol):
-    def __call__(self, event: str, *, target: str | None = None, stage: Stage | None = None,
+    def __call__(self, event: EventName, *, target: str | None = None, stage: Stage | None = None,
                  step: str | None = None, plugin: str | None = None, message: str = "", **data: Any) -> None: ...
 
 
@@ -29,7 +29,7 @@ class _Call:
     stage: Stage | None
     step: str | None
     plugin: str
-    op: str
+    op: OperationName
 
 
 class NetworkEvents:
@@ -41,7 +41,7 @@ class NetworkEvents:
         self._calls: dict[str, dict[int, _Call]] = {}
 
     def started(self, target: str, key: object, *, stage: Stage | None, step: str | None, plugin: str,
-                op: str) -> None:
+                op: OperationName) -> None:
         with self._lock:
             self._calls.setdefault(target, {})[id(key)] = _Call(stage, step, plugin, op)
 
@@ -49,8 +49,8 @@ class NetworkEvents:
         with self._lock:
             self._calls.get(target, {}).pop(id(key), None)
 
-    def listener(self, target: str) -> Callable[[str, str, dict[str, Any]], None]:
-        def on_network(event: str, message: str, data: dict[str, Any]) -> None:
+    def listener(self, target: str) -> Callable[[NetworkEventName, str, dict[str, Any]], None]:
+        def on_network(event: NetworkEventName, message: str, data: dict[str, Any]) -> None:
             with self._lock:
                 calls = list(self._calls.get(target, {}).values())
             call = calls[-1] if calls else None

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..context import NotifyMethod
+
 
 @dataclass(frozen=True)
 class OutputLimits:
@@ -191,7 +193,7 @@ class CallOutput:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
-    def __call__(self, method: str, args: Mapping[str, Any]) -> None:
+    def __call__(self, method: NotifyMethod, args: Mapping[str, Any]) -> None:
         if method != "progress":
             self._write_log(args)
             return

@@ -8,9 +8,12 @@ attack behind the network budget. So every look at a target's reachability says 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from ..errors import RefusedError
+from ..events import EventName
 from ._env import Executor, RunEnv
 
 #: Backoff between two looks at an unreachable target: from the first delay, doubling, up to the cap.
@@ -20,11 +23,22 @@ _FIRST_DELAY_S, _MAX_DELAY_S = 1.0, 30.0
 _LOOK_S, _LOOK_FLOOR_S = 15.0, 2.0
 
 
+#: How a target answered a look.
+ReachStatus = Literal["reachable", "unreachable", "refused"]
+#: Why a target was not taken, as the status its record is left in (``aborted``: its install root is missing).
+NotTaken = Literal["unreachable", "refused", "locked", "aborted"]
+#: The event that tells a target was not taken.
+NOT_TAKEN_EVENTS: Final[Mapping[NotTaken, EventName]] = {
+    "unreachable": "target.unreachable", "refused": "target.refused", "locked": "target.locked",
+    "aborted": "target.aborted",
+}
+
+
 @dataclass(frozen=True)
 class Reach:
     """How a target answered: ``reachable``, ``unreachable`` (an outage) or ``refused`` (host key, auth)."""
 
-    status: str
+    status: ReachStatus
     why: str = ""
 
     @property
@@ -69,7 +83,7 @@ def wait_until_reachable(env: RunEnv, executor: Executor, name: str, waiting_for
     return reach
 
 
-def queue_rollback(env: RunEnv, name: str, status: str, why: str | None) -> str:
+def queue_rollback(env: RunEnv, name: str, status: NotTaken, why: str | None) -> NotTaken:
     """``name`` needs a rollback this drhost cannot do now: it stays queued (phase ``rollback``) as ``status``
     — ``unreachable`` (resume or `drhost rollback RUN` when it is back), ``refused`` (a changed host key or
     rejected credentials) or ``locked`` (another run holds it): for those two the operator must act first.
@@ -86,7 +100,7 @@ def queue_rollback(env: RunEnv, name: str, status: str, why: str | None) -> str:
     else:
         # The refusal in full (for a host key: OpenSSH's banner with both fingerprints; for a lock: its owner)
         # is the operator's evidence; ``target.unreachable`` was said when the wait began.
-        env.emit(f"target.{status}", target=name, message=why or f"the target is {status}")
+        env.emit(NOT_TAKEN_EVENTS[status], target=name, message=why or f"the target is {status}")
         then = f"fix what refused it (see above), then run drhost rollback {run_id}"
     env.emit("target.rollback_queued", target=name, status=status, message=f"{status}: rollback queued; {then}")
     return status

@@ -9,12 +9,14 @@ from typing import Any
 from drhost_hookspecs import Stage
 
 from ..plan import PlannedStep
+from ..supervisor import Ending
 from ._env import RunEnv
+from ._statuses import Phase, StageStatus, StepStatus, TargetStatus
 
 #: A target in one of these states needs nothing more from this run.
-TERMINAL = ("succeeded", "up_to_date", "rolled_back")
+TERMINAL: tuple[TargetStatus, ...] = ("succeeded", "up_to_date", "rolled_back")
 #: Step record states that mean "it ran, at least partly" — compensations apply to them.
-TOUCHED = ("started", "done", "failed")
+TOUCHED: tuple[StepStatus, ...] = ("started", "done", "failed")
 
 
 def new_target_record() -> dict[str, Any]:
@@ -38,7 +40,7 @@ def new_target_record() -> dict[str, Any]:
     }
 
 
-def plugin_ending(outcome_ended: str, message: str, detail: dict[str, Any], action: str,
+def plugin_ending(outcome_ended: Ending, message: str, detail: dict[str, Any], action: str,
                   timeout_s: float) -> dict[str, Any]:
     """How a plugin ended on a target, for the record: what happened, the limit and the signal."""
     ending: dict[str, Any] = {"ended": action, "outcome": outcome_ended, "why": message}
@@ -80,11 +82,15 @@ class TargetRecord:
                 return copy.deepcopy(node)
             return node
 
-    def set(self, **fields: Any) -> None:
+    def set(self, *, status: TargetStatus | None = None, phase: Phase | None = None, **fields: Any) -> None:
+        if status is not None:
+            fields["status"] = status
+        if phase is not None:
+            fields["phase"] = phase
         with self.env.state.mutate() as body:
             body["targets"][self.name].update(fields)
 
-    def set_stage(self, stage: Stage, status: str) -> None:
+    def set_stage(self, stage: Stage, status: StageStatus) -> None:
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             record["stages"][stage.value] = status
@@ -94,7 +100,7 @@ class TargetRecord:
         found = self.get("steps", step.key)
         return found if isinstance(found, dict) else {}
 
-    def mark_step(self, step: PlannedStep, status: str, **fields: Any) -> None:
+    def mark_step(self, step: PlannedStep, status: StepStatus, **fields: Any) -> None:
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             entry = record["steps"].setdefault(step.key, {"attempts": 0, "runs": 0})

@@ -7,6 +7,7 @@ from typing import Any
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..events import EventName
 from ..failpoints import failpoint
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
@@ -16,6 +17,7 @@ from ._env import Executor, RunEnv
 from ._manual_evidence import plugins_left, read_from_target
 from ._reach import look, queue_rollback, wait_until_reachable
 from ._records import TOUCHED, TargetRecord
+from ._statuses import TargetStatus
 from ._stray_commands import confirm_stopped, stop_pending
 
 
@@ -96,7 +98,7 @@ class RollbackFlow:
         #: Why the target refused us at the last look (host key, credentials), or None.
         self._refusal: str | None = None
 
-    def _emit(self, event: str, **kwargs: object) -> None:
+    def _emit(self, event: EventName, **kwargs: object) -> None:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
 
     def _stages_to_roll_back(self) -> list[Stage]:
@@ -115,7 +117,7 @@ class RollbackFlow:
             chosen.append(stage)
         return chosen
 
-    def run(self) -> str:
+    def run(self) -> TargetStatus:
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             rollback = record["rollback"]
@@ -201,13 +203,13 @@ class RollbackFlow:
         self._refusal = reach.why if reach.status == "refused" else None
         return reach.ok
 
-    def _queued(self) -> str:
+    def _queued(self) -> TargetStatus:
         """Not reachable: the rollback stays queued; resume or `drhost rollback RUN` takes it up. A refusal is
         ``refused`` (exit 7: the operator must act first), an outage ``unreachable`` (exit 6)."""
         return queue_rollback(self.env, self.name, "refused" if self._refusal is not None else "unreachable",
                               self._refusal)
 
-    def _inconsistent(self, stages: list[Stage], errors: list[str], problems: list[str]) -> str:
+    def _inconsistent(self, stages: list[Stage], errors: list[str], problems: list[str]) -> TargetStatus:
         """Recovery failed: keep the evidence, say exactly what to do by hand, mark the target."""
         failed = [s for s in stages if self.record.get("rollback", "stages", s.value) == "failed"]
         procedure = self._manual_procedure(failed, errors, problems)

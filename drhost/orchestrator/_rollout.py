@@ -12,10 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._statuses import TargetStatus
+
 #: Target statuses counted against the failure budget: the target did not end at the new version. ``refused``
 #: (a changed host key, rejected credentials) is here, never under UNREACHABLE: a host that may be an impostor
 #: is not an outage, and must not hide behind (or use up) the network's budget.
-FAILED = ("failed", "rolled_back", "aborted", "inconsistent", "rollback_failed", "locked", "refused")
+FAILED: tuple[TargetStatus, ...] = ("failed", "rolled_back", "aborted", "inconsistent", "rollback_failed", "locked",
+                                     "refused")
 #: Counted against the unreachable budget instead: the network, not the upgrade, failed.
 UNREACHABLE = ("unreachable",)
 

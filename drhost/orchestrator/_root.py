@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from ..transport import TargetSession, TransportError
 
 #: The status a target whose root is missing gets: untouched, and resumable once the root is back.
-MISSING_ROOT_STATUS = "aborted"
+MISSING_ROOT_STATUS: Final = "aborted"
 
 
 def missing_root(session: TargetSession, target: str, root: str) -> str | None:

@@ -31,7 +31,7 @@ from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
 from ._fleet import ApproveBatch, Fleet, rollout_record
 from ._locks import WHOLE, TargetLocks
-from ._reach import Reach, look, queue_rollback, wait_until_reachable
+from ._reach import NOT_TAKEN_EVENTS, NotTaken, Reach, look, queue_rollback, wait_until_reachable
 from ._recheck import (
     check_config,
     check_controller,
@@ -44,9 +44,10 @@ from ._records import new_target_record
 from ._rollback import RollbackFlow, rollback_verdict
 from ._rollout import Batch, batches_for
 from ._root import MISSING_ROOT_STATUS, missing_root
+from ._statuses import RunMode, RunStatus, TargetStatus
 from ._target import TargetFlow
 
-RUN_EXIT_CODES = {
+_EXIT_CODES: dict[RunStatus, int] = {
     "succeeded": ExitCode.SUCCEEDED,
     "rolled_back": ExitCode.ROLLED_BACK,
     "failed": ExitCode.ROLLBACK_FAILED,
@@ -54,6 +55,8 @@ RUN_EXIT_CODES = {
     "interrupted": ExitCode.INTERRUPTED,
     "refused": ExitCode.REFUSED,
 }
+#: The exit code of a run that ended with a status (any other: ExitCode.FAILED); keyed by the recorded string.
+RUN_EXIT_CODES: Mapping[str, int] = {str(status): code for status, code in _EXIT_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class RunSummary:
     """How a run ended: what ``--json`` prints."""
 
     run_id: str
-    status: str
+    status: RunStatus
     run_dir: Path
     targets: Mapping[str, Mapping[str, Any]]
 
@@ -74,15 +77,23 @@ class RunSummary:
                 "targets": {name: dict(t) for name, t in self.targets.items()}}
 
 
-def run_status(target_statuses: Sequence[str]) -> str:
+#: Target statuses that make the run's status, first match wins (a run of only whole targets succeeded).
+_SUCCEEDED: frozenset[TargetStatus] = frozenset({"succeeded", "up_to_date"})
+_INTERRUPTED: frozenset[TargetStatus] = frozenset({"interrupted", "pending", "running", "rolling_back", "unreachable"})
+_FAILED: frozenset[TargetStatus] = frozenset({"rollback_failed", "failed", "inconsistent"})
+_REFUSED: frozenset[TargetStatus] = frozenset({"locked", "refused"})
+
+
+def run_status(target_statuses: Sequence[str]) -> RunStatus:
+    """The run's status from its targets' (as the state records them: plain strings)."""
     statuses = set(target_statuses)
-    if statuses <= {"succeeded", "up_to_date"}:
+    if statuses <= _SUCCEEDED:
         return "succeeded"
-    if statuses & {"interrupted", "pending", "running", "rolling_back", "unreachable"}:
+    if statuses & _INTERRUPTED:
         return "interrupted"
-    if statuses & {"rollback_failed", "failed", "inconsistent"}:
+    if statuses & _FAILED:
         return "failed"
-    if statuses & {"locked", "refused"}:
+    if statuses & _REFUSED:
         return "refused"
     if "aborted" in statuses:
         return "aborted"
@@ -201,7 +212,8 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
     if not reach.ok:
         why = f"cannot reach {name} to lock it: {reach.why}" if reach.status == "unreachable" else \
             f"{name} refused the connection: {reach.why}"
-        return queue_rollback(env, name, reach.status, why) if rollback else _not_locked(env, name, reach.status, why)
+        not_taken: NotTaken = "unreachable" if reach.status == "unreachable" else "refused"
+        return queue_rollback(env, name, not_taken, why) if rollback else _not_locked(env, name, not_taken, why)
     session = executor.session(name)
     missing = missing_root(session, name, root)
     if missing is not None:
@@ -214,11 +226,11 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
                                                                 f"{previous.describe()}",
                      owner=dataclasses.asdict(previous))
         return None
-    status = "unreachable" if refused.startswith("cannot reach") else "locked"
+    status: NotTaken = "unreachable" if refused.startswith("cannot reach") else "locked"
     return queue_rollback(env, name, status, refused) if rollback else _not_locked(env, name, status, refused)
 
 
-def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
+def _not_locked(env: RunEnv, name: str, status: NotTaken, why: str) -> NotTaken:
     with env.state.mutate() as body:
         record = body["targets"][name]
         # A refusal replaces what an earlier drive left (interrupted, aborted): the operator must act on it first,
@@ -226,7 +238,7 @@ def _not_locked(env: RunEnv, name: str, status: str, why: str) -> str:
         if record["status"] in ("pending", "locked", "unreachable", "refused") or status == "refused":
             record["status"] = status
         record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "target not touched"})
-    env.emit(f"target.{status}", target=name, message=why)
+    env.emit(NOT_TAKEN_EVENTS[status], target=name, message=why)
     return status
 
 
@@ -269,7 +281,7 @@ def _with_rollout(state: RunState) -> None:
         body["config"].setdefault("rollout", defaults()["rollout"])
 
 
-def drive(state: RunState, *, mode: str, decide: Decide, subscribers: Sequence[Subscriber] = (),
+def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequence[Subscriber] = (),
           after: Callable[[RunState, str], None] | None = None, break_lock: bool = False,
           approve: ApproveBatch | None = None) -> RunSummary:
     """Run (``upgrade``/``resume``) or roll back (``rollback``) every target of the run.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from drhost_hookspecs import Stage
 
@@ -64,9 +64,9 @@ def _stop_waiting(env: RunEnv, executor: Executor, name: str) -> tuple[list[str]
 
 @dataclass(frozen=True)
 class Unstopped:
-    """A command that could not be confirmed stopped: ``status`` is ``unreachable`` or ``refused``."""
+    """A command that could not be confirmed stopped: the target's status is ``unreachable`` or ``refused``."""
 
-    status: str
+    status: Literal["unreachable", "refused"]
     why: str
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..events import EventName
 from ..failpoints import failpoint
 from ..plan import PlannedStep
-from ..policy import class_policy, retry_wait_s, stage_policy
+from ..policy import ClassOnFailure, Decision, class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
 from ..watchdog import remaining_for
 from ._env import Executor, RunEnv
 from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
+from ._statuses import TargetStatus
 from ._stray_commands import Unstopped, confirm_stopped, queued_message
 
 
@@ -37,6 +40,9 @@ def _sort_position(step: PlannedStep) -> tuple[int, int, str, str]:
     return (Stage.ordered().index(step.stage), step.order, step.plugin, step.name)
 
 
+#: Why a stage stopped short other than by failing: the target's status says it.
+_Stopped = Literal["interrupted", "up_to_date", "unreachable", "refused"]
+
 class TargetFlow:
     def __init__(self, env: RunEnv, executor: Executor, name: str) -> None:
         self.env = env
@@ -44,14 +50,15 @@ class TargetFlow:
         self.name = name
         self.record = TargetRecord(env, name)
 
-    def _emit(self, event: str, **kwargs: object) -> None:
+    def _emit(self, event: EventName, **kwargs: object) -> None:
         self.env.emit(event, target=self.name, **kwargs)  # type: ignore[arg-type]
 
     # -- the whole target -------------------------------------------------------------
-    def run(self) -> str:
+    def run(self) -> TargetStatus:
         status = self.record.get("status")
-        if status in TERMINAL:
-            return str(status)
+        for terminal in TERMINAL:
+            if status == terminal:
+                return terminal
         if self.record.get("phase") == "rollback":
             return self._rollback()
         self.record.set(status="running")
@@ -85,7 +92,7 @@ class TargetFlow:
         return None
 
     # -- one stage, with its failure policy -------------------------------------------------
-    def _run_stage_with_policy(self, stage: Stage) -> str:
+    def _run_stage_with_policy(self, stage: Stage) -> TargetStatus | Literal["completed"]:
         pending = self.record.get("pending_restart") or {}
         if pending.get("stage") == stage.value:
             self._emit("stage.restart_resumed", stage=stage,
@@ -125,19 +132,20 @@ class TargetFlow:
                 return "aborted"
             return self._rollback()
 
-    def _decide(self, stage: Stage, failure: StageFailure) -> str:
+    def _decide(self, stage: Stage, failure: StageFailure) -> Decision:
         if failure.force_rollback:
-            self._emit("decision", stage=stage, decision="rollback", message="a hung in-process step forces rollback")
+            self._emit("stage.decision", stage=stage, decision="rollback",
+                       message="a hung in-process step forces rollback")
             return "rollback"
         decision = self.env.decide(self.name, stage, failure.message)
         if decision == "retry":
             limit = int(self.env.config["run"]["stage_retries"])
             used = int(self.record.get("stage_attempts", stage.value) or 0)
             if used >= limit:
-                self._emit("decision", stage=stage, decision="rollback",
+                self._emit("stage.decision", stage=stage, decision="rollback",
                            message=f"stage retried {used} time(s), the limit of run.stage_retries; rolling back")
                 return "rollback"
-        self._emit("decision", stage=stage, decision=decision, message=failure.message)
+        self._emit("stage.decision", stage=stage, decision=decision, message=failure.message)
         return decision
 
     def _prepare_retry(self, stage: Stage, failure: StageFailure) -> bool:
@@ -210,7 +218,7 @@ class TargetFlow:
         return not errors
 
     # -- steps --------------------------------------------------------------------------
-    def _run_stage(self, stage: Stage) -> StageFailure | str | None:
+    def _run_stage(self, stage: Stage) -> StageFailure | _Stopped | None:
         for step in self.env.plan.stage_steps(stage):
             if self.env.stop.is_set():
                 return "interrupted"
@@ -305,7 +313,7 @@ class TargetFlow:
         total = remaining_for(((self.name, s.key) for s in later), self.executor.history)
         return None if total is None else round(total, 3)
 
-    def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | str | None:
+    def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | _Stopped | None:
         if outcome.ok:
             return None
         if outcome.ended == "skipped":
@@ -321,7 +329,8 @@ class TargetFlow:
         if outcome.ended == "cancelled" and self.env.stop.is_set():
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)
-        action = {"skip_plugin": "skipped", "continue": "failed, recorded"}.get(policy.on_failure, "failed")
+        actions: dict[ClassOnFailure, str] = {"skip_plugin": "skipped", "continue": "failed, recorded"}
+        action = actions.get(policy.on_failure, "failed")
         if outcome.ended in ("killed", "memory", "pids", "cpu_time", "crashed") or outcome.detail.get("killed"):
             action = f"killed, {action}" if action != "failed" else "killed"
         self.record.plugin_ended(step.plugin, plugin_ending(outcome.ended, outcome.message, outcome.detail, action,
@@ -372,12 +381,13 @@ class TargetFlow:
         return StageFailure("verification failed: " + "; ".join(problems), None, None, needs_cleanup=True)
 
     # -- endings ----------------------------------------------------------------------------
-    def _interrupted(self) -> str:
+    def _interrupted(self) -> TargetStatus:
         self.record.set(status="interrupted")
         self._emit("target.interrupted")
         return "interrupted"
 
-    def _unstopped(self, step: PlannedStep, outcome: CallOutcome, unstopped: Unstopped) -> str:
+    def _unstopped(self, step: PlannedStep, outcome: CallOutcome,
+                   unstopped: Unstopped) -> Literal["unreachable", "refused"]:
         """The step's command could not be confirmed stopped: nothing may touch the target (no retry, cleanup or
         compensation next to a command that may still run); its rollback is queued with the stop first."""
         self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
@@ -391,13 +401,13 @@ class TargetFlow:
                    message=queued_message(unstopped, step, self.env.state.run_id))
         return unstopped.status
 
-    def _up_to_date(self) -> str:
+    def _up_to_date(self) -> TargetStatus:
         version = self.probe_version() or self.env.package.version
         self.record.set(status="up_to_date", version=version, phase="done")
         self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
         return "up_to_date"
 
-    def _rollback(self) -> str:
+    def _rollback(self) -> TargetStatus:
         result = RollbackFlow(self.env, self.executor, self.name).run()
         if result == "rolled_back":
             self.record.set(version=self.probe_version())

@@ -14,11 +14,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from drhost_hookspecs import Category, PluginClass, Stage
+from drhost_hookspecs import Category, OperationName, PluginClass, Stage
 
 from ..plan import PlannedStep
+from ..policy import Isolation
 from ..state import write_private_json
 from ..supervisor import CallOutcome
 from ..transport import TargetSession
@@ -38,8 +39,13 @@ __all__ = ["OP_LABELS", "Operation", "TimeoutEvidence", "diagnose_timeout", "mea
 AskPlugin = Callable[[str], CallOutcome]
 
 
+#: What is watched: an operation on a plugin, or drhost's own taking of a target's lock.
+WatchedKind = Literal[OperationName, "lock"]
+#: A step's own operations: the step, and its cleanup and rollback (which have the step's timeout).
+StepOperation = Literal["run_step", "cleanup_step", "rollback_step"]
+
 #: What each kind of operation is called in its report and events (``rollback dr-database.restore_db``).
-OP_LABELS = {
+OP_LABELS: dict[WatchedKind, str] = {
     "run_step": "step", "cleanup_step": "cleanup", "rollback_step": "rollback", "cleanup": "cleanup hook",
     "rollback": "rollback hook", "manual_rollback_steps": "manual rollback steps", "verify": "verification",
     "installed_version": "version probe", "collect_context": "context collection", "lock": "lock",
@@ -50,7 +56,7 @@ OP_LABELS = {
 class Operation:
     """One watched operation on a target: what it is, whose it is, its budget and where that budget is set."""
 
-    kind: str
+    kind: WatchedKind
     plugin: str
     stage: Stage | None
     step: str | None
@@ -60,7 +66,7 @@ class Operation:
     #: else the full key (``watchdog.verify_timeout_s``).
     timeout_key: str
     plugin_class: PluginClass | None = None
-    isolation: str | None = None
+    isolation: Isolation | None = None
     #: The history key its durations are kept under.
     history_key: str = ""
     #: verify's phase (``completed``, ``rolled_back``), shown in the label.
@@ -82,7 +88,7 @@ class Operation:
         return f"{self.step} ({self.plugin})" if self.kind == "run_step" else self.label
 
     @classmethod
-    def of_step(cls, step: PlannedStep, kind: str = "run_step") -> Operation:
+    def of_step(cls, step: PlannedStep, kind: StepOperation = "run_step") -> Operation:
         """A step, or its cleanup or rollback (which have the step's timeout)."""
         key = step.key if kind == "run_step" else f"{step.key}#{kind}"
         return cls(kind=kind, plugin=step.plugin, stage=step.stage, step=step.name, category=step.category,
@@ -131,24 +137,25 @@ def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
 def measurement_for(step: PlannedStep | Operation, contexts: Mapping[str, Mapping[str, Any]], *,
                     latency_ms: float | None, progress_total_bytes: float | None, package_size: int) -> dict[str, Any]:
     """The figure the reason line carries for the step's category (see ``drhost_collect_context``)."""
-    category = step.category.value
-    if category == "plugin":
+    category = step.category
+    if category is Category.PLUGIN:
         return {"plugin": step.plugin}
     # The step's own plugin knows best what it was doing; then any plugin that measured the same thing.
-    wanted = {"network": "latency_ms", "database": "data_bytes", "file": "file_bytes", "service": "port"}[category]
+    wanted = {Category.NETWORK: "latency_ms", Category.DATABASE: "data_bytes", Category.FILE: "file_bytes",
+              Category.SERVICE: "port"}[category]
     # A file is the step's own business; the service's port, the catalog's size and the link's latency are the
     # target's, whichever plugin measured them.
-    others = [] if category == "file" else sorted(name for name in contexts if name != step.plugin)
+    others = [] if category is Category.FILE else sorted(name for name in contexts if name != step.plugin)
     ordered = [step.plugin, *others]
     for name in ordered:
         measured = contexts.get(name, {}).get("measurement")
         if isinstance(measured, Mapping) and measured.get(wanted) is not None:
             return {key: measured[key] for key in (wanted, "label") if key in measured}
-    if category == "network":
+    if category is Category.NETWORK:
         return {"latency_ms": latency_ms}
-    if category == "file" and progress_total_bytes:
+    if category is Category.FILE and progress_total_bytes:
         return {"file_bytes": progress_total_bytes}
-    if category == "file" and step.stage is Stage.TRANSFER:
+    if category is Category.FILE and step.stage is Stage.TRANSFER:
         return {"file_bytes": package_size, "label": "package"}
     return {wanted: None}
 
@@ -162,7 +169,7 @@ def _context_name(evidence: TimeoutEvidence) -> str:
 
 def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_plugin: AskPlugin,
                      plugins_with_context: list[str], run_dir: Path) -> tuple[TimeoutReport, dict[str, Any]]:
-    """Gather and save the context of a timeout; return the report and the ``step_timeout`` event fields."""
+    """Gather and save the context of a timeout; return the report and the ``watchdog.timeout`` event fields."""
     step = evidence.step
     environment, controller = evidence.watch.environment_at_deadline()
     started = time.monotonic()
@@ -176,7 +183,7 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
             contexts[name] = outcome.result
         else:
             contexts[name] = {"error": f"{outcome.ended}: {outcome.message}"}
-    latency = session.latency_ms() if step.category.value == "network" else None
+    latency = session.latency_ms() if step.category is Category.NETWORK else None
     progress = evidence.watch.progress
     total_bytes = progress.total if progress is not None and progress.unit == "bytes" else None
     measurement = measurement_for(step, contexts, latency_ms=latency, progress_total_bytes=total_bytes,
@@ -184,10 +191,10 @@ def diagnose_timeout(evidence: TimeoutEvidence, *, session: TargetSession, ask_p
     stopped = _how_stopped(evidence)
     report = TimeoutReport(
         stage=step.stage.value if step.stage is not None else "", step=step.report_step,
-        category=step.category.value,
+        category=step.category,
         measurement=measurement, configured_s=step.timeout_s, elapsed_s=round(evidence.elapsed_s, 1),
         environment=environment,
-        controller_environment=controller if step.category.value == "plugin" else None,
+        controller_environment=controller if step.category is Category.PLUGIN else None,
         # The class's CPU share that throttled the worker meanwhile (measured by the runner from cpu.stat).
         cpu_throttled=evidence.outcome.detail.get("cpu_throttled") or None,
     )

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from ..events import Event
-from ..transport import NETWORK_EVENTS, rate_and_eta
-from ..watchdog import WATCHDOG_EVENTS, render_watchdog_event, translator
+from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
+from ..transport import rate_and_eta
+from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
 
 Translate = Callable[[str], str]
@@ -23,7 +23,7 @@ _PLAIN = {
     "target.started", "target.succeeded", "target.up_to_date", "target.aborted", "target.interrupted",
     "stage.started", "stage.completed", "stage.failed", "stage.retry", "stage.cleanup_started",
     "stage.cleanup_finished", "stage.verify_failed", "step.started", "step.completed", "step.failed",
-    "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "decision",
+    "step.skipped", "step.interrupted", "step.cleanup", "plugin.skipped", "plugin.error_recorded", "stage.decision",
     "rollback.started", "rollback.step", "rollback.plugin", "rollback.stage", "rollback.verified", "rollback.failed",
     "rollback.recovery", "target.inconsistent", "target.locked", "target.refused", "target.unreachable",
     "target.lock_broken", "target.lock_lost", "stage.restart_resumed", "target.reachable", "target.rollback_queued",
@@ -31,7 +31,7 @@ _PLAIN = {
     "rollout.waiting_approval", "rollout.paused", "rollout.approved", "plugin.host_memory",
     "target.still_changing", "target.thread_returned", *NETWORK_EVENTS, "step.command_stopped",
 }
-_NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "decision", "stage.retry",
+_NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.failed", "stage.decision", "stage.retry",
             "rollback.started", "rollback.failed", "rollback.verified", "target.up_to_date", "run.stopping",
             "step.interrupted", "state.recovered", "stage.verify_failed", "target.aborted",
             "stage.cleanup_started", "stage.cleanup_finished", "rollback.recovery", "target.inconsistent",
@@ -52,11 +52,11 @@ def describe(event: Event, t: Translate = _identity) -> str:
     d = event.data
     where = f"[{event.stage}] {event.step}" if event.step else (f"[{event.stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
-    name = event.event
+    name = current_event_name(event.event)  # an event of an earlier version's journal, under today's name
     prefix = f"{event.target}: " if event.target else ""
     if name in WATCHDOG_EVENTS:
         rendered = render_watchdog_event(name, d, stage=event.stage or "", step_label=f"{event.step}{who}", t=t)
-        if name == "step_timeout":
+        if name == "watchdog.timeout":
             # The block stands on its own: the step is in it, and its rows align as in the design.
             return prefix + (rendered or event.message)
         return f"{prefix}{where}{who} {rendered or event.message}"
@@ -93,7 +93,7 @@ def describe(event: Event, t: Translate = _identity) -> str:
         text = f"[{event.stage}] recovery: {event.message} ({found})"
     elif name.startswith("rollout."):
         text = event.message
-    elif name == "decision":
+    elif name == "stage.decision":
         text = f"{where} decision: {d.get('decision')} — {event.message}"
     elif name == "rollback.stage":
         text = f"{where} rolled back: {d.get('status')}" + (f" ({'; '.join(d.get('errors', []))})"
@@ -136,7 +136,7 @@ class EtaBoard:
 
     def __init__(self) -> None:
         self._steps: dict[str, tuple[float, float | None, float | None]] = {}  # target -> started, expected, rest
-        self._latest: dict[str, tuple[float, float | None]] = {}  # target -> (ts, remaining_s) from step_progress
+        self._latest: dict[str, tuple[float, float | None]] = {}  # target -> (ts, remaining_s) from watchdog.progress
         self._finished: set[str] = set()
 
     def see(self, event: Event) -> None:
@@ -147,7 +147,7 @@ class EtaBoard:
         if event.event == "step.started":
             self._steps[target] = (event.ts, d.get("expected_s"), d.get("rest_after_s"))
             self._latest.pop(target, None)
-        elif event.event in ("step_progress", "step_remaining"):
+        elif event.event in ("watchdog.progress", "watchdog.remaining"):
             self._latest[target] = (event.ts, d.get("remaining_s"))
         elif event.event.startswith("target.") and event.event != "target.started":
             self._finished.add(target)

@@ -22,11 +22,10 @@ from typing import Any
 from drhost_hookspecs import Stage
 
 from ..errors import ExitCode
-from ..events import Event
+from ..events import NETWORK_EVENTS, Event
 from ..orchestrator import RUN_EXIT_CODES
 from ..state import JournalSkips, RunState, atomic_write, iter_journal
 from ..status import rollout_summary, run_next_commands, target_next
-from ..transport import NETWORK_EVENTS
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
@@ -51,7 +50,7 @@ _ROLLBACK_ENDS = {"rollback.verified": "verified", "rollback.failed": "failed", 
 #: mostly plugin.log and step.progress, and those are dropped as soon as they are read).
 _READ_IN_FULL = frozenset({
     "run.started", "target.started", "stage.started", "stage.completed", "stage.failed", "step.started",
-    *_STEP_ENDS, "step.skipped", "step_timeout", "timeout_warning", "stage.retry", "decision",
+    *_STEP_ENDS, "step.skipped", "watchdog.timeout", "watchdog.warning", "stage.retry", "stage.decision",
     "stage.cleanup_started", "stage.cleanup_finished", "rollback.started", "rollback.stage", *_ROLLBACK_ENDS,
     "plugin.output_dropped", *NETWORK_EVENTS,
 })
@@ -198,7 +197,7 @@ class _Timeline:
                 self._marker("failure", event)
         elif name == "step.skipped":
             self._marker("skipped", event)
-        elif name == "step_timeout":
+        elif name == "watchdog.timeout":
             self._marker("timeout", event, f"timeout: [{stage}] {step} ({plugin}), attempt {data.get('attempt')}")
             if len(self.timeouts) < SHOWN_PER_TARGET["timeouts"]:
                 self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
@@ -209,13 +208,13 @@ class _Timeline:
             self._keep("output_dropped", self.output_dropped, {
                 "ts": ts, "stage": stage, "step": step, "plugin": plugin, "message": event.get("message"),
                 **{k: data.get(k) for k in ("log_lines", "log_bytes", "truncated", "progress")}})
-        elif name == "timeout_warning":
+        elif name == "watchdog.warning":
             self._marker("warning", event)
         elif name in NETWORK_EVENTS:
             self._marker("network", event)
         elif name == "stage.retry":
             self._marker("retry", event)
-        elif name == "decision":
+        elif name == "stage.decision":
             self._marker("decision", event)
         elif name == "stage.cleanup_started":
             bar = {"stage": stage, "start": ts, "end": None, "outcome": "running"}

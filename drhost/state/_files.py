@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StateError
-from ..events import Event
+from ..events import Event, current_event_name
 from ..failpoints import failpoint
 
 STATE_FORMAT = 1
@@ -251,6 +251,9 @@ def iter_journal(path: Path, skips: JournalSkips | None = None) -> Iterator[dict
                 skips.lines += 1
                 continue
             if isinstance(event, dict):
+                if isinstance(event.get("event"), str):
+                    # A journal written by an earlier version: its readers see today's names.
+                    event["event"] = current_event_name(event["event"])
                 yield event
             else:
                 skips.lines += 1

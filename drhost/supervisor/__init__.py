@@ -1,8 +1,10 @@
 """The supervisor's parts: runners that execute plugin code in its isolation, sandboxes, call outcomes."""
 
 from ._cgroups import (
+    CGROUPS_MODES,
     LIMIT_CONTROLLERS,
     CgroupSandbox,
+    CgroupsMode,
     cgroup_support,
     probe_cgroups,
     remove_run_cgroups,
@@ -11,18 +13,23 @@ from ._cgroups import (
 from ._confine import innermost, network_namespace_available
 from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
 from ._factory import make_sandbox
-from ._outcome import ENDINGS, CallOutcome
+from ._outcome import ENDINGS, LIMIT_ENDINGS, CallOutcome, Ending, LimitEnding
 from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
 from ._sandbox import RlimitSandbox, Sandbox, process_alive, tree_usage, worker_environment
 from ._thread_runner import ThreadRunner
 
 __all__ = [
+    "CGROUPS_MODES",
     "ENDINGS",
     "LIMIT_CONTROLLERS",
+    "LIMIT_ENDINGS",
     "CallOutcome",
     "CgroupSandbox",
+    "CgroupsMode",
+    "Ending",
     "HealthWatch",
+    "LimitEnding",
     "RlimitSandbox",
     "Runner",
     "Sandbox",

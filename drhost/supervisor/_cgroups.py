@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from drhost_hookspecs._runtime import WORKER_MODULE
 
 from ..errors import RefusedError
-from ..policy import ClassPolicy
+from ..policy import ClassPolicy, Isolation, one_of
 from ..transport import stop_process_group
 from ._sandbox import RlimitSandbox, Sandbox, cpu_time_exit, worker_environment
 
@@ -286,7 +286,7 @@ class CgroupSandbox:
     in the cgroups, also those that left the process group with ``setsid()``.
     """
 
-    kind = "process"
+    kind: Isolation = "process"
 
     def __init__(self, limits: Mapping[str, Any], *, label: str, message_limit: int, cpu_percent: int | None = None,
                  pids_max: int | None = DEFAULT_PIDS_MAX, support: CgroupSupport | None = None,
@@ -570,6 +570,11 @@ class CgroupSandbox:
         return found
 
 
+#: ``[process] cgroups``: cgroups when the machine gives them, always (refuse otherwise), or never.
+CgroupsMode = Literal["auto", "required", "off"]
+CGROUPS_MODES: Final[tuple[CgroupsMode, ...]] = get_args(CgroupsMode)
+
+
 def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: Mapping[str, Any]) -> Sandbox:
     """The sandbox of a ``process`` class: cgroups where ``[process] cgroups`` allows and the machine gives them.
 
@@ -577,7 +582,7 @@ def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, conf
     rlimits otherwise; ``required`` refuses without memory, cpu and pids cgroups;
     ``off`` always uses rlimits.
     """
-    mode = str((config.get("process") or {}).get("cgroups", "auto"))
+    mode = one_of((config.get("process") or {}).get("cgroups", "auto"), CGROUPS_MODES, "process.cgroups")
     pids_max = policy.pids if policy.pids is not None else DEFAULT_PIDS_MAX
     if mode != "off":
         support = cgroup_support()

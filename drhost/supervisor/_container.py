@@ -31,6 +31,7 @@ from typing import Any
 
 from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, WORKER_MODULE, encode, error_to_json
 
+from ..policy import Isolation
 from ..transport import stop_process_group
 from ._bundle import MOUNT_POINT, SITE, Bundle, BundleError, build_bundle
 from ._cgroups import cgroup_dirs_of, limit_counters
@@ -58,7 +59,7 @@ def _sanitize(text: str, limit: int = 80) -> str:
 class ContainerSandbox:
     """One plugin's workers for one target, each in its own podman container."""
 
-    kind = "container"
+    kind: Isolation = "container"
     enforces_memory = True
     enforces_processes = True
 

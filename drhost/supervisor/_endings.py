@@ -15,12 +15,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._outcome import CallOutcome
+from ._outcome import CallOutcome, Ending, LimitEnding
 
 #: Counters that count events (a baseline of 0 when first seen mid-call: a fresh worker starts at 0).
 _EVENT_COUNTERS = ("pids_refused", "oom_kill")
 #: Endings a limit can replace; the others (ok, skipped, cancelled by the operator, protocol) stay as they are.
-_NAMEABLE = ("failed", "crashed", "killed", "memory", "pids", "cpu_time")
+_NAMEABLE: tuple[Ending, ...] = ("failed", "crashed", "killed", "memory", "pids", "cpu_time")
 _MiB = 1024 * 1024
 
 
@@ -88,6 +88,7 @@ def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any]
     refused = int(limits.grown("pids_refused"))
     pids_limit = getattr(sandbox, "process_limit", None)
     message = outcome.message
+    ended: LimitEnding
     if refused or limit == "pids":
         text = f"pids limit {pids_limit} reached" if pids_limit else "pids limit reached"
         if refused:

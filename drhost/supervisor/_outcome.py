@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
+#: Endings that name a limit of the sandbox (``detail["limit"]`` says which; ``detail["limit_text"]`` in words).
+LimitEnding = Literal["memory", "pids", "cpu_time"]
 #: How a call ended, from the host's point of view. A limit that stopped the plugin is its own ending:
 #: ``memory`` (memory cgroup OOM kill, container memory limit, the sampled limit of the rlimit sandbox),
 #: ``pids`` (the process limit: pids cgroup, ``--pids-limit``, or the sampled count), ``cpu_time`` (RLIMIT_CPU).
-ENDINGS = ("ok", "failed", "skipped", "up_to_date", "timeout", "crashed", "killed", "memory", "pids", "cpu_time",
-           "cancelled", "protocol")
-#: Endings that name a limit of the sandbox (``detail["limit"]`` says which; ``detail["limit_text"]`` in words).
-LIMIT_ENDINGS = ("memory", "pids", "cpu_time")
+#: A Literal, not an Enum: endings are written into the run's state and events as they are.
+Ending = Literal["ok", "failed", "skipped", "up_to_date", "timeout", "crashed", "killed", LimitEnding, "cancelled",
+                 "protocol"]
+ENDINGS: Final[tuple[Ending, ...]] = get_args(Ending)
+LIMIT_ENDINGS: Final[tuple[LimitEnding, ...]] = get_args(LimitEnding)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class CallOutcome:
     the call (also after a failure: a plugin may record what it did before failing).
     """
 
-    ended: str
+    ended: Ending
     result: Any = None
     message: str = ""
     retryable: bool = True
@@ -47,7 +50,9 @@ def outcome_from_error(error: dict[str, Any], state: dict[str, Any], duration_s:
                            duration_s=duration_s)
     if kind == "cancelled":
         return CallOutcome("cancelled", message="stopped by the host", state=state, duration_s=duration_s)
-    ended = {"memory": "memory", "crash": "crashed"}.get(kind, "failed")
+    # The worker's error kinds (drhost_hookspecs' protocol) that are endings of their own.
+    endings: dict[str, Ending] = {"memory": "memory", "crash": "crashed"}
+    ended = endings.get(kind, "failed")
     if kind == "exception":
         message = f"{error.get('type', 'Exception')}: {message}"
     return CallOutcome(

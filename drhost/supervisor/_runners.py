@@ -15,10 +15,11 @@ import threading
 import time
 from typing import IO, Any, Protocol
 
-from drhost_hookspecs import Stage, VerifyPhase
+from drhost_hookspecs import OperationName, Stage, VerifyPhase
 from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
+from ..policy import Isolation
 from ._endings import LimitWatch, name_limit
 from ._outcome import CallOutcome, outcome_from_error
 from ._sandbox import Sandbox
@@ -32,9 +33,9 @@ _STARTUP_TIMEOUT_S = 60.0
 class Runner(Protocol):
     """Executes operations of one plugin for one target."""
 
-    isolation: str
+    isolation: Isolation
 
-    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+    def call(self, op: OperationName, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome: ...
 
     def close(self) -> None: ...
@@ -255,7 +256,7 @@ class WorkerRunner:
         return self._proc.pid if self._proc is not None else None
 
     # -- calls ----------------------------------------------------------------------
-    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+    def call(self, op: OperationName, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         self._health = None
         outcome = self._call(op, ctx, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
@@ -274,7 +275,7 @@ class WorkerRunner:
         """The usage and limit watch of the last call (None when it never reached the worker)."""
         return self._health
 
-    def _call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+    def _call(self, op: OperationName, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
               phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         started = time.monotonic()
 

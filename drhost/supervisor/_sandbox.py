@@ -13,6 +13,7 @@ import psutil
 
 from drhost_hookspecs._runtime import WORKER_MODULE
 
+from ..policy import Isolation
 from ..transport import stop_process_group
 
 
@@ -24,7 +25,7 @@ class Sandbox(Protocol):
     whose sampled memory goes over the limit.
     """
 
-    kind: str
+    kind: Isolation
     memory_limit_bytes: int | None
     enforces_memory: bool
 
@@ -188,7 +189,7 @@ class RlimitSandbox:
     root, no process-count limit. The health monitor adds a sampled RSS limit.
     """
 
-    kind = "process"
+    kind: Isolation = "process"
     enforces_memory = False
     enforces_processes = False
 

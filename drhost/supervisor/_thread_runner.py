@@ -9,11 +9,12 @@ from typing import Any
 
 import psutil
 
-from drhost_hookspecs import LoadedPlugin, Stage, VerifyPhase
+from drhost_hookspecs import LoadedPlugin, OperationName, Stage, VerifyPhase
 from drhost_hookspecs._runtime import error_to_json
 
 from .._stdout import plugin_code
 from ..context import HostContext
+from ..policy import Isolation
 from ._outcome import CallOutcome, outcome_from_error
 
 #: How long the transport may take, beyond the kill grace, to confirm that a stopped command is gone.
@@ -61,7 +62,7 @@ class ThreadRunner:
     behind and reported as hung — trusted code only, and the upgrade aborts.
     """
 
-    isolation = "thread"
+    isolation: Isolation = "thread"
 
     def __init__(self, plugin: LoadedPlugin, *, grace_s: float = 3.0, memory_mb: int | None = None) -> None:
         self._plugin = plugin
@@ -69,7 +70,7 @@ class ThreadRunner:
         #: The class's ``memory_mb``: sampled against, never enforced (see HostMemoryWatch).
         self.memory_mb = memory_mb
 
-    def call(self, op: str, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
+    def call(self, op: OperationName, ctx: HostContext | None, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float) -> CallOutcome:
         if op == "describe":
             with plugin_code():

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
-from drhost_hookspecs import Stage, VerifyPhase
+from drhost_hookspecs import OperationName, Stage, VerifyPhase
 
 from ..config import LoadedConfig
 from ..events import Event, EventBus
@@ -63,7 +63,7 @@ class PluginSession:
         return self.state.run_dir
 
     # -- calls ------------------------------------------------------------------------
-    def call(self, plugin: str, op: str, *, stage: Stage | None = None, step: str | None = None,
+    def call(self, plugin: str, op: OperationName, *, stage: Stage | None = None, step: str | None = None,
              phase: VerifyPhase | None = None, timeout_s: float = HOOK_TIMEOUT_S) -> CallOutcome:
         """One operation of one plugin, in the plugin's isolation, with the production context."""
         return self.executor.call(TARGET, plugin, op, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
@@ -95,14 +95,15 @@ class PluginSession:
         self.ran[stage] = []
         return errors
 
-    def _compensate(self, stage: Stage, kind: str) -> list[str]:
+    def _compensate(self, stage: Stage, kind: Literal["cleanup", "rollback"]) -> list[str]:
         ran = list(dict.fromkeys(self.ran[stage]))  # a step that ran twice is compensated once
         seq: dict[str, dict[str, object]] = {step.key: {"seq": index} for index, step in enumerate(self.ran[stage])}
         errors: list[str] = []
         for step in sorted(ran, key=lambda s: int(str(seq[s.key]["seq"])), reverse=True):
             if not (step.has_cleanup if kind == "cleanup" else step.has_rollback):
                 continue
-            outcome = self.call(step.plugin, f"{kind}_step", stage=stage, step=step.name, timeout_s=step.timeout_s)
+            step_op: OperationName = "cleanup_step" if kind == "cleanup" else "rollback_step"
+            outcome = self.call(step.plugin, step_op, stage=stage, step=step.name, timeout_s=step.timeout_s)
             if not outcome.ok:
                 errors.append(f"{step.label} {kind} {outcome.ended}: {outcome.message}")
         for name in plugins_last_first(ran, seq):

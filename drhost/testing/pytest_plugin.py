@@ -24,7 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from drhost_hookspecs import Stage, VerifyPhase
 
-    from ..context import HostContext
+    from ..context import HostContext, NotifyMethod
     from ..plan import PlannedStep
     from ..plugins import PluginRecord, Registry
     from ..supervisor import CallOutcome
@@ -341,7 +341,7 @@ def drhost_context(drhost_session: PluginSession, drhost_plugin_name: str) -> Ho
     package = dataclasses.replace(
         env.package, remote_path=f"{info.install_root}/staging/{os.path.basename(env.package.local_path)}")
 
-    def notify(method: str, args: Mapping[str, Any]) -> None:
+    def notify(method: NotifyMethod, args: Mapping[str, Any]) -> None:
         if method == "progress":
             env.emit("step.progress", target=TARGET, plugin=name, done=args.get("done"), total=args.get("total"),
                      unit=args.get("unit", ""))

@@ -1,7 +1,7 @@
 """Transports: how drhost reaches a target: ``local`` (a directory tree here) or ``ssh``."""
 
-from ._base import CommandStopped, TargetSession, TransportError
-from ._heartbeat import NETWORK_EVENTS, HeartbeatSettings
+from ._base import TRANSPORTS, CommandStopped, TargetSession, TransportError, TransportKind
+from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession, stop_process_group
 from ._remote_jobs import parse_running_jobs, running_jobs_script
 from ._sftp_upload import rate_and_eta
@@ -9,7 +9,7 @@ from ._ssh import SshSession
 from ._ssh_connect import AuthError, HostKeyError, SshTarget
 
 __all__ = [
-    "NETWORK_EVENTS",
+    "TRANSPORTS",
     "AuthError",
     "CommandStopped",
     "HeartbeatSettings",
@@ -19,6 +19,7 @@ __all__ = [
     "SshTarget",
     "TargetSession",
     "TransportError",
+    "TransportKind",
     "parse_running_jobs",
     "rate_and_eta",
     "running_jobs_script",

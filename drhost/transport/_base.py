@@ -5,8 +5,13 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Literal, get_args
 
 from drhost_hookspecs import RunResult
+
+#: How a target is reached (``[target:NAME] transport``): a directory tree on this machine, or over SSH.
+TransportKind = Literal["local", "ssh"]
+TRANSPORTS: Final[tuple[TransportKind, ...]] = get_args(TransportKind)
 
 ProgressCallback = Callable[[int, int], None]
 

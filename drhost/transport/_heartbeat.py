@@ -66,10 +66,6 @@ SHARP_RISE_MIN_S = 0.05
 TIMEOUT_RTT_FACTOR = 4.0
 SOONER_FRACTION = 0.25
 SOONER_MIN_S = 0.1
-#: What an SSH session tells the run about its network (``on_network``): journal events, console lines and
-#: report marks, so the operator sees a dead peer, a lost and a regained connection where it happened.
-NETWORK_EVENTS = ("network.peer_dead", "network.connection_lost", "network.reconnected", "network.upload_lost",
-                  "network.upload_resumed")
 #: The reason of a peer declared dead because its connection closed, however that was noticed.
 TRANSPORT_CLOSED = "transport closed"
 

@@ -29,6 +29,7 @@ import paramiko
 
 from drhost_hookspecs import RunResult
 
+from ..events import NetworkEventName
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: ``on_network(event, message, data)``: what the session saw of the network, for the run's journal and console.
-NetworkListener = Callable[[str, str, dict[str, Any]], None]
+NetworkListener = Callable[[NetworkEventName, str, dict[str, Any]], None]
 
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError)
 _EXEC_ERRORS = (paramiko.SSHException, EOFError, OSError)
@@ -112,7 +113,7 @@ class SshSession(TargetSession):
         # of that call shares it, so the call as a whole ends within its bound (per thread: calls overlap).
         self._bound = threading.local()
 
-    def _notify(self, event: str, message: str, **data: Any) -> None:
+    def _notify(self, event: NetworkEventName, message: str, **data: Any) -> None:
         """Tell the run what the network did; a listener that fails must never break the connection."""
         if self._on_network is not None:
             with contextlib.suppress(Exception):

@@ -3,7 +3,6 @@
 from drhost.watchdog._i18n import JsonTranslations, resolve_language, translations, translator
 from drhost.watchdog._messages import (
     CATEGORIES,
-    Category,
     Environment,
     TimeoutReport,
     as_event_fields,
@@ -22,7 +21,7 @@ from drhost.watchdog._messages import (
     short_duration,
     suggestion,
 )
-from drhost.watchdog._render import WATCHDOG_EVENTS, render_watchdog_event, report_from_event
+from drhost.watchdog._render import render_watchdog_event, report_from_event
 
 from ._budgets import BUDGET_KEYS, budget_key, budget_s
 from ._collect import collect_controller_context, collect_target_context
@@ -33,8 +32,6 @@ from ._watchdog import StepWatch, Watchdog, WatchdogSettings
 __all__ = [
     "BUDGET_KEYS",
     "CATEGORIES",
-    "WATCHDOG_EVENTS",
-    "Category",
     "Environment",
     "JsonTranslations",
     "StepHistory",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from drhost_hookspecs import Category
 
 __all__ = [
     "CATEGORIES",
-    "Category",
     "Environment",
     "TimeoutReport",
     "as_event_fields",
@@ -35,8 +36,8 @@ __all__ = [
 ]
 
 Translate = Callable[[str], str]
-Category = Literal["network", "database", "file", "service", "plugin"]
-CATEGORIES: tuple[Category, ...] = ("network", "database", "file", "service", "plugin")
+#: Every category, in declaration order; the vocabulary itself is the author-facing :class:`Category`.
+CATEGORIES: tuple[Category, ...] = tuple(Category)
 
 
 def _identity(message: str) -> str:
@@ -216,6 +217,10 @@ class TimeoutReport:
     #: CPU periods throttled, ``cpu_percent`` the class's share; None when it was not throttled or not measured.
     cpu_throttled: Mapping[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # A report rebuilt from a journal carries the category as its string.
+        object.__setattr__(self, "category", Category(self.category))
+
     @property
     def exceeded_s(self) -> float:
         return exceeded_s(self.configured_s, self.elapsed_s)
@@ -240,26 +245,26 @@ def reason_text(report: TimeoutReport, t: Translate = _identity) -> str:
     m = report.measurement
     unknown = t("unknown")
     category = report.category
-    if category == "network":
+    if category is Category.NETWORK:
         latency = m.get("latency_ms")
         text = t("network operation; connection latency {latency}").format(
             latency=unknown if latency is None else t("{n} ms").format(n=_num(latency)))
-    elif category in ("database", "file"):
-        key = "data_bytes" if category == "database" else "file_bytes"
+    elif category in (Category.DATABASE, Category.FILE):
+        key = "data_bytes" if category is Category.DATABASE else "file_bytes"
         size = unknown if m.get(key) is None else format_size(m[key], t)
         label = m.get("label")
         if label:
-            msgid = ("database operation; {label} {size}" if category == "database"
+            msgid = ("database operation; {label} {size}" if category is Category.DATABASE
                      else "file operation; {label} {size}")
             text = t(msgid).format(label=label, size=size)
         else:
-            msgid = ("database operation; data size {size}" if category == "database"
+            msgid = ("database operation; data size {size}" if category is Category.DATABASE
                      else "file operation; file size {size}")
             text = t(msgid).format(size=size)
-    elif category == "service":
+    elif category is Category.SERVICE:
         port = m.get("port")
         text = t("service start; port {port}").format(port=unknown if port is None else port)
-    elif category == "plugin":
+    elif category is Category.PLUGIN:
         plugin = m.get("plugin")
         text = t("plugin execution: [{plugin}]").format(plugin=unknown if plugin is None else plugin)
     else:
@@ -276,15 +281,15 @@ def reason_text(report: TimeoutReport, t: Translate = _identity) -> str:
 
 def suggestion(category: Category, t: Translate = _identity) -> str:
     """What the operator should do about a timeout of ``category`` (design §4.2.4)."""
-    if category == "network":
+    if category is Category.NETWORK:
         return t("check the network and consider a retry")
-    if category == "database":
+    if category is Category.DATABASE:
         return t("check database performance or run the upgrade off-peak")
-    if category == "file":
+    if category is Category.FILE:
         return t("check disk space and performance")
-    if category == "service":
+    if category is Category.SERVICE:
         return t("check system resources and dependencies")
-    if category == "plugin":
+    if category is Category.PLUGIN:
         return t("check the plugin's log and consider skipping it")
     raise ValueError(f"unknown timeout category {category!r}")
 
@@ -316,9 +321,9 @@ def format_timeout(report: TimeoutReport, t: Translate = _identity) -> str:
 
 
 def as_event_fields(report: TimeoutReport) -> dict[str, Any]:
-    """The structured fields of a ``step_timeout`` event (English text, numbers as numbers)."""
+    """The structured fields of a ``watchdog.timeout`` event (English text, numbers as numbers)."""
     return {
-        "category": report.category,
+        "category": report.category.value,
         "reason": reason_text(report),
         "configured_s": report.configured_s,
         "elapsed_s": report.elapsed_s,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from drhost_hookspecs import Category
+
+from ..events import current_event_name
 from ._messages import (
     Environment,
     TimeoutReport,
@@ -21,12 +24,9 @@ from ._messages import (
     format_warning,
 )
 
-__all__ = ["WATCHDOG_EVENTS", "environment_from", "render_watchdog_event", "report_from_event"]
+__all__ = ["environment_from", "render_watchdog_event", "report_from_event"]
 
 Translate = Callable[[str], str]
-
-WATCHDOG_EVENTS = ("step_progress", "step_remaining", "step_resources", "timeout_warning", "step_timeout")
-
 
 def _identity(message: str) -> str:
     return message
@@ -38,13 +38,14 @@ def environment_from(data: Mapping[str, Any] | None) -> Environment:
 
 
 def report_from_event(stage: str, step_label: str, data: Mapping[str, Any]) -> TimeoutReport:
-    """The :class:`TimeoutReport` a ``step_timeout`` event was made from."""
+    """The :class:`TimeoutReport` a ``watchdog.timeout`` event was made from."""
     controller = data.get("controller_environment")
+    category = Category(data["category"])
     return TimeoutReport(
-        stage=stage, step=step_label, category=data["category"], measurement=dict(data.get("measurement") or {}),
+        stage=stage, step=step_label, category=category, measurement=dict(data.get("measurement") or {}),
         configured_s=float(data["configured_s"]), elapsed_s=float(data["elapsed_s"]),
         environment=environment_from(data.get("environment")), context_path=data.get("context_path"),
-        controller_environment=environment_from(controller) if data.get("category") == "plugin" and controller
+        controller_environment=environment_from(controller) if category is Category.PLUGIN and controller
         else None,
         cpu_throttled=data.get("cpu_throttled") or None,
     )
@@ -63,14 +64,15 @@ def _eta_extra(data: Mapping[str, Any], t: Translate) -> str:
 def render_watchdog_event(name: str, data: Mapping[str, Any], *, stage: str = "", step_label: str = "",
                           t: Translate = _identity) -> str | None:
     """The line (or, for a timeout, the block) for a watchdog event; None for any other event."""
-    if name in ("step_progress", "step_remaining"):
+    name = current_event_name(name)  # a journal of an earlier version names it as it was then
+    if name in ("watchdog.progress", "watchdog.remaining"):
         line = _render_eta_line(name, data, t)
         return line + _eta_extra(data, t)
     return _render_other(name, data, stage, step_label, t)
 
 
 def _render_eta_line(name: str, data: Mapping[str, Any], t: Translate) -> str:
-    if name == "step_progress":
+    if name == "watchdog.progress":
         remaining = data.get("remaining_s")
         if data.get("percent") is not None:
             done, total, unit = float(data.get("done") or 0), float(data.get("total") or 0), str(data.get("unit", ""))
@@ -84,13 +86,13 @@ def _render_eta_line(name: str, data: Mapping[str, Any], t: Translate) -> str:
 
 
 def _render_other(name: str, data: Mapping[str, Any], stage: str, step_label: str, t: Translate) -> str | None:
-    if name == "step_resources":
+    if name == "watchdog.resources":
         env = environment_from(data.get("environment"))
         return format_resources(env.cpu_percent, env.memory_percent, env.disk_io_percent, t)
-    if name == "timeout_warning":
+    if name == "watchdog.warning":
         return format_warning(bool(data.get("urgent")), float(data["remaining_s"]), float(data["elapsed_s"]),
                               float(data["timeout_s"]), t)
-    if name == "step_timeout":
+    if name == "watchdog.timeout":
         # An operation other than a step (a rollback, a probe, a lock) is named by its own label.
         if data.get("operation") and data.get("op") not in (None, "run_step"):
             step_label = str(data["operation"])

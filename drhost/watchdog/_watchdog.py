@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..events import WatchdogEventName
 from ._messages import Environment
 
 __all__ = ["Emit", "Progress", "StepWatch", "Watchdog", "WatchdogSettings"]
 
 #: (event name, data) — the executor binds target, stage, step and plugin.
-Emit = Callable[[str, dict[str, Any]], None]
+Emit = Callable[[WatchdogEventName, dict[str, Any]], None]
 #: Returns the target's resource usage now (takes about half a second).
 Sampler = Callable[[], Environment]
 #: The step's expected remaining time, from history and progress; None when unknown.
@@ -163,7 +164,7 @@ class StepWatch:
         if progress is not None and progress.fraction is not None:
             data.update(percent=round(100 * progress.fraction, 1), done=progress.done, total=progress.total,
                         unit=progress.unit)
-        self.emit("step_progress", data)
+        self.emit("watchdog.progress", data)
         self._reschedule("progress", self.settings.progress_every_s)
 
     def _on_remaining(self, now: float) -> None:
@@ -171,7 +172,7 @@ class StepWatch:
         remaining = self.remaining(now)
         data["remaining_s"] = None if remaining is None else round(remaining, 1)
         data.update(self.eta_extra)
-        self.emit("step_remaining", data)
+        self.emit("watchdog.remaining", data)
         self._reschedule("remaining", self.settings.remaining_every_s)
 
     def _on_resources(self, now: float) -> None:
@@ -184,7 +185,7 @@ class StepWatch:
                                         "environment": self.sample().as_dict()}
                 if self.sample_controller is not None:
                     data["controller"] = self.sample_controller().as_dict()
-            self.emit("step_resources", data)
+            self.emit("watchdog.resources", data)
 
         # Sampling takes about half a second: never on the watchdog thread, which owes others their moments.
         if not self._sampling.locked():
@@ -194,7 +195,7 @@ class StepWatch:
         del self._due[what]
         data = self._common(now)
         data.update(percent=percent, remaining_s=data["budget_left_s"], urgent=what == "urgent")
-        self.emit("timeout_warning", data)
+        self.emit("watchdog.warning", data)
 
     def _on_warn(self, now: float) -> None:
         self._warning(now, "warn", round(100 * self.settings.warn_at))

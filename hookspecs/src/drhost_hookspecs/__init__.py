@@ -10,7 +10,7 @@ loads it.
 
 from ._context import Context
 from ._errors import Cancelled, PluginError, SkipStep, StepFailed, UpToDate
-from ._plugin import ENTRY_POINT_GROUP, OPERATIONS, LoadedPlugin, PluginDefinitionError
+from ._plugin import ENTRY_POINT_GROUP, OPERATIONS, LoadedPlugin, OperationName, PluginDefinitionError, operation_name
 from ._spec import hookimpl, hookspec
 from ._types import (
     HOOK_API_VERSION,
@@ -34,6 +34,7 @@ __all__ = [
     "Category",
     "Context",
     "LoadedPlugin",
+    "OperationName",
     "PackageInfo",
     "PluginClass",
     "PluginDefinitionError",
@@ -50,4 +51,5 @@ __all__ = [
     "VerifyPhase",
     "hookimpl",
     "hookspec",
+    "operation_name",
 ]

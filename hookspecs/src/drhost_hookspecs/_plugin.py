@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import pluggy
 
@@ -16,8 +16,9 @@ from ._types import HOOK_API_VERSION, PluginInfo, Stage, Step, StepDescription, 
 #: The entry-point group a plugin distribution publishes its plugin in.
 ENTRY_POINT_GROUP = "drhost.plugins"
 
-#: The operations the host can ask of a plugin: the values of ``LoadedPlugin.invoke``'s ``op``.
-OPERATIONS = (
+#: The operations the host can ask of a plugin: the values of ``LoadedPlugin.invoke``'s ``op``. A Literal, not an
+#: Enum: the name crosses the worker protocol as it is.
+OperationName = Literal[
     "describe",
     "run_step",
     "cleanup_step",
@@ -28,7 +29,17 @@ OPERATIONS = (
     "collect_context",
     "installed_version",
     "manual_rollback_steps",
-)
+]
+#: Every ``OperationName``, in the order the hookspecs list them.
+OPERATIONS: Final[tuple[OperationName, ...]] = get_args(OperationName)
+
+
+def operation_name(value: object) -> OperationName:
+    """``value`` (a worker's ``call`` message names it) as an operation; ValueError for any other."""
+    for name in OPERATIONS:
+        if value == name:
+            return name
+    raise ValueError(f"unknown operation {value!r}; expected one of {', '.join(OPERATIONS)}")
 
 
 class PluginDefinitionError(Exception):
@@ -152,7 +163,7 @@ class LoadedPlugin:
 
     def invoke(
         self,
-        op: str,
+        op: OperationName,
         ctx: Context,
         *,
         stage: Stage | None = None,

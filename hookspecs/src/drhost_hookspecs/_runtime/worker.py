@@ -16,7 +16,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, BinaryIO
 
 from .._errors import Cancelled, StepFailed
-from .._plugin import LoadedPlugin
+from .._plugin import LoadedPlugin, operation_name
 from .._types import PackageInfo, RunResult, Stage, TargetInfo, VerifyPhase
 from ._confine import CONFINE_ENV, confine
 from ._limits import apply_limits
@@ -187,7 +187,7 @@ class Worker:
         call_id = int(message["id"])
         try:
             result = self._plugin.invoke(
-                str(message["op"]),
+                operation_name(message["op"]),
                 ctx,
                 stage=Stage(message["stage"]) if message.get("stage") else None,
                 step=message.get("step"),

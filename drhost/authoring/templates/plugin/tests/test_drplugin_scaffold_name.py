@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from drhost_hookspecs import Context, LoadedPlugin, PluginClass, Stage, StepFailed, VerifyPhase
+from drhost_hookspecs import Context, LoadedPlugin, OperationName, PluginClass, Stage, StepFailed, VerifyPhase
 
 import drplugin_scaffold_name as plugin
 
@@ -54,7 +54,7 @@ def run_step(loaded: LoadedPlugin, ctx: Context, stage: Stage, step: str) -> Non
     loaded.invoke("run_step", ctx, stage=stage, step=step, in_process=True)
 
 
-def compensate(loaded: LoadedPlugin, ctx: Context, op: str) -> None:
+def compensate(loaded: LoadedPlugin, ctx: Context, op: OperationName) -> None:
     loaded.invoke(op, ctx, stage=Stage.UPGRADE, step="record_upgrade", in_process=True)
 
 
