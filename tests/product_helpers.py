@@ -89,7 +89,9 @@ def kill_leftovers(root: Path) -> list[int]:
 def product_root(tmp_path: Path, package: Path, seed_jobs: int = 200) -> Iterator[Path]:
     """A freshly installed (not started) root; whatever daemon it gets is stopped at the end."""
     root = tmp_path / "R"
-    install.install_fresh(package, root, install.free_port(), seed_jobs=seed_jobs)
+    # A copy of one golden install per worker (tmp_path's parent is the worker's base temp directory).
+    install.install_from_golden(package, root, install.free_port(), golden_dir=tmp_path.parent / "golden",
+                                seed_jobs=seed_jobs)
     try:
         yield root
     finally:

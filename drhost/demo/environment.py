@@ -90,6 +90,7 @@ def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collec
     earlier): a daemon must not take one of them, or that sshd cannot start.
     """
     old = demo_package(state_root, FROM_VERSION)
+    installed: list[Path] = []
     started: list[Path] = []
     try:
         for root in roots.values():
@@ -97,7 +98,13 @@ def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collec
             port = install.free_port()
             while port in reserved_ports:
                 port = install.free_port()
-            install.install_fresh(old, root, port)
+            # The first target is installed; the others are copies of it made before it starts (same bytes).
+            if installed:
+                install.clone_fresh(installed[0], root, port)
+            else:
+                install.install_fresh(old, root, port)
+            installed.append(root)
+        for root in installed:
             install.start(root)
             started.append(root)
     except BaseException:

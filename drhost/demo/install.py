@@ -5,6 +5,7 @@ Every product operation goes through the release's own tools, as a plugin on a t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -111,6 +112,47 @@ def install_fresh(package: Path, root: Path, port: int, seed_jobs: int = 200) ->
           release=release)
     _tool(root, "drproduct-db", "init", "--seed", str(seed_jobs), release=release)
     _tool(root, "drproductctl", "register", release=release)
+
+
+def clone_fresh(source: Path, root: Path, port: int) -> None:
+    """Make ``root`` what ``install_fresh`` would make it, by copying the fresh, never started install at ``source``.
+
+    Extracting, licensing and seeding are the slow part of an install and give the same bytes every time; only
+    the daemon's port and its service entry (which names the root) differ, so those are written anew.
+    """
+    source, root = Path(source).absolute(), Path(root).absolute()
+    if any(any((source / sub).iterdir()) for sub in ("run", "log")):
+        raise InstallError(f"{source}: has been started (run/ or log/ not empty); not a fresh install to copy")
+    if root.exists() and any(root.iterdir()):
+        raise InstallError(f"{root}: not empty; not a place for a fresh install")
+    version = installed_version(source)
+    if version is None:
+        raise InstallError(f"{source}: no release installed; not a fresh install to copy")
+    shutil.copytree(source, root, symlinks=True, dirs_exist_ok=True)
+    release = root / "releases" / version
+    _write_ini(root, port, int(version.split(".")[0]))
+    _tool(root, "drproductctl", "register", release=release)
+
+
+def install_from_golden(package: Path, root: Path, port: int, *, golden_dir: Path, seed_jobs: int = 200) -> None:
+    """``install_fresh``, as a copy of a golden install of ``package`` kept under ``golden_dir`` (made once).
+
+    For whatever makes many fresh targets of one package (plugin-test, the test suite). The golden install is
+    made under a temporary name and renamed into place, so a reader never sees half of one.
+    """
+    package = Path(package)
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()[:16]
+    golden = Path(golden_dir).absolute() / f"{digest}-{seed_jobs}"
+    if not (golden / "current").is_symlink():
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        making = golden.parent / f".{golden.name}.{os.getpid()}"
+        shutil.rmtree(making, ignore_errors=True)
+        install_fresh(package, making, port, seed_jobs=seed_jobs)
+        try:
+            os.rename(making, golden)
+        except OSError:  # another process made it first: theirs is as good
+            shutil.rmtree(making, ignore_errors=True)
+    clone_fresh(golden, root, port)
 
 
 def start(root: Path, timeout: float = 15.0) -> None:

@@ -45,7 +45,8 @@ class DisposableTarget:
         self.to_package = demo_package(state_root, TO_VERSION)
         self.root.mkdir(parents=True)
         self.port = install.free_port()
-        install.install_fresh(self.from_package, self.root, self.port, seed_jobs=seed_jobs)
+        install.install_from_golden(self.from_package, self.root, self.port, golden_dir=state_root / "golden",
+                                    seed_jobs=seed_jobs)
         install.start(self.root)
         self._closed = False
 
