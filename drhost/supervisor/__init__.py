@@ -10,7 +10,7 @@ from ._cgroups import (
 )
 from ._confine import innermost, network_namespace_available
 from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
-from ._factory import make_sandbox
+from ._isolation import ISOLATIONS, Availability, Isolation, IsolationName, Removed, isolation, make_sandbox
 from ._outcome import ENDINGS, CallOutcome
 from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
@@ -19,10 +19,15 @@ from ._thread_runner import ThreadRunner
 
 __all__ = [
     "ENDINGS",
+    "ISOLATIONS",
     "LIMIT_CONTROLLERS",
+    "Availability",
     "CallOutcome",
     "CgroupSandbox",
     "HealthWatch",
+    "Isolation",
+    "IsolationName",
+    "Removed",
     "RlimitSandbox",
     "Runner",
     "Sandbox",
@@ -33,6 +38,7 @@ __all__ = [
     "cgroup_support",
     "container_available",
     "innermost",
+    "isolation",
     "make_sandbox",
     "network_namespace_available",
     "probe_cgroups",

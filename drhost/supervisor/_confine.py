@@ -151,6 +151,6 @@ def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
 
 def innermost(sandbox: Sandbox) -> Sandbox:
     """The sandbox that holds the limits, under any wrappers (confinement, weaker-isolation notes)."""
-    while (inner := getattr(sandbox, "inner", None)) is not None:
+    while (inner := sandbox.inner) is not None:
         sandbox = inner
     return sandbox
