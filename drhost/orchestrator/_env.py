@@ -24,7 +24,7 @@ from ..events import Event, EventBus
 from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import RunState
-from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
+from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, isolation, make_sandbox
 from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
 from ..watchdog import (
     BUDGET_KEYS,
@@ -132,7 +132,7 @@ class Executor:
             key = (plugin.name, target)
             if key not in self._runners:
                 grace = float(self.env.config["run"]["kill_grace_s"])
-                if plugin.isolation == "thread":
+                if not isolation(plugin.isolation).in_worker:
                     if plugin.name not in self._loaded:
                         with plugin_code():  # what its module prints at import goes to stderr, never stdout
                             self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
@@ -184,7 +184,7 @@ class Executor:
                 self._note_launches(runner, target, plugin)
 
         for plugin in self.env.plan.plugins:
-            if plugin.isolation == "thread":
+            if not isolation(plugin.isolation).in_worker:
                 continue
             try:
                 runner = self._runner(plugin, target)
