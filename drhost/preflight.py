@@ -7,7 +7,6 @@ refuses the same inputs with the same messages before anything on a target is to
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from .packaging import (
 from .packaging.manifest import MIB
 from .plan import Plan, build_plan, unknown_timeout_keys
 from .plugins import Registry
-from .supervisor import cgroup_support, container_available, network_namespace_available
+from .supervisor import ISOLATIONS, cgroup_support, container_available, network_namespace_available
+from .transport import TRANSPORTS, transport
 
 __all__ = [
     "BUILT_ISOLATIONS",
@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 #: Checked before a run is created, so that nothing is half-started.
-BUILT_TRANSPORTS = ("local", "ssh")
-BUILT_ISOLATIONS = ("thread", "process", "container")
+BUILT_TRANSPORTS = tuple(TRANSPORTS)
+BUILT_ISOLATIONS = tuple(ISOLATIONS)
 
 
 class PackageRefused(DrhostError):
@@ -91,16 +91,15 @@ def _target_problems(config: LoadedConfig, name: str, target: dict[str, object])
     if not root:
         problems.append(ConfigError(config.origin(("targets", name, "root")),
                                     "the product's install root on the target", "<nothing>"))
-    elif target["transport"] == "local" and not Path(str(root)).is_absolute():
-        problems.append(ConfigError(config.origin(("targets", name, "root")), "an absolute path", root))
-    if target["transport"] == "ssh" and not target.get("host"):
-        problems.append(ConfigError(config.origin(("targets", name, "host")),
-                                    "the host name or address to reach over SSH", "<nothing>"))
-    if target["transport"] not in BUILT_TRANSPORTS:
+    kind = TRANSPORTS.get(str(target["transport"]))
+    if kind is None:
         problems.append(ConfigError(config.origin(("targets", name, "transport")),
                                     f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)})",
                                     target["transport"]))
-    for key in KEY_FILES if target["transport"] == "ssh" else ():
+        return problems
+    for key, expected, found in kind.problems(target):
+        problems.append(ConfigError(config.origin(("targets", name, key)), expected, found))
+    for key in kind.key_files:
         # The SSH demo's keys are made when its sshd starts, after these checks.
         if target.get(key) and config.origin(("targets", name, key)).file != DEMO_ORIGIN:
             found = _not_a_readable_file(Path(str(target[key])))
@@ -129,13 +128,7 @@ def root_identity(target: dict[str, object]) -> tuple[str, str]:
     """(machine, path) naming where a target's root really is: two targets with equal identities (or one
     inside the other) would drive one install from two sides. The path is normalised; on this machine
     symlinks are resolved too, since the link and its destination are the same install."""
-    root = str(target.get("root") or "")
-    if target["transport"] == "local":
-        return "localhost", os.path.realpath(root)
-    path = posixpath.normpath(root)
-    if path.startswith("//"):  # kept by normpath (POSIX leaves its meaning open); on a Linux target it is '/'
-        path = "/" + path.lstrip("/")
-    return f"{str(target.get('host') or '').lower()}:{target.get('port') or 22}", path
+    return transport(str(target["transport"])).root_identity(target)
 
 
 def _contains(outer: str, inner: str) -> bool:

@@ -25,7 +25,7 @@ from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, isolation, make_sandbox
-from ..transport import HeartbeatSettings, LocalSession, SshSession, SshTarget, TargetSession, TransportError
+from ..transport import TRANSPORTS, TargetSession, TransportError
 from ..watchdog import (
     BUDGET_KEYS,
     StepHistory,
@@ -72,25 +72,10 @@ class RunEnv:
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
                  on_network: Callable[[str, str, dict[str, Any]], None] | None = None) -> TargetSession:
-    transport = target["transport"]
-    grace = float(config["run"]["kill_grace_s"])
-    if transport == "local":
-        return LocalSession(name, kill_grace_s=grace,
-                            command_log=None if run_dir is None else run_dir / "commands" / f"{name}.pids")
-    if transport == "ssh":
-        ssh = SshTarget(
-            name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
-            key_file=target.get("key_file"), password_env=target.get("password_env"),
-            password_file=target.get("password_file"), known_hosts=target.get("known_hosts"),
-            host_key_policy=target.get("host_key_policy", "strict"),
-            connect_timeout_s=float(target.get("connect_timeout_s", 10.0)),
-        )
-        return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost", kill_grace_s=grace,
-                          reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
-                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
-                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
-                          on_network=on_network)
-    raise RefusedError(f"target {name!r}: transport {transport!r} is not built in this drhost")
+    kind = TRANSPORTS.get(str(target["transport"]))
+    if kind is None:
+        raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
+    return kind.connect(name, target, config, run_id=run_id, run_dir=run_dir, on_network=on_network)
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:

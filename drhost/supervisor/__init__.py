@@ -10,7 +10,7 @@ from ._cgroups import (
 )
 from ._confine import innermost, network_namespace_available
 from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
-from ._isolation import ISOLATIONS, Availability, Isolation, IsolationName, Removed, isolation, make_sandbox
+from ._isolation import ISOLATIONS, Isolation, IsolationName, Removed, isolation, make_sandbox
 from ._outcome import ENDINGS, CallOutcome
 from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
@@ -21,7 +21,6 @@ __all__ = [
     "ENDINGS",
     "ISOLATIONS",
     "LIMIT_CONTROLLERS",
-    "Availability",
     "CallOutcome",
     "CgroupSandbox",
     "HealthWatch",

@@ -11,9 +11,10 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, Protocol
 
 from ..policy import ClassPolicy
+from ..transport import Availability
 from ._cgroups import LIMIT_CONTROLLERS, probe_cgroups, remove_run_cgroups
 from ._confine import network_namespace_available
 from ._container import remove_orphaned_containers, remove_run_containers
@@ -23,13 +24,6 @@ from ._sandbox import Sandbox
 
 #: The names of the built-in kinds: the keys of :data:`ISOLATIONS`, and the schema's ``isolation`` enum.
 IsolationName = Literal["thread", "process", "container"]
-
-
-class Availability(NamedTuple):
-    """Whether this machine offers something, and what was found or what failed."""
-
-    ok: bool
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from ._base import CommandStopped, TargetSession, TransportError
 from ._heartbeat import NETWORK_EVENTS, HeartbeatSettings
 from ._local import LocalSession, stop_process_group
+from ._registry import TRANSPORTS, Availability, Transport, TransportName, transport
 from ._remote_jobs import parse_running_jobs, running_jobs_script
 from ._sftp_upload import rate_and_eta
 from ._ssh import SshSession
@@ -10,7 +11,9 @@ from ._ssh_connect import AuthError, HostKeyError, SshTarget
 
 __all__ = [
     "NETWORK_EVENTS",
+    "TRANSPORTS",
     "AuthError",
+    "Availability",
     "CommandStopped",
     "HeartbeatSettings",
     "HostKeyError",
@@ -18,9 +21,12 @@ __all__ = [
     "SshSession",
     "SshTarget",
     "TargetSession",
+    "Transport",
     "TransportError",
+    "TransportName",
     "parse_running_jobs",
     "rate_and_eta",
     "running_jobs_script",
     "stop_process_group",
+    "transport",
 ]
