@@ -26,7 +26,7 @@ from .packaging import (
 from .packaging.manifest import MIB
 from .plan import Plan, build_plan, unknown_timeout_keys
 from .plugins import Registry
-from .supervisor import ISOLATIONS, cgroup_support, container_available, network_namespace_available
+from .supervisor import ISOLATIONS, container_available, isolation
 from .transport import TRANSPORTS, transport
 
 __all__ = [
@@ -65,7 +65,8 @@ def container_check(config: LoadedConfig, plan: Plan) -> str | None:
 
     Returns the reason when the run goes ahead with weaker isolation (it is recorded with the run).
     """
-    confined = [p.name for p in plan.plugins if p.isolation == "container"]
+    # the kinds with a weaker stand-in (containers) are the ones a machine may lack
+    confined = [p.name for p in plan.plugins if isolation(p.isolation).weaker is not None]
     if not confined:
         return None
     available, why = container_available(config.data)
@@ -214,19 +215,9 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
         if plugin.isolation not in BUILT_ISOLATIONS:
             raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
                               f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", plugin.isolation)
-    if config.data["process"]["cgroups"] == "required" and any(p.isolation == "process" for p in plan.plugins):
-        missing = cgroup_support().missing()
-        if missing:
-            reasons = "; ".join(f"{controller}: {why}" for controller, why in missing.items())
-            raise ConfigError(config.origin(("process", "cgroups")),
-                              f"a machine that gives drhost the memory, cpu and pids cgroups ({reasons}); or "
-                              f"[process] cgroups = auto", "required")
-    if config.data["process"]["network"] == "none" and any(p.isolation == "process" for p in plan.plugins):
-        available, why = network_namespace_available()
-        if not available:
-            raise ConfigError(config.origin(("process", "network")),
-                              f"a machine where process workers can get their own network namespace ({why}); "
-                              f"or set [process] network = host", "none")
+    for name in dict.fromkeys(p.isolation for p in plan.plugins):
+        for path, expected, found in isolation(name).config_problems(config.data):
+            raise ConfigError(config.origin(path), expected, found)
     try:
         batches_for(config.data)
         Budget.from_config(config.data["rollout"])

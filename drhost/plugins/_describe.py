@@ -38,6 +38,7 @@ from ..supervisor import (
     cgroup_support,
     container_available,
     innermost,
+    isolation,
     make_sandbox,
     process_alive,
     remove_run_cgroups,
@@ -86,15 +87,16 @@ class Described:
 def describe_policy(config: Mapping[str, Any], locked_class: PluginClass | None) -> ClassPolicy:
     """The policy a plugin is described under: its locked class's, else the untrusted class's; never a thread."""
     policy = class_policy(config, locked_class or UNTRUSTED)
-    if policy.isolation == "thread":
+    if not isolation(policy.isolation).in_worker:
         policy = class_policy(config, PROCESS_STAND_IN)
-        if policy.isolation == "thread":
+        if not isolation(policy.isolation).in_worker:
             policy = dataclasses.replace(policy, isolation="process")
     return policy
 
 
 def _kind(policy: ClassPolicy) -> str:
-    return "container" if policy.isolation == "container" else "process"
+    # a describe policy always runs in a worker (describe_policy), so its isolation is a sandbox kind
+    return policy.isolation
 
 
 def _key(installed: Installed, policy: ClassPolicy, kind: str, config: Mapping[str, Any]) -> str:
@@ -115,11 +117,12 @@ def _sandbox(policy: ClassPolicy, settings: DescribeSettings, label: str) -> tup
     try:
         sandbox = make_sandbox(policy, label=label, message_limit=_MESSAGE_LIMIT, config=config)
     except RefusedError as exc:
-        if policy.isolation != "container":
+        weaker = isolation(policy.isolation).weaker
+        if weaker is None:
             raise
         stand_in = describe_policy(config, PROCESS_STAND_IN)
-        if stand_in.isolation == "container":
-            stand_in = dataclasses.replace(stand_in, isolation="process")
+        if isolation(stand_in.isolation).weaker is not None:
+            stand_in = dataclasses.replace(stand_in, isolation=weaker)
         sandbox = make_sandbox(stand_in, label=label, message_limit=_MESSAGE_LIMIT, config=config)
         available, why = container_available(config)
         return sandbox, stand_in, (f"no container can be started here ({why if not available else exc}), so "
@@ -147,7 +150,7 @@ def describe(installed: Installed, locked_class: PluginClass | None, settings: D
         sandbox, used, note = _sandbox(policy, settings, label)
     except Exception as exc:  # no sandbox, no describe: never unconfined
         return Described(None, error=f"no sandbox to describe it in: {exc}")
-    described_in = "container" if sandbox.kind == "container" else "process"
+    described_in = sandbox.kind
     if (used, described_in) != (policy, kind):
         # Described in a stand-in: cached under the sandbox really used, so a later container is not skipped.
         key = _key(installed, used, described_in, settings.config)

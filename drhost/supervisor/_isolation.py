@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from ..policy import ClassPolicy
 from ..transport import Availability
-from ._cgroups import LIMIT_CONTROLLERS, probe_cgroups, remove_run_cgroups
+from ._cgroups import LIMIT_CONTROLLERS, cgroup_support, probe_cgroups, remove_run_cgroups
 from ._confine import network_namespace_available
 from ._container import remove_orphaned_containers, remove_run_containers
 from ._factory import container_sandbox, process_worker_sandbox
@@ -53,6 +53,15 @@ class Isolation(Protocol):
         """Whether calls run in a worker process in a sandbox (False: in a thread of drhost itself)."""
         ...
 
+    @property
+    def weaker(self) -> str | None:
+        """The kind that stands in where this one cannot start and weaker isolation is allowed; None: refuse."""
+        ...
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, object]]:
+        """Settings of this kind this machine cannot honour: (config path, what was expected, what was found)."""
+        ...
+
     def available(self, config: Mapping[str, Any]) -> Availability:
         """Whether this machine can run plugins of the kind with ``config``."""
         ...
@@ -83,6 +92,10 @@ class ThreadIsolation:
     name: str = "thread"
     noun: str = "thread"
     in_worker: bool = False
+    weaker: str | None = None
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, object]]:
+        return []
 
     def available(self, config: Mapping[str, Any]) -> Availability:
         return Availability(True, "runs in drhost's own process")
@@ -110,6 +123,24 @@ class ProcessIsolation:
     name: str = "process"
     noun: str = "worker process"
     in_worker: bool = True
+    weaker: str | None = None
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, object]]:
+        process = config.get("process") or {}
+        found: list[tuple[tuple[str, ...], str, object]] = []
+        if process.get("cgroups") == "required":
+            missing = cgroup_support().missing()
+            if missing:
+                reasons = "; ".join(f"{controller}: {why}" for controller, why in missing.items())
+                found.append((("process", "cgroups"), f"a machine that gives drhost the memory, cpu and pids "
+                                                      f"cgroups ({reasons}); or [process] cgroups = auto", "required"))
+        if process.get("network") == "none":
+            available, why = network_namespace_available()
+            if not available:
+                found.append((("process", "network"), f"a machine where process workers can get their own "
+                                                      f"network namespace ({why}); or set [process] network = host",
+                              "none"))
+        return found
 
     def available(self, config: Mapping[str, Any]) -> Availability:
         # rlimits are the fallback, so a worker can always start; only network = none needs the machine's help
@@ -183,6 +214,11 @@ class ContainerIsolation:
     name: str = "container"
     noun: str = "container"
     in_worker: bool = True
+    weaker: str | None = "process"
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, object]]:
+        # a missing podman is refused (or made weaker) by preflight's container check, with its own exit code
+        return []
 
     def available(self, config: Mapping[str, Any]) -> Availability:
         try:
