@@ -31,6 +31,7 @@ from ..errors import RefusedError
 from ..policy import ClassPolicy, class_policy
 from ..supervisor import (
     CallOutcome,
+    CgroupSandbox,
     Sandbox,
     WeakerSandbox,
     WorkerDied,
@@ -199,10 +200,10 @@ def _start_failure(reason: str, sandbox: Sandbox, settings: DescribeSettings, el
     """Why the worker never said hello: the deadline, a limit, or the plugin's own error at import."""
     if elapsed >= settings.timeout_s:  # the runner gave up waiting for the hello and killed the worker
         return _deadline(settings)
-    limit = getattr(sandbox, "exit_limit", None)
+    limit = sandbox.exit_limit
     if limit == "memory" or reason.startswith("MemoryError"):
         return f"memory limit {_mib(sandbox)} reached while importing ({reason})"
-    processes = getattr(sandbox, "process_limit", None)
+    processes = sandbox.process_limit
     if limit == "pids" or (reason.startswith("BlockingIOError") and _forks_refused(sandbox)):
         return f"process limit {processes} reached while importing (fork refused: {reason})"
     if reason.startswith("BlockingIOError") and processes:
@@ -213,7 +214,9 @@ def _start_failure(reason: str, sandbox: Sandbox, settings: DescribeSettings, el
 
 def _forks_refused(sandbox: Sandbox) -> bool:
     """Whether the worker's pids cgroup refused a fork (read before the runner removes the cgroup)."""
-    pids = getattr(innermost(sandbox), "directories", {}).get("pids")
+    inner = innermost(sandbox)
+    # only a pids cgroup of drhost's own counts refusals a describe can read (a container's are podman's)
+    pids = inner.directories.get("pids") if isinstance(inner, CgroupSandbox) else None
     if pids is None:
         return False
     try:
@@ -226,11 +229,11 @@ def _forks_refused(sandbox: Sandbox) -> bool:
 def _call_failure(outcome: CallOutcome, sandbox: Sandbox, settings: DescribeSettings) -> str:
     if outcome.ended == "timeout":
         return _deadline(settings, bool(outcome.detail.get("killed", True)))
-    limit = outcome.detail.get("limit") or getattr(sandbox, "exit_limit", None)
+    limit = outcome.detail.get("limit") or sandbox.exit_limit
     if outcome.ended == "memory" or limit == "memory":
         return f"memory limit {_mib(sandbox)} reached while describing ({outcome.message})"
     if limit in ("pids", "processes"):
-        return (f"process limit {getattr(sandbox, 'process_limit', None)} reached while describing "
+        return (f"process limit {sandbox.process_limit} reached while describing "
                 f"({outcome.message})")
     return outcome.message or f"describe ended {outcome.ended}"
 
