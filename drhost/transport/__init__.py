@@ -1,6 +1,6 @@
 """Transports: how drhost reaches a target: ``local`` (a directory tree here) or ``ssh``."""
 
-from ._base import CommandStopped, TargetSession, TransportError
+from ._base import CommandStopped, StillRunning, TargetSession, TransportError
 from ._heartbeat import NETWORK_EVENTS, HeartbeatSettings
 from ._local import LocalSession, stop_process_group
 from ._registry import TRANSPORTS, Availability, Transport, TransportName, transport
@@ -20,6 +20,7 @@ __all__ = [
     "LocalSession",
     "SshSession",
     "SshTarget",
+    "StillRunning",
     "TargetSession",
     "Transport",
     "TransportError",
