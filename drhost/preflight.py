@@ -7,7 +7,6 @@ refuses the same inputs with the same messages before anything on a target is to
 from __future__ import annotations
 
 import os
-import posixpath
 import stat
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from .packaging import (
 from .packaging.manifest import MIB
 from .plan import Plan, build_plan, unknown_timeout_keys
 from .plugins import Registry
-from .policy import ISOLATIONS
-from .supervisor import cgroup_support, container_available, network_namespace_available
+from .supervisor import ISOLATION_KINDS, container_available, isolation
+from .transport import TRANSPORTS, transport
 
 __all__ = [
     "BUILT_ISOLATIONS",
@@ -47,8 +46,8 @@ __all__ = [
 ]
 
 #: Checked before a run is created, so that nothing is half-started.
-BUILT_TRANSPORTS = ("local", "ssh")
-BUILT_ISOLATIONS = ISOLATIONS
+BUILT_TRANSPORTS = tuple(TRANSPORTS)
+BUILT_ISOLATIONS = tuple(ISOLATION_KINDS)
 
 
 class PackageRefused(DrhostError):
@@ -67,7 +66,8 @@ def container_check(config: LoadedConfig, plan: Plan) -> str | None:
 
     Returns the reason when the run goes ahead with weaker isolation (it is recorded with the run).
     """
-    confined = [p.name for p in plan.plugins if p.isolation == "container"]
+    # the kinds with a weaker stand-in (containers) are the ones a machine may lack
+    confined = [p.name for p in plan.plugins if isolation(p.isolation).weaker is not None]
     if not confined:
         return None
     available, why = container_available(config.data)
@@ -93,16 +93,15 @@ def _target_problems(config: LoadedConfig, name: str, target: dict[str, object])
     if not root:
         problems.append(ConfigError(config.origin(("targets", name, "root")),
                                     "the product's install root on the target", "<nothing>"))
-    elif target["transport"] == "local" and not Path(str(root)).is_absolute():
-        problems.append(ConfigError(config.origin(("targets", name, "root")), "an absolute path", root))
-    if target["transport"] == "ssh" and not target.get("host"):
-        problems.append(ConfigError(config.origin(("targets", name, "host")),
-                                    "the host name or address to reach over SSH", "<nothing>"))
-    if target["transport"] not in BUILT_TRANSPORTS:
+    kind = TRANSPORTS.get(str(target["transport"]))
+    if kind is None:
         problems.append(ConfigError(config.origin(("targets", name, "transport")),
                                     f"a transport this drhost has ({', '.join(BUILT_TRANSPORTS)})",
                                     target["transport"]))
-    for key in KEY_FILES if target["transport"] == "ssh" else ():
+        return problems
+    for key, expected, found in kind.problems(target):
+        problems.append(ConfigError(config.origin(("targets", name, key)), expected, found))
+    for key in kind.key_files:
         # The SSH demo's keys are made when its sshd starts, after these checks.
         if target.get(key) and config.origin(("targets", name, key)).file != DEMO_ORIGIN:
             found = _not_a_readable_file(Path(str(target[key])))
@@ -131,13 +130,7 @@ def root_identity(target: dict[str, object]) -> tuple[str, str]:
     """(machine, path) naming where a target's root really is: two targets with equal identities (or one
     inside the other) would drive one install from two sides. The path is normalised; on this machine
     symlinks are resolved too, since the link and its destination are the same install."""
-    root = str(target.get("root") or "")
-    if target["transport"] == "local":
-        return "localhost", os.path.realpath(root)
-    path = posixpath.normpath(root)
-    if path.startswith("//"):  # kept by normpath (POSIX leaves its meaning open); on a Linux target it is '/'
-        path = "/" + path.lstrip("/")
-    return f"{str(target.get('host') or '').lower()}:{target.get('port') or 22}", path
+    return transport(str(target["transport"])).root_identity(target)
 
 
 def _contains(outer: str, inner: str) -> bool:
@@ -222,24 +215,18 @@ def validate_run_inputs(config: LoadedConfig, registry: Registry) -> Plan:
     # is the plan's refusal first.
     for record in [] if registry.broken() else registry.usable():
         cls = record.plugin_class.value if record.plugin_class is not None else None
-        isolation = config.data["classes"][cls]["isolation"] if cls is not None else None
-        if cls is not None and isolation not in BUILT_ISOLATIONS:
+        configured = config.data["classes"][cls]["isolation"] if cls is not None else None
+        if cls is not None and configured not in BUILT_ISOLATIONS:
             raise ConfigError(config.origin(("classes", cls, "isolation")),
-                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", isolation)
+                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", configured)
     plan = build_plan(registry, config.data)
-    if config.data["process"]["cgroups"] == "required" and any(p.isolation == "process" for p in plan.plugins):
-        missing = cgroup_support().missing()
-        if missing:
-            reasons = "; ".join(f"{controller}: {why}" for controller, why in missing.items())
-            raise ConfigError(config.origin(("process", "cgroups")),
-                              f"a machine that gives drhost the memory, cpu and pids cgroups ({reasons}); or "
-                              f"[process] cgroups = auto", "required")
-    if config.data["process"]["network"] == "none" and any(p.isolation == "process" for p in plan.plugins):
-        available, why = network_namespace_available()
-        if not available:
-            raise ConfigError(config.origin(("process", "network")),
-                              f"a machine where process workers can get their own network namespace ({why}); "
-                              f"or set [process] network = host", "none")
+    for plugin in plan.plugins:
+        if plugin.isolation not in BUILT_ISOLATIONS:
+            raise ConfigError(config.origin(("classes", plugin.plugin_class.value, "isolation")),
+                              f"an isolation this drhost has ({', '.join(BUILT_ISOLATIONS)})", plugin.isolation)
+    for name in dict.fromkeys(p.isolation for p in plan.plugins):
+        for path, expected, found in isolation(name).config_problems(config.data):
+            raise ConfigError(config.origin(path), expected, found)
     try:
         batches_for(config.data)
         Budget.from_config(config.data["rollout"])

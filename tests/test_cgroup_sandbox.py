@@ -12,9 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from drhost.config import load_config
 from drhost.errors import RefusedError
 from drhost.policy import ClassPolicy
-from drhost.supervisor import CallOutcome, RlimitSandbox, WorkerRunner, make_sandbox
+from drhost.supervisor import CallOutcome, RlimitSandbox, WorkerRunner, isolation, make_sandbox
 from drhost.supervisor._cgroups import (
     CgroupSandbox,
     CgroupSupport,
@@ -309,3 +310,17 @@ def test_a_later_controller_removes_the_cgroups_a_killed_one_left(sandboxes: lis
     assert sorted(removed) == sorted(str(d) for d in left.created)
     assert orphan.wait(timeout=5) == -9
     assert all(d.exists() for d in kept.created)
+
+
+@pytest.mark.parametrize("kind", ["process", "container"])
+def test_the_run_clean_up_of_a_worker_kind_removes_the_runs_cgroups(kind: str, sandboxes: list[CgroupSandbox]) -> None:
+    """The process kind's clean-up, and the container kind's (its weaker stand-in runs process workers), remove
+    the cgroups a killed controller of the run left, and say so as the ``cgroups.removed`` event does."""
+    run = f"20990101-000002-{os.getpid():06x}"
+    left = CgroupSandbox({"memory_bytes": 64 * MiB}, label=f"{run}/p/t", message_limit=MiB, support=SUPPORT)
+    sandboxes.append(left)
+    left.prepare()
+    removed = [r for r in isolation(kind).clean_up(run, load_config([], []).data, previous_gone=False)
+               if r.what == "cgroups"]
+    assert [sorted(r.names) for r in removed] == [sorted(str(d) for d in left.created)]
+    assert removed[0].message == f"removed {len(left.created)} cgroup(s) left by an earlier controller of this run"

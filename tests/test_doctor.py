@@ -67,16 +67,17 @@ def test_doctor_text_exits_zero_and_names_the_cgroup_version(drhost: Drhost) -> 
         assert text in done.stdout, text
 
 
-def test_doctor_says_when_the_container_sandbox_is_not_in_this_build(monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path) -> None:
-    """Without drhost.supervisor._podman.container_available, doctor says the container sandbox is not built."""
+def test_doctor_reports_only_the_isolation_kinds_this_build_has(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """Without the container kind in the isolation registry, doctor has no podman or container section."""
     monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
-    import drhost.supervisor._podman as podman
+    from drhost.supervisor import ISOLATION_KINDS
 
-    monkeypatch.delattr(podman, "container_available")
+    monkeypatch.delitem(ISOLATION_KINDS, "container")
     config = load_config([], ["class.third_party.isolation=process"]).data
     report = doctor_report(config)
-    assert report["container"] == {"available": False, "detail": "container sandbox: not available in this build"}
+    assert "container" not in report and "podman" not in report
+    assert set(report["classes"]) == {"core", "business", "database", "third_party"}
 
 
 @needs_cgroups

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import shutil
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +16,15 @@ from ..config import load_config
 from ..errors import DrhostError, ExitCode
 from ..policy import class_policy
 from ..supervisor import (
-    LIMIT_CONTROLLERS,
+    ISOLATION_KINDS,
     CgroupSandbox,
     RlimitSandbox,
     Sandbox,
     WorkerDied,
     WorkerRunner,
     innermost,
+    isolation,
     make_sandbox,
-    probe_cgroups,
 )
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
@@ -61,51 +58,6 @@ CAVEATS = {
 }
 
 
-def _run(argv: list[str]) -> tuple[int, str]:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return done.returncode, (done.stdout or done.stderr).strip()
-
-
-def _podman() -> dict[str, Any]:
-    path = shutil.which("podman")
-    if path is None:
-        return {"present": False, "path": None, "version": None}
-    code, text = _run([path, "--version"])
-    return {"present": True, "path": path, "version": text if code == 0 else None,
-            **({} if code == 0 else {"error": text[-300:]})}
-
-
-def _container(config: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        podman = importlib.import_module("drhost.supervisor._podman")
-    except ImportError:
-        return {"available": False, "detail": "container sandbox: not available in this build"}
-    check: Callable[[Mapping[str, Any]], tuple[bool, str]] | None = getattr(podman, "container_available", None)
-    if check is None:
-        return {"available": False, "detail": "container sandbox: not available in this build"}
-    try:
-        available, detail = check(config)
-    except Exception as exc:  # a probe that breaks is a finding, not a doctor crash
-        return {"available": False, "detail": f"container probe failed: {type(exc).__name__}: {exc}"}
-    return {"available": bool(available), "detail": str(detail)}
-
-
-def _network(config: Mapping[str, Any]) -> dict[str, Any]:
-    mode = str((config.get("process") or {}).get("network", "host"))
-    found: dict[str, Any] = {"mode": mode}
-    if mode == "none":
-        try:
-            netns = importlib.import_module("drhost.supervisor._confine")
-            available, detail = netns.network_namespace_available()
-            found.update(available=bool(available), detail=str(detail))
-        except (ImportError, AttributeError):
-            found.update(available=False, detail="network namespaces: not available in this build")
-    return found
-
-
 def _live_probe(sandbox: Sandbox, message_limit: int) -> dict[str, Any]:
     """Start a real worker of the class and report what its confinement proved (or that it did not start)."""
     runner = WorkerRunner(PROBE_PLUGIN, sandbox=sandbox, logger=logging.getLogger("drhost.doctor"),
@@ -128,7 +80,7 @@ def _live_probe(sandbox: Sandbox, message_limit: int) -> dict[str, Any]:
 def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network: Mapping[str, Any]) -> dict[str, Any]:
     policy = class_policy(config, plugin_class)
     found: dict[str, Any] = {"isolation": policy.isolation}
-    if policy.isolation == "thread":
+    if not isolation(policy.isolation).in_worker:
         found["limits"] = {
             "mechanism": "none (thread in the host)", "deadline": "cooperative (ctx.cancelled)",
             "memory": f"sampled, warned, not enforced: the host's resident memory every 0.25 s while a call runs; "
@@ -137,7 +89,7 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
             "output": "what the plugin prints (print, sys.stdout, fd 1) goes to drhost's stderr, never stdout",
             "state": "state and results must be JSON: anything else fails the step, named (every class)",
         }
-        found["not_guaranteed"] = [CAVEATS["thread"]]
+        found["not_guaranteed"] = [CAVEATS[policy.isolation]]
         return found
     limit = int((config.get("run") or {}).get("worker_message_limit_bytes", 4 * 1024 * 1024))
     try:
@@ -147,13 +99,15 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
         found["refused"] = str(exc)
         found["not_guaranteed"] = ["no worker of this class can start here"]
         return found
+    inner = innermost(sandbox)
+    # a worker process (not a container, slow to start) is probed live
+    process_worker = isinstance(inner, (CgroupSandbox, RlimitSandbox))
     try:
         found["limits"] = sandbox.in_force()
-        if sandbox.kind == "process":
+        if process_worker:
             found["proven"] = _live_probe(sandbox, limit)
     finally:
         sandbox.close()
-    inner = innermost(sandbox)
     caveats: list[str] = []
     if isinstance(inner, CgroupSandbox):
         in_force = found["limits"]
@@ -165,8 +119,8 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
         caveats += [f"memory: {CAVEATS['rlimit_memory']}", f"cpu: {CAVEATS['rlimit_cpu']}",
                     f"pids: {CAVEATS['rlimit_pids']}", f"kill: {CAVEATS['rlimit_kill']}"]
     else:
-        caveats.append(f"{sandbox.kind}: {CAVEATS['container'] if sandbox.kind == 'container' else 'see limits'}")
-    if sandbox.kind == "process":
+        caveats.append(f"{sandbox.kind}: {CAVEATS.get(sandbox.kind, 'see limits')}")
+    if process_worker:
         caveats.append(f"nofile: {CAVEATS['nofile']}")
         net = "network_none" if network.get("mode") == "none" else "network_host"
         found["limits"]["network"] = ("none (own network namespace)" if net == "network_none"
@@ -179,41 +133,19 @@ def _class_report(plugin_class: PluginClass, config: Mapping[str, Any], network:
 
 
 def doctor_report(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything ``drhost doctor`` prints, as one JSON-able object."""
-    support = probe_cgroups()  # fresh: doctor reports what works now, not what worked at start-up
-    controllers = {}
-    for controller in (*LIMIT_CONTROLLERS, "cpuacct"):
-        if support.version == 2 and controller == "cpuacct":
-            continue
-        base = support.bases.get(controller)
-        controllers[controller] = {"usable": base is not None, "parent": str(base) if base else None,
-                                   "problem": support.problems.get(controller)}
-    network = _network(config)
-    return {
-        "cgroups": {"version": support.version, "mode": str((config.get("process") or {}).get("cgroups", "auto")),
-                    "controllers": controllers},
-        "podman": _podman(),
-        "container": _container(config),
-        "process_network": network,
-        "classes": {c.value: _class_report(c, config, network) for c in PluginClass},
-    }
+    """Everything ``drhost doctor`` prints, as one JSON-able object: each isolation kind's sections, then classes."""
+    report: dict[str, Any] = {}
+    for kind in ISOLATION_KINDS.values():
+        report.update(kind.doctor(config))
+    network = report.get("process_network") or {"mode": str((config.get("process") or {}).get("network", "host"))}
+    report["classes"] = {c.value: _class_report(c, config, network) for c in PluginClass}
+    return report
 
 
 def _print_text(report: Mapping[str, Any]) -> None:
-    cg = report["cgroups"]
-    version = {0: "none", 1: "v1", 2: "v2"}.get(cg["version"], str(cg["version"]))
-    print(f"cgroups: {version} ([process] cgroups = {cg['mode']})")
-    for name, row in cg["controllers"].items():
-        state = f"usable under {row['parent']}" if row["usable"] else f"NOT usable: {row['problem']}"
-        print(f"  {name:8} {state}")
-    podman = report["podman"]
-    print(f"podman: {podman['version'] or podman.get('error', '?')} ({podman['path']})" if podman["present"]
-          else "podman: not found on PATH")
-    container = report["container"]
-    print(f"container sandbox: {'available' if container['available'] else 'NOT available'}: {container['detail']}"
-          if not container["detail"].startswith("container sandbox:") else container["detail"])
-    net = report["process_network"]
-    print(f"process network: {net['mode']}" + (f" ({net.get('detail')})" if "detail" in net else ""))
+    for kind in ISOLATION_KINDS.values():
+        for line in kind.doctor_lines(report):
+            print(line)
     for name, row in report["classes"].items():
         print(f"\nclass {name}: isolation {row['isolation']}")
         if "refused" in row:

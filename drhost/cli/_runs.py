@@ -22,6 +22,7 @@ from ..policy import RUN_ON_FAILURES, Decision, one_of
 from ..report import LiveReporter, PlainReporter
 from ..state import RunState, find_run, state_root
 from ..status import next_commands, rollout_summary, run_next_commands, target_status
+from ..transport import transport
 from ._inputs import package_info, prepare
 
 _CHOICES: dict[str, Decision] = {"r": "retry", "b": "rollback", "a": "abort"}
@@ -197,8 +198,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(f"targets: {', '.join(sorted(prepared.config.data['targets']))}")
         for name, target in sorted(prepared.config.data["targets"].items()):
-            where = (f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
-                     if target["transport"] == "ssh" else "local")
+            where = transport(str(target["transport"])).where(target)
             print(f"  {name}: {where}, install root {target['root']}")
         if len(batches) > 1:
             print(f"rollout: {len(batches)} batches, {prepared.config.data['run']['forks']} targets at a time")

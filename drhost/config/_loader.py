@@ -134,11 +134,21 @@ class LoadedConfig:
         return node
 
 
+def _resolved(root: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``node`` with a local ``$ref`` (``#/$defs/NAME``: the blocks every class or stage repeats) followed."""
+    ref = node.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/$defs/"):
+        return node
+    found: Mapping[str, Any] = root["$defs"][ref.removeprefix("#/$defs/")]
+    return _resolved(root, found)
+
+
 def _schema_at(root: Mapping[str, Any], path: Path_) -> Mapping[str, Any] | None:
     node: Mapping[str, Any] | None = root
     for key in path:
         if node is None:
             return None
+        node = _resolved(root, node)
         props = node.get("properties", {})
         if key in props:
             node = props[key]
@@ -146,7 +156,7 @@ def _schema_at(root: Mapping[str, Any], path: Path_) -> Mapping[str, Any] | None
             node = node["additionalProperties"]
         else:
             return None
-    return node
+    return None if node is None else _resolved(root, node)
 
 
 _TRUE = {"1", "true", "yes", "on"}

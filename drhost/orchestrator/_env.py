@@ -31,18 +31,10 @@ from ..context import HostContext
 from ..errors import RefusedError
 from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
 from ..plan import Plan, PlannedStep, PluginEntry
-from ..policy import Decision, RunOnFailure, class_policy, one_of, retry_wait_s, stage_policy
+from ..policy import Decision, RunOnFailure, class_policy, retry_wait_s, stage_policy
 from ..state import RunState
-from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, make_sandbox
-from ..transport import (
-    TRANSPORTS,
-    HeartbeatSettings,
-    LocalSession,
-    SshSession,
-    SshTarget,
-    TargetSession,
-    TransportError,
-)
+from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, isolation, make_sandbox
+from ..transport import TRANSPORTS, TargetSession, TransportError
 from ..watchdog import (
     BUDGET_KEYS,
     StepHistory,
@@ -91,27 +83,10 @@ class RunEnv:
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
                  on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None) -> TargetSession:
-    if target["transport"] not in TRANSPORTS:
+    kind = TRANSPORTS.get(str(target["transport"]))
+    if kind is None:
         raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
-    transport = one_of(target["transport"], TRANSPORTS, f"targets.{name}.transport")
-    grace = float(config["run"]["kill_grace_s"])
-    if transport == "local":
-        return LocalSession(name, kill_grace_s=grace,
-                            command_log=None if run_dir is None else run_dir / "commands" / f"{name}.pids")
-    if transport == "ssh":
-        ssh = SshTarget(
-            name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
-            key_file=target.get("key_file"), password_env=target.get("password_env"),
-            password_file=target.get("password_file"), known_hosts=target.get("known_hosts"),
-            host_key_policy=target.get("host_key_policy", "strict"),
-            connect_timeout_s=float(target.get("connect_timeout_s", 10.0)),
-        )
-        return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost", kill_grace_s=grace,
-                          reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
-                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
-                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
-                          on_network=on_network)
-    raise AssertionError(f"transport {transport!r} has no session")  # every TransportKind is handled above
+    return kind.connect(name, target, config, run_id=run_id, run_dir=run_dir, on_network=on_network)
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
@@ -153,7 +128,7 @@ class Executor:
             key = (plugin.name, target)
             if key not in self._runners:
                 grace = float(self.env.config["run"]["kill_grace_s"])
-                if plugin.isolation == "thread":
+                if not isolation(plugin.isolation).in_worker:
                     if plugin.name not in self._loaded:
                         with plugin_code():  # what its module prints at import goes to stderr, never stdout
                             self._loaded[plugin.name] = LoadedPlugin.from_entry_point(plugin.name)
@@ -205,7 +180,7 @@ class Executor:
                 self._note_launches(runner, target, plugin)
 
         for plugin in self.env.plan.plugins:
-            if plugin.isolation == "thread":
+            if not isolation(plugin.isolation).in_worker:
                 continue
             try:
                 runner = self._runner(plugin, target)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from drhost_hookspecs import Stage
 
 from ..errors import RefusedError
-from ..transport import SshSession, TransportError, parse_running_jobs, running_jobs_script
+from ..transport import TransportError
 
 if TYPE_CHECKING:
     from ._env import Executor, RunEnv
@@ -64,19 +64,16 @@ def read_from_target(env: RunEnv, executor: Executor, name: str) -> list[str]:
     lines = [f"- read from {name} at {at}:"]
     try:
         session = executor.session(name)
-        if isinstance(session, SshSession):
-            status, out, err = session.shell(running_jobs_script(session.job_dir))
-            running = parse_running_jobs(out) if status == 0 else None
-            if running is None:
-                lines.append(f"  commands of this run still running: unknown (exit {status}: "
-                             f"{err.decode('utf-8', 'replace').strip() or 'no message'})")
-            elif running:
-                lines.extend(f"  STILL RUNNING: {job.describe()}" for job in running)
-            else:
-                lines.append("  commands of this run still running: none")
+        found = session.still_running()
+        if not found.detached:
+            lines.append(f"  commands of this run still running: none (a {env.config['targets'][name]['transport']} "
+                         f"target's commands end with their call)")
+        elif found.unknown is not None:
+            lines.append(f"  commands of this run still running: unknown ({found.unknown})")
+        elif found.commands:
+            lines.extend(f"  STILL RUNNING: {command}" for command in found.commands)
         else:
-            lines.append("  commands of this run still running: none (a local target's commands end with their "
-                         "call)")
+            lines.append("  commands of this run still running: none")
     except (TransportError, RefusedError) as exc:
         lines.append(f"  commands of this run still running: unknown (the target did not answer: {exc})")
     lines.append(f"  installed version: {_installed_version(env, executor, name)}")

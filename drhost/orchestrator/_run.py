@@ -20,12 +20,12 @@ from typing import Any
 from drhost_hookspecs import ENTRY_POINT_GROUP, PackageInfo
 
 from ..errors import ExitCode, RefusedError
-from ..events import EventBus, Subscriber
+from ..events import EventBus, EventName, Subscriber
 from ..failpoints import failpoint
 from ..plan import Plan, recorded_plan
 from ..plugins import check_run
 from ..state import RunLock, RunState, new_run_id
-from ..supervisor import remove_orphaned_containers, remove_run_cgroups, remove_run_containers
+from ..supervisor import isolation
 from ..transport import TransportError
 from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
@@ -57,6 +57,9 @@ _EXIT_CODES: dict[RunStatus, int] = {
 }
 #: The exit code of a run that ended with a status (any other: ExitCode.FAILED); keyed by the recorded string.
 RUN_EXIT_CODES: Mapping[str, int] = {str(status): code for status, code in _EXIT_CODES.items()}
+
+#: The event a run-start clean-up's ``Removed.what`` is reported as.
+REMOVED_EVENTS: dict[str, EventName] = {"cgroups": "cgroups.removed", "containers": "containers.removed"}
 
 
 @dataclass(frozen=True)
@@ -163,17 +166,12 @@ def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool) -> None:
     is provably gone, so what carries no controller pid is its.
     """
     run_id = env.state.run_id
-    cgroups = remove_run_cgroups(run_id, spare=lambda name: spare_cgroup(run_id, name, previous_gone))
-    if cgroups:
-        env.emit("cgroups.removed", message=f"removed {len(cgroups)} cgroup(s) left by an earlier controller "
-                                            f"of this run", cgroups=cgroups)
-    if not any(p.isolation == "container" for p in plan.plugins):
-        return
-    removed = (remove_run_containers(run_id, env.config) if previous_gone else []) \
-        + remove_orphaned_containers(env.config)
-    if removed:
-        env.emit("containers.removed", message=f"removed {len(removed)} container(s) left by a killed "
-                                               f"controller", containers=removed)
+    # only the kinds this run uses can have left something (its plan is fixed for the run's lifetime)
+    for name in dict.fromkeys(p.isolation for p in plan.plugins):
+        for removed in isolation(name).clean_up(run_id, env.config, previous_gone=previous_gone,
+                                                spare=lambda cgroup: spare_cgroup(run_id, cgroup, previous_gone)):
+            names: dict[str, Any] = {removed.what: list(removed.names)}  # the event's field is named as the event
+            env.emit(REMOVED_EVENTS[removed.what], message=removed.message, **names)
 
 
 def _stop_leftovers(env: RunEnv, executor: Executor, name: str) -> None:

@@ -22,6 +22,7 @@ from ..plan import PlannedStep
 from ..policy import Isolation
 from ..state import write_private_json
 from ..supervisor import CallOutcome
+from ..supervisor import isolation as isolation_kind
 from ..transport import TargetSession
 from ..watchdog import (
     Environment,
@@ -120,12 +121,12 @@ def _how_stopped(evidence: TimeoutEvidence) -> dict[str, Any]:
         # drhost's own operation (a lock): the watch cannot stop it; its commands are bounded on their own.
         how = {"how": "drhost's own operation; it returned after its budget (its commands have their own bound)",
                "confirmed": True}
-    elif isolation == "thread":
+    elif not isolation_kind(isolation).in_worker:
         hung = bool(detail.get("hung_thread"))
         how = {"how": "thread asked to stop; it did not return and was abandoned" if hung
                else "thread aborted (it returned after the stop request)", "confirmed": not hung}
     else:
-        what = "container" if isolation == "container" else "worker process"
+        what = isolation_kind(isolation).noun
         killed = bool(detail.get("killed"))
         how = {"how": f"{what} killed with everything it started" if killed
                else f"{what} stopped the step when asked", "confirmed": True}

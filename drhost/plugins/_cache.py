@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..supervisor import ISOLATION_KINDS
+
 CACHE_ENV = "DRHOST_CACHE_DIR"
 _FORMAT = 1
+#: Where a description can have been made: a sandbox of a kind that runs workers.
+_WORKER_KINDS = frozenset(name for name, kind in ISOLATION_KINDS.items() if kind.in_worker)
 _LOG = logging.getLogger("drhost.plugins.cache")
 
 
@@ -101,7 +105,7 @@ class DescriptionCache:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
             if (data.get("format") != _FORMAT or data.get("key") != key or data.get("plugin") != plugin
                     or not isinstance(data.get("description"), dict)
-                    or data.get("described_in") not in ("container", "process")):
+                    or data.get("described_in") not in _WORKER_KINDS):
                 return None
             return CachedDescription(description=data["description"], described_in=str(data["described_in"]))
         except FileNotFoundError:

@@ -31,6 +31,7 @@ from ..errors import RefusedError
 from ..policy import ClassPolicy, class_policy
 from ..supervisor import (
     CallOutcome,
+    CgroupSandbox,
     Sandbox,
     WeakerSandbox,
     WorkerDied,
@@ -38,6 +39,7 @@ from ..supervisor import (
     cgroup_support,
     container_available,
     innermost,
+    isolation,
     make_sandbox,
     process_alive,
     remove_run_cgroups,
@@ -86,15 +88,16 @@ class Described:
 def describe_policy(config: Mapping[str, Any], locked_class: PluginClass | None) -> ClassPolicy:
     """The policy a plugin is described under: its locked class's, else the untrusted class's; never a thread."""
     policy = class_policy(config, locked_class or UNTRUSTED)
-    if policy.isolation == "thread":
+    if not isolation(policy.isolation).in_worker:
         policy = class_policy(config, PROCESS_STAND_IN)
-        if policy.isolation == "thread":
+        if not isolation(policy.isolation).in_worker:
             policy = dataclasses.replace(policy, isolation="process")
     return policy
 
 
 def _kind(policy: ClassPolicy) -> str:
-    return "container" if policy.isolation == "container" else "process"
+    # a describe policy always runs in a worker (describe_policy), so its isolation is a sandbox kind
+    return policy.isolation
 
 
 def _key(installed: Installed, policy: ClassPolicy, kind: str, config: Mapping[str, Any]) -> str:
@@ -115,11 +118,12 @@ def _sandbox(policy: ClassPolicy, settings: DescribeSettings, label: str) -> tup
     try:
         sandbox = make_sandbox(policy, label=label, message_limit=_MESSAGE_LIMIT, config=config)
     except RefusedError as exc:
-        if policy.isolation != "container":
+        weaker = isolation(policy.isolation).weaker
+        if weaker is None:
             raise
         stand_in = describe_policy(config, PROCESS_STAND_IN)
-        if stand_in.isolation == "container":
-            stand_in = dataclasses.replace(stand_in, isolation="process")
+        if isolation(stand_in.isolation).weaker is not None:
+            stand_in = dataclasses.replace(stand_in, isolation=weaker)
         sandbox = make_sandbox(stand_in, label=label, message_limit=_MESSAGE_LIMIT, config=config)
         available, why = container_available(config)
         return sandbox, stand_in, (f"no container can be started here ({why if not available else exc}), so "
@@ -147,7 +151,7 @@ def describe(installed: Installed, locked_class: PluginClass | None, settings: D
         sandbox, used, note = _sandbox(policy, settings, label)
     except Exception as exc:  # no sandbox, no describe: never unconfined
         return Described(None, error=f"no sandbox to describe it in: {exc}")
-    described_in = "container" if sandbox.kind == "container" else "process"
+    described_in = sandbox.kind
     if (used, described_in) != (policy, kind):
         # Described in a stand-in: cached under the sandbox really used, so a later container is not skipped.
         key = _key(installed, used, described_in, settings.config)
@@ -196,10 +200,10 @@ def _start_failure(reason: str, sandbox: Sandbox, settings: DescribeSettings, el
     """Why the worker never said hello: the deadline, a limit, or the plugin's own error at import."""
     if elapsed >= settings.timeout_s:  # the runner gave up waiting for the hello and killed the worker
         return _deadline(settings)
-    limit = getattr(sandbox, "exit_limit", None)
+    limit = sandbox.exit_limit
     if limit == "memory" or reason.startswith("MemoryError"):
         return f"memory limit {_mib(sandbox)} reached while importing ({reason})"
-    processes = getattr(sandbox, "process_limit", None)
+    processes = sandbox.process_limit
     if limit == "pids" or (reason.startswith("BlockingIOError") and _forks_refused(sandbox)):
         return f"process limit {processes} reached while importing (fork refused: {reason})"
     if reason.startswith("BlockingIOError") and processes:
@@ -210,7 +214,9 @@ def _start_failure(reason: str, sandbox: Sandbox, settings: DescribeSettings, el
 
 def _forks_refused(sandbox: Sandbox) -> bool:
     """Whether the worker's pids cgroup refused a fork (read before the runner removes the cgroup)."""
-    pids = getattr(innermost(sandbox), "directories", {}).get("pids")
+    inner = innermost(sandbox)
+    # only a pids cgroup of drhost's own counts refusals a describe can read (a container's are podman's)
+    pids = inner.directories.get("pids") if isinstance(inner, CgroupSandbox) else None
     if pids is None:
         return False
     try:
@@ -223,11 +229,11 @@ def _forks_refused(sandbox: Sandbox) -> bool:
 def _call_failure(outcome: CallOutcome, sandbox: Sandbox, settings: DescribeSettings) -> str:
     if outcome.ended == "timeout":
         return _deadline(settings, bool(outcome.detail.get("killed", True)))
-    limit = outcome.detail.get("limit") or getattr(sandbox, "exit_limit", None)
+    limit = outcome.detail.get("limit") or sandbox.exit_limit
     if outcome.ended == "memory" or limit == "memory":
         return f"memory limit {_mib(sandbox)} reached while describing ({outcome.message})"
     if limit in ("pids", "processes"):
-        return (f"process limit {getattr(sandbox, 'process_limit', None)} reached while describing "
+        return (f"process limit {sandbox.process_limit} reached while describing "
                 f"({outcome.message})")
     return outcome.message or f"describe ended {outcome.ended}"
 

@@ -12,7 +12,7 @@ from ._cgroups import (
 )
 from ._confine import innermost, network_namespace_available
 from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
-from ._factory import make_sandbox
+from ._isolation import ISOLATION_KINDS, IsolationKind, Removed, isolation, make_sandbox
 from ._outcome import ENDINGS, LIMIT_ENDINGS, CallOutcome, Ending, LimitEnding
 from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
@@ -22,6 +22,7 @@ from ._thread_runner import ThreadRunner
 __all__ = [
     "CGROUPS_MODES",
     "ENDINGS",
+    "ISOLATION_KINDS",
     "LIMIT_CONTROLLERS",
     "LIMIT_ENDINGS",
     "CallOutcome",
@@ -29,7 +30,9 @@ __all__ = [
     "CgroupsMode",
     "Ending",
     "HealthWatch",
+    "IsolationKind",
     "LimitEnding",
+    "Removed",
     "RlimitSandbox",
     "Runner",
     "Sandbox",
@@ -40,6 +43,7 @@ __all__ = [
     "cgroup_support",
     "container_available",
     "innermost",
+    "isolation",
     "make_sandbox",
     "network_namespace_available",
     "probe_cgroups",

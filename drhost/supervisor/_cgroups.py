@@ -305,6 +305,8 @@ class CgroupSandbox:
         self.enforces_memory = "memory" in self._support.bases and self.memory_limit_bytes is not None
         self.process_limit = pids_max
         self.enforces_processes = "pids" in self._support.bases
+        #: the sandbox holding the limits: it wraps nothing
+        self.inner: Sandbox | None = None
         self._dirs: dict[str, Path] = {}
         self.created: list[Path] = []  # every cgroup this sandbox made (tests check none is left)
         self.leftovers: list[int] = []  # pids still in the cgroup after a stop (should stay empty)

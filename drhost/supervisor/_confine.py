@@ -131,9 +131,9 @@ def worker_identity(config: Mapping[str, Any]) -> tuple[str, int, int] | None:
 
 
 def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
-    """Process workers: own namespaces, an empty network unless ``[process] network = host``, not root."""
-    if sandbox.kind != "process":
-        return sandbox
+    """Process workers: own namespaces, an empty network unless ``[process] network = host``, not root.
+
+    ``sandbox`` is a process sandbox (cgroups or rlimits): the process kind's entry is the only caller."""
     process = config.get("process") or {}
     network = process.get("network", "none") == "none"
     scratch = int(process.get("tmpfs_mb", DEFAULT_SCRATCH_MB))
@@ -151,6 +151,6 @@ def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
 
 def innermost(sandbox: Sandbox) -> Sandbox:
     """The sandbox that holds the limits, under any wrappers (confinement, weaker-isolation notes)."""
-    while (inner := getattr(sandbox, "inner", None)) is not None:
+    while (inner := sandbox.inner) is not None:
         sandbox = inner
     return sandbox

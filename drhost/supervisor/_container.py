@@ -68,10 +68,12 @@ class ContainerSandbox:
                  config: Mapping[str, Any] | None = None, setup: PodmanSetup | None = None,
                  bundles_dir: Path | None = None) -> None:
         self.memory_limit_bytes: int | None = memory_mb * 1024 * 1024
-        self.process_limit = pids_limit
+        self.process_limit: int | None = pids_limit
+        #: the sandbox holding the limits: it wraps nothing
+        self.inner: Sandbox | None = None
         self._memory_mb = memory_mb
         #: The class's CPU share (``--cpus`` = cpu_percent / 100), named when it throttled a step that timed out.
-        self.cpu_percent = cpu_percent
+        self.cpu_percent: int | None = cpu_percent
         self._cpus = max(0.01, cpu_percent / 100)
         self._label = _sanitize(label, 60)
         #: The run a container belongs to (the label starts with the run id), so a later controller of the

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._outcome import CallOutcome, Ending, LimitEnding
+from ._sandbox import Sandbox
 
 #: Counters that count events (a baseline of 0 when first seen mid-call: a fresh worker starts at 0).
 _EVENT_COUNTERS = ("pids_refused", "oom_kill")
@@ -27,20 +28,17 @@ _MiB = 1024 * 1024
 class LimitWatch:
     """The sandbox's limit counters over one call: what each grew by since the call started."""
 
-    def __init__(self, sandbox: Any) -> None:
-        self._read = getattr(sandbox, "limit_counters", None)
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._read = sandbox.limit_counters
         self.start: dict[str, float] = self._counters()
         self.latest: dict[str, float] = dict(self.start)
 
     def _counters(self) -> dict[str, float]:
-        if self._read is None:
-            return {}
         try:
             found = self._read()
         except (OSError, ValueError):
             return {}
-        return {k: float(v) for k, v in found.items() if isinstance(v, (int, float))} \
-            if isinstance(found, Mapping) else {}
+        return {k: float(v) for k, v in found.items() if isinstance(v, (int, float))}
 
     def sample(self) -> None:
         for key, value in self._counters().items():
@@ -75,7 +73,7 @@ def throttle_text(throttle: Mapping[str, Any]) -> str:
             f"{throttle['throttled_s']:g} s)")
 
 
-def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any], sandbox: Any) -> CallOutcome:
+def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any], sandbox: Sandbox) -> CallOutcome:
     """The outcome, with the limit that stopped the call named: its ending, ``detail["limit"]`` and
     ``detail["limit_text"]``, and the message led by the limit; a timeout says how the CPU share throttled it."""
     if outcome.ended == "timeout":
@@ -86,7 +84,7 @@ def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any]
     detail = dict(outcome.detail)
     limit = str(detail.get("limit") or "")
     refused = int(limits.grown("pids_refused"))
-    pids_limit = getattr(sandbox, "process_limit", None)
+    pids_limit = sandbox.process_limit
     message = outcome.message
     ended: LimitEnding
     if refused or limit == "pids":
@@ -98,7 +96,7 @@ def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any]
             message = f"{text}{counted}: {message}"
         ended, retryable = "pids", False
     elif limit == "memory" or outcome.ended == "memory":
-        memory = getattr(sandbox, "memory_limit_bytes", None)
+        memory = sandbox.memory_limit_bytes
         text = f"memory limit {memory // _MiB} MiB" if memory else "memory limit"
         ended, retryable = "memory", outcome.retryable
     elif limit == "cpu_time":
@@ -113,16 +111,16 @@ def name_limit(outcome: CallOutcome, limits: LimitWatch, peak: Mapping[str, Any]
     return dataclasses.replace(outcome, ended=ended, message=message, retryable=retryable, detail=detail)
 
 
-def _timeout(outcome: CallOutcome, limits: LimitWatch, sandbox: Any) -> CallOutcome:
+def _timeout(outcome: CallOutcome, limits: LimitWatch, sandbox: Sandbox) -> CallOutcome:
     limits.sample()
     detail = dict(outcome.detail)
     extra: list[str] = []
-    throttle = limits.throttle(getattr(sandbox, "cpu_percent", None), outcome.duration_s)
+    throttle = limits.throttle(sandbox.cpu_percent, outcome.duration_s)
     if throttle is not None:
         detail["cpu_throttled"] = throttle
         extra.append(throttle_text(throttle))
     refused = int(limits.grown("pids_refused"))
-    pids_limit = getattr(sandbox, "process_limit", None)
+    pids_limit = sandbox.process_limit
     if refused and pids_limit:
         detail["pids_refused"] = refused
         extra.append(f"pids limit {pids_limit} reached during the step (fork refused {refused} times)")

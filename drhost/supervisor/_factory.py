@@ -1,8 +1,7 @@
-"""Choose the sandbox for a plugin from its class policy and what this machine can do."""
+"""The sandboxes of the worker kinds, from a class policy and what this machine can do (see ``_isolation``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ..errors import RefusedError
@@ -17,16 +16,11 @@ from ._sandbox import Sandbox
 DEFAULT_CONTAINER_PIDS = 64
 
 
-def make_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
-    """The sandbox a worker of ``policy``'s class gets. ``label`` names it (run, plugin, target)."""
-    if policy.isolation == "process":
-        # cgroups where [process] cgroups allows and the machine gives them, else rlimits; then the worker's
-        # own namespaces, identity and read-only view of the host
-        return confine_process(process_sandbox(policy, label=label, message_limit=message_limit, config=config),
-                               config)
-    if policy.isolation == "container":
-        return container_sandbox(policy, label=label, message_limit=message_limit, config=config)
-    raise ValueError(f"no sandbox for isolation {policy.isolation!r}")
+def process_worker_sandbox(policy: ClassPolicy, *, label: str, message_limit: int,
+                           config: dict[str, Any]) -> Sandbox:
+    """A worker process: cgroups where [process] cgroups allows and the machine gives them, else rlimits; then the
+    worker's own namespaces, identity and read-only view of the host."""
+    return confine_process(process_sandbox(policy, label=label, message_limit=message_limit, config=config), config)
 
 
 def container_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, config: dict[str, Any]) -> Sandbox:
@@ -38,8 +32,7 @@ def container_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, co
     except ContainerUnavailable as exc:
         why = str(exc)
     if (config.get("run") or {}).get("allow_weaker_isolation"):
-        inner = make_sandbox(dataclasses.replace(policy, isolation="process"), label=label,
-                             message_limit=message_limit, config=config)
+        inner = process_worker_sandbox(policy, label=label, message_limit=message_limit, config=config)
         return WeakerSandbox(inner, f"container unavailable: {why}")
     raise RefusedError(
         f"{policy.plugin_class.value} plugins run in a container, and none can be started here: {why}. "

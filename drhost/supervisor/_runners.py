@@ -87,10 +87,10 @@ class HealthWatch:
         for key, value in usage.items():
             if isinstance(value, (int, float)):
                 self.peak[key] = max(self.peak.get(key, 0), value)
-        pids = int(getattr(self._sandbox, "process_limit", None) or 0)
+        pids = int(self._sandbox.process_limit or 0)
         found = usage.get("processes")
         processes = found if isinstance(found, int) else 0
-        sampled_pids = pids > 0 and not getattr(self._sandbox, "enforces_processes", True) and processes > 0
+        sampled_pids = pids > 0 and not self._sandbox.enforces_processes and processes > 0
         if sampled_pids and processes > pids:
             self.breached = "pids"
             return (f"pids limit {pids} reached: {processes} processes (sampled by the supervisor; no pids "
@@ -337,7 +337,7 @@ class WorkerRunner:
                     return self._stopped(stop_reason, timeout_s, state(), now - started, killed=False,
                                          usage=health.peak, ctx=ctx)
                 # A kernel limit that killed the worker (the memory cgroup's OOM killer) is named as that limit.
-                limit_hit = getattr(self.sandbox, "exit_limit", None)
+                limit_hit = self.sandbox.exit_limit
                 return CallOutcome("memory" if limit_hit == "memory" else "crashed", message=f"worker died: {how}",
                                    state=state(), duration_s=now - started,
                                    detail={"exit": how, "usage": health.peak,

@@ -29,6 +29,36 @@ class Sandbox(Protocol):
     memory_limit_bytes: int | None
     enforces_memory: bool
 
+    # Read-only to callers (properties here, so an implementation may hold a narrower type or a class constant).
+    @property
+    def enforces_processes(self) -> bool:
+        """Whether the kernel holds the worker to ``process_limit``; when not, the health monitor samples it."""
+        ...
+
+    @property
+    def process_limit(self) -> int | None:
+        """The most processes the worker may hold, or None when the class sets none."""
+        ...
+
+    @property
+    def cpu_percent(self) -> int | None:
+        """The CPU share of the class, named when it throttled a step that timed out; None when none is set."""
+        ...
+
+    @property
+    def exit_limit(self) -> str | None:
+        """The limit that ended the last worker (``memory``, ``pids``, ``cpu_time``), set by :meth:`explain_exit`."""
+        ...
+
+    @property
+    def inner(self) -> Sandbox | None:
+        """The sandbox this one wraps (confinement, weaker-isolation notes), or None for the one holding the limits."""
+        ...
+
+    def limit_counters(self) -> dict[str, float]:
+        """The kernel's limit counters of the current launch (``pids_refused``, ``oom_kill``, ...); {} if none."""
+        ...
+
     def command(self, entry_point: str) -> list[str]:
         """The argv that starts the worker for ``entry_point``."""
         ...
@@ -74,16 +104,21 @@ class DelegatingSandbox:
     """
 
     def __init__(self, inner: Sandbox) -> None:
-        self.inner = inner
+        self.inner: Sandbox = inner
         self.kind = inner.kind
         self.memory_limit_bytes = inner.memory_limit_bytes
         self.enforces_memory = inner.enforces_memory
-        self.process_limit = getattr(inner, "process_limit", None)
-        self.enforces_processes = getattr(inner, "enforces_processes", True)
+        self.process_limit = inner.process_limit
+        self.enforces_processes = inner.enforces_processes
+        self.cpu_percent = inner.cpu_percent
 
-    def __getattr__(self, name: str) -> Any:
-        # What else the runner asks of the real sandbox (exit_limit after a cgroup OOM kill), read when asked.
-        return getattr(self.inner, name)
+    @property
+    def exit_limit(self) -> str | None:
+        # read when asked: the inner sandbox sets it as the worker exits
+        return self.inner.exit_limit
+
+    def limit_counters(self) -> dict[str, float]:
+        return self.inner.limit_counters()
 
     def command(self, entry_point: str) -> list[str]:
         return self.inner.command(entry_point)
@@ -196,6 +231,10 @@ class RlimitSandbox:
     def __init__(self, limits: dict[str, Any], *, message_limit: int, command: list[str] | None = None,
                  process_limit: int | None = None) -> None:
         self.process_limit = process_limit
+        #: rlimits give no CPU share
+        self.cpu_percent: int | None = None
+        #: the sandbox holding the limits: it wraps nothing
+        self.inner: Sandbox | None = None
         self._limits = dict(limits)
         self._message_limit = message_limit
         self._command = command
@@ -243,6 +282,10 @@ class RlimitSandbox:
         if self.process_limit:
             found["process_watch"] = self.process_limit
         return found
+
+    def limit_counters(self) -> dict[str, float]:
+        # rlimits keep no counters: a limit is named from the exit status alone
+        return {}
 
     def close(self) -> None:
         return None

@@ -15,7 +15,7 @@ from drhost_hookspecs import Stage, VerifyPhase
 
 from ..plan import PlannedStep
 from ..policy import class_policy
-from ..supervisor import CallOutcome
+from ..supervisor import CallOutcome, isolation
 from ._checks import CheckResult, failed, passed, skipped
 from ._session import PluginSession
 from ._snapshot import Snapshot, SnapshotDiff, describe_key
@@ -229,7 +229,7 @@ class Driver:
             self.report(failed("within_limits", where, f"took longer than its timeout of {step.timeout_s:g} s: "
                                                        f"{outcome.message}",
                                "make the step faster, or declare the timeout it really needs (timeout_s=...)"))
-        elif step.isolation == "thread":
+        elif not isolation(step.isolation).in_worker:
             self.report(passed("within_limits", where, f"{outcome.duration_s:.2f} s of {step.timeout_s:g} s "
                                                        f"(a thread in drhost: no memory figure of its own)"))
         else:

@@ -25,7 +25,7 @@ from ..orchestrator import Executor, RunEnv, create_run, plugins_last_first
 from ..plan import Plan, PlannedStep
 from ..plugins import Registry
 from ..preflight import container_check, validate_run_inputs
-from ..supervisor import CallOutcome, remove_run_cgroups, remove_run_containers
+from ..supervisor import CallOutcome, isolation
 from ._target import DisposableTarget
 
 #: The target's name in the session's inventory and run state.
@@ -139,9 +139,8 @@ class PluginSession:
         """Stop every worker and container of the session; the run directory stays for inspection."""
         self.executor.close()
         self._journal.close()
-        remove_run_cgroups(self.state.run_id)
-        if any(p.isolation == "container" for p in self.plan.plugins):
-            remove_run_containers(self.state.run_id, self.config.data)
+        for name in dict.fromkeys(p.isolation for p in self.plan.plugins):
+            isolation(name).clean_up(self.state.run_id, self.config.data, previous_gone=True)
 
     def __enter__(self) -> PluginSession:
         return self

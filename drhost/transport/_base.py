@@ -5,15 +5,23 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Literal, get_args
+from dataclasses import dataclass
 
 from drhost_hookspecs import RunResult
 
-#: How a target is reached (``[target:NAME] transport``): a directory tree on this machine, or over SSH.
-TransportKind = Literal["local", "ssh"]
-TRANSPORTS: Final[tuple[TransportKind, ...]] = get_args(TransportKind)
-
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StillRunning:
+    """What a session can tell of this run's commands on the target."""
+
+    #: Each command still running, described.
+    commands: tuple[str, ...] = ()
+    #: Why the commands could not be read, or None when they were.
+    unknown: str | None = None
+    #: Whether commands can outlive their call here (detached jobs); when not, none can still run.
+    detached: bool = True
 
 
 class TransportError(Exception):
@@ -87,6 +95,11 @@ class TargetSession(abc.ABC):
         """Stop commands an earlier controller of this run started and left running (it was killed);
         return what was stopped. Called by a resume before it touches the target."""
         return []
+
+    def still_running(self) -> StillRunning:
+        """This run's commands still running on the target (a transport whose commands end with their call
+        has none); raises :class:`TransportError` when the target does not answer."""
+        return StillRunning(detached=False)
 
     def latency_ms(self) -> float | None:
         """Round-trip time to the target in ms, for a network timeout's diagnosis; None if not measurable."""

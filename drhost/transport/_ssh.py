@@ -31,7 +31,7 @@ from drhost_hookspecs import RunResult
 
 from ..events import NetworkEventName
 from . import _remote_jobs as jobs
-from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
+from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession, TransportError
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
@@ -325,6 +325,13 @@ class SshSession(TargetSession):
             int, bytes, bytes]:
         """Run a short /bin/sh script with the minimal environment (not detached; for quick helper commands)."""
         return self._retrying(lambda: self._exec(jobs.shell_command(script), stdin, timeout), "a remote command")
+
+    def still_running(self) -> StillRunning:
+        status, out, err = self.shell(jobs.running_jobs_script(self.job_dir))
+        running = jobs.parse_running_jobs(out) if status == 0 else None
+        if running is None:
+            return StillRunning(unknown=f"exit {status}: {err.decode('utf-8', 'replace').strip() or 'no message'}")
+        return StillRunning(tuple(job.describe() for job in running))
 
     def probe(self, timeout_s: float) -> None:
         """Whether the target answers, within ``timeout_s`` in all: the connects, the channel and any retry

@@ -1,0 +1,151 @@
+"""The transports, one registry entry each: whether this machine has what a transport needs, how a target's
+settings are checked, how a session is opened, and where a target's install really is.
+
+Callers look a transport up by its config name (``[target:NAME] transport``) and never compare names
+themselves, so a new transport is one module and one entry here (docs/architecture.md, "How to add a
+transport").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+
+from ._base import TargetSession
+from ._heartbeat import HeartbeatSettings
+from ._local import LocalSession
+from ._ssh import NetworkListener, SshSession
+from ._ssh_connect import SshTarget
+
+#: The names of the built-in transports: the keys of :data:`TRANSPORTS`, and the schema's ``transport`` enum.
+TransportName = Literal["local", "ssh"]
+
+
+class Availability(NamedTuple):
+    """Whether this machine offers something, and what was found or what failed."""
+
+    ok: bool
+    reason: str
+
+
+class Transport(Protocol):
+    """One way of reaching a target."""
+
+    @property
+    def name(self) -> str:
+        """The config name (``[target:NAME] transport``)."""
+        ...
+
+    @property
+    def key_files(self) -> tuple[str, ...]:
+        """Target keys naming files on the controller that must be readable (checked before a run)."""
+        ...
+
+    def available(self) -> Availability:
+        """Whether this controller can use the transport at all."""
+        ...
+
+    def problems(self, target: Mapping[str, Any]) -> list[tuple[str, str, object]]:
+        """What is wrong with a target's settings: (key, what was expected, what was found)."""
+        ...
+
+    def where(self, target: Mapping[str, Any]) -> str:
+        """How ``drhost plan`` names the way to the target ("local", "ssh root@host:22")."""
+        ...
+
+    def root_identity(self, target: Mapping[str, Any]) -> tuple[str, str]:
+        """(machine, normalised path) of the target's install root, to find two targets driving one install."""
+        ...
+
+    def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
+                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+        """A session to the target (connecting lazily or now, as the transport does)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """The target is a directory tree on the controller."""
+
+    name: str = "local"
+    key_files: tuple[str, ...] = ()
+
+    def available(self) -> Availability:
+        return Availability(True, "a directory tree on this machine")
+
+    def problems(self, target: Mapping[str, Any]) -> list[tuple[str, str, object]]:
+        root = target.get("root")
+        if root and not Path(str(root)).is_absolute():
+            return [("root", "an absolute path", root)]
+        return []
+
+    def where(self, target: Mapping[str, Any]) -> str:
+        return "local"
+
+    def root_identity(self, target: Mapping[str, Any]) -> tuple[str, str]:
+        # the link and its destination are the same install
+        return "localhost", os.path.realpath(str(target.get("root") or ""))
+
+    def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
+                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+        return LocalSession(name, kill_grace_s=float(config["run"]["kill_grace_s"]),
+                            command_log=None if run_dir is None else run_dir / "commands" / f"{name}.pids")
+
+
+@dataclass(frozen=True)
+class SshTransport:
+    """The target is a host reached over SSH (paramiko)."""
+
+    name: str = "ssh"
+    key_files: tuple[str, ...] = ("key_file", "password_file")
+
+    def available(self) -> Availability:
+        found = importlib.util.find_spec("paramiko") is not None
+        return Availability(found, "paramiko" if found else "paramiko is not installed")
+
+    def problems(self, target: Mapping[str, Any]) -> list[tuple[str, str, object]]:
+        if not target.get("host"):
+            return [("host", "the host name or address to reach over SSH", "<nothing>")]
+        return []
+
+    def where(self, target: Mapping[str, Any]) -> str:
+        return f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
+
+    def root_identity(self, target: Mapping[str, Any]) -> tuple[str, str]:
+        path = posixpath.normpath(str(target.get("root") or ""))
+        if path.startswith("//"):  # kept by normpath (POSIX leaves its meaning open); on a Linux target it is '/'
+            path = "/" + path.lstrip("/")
+        return f"{str(target.get('host') or '').lower()}:{target.get('port') or 22}", path
+
+    def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
+                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+        ssh = SshTarget(
+            name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
+            key_file=target.get("key_file"), password_env=target.get("password_env"),
+            password_file=target.get("password_file"), known_hosts=target.get("known_hosts"),
+            host_key_policy=target.get("host_key_policy", "strict"),
+            connect_timeout_s=float(target.get("connect_timeout_s", 10.0)),
+        )
+        return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost",
+                          kill_grace_s=float(config["run"]["kill_grace_s"]),
+                          reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
+                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
+                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
+                          on_network=on_network)
+
+
+#: Every transport this drhost has, by config name.
+TRANSPORTS: dict[str, Transport] = {kind.name: kind for kind in (LocalTransport(), SshTransport())}
+
+
+def transport(name: str) -> Transport:
+    """The transport called ``name``; an unknown name is an error naming the known ones."""
+    try:
+        return TRANSPORTS[name]
+    except KeyError:
+        raise ValueError(f"unknown transport {name!r}; this drhost has: {', '.join(TRANSPORTS)}") from None
