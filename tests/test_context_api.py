@@ -85,7 +85,7 @@ def test_stop_wakes_sleep_and_ends_commands(tmp_path: Path) -> None:
         ctx.sleep(30)
     with pytest.raises(Cancelled):
         ctx.run(["true"])
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # far from the 30 s sleep, with room for a loaded machine
 
 
 def test_run_never_outlives_the_step_deadline(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_local_target_sample_is_in_range() -> None:
     started = time.monotonic()
     env = sample_target(LocalSession("local"), interval_s=0.3)
     assert_plausible(env)
-    assert 0.3 <= time.monotonic() - started < 3.0
+    assert 0.3 <= time.monotonic() - started < 15  # about the interval; the bound leaves room for a loaded machine
 
 
 @pytest.fixture

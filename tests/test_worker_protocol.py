@@ -170,3 +170,82 @@ def test_worker_of_this_protocol_is_accepted(tmp_path: Path) -> None:
         assert runner.hello["protocol"] == PROTOCOL_VERSION and runner.pid is not None
     finally:
         runner.close()
+
+
+_TWO_STEPS = '''
+from drhost_hookspecs import Category, PluginClass, PluginInfo, Stage, Step, StepFailed, hookimpl
+
+@hookimpl
+def drhost_plugin_info():
+    return PluginInfo(name="zz-two", department="qa", plugin_class=PluginClass.BUSINESS)
+
+def boom(ctx):
+    raise StepFailed("at once")
+
+def probe(ctx):
+    ctx.exists("anything")
+
+@hookimpl
+def drhost_stage_steps(stage, register):
+    if stage is Stage.UPGRADE:
+        register(Step("boom", boom, retryable=True, timeout_s=60, category=Category.PLUGIN))
+        register(Step("probe", probe, retryable=True, timeout_s=60, category=Category.PLUGIN))
+'''
+
+
+def test_a_call_sent_the_moment_the_last_one_is_answered_gets_its_replies(tmp_path: Path) -> None:
+    """The host's next call may arrive before the worker's thread of the last call has finished: the new call's
+    Context keeps receiving its replies (it once lost them and hung until its deadline)."""
+    import json
+    import threading
+    import types
+
+    from drhost_hookspecs import LoadedPlugin
+    from drhost_hookspecs._runtime import worker as runtime
+
+    module = types.ModuleType("zz_two")
+    exec(compile(_TWO_STEPS, "zz_two.py", "exec"), module.__dict__)
+    inbound_read, inbound_write = os.pipe()
+    answers: dict[int, dict[str, object]] = {}
+    done = threading.Event()
+
+    def call(call_id: int, step: str) -> bytes:
+        ctx = {"run_id": "r", "config": {}, "state": {},
+               "target": {"name": "t", "host": "localhost", "transport": "local", "install_root": str(tmp_path),
+                          "work_dir": str(tmp_path / "work")},
+               "package": {"product": "p", "version": "2", "upgrades_from": ["1"], "local_path": "/x",
+                           "remote_path": "/y", "sha256": "0" * 64, "size": 1}}
+        return json.dumps({"type": "call", "id": call_id, "op": "run_step", "stage": "upgrade", "step": step,
+                           "ctx": ctx}).encode() + b"\n"
+
+    class Host:
+        """The host's end of the worker's stdout: it answers as fast as a host can, and then some."""
+
+        def write(self, data: bytes) -> None:
+            message = json.loads(data)
+            if message["type"] == "request":
+                os.write(inbound_write, json.dumps({"type": "reply", "id": message["id"], "result": False}).encode()
+                         + b"\n")
+            elif message["id"] == 1:
+                # Call 1 is answered: send call 2 at once, and hold call 1's thread here meanwhile, so the
+                # worker takes call 2 before that thread is done.
+                os.write(inbound_write, call(2, "probe"))
+                time.sleep(0.5)
+            else:
+                answers[int(message["id"])] = message
+                done.set()
+
+        def flush(self) -> None:
+            pass
+
+    worker = runtime.Worker(LoadedPlugin("zz-two", module), runtime._Channel(Host(), 1 << 20), None)  # type: ignore[arg-type]
+    os.write(inbound_write, call(1, "boom"))
+    stdin = os.fdopen(inbound_read, "rb")
+    serving = threading.Thread(target=worker.serve, args=(stdin,), daemon=True)
+    serving.start()
+    answered = done.wait(10)
+    os.close(inbound_write)  # end of input: serve returns
+    serving.join(2)
+    stdin.close()
+    assert answered, "call 2 never answered: its Context lost the reply to its request"
+    assert answers[2]["type"] == "result"

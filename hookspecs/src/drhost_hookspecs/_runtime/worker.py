@@ -182,6 +182,7 @@ class Worker:
         self._channel = channel
         self._memory_limit = memory_limit
         self._current: WorkerContext | None = None
+        self._current_lock = threading.Lock()
 
     def _execute(self, message: dict[str, Any], ctx: WorkerContext) -> None:
         call_id = int(message["id"])
@@ -196,11 +197,16 @@ class Worker:
                 memory_limit_bytes=self._memory_limit,
             )
         except BaseException as exc:  # everything a plugin raises goes to the host
-            self._reply(ctx, {"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)})
+            reply = {"type": "error", "id": call_id, "error": error_to_json(exc), "state": dict(ctx.state)}
         else:
-            self._reply(ctx, {"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)})
-        finally:
-            self._current = None
+            reply = {"type": "result", "id": call_id, "result": result, "state": dict(ctx.state)}
+        # Let go of the call before answering it: the host's next call may arrive the moment the answer is out,
+        # and clearing afterwards would unset that call's Context, whose replies would then be dropped (the next
+        # call hung until its deadline).
+        with self._current_lock:
+            if self._current is ctx:
+                self._current = None
+        self._reply(ctx, reply)
 
     def _reply(self, ctx: WorkerContext, message: dict[str, Any]) -> None:
         # A state or result that is not JSON fails the call at once, named (never a reply that cannot be
@@ -243,7 +249,8 @@ class Worker:
                 ctx = WorkerContext(self._channel, int(message["id"]), message["ctx"])
                 ctx.label = call_label(self._plugin.entry_point, str(message["op"]), step=message.get("step"),
                                        stage=message.get("stage"))
-                self._current = ctx
+                with self._current_lock:
+                    self._current = ctx
                 threading.Thread(target=self._execute, args=(message, ctx), daemon=True).start()
             elif kind == "reply" and self._current is not None:
                 self._current.deliver(message)
