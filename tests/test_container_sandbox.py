@@ -8,14 +8,14 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from drhost.errors import RefusedError
 from drhost.policy import class_policy
-from drhost.supervisor import WorkerRunner, make_sandbox
+from drhost.supervisor import WorkerRunner, _podman, make_sandbox
 from drhost.supervisor._bundle import build_bundle
 from drhost.supervisor._container import ContainerSandbox
 from drhost.supervisor._podman import container_available, podman_setup
@@ -304,6 +304,38 @@ def test_missing_podman_refuses_unless_weaker_isolation_is_allowed(state_dir: Pa
         assert sandbox.in_force()["weaker_than_configured"].startswith("container unavailable: podman not found")
     finally:
         sandbox.close()
+
+
+def test_podman_cgroup_manager_is_asked_once_per_state_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """podman's cgroup manager comes from one real ``podman info`` and is then read from runtime.json: a new
+    controller (empty memory) asks podman nothing more; a failed ``podman info`` is not remembered."""
+    config = _config_with_container()
+    monkeypatch.setattr(_podman, "_cgroup_cache", {})  # as a new controller starts: nothing known yet
+    monkeypatch.setattr(_podman, "_runtime_cache", {})
+    asked = podman_setup(config)
+    assert (asked.cgroup_manager, asked.cgroups_version) != ("", "")
+    stored = json.loads((state_dir / "containers" / "runtime.json").read_text())
+    assert {"manager": asked.cgroup_manager, "version": asked.cgroups_version} in stored.values()
+
+    calls: list[list[str]] = []
+    real_run = _podman.run_podman
+
+    def recording(argv: Sequence[str], *, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        calls.append(list(argv))
+        return real_run(argv, timeout=timeout)
+
+    monkeypatch.setattr(_podman, "run_podman", recording)
+    monkeypatch.setattr(_podman, "_cgroup_cache", {})  # a second controller on the same state dir
+    again = podman_setup(config)
+    assert (again.cgroup_manager, again.cgroups_version) == (asked.cgroup_manager, asked.cgroups_version)
+    assert not [argv for argv in calls if "info" in argv], calls
+
+    _podman.forget_runtime()
+    monkeypatch.setattr(_podman, "run_podman", lambda argv, *, timeout=30.0: subprocess.CompletedProcess(
+        list(argv), 125, "", "podman info: broken"))
+    assert _podman.cgroup_info("/usr/bin/podman", "0-test") == ("", "")
+    runtime_json = state_dir / "containers" / "runtime.json"
+    assert not runtime_json.exists() or "cgroups /usr/bin/podman 0-test" not in json.loads(runtime_json.read_text())
 
 
 def _config_with_container(**container: object) -> dict[str, object]:

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,13 +129,16 @@ def test_one_output_dropped_event_per_flooding_call_with_the_right_counts(
 @pytest.mark.parametrize("plugin", list(PLUGINS))
 def test_final_progress_is_in_the_journal_and_the_rate_is_limited(
         flooded: tuple[dict[str, Any], Path, list[dict[str, Any]]], plugin: str) -> None:
-    """The last progress event of a flooding call is its final report, and the others were written at least an
-    interval apart (so at most duration / interval + 2 of them)."""
+    """The last progress event of a flooding call is its final report, the others are an interval apart (the
+    median gap: an event's ts is its write moment, which a loaded machine may delay for one event and not the
+    next; the exact spacing is test_output_budget's, on a fake clock), and there are at most
+    duration / interval + 2 of them."""
     _, _, events = flooded
     progress = [e for e in events if e["event"] == "step.progress" and e.get("plugin") == plugin]
     assert progress and (progress[-1]["data"]["done"], progress[-1]["data"]["total"]) == (REPORTS, REPORTS)
     written = [e["ts"] for e in progress[:-1]]  # the last one is written at the call's end, whenever that is
-    assert all(b - a >= INTERVAL_S - 0.01 for a, b in itertools.pairwise(written)), written
+    assert len(written) >= 2, written  # reports were written during the call, not only the first and the last
+    assert statistics.median(b - a for a, b in itertools.pairwise(written)) >= INTERVAL_S - 0.01, written
     (done,) = [e for e in events if e["event"] == "step.completed" and e.get("plugin") == plugin]
     assert len(progress) <= done["data"]["duration_s"] / INTERVAL_S + 2
 

@@ -1,10 +1,10 @@
 """Podman on this machine: is it there, which OCI runtime works, and the minimal rootfs containers start from.
 
 Nothing here hard-codes one machine's workarounds: the runtime is probed (``container.runtime = auto``:
-crun, then runc, each with a real ``podman run`` of ``/usr/bin/true``), the answer is cached in memory
-and in ``state_root()/containers/runtime.json`` keyed by podman's path and version, and the rlimits
-given to podman are clamped to the caller's hard limits (podman's defaults try to raise them, which
-fails where the hard limits are low).
+crun, then runc, each with a real ``podman run`` of ``/usr/bin/true``), the answer (and podman's cgroup
+manager) is cached in memory and in ``state_root()/containers/runtime.json`` keyed by podman's path and
+version, and the rlimits given to podman are clamped to the caller's hard limits (podman's defaults try to
+raise them, which fails where the hard limits are low).
 """
 
 from __future__ import annotations
@@ -219,13 +219,28 @@ _cgroup_cache: dict[str, tuple[str, str]] = {}
 
 
 def cgroup_info(podman: str, version: str) -> tuple[str, str]:
-    """Podman's cgroup manager and cgroups version (empty strings when ``podman info`` fails); cached."""
+    """Podman's cgroup manager and cgroups version (empty strings when ``podman info`` fails).
+
+    Cached in memory and, once known, in ``runtime.json`` beside the runtime: ``podman info`` costs about
+    half a second of CPU (it asks the package manager about every component), and every controller and
+    every resume would otherwise pay it again.
+    """
     key = f"{podman} {version}"
+    disk_key = f"cgroups {key}"
     with _lock:
         if key not in _cgroup_cache:
+            cached = _read_cache().get(disk_key)
+            if (isinstance(cached, dict) and isinstance(cached.get("manager"), str)
+                    and isinstance(cached.get("version"), str)):
+                _cgroup_cache[key] = (cached["manager"], cached["version"])
+                return _cgroup_cache[key]
             result = run_podman([podman, "info", "--format", "{{.Host.CgroupManager}} {{.Host.CgroupsVersion}}"])
             words = result.stdout.split() if result.returncode == 0 else []
             _cgroup_cache[key] = (words[0], words[1]) if len(words) == 2 else ("", "")
+            if len(words) == 2:  # a failed ``podman info`` is asked again next time, not remembered
+                data = _read_cache()
+                data[disk_key] = {"manager": words[0], "version": words[1]}
+                atomic_write(_cache_file(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
         return _cgroup_cache[key]
 
 
@@ -233,6 +248,7 @@ def forget_runtime() -> None:
     """Drop the cached runtime answers (memory and disk), so the next use probes again."""
     with _lock:
         _runtime_cache.clear()
+        _cgroup_cache.clear()
         with contextlib.suppress(FileNotFoundError):
             _cache_file().unlink()
 
