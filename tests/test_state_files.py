@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from drhost import failpoints
 from drhost.errors import RefusedError, StateError
 from drhost.events import Event
-from drhost.state import Journal, RunLock, RunState, StateFile, read_journal, write_private_json
+from drhost.state import Journal, RunLock, RunState, StateFile, atomic_write, find_run, read_journal, write_private_json
 
 
 def test_state_round_trips_with_checksum(tmp_path: Path) -> None:
@@ -90,6 +91,32 @@ def test_run_lock_is_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     first.release()
     second.acquire()
     second.release()
+
+
+def test_only_checkpoint_writes_count_as_the_checkpoint_failpoint(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``state.tmp_written@N`` counts checkpoint writes only: a cache or report written on the way cannot shift it."""
+    log = tmp_path / "failpoints.log"
+    monkeypatch.setattr(failpoints, "_LOG", str(log))
+    atomic_write(tmp_path / "runtime.json", b"{}")
+    write_private_json(tmp_path, "timeout", {"a": 1})
+    StateFile(tmp_path / "state.json").write({"a": 1})
+    StateFile(tmp_path / "state.json").write({"a": 2})
+    assert log.read_text().splitlines() == ["state.tmp_written", "state.rotated", "state.tmp_written"]
+
+
+def test_run_killed_before_its_first_checkpoint_is_named_as_such(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run directory with no checkpoint yet is reported as never checkpointed, not as missing."""
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
+    run_dir = tmp_path / "runs" / "20261206-195048-3b34c7"
+    run_dir.mkdir(parents=True, mode=0o700)
+    (run_dir / ".state.json.1.2.tmp").write_text("{")
+    with pytest.raises(StateError) as info:
+        find_run(run_dir.name)
+    assert "has no checkpoint" in str(info.value) and "nothing to resume" in str(info.value)
+    with pytest.raises(StateError, match="no run '20261206-195048-000000'"):
+        find_run("20261206-195048-000000")
 
 
 def test_run_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,8 +28,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, crash_point: str | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
+
+    ``crash_point`` names the failpoint between the temporary file and the rename. Only the run's checkpoint
+    passes one: a count of "the N-th checkpoint write" must not shift when a cache or a report is written too.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -37,7 +41,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    failpoint("state.tmp_written")
+    if crash_point is not None:
+        failpoint(crash_point)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -157,7 +162,7 @@ class StateFile:
             # Keep the last good generation: a torn write of the new one falls back to it.
             os.replace(self.path, self.previous)
             failpoint("state.rotated")
-        atomic_write(self.path, data)
+        atomic_write(self.path, data, crash_point="state.tmp_written")
 
     def read(self, check: Callable[[Path, dict[str, Any]], None] | None = None
              ) -> tuple[dict[str, Any], str | None]:

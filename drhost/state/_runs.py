@@ -96,6 +96,11 @@ def find_run(run_id: str | None) -> Path:
     if run_id:
         path = base / run_id
         if not _has_state(path):
+            if path.is_dir():
+                # The first checkpoint is written before any target is touched (orchestrator.create_run).
+                raise StateError(f"run {quote(run_id)} has no checkpoint: its controller stopped before writing "
+                                 "the first one, before anything on a target was touched; nothing to resume, "
+                                 "start the upgrade again")
             raise StateError(f"no run {quote(run_id)} under {base}")
         return path
     # Only names a run id can have: a stray directory must not pass for the newest run.
