@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -194,3 +195,31 @@ def test_unknown_root_is_one_line_error(root1: Path, name: str) -> None:
                           timeout=30, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown root /nonexistent/root" in proc.stderr
+
+
+def _answer_once(sock: socket.socket, reply: bytes) -> None:
+    conn, _ = sock.accept()
+    with conn:
+        conn.recv(4096)
+        conn.sendall(reply)
+
+
+@pytest.mark.parametrize(("reply", "exit_code", "said"), [
+    (None, 3, "not reachable"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", 3, "without an HTTP status line"),
+    (b"HTTP/1.0 200 OK\r\n\r\n<html>hi</html>", 3, "answered HTTP 200 without JSON"),
+    (b'HTTP/1.0 503 Service Unavailable\r\n\r\n{"status": "degraded", "problems": ["x"]}', 1, ""),
+])
+def test_health_names_what_answered_on_the_port(root1: Path, reply: bytes | None, exit_code: int, said: str) -> None:
+    """health reads its daemon's answer itself: nothing listening, a stranger or a page without JSON is named
+    as unreachable (exit 3); a 503 with a JSON body is the daemon's degraded answer (exit 1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", install_port(root1)))
+        if reply is not None:
+            sock.listen()
+            threading.Thread(target=_answer_once, args=(sock, reply), daemon=True).start()
+        proc = tool(root1, "drproductctl", "health")
+    assert proc.returncode == exit_code, proc.stderr
+    assert said in proc.stderr and proc.stderr.count("\n") <= 1
+    body = json.loads(proc.stdout)
+    assert body["status"] == ("degraded" if exit_code == 1 else "unreachable")

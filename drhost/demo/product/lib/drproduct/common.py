@@ -6,8 +6,12 @@ import configparser
 import json
 import os
 import sys
-import tempfile
-from typing import Any, NoReturn
+
+# Every tool is a short-lived process run dozens of times per upgrade: modules only annotations need (typing) or
+# only one command needs are not imported at start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 PRODUCT = "drproduct"
 
@@ -116,7 +120,9 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old or the new content, never a torn file, even across a crash."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    # Unique per process and exclusive: no tempfile import (and its random/shutil) for one file name.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -148,8 +154,19 @@ def emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    # A fixed width: argparse builds a formatter for every add_argument, and asking the terminal's width
+    # imports shutil (and with it bz2 and lzma) into every run of every tool.
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line and exit 2, as every other input error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message}\n")

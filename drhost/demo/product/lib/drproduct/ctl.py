@@ -5,12 +5,9 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
 from .common import (
     Failure,
@@ -25,6 +22,10 @@ from .common import (
     write_atomic,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_NOT_RUNNING = 3
 
 
@@ -33,19 +34,31 @@ class Unreachable(Exception):
 
 
 def get_health(root: Root, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
-    url = f"http://127.0.0.1:{root.port()}/health"
+    # One HTTP/1.0 GET to our own daemon, which closes the connection after its answer: urllib would cost more
+    # start-up time (http.client, email, ssl) than the whole probe, and health is asked many times per upgrade.
+    port = root.port()
+    url = f"http://127.0.0.1:{port}/health"
+    chunks: list[bytes] = []
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
+        # socket() + connect() rather than create_connection(), whose getaddrinfo loads the idna codec.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise Unreachable(f"{url} not reachable: {exc}") from None
+    head, blank, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if not blank or len(status) < 2 or not status[0].startswith(b"HTTP/") or not status[1].isdigit():
+        raise Unreachable(f"{url} answered without an HTTP status line: {head[:80]!r}")
+    code = int(status[1])
+    try:
         # 503 degraded still carries the JSON body that explains why.
-        try:
-            return exc.code, json.loads(exc.read().decode("utf-8"))
-        except ValueError:
-            raise Unreachable(f"{url} answered HTTP {exc.code} without JSON") from None
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Unreachable(f"{url} not reachable: {reason}") from None
+        return code, json.loads(body.decode("utf-8"))
+    except ValueError:
+        raise Unreachable(f"{url} answered HTTP {code} without JSON") from None
 
 
 def registration(root: Root) -> dict[str, Any]:
@@ -88,6 +101,8 @@ def start(root: Root, timeout: float) -> int:
         if os.path.exists(root.pid_path):
             os.unlink(root.pid_path)  # stale: its process is gone
         reg = registration(root)
+        import subprocess  # only start spawns anything
+
         proc = subprocess.run([str(a) for a in reg["exec"]], stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout, check=False)
         if proc.returncode != 0:

@@ -8,10 +8,13 @@ import signal
 import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from . import db, license
 from .common import PRODUCT, Failure, Parser, Release, Root, pid_alive, pid_cmdline, read_pid, run_tool, write_atomic
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("drproductd")
 

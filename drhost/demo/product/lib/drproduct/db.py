@@ -1,12 +1,14 @@
 """drproduct-db: the SQLite catalog (schema = PRAGMA user_version) and its maintenance commands."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
-from typing import Any
 
 from .common import Failure, Parser, Release, Root, UsageError, emit, fsync_dir, run_tool
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FAIL_ENV = "DRPRODUCT_FAIL_AFTER_STATEMENTS"
 SCHEDULES = ("hourly", "daily", "weekly")
@@ -94,6 +96,8 @@ def _apply(conn: sqlite3.Connection, release: Release, current: int, target: int
 
 
 def sha256_file(path: str) -> str:
+    import hashlib  # only backups and restores checksum files
+
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -5,9 +5,12 @@ import datetime
 import hashlib
 import json
 import os
-from typing import Any
 
 from .common import PRODUCT, Failure, Parser, Root, UsageError, emit, run_tool, write_atomic
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # A demo product: the secret only has to make hand-edited licences detectable, not be secret.
 _SECRET = "drproduct-demo-licence-secret-v1"
