@@ -16,8 +16,9 @@ from .errors import EnvironmentVariableError
 from .failpoints import ENV as FAILPOINT_ENV
 from .failpoints import LOG_ENV as FAILPOINT_LOG_ENV
 from .failpoints import parse_spec
-from .plugins import ALLOW_ENV, CACHE_ENV
+from .plugins import ALLOW_ENV
 from .policy import INSTANT_RETRIES_ENV
+from .state import CACHE_ENV
 
 STATE_ENV = "DRHOST_STATE_DIR"
 

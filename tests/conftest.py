@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,19 @@ import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
 from xdist_scopes import SuiteScheduling, file_order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under PYTHONDONTWRITEBYTECODE, the suite's Python processes keep their bytecode in a private directory of
+    this session (never in a source tree)."""
+    if hasattr(config, "workerinput") or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    # The suite starts thousands of Python processes that import drhost (controllers, plugin workers); without
+    # bytecode each one compiles drhost again, some 120 ms of CPU, and the CPU is what the suite is short of.
+    prefix = tempfile.mkdtemp(prefix="drhost-tests-pycache-")
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    config.add_cleanup(lambda: shutil.rmtree(prefix, ignore_errors=True))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> SuiteScheduling:

@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -306,16 +307,22 @@ def test_missing_podman_refuses_unless_weaker_isolation_is_allowed(state_dir: Pa
         sandbox.close()
 
 
-def test_podman_cgroup_manager_is_asked_once_per_state_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """podman's cgroup manager comes from one real ``podman info`` and is then read from runtime.json: a new
-    controller (empty memory) asks podman nothing more; a failed ``podman info`` is not remembered."""
+def test_podman_facts_are_asked_once_per_machine(state_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """podman's runtime and cgroup manager come from real probes once, then from podman.json in the cache
+    directory: a new controller on another state directory asks podman for neither; ``--version`` is asked
+    once per process; a failed ``podman info`` is not remembered."""
+    monkeypatch.setenv("DRHOST_CACHE_DIR", str(tmp_path / "cache"))
     config = _config_with_container()
-    monkeypatch.setattr(_podman, "_cgroup_cache", {})  # as a new controller starts: nothing known yet
-    monkeypatch.setattr(_podman, "_runtime_cache", {})
+    for memory in ("_cgroup_cache", "_runtime_cache", "_version_cache"):  # as a new controller starts
+        monkeypatch.setattr(_podman, memory, {})
     asked = podman_setup(config)
     assert (asked.cgroup_manager, asked.cgroups_version) != ("", "")
-    stored = json.loads((state_dir / "containers" / "runtime.json").read_text())
+    cache = tmp_path / "cache" / "podman.json"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    stored = json.loads(cache.read_text())
     assert {"manager": asked.cgroup_manager, "version": asked.cgroups_version} in stored.values()
+    assert {"runtime": asked.runtime} in [{"runtime": v.get("runtime")} for v in stored.values()]
 
     calls: list[list[str]] = []
     real_run = _podman.run_podman
@@ -325,17 +332,39 @@ def test_podman_cgroup_manager_is_asked_once_per_state_dir(state_dir: Path, monk
         return real_run(argv, timeout=timeout)
 
     monkeypatch.setattr(_podman, "run_podman", recording)
-    monkeypatch.setattr(_podman, "_cgroup_cache", {})  # a second controller on the same state dir
+    podman_setup(config)
+    assert calls == [], "the same process asks podman nothing twice"
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path / "another-state"))
+    monkeypatch.setattr(_podman, "_cgroup_cache", {})  # a second controller, on another state directory
+    monkeypatch.setattr(_podman, "_runtime_cache", {})
+    monkeypatch.setattr(_podman, "_version_cache", {})
     again = podman_setup(config)
-    assert (again.cgroup_manager, again.cgroups_version) == (asked.cgroup_manager, asked.cgroups_version)
-    assert not [argv for argv in calls if "info" in argv], calls
+    assert (again.runtime, again.cgroup_manager, again.cgroups_version) == (
+        asked.runtime, asked.cgroup_manager, asked.cgroups_version)
+    assert [argv[1:] for argv in calls] == [["--version"]], calls
 
     _podman.forget_runtime()
+    assert not cache.exists()
     monkeypatch.setattr(_podman, "run_podman", lambda argv, *, timeout=30.0: subprocess.CompletedProcess(
         list(argv), 125, "", "podman info: broken"))
     assert _podman.cgroup_info("/usr/bin/podman", "0-test") == ("", "")
-    runtime_json = state_dir / "containers" / "runtime.json"
-    assert not runtime_json.exists() or "cgroups /usr/bin/podman 0-test" not in json.loads(runtime_json.read_text())
+    assert not cache.exists() or "cgroups /usr/bin/podman 0-test" not in json.loads(cache.read_text())
+
+
+def test_podman_facts_are_not_kept_in_a_cache_directory_others_can_write(
+        state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache directory writable by others is not trusted with podman's runtime: nothing is read or written."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    (shared / "podman.json").write_text(json.dumps({"planted": {"runtime": "evil"}}))
+    monkeypatch.setenv("DRHOST_CACHE_DIR", str(shared))
+    for memory in ("_cgroup_cache", "_runtime_cache", "_version_cache"):
+        monkeypatch.setattr(_podman, memory, {})
+    assert _podman._read_cache() == {}
+    setup = podman_setup(_config_with_container())
+    assert setup.runtime in ("crun", "runc")
+    assert json.loads((shared / "podman.json").read_text()) == {"planted": {"runtime": "evil"}}
 
 
 def _config_with_container(**container: object) -> dict[str, object]:

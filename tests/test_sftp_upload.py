@@ -13,7 +13,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from drhost.transport._sftp_upload import UploadError, UploadReport, rate_and_eta, sha256_command, upload_resumable
+from drhost.transport._rates import rate_and_eta
+from drhost.transport._sftp_upload import UploadError, UploadReport, sha256_command, upload_resumable
 from sshd_hosts import SshHost, sshd_available, start_hosts
 from tcp_proxy import TcpProxy
 

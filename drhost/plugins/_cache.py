@@ -28,21 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..state import cache_root
 from ..supervisor import ISOLATION_KINDS
 
-CACHE_ENV = "DRHOST_CACHE_DIR"
 _FORMAT = 1
 #: Where a description can have been made: a sandbox of a kind that runs workers.
 _WORKER_KINDS = frozenset(name for name, kind in ISOLATION_KINDS.items() if kind.in_worker)
 _LOG = logging.getLogger("drhost.plugins.cache")
-
-
-def cache_root() -> Path:
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "drhost"
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

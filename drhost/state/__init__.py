@@ -10,9 +10,10 @@ from ._files import (
     read_journal,
     write_private_json,
 )
-from ._runs import RunLock, RunState, find_run, new_run_id, runs_dir, state_root
+from ._runs import CACHE_ENV, RunLock, RunState, cache_root, find_run, new_run_id, runs_dir, state_root
 
 __all__ = [
+    "CACHE_ENV",
     "STATE_FORMAT",
     "Journal",
     "JournalSkips",
@@ -20,6 +21,7 @@ __all__ = [
     "RunState",
     "StateFile",
     "atomic_write",
+    "cache_root",
     "find_run",
     "iter_journal",
     "new_run_id",

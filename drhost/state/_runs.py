@@ -73,6 +73,20 @@ def state_root() -> Path:
     return _private_dir(Path(base) / "drhost", "the state directory", parents=True)
 
 
+CACHE_ENV = "DRHOST_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """``$DRHOST_CACHE_DIR``, else ``$XDG_CACHE_HOME/drhost``, else ``~/.cache/drhost``: what drhost learnt about
+    this machine and its plugins, kept across runs and state directories (each user of it checks the
+    directory before trusting it). Not created here."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "drhost"
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 

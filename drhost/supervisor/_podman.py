@@ -2,8 +2,9 @@
 
 Nothing here hard-codes one machine's workarounds: the runtime is probed (``container.runtime = auto``:
 crun, then runc, each with a real ``podman run`` of ``/usr/bin/true``), the answer (and podman's cgroup
-manager) is cached in memory and in ``state_root()/containers/runtime.json`` keyed by podman's path and
-version, and the rlimits given to podman are clamped to the caller's hard limits (podman's defaults try to
+manager) is cached in memory and in ``cache_root()/podman.json`` (a machine fact, shared by every state
+directory) keyed by podman's path and version; ``podman --version`` is asked once per process and binary;
+the rlimits given to podman are clamped to the caller's hard limits (podman's defaults try to
 raise them, which fails where the hard limits are low).
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..state import atomic_write, state_root
+from ..state import atomic_write, cache_root, state_root
 
 #: Runtimes tried, in order, when ``container.runtime`` is ``auto``.
 RUNTIME_CANDIDATES = ("crun", "runc")
@@ -35,6 +37,7 @@ _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 _lock = threading.Lock()
 _runtime_cache: dict[str, str] = {}
+_version_cache: dict[str, str] = {}
 
 
 class ContainerUnavailable(Exception):
@@ -119,11 +122,33 @@ def find_podman(config: Mapping[str, Any]) -> tuple[str, str]:
     if path is None:
         raise ContainerUnavailable(f"podman not found ({wanted!r} is not on PATH; install podman, e.g. "
                                    f"'apt-get install podman runc', or set container.podman)")
+    return path, podman_version(path)
+
+
+def podman_version(path: str) -> str:
+    """``podman --version`` of the client at ``path``, asked once per process and binary.
+
+    Every container sandbox of a run needs it (a run of three targets asked about twenty times, each a Go
+    start-up of some 60 ms CPU). The binary's identity is part of the key, so a podman replaced in the
+    middle of a run is asked again. Raises ContainerUnavailable when the client does not answer.
+    """
+    try:
+        info = os.stat(path)
+        key = f"{path} {info.st_dev} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
+    except OSError as exc:
+        raise ContainerUnavailable(f"{path}: {exc.strerror}") from None
+    with _lock:
+        known = _version_cache.get(key)
+    if known is not None:
+        return known
     result = run_podman([path, "--version"], timeout=20)
     if result.returncode != 0:
         raise ContainerUnavailable(f"{path} --version failed (exit {result.returncode}): "
                                    f"{_tail(result.stderr or result.stdout)}")
-    return path, result.stdout.strip().split()[-1] if result.stdout.strip() else "unknown"
+    version = result.stdout.strip().split()[-1] if result.stdout.strip() else "unknown"
+    with _lock:
+        _version_cache[key] = version
+    return version
 
 
 def containers_dir() -> Path:
@@ -172,23 +197,51 @@ def probe_command(podman: str, runtime: str, settings: Mapping[str, Any], rootfs
     return [*argv, "-v", f"{HOST_USR}:{HOST_USR}:ro", "--rootfs", str(rootfs), "/usr/bin/true"]
 
 
-def _cache_file() -> Path:
-    return containers_dir() / "runtime.json"
+def _cache_file() -> Path | None:
+    """``podman.json`` in drhost's cache directory, or None when that directory cannot be trusted.
+
+    A fact about this machine, not about a run: kept beside the plugin descriptions rather than in the state
+    directory, so that every state directory (every test, too) does not probe podman again. A directory that
+    is not ours alone could hand us a runtime to use, so it is not used (memory only, probing each process).
+    """
+    root = cache_root()
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = root.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        return None
+    return root / "podman.json"
 
 
 def _read_cache() -> dict[str, Any]:
+    path = _cache_file()
+    if path is None:
+        return {}
     try:
-        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
+def _remember(key: str, value: Mapping[str, Any]) -> None:
+    path = _cache_file()
+    if path is None:
+        return
+    data = _read_cache()
+    data[key] = dict(value)
+    # A cache: failing to write it costs a probe next time, never the run.
+    with contextlib.suppress(OSError):
+        atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
 def detect_runtime(podman: str, version: str, settings: Mapping[str, Any], rootfs: Path | None) -> str:
     """The OCI runtime to use: the configured one, or the first candidate that really starts a container.
 
-    Probed once per process and podman version; the answer is kept in memory and in
-    ``runtime.json``. Raises ContainerUnavailable naming every failed attempt.
+    Probed once per machine and podman version; the answer is kept in memory and in
+    ``podman.json`` in the cache directory. Raises ContainerUnavailable naming every failed attempt.
     """
     configured = str(settings["runtime"])
     candidates = RUNTIME_CANDIDATES if configured == "auto" else (configured,)
@@ -205,10 +258,8 @@ def detect_runtime(podman: str, version: str, settings: Mapping[str, Any], rootf
             result = run_podman(probe_command(podman, runtime, settings, rootfs), timeout=_PROBE_TIMEOUT_S)
             if result.returncode == 0:
                 _runtime_cache[key] = runtime
-                data = _read_cache()
-                data[key] = {"runtime": runtime, "podman": podman, "podman_version": version,
-                             "rejected": failures}
-                atomic_write(_cache_file(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+                _remember(key, {"runtime": runtime, "podman": podman, "podman_version": version,
+                                "rejected": failures})
                 return runtime
             failures.append(f"{runtime}: exit {result.returncode}: {_tail(result.stderr or result.stdout)}")
     raise ContainerUnavailable(f"podman {version} cannot start a container with any runtime tried ("
@@ -221,7 +272,7 @@ _cgroup_cache: dict[str, tuple[str, str]] = {}
 def cgroup_info(podman: str, version: str) -> tuple[str, str]:
     """Podman's cgroup manager and cgroups version (empty strings when ``podman info`` fails).
 
-    Cached in memory and, once known, in ``runtime.json`` beside the runtime: ``podman info`` costs about
+    Cached in memory and, once known, in ``podman.json`` beside the runtime: ``podman info`` costs about
     half a second of CPU (it asks the package manager about every component), and every controller and
     every resume would otherwise pay it again.
     """
@@ -238,9 +289,7 @@ def cgroup_info(podman: str, version: str) -> tuple[str, str]:
             words = result.stdout.split() if result.returncode == 0 else []
             _cgroup_cache[key] = (words[0], words[1]) if len(words) == 2 else ("", "")
             if len(words) == 2:  # a failed ``podman info`` is asked again next time, not remembered
-                data = _read_cache()
-                data[disk_key] = {"manager": words[0], "version": words[1]}
-                atomic_write(_cache_file(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+                _remember(disk_key, {"manager": words[0], "version": words[1]})
         return _cgroup_cache[key]
 
 
@@ -249,8 +298,11 @@ def forget_runtime() -> None:
     with _lock:
         _runtime_cache.clear()
         _cgroup_cache.clear()
-        with contextlib.suppress(FileNotFoundError):
-            _cache_file().unlink()
+        _version_cache.clear()
+        path = _cache_file()
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def podman_setup(config: Mapping[str, Any]) -> PodmanSetup:

@@ -1,13 +1,33 @@
 """Transports: how drhost reaches a target: ``local`` (a directory tree here) or ``ssh``."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import CommandStopped, StillRunning, TargetSession, TransportError
 from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession, stop_process_group
+from ._rates import rate_and_eta
 from ._registry import TRANSPORTS, Availability, Transport, TransportName, transport
 from ._remote_jobs import parse_running_jobs, running_jobs_script
-from ._sftp_upload import rate_and_eta
-from ._ssh import SshSession
-from ._ssh_connect import AuthError, HostKeyError, SshTarget
+
+if TYPE_CHECKING:
+    from ._ssh import SshSession
+    from ._ssh_connect import AuthError, HostKeyError, SshTarget
+
+# paramiko (with cryptography and invoke) is about a third of drhost's start-up: every command would pay it,
+# while only SSH targets use it. The SSH names load on first use.
+_SSH_NAMES = {"SshSession": "._ssh", "AuthError": "._ssh_connect", "HostKeyError": "._ssh_connect",
+              "SshTarget": "._ssh_connect"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SSH_NAMES:
+        import importlib
+
+        value = getattr(importlib.import_module(_SSH_NAMES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TRANSPORTS",

@@ -14,13 +14,14 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from ._base import TargetSession
 from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession
-from ._ssh import NetworkListener, SshSession
-from ._ssh_connect import SshTarget
+
+if TYPE_CHECKING:
+    from ._ssh import NetworkListener
 
 #: The names of the built-in transports: the keys of :data:`TRANSPORTS`, and the schema's ``transport`` enum.
 TransportName = Literal["local", "ssh"]
@@ -124,6 +125,10 @@ class SshTransport:
 
     def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
                 run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+        # Here, not at the top: a run with no SSH target never loads paramiko (see the package's __getattr__).
+        from ._ssh import SshSession
+        from ._ssh_connect import SshTarget
+
         ssh = SshTarget(
             name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
             key_file=target.get("key_file"), password_env=target.get("password_env"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import math
 import shlex
 import stat
 import time
@@ -72,20 +71,6 @@ def sha256_command(path: str, length: int | None = None) -> str:
     """The POSIX sh line that prints the sha256 of ``path`` (of its first ``length`` bytes if given)."""
     quoted = shlex.quote(path)
     return f"sha256sum < {quoted}" if length is None else f"head -c {int(length)} < {quoted} | sha256sum"
-
-
-def rate_and_eta(done: int, total: int, elapsed: float) -> tuple[float, float]:
-    """MB/s (10^6 bytes) and seconds left, from ``done`` of ``total`` bytes moved in ``elapsed`` seconds.
-
-    Pass only the bytes moved in ``elapsed`` (after a resume subtract ``resumed_from`` from both ``done``
-    and ``total``). The ETA is ``inf`` while nothing has moved yet, 0 once done reaches total.
-    """
-    if done >= total:
-        return (done / elapsed / 1e6 if elapsed > 0 else 0.0), 0.0
-    if done <= 0 or elapsed <= 0:
-        return 0.0, math.inf
-    rate = done / elapsed
-    return rate / 1e6, (total - done) / rate
 
 
 def _local_sha256(handle: BinaryIO, length: int, block: int = 1024 * 1024) -> hashlib._Hash:
