@@ -28,6 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite starts thousands of Python processes that import drhost (controllers, plugin workers); without
     # bytecode each one compiles drhost again, some 120 ms of CPU, and the CPU is what the suite is short of.
     prefix = tempfile.mkdtemp(prefix="drhost-tests-pycache-")
+    # Readable by the worker user too (process workers import drhost_hookspecs as drhost-worker); only we write.
+    os.chmod(prefix, 0o755)
     del os.environ["PYTHONDONTWRITEBYTECODE"]
     os.environ["PYTHONPYCACHEPREFIX"] = prefix
     config.add_cleanup(lambda: shutil.rmtree(prefix, ignore_errors=True))

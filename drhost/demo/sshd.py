@@ -70,6 +70,10 @@ class SshHost:
             "-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PermitRootLogin=yes",
             "-o", "Subsystem=sftp internal-sftp", "-o", "MaxStartups=100", "-o", "MaxSessions=100",
             "-o", "LogLevel=ERROR",
+            # bash runs ~/.bashrc for a command from sshd only as a top-level shell (SHLVL below 2): the demo's
+            # hosts are fresh hosts, not the operator's account, whose rc files (pyenv's init: about 100 ms of
+            # CPU) would otherwise run before every command drhost sends.
+            "-o", "SetEnv=SHLVL=1",
         ]
         log = open(self.directory / "sshd.log", "ab")  # noqa: SIM115 - kept open for the server's lifetime
         self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
