@@ -76,8 +76,12 @@ def run_hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plugin_class: s
     importlib.invalidate_caches()
     root = tmp_path / "target"
     root.mkdir()
+    # 3 s ends the hanging kinds quickly. A flood is work, not a hang: 20 MB printed on a business worker's 30 %
+    # CPU share can take longer than that on a loaded machine, and it must succeed, so it gets a budget to match.
+    timeout_s = 60 if kind == "stdout_flood" else 3
     config = load_config(overrides=[
-        "target.t.transport=local", f"target.t.root={root}", "timeouts.upgrade.hostile=3", "run.kill_grace_s=0.5",
+        "target.t.transport=local", f"target.t.root={root}", f"timeouts.upgrade.hostile={timeout_s}",
+        "run.kill_grace_s=0.5",
         f"plugin.{name}.port={port}", "run.worker_message_limit_bytes=1048576",
     ])
     plan = build_plan(discover(), config.data)
