@@ -217,8 +217,10 @@ def _cache_file() -> Path | None:
 
 def _read_cache() -> dict[str, Any]:
     path = _cache_file()
-    if path is None:
-        return {}
+    return {} if path is None else _load(path)
+
+
+def _load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -230,7 +232,7 @@ def _remember(key: str, value: Mapping[str, Any]) -> None:
     path = _cache_file()
     if path is None:
         return
-    data = _read_cache()
+    data = _load(path)
     data[key] = dict(value)
     # A cache: failing to write it costs a probe next time, never the run.
     with contextlib.suppress(OSError):
