@@ -412,13 +412,17 @@ def closed_in_key_exchange(address: str) -> str:
 
 class ScriptedPeer:
     """A TCP server on 127.0.0.1 that runs ``script(connection)`` in a thread for each connection it accepts;
-    connections stay open until the peer is closed, unless the script closes them."""
+    connections stay open until the peer is closed, unless the script closes them. A ``held`` peer runs the
+    script only once :attr:`release` is set, so that a client can finish connect() first."""
 
-    def __init__(self, script: Callable[[socket.socket], None]) -> None:
+    def __init__(self, script: Callable[[socket.socket], None], *, held: bool = False) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self.address = f"root@127.0.0.1:{self.port}"
         self.script_done = threading.Event()
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
         self._script = script
         self._connections: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, name=f"scripted-peer-{self.port}", daemon=True)
@@ -436,7 +440,8 @@ class ScriptedPeer:
     def _serve(self, connection: socket.socket) -> None:
         # The peer's own end of a connection it broke on purpose may fail; that is not what the tests check.
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            self._script(connection)
+            if self.release.wait(5):
+                self._script(connection)
         self.script_done.set()
 
     def __enter__(self) -> ScriptedPeer:
@@ -539,6 +544,21 @@ def test_connect_gives_one_message_per_peer_behaviour(script: str, tmp_path: Pat
         assert took >= CLIENT_BANNER_TIMEOUT_S - 0.05  # the bound the message names was really waited
 
 
+def test_reset_seen_by_connect_is_the_same_failure_as_a_reset_seen_by_the_banner_exchange(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that accepts and resets at once is "closed before its banner" even when the reset reaches
+    connect() itself, which happens when the client thread is slow to run again on a loaded machine."""
+    def reset_on_connect(*args: object, **kwargs: object) -> socket.socket:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with ScriptedPeer(PEER_SCRIPTS["reset-at-once"]) as peer:
+        monkeypatch.setattr(socket, "create_connection", reset_on_connect)
+        with pytest.raises(TransportError) as caught:
+            connect(fake_target(peer, tmp_path))
+    assert caught.value.category == "network"
+    assert str(caught.value) == closed_before_banner(peer.address)
+
+
 def handshake_with(peer: ScriptedPeer, tmp_path: Path, *, banner_timer_s: float, kex_timer_s: float,
                    wait_for_script: bool = False) -> TransportError:
     """Run _handshake (bound CLIENT_BANNER_TIMEOUT_S) with the transport thread's banner and key-exchange
@@ -546,7 +566,10 @@ def handshake_with(peer: ScriptedPeer, tmp_path: Path, *, banner_timer_s: float,
     target = fake_target(peer, tmp_path)
     sock = socket.create_connection(("127.0.0.1", peer.port), timeout=5)
     if wait_for_script:
-        # The peer acts before the client sends its banner: wait until what it did has reached our socket.
+        # The peer acts before the client sends its banner, but after connect() returned (a reset that arrives
+        # earlier makes connect() fail, which is another path): let it act, then wait until what it did has
+        # reached our socket.
+        peer.release.set()
         assert peer.script_done.wait(5)
         assert select.select([sock], [], [], 5)[0]
     transport = paramiko.Transport(sock)
@@ -602,7 +625,7 @@ def test_closing_peer_gives_one_message_on_every_path(script: str, path: str, wa
     """A peer that closes (FIN, RST on a read or on a write, SSH disconnect) is one network failure saying the
     peer closed, and whether it did so before its banner or in the key exchange — never a timeout."""
     caplog.set_level(logging.DEBUG, logger="drhost.transport._ssh_connect")
-    with ScriptedPeer(PEER_SCRIPTS[script]) as peer:
+    with ScriptedPeer(PEER_SCRIPTS[script], held=wait_for_script) as peer:
         failure = handshake_with(peer, tmp_path, banner_timer_s=LATE, kex_timer_s=LATE,
                                  wait_for_script=wait_for_script)
     assert f"{peer.address} ended: {path}\n" in caplog.text + "\n", caplog.text

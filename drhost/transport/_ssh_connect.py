@@ -93,9 +93,20 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
+def _closed_before_banner(target: SshTarget) -> TransportError:
+    return TransportError(f"SSH handshake with {target.address} failed: the peer closed the connection "
+                          "before sending an SSH banner (not an SSH server, or sshd turned the connection "
+                          "away: MaxStartups, tcp wrappers, a firewall reset)", category="network")
+
+
 def _tuned_socket(target: SshTarget) -> socket.socket:
     try:
         sock = socket.create_connection((target.host, target.port), timeout=target.connect_timeout_s)
+    except (ConnectionResetError, ConnectionAbortedError):
+        # The TCP handshake completed and the peer reset at once; connect() reports that only when the reset
+        # arrives before this thread runs again (a loaded machine), otherwise the banner exchange does. Same
+        # cause, same message, whichever call sees it.
+        raise _closed_before_banner(target) from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TransportError(f"cannot connect to {target.address}: {reason}", category="network") from None
@@ -249,9 +260,7 @@ def _handshake_failure(target: SshTarget, transport: paramiko.Transport, exc: Ba
         if banner:
             return TransportError(f"SSH handshake with {target.address} failed: the peer ({banner}) closed the "
                                   "connection during the key exchange", category="network")
-        return TransportError(f"SSH handshake with {target.address} failed: the peer closed the connection "
-                              "before sending an SSH banner (not an SSH server, or sshd turned the connection "
-                              "away: MaxStartups, tcp wrappers, a firewall reset)", category="network")
+        return _closed_before_banner(target)
     assert exc is not None
     return TransportError(f"SSH handshake with {target.address} failed: {_describe(exc)}", category="network")
 
