@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import shutil
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from drhost.errors import RefusedError
 from drhost.policy import class_policy
-from drhost.supervisor import WorkerRunner, _podman, make_sandbox
+from drhost.supervisor import WorkerRunner, _podman, make_sandbox, remove_left_containers
 from drhost.supervisor._bundle import build_bundle
 from drhost.supervisor._container import ContainerSandbox
 from drhost.supervisor._podman import container_available, podman_setup
@@ -399,3 +400,29 @@ def test_launch_and_call_costs(tmp_path: Path, site: Path, runners: list[WorkerR
         print(f"\ncontainer worker: launch (spawn until hello) {launch_ms:.0f} ms (best of 3), first describe "
               f"{first_ms:.1f} ms, warm run_step {call_ms:.1f} ms (median of 20)")
     assert launch_ms < 10_000 and call_ms < 1_000
+
+
+def test_left_containers_of_the_run_and_of_dead_controllers_are_removed_in_one_sweep(state_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """The clean-up removes the containers labelled with the run and those whose controller is gone, and
+    leaves a live controller's container of another run alone."""
+    config = _config_with_container()
+    setup = podman_setup(config)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    suffix = tmp_path.name[-12:].replace("_", "-").lower()
+    owners = {f"left-dead-{suffix}": (gone.pid, "run-a"), f"left-ours-{suffix}": (os.getpid(), "run-b"),
+              f"left-live-{suffix}": (os.getpid(), "run-c")}
+    try:
+        for name, (owner, run) in owners.items():
+            subprocess.run([setup.podman, "create", "--name", name, "--label", "drhost=worker", "--label",
+                            f"drhost.sandbox={owner}-x", "--label", f"drhost.run={run}",
+                            *setup.root_arguments(), "true"], check=True, capture_output=True, timeout=60)
+        removed = remove_left_containers(config, run_id="run-b")
+        listed = subprocess.run([setup.podman, "ps", "-a", "--format", "{{.Names}}"], capture_output=True,
+                                text=True, check=True, timeout=60).stdout.split()
+    finally:
+        subprocess.run([setup.podman, "rm", "-f", *owners], capture_output=True, timeout=60)
+    assert sorted(removed) == [f"left-dead-{suffix}", f"left-ours-{suffix}"]
+    assert f"left-live-{suffix}" in listed
+    assert not {f"left-dead-{suffix}", f"left-ours-{suffix}"} & set(listed)

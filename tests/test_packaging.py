@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,35 @@ def test_verify_payload_catches_extra_and_missing(packages: dict[str, Path], tmp
     problems = verify_payload(bad)
     assert any("payload/bin/backdoor" in p and "extra file" in p for p in problems)
     assert any("payload/SCHEMA" in p and "missing" in p for p in problems)
+
+
+def _unpacked_release(package: Path, dest: Path) -> Path:
+    with tarfile.open(package, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.startswith("payload/"):
+                target = dest / member.name[len("payload/"):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                target.write_bytes(source.read())
+    return dest
+
+
+def test_release_tools_load_the_shipped_bytecode_and_never_a_stale_one(packages: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """A release ships its modules compiled (a tool run does not compile them again), as checked-hash pycs:
+    a module whose source differs from what was compiled runs from its source."""
+    release = _unpacked_release(packages["2.0.0"], tmp_path / "release")
+    tool = [sys.executable, "-I", "-S", "-v", str(release / "bin" / "drproduct-db"), "--root", str(tmp_path),
+            "version"]
+    shipped = subprocess.run(tool, capture_output=True, text=True, timeout=60)
+    pyc = release / "lib" / "drproduct" / "__pycache__" / f"db.{sys.implementation.cache_tag}.pyc"
+    assert f"code object from '{pyc}'" in shipped.stderr
+    assert not any(line.startswith("# bytecode") and "does not match" in line
+                   for line in shipped.stderr.splitlines())
+    source = release / "lib" / "drproduct" / "db.py"
+    source.write_text(source.read_text() + "\n\ndef main(argv: object, release: object) -> int:\n    return 42\n")
+    patched = subprocess.run(tool, capture_output=True, text=True, timeout=60)
+    assert patched.returncode == 42, patched.stderr[-2000:]
+    modules = {path.stem for path in (release / "lib" / "drproduct").glob("*.py")}
+    assert {path.name.split(".")[0] for path in release.rglob("*.pyc")} == modules  # shipped, none written

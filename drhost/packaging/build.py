@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import py_compile
 import sys
 import tarfile
 import tempfile
@@ -37,6 +38,8 @@ def _payload(version: str, schema: int) -> dict[str, tuple[bytes, int]]:
             files[f"bin/{script.name}"] = (script.read_bytes(), 0o755)
     for module in sorted((PRODUCT_DIR / "lib" / "drproduct").glob("*.py")):
         files[f"lib/drproduct/{module.name}"] = (module.read_bytes(), 0o644)
+        files[f"lib/drproduct/__pycache__/{module.stem}.{sys.implementation.cache_tag}.pyc"] = \
+            (_bytecode(module), 0o644)
     for migration in sorted((PRODUCT_DIR / "migrations").glob("*.sql")):
         number = migration.name.split("_", 1)[0]
         # Only migrations up to this version's schema: 1.0.0 must not know how to become 2.
@@ -45,6 +48,18 @@ def _payload(version: str, schema: int) -> dict[str, tuple[bytes, int]]:
     files["VERSION"] = (f"{version}\n".encode(), 0o644)
     files["SCHEMA"] = (f"{schema}\n".encode(), 0o644)
     return {PAYLOAD_PREFIX + name: content for name, content in sorted(files.items())}
+
+
+def _bytecode(module: Path) -> bytes:
+    """The module compiled as a checked-hash pyc: every tool run would compile it again otherwise (the tools
+    never write bytecode, so that a release stays byte-identical to its manifest), and a pyc keyed on the
+    source's hash, not its mtime, keeps two builds identical and is ignored if the source ever differs. A
+    target whose python3 is another version ignores it too, and compiles in memory as before."""
+    with tempfile.TemporaryDirectory(prefix="drproduct-pyc-") as tmp:
+        compiled = Path(tmp) / "module.pyc"
+        py_compile.compile(str(module), cfile=str(compiled), dfile=f"lib/drproduct/{module.name}", doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        return compiled.read_bytes()
 
 
 def build_manifest(version: str, payload: dict[str, tuple[bytes, int]]) -> dict[str, Any]:

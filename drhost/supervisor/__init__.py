@@ -11,7 +11,7 @@ from ._cgroups import (
     sanitize_label,
 )
 from ._confine import innermost, network_namespace_available
-from ._container import WeakerSandbox, remove_orphaned_containers, remove_run_containers
+from ._container import WeakerSandbox, remove_left_containers
 from ._isolation import ISOLATION_KINDS, IsolationKind, Removed, isolation, make_sandbox
 from ._outcome import ENDINGS, LIMIT_ENDINGS, CallOutcome, Ending, LimitEnding
 from ._podman import container_available
@@ -48,9 +48,8 @@ __all__ = [
     "network_namespace_available",
     "probe_cgroups",
     "process_alive",
-    "remove_orphaned_containers",
+    "remove_left_containers",
     "remove_run_cgroups",
-    "remove_run_containers",
     "sanitize_label",
     "tree_usage",
     "worker_environment",

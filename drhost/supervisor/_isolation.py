@@ -17,7 +17,7 @@ from ..policy import ClassPolicy, Isolation
 from ..transport import Availability
 from ._cgroups import LIMIT_CONTROLLERS, cgroup_support, probe_cgroups, remove_run_cgroups
 from ._confine import network_namespace_available
-from ._container import remove_orphaned_containers, remove_run_containers
+from ._container import remove_left_containers
 from ._factory import container_sandbox, process_worker_sandbox
 from ._podman import container_available
 from ._sandbox import Sandbox
@@ -244,8 +244,7 @@ class ContainerIsolation:
                  spare: Callable[[str], bool] | None = None) -> list[Removed]:
         # the weaker fallback runs process workers: their cgroups go too
         found = PROCESS.clean_up(run_id, config, previous_gone=previous_gone, spare=spare)
-        removed = (remove_run_containers(run_id, config) if previous_gone else []) \
-            + remove_orphaned_containers(config)
+        removed = remove_left_containers(config, run_id=run_id if previous_gone else None)
         if removed:
             found.append(Removed("containers", tuple(removed), f"removed {len(removed)} container(s) left by a "
                                                                f"killed controller"))
