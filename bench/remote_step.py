@@ -5,6 +5,8 @@ Run on demand:  python bench/remote_step.py [--runs N] [--write docs/benchmarks.
 Both sides run `true` on the same loopback sshd host, one after the other in one run. drhost's run is a
 detached job (its own process group, output and exit code in files, survives a dropped connection);
 `ssh` with a ControlMaster multiplexes a new session over one connection and waits for the exit status.
+The same again as a non-root login user that becomes root with (passwordless) sudo, on a host that refuses
+root login: drhost with ``become = sudo`` beside ``ssh … sudo -n true``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,53 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _report import machine, publish
 
-from drhost.demo.sshd import start_hosts
+from drhost.demo.sshd import SshHost, ensure_login_user, start_hosts
 from drhost.transport import SshSession, SshTarget
+from drhost.transport._become import Become
+
+BECOME_USER = "drhost-bench"
 
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
+
+
+def timed(call: Callable[[], object], runs: int) -> list[float]:
+    call()  # warm: connection up, job directory made
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def pair(host: SshHost, base: Path, runs: int, user: str, become: Become | None) -> tuple[float, float]:
+    """(drhost, ssh ControlMaster) median ms of `true` on ``host`` as ``user`` (through sudo with ``become``)."""
+    target = SshTarget(name="bench", host=host.host, port=host.port, user=user, key_file=str(host.client_key),
+                       known_hosts=str(host.known_hosts))
+    work = host.root / ".drhost" if become is not None or user == "root" else Path(f"/home/{user}/.drhost-bench")
+    session = SshSession("bench", target, run_id="bench", work_dir=str(work), become=become)
+    try:
+        ours = timed(lambda: session.run(["true"]), runs)
+    finally:
+        session.close()
+    control = base / f"cm-{user}"
+    ssh = ["ssh", "-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "BatchMode=yes", "-i", str(host.client_key), "-p", str(host.port),
+           "-o", f"ControlPath={control}", "-o", "ControlMaster=auto", "-o", "ControlPersist=120",
+           f"{user}@{host.host}"]
+    command = ["sudo", "-n", "true"] if become is not None else ["true"]
+    try:
+        theirs = timed(lambda: subprocess.run([*ssh, *command], check=True), runs)
+    finally:
+        subprocess.run([*ssh[:-1], "-O", "exit", ssh[-1]], capture_output=True)
+    return median_ms(ours), median_ms(theirs)
 
 
 def main() -> int:
@@ -33,42 +72,27 @@ def main() -> int:
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="drhost-bench-ssh-"))
+    ensure_login_user(BECOME_USER)
     host = start_hosts(base, 1)[0]
+    become_host = start_hosts(base / "become", 1, login_user=BECOME_USER)[0]
     try:
-        target = SshTarget(name="bench", host=host.host, port=host.port, key_file=str(host.client_key),
-                           known_hosts=str(host.known_hosts))
-        session = SshSession("bench", target, run_id="bench", work_dir=str(host.root / ".drhost"))
-        session.run(["true"])
-        drhost_samples = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            session.run(["true"])
-            drhost_samples.append(time.perf_counter() - started)
-        session.close()
-
-        control = base / "cm"
-        ssh = ["ssh", "-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-               "-o", "BatchMode=yes", "-i", str(host.client_key), "-p", str(host.port),
-               "-o", f"ControlPath={control}", "-o", "ControlMaster=auto", "-o", "ControlPersist=120",
-               f"root@{host.host}"]
-        subprocess.run([*ssh, "true"], check=True)
-        ssh_samples = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            subprocess.run([*ssh, "true"], check=True)
-            ssh_samples.append(time.perf_counter() - started)
-        subprocess.run([*ssh[:-1], "-O", "exit", ssh[-1]], capture_output=True)
+        ours, theirs = pair(host, base, args.runs, "root", None)
+        ours_sudo, theirs_sudo = pair(become_host, base, args.runs, BECOME_USER, Become())
     finally:
         host.stop()
-    ours, theirs = median_ms(drhost_samples), median_ms(ssh_samples)
+        become_host.stop()
     report = "\n".join([
         f"### Remote step overhead on a warm connection ({time.strftime('%Y-%m-%d')})", "",
         f"Machine: {machine()}  ",
         f"Command: `python bench/remote_step.py --runs {args.runs}`", "",
         "| runner of `true` on a loopback sshd | median ms |", "|---|---|",
         f"| drhost `SshSession.run` (detached job: start, remote wait, output) | {ours:.1f} |",
-        f"| OpenSSH `ssh` with ControlMaster reuse | {theirs:.1f} |", "",
-        f"- ratio drhost / ssh ControlMaster = {ours / theirs:.2f}", "",
+        f"| OpenSSH `ssh` with ControlMaster reuse | {theirs:.1f} |",
+        f"| drhost, login `{BECOME_USER}`, `become = sudo` (NOPASSWD) | {ours_sudo:.1f} |",
+        f"| OpenSSH `ssh {BECOME_USER}@… sudo -n true` with ControlMaster reuse | {theirs_sudo:.1f} |", "",
+        f"- ratio drhost / ssh ControlMaster = {ours / theirs:.2f}",
+        f"- with sudo: ratio drhost / ssh ControlMaster = {ours_sudo / theirs_sudo:.2f}; sudo adds "
+        f"{ours_sudo - ours:.1f} ms to a drhost step and {theirs_sudo - theirs:.1f} ms to an ssh command", "",
     ])
     publish(report, args.write)
     return 0

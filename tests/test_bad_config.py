@@ -163,6 +163,14 @@ BAD_CONFIG = {
     "password-file-is-a-directory": ini("[target:s1]\ntransport = ssh\nhost = h\nroot = /opt/p\n"
                                         "password_file = {tmp}\n", "[target:s1] password_file",
                                         "a directory: {tmp}"),
+    "become-password-file-missing": ini("[target:s1]\ntransport = ssh\nhost = h\nroot = /opt/p\nbecome = sudo\n"
+                                        "become_password_file = {tmp}/nopw\n", "[target:s1] become_password_file",
+                                        "missing: {tmp}/nopw"),
+    # Privilege escalation: only what drhost can do, for a user name sudo could take.
+    "become-su": ini("[target:s1]\ntransport = ssh\nhost = h\nroot = /opt/p\nbecome = su\n", "[target:s1] become",
+                     "'su'", "sudo"),
+    "become-user-with-a-space": ini("[target:s1]\ntransport = ssh\nhost = h\nroot = /opt/p\nbecome = sudo\n"
+                                    "become_user = root -h\n", "[target:s1] become_user", "'root -h'"),
 }
 
 

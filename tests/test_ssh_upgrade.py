@@ -54,3 +54,25 @@ def test_ssh_demo_leaves_no_server_running(drhost: Callable[..., subprocess.Comp
     proc = drhost("upgrade", "--demo", "--ssh", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sshd_pids(state_dir) == []
+
+
+def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
+        drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path) -> None:
+    """--demo --ssh --login-user: hosts that refuse root login are upgraded by a user that becomes root with
+    sudo: the targets end at 2.0.0 with root-owned releases, and nothing is left staged or running."""
+    user = "drhost-nopw"
+    proc = drhost("upgrade", "--demo", "--ssh", "--demo-targets", "2", "--login-user", user, "--json")
+    summary = run_json(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
+    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    targets = state["config"]["targets"].values()
+    assert {(t["user"], t["become"], t["become_user"]) for t in targets} == {(user, "sudo", "root")}
+    for target in targets:
+        release = Path(target["root"]) / "releases" / "2.0.0"
+        assert {path.stat().st_uid for path in release.rglob("*")} == {0}
+        assert (Path(target["root"]) / "current").resolve() == release
+    assert not (Path(f"/home/{user}/.drhost-staging") / Path(summary["run_dir"]).name).exists()
+    assert sshd_pids(state_dir) == []
+    sshd_dirs = {str(path) for path in Path("/run/drhost-demo-keys").glob("*")}
+    assert not any(name.endswith(f"-{target['port']}") for target in targets for name in sshd_dirs)

@@ -15,7 +15,7 @@ from ..demo.environment import (
     planned_ssh_hosts,
     ssh_inventory,
 )
-from ..demo.sshd import SshHost
+from ..demo.sshd import LOGIN_USER, SshHost
 from ..errors import ConfigError, Origin
 from ..packaging import Package
 from ..plan import Plan
@@ -84,13 +84,23 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
             raise ConfigError(Origin("command line", "", "--demo-targets"),
                               f"a number of targets from 1 to {MAX_DEMO_TARGETS}", str(count))
         demo_roots = planned_roots(root, count)
+        login_user = getattr(args, "login_user", None)
+        if login_user is not None and not getattr(args, "ssh", False):
+            raise ConfigError(Origin("command line", "", "--login-user"), "--login-user together with --ssh",
+                              "--login-user without --ssh")
+        if login_user is not None and not LOGIN_USER.fullmatch(login_user):
+            raise ConfigError(Origin("command line", "", "--login-user"),
+                              "a lower-case account name (letters, digits, '_', '-'; up to 31)", login_user)
         if getattr(args, "ssh", False):
-            demo_ssh_hosts = planned_ssh_hosts(demo_roots)
+            demo_ssh_hosts = planned_ssh_hosts(demo_roots, login_user)
             base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root))
         else:
             base = demo_inventory(demo_roots, demo_package(root))
     elif getattr(args, "ssh", False):
         raise ConfigError(Origin("command line", "", "--ssh"), "--ssh together with --demo", "--ssh alone")
+    elif getattr(args, "login_user", None) is not None:
+        raise ConfigError(Origin("command line", "", "--login-user"), "--login-user together with --demo --ssh",
+                          "--login-user alone")
     elif getattr(args, "demo_targets", None) is not None:
         raise ConfigError(Origin("command line", "", "--demo-targets"), "--demo-targets together with --demo",
                           "--demo-targets alone")

@@ -122,7 +122,7 @@ def _demo_after(keep: bool) -> Any:
         for problem in stop_demo(roots):
             sys.stderr.write(f"warning: {problem}\n")
         for host in demo.get("sshd", []):
-            SshHost(host["name"], Path(host["directory"]), int(host["port"])).stop()
+            SshHost(host["name"], Path(host["directory"]), int(host["port"]), login_user=host.get("login_user")).stop()
 
     return after
 
@@ -139,12 +139,13 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
         if prepared.demo_ssh_hosts is not None:
             try:
-                start_ssh_hosts(prepared.demo_ssh_hosts)
+                for note in start_ssh_hosts(prepared.demo_ssh_hosts):
+                    print(f"demo: {note}", file=sys.stderr)
             except BaseException:
                 stop_demo(list(prepared.demo_roots.values()))
                 raise
-            extra["demo"]["sshd"] = [{"name": h.name, "directory": str(h.directory), "port": h.port}
-                                     for h in prepared.demo_ssh_hosts.values()]
+            extra["demo"]["sshd"] = [{"name": h.name, "directory": str(h.directory), "port": h.port,
+                                      "login_user": h.login_user} for h in prepared.demo_ssh_hosts.values()]
     state = create_run(config=prepared.config.data, config_files=prepared.config.files, plan=prepared.plan,
                        package=package_info(prepared.package), extra=extra)
     if not args.json:
@@ -263,6 +264,9 @@ def add_run_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-targets", type=int, metavar="N", help="demo: N targets instead of three (1-50)")
     parser.add_argument("--ssh", action="store_true",
                         help="demo: reach the three targets over SSH (upgrade starts its own loopback sshd servers)")
+    parser.add_argument("--login-user", metavar="NAME",
+                        help="demo with --ssh: the hosts refuse root login; log in as NAME and become root with sudo "
+                             "(the account is created, with passwordless sudo, if it does not exist)")
     parser.add_argument("-i", "--inventory", help="ops INI file with [target:NAME] sections")
     parser.add_argument("-c", "--config", action="append", help="extra config file (INI or JSON); repeatable")
     parser.add_argument("--package", help="the upgrade package (drproduct-VERSION.tar.gz)")

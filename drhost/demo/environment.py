@@ -10,7 +10,7 @@ from typing import Any
 
 from ..packaging import build_package
 from . import install
-from .sshd import SshHost, create_keys, free_port
+from .sshd import SUDOERS_DIR, SshHost, create_keys, ensure_login_user, free_port
 
 DEMO_TARGETS = ("dr-demo-1", "dr-demo-2", "dr-demo-3")
 FROM_VERSION = "1.0.0"
@@ -53,9 +53,11 @@ def planned_roots(state_root: Path, count: int = len(DEMO_TARGETS)) -> dict[str,
     return {name: base / name / "opt" / "drproduct" for name in demo_target_names(count)}
 
 
-def planned_ssh_hosts(roots: dict[str, Path]) -> dict[str, SshHost]:
-    """Loopback sshd hosts for an SSH demo (nothing created yet): one per target, beside its root."""
-    return {name: SshHost(name, root.parents[1] / "sshd", free_port()) for name, root in roots.items()}
+def planned_ssh_hosts(roots: dict[str, Path], login_user: str | None = None) -> dict[str, SshHost]:
+    """Loopback sshd hosts for an SSH demo (nothing created yet): one per target, beside its root. With
+    ``login_user`` the hosts refuse root login: that user logs in and becomes root with sudo."""
+    return {name: SshHost(name, root.parents[1] / "sshd", free_port(), login_user=login_user)
+            for name, root in roots.items()}
 
 
 def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Path) -> dict[str, Any]:
@@ -63,14 +65,23 @@ def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Pa
     inventory = demo_inventory(roots, package)
     for name, host in hosts.items():
         inventory["targets"][name] = {
-            "transport": "ssh", "root": str(roots[name]), "host": host.host, "port": host.port, "user": "root",
-            "key_file": str(host.client_key), "known_hosts": str(host.known_hosts), "host_key_policy": "strict",
+            "transport": "ssh", "root": str(roots[name]), "host": host.host, "port": host.port,
+            "user": host.login_user or "root", "key_file": str(host.client_key), "known_hosts": str(host.known_hosts),
+            "host_key_policy": "strict",
         }
+        if host.login_user is not None:
+            inventory["targets"][name].update({"become": "sudo", "become_user": "root"})
     return inventory
 
 
-def start_ssh_hosts(hosts: dict[str, SshHost]) -> None:
-    """Create keys and start one sshd per demo target; all or none."""
+def start_ssh_hosts(hosts: dict[str, SshHost]) -> list[str]:
+    """Create keys and start one sshd per demo target; all or none. Returns what it did beyond that (a login
+    user it had to create), for the operator."""
+    notes = []
+    for user in sorted({host.login_user for host in hosts.values() if host.login_user is not None}):
+        if ensure_login_user(user):
+            notes.append(f"created the login user {user} (key login only, passwordless sudo: "
+                         f"{SUDOERS_DIR}/drhost-demo-{user})")
     started: list[SshHost] = []
     try:
         for host in hosts.values():
@@ -81,6 +92,7 @@ def start_ssh_hosts(hosts: dict[str, SshHost]) -> None:
         for host in started:
             host.stop()
         raise
+    return notes
 
 
 def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collection[int] = ()) -> None:

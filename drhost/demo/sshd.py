@@ -8,7 +8,9 @@ transport talks to these servers exactly as it would to a production host.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +22,43 @@ from pathlib import Path
 from ._ports import free_port as free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+#: Public keys of the hosts' login users (sshd reads them as the user, who cannot enter the hosts' directories).
+LOGIN_KEYS_DIR = Path("/run/drhost-demo-keys")
+#: What a login user's name may be (useradd's portable set; no '.', which sudoers.d would skip).
+LOGIN_USER = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
+#: sudoers drop-ins of the login users made here, one per user.
+SUDOERS_DIR = Path("/etc/sudoers.d")
+
+
+def ensure_login_user(name: str, *, password: str | None = None) -> bool:
+    """Make ``name`` a local account that can log in over SSH with a key and become root with sudo:
+    passwordless sudo, or with ``password`` asked by sudo. Returns True when it was created. Root only;
+    several test workers may ask at once, so the work is done under a lock."""
+    if not LOGIN_USER.fullmatch(name):
+        raise ValueError(f"login user {name!r}: expected a lower-case account name")
+    if shutil.which("sudo") is None:
+        raise RuntimeError("sudo is not installed (apt-get install sudo)")
+    with open("/run/lock/drhost-demo-users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        created = subprocess.run(["id", "-u", name], capture_output=True).returncode != 0
+        if created:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
+                           capture_output=True)
+        if password is None:
+            # "*": no password, but not locked ("!"): sshd without PAM refuses a locked account's key login.
+            subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+            rule = f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+        else:
+            subprocess.run(["chpasswd"], input=f"{name}:{password}".encode(), check=True, capture_output=True)
+            rule = f"{name} ALL=(ALL:ALL) ALL\n"
+        sudoers = SUDOERS_DIR / f"drhost-demo-{name}"
+        if not sudoers.exists() or sudoers.read_text() != rule:
+            staged = sudoers.with_name(f".{sudoers.name}.tmp")
+            staged.write_text(rule)
+            staged.chmod(0o440)
+            subprocess.run(["visudo", "-c", "-q", "-f", str(staged)], check=True, capture_output=True)
+            staged.replace(sudoers)
+        return created
 
 
 def sshd_available() -> tuple[bool, str]:
@@ -39,6 +78,8 @@ class SshHost:
     port: int
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
+    #: The only account that may log in (root login refused); None: root logs in, as on the classic demo.
+    login_user: str | None = None
 
     @property
     def host_key(self) -> Path:
@@ -47,6 +88,13 @@ class SshHost:
     @property
     def client_key(self) -> Path:
         return self.directory / "client_key"
+
+    @property
+    def authorized_keys(self) -> Path:
+        """sshd reads a user's keys as that user: a login user's copy sits where it can read it."""
+        if self.login_user is None:
+            return self.directory / "authorized_keys"
+        return LOGIN_KEYS_DIR / f"{self.name}-{self.port}"
 
     @property
     def known_hosts(self) -> Path:
@@ -63,11 +111,16 @@ class SshHost:
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(exist_ok=True)
+        if self.login_user is not None:
+            LOGIN_KEYS_DIR.mkdir(mode=0o755, exist_ok=True)
+            self.authorized_keys.write_bytes((self.directory / "client_key.pub").read_bytes())
+            self.authorized_keys.chmod(0o644)
         argv = [
             SSHD, "-D", "-e", "-f", "/dev/null",
             "-o", f"Port={self.port}", "-o", f"ListenAddress={self.host}", "-o", f"HostKey={self.host_key}",
-            "-o", f"AuthorizedKeysFile={self.directory / 'authorized_keys'}", "-o", f"PidFile={self.directory}/pid",
-            "-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PermitRootLogin=yes",
+            "-o", f"AuthorizedKeysFile={self.authorized_keys}", "-o", f"PidFile={self.directory}/pid",
+            "-o", "StrictModes=no", "-o", "UsePAM=no",
+            "-o", f"PermitRootLogin={'no' if self.login_user else 'yes'}",
             "-o", "Subsystem=sftp internal-sftp", "-o", "MaxStartups=100", "-o", "MaxSessions=100",
             "-o", "LogLevel=ERROR",
             # bash runs ~/.bashrc for a command from sshd only as a top-level shell (SHLVL below 2): the demo's
@@ -125,11 +178,13 @@ class SshHost:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
         self.process = None
+        if self.login_user is not None:
+            self.authorized_keys.unlink(missing_ok=True)
 
 
-def make_host(base: Path, name: str, port: int | None = None) -> SshHost:
+def make_host(base: Path, name: str, port: int | None = None, *, login_user: str | None = None) -> SshHost:
     """Create keys and directories for host ``name`` under ``base`` (not started)."""
-    host = SshHost(name, base / name, port or free_port())
+    host = SshHost(name, base / name, port or free_port(), login_user=login_user)
     create_keys(host)
     host.root.mkdir(parents=True)
     return host
@@ -146,8 +201,8 @@ def create_keys(host: SshHost) -> None:
     host.known_hosts.chmod(0o600)
 
 
-def start_hosts(base: Path, count: int, prefix: str = "host") -> list[SshHost]:
-    hosts = [make_host(base, f"{prefix}{index + 1}") for index in range(count)]
+def start_hosts(base: Path, count: int, prefix: str = "host", *, login_user: str | None = None) -> list[SshHost]:
+    hosts = [make_host(base, f"{prefix}{index + 1}", login_user=login_user) for index in range(count)]
     try:
         for host in hosts:
             host.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from ._base import TargetSession
+from ._become import Become
 from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession
 
@@ -103,7 +104,7 @@ class SshTransport:
     """The target is a host reached over SSH (paramiko)."""
 
     name: str = "ssh"
-    key_files: tuple[str, ...] = ("key_file", "password_file")
+    key_files: tuple[str, ...] = ("key_file", "password_file", "become_password_file")
 
     def available(self) -> Availability:
         found = importlib.util.find_spec("paramiko") is not None
@@ -115,7 +116,8 @@ class SshTransport:
         return []
 
     def where(self, target: Mapping[str, Any]) -> str:
-        return f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
+        login = f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
+        return f"{login}, {target['become']} to {target.get('become_user', 'root')}" if target.get("become") else login
 
     def root_identity(self, target: Mapping[str, Any]) -> tuple[str, str]:
         path = posixpath.normpath(str(target.get("root") or ""))
@@ -141,7 +143,15 @@ class SshTransport:
                           reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
                           heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
                           transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
-                          on_network=on_network)
+                          on_network=on_network, become=_become(target))
+
+
+def _become(target: Mapping[str, Any]) -> Become | None:
+    """The target's ``become`` keys, or None when it works as its login user."""
+    if not target.get("become"):
+        return None
+    return Become(user=str(target.get("become_user", "root")), method=str(target["become"]),
+                  password_env=target.get("become_password_env"), password_file=target.get("become_password_file"))
 
 
 #: Every transport this drhost has, by config name.

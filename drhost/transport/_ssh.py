@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import posixpath
@@ -32,6 +33,7 @@ from drhost_hookspecs import RunResult
 from ..events import NetworkEventName
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession, TransportError
+from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
@@ -67,6 +69,31 @@ def _declare_dead(sink: list[DeadPeer], transport: paramiko.Transport, evidence:
     transport.close()
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _staging_path(sftp: paramiko.SFTPClient, run_id: str, final: str) -> str:
+    """Where the login user stages an upload for ``final``: a directory of its own home, 0700, refused
+    when it is not a real directory of the login user's (a planted symlink would redirect the upload)."""
+    home = str(sftp.normalize("."))
+    directory = f"{home.rstrip('/')}/.drhost-staging"
+    for path in (directory, f"{directory}/{run_id}"):
+        with contextlib.suppress(OSError):
+            sftp.mkdir(path, 0o700)
+        attrs = sftp.lstat(path)
+        if attrs.st_mode is None or not stat.S_ISDIR(attrs.st_mode):
+            raise TransportError(f"staging directory {path} on the target is not a directory", category="file")
+        if attrs.st_mode & 0o077:
+            sftp.chmod(path, 0o700)
+    name = hashlib.sha256(final.encode()).hexdigest()[:12]
+    return f"{directory}/{run_id}/{name}-{posixpath.basename(final) or 'file'}"
+
+
 class _ConnectionLost(Exception):
     """Internal: the transport died during a call; reconnect and retry the (idempotent) call."""
 
@@ -88,9 +115,12 @@ class SshSession(TargetSession):
         heartbeat: HeartbeatSettings | None = None,
         transfer_heartbeat: HeartbeatSettings | None = None,
         on_network: NetworkListener | None = None,
+        become: Become | None = None,
     ) -> None:
         self.name = name
         self.target = target
+        #: With ``become``, every command and file operation runs as ``become.user`` through sudo.
+        self.become = become
         self.run_id = run_id
         self.work_dir = work_dir.rstrip("/") or "/"
         self.job_dir = f"{self.work_dir}/jobs/{run_id}"
@@ -256,7 +286,14 @@ class SshSession(TargetSession):
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
         try:
-            channel.exec_command(command)
+            if self.become is None:
+                channel.exec_command(command)
+            else:
+                handshake = BecomeHandshake(self.become, self.name)
+                channel.exec_command(handshake.command(command))
+                first_out, first_err = handshake.wait(channel, deadline, transport.is_active)
+                out += first_out
+                err += first_err
             if stdin:
                 channel.sendall(stdin)
             channel.shutdown_write()
@@ -300,12 +337,27 @@ class SshSession(TargetSession):
             transport = self._ensure()
             if self._sftp is None:
                 try:
-                    self._sftp = paramiko.SFTPClient.from_transport(transport)
+                    self._sftp = paramiko.SFTPClient.from_transport(transport) if self.become is None \
+                        else self._become_sftp(transport)
                 except _CONNECTION_ERRORS as exc:
                     raise _ConnectionLost(f"cannot open SFTP: {str(exc) or type(exc).__name__}") from None
                 if self._sftp is None:
                     raise _ConnectionLost("cannot open SFTP")
             return self._sftp
+
+    def _become_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        """An SFTP client whose server runs as the become user: the target's sftp-server started through sudo
+        on an exec channel, so every file operation has the become user's rights and ownership."""
+        assert self.become is not None
+        channel = transport.open_session(timeout=_SHORT_TIMEOUT_S)
+        try:
+            handshake = BecomeHandshake(self.become, self.name)
+            channel.exec_command(handshake.command(jobs.shell_command(sftp_server_script())))
+            handshake.wait(channel, time.monotonic() + _SHORT_TIMEOUT_S, transport.is_active)
+            return paramiko.SFTPClient(channel)
+        except BaseException:
+            channel.close()
+            raise
 
     def _file_call(self, call: Callable[[paramiko.SFTPClient], T], what: str) -> T:
         def attempt() -> T:
@@ -348,8 +400,9 @@ class SshSession(TargetSession):
     # -- commands ----------------------------------------------------------------------------------------
 
     def _base_env(self) -> dict[str, str]:
-        return {"PATH": jobs.DEFAULT_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                "HOME": "/root" if self.target.user == "root" else f"/home/{self.target.user}"}
+        home = self.become.home if self.become is not None else \
+            "/root" if self.target.user == "root" else f"/home/{self.target.user}"
+        return {"PATH": jobs.DEFAULT_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home}
 
     def run(
         self,
@@ -464,6 +517,9 @@ class SshSession(TargetSession):
         dropped connection resumes after the verified prefix of the part."""
         self._mkdir_parent(remote_path)
 
+        final_path = remote_path
+        local_sha256 = _file_sha256(local_path) if self.become is not None else ""
+
         def remote_sha256(path: str, length: int | None) -> str:
             status, out, err = self._retrying(
                 lambda: self._exec(jobs.shell_command(sha256_command(path, length)), None, 300.0),
@@ -506,8 +562,13 @@ class SshSession(TargetSession):
                 sftp = paramiko.SFTPClient.from_transport(transport)
                 if sftp is None:
                     raise TransportError(f"{self.name}: no SFTP subsystem", category="network")
+                if self.become is not None:
+                    # As the login user into a private staging directory, then into place as the become user.
+                    remote_path = _staging_path(sftp, self.run_id, final_path)
                 # A retry resumes after the verified prefix of the .part file: only the rest is sent again.
                 upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=seen)
+                if self.become is not None:
+                    self._install_staged(remote_path, final_path, local_sha256)
                 return
             except (HostKeyError, AuthError):
                 raise
@@ -532,6 +593,25 @@ class SshSession(TargetSession):
                              f"({settings.reconnects + 1} connection attempts, {connections} made; "
                              f"{_mib(moved['on_target'])} of {_mib(total)} MiB moved){evidence}",
                              category="network")
+
+    def _install_staged(self, staged: str, final: str, sha256: str) -> None:
+        """Copy a verified staged upload into place as the become user (owner theirs, mode 0644, atomic
+        rename in the destination directory), remove the staged copy (and the run's staging directory once
+        empty), and check the result's sha256."""
+        q = shlex.quote
+        part = self._temp_name(final)
+        script = (f"umask 022 && cp -- {q(staged)} {q(part)} && chmod 0644 -- {q(part)} && "
+                  f"mv -f -- {q(part)} {q(final)} && rm -f -- {q(staged)} && "
+                  f"{{ rmdir -- {q(posixpath.dirname(staged))} 2>/dev/null || :; }} && sha256sum < {q(final)} || "
+                  f"{{ rc=$?; rm -f -- {q(part)}; exit $rc; }}")
+        status, out, err = self.shell(script, timeout=600)
+        if status != 0:
+            raise TransportError(f"cannot move the upload into {final} as {self.become.user if self.become else '?'}"
+                                 f": {err.decode('utf-8', 'replace').strip() or f'exit {status}'}", category="file")
+        got = out.decode("ascii", "replace").split()[:1]
+        if got != [sha256]:
+            raise TransportError(f"{final}: sha256 after the move is {got[0] if got else 'unknown'}, expected "
+                                 f"{sha256}", category="file")
 
     def _upload_peer_dead(self, sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
         """An upload connection's heartbeat found the peer dead: reported, then closed like the session's."""
