@@ -23,8 +23,7 @@ from pathlib import Path
 from _report import machine, publish
 
 from drhost.demo.sshd import SshHost, ensure_login_user, start_hosts
-from drhost.transport import SshSession, SshTarget
-from drhost.transport._become import Become
+from drhost.transport import Become, SshSession, SshTarget
 
 BECOME_USER = "drhost-bench"
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from drhost.demo.sshd import ensure_login_user
-from drhost.transport import AuthError, CommandStopped, SshSession, SshTarget, TransportError
-from drhost.transport._become import Become, BecomeError
+from drhost.transport import AuthError, Become, BecomeError, CommandStopped, SshSession, SshTarget, TransportError
 from sshd_hosts import SshHost, sshd_available, start_hosts
 from xdist_scopes import computed_once
 

@@ -1,8 +1,10 @@
-"""``drhost doctor``: what this machine gives each plugin class (cgroups, podman, limits and their mechanisms)."""
+"""``drhost doctor``: what this machine gives each plugin class (cgroups, podman, limits and their mechanisms),
+or, with ``--target NAME``, whether a target can be worked on."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -12,9 +14,10 @@ from typing import Any
 from drhost_hookspecs import PluginClass
 from drhost_hookspecs._runtime import PROBE_PLUGIN, PROBE_VALUE
 
-from ..config import load_config
-from ..errors import DrhostError, ExitCode
+from ..config import LoadedConfig, load_config
+from ..errors import ConfigError, DrhostError, ExitCode, Origin
 from ..policy import class_policy
+from ..preflight import load_package
 from ..supervisor import (
     ISOLATION_KINDS,
     CgroupSandbox,
@@ -26,6 +29,7 @@ from ..supervisor import (
     isolation,
     make_sandbox,
 )
+from ..target_check import all_ok, check_target
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
 CAVEATS = {
@@ -161,8 +165,37 @@ def _print_text(report: Mapping[str, Any]) -> None:
             print(f"  does not guarantee - {caveat}")
 
 
+def _doctor_targets(args: argparse.Namespace, config: LoadedConfig) -> int:
+    """``--target NAME``: prove each named target can be worked on (login, become, tools, root, disk)."""
+    targets = config.data.get("targets") or {}
+    unknown = [name for name in args.targets if name not in targets]
+    if unknown:
+        known = ", ".join(sorted(targets)) or "none"
+        raise ConfigError(Origin("command line", "", "--target"), f"a target of the inventory ({known})",
+                          unknown[0])
+    required = None
+    if config.data["run"].get("package"):
+        required = load_package(config.data["run"]["package"], config.origin(("run", "package")),
+                                config).required_free_bytes
+    results = {name: check_target(name, targets[name], config.data, required_bytes=required)
+               for name in args.targets}
+    if args.json:
+        print(json.dumps({"targets": {name: [dataclasses.asdict(check) for check in checks]
+                                      for name, checks in results.items()}}, indent=2))
+    else:
+        for name, checks in results.items():
+            print(f"target {name}: {'ready' if all_ok(checks) else 'NOT ready'}")
+            for check in checks:
+                print(check.line())
+    return ExitCode.SUCCEEDED if all(all_ok(checks) for checks in results.values()) else ExitCode.FAILED
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    config = load_config([Path(f) for f in args.config_files or []], list(args.set or []))
+    files = [Path(f) for f in [*([args.inventory] if args.inventory else []), *(args.config_files or [])]]
+    overrides = list(args.set or []) + ([f"run.package={args.package}"] if args.package else [])
+    config = load_config(files, overrides)
+    if args.targets:
+        return _doctor_targets(args, config)
     report = doctor_report(config.data)
     if args.json:
         print(json.dumps(report, indent=2))

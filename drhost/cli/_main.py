@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="one JSON object")
     doctor.add_argument("-c", "--config", dest="config_files", action="append", metavar="FILE")
     doctor.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    doctor.add_argument("-i", "--inventory", metavar="FILE", help="the inventory the targets are in")
+    doctor.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME",
+                        help="check this target instead: login, become, the tools the steps need, its root and "
+                             "disk space (repeatable)")
+    doctor.add_argument("--package", metavar="FILE", help="with --target: the free space this package needs")
     doctor.set_defaults(func=cmd_doctor)
 
     package = sub.add_parser("package", help="package commands")

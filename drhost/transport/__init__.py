@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from ._base import CommandStopped, StillRunning, TargetSession, TransportError
+from ._become import Become, BecomeError
 from ._heartbeat import HeartbeatSettings
 from ._local import LocalSession, stop_process_group
 from ._rates import rate_and_eta
@@ -33,6 +34,8 @@ __all__ = [
     "TRANSPORTS",
     "AuthError",
     "Availability",
+    "Become",
+    "BecomeError",
     "CommandStopped",
     "HeartbeatSettings",
     "HostKeyError",
