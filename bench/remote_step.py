@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _report import machine, publish
 
-from drhost.demo.sshd import SshHost, ensure_login_user, start_hosts
+from drhost.demo.sshd import SshHost, ensure_login_user, remove_login_user, start_hosts
 from drhost.transport import Become, SshSession, SshTarget
 
 BECOME_USER = "drhost-bench"
@@ -80,6 +80,7 @@ def main() -> int:
     finally:
         host.stop()
         become_host.stop()
+        remove_login_user(BECOME_USER)
     report = "\n".join([
         f"### Remote step overhead on a warm connection ({time.strftime('%Y-%m-%d')})", "",
         f"Machine: {machine()}  ",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
+from sshd_hosts import LoginUser
 from xdist_scopes import SuiteScheduling, file_order
 
 
@@ -108,3 +110,29 @@ def fresh_seed_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any,
     base = tmp_path_factory.mktemp("seed")
     install.install_fresh(build_package("1.0.0", base), base / "R", install.free_port())
     return TargetProbe(base / "R").jobs()
+
+
+@pytest.fixture
+def login_user() -> Iterator[LoginUser]:
+    """A fresh account with passwordless sudo, removed (with its sudoers drop-in and home) afterwards."""
+    from drhost.demo.sshd import ensure_login_user, remove_login_user
+
+    user = LoginUser(f"drt-{secrets.token_hex(4)}")
+    ensure_login_user(user.name)
+    try:
+        yield user
+    finally:
+        remove_login_user(user.name)
+
+
+@pytest.fixture
+def password_login_user() -> Iterator[LoginUser]:
+    """A fresh account whose sudo asks for a password (a random one), removed afterwards."""
+    from drhost.demo.sshd import ensure_login_user, remove_login_user
+
+    user = LoginUser(f"drt-{secrets.token_hex(4)}", secrets.token_urlsafe(18))
+    ensure_login_user(user.name, password=user.password)
+    try:
+        yield user
+    finally:
+        remove_login_user(user.name)

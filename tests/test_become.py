@@ -14,59 +14,40 @@ from pathlib import Path
 
 import pytest
 
-from drhost.demo.sshd import ensure_login_user
 from drhost.transport import AuthError, Become, BecomeError, CommandStopped, SshSession, SshTarget, TransportError
-from sshd_hosts import SshHost, sshd_available, start_hosts
-from xdist_scopes import computed_once
+from sshd_hosts import LoginUser, SshHost, sshd_available, start_hosts
 
 available, why = sshd_available()
 pytestmark = [pytest.mark.sshd, pytest.mark.integration,
               pytest.mark.skipif(not available, reason=why)]
 
-NOPASSWD_USER = "drhost-nopw"
-PASSWORD_USER = "drhost-pw"
 PASSWORD_ENV = "DRHOST_TEST_BECOME_PASSWORD"
-
-
-@pytest.fixture(scope="module")
-def sudo_password(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The password user's sudo password: made once for the whole session (every xdist worker shares it),
-    known to nobody after it."""
-    def create() -> str:
-        password = secrets.token_urlsafe(18)
-        ensure_login_user(NOPASSWD_USER)
-        ensure_login_user(PASSWORD_USER, password=password)
-        return password
-
-    password: str = computed_once(tmp_path_factory, "become-users", create)
-    return password
+TO_ROOT = Become()
 
 
 @pytest.fixture
-def host(tmp_path: Path, sudo_password: str) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1, login_user=NOPASSWD_USER)
+def host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
+    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
     try:
         yield sshd
     finally:
         sshd.stop()
 
 
-TO_ROOT = Become()
-
-
-def session_for(host: SshHost, tmp_path: Path, user: str = NOPASSWD_USER, become: Become | None = TO_ROOT,
-                **target: object) -> SshSession:
+def session_for(host: SshHost, tmp_path: Path, become: Become | None = TO_ROOT, *,
+                user: str | None = None) -> SshSession:
+    user = user or host.login_user or "root"
     ssh = SshTarget(host.name, host.host, host.port, user=user, key_file=str(host.client_key),
-                    known_hosts=str(host.known_hosts), **target)  # type: ignore[arg-type]
+                    known_hosts=str(host.known_hosts))
     # Without become the work directory must be the login user's own: it cannot enter the test's.
-    work = tmp_path / "work" if become is not None else Path(f"/home/{user}/.drhost-test-{tmp_path.name}")
+    work = tmp_path / "work" if become is not None else Path(f"/home/{user}/.drhost-test")
     return SshSession(host.name, ssh, run_id="run1", work_dir=str(work), kill_grace_s=1.0,
                       poll_interval_s=0.05, reconnects=1, become=become)
 
 
 def test_the_targets_refuse_root_login(host: SshHost, tmp_path: Path) -> None:
     """The test targets' sshd turns root away: whatever works here works without logging in as root."""
-    root = session_for(host, tmp_path, user="root", become=None)
+    root = session_for(host, tmp_path, None, user="root")
     try:
         with pytest.raises(AuthError):
             root.run(["true"])
@@ -79,10 +60,10 @@ def test_commands_and_files_run_as_root_through_sudo(host: SshHost, tmp_path: Pa
     login user has no right; the login user alone cannot."""
     private = tmp_path / "root-only"
     private.mkdir(mode=0o700)
-    plain = session_for(host, tmp_path, become=None)
+    plain = session_for(host, tmp_path, None)
     session = session_for(host, tmp_path)
     try:
-        assert plain.run(["id", "-un"]).stdout.strip() == NOPASSWD_USER
+        assert plain.run(["id", "-un"]).stdout.strip() == host.login_user
         with pytest.raises(TransportError):
             plain.write_text(str(private / "nope"), "x")
         result = session.run(["sh", "-c", "id -un; echo $HOME; cat"], input="fed in\n")
@@ -114,7 +95,7 @@ def test_upload_is_staged_as_the_login_user_then_moved_into_place_as_root(host: 
     placed = private / "pkg" / "package.bin"
     assert hashlib.sha256(placed.read_bytes()).digest() == hashlib.sha256(payload.read_bytes()).digest()
     assert (placed.stat().st_uid, placed.stat().st_mode & 0o777) == (0, 0o644)
-    staging = Path(f"/home/{NOPASSWD_USER}/.drhost-staging")
+    staging = Path(f"/home/{host.login_user}/.drhost-staging")
     assert staging.stat().st_mode & 0o777 == 0o700
     assert not (staging / "run1").exists()
 
@@ -136,8 +117,8 @@ def test_a_root_job_past_its_deadline_is_stopped_and_confirmed_gone(host: SshHos
 
 
 @pytest.fixture
-def password_host(tmp_path: Path, sudo_password: str) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1, login_user=PASSWORD_USER)
+def password_host(tmp_path: Path, password_login_user: LoginUser) -> Iterator[SshHost]:
+    (sshd,) = start_hosts(tmp_path, 1, login_user=password_login_user.name)
     try:
         yield sshd
     finally:
@@ -145,13 +126,15 @@ def password_host(tmp_path: Path, sudo_password: str) -> Iterator[SshHost]:
 
 
 def test_password_sudo_gets_the_password_on_stdin_and_never_logs_it(
-        password_host: SshHost, tmp_path: Path, sudo_password: str, monkeypatch: pytest.MonkeyPatch,
+        password_host: SshHost, tmp_path: Path, password_login_user: LoginUser, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """With password sudo the password (from an env var) is fed when sudo asks: the command runs as root,
     its input and output are its own, and the password is in no log and in no job file."""
     caplog.set_level(logging.DEBUG)
+    sudo_password = password_login_user.password
+    assert sudo_password is not None
     monkeypatch.setenv(PASSWORD_ENV, sudo_password)
-    session = session_for(password_host, tmp_path, user=PASSWORD_USER, become=Become(password_env=PASSWORD_ENV))
+    session = session_for(password_host, tmp_path, Become(password_env=PASSWORD_ENV))
     try:
         result = session.run(["sh", "-c", "id -un; cat"], input="only this\n")
         assert (result.returncode, result.stdout, result.stderr) == (0, "root\nonly this\n", "")
@@ -170,7 +153,7 @@ def test_wrong_sudo_password_is_one_clear_error_not_retried(
     the first try: no reconnect, no second attempt."""
     wrong = "not-" + secrets.token_hex(6)
     monkeypatch.setenv(PASSWORD_ENV, wrong)
-    session = session_for(password_host, tmp_path, user=PASSWORD_USER, become=Become(password_env=PASSWORD_ENV))
+    session = session_for(password_host, tmp_path, Become(password_env=PASSWORD_ENV))
     started = time.monotonic()
     try:
         with pytest.raises(BecomeError) as caught:
@@ -186,7 +169,7 @@ def test_wrong_sudo_password_is_one_clear_error_not_retried(
 
 def test_password_sudo_without_a_password_says_what_to_set(password_host: SshHost, tmp_path: Path) -> None:
     """sudo asking for a password that is not configured is an error naming the keys that supply one."""
-    session = session_for(password_host, tmp_path, user=PASSWORD_USER, become=Become())
+    session = session_for(password_host, tmp_path, Become())
     try:
         with pytest.raises(BecomeError, match="become_password_env or become_password_file"):
             session.run(["true"])
@@ -197,7 +180,7 @@ def test_password_sudo_without_a_password_says_what_to_set(password_host: SshHos
 def test_a_login_user_sudo_does_not_allow_is_refused_with_sudos_reason(host: SshHost, tmp_path: Path) -> None:
     """Becoming a user sudo's rules do not allow is refused with what sudo said, not retried as a network
     failure."""
-    session = session_for(host, tmp_path, become=Become(user="no-such-user-here"))
+    session = session_for(host, tmp_path, Become(user="no-such-user-here"))
     try:
         with pytest.raises(BecomeError, match="no-such-user-here"):
             session.run(["true"])

@@ -10,19 +10,15 @@ from pathlib import Path
 import pytest
 
 from drhost.cli import main as drhost_main
-from drhost.demo.sshd import ensure_login_user
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import LoginUser, SshHost, sshd_available, start_hosts
 
 available, why = sshd_available()
 pytestmark = [pytest.mark.sshd, pytest.mark.integration, pytest.mark.skipif(not available, reason=why)]
 
-USER = "drhost-nopw"
-
 
 @pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    ensure_login_user(USER)
-    (sshd,) = start_hosts(tmp_path, 1, login_user=USER)
+def host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
+    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
     try:
         yield sshd
     finally:
@@ -30,7 +26,7 @@ def host(tmp_path: Path) -> Iterator[SshHost]:
 
 
 def inventory(tmp_path: Path, host: SshHost, root: Path, **extra: str) -> Path:
-    keys = {"transport": "ssh", "host": host.host, "port": str(host.port), "user": USER,
+    keys = {"transport": "ssh", "host": host.host, "port": str(host.port), "user": str(host.login_user),
             "key_file": str(host.client_key), "known_hosts": str(host.known_hosts), "root": str(root),
             "become": "sudo", **extra}
     path = tmp_path / "hosts.ini"
@@ -58,7 +54,7 @@ def test_a_ready_target_passes_every_check_and_nothing_is_left(host: SshHost, tm
     assert code == 0, found
     assert list(checks) == ["login", "become", "tools", "root", "disk"]
     assert all(check["ok"] for check in checks.values())
-    assert f"ssh {USER}@{host.host}:{host.port}, sudo to root" in str(checks["login"]["detail"])
+    assert f"ssh {host.login_user}@{host.host}:{host.port}, sudo to root" in str(checks["login"]["detail"])
     assert "commands run as root (uid 0)" in str(checks["login"]["detail"])
     assert "MiB free on" in str(checks["disk"]["detail"])
     assert scratch_dirs() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import TargetProbe, run_json
+from drhost.demo.sshd import remove_login_user
 from sshd_hosts import sshd_available
 
 pytestmark = [
@@ -60,8 +62,14 @@ def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
         drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path) -> None:
     """--demo --ssh --login-user: hosts that refuse root login are upgraded by a user that becomes root with
     sudo: the targets end at 2.0.0 with root-owned releases, and nothing is left staged or running."""
-    user = "drhost-nopw"
-    proc = drhost("upgrade", "--demo", "--ssh", "--demo-targets", "2", "--login-user", user, "--json")
+    user = f"drt-{secrets.token_hex(4)}"
+    try:
+        proc = drhost("upgrade", "--demo", "--ssh", "--demo-targets", "2", "--login-user", user, "--json")
+        staged = list(Path(f"/home/{user}/.drhost-staging").glob("*"))
+    finally:
+        remove_login_user(user)  # the demo made it (and keeps it for the next demo); this test removes it
+    assert f"demo: created the login user {user} (key login only, passwordless sudo: " \
+           f"/etc/sudoers.d/drhost-demo-{user})" in proc.stderr
     summary = run_json(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
@@ -72,7 +80,8 @@ def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
         release = Path(target["root"]) / "releases" / "2.0.0"
         assert {path.stat().st_uid for path in release.rglob("*")} == {0}
         assert (Path(target["root"]) / "current").resolve() == release
-    assert not (Path(f"/home/{user}/.drhost-staging") / Path(summary["run_dir"]).name).exists()
+    assert staged == []  # each upload's staged copy and its run's staging directory are gone
+    assert not Path(f"/home/{user}").exists() and subprocess.run(["id", user], capture_output=True).returncode == 1
     assert sshd_pids(state_dir) == []
     sshd_dirs = {str(path) for path in Path("/run/drhost-demo-keys").glob("*")}
     assert not any(name.endswith(f"-{target['port']}") for target in targets for name in sshd_dirs)

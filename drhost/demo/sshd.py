@@ -61,6 +61,18 @@ def ensure_login_user(name: str, *, password: str | None = None) -> bool:
         return created
 
 
+def remove_login_user(name: str) -> None:
+    """Remove an account :func:`ensure_login_user` made: its sudoers drop-in, the account and its home (a
+    test removes what it created; the demo leaves its login user for the next demo)."""
+    if not LOGIN_USER.fullmatch(name):
+        raise ValueError(f"login user {name!r}: expected a lower-case account name")
+    with open("/run/lock/drhost-demo-users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (SUDOERS_DIR / f"drhost-demo-{name}").unlink(missing_ok=True)
+        if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
+            subprocess.run(["userdel", "--force", "--remove", name], check=True, capture_output=True)
+
+
 def sshd_available() -> tuple[bool, str]:
     if not Path(SSHD).exists():
         return False, "OpenSSH server not installed (apt-get install openssh-server)"
