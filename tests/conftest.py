@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import secrets
 import shutil
@@ -58,6 +59,10 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for pid in pids_under(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for record in path.glob("demo/*/bastion-net/network.json"):  # a kept or killed demo behind a bastion
+        from drhost.demo.bastion import remove_recorded
+
+        remove_recorded(json.loads(record.read_text()))
 
 
 @pytest.fixture

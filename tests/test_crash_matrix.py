@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from cli_helpers import demo_roots, pids_under, run_json, whole_version
+from drhost.demo.bastion import bastion_available
+from sshd_hosts import LoginUser
 from xdist_scopes import computed_once
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
@@ -189,3 +191,31 @@ def test_matrix_has_at_least_fifty_distinct_points() -> None:
     """The matrix kills at 50 or more distinct points (the issue's floor)."""
     points = {_spec_name(p) for p in (*UPGRADE_POINTS, *ROLLBACK_POINTS, *CLEANUP_POINTS)}
     assert len(points) >= 50, len(points)
+
+
+#: The subset also run on a fleet of the other shape (a login user that becomes root with sudo, each target
+#: behind a bastion): a kill in the middle of a non-retryable step, right after the upload (staged as the login
+#: user, moved as root), and before the first compensation of a rollback.
+REMOTE_CASES = [
+    ("step.mid:upgrade/dr-core/install_program_files+0.05", (), "upgrade", "succeeded", "2.0.0"),
+    ("step.returned:transfer/dr-core/upload_package", (), "upgrade", "succeeded", "2.0.0"),
+    ("rollback.before:upgrade/dr-database/upgrade_db_schema", ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0"),
+]
+
+
+@pytest.mark.sshd
+@pytest.mark.skipif(not bastion_available()[0], reason=bastion_available()[1])
+@pytest.mark.parametrize(("point", "extra", "drill", "status", "version"), REMOTE_CASES,
+                         ids=[f"become-bastion-{case[2]}:{case[0]}" for case in REMOTE_CASES])
+def test_controller_killed_on_a_become_and_bastion_fleet_resumes_to_a_whole_target(
+        drhost: Drhost, state_dir: Path, point: str, extra: tuple[str, ...], drill: str, status: str, version: str,
+        reached: dict[str, set[str]], fresh_seed_jobs: list[tuple[Any, ...]], login_user: LoginUser) -> None:
+    """The same kill and resume with the target behind a bastion, as a login user that becomes root: the
+    resuming controller reconnects through the jump host and the target ends whole, read from the target."""
+    assert _spec_name(point) in reached[drill], f"{point} is never reached by the {drill} drill"
+    run_dir, ended = crash_and_resume(drhost, state_dir, point,
+                                      (*extra, "--ssh", "--bastion", "--login-user", login_user.name))
+    assert ended == status
+    check_whole(state_dir, run_dir, fresh_seed_jobs, version)
+    (target,) = json.loads((run_dir / "state.json").read_text())["body"]["config"]["targets"].values()
+    assert (target["user"], target["become"]) == (login_user.name, "sudo") and target["proxy_jump"]

@@ -8,12 +8,14 @@ import secrets
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cli_helpers import TargetProbe, run_json
+from cli_helpers import TargetProbe, run_json, whole_version
+from drhost.demo.bastion import bastion_available
 from drhost.demo.sshd import remove_login_user
-from sshd_hosts import sshd_available
+from sshd_hosts import LoginUser, sshd_available
 
 pytestmark = [
     pytest.mark.sshd,
@@ -85,3 +87,25 @@ def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
     assert sshd_pids(state_dir) == []
     sshd_dirs = {str(path) for path in Path("/run/drhost-demo-keys").glob("*")}
     assert not any(name.endswith(f"-{target['port']}") for target in targets for name in sshd_dirs)
+
+
+@pytest.mark.skipif(not bastion_available()[0], reason=bastion_available()[1])
+def test_demo_behind_a_bastion_upgrades_targets_only_the_jump_host_reaches(
+        drhost: Callable[..., subprocess.CompletedProcess[str]], state_dir: Path, login_user: LoginUser,
+        fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
+    """--demo --ssh --bastion --login-user: every target in its own network namespace, reached through the
+    bastion as a user that becomes root; each ends whole at 2.0.0 (its daemon asked in its own namespace)."""
+    proc = drhost("upgrade", "--demo", "--ssh", "--bastion", "--demo-targets", "2", "--login-user",
+                  login_user.name, "--json", "--keep")
+    summary = run_json(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
+    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    targets = list(state["config"]["targets"].values())
+    (jump,) = {t["proxy_jump"] for t in targets}
+    assert jump.startswith(f"{login_user.name}@169.254.") and jump.endswith(":2222")
+    assert all(t["host"].startswith("169.254.") and t["host"] not in jump for t in targets)
+    for target in targets:
+        probe = TargetProbe(Path(target["root"]))
+        assert probe.daemon_namespace_pid() is not None  # the daemon answers in the target's namespace only
+        assert whole_version(Path(target["root"]), fresh_seed_jobs) == "2.0.0"

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config
+from ..demo.bastion import BastionNetwork, bastion_available
 from ..demo.environment import (
     MAX_DEMO_TARGETS,
     demo_inventory,
     demo_package,
+    planned_bastion,
     planned_roots,
     planned_ssh_hosts,
     ssh_inventory,
@@ -39,6 +41,7 @@ class Prepared:
     demo_roots: dict[str, Path] | None
     weaker_isolation: str | None = None
     demo_ssh_hosts: dict[str, SshHost] | None = None
+    demo_bastion: BastionNetwork | None = None
 
 
 def blocked_plugins(values: list[str] | None) -> list[str]:
@@ -73,6 +76,7 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         overrides.append(f"run.on_failure={args.on_failure}")
     demo_roots = None
     demo_ssh_hosts = None
+    demo_bastion = None
     base = None
     if args.demo:
         if args.inventory:
@@ -91,13 +95,27 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         if login_user is not None and not LOGIN_USER.fullmatch(login_user):
             raise ConfigError(Origin("command line", "", "--login-user"),
                               "a lower-case account name (letters, digits, '_', '-'; up to 31)", login_user)
-        if getattr(args, "ssh", False):
+        if getattr(args, "bastion", False) and not getattr(args, "ssh", False):
+            raise ConfigError(Origin("command line", "", "--bastion"), "--bastion together with --ssh",
+                              "--bastion without --ssh")
+        if getattr(args, "bastion", False):
+            ok, why = bastion_available()
+            if not ok:
+                raise ConfigError(Origin("command line", "", "--bastion"),
+                                  "a machine that can build network namespaces", why)
+            demo_bastion = planned_bastion(demo_roots, login_user)
+            demo_ssh_hosts = demo_bastion.targets
+            base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root), demo_bastion.proxy_jump())
+        elif getattr(args, "ssh", False):
             demo_ssh_hosts = planned_ssh_hosts(demo_roots, login_user)
             base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root))
         else:
             base = demo_inventory(demo_roots, demo_package(root))
     elif getattr(args, "ssh", False):
         raise ConfigError(Origin("command line", "", "--ssh"), "--ssh together with --demo", "--ssh alone")
+    elif getattr(args, "bastion", False):
+        raise ConfigError(Origin("command line", "", "--bastion"), "--bastion together with --demo --ssh",
+                          "--bastion alone")
     elif getattr(args, "login_user", None) is not None:
         raise ConfigError(Origin("command line", "", "--login-user"), "--login-user together with --demo --ssh",
                           "--login-user alone")
@@ -116,4 +134,4 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
             raise ConfigError(Origin("command line", "run", "package"),
                               "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
         package = load_package(config.data["run"]["package"], config.origin(("run", "package")), config)
-    return Prepared(config, registry, plan, package, blocked, demo_roots, weaker, demo_ssh_hosts)
+    return Prepared(config, registry, plan, package, blocked, demo_roots, weaker, demo_ssh_hosts, demo_bastion)

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from drhost_hookspecs import Stage
 
-from ..demo.environment import create_demo, start_ssh_hosts, stop_demo
+from ..demo.bastion import remove_recorded
+from ..demo.environment import create_demo, start_bastion, start_ssh_hosts, stop_demo
 from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
@@ -117,12 +118,17 @@ def _demo_after(keep: bool) -> Any:
                              f"{roots[0].parents[2] if roots else ''}")
             if demo.get("sshd"):
                 sys.stderr.write(", and the demo's sshd servers with kill $(cat DIR/pid) for each DIR/pid under it")
+            if demo.get("bastion"):
+                sys.stderr.write(f"; its network namespaces ({', '.join(demo['bastion']['namespaces'])}) go with "
+                                 "ip netns del NAME")
             sys.stderr.write("\n")
             return
         for problem in stop_demo(roots):
             sys.stderr.write(f"warning: {problem}\n")
         for host in demo.get("sshd", []):
             SshHost(host["name"], Path(host["directory"]), int(host["port"]), login_user=host.get("login_user")).stop()
+        if demo.get("bastion"):
+            remove_recorded(demo["bastion"])
 
     return after
 
@@ -133,7 +139,23 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"blocked_plugins": prepared.blocked, "weaker_isolation": prepared.weaker_isolation}
     if prepared.weaker_isolation:
         print(f"warning: weaker isolation for this run: {prepared.weaker_isolation}", file=sys.stderr)
-    if prepared.demo_roots is not None:
+    if prepared.demo_bastion is not None:
+        assert prepared.demo_roots is not None
+        for note in start_bastion(prepared.demo_bastion):
+            print(f"demo: {note}", file=sys.stderr)
+        try:
+            create_demo(state_root(), prepared.demo_roots,
+                        namespaces={name: str(host.netns) for name, host in prepared.demo_bastion.targets.items()})
+        except BaseException:
+            prepared.demo_bastion.close()
+            raise
+        bastion = prepared.demo_bastion.bastion
+        extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep),
+                         "bastion": prepared.demo_bastion.record(),
+                         "sshd": [{"name": h.name, "directory": str(h.directory), "port": h.port,
+                                   "login_user": h.login_user}
+                                  for h in (*prepared.demo_bastion.targets.values(), bastion)]}
+    elif prepared.demo_roots is not None:
         create_demo(state_root(), prepared.demo_roots,
                     reserved_ports=[h.port for h in (prepared.demo_ssh_hosts or {}).values()])
         extra["demo"] = {"roots": [str(r) for r in prepared.demo_roots.values()], "keep": bool(args.keep)}
@@ -264,6 +286,9 @@ def add_run_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-targets", type=int, metavar="N", help="demo: N targets instead of three (1-50)")
     parser.add_argument("--ssh", action="store_true",
                         help="demo: reach the three targets over SSH (upgrade starts its own loopback sshd servers)")
+    parser.add_argument("--bastion", action="store_true",
+                        help="demo with --ssh: each target in a network namespace of its own, reachable only "
+                             "through a jump host (proxy_jump)")
     parser.add_argument("--login-user", metavar="NAME",
                         help="demo with --ssh: the hosts refuse root login; log in as NAME and become root with sudo "
                              "(the account is created, with passwordless sudo, if it does not exist)")

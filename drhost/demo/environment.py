@@ -10,6 +10,7 @@ from typing import Any
 
 from ..packaging import build_package
 from . import install
+from .bastion import BastionNetwork, plan_bastion_network
 from .sshd import SUDOERS_DIR, SshHost, create_keys, ensure_login_user, free_port
 
 DEMO_TARGETS = ("dr-demo-1", "dr-demo-2", "dr-demo-3")
@@ -60,8 +61,9 @@ def planned_ssh_hosts(roots: dict[str, Path], login_user: str | None = None) -> 
             for name, root in roots.items()}
 
 
-def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Path) -> dict[str, Any]:
-    """The demo config when its targets are reached over SSH."""
+def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Path,
+                  proxy_jump: str | None = None) -> dict[str, Any]:
+    """The demo config when its targets are reached over SSH (through ``proxy_jump`` when behind a bastion)."""
     inventory = demo_inventory(roots, package)
     for name, host in hosts.items():
         inventory["targets"][name] = {
@@ -71,17 +73,41 @@ def ssh_inventory(roots: dict[str, Path], hosts: dict[str, SshHost], package: Pa
         }
         if host.login_user is not None:
             inventory["targets"][name].update({"become": "sudo", "become_user": "root"})
+        if proxy_jump:
+            inventory["targets"][name]["proxy_jump"] = proxy_jump
     return inventory
+
+
+def planned_bastion(roots: dict[str, Path], login_user: str | None = None) -> BastionNetwork:
+    """The SSH demo's targets behind a bastion (nothing created yet): each target's sshd in a network namespace
+    of its own that only the bastion reaches; the bastion's sshd is the one this machine can reach."""
+    base = next(iter(roots.values())).parents[2]
+    return plan_bastion_network(base / "bastion-net", list(roots), login_user=login_user,
+                                directories={name: root.parents[1] / "sshd" for name, root in roots.items()})
+
+
+def _login_users(hosts: Collection[SshHost]) -> list[str]:
+    """Create the hosts' login users that do not exist yet; what was created, for the operator."""
+    notes = []
+    for user in sorted({host.login_user for host in hosts if host.login_user is not None}):
+        if ensure_login_user(user):
+            notes.append(f"created the login user {user} (key login only, passwordless sudo: "
+                         f"{SUDOERS_DIR}/drhost-demo-{user})")
+    return notes
+
+
+def start_bastion(network: BastionNetwork) -> list[str]:
+    """Build the bastion network of a demo and start its servers; all or none."""
+    notes = _login_users([network.bastion, *network.targets.values()])
+    network.build()
+    return [*notes, f"targets behind the bastion {network.proxy_jump()}: network namespaces "
+                    f"{', '.join(network.namespaces)}"]
 
 
 def start_ssh_hosts(hosts: dict[str, SshHost]) -> list[str]:
     """Create keys and start one sshd per demo target; all or none. Returns what it did beyond that (a login
     user it had to create), for the operator."""
-    notes = []
-    for user in sorted({host.login_user for host in hosts.values() if host.login_user is not None}):
-        if ensure_login_user(user):
-            notes.append(f"created the login user {user} (key login only, passwordless sudo: "
-                         f"{SUDOERS_DIR}/drhost-demo-{user})")
+    notes = _login_users(list(hosts.values()))
     started: list[SshHost] = []
     try:
         for host in hosts.values():
@@ -95,11 +121,13 @@ def start_ssh_hosts(hosts: dict[str, SshHost]) -> list[str]:
     return notes
 
 
-def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collection[int] = ()) -> None:
+def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collection[int] = (),
+                namespaces: dict[str, str] | None = None) -> None:
     """Install and start drproduct 1.0.0 on fresh local targets at ``roots``.
 
     ``reserved_ports``: ports promised to something not listening yet (the SSH demo's sshd servers, chosen
-    earlier): a daemon must not take one of them, or that sshd cannot start.
+    earlier): a daemon must not take one of them, or that sshd cannot start. ``namespaces``: the network
+    namespace each target's daemon runs in (a target behind a bastion answers on its own loopback only).
     """
     old = demo_package(state_root, FROM_VERSION)
     installed: list[Path] = []
@@ -116,8 +144,8 @@ def create_demo(state_root: Path, roots: dict[str, Path], reserved_ports: Collec
             else:
                 install.install_fresh(old, root, port)
             installed.append(root)
-        for root in installed:
-            install.start(root)
+        for name, root in zip(roots, installed, strict=True):
+            install.start(root, netns=(namespaces or {}).get(name))
             started.append(root)
     except BaseException:
         for root in started:

@@ -33,11 +33,11 @@ class ProductUnreachable(InstallError):
 
 
 def _tool(root: Path, tool: str, *args: str, release: Path | None = None,
-          ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+          ok: tuple[int, ...] = (0,), netns: str | None = None) -> subprocess.CompletedProcess[str]:
     exe = (release if release is not None else root / "current") / "bin" / tool
     if not exe.exists():
         raise InstallError(f"{exe}: not found (is drproduct installed under {root}?)")
-    argv = [str(exe), "--root", str(root), *args]
+    argv = [*(("ip", "netns", "exec", netns) if netns else ()), str(exe), "--root", str(root), *args]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
                               stdin=subprocess.DEVNULL)
@@ -155,8 +155,9 @@ def install_from_golden(package: Path, root: Path, port: int, *, golden_dir: Pat
     clone_fresh(golden, root, port)
 
 
-def start(root: Path, timeout: float = 15.0) -> None:
-    _tool(Path(root), "drproductctl", "start", "--timeout", str(timeout))
+def start(root: Path, timeout: float = 15.0, *, netns: str | None = None) -> None:
+    """Start the daemon; in network namespace ``netns`` for a host that lives in one (behind a bastion)."""
+    _tool(Path(root), "drproductctl", "start", "--timeout", str(timeout), netns=netns)
 
 
 def stop(root: Path, timeout: float = 10.0) -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,8 @@ class SshHost:
     process: subprocess.Popen[bytes] | None = None
     #: The only account that may log in (root login refused); None: root logs in, as on the classic demo.
     login_user: str | None = None
+    #: The network namespace the server runs in (a host behind a bastion); None: this machine's.
+    netns: str | None = None
 
     @property
     def host_key(self) -> Path:
@@ -125,7 +128,7 @@ class SshHost:
         Path("/run/sshd").mkdir(exist_ok=True)
         if self.login_user is not None:
             LOGIN_KEYS_DIR.mkdir(mode=0o755, exist_ok=True)
-            self.authorized_keys.write_bytes((self.directory / "client_key.pub").read_bytes())
+            self.authorized_keys.write_bytes((self.directory / "authorized_keys").read_bytes())
             self.authorized_keys.chmod(0o644)
         argv = [
             SSHD, "-D", "-e", "-f", "/dev/null",
@@ -140,20 +143,32 @@ class SshHost:
             # CPU) would otherwise run before every command drhost sends.
             "-o", "SetEnv=SHLVL=1",
         ]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         log = open(self.directory / "sshd.log", "ab")  # noqa: SIM115 - kept open for the server's lifetime
         self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
-                    # An sshd that could not bind exits; the banner would then be another server's.
-                    if sock.recv(4).startswith(b"SSH-") and self.process.poll() is None:
-                        return
-            except OSError:
-                time.sleep(0.05)
+            # An sshd that could not bind exits; the banner would then be another server's.
+            if self._answers() and self.process.poll() is None:
+                return
+            time.sleep(0.05)
             if self.process.poll() is not None:
                 break
         raise RuntimeError(f"sshd for {self.name} did not start: {(self.directory / 'sshd.log').read_text()}")
+
+    def _answers(self) -> bool:
+        """Whether an SSH banner comes from host:port, seen from the server's own network namespace."""
+        if self.netns is None:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                    return sock.recv(4).startswith(b"SSH-")
+            except OSError:
+                return False
+        check = ("import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=0.5)\n"
+                 "sys.exit(0 if s.recv(4).startswith(b'SSH-') else 1)")
+        return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-I", "-S", "-c", check, self.host,
+                               str(self.port)], capture_output=True, timeout=10).returncode == 0
 
     def session_pids(self) -> list[int]:
         """Per-connection sshd processes (children of the listener) — what a frozen-peer test stops."""

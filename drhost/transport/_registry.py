@@ -8,6 +8,7 @@ transport").
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import posixpath
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from ._base import TargetSession
 from ._become import Become
 from ._heartbeat import HeartbeatSettings
+from ._jump import parse_proxy_jump
 from ._local import LocalSession
 
 if TYPE_CHECKING:
@@ -111,12 +113,23 @@ class SshTransport:
         return Availability(found, "paramiko" if found else "paramiko is not installed")
 
     def problems(self, target: Mapping[str, Any]) -> list[tuple[str, str, object]]:
+        found: list[tuple[str, str, object]] = []
         if not target.get("host"):
-            return [("host", "the host name or address to reach over SSH", "<nothing>")]
-        return []
+            found.append(("host", "the host name or address to reach over SSH", "<nothing>"))
+        if target.get("proxy_jump"):
+            try:
+                parse_proxy_jump(str(target["proxy_jump"]))
+            except ValueError as exc:
+                found.append(("proxy_jump", f"jump hosts as [user@]host[:port],... ({exc})", target["proxy_jump"]))
+        return found
 
     def where(self, target: Mapping[str, Any]) -> str:
-        login = f"ssh {target.get('user', 'root')}@{target['host']}:{target.get('port', 22)}"
+        user = str(target.get("user", "root"))
+        login = f"ssh {user}@{target['host']}:{target.get('port', 22)}"
+        if target.get("proxy_jump"):
+            with contextlib.suppress(ValueError):
+                hops = parse_proxy_jump(str(target["proxy_jump"]))
+                login += " via " + " → ".join(hop.describe(user) for hop in hops)
         return f"{login}, {target['become']} to {target.get('become_user', 'root')}" if target.get("become") else login
 
     def root_identity(self, target: Mapping[str, Any]) -> tuple[str, str]:
@@ -131,13 +144,19 @@ class SshTransport:
         from ._ssh import SshSession
         from ._ssh_connect import SshTarget
 
-        ssh = SshTarget(
-            name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=str(target.get("user", "root")),
-            key_file=target.get("key_file"), password_env=target.get("password_env"),
-            password_file=target.get("password_file"), known_hosts=target.get("known_hosts"),
-            host_key_policy=target.get("host_key_policy", "strict"),
-            connect_timeout_s=float(target.get("connect_timeout_s", 10.0)),
-        )
+        user = str(target.get("user", "root"))
+        # Jump hosts use the target's credentials, known_hosts and policy (as OpenSSH's -J does by default).
+        credentials: dict[str, Any] = {
+            "key_file": target.get("key_file"), "password_env": target.get("password_env"),
+            "password_file": target.get("password_file"), "known_hosts": target.get("known_hosts"),
+            "host_key_policy": target.get("host_key_policy", "strict"),
+            "connect_timeout_s": float(target.get("connect_timeout_s", 10.0)),
+        }
+        jump = tuple(SshTarget(name=f"{name} (jump host {number})", host=hop.host, port=hop.port,
+                               user=hop.user or user, **credentials)
+                     for number, hop in enumerate(parse_proxy_jump(str(target.get("proxy_jump") or "")), start=1))
+        ssh = SshTarget(name=name, host=str(target["host"]), port=int(target.get("port", 22)), user=user, jump=jump,
+                        **credentials)
         return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost",
                           kill_grace_s=float(config["run"]["kill_grace_s"]),
                           reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),

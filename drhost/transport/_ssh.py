@@ -36,7 +36,7 @@ from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
-from ._ssh_connect import AuthError, HostKeyError, SshTarget, connect
+from ._ssh_connect import AuthError, Connection, HostKeyError, SshTarget, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ def _cause(exc: BaseException | None) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f}"
-
-
-def _declare_dead(sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
-    """A heartbeat found the peer dead: keep the evidence, and close so the pending call fails now."""
-    sink.append(evidence)
-    transport.close()
 
 
 def _file_sha256(path: str) -> str:
@@ -129,6 +123,9 @@ class SshSession(TargetSession):
         self._reconnects = reconnects
         self._lock = threading.RLock()
         self._transport: paramiko.Transport | None = None
+        # The jump hosts' transports of the current connection and their heartbeats (outermost first).
+        self._hops: Connection | None = None
+        self._hop_heartbeats: list[Heartbeat] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._closed = False
         # One heartbeat per connection; by default the [ssh.plugin_exec] defaults.
@@ -165,32 +162,42 @@ class SshSession(TargetSession):
         if left is None:
             return self.target
         left = max(_MIN_TRY_S, left)
-        return dataclasses.replace(self.target, connect_timeout_s=min(self.target.connect_timeout_s, left),
-                                   banner_timeout_s=min(self.target.banner_timeout_s, left),
-                                   auth_timeout_s=min(self.target.auth_timeout_s, left))
+
+        def bounded(target: SshTarget) -> SshTarget:
+            return dataclasses.replace(target, connect_timeout_s=min(target.connect_timeout_s, left),
+                                       banner_timeout_s=min(target.banner_timeout_s, left),
+                                       auth_timeout_s=min(target.auth_timeout_s, left))
+
+        return dataclasses.replace(bounded(self.target), jump=tuple(bounded(hop) for hop in self.target.jump))
 
     # -- connection -------------------------------------------------------------------------------------
 
-    def _on_connected(self, transport: paramiko.Transport) -> None:
-        """Called once per new connection: starts its heartbeat (when configured), which closes the transport
-        when the peer stops answering, so the next remote call reconnects and re-attaches."""
+    def _on_connected(self, connection: Connection) -> None:
+        """Called once per new connection: starts its heartbeat (when configured), and one per jump host, any
+        of which closes the whole chain when its peer stops answering, so the next remote call reconnects
+        (the whole chain) and re-attaches."""
         settings = self._heartbeat_settings
-        configure_socket(transport.sock, settings)  # type: ignore[arg-type]
+        outer = connection.hops[0] if connection.hops else connection.transport
+        configure_socket(outer.sock, settings)  # type: ignore[arg-type]  # the one real TCP socket
 
-        def on_dead(evidence: DeadPeer) -> None:
+        def on_dead(where: str, evidence: DeadPeer) -> None:
             self.dead_peer = evidence
-            log.warning("%s: peer declared dead: %s", self.name, evidence.describe())
-            self._notify("network.peer_dead", f"peer declared dead: {evidence.describe()}",
+            log.warning("%s: %s declared dead: %s", self.name, where, evidence.describe())
+            self._notify("network.peer_dead", f"{where} declared dead: {evidence.describe()}",
                          connection=settings.connection_type, evidence=evidence.describe())
-            transport.close()
+            connection.close()
 
-        self._heartbeat = Heartbeat(transport, settings, on_dead)
+        self._heartbeat = Heartbeat(connection.transport, settings, functools.partial(on_dead, "peer"))
+        self._hops = connection if connection.hops else None
+        self._hop_heartbeats = [
+            Heartbeat(hop, settings, functools.partial(on_dead, f"jump host {jump.address}"))
+            for hop, jump in zip(connection.hops, self.target.jump, strict=True)]
 
     def _connect_once(self) -> paramiko.Transport:
-        transport = connect(self._bounded_target())
+        connection = open_connection(self._bounded_target())
         self.connections += 1
-        self._on_connected(transport)
-        return transport
+        self._on_connected(connection)
+        return connection.transport
 
     def _ensure(self) -> paramiko.Transport:
         left = self._left()
@@ -238,11 +245,14 @@ class SshSession(TargetSession):
             self._lock.release()
 
     def _drop(self) -> None:
-        """Forget the current connection (it is dead or being replaced)."""
-        sftp, transport, heartbeat = self._sftp, self._transport, self._heartbeat
-        self._sftp = self._transport = self._heartbeat = None
-        if heartbeat is not None:
-            heartbeat.stop(timeout=1.0)
+        """Forget the current connection (it is dead or being replaced), with its jump hosts."""
+        sftp, transport, heartbeat, hops = self._sftp, self._transport, self._heartbeat, self._hops
+        self._sftp = self._transport = self._heartbeat = self._hops = None
+        hop_heartbeats, self._hop_heartbeats = self._hop_heartbeats, []
+        for beat in [*hop_heartbeats, *([heartbeat] if heartbeat is not None else [])]:
+            beat.stop(timeout=1.0)
+        if hops is not None:
+            hops.close()
         if sftp is not None:
             with contextlib.suppress(Exception):
                 sftp.close()
@@ -552,13 +562,15 @@ class SshSession(TargetSession):
         for attempt in range(settings.reconnects + 1):
             if attempt:
                 time.sleep(next(delays, 1.0))
-            transport: paramiko.Transport | None = None
-            heartbeat: Heartbeat | None = None
+            connection: Connection | None = None
+            heartbeats: list[Heartbeat] = []
             moved["started_at"] = -1
             try:
-                transport = connect(self.target)
+                connection = open_connection(self.target)
+                transport = connection.transport
                 connections += 1
-                heartbeat = Heartbeat(transport, settings, functools.partial(self._upload_peer_dead, dead, transport))
+                heartbeats = [Heartbeat(watched, settings, functools.partial(self._upload_peer_dead, dead, connection))
+                              for watched in (transport, *connection.hops)]
                 sftp = paramiko.SFTPClient.from_transport(transport)
                 if sftp is None:
                     raise TransportError(f"{self.name}: no SFTP subsystem", category="network")
@@ -582,10 +594,10 @@ class SshSession(TargetSession):
                              f"MiB: {_cause(exc)}", connection=attempt + 1, cause=_cause(exc),
                              moved=moved["on_target"], total=total, reconnects_left=settings.reconnects - attempt)
             finally:
-                if heartbeat is not None:
-                    heartbeat.stop(timeout=1.0)
-                if transport is not None:
-                    transport.close()
+                for beat in heartbeats:
+                    beat.stop(timeout=1.0)
+                if connection is not None:
+                    connection.close()
         evidence = f"; {dead[-1].describe()}" if dead else ""
         # Which error ends an attempt depends on what saw the cut first; paramiko's EOFError has no text.
         raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection "
@@ -613,11 +625,13 @@ class SshSession(TargetSession):
             raise TransportError(f"{final}: sha256 after the move is {got[0] if got else 'unknown'}, expected "
                                  f"{sha256}", category="file")
 
-    def _upload_peer_dead(self, sink: list[DeadPeer], transport: paramiko.Transport, evidence: DeadPeer) -> None:
-        """An upload connection's heartbeat found the peer dead: reported, then closed like the session's."""
+    def _upload_peer_dead(self, sink: list[DeadPeer], connection: Connection, evidence: DeadPeer) -> None:
+        """An upload connection's heartbeat (of the target or of a jump host) found the peer dead: reported,
+        then the whole chain closed like the session's."""
         self._notify("network.peer_dead", f"peer declared dead (upload connection): {evidence.describe()}",
                      connection=self._transfer_settings.connection_type, evidence=evidence.describe())
-        _declare_dead(sink, transport, evidence)
+        sink.append(evidence)
+        connection.close()
 
     def get(self, remote_path: str, local_path: str) -> None:
         self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")

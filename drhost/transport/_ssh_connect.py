@@ -58,6 +58,8 @@ class SshTarget:
     connect_timeout_s: float = 10.0
     banner_timeout_s: float = 15.0
     auth_timeout_s: float = 15.0
+    #: The jump hosts to go through, first to last (``proxy_jump``); each is a target of its own.
+    jump: tuple[SshTarget, ...] = ()
 
     @property
     def known_hosts_path(self) -> Path:
@@ -359,11 +361,64 @@ def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
     )
 
 
+@dataclass
+class Connection:
+    """An authenticated transport to a target and the jump-host transports it travels through (outermost
+    first). Closing it closes the whole chain."""
+
+    transport: paramiko.Transport
+    hops: tuple[paramiko.Transport, ...] = ()
+
+    def close(self) -> None:
+        for transport in (self.transport, *reversed(self.hops)):
+            with contextlib.suppress(Exception):
+                transport.close()
+
+
 def connect(target: SshTarget) -> paramiko.Transport:
-    """An authenticated transport to ``target``, or :class:`HostKeyError` / :class:`AuthError` /
-    :class:`TransportError` (category ``network``)."""
+    """An authenticated transport straight to ``target``, or :class:`HostKeyError` / :class:`AuthError` /
+    :class:`TransportError` (category ``network``). A target behind jump hosts needs :func:`open_connection`."""
+    if target.jump:
+        raise ValueError(f"{target.name} is behind jump hosts: use open_connection")
+    return _establish(target, _tuned_socket(target))
+
+
+def _forwarded(through: paramiko.Transport, via: SshTarget, target: SshTarget) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel from jump host ``via`` to ``target``: the next hop's socket."""
+    try:
+        return through.open_channel("direct-tcpip", (target.host, target.port), ("127.0.0.1", 0),
+                                    timeout=target.connect_timeout_s)
+    except paramiko.ChannelException as exc:
+        # The jump host tried and failed (refused, unreachable) or is not allowed to forward (code 1).
+        reason = exc.text or f"code {exc.code}"
+        raise TransportError(f"cannot connect to {target.address} through jump host {via.address}: {reason}",
+                             category="network") from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise TransportError(f"cannot connect to {target.address} through jump host {via.address}: "
+                             f"{str(exc) or type(exc).__name__}", category="network") from None
+
+
+def open_connection(target: SshTarget) -> Connection:
+    """An authenticated transport to ``target`` through its jump hosts (if any), each of them checked and
+    authenticated like a target; a failure names the hop it happened at."""
+    hops: list[paramiko.Transport] = []
+    chain = (*target.jump, target)
+    try:
+        for number, hop in enumerate(chain):
+            sock: socket.socket | paramiko.Channel = _tuned_socket(hop) if number == 0 else \
+                _forwarded(hops[-1], chain[number - 1], hop)
+            hops.append(_establish(hop, sock))
+    except BaseException:
+        for transport in reversed(hops):
+            with contextlib.suppress(Exception):
+                transport.close()
+        raise
+    return Connection(hops[-1], tuple(hops[:-1]))
+
+
+def _establish(target: SshTarget, sock: socket.socket | paramiko.Channel) -> paramiko.Transport:
+    """Key exchange, host key check and authentication over ``sock`` (a socket, or a channel of a jump host)."""
     host_keys = _load_known(target)
-    sock = _tuned_socket(target)
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = target.banner_timeout_s
