@@ -7,11 +7,13 @@ import contextlib
 import json
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from drhost_hookspecs import Stage
 
+from ..config import LoadedConfig
 from ..demo.bastion import remove_recorded
 from ..demo.environment import create_demo, start_bastion, start_ssh_hosts, stop_demo
 from ..demo.sshd import SshHost
@@ -210,11 +212,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _continue(args, "rollback")
 
 
+#: The connection settings ``drhost plan`` shows for an ssh target, each with where it came from.
+CONNECTION_KEYS = ("host", "port", "user", "key_file", "known_hosts", "host_key_policy", "proxy_jump",
+                   "connect_timeout_s", "heartbeat_s", "dead_after_s", "become", "become_user")
+
+
+def _connection_settings(config: LoadedConfig, name: str, target: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    """(value, origin) of each connection setting an ssh target has: an inventory line, --set, or the
+    operator's ssh_config file and line."""
+    if target.get("transport") != "ssh":
+        return {}
+    return {key: (target[key], str(config.origin(("targets", name, key)))) for key in CONNECTION_KEYS
+            if key in target}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     prepared = prepare(args, need_package=False)
     batches = batches_for(prepared.config.data)
+    settings = {name: _connection_settings(prepared.config, name, target)
+                for name, target in sorted(prepared.config.data["targets"].items())}
     if args.json:
         print(json.dumps({"targets": sorted(prepared.config.data["targets"]),
+                          "target_settings": {name: {key: {"value": value, "from": origin}
+                                                     for key, (value, origin) in found.items()}
+                                              for name, found in settings.items()},
                           "batches": [b.to_json() for b in batches],
                           "steps": [s.to_json() for s in prepared.plan.steps],
                           "plugins": [p.to_json() for p in prepared.plan.plugins]}, indent=2))
@@ -223,6 +244,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for name, target in sorted(prepared.config.data["targets"].items()):
             where = transport(str(target["transport"])).where(target)
             print(f"  {name}: {where}, install root {target['root']}")
+            for key, (value, origin) in settings[name].items():
+                print(f"    {key} = {value}  ({origin})")
         if len(batches) > 1:
             print(f"rollout: {len(batches)} batches, {prepared.config.data['run']['forks']} targets at a time")
             for batch in batches:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +25,9 @@ import jsonschema
 from drhost_hookspecs._runtime import parse_faults
 
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control
+from ._ssh_config import DEFAULT_PATH as DEFAULT_SSH_CONFIG
+from ._ssh_config import SshConfigError, target_values
+from ._ssh_config import lookup as lookup_ssh_config
 
 Path_ = tuple[str, ...]
 
@@ -429,8 +433,40 @@ def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
             path_, value, origin = parse_override(text, root_schema)
             _set(config.data, path_, value)
             config.origins[path_] = origin
+    for name, target in (config.data.get("targets") or {}).items():
+        with config.problems.each():
+            _apply_ssh_config(config, str(name), target)
     validate(config, root_schema)
     return config
+
+
+def _apply_ssh_config(config: LoadedConfig, name: str, target: Any) -> None:
+    """Fill an ssh target's keys that the inventory does not set from the operator's OpenSSH client config
+    (explicit keys win; ``host`` is looked up as ``ssh`` would, so a HostName replaces it), remembering the
+    file and line of each."""
+    if not isinstance(target, dict) or target.get("transport") != "ssh":
+        return
+    chosen = target.get("ssh_config")
+    if isinstance(chosen, str) and chosen.strip().lower() == "none":
+        return
+    path = Path(os.path.expanduser(chosen if isinstance(chosen, str) and chosen else DEFAULT_SSH_CONFIG))
+    if not chosen and not path.is_file():
+        return  # no ssh_config named, and the operator has none: nothing to read
+    alias = str(target.get("host") or name)
+    try:
+        values = target_values(lookup_ssh_config(path, alias))
+    except SshConfigError as exc:
+        origin = config.origin(("targets", name, "ssh_config")) if chosen else \
+            Origin(str(path), f"target:{name}", "ssh_config (default)")
+        raise ConfigError(origin, "an ssh_config drhost can read", f"<{exc}>") from None
+    # `host` is what the operator would type after `ssh`: the file's HostName for it replaces it, as in ssh.
+    explicit = set(target) - {"host"}
+    for key, (value, setting) in values.items():
+        if key not in explicit:
+            target[key] = value
+            config.origins[("targets", name, key)] = Origin(setting.origin(), "", f"{key} (ssh_config)")
+    if values and "host" not in target:
+        target["host"] = alias  # OpenSSH's rule: without HostName the name given is the host
 
 
 def validate_plugin_section(config: LoadedConfig, plugin: str, plugin_schema: Mapping[str, Any] | None) -> None:

@@ -9,6 +9,7 @@ transport").
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import posixpath
@@ -160,9 +161,18 @@ class SshTransport:
         return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost",
                           kill_grace_s=float(config["run"]["kill_grace_s"]),
                           reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
-                          heartbeat=HeartbeatSettings.from_config(config, "plugin_exec"),
-                          transfer_heartbeat=HeartbeatSettings.from_config(config, "transfer"),
+                          heartbeat=_heartbeat(config, "plugin_exec", target),
+                          transfer_heartbeat=_heartbeat(config, "transfer", target),
                           on_network=on_network, become=_become(target))
+
+
+def _heartbeat(config: Mapping[str, Any], connection_type: str, target: Mapping[str, Any]) -> HeartbeatSettings:
+    """``[ssh:TYPE]``'s heartbeat, with the target's own ``heartbeat_s``/``dead_after_s`` (from the inventory or
+    its ssh_config's ServerAliveInterval/CountMax) where it has them."""
+    settings = HeartbeatSettings.from_config(config, connection_type)
+    interval = float(target.get("heartbeat_s", settings.interval_s))
+    return dataclasses.replace(settings, interval_s=interval,
+                               dead_after_s=float(target.get("dead_after_s", max(settings.dead_after_s, interval))))
 
 
 def _become(target: Mapping[str, Any]) -> Become | None:
