@@ -122,7 +122,7 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     elif getattr(args, "demo_targets", None) is not None:
         raise ConfigError(Origin("command line", "", "--demo-targets"), "--demo-targets together with --demo",
                           "--demo-targets alone")
-    config = load_config(files, overrides, base=base)
+    config = load_config(files, overrides, base=base, limit=getattr(args, "limit", None))
     registry = discover(blocked, config=config.data)
     # A plugin lock in force: exactly the locked plugins, or no run (exit 7), before anything else is checked.
     check_registry(registry, blocked)

@@ -315,7 +315,12 @@ def add_run_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--login-user", metavar="NAME",
                         help="demo with --ssh: the hosts refuse root login; log in as NAME and become root with sudo "
                              "(the account is created, with passwordless sudo, if it does not exist)")
-    parser.add_argument("-i", "--inventory", help="ops INI file with [target:NAME] sections")
+    parser.add_argument("-i", "--inventory",
+                        help="the inventory: drhost's INI ([target:NAME] sections), or an Ansible inventory "
+                             "(INI or YAML)")
+    parser.add_argument("-l", "--limit", metavar="PATTERN",
+                        help="only the targets this Ansible host pattern selects (groups, hosts, wildcards, "
+                             "~regex, a:b union, a:&b intersection, a:!b exclusion)")
     parser.add_argument("-c", "--config", action="append", help="extra config file (INI or JSON); repeatable")
     parser.add_argument("--package", help="the upgrade package (drproduct-VERSION.tar.gz)")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one setting")

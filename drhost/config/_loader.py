@@ -25,6 +25,7 @@ import jsonschema
 from drhost_hookspecs._runtime import parse_faults
 
 from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control
+from ._ansible import InventoryError, host_target, is_ansible_inventory, match_pattern, read_inventory
 from ._ssh_config import DEFAULT_PATH as DEFAULT_SSH_CONFIG
 from ._ssh_config import SshConfigError, target_values
 from ._ssh_config import lookup as lookup_ssh_config
@@ -110,6 +111,8 @@ class LoadedConfig:
     files: list[str] = field(default_factory=list)
     #: Problems found while loading with ``all_problems=True`` (else the first one is raised).
     problems: Problems = field(default_factory=lambda: Problems(False))
+    #: The Ansible groups of each target read from an Ansible inventory (``all`` first), for ``--limit``.
+    groups_of: dict[str, list[str]] = field(default_factory=dict)
 
     def origin(self, path: Path_) -> Origin:
         for length in range(len(path), 0, -1):
@@ -410,8 +413,69 @@ def validate(config: LoadedConfig, root_schema: Mapping[str, Any]) -> None:
             config.problems.add(problem)
 
 
+def _load_ansible(path: Path, config: LoadedConfig) -> None:
+    """An Ansible inventory's hosts as targets (``drhost_root`` and the other ``drhost_*`` variables give the
+    keys Ansible has no name for), each key's origin the variable it came from."""
+    try:
+        inventory = read_inventory(path)
+        hosts = {host: host_target(inventory, host) for host in inventory.host_vars}
+    except InventoryError as exc:
+        # The origin names the file: the message keeps the line (``FILE:N: ...`` becomes ``line N: ...``).
+        text = str(exc)
+        if text.startswith(f"{path}:"):
+            rest = text[len(str(path)) + 1:]
+            line, colon, after = rest.partition(":")
+            text = f"line {line}:{after}" if colon and line.isdigit() else rest.lstrip()
+        raise ConfigError(Origin(str(path), "", ""), "an Ansible inventory drhost can read", f"<{text}>") from None
+    for host, keys in hosts.items():
+        target = config.data.setdefault("targets", {}).setdefault(host, {})
+        config.groups_of[host] = inventory.groups_of(host)
+        for key, (value, variable) in keys.items():
+            target[key] = value
+            config.origins[("targets", host, key)] = Origin(str(path), f"host {host}", variable)
+
+
+def _choose_groups(config: LoadedConfig) -> None:
+    """A target from an Ansible inventory without a ``group`` takes, of its Ansible groups, the first that
+    ``[rollout] groups`` names, else the first it is listed in."""
+    rollout = config.data.get("rollout") or {}
+    named = [part.strip() for part in str(rollout.get("groups") or "").split(",") if part.strip()]
+    for host, groups in config.groups_of.items():
+        target = (config.data.get("targets") or {}).get(host)
+        if not isinstance(target, dict) or "group" in target:
+            continue
+        own = [group for group in groups if group not in ("all", "ungrouped")]
+        chosen = next((group for group in named if group in groups), own[0] if own else None)
+        if chosen is not None:
+            target["group"] = chosen
+            origin = config.origin(("targets", host, "transport"))
+            config.origins[("targets", host, "group")] = Origin(origin.file, origin.section,
+                                                                f"(Ansible group {chosen})")
+
+
+def _apply_limit(config: LoadedConfig, limit: str) -> None:
+    """Keep the targets an Ansible host pattern selects (groups: an Ansible inventory's, or ``group``)."""
+    targets = config.data.get("targets") or {}
+    groups: dict[str, list[str]] = {}
+    for name, target in targets.items():
+        memberships = config.groups_of.get(name) or (["all", str(target["group"])] if isinstance(target, dict)
+                                                     and target.get("group") else ["all"])
+        for group in memberships:
+            groups.setdefault(group, []).append(name)
+    try:
+        chosen = match_pattern(limit, list(targets), groups)
+    except (InventoryError, re.error) as exc:
+        raise ConfigError(Origin("command line", "", "--limit"), "an Ansible host pattern", f"<{exc}>") from None
+    if not chosen:
+        known = ", ".join(list(targets)[:10]) + (" …" if len(targets) > 10 else "")
+        raise ConfigError(Origin("command line", "", "--limit"),
+                          f"a pattern that selects at least one target (targets: {known or 'none'})", limit)
+    config.data["targets"] = {name: targets[name] for name in targets if name in chosen}
+
+
 def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None, *, all_problems: bool = False) -> LoadedConfig:
+                base: Mapping[str, Any] | None = None, *, all_problems: bool = False,
+                limit: str | None = None) -> LoadedConfig:
     """Defaults, then ``base`` (for example the demo's inventory), then files, then overrides.
 
     Raises :class:`ConfigError` for the first problem. With ``all_problems`` nothing is raised: every
@@ -426,6 +490,8 @@ def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
             config.files.append(str(path))
             if path.suffix == ".json":
                 _load_json(path, config)
+            elif is_ansible_inventory(path):
+                _load_ansible(path, config)
             else:
                 _load_ini(path, config, root_schema)
     for text in overrides:
@@ -433,6 +499,10 @@ def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
             path_, value, origin = parse_override(text, root_schema)
             _set(config.data, path_, value)
             config.origins[path_] = origin
+    _choose_groups(config)
+    if limit is not None:
+        with config.problems.each():
+            _apply_limit(config, limit)
     for name, target in (config.data.get("targets") or {}).items():
         with config.problems.each():
             _apply_ssh_config(config, str(name), target)
