@@ -21,7 +21,7 @@ import pytest
 from drhost.errors import DrhostError, ExitCode
 from drhost.transport import AuthError, CommandStopped, HostKeyError, SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
-from drhost.transport._ssh_connect import _authenticate, _handshake, connect, fingerprint
+from drhost.transport._ssh_connect import SilentPeer, _authenticate, _handshake, connect, fingerprint
 from sshd_hosts import SshHost, sshd_available, start_hosts
 
 available, why = sshd_available()
@@ -376,6 +376,34 @@ def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, 
     assert str(caught.value) == silent_before_banner(f"root@{proxy.host}:{proxy.port}", 1)
 
 
+@pytest.mark.sshd
+def test_a_peer_gone_silent_costs_one_banner_timeout_not_one_per_reconnect(host: SshHost, tmp_path: Path) -> None:
+    """Connected, then the host goes silent (new connections accepted, not a byte back): the call that needs
+    a new connection fails after one connection attempt and one banner timeout, though reconnects allow five."""
+    from tcp_proxy import TcpProxy
+
+    with TcpProxy(host.host, host.port) as proxy:
+        known = tmp_path / "known_hosts_proxy"
+        public = (host.directory / "host_key.pub").read_text().split()
+        known.write_text(f"[{proxy.host}]:{proxy.port} {public[0]} {public[1]}\n")
+        target = SshTarget(host.name, proxy.host, proxy.port, key_file=str(host.client_key), known_hosts=str(known),
+                           banner_timeout_s=1.0)
+        ssh = SshSession(host.name, target, run_id="run1", work_dir=str(tmp_path / "work"), reconnects=5)
+        try:
+            assert ssh.run(["true"]).returncode == 0
+            proxy.blackhole(True, "down")
+            proxy.cut()
+            before = proxy.connections
+            with pytest.raises(TransportError) as caught:
+                ssh.run(["true"])
+            attempts = proxy.connections - before
+        finally:
+            ssh.close()
+    assert isinstance(caught.value, SilentPeer), caught.value
+    assert attempts == 1
+    assert ssh.connections == 1  # the one made before the host went silent
+
+
 # -- scripted peers on loopback: every path by which paramiko reports a silent or closing server -------------
 #
 # paramiko reports one peer behaviour in different ways depending on which of its timers or threads sees it
@@ -538,8 +566,10 @@ def test_connect_gives_one_message_per_peer_behaviour(script: str, tmp_path: Pat
         with pytest.raises(TransportError) as caught:
             connect(fake_target(peer, tmp_path))
         took = time.monotonic() - started
-    assert type(caught.value) is TransportError and caught.value.category == "network"
+    assert isinstance(caught.value, TransportError) and caught.value.category == "network"
     assert str(caught.value) == expected_handshake_failure(script, peer.address)
+    # Silent is a kind of its own (a reconnect loop stops at it); a peer that closes is not silent.
+    assert isinstance(caught.value, SilentPeer) == (script in ("silent", "partial-banner", "banner-then-silent"))
     if "silent" in script or "partial" in script:
         assert took >= CLIENT_BANNER_TIMEOUT_S - 0.05  # the bound the message names was really waited
 

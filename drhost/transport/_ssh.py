@@ -36,7 +36,7 @@ from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
-from ._ssh_connect import AuthError, Connection, HostKeyError, SshTarget, open_connection
+from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,11 @@ class SshSession(TargetSession):
                                      connections=self.connections)
                     return self._transport
                 except (HostKeyError, AuthError):
+                    raise
+                except SilentPeer as exc:
+                    # One wait for a silent peer, not one per reconnect: the next would wait as long again.
+                    log.warning("%s: connect attempt %d: the peer is silent; no further attempt: %s", self.name,
+                                attempt + 1, exc)
                     raise
                 except TransportError as exc:
                     last = exc
@@ -587,6 +592,9 @@ class SshSession(TargetSession):
             except (*_CONNECTION_ERRORS, OSError, TransportError) as exc:
                 if isinstance(exc, TransportError) and exc.category == "file":
                     raise
+                if isinstance(exc, SilentPeer):
+                    raise TransportError(f"network failure: upload of {local_path} to {self.name}: {exc}",
+                                         category="network") from None
                 last = exc
                 log.warning("%s: upload connection lost (attempt %d): %s", self.name, attempt + 1, _cause(exc))
                 self._notify("network.upload_lost", f"upload connection {attempt + 1} of "

@@ -75,6 +75,12 @@ class SshTarget:
         return f"{self.user}@{self.host}:{self.port}"
 
 
+class SilentPeer(TransportError):
+    """The peer did not answer in time: a TCP connect that timed out, or a server that accepted the connection
+    and then sent nothing (or stalled in the key exchange). Another attempt at once would cost the same wait
+    again, so a reconnect loop gives up on it at the first, and the run's reachability budget takes over."""
+
+
 class HostKeyError(RefusedError, TransportError):
     """The server's host key is unknown (and the policy is strict) or has changed: we will not talk to it."""
 
@@ -109,6 +115,10 @@ def _tuned_socket(target: SshTarget) -> socket.socket:
         # arrives before this thread runs again (a loaded machine), otherwise the banner exchange does. Same
         # cause, same message, whichever call sees it.
         raise _closed_before_banner(target) from None
+    except TimeoutError:
+        raise SilentPeer(f"cannot connect to {target.address}: no answer within {target.connect_timeout_s:g} s "
+                         "(a black hole, a firewall dropping packets, or the host is down)", category="network") \
+            from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TransportError(f"cannot connect to {target.address}: {reason}", category="network") from None
@@ -251,9 +261,9 @@ def _handshake_failure(target: SshTarget, transport: paramiko.Transport, exc: Ba
     if silent:
         what = (f"sent its banner {banner} and then stalled in the key exchange" if banner
                 else "accepted the connection and then sent no SSH banner")
-        return TransportError(f"SSH handshake with {target.address} did not complete within "
-                              f"{target.banner_timeout_s:g} s (the peer {what}: it is silent or too slow, e.g. a "
-                              "black hole, a firewall dropping packets or an overloaded server)", category="network")
+        return SilentPeer(f"SSH handshake with {target.address} did not complete within "
+                          f"{target.banner_timeout_s:g} s (the peer {what}: it is silent or too slow, e.g. a "
+                          "black hole, a firewall dropping packets or an overloaded server)", category="network")
     # "Negotiation failed." is start_client's word for a thread that ended without an error of its own: the
     # peer sent SSH_MSG_DISCONNECT, which is the peer closing the connection.
     disconnected = exc is None or (isinstance(exc, paramiko.SSHException) and len(chain) == 1
