@@ -6,7 +6,8 @@ Both sides run `true` on the same loopback sshd host, one after the other in one
 detached job (its own process group, output and exit code in files, survives a dropped connection);
 `ssh` with a ControlMaster multiplexes a new session over one connection and waits for the exit status.
 The same again as a non-root login user that becomes root with (passwordless) sudo, on a host that refuses
-root login: drhost with ``become = sudo`` beside ``ssh … sudo -n true``.
+root login: drhost with ``become = sudo`` beside ``ssh … sudo -n true``; and once more with that host in a
+network namespace only a bastion reaches: drhost's ``proxy_jump`` beside ``ssh -J``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from _report import machine, publish
 
+from drhost.demo.bastion import build_bastion_network
 from drhost.demo.sshd import SshHost, ensure_login_user, remove_login_user, start_hosts
 from drhost.transport import Become, SshSession, SshTarget
 
@@ -42,20 +44,28 @@ def timed(call: Callable[[], object], runs: int) -> list[float]:
     return samples
 
 
-def pair(host: SshHost, base: Path, runs: int, user: str, become: Become | None) -> tuple[float, float]:
-    """(drhost, ssh ControlMaster) median ms of `true` on ``host`` as ``user`` (through sudo with ``become``)."""
+def pair(host: SshHost, base: Path, runs: int, user: str, become: Become | None,
+         bastion: SshHost | None = None) -> tuple[float, float]:
+    """(drhost, ssh ControlMaster) median ms of `true` on ``host`` as ``user`` (through sudo with ``become``,
+    through the jump host ``bastion`` when given)."""
+    jump = () if bastion is None else (SshTarget("bench (jump host 1)", bastion.host, bastion.port, user=user,
+                                                 key_file=str(host.client_key), known_hosts=str(host.known_hosts)),)
     target = SshTarget(name="bench", host=host.host, port=host.port, user=user, key_file=str(host.client_key),
-                       known_hosts=str(host.known_hosts))
+                       known_hosts=str(host.known_hosts), jump=jump)
     work = host.root / ".drhost" if become is not None or user == "root" else Path(f"/home/{user}/.drhost-bench")
     session = SshSession("bench", target, run_id="bench", work_dir=str(work), become=become)
     try:
         ours = timed(lambda: session.run(["true"]), runs)
     finally:
         session.close()
-    control = base / f"cm-{user}"
-    ssh = ["ssh", "-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-           "-o", "BatchMode=yes", "-i", str(host.client_key), "-p", str(host.port),
+    control = base / f"cm-{user}-{'jump' if bastion is not None else 'direct'}"
+    # A config file, not options: the ssh that -J starts for the jump host reads the file, not our options.
+    config = base / f"ssh_config-{user}-{'jump' if bastion is not None else 'direct'}"
+    config.write_text(f"Host *\n  IdentityFile {host.client_key}\n  UserKnownHostsFile {host.known_hosts}\n"
+                      "  StrictHostKeyChecking yes\n  BatchMode yes\n")
+    ssh = ["ssh", "-F", str(config), "-p", str(host.port),
            "-o", f"ControlPath={control}", "-o", "ControlMaster=auto", "-o", "ControlPersist=120",
+           *(["-J", f"{user}@{bastion.host}:{bastion.port}"] if bastion is not None else []),
            f"{user}@{host.host}"]
     command = ["sudo", "-n", "true"] if become is not None else ["true"]
     try:
@@ -74,12 +84,16 @@ def main() -> int:
     ensure_login_user(BECOME_USER)
     host = start_hosts(base, 1)[0]
     become_host = start_hosts(base / "become", 1, login_user=BECOME_USER)[0]
+    network = build_bastion_network(base / "net", ["t1"], login_user=BECOME_USER)
     try:
         ours, theirs = pair(host, base, args.runs, "root", None)
         ours_sudo, theirs_sudo = pair(become_host, base, args.runs, BECOME_USER, Become())
+        ours_jump, theirs_jump = pair(network.targets["t1"], base, args.runs, BECOME_USER, Become(),
+                                      network.bastion)
     finally:
         host.stop()
         become_host.stop()
+        network.close()
         remove_login_user(BECOME_USER)
     report = "\n".join([
         f"### Remote step overhead on a warm connection ({time.strftime('%Y-%m-%d')})", "",
@@ -89,10 +103,16 @@ def main() -> int:
         f"| drhost `SshSession.run` (detached job: start, remote wait, output) | {ours:.1f} |",
         f"| OpenSSH `ssh` with ControlMaster reuse | {theirs:.1f} |",
         f"| drhost, login `{BECOME_USER}`, `become = sudo` (NOPASSWD) | {ours_sudo:.1f} |",
-        f"| OpenSSH `ssh {BECOME_USER}@… sudo -n true` with ControlMaster reuse | {theirs_sudo:.1f} |", "",
+        f"| OpenSSH `ssh {BECOME_USER}@… sudo -n true` with ControlMaster reuse | {theirs_sudo:.1f} |",
+        f"| drhost, `become = sudo`, through a bastion (`proxy_jump`, network namespaces) | {ours_jump:.1f} |",
+        f"| OpenSSH `ssh -J {BECOME_USER}@bastion … sudo -n true` with ControlMaster reuse | {theirs_jump:.1f} |",
+        "",
         f"- ratio drhost / ssh ControlMaster = {ours / theirs:.2f}",
         f"- with sudo: ratio drhost / ssh ControlMaster = {ours_sudo / theirs_sudo:.2f}; sudo adds "
-        f"{ours_sudo - ours:.1f} ms to a drhost step and {theirs_sudo - theirs:.1f} ms to an ssh command", "",
+        f"{ours_sudo - ours:.1f} ms to a drhost step and {theirs_sudo - theirs:.1f} ms to an ssh command",
+        f"- through a bastion: ratio drhost / ssh -J ControlMaster = {ours_jump / theirs_jump:.2f}; the hop adds "
+        f"{ours_jump - ours_sudo:.1f} ms to a drhost step and {theirs_jump - theirs_sudo:.1f} ms to an ssh command",
+        "",
     ])
     publish(report, args.write)
     return 0
