@@ -59,10 +59,13 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     for pid in pids_under(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for record in path.glob("demo/*/bastion-net/network.json"):  # a kept or killed demo behind a bastion
-        from drhost.demo.bastion import remove_recorded
+    from drhost.demo.bastion import remove_recorded
+    from drhost.demo.sshd import login_keys_under
 
+    for record in path.glob("demo/*/bastion-net/network.json"):  # a kept or killed demo behind a bastion
         remove_recorded(json.loads(record.read_text()))
+    for keys in login_keys_under(path):  # and its hosts' login keys
+        keys.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -214,3 +214,20 @@ dr_fleet:
     assert code == 0, checks
     assert checks["login"]["detail"].startswith(f"ssh {host.login_user}@{host.host}:{host.port}, sudo to root")
     assert checks["become"]["ok"] is True
+
+
+def test_an_inventory_is_told_from_drhosts_own_ini(tmp_path: Path) -> None:
+    """Ansible's files (YAML, INI with groups, vars or only hosts) are Ansible's; drhost's INI, even with a
+    misspelt section, and anything that is not a regular file are left to drhost's own reader."""
+    import os
+
+    from drhost.config._ansible import is_ansible_inventory
+
+    assert all(is_ansible_inventory(path) for path in FILES)
+    assert not is_ansible_inventory(write(tmp_path, "ops.ini", "[clas:core]\nmemory_mb = 64\n"))
+    assert not is_ansible_inventory(write(tmp_path, "typo.ini", "[runn]\nforks = 2\n"))
+    assert not is_ansible_inventory(write(tmp_path, "drhost.ini", "[target:t1]\ntransport=local\nroot=/opt/p\n"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert not is_ansible_inventory(fifo)  # and it did not block on the pipe
+    assert not is_ansible_inventory(tmp_path)

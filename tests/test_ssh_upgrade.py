@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import TargetProbe, run_json, whole_version
 from drhost.demo.bastion import bastion_available
-from drhost.demo.sshd import remove_login_user
+from drhost.demo.sshd import login_keys_under, remove_login_user
 from sshd_hosts import LoginUser, sshd_available
 
 pytestmark = [
@@ -85,8 +85,8 @@ def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
     assert staged == []  # each upload's staged copy and its run's staging directory are gone
     assert not Path(f"/home/{user}").exists() and subprocess.run(["id", user], capture_output=True).returncode == 1
     assert sshd_pids(state_dir) == []
-    sshd_dirs = {str(path) for path in Path("/run/drhost-demo-keys").glob("*")}
-    assert not any(name.endswith(f"-{target['port']}") for target in targets for name in sshd_dirs)
+    assert len(list(state_dir.glob("demo/*/*/sshd"))) == 2
+    assert login_keys_under(state_dir) == []  # the stopped hosts took their login keys with them
 
 
 @pytest.mark.skipif(not bastion_available()[0], reason=bastion_available()[1])
@@ -102,6 +102,7 @@ def test_demo_behind_a_bastion_upgrades_targets_only_the_jump_host_reaches(
     assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
     state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
     targets = list(state["config"]["targets"].values())
+    assert len(login_keys_under(state_dir)) == 3  # kept: the bastion's and both targets' (the teardown's to remove)
     (jump,) = {t["proxy_jump"] for t in targets}
     assert jump.startswith(f"{login_user.name}@169.254.") and jump.endswith(":2222")
     assert all(t["host"].startswith("169.254.") and t["host"] not in jump for t in targets)

@@ -338,18 +338,42 @@ def _read_yaml(path: Path, text: str) -> AnsibleInventory:
     return inventory
 
 
+#: A ``key = value`` (or ``key: value``) line of drhost's INI, which no Ansible host line looks like.
+_SETTING_LINE = re.compile(r"^\s*[A-Za-z0-9_.-]+\s*(=\s|\s=|:\s)")
+
+
 def is_ansible_inventory(path: Path) -> bool:
-    """Whether ``path`` is an Ansible inventory rather than drhost's INI or JSON (``.yml``/``.yaml``, or an INI
-    file with none of drhost's sections)."""
+    """Whether ``path`` is an Ansible inventory rather than drhost's INI or JSON: ``.yml``/``.yaml``, or a
+    regular file with none of drhost's sections that has Ansible's marks (``[NAME:vars]``/``[NAME:children]``
+    sections, or host lines, and no ``key = value`` line outside a ``:vars`` section). Anything else is left to
+    drhost's own reader, which names what is wrong with it."""
     if path.suffix in (".yml", ".yaml"):
         return True
-    if path.suffix == ".json":
+    if path.suffix == ".json" or not path.is_file():
         return False
     try:
         text = _read_text(path)
     except InventoryError:
         return False
-    return DRHOST_SECTIONS.search(text) is None and bool(text.strip())
+    if DRHOST_SECTIONS.search(text) is not None or not text.strip():
+        return False
+    in_vars, hosts_seen = False, False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        section = _SECTION.match(line)
+        if section:
+            if section.group("kind") in ("vars", "children"):
+                return True
+            if section.group("kind") is not None:
+                return False
+            in_vars = False
+            continue
+        if _SETTING_LINE.match(line) and not in_vars:
+            return False
+        hosts_seen = True
+    return hosts_seen
 
 
 def read_inventory(path: Path) -> AnsibleInventory:

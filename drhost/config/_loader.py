@@ -440,8 +440,9 @@ def _choose_groups(config: LoadedConfig) -> None:
     ``[rollout] groups`` names, else the first it is listed in."""
     rollout = config.data.get("rollout") or {}
     named = [part.strip() for part in str(rollout.get("groups") or "").split(",") if part.strip()]
+    targets = config.data.get("targets")
     for host, groups in config.groups_of.items():
-        target = (config.data.get("targets") or {}).get(host)
+        target = targets.get(host) if isinstance(targets, dict) else None
         if not isinstance(target, dict) or "group" in target:
             continue
         own = [group for group in groups if group not in ("all", "ungrouped")]
@@ -455,7 +456,9 @@ def _choose_groups(config: LoadedConfig) -> None:
 
 def _apply_limit(config: LoadedConfig, limit: str) -> None:
     """Keep the targets an Ansible host pattern selects (groups: an Ansible inventory's, or ``group``)."""
-    targets = config.data.get("targets") or {}
+    targets = config.data.get("targets")
+    if not isinstance(targets, dict):
+        return  # said by the schema
     groups: dict[str, list[str]] = {}
     for name, target in targets.items():
         memberships = config.groups_of.get(name) or (["all", str(target["group"])] if isinstance(target, dict)
@@ -503,7 +506,8 @@ def load_config(files: Iterable[Path] = (), overrides: Sequence[str] = (),
     if limit is not None:
         with config.problems.each():
             _apply_limit(config, limit)
-    for name, target in (config.data.get("targets") or {}).items():
+    targets = config.data.get("targets")
+    for name, target in (targets.items() if isinstance(targets, dict) else ()):
         with config.problems.each():
             _apply_ssh_config(config, str(name), target)
     validate(config, root_schema)

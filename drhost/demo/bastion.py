@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def _steps(steps: list[tuple[str, ...]]) -> None:
 def plan_bastion_network(base: Path, names: list[str], *, login_user: str | None = None,
                          directories: dict[str, Path] | None = None) -> BastionNetwork:
     """Choose the namespaces, links and addresses (nothing is created yet): the inventory can name them."""
-    tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
+    tag = secrets.token_hex(3)  # interface names: "drj" + 6 + "t12a" stays within 15 characters
     blocks = _free_blocks(len(names) + 1)
     bastion_ns = f"drj{tag}b"
     bastion = SshHost("bastion", base / "bastion", PORT, host=blocks[0][1], login_user=login_user, netns=bastion_ns)

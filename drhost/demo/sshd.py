@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -109,7 +110,9 @@ class SshHost:
         """sshd reads a user's keys as that user: a login user's copy sits where it can read it."""
         if self.login_user is None:
             return self.directory / "authorized_keys"
-        return LOGIN_KEYS_DIR / f"{self.name}-{self.port}"
+        # Unique per host directory: hosts of parallel demos and tests share names and ports (each bastion
+        # network's "bastion" listens on 2222), never directories.
+        return LOGIN_KEYS_DIR / f"{self.name}-{self.port}-{_directory_tag(self.directory)}"
 
     @property
     def known_hosts(self) -> Path:
@@ -207,6 +210,18 @@ class SshHost:
         self.process = None
         if self.login_user is not None:
             self.authorized_keys.unlink(missing_ok=True)
+
+
+def _directory_tag(directory: Path) -> str:
+    return hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+
+
+def login_keys_under(state: Path) -> list[Path]:
+    """The login users' key files of every demo host under a state directory: what a kept (or killed) demo
+    leaves in ``LOGIN_KEYS_DIR`` once its servers are gone."""
+    tags = {_directory_tag(directory) for pattern in ("demo/*/*/sshd", "demo/*/bastion-net/*")
+            for directory in state.glob(pattern) if directory.is_dir()}
+    return [path for path in LOGIN_KEYS_DIR.glob("*") if path.name.rsplit("-", 1)[-1] in tags]
 
 
 def make_host(base: Path, name: str, port: int | None = None, *, login_user: str | None = None) -> SshHost:
