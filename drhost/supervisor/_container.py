@@ -356,5 +356,5 @@ def remove_left_containers(config: Mapping[str, Any], *, run_id: str | None = No
         if (run_label is not None and run == run_label) or (owner.isdigit() and not process_alive(int(owner))):
             left.append(name)
     if left:
-        run_podman([setup.podman, "rm", "-f", *left], timeout=120)
+        run_podman([setup.podman, "rm", "-f", "-i", *left], timeout=120)  # -i: another sweep may be first
     return left
