@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
-from sshd_hosts import LoginUser
+from sshd_hosts import LoginUser, SshHost
 from xdist_scopes import SuiteScheduling, file_order
 
 
@@ -144,3 +144,18 @@ def password_login_user() -> Iterator[LoginUser]:
         yield user
     finally:
         remove_login_user(user.name)
+
+
+@pytest.fixture
+def login_host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
+    """A real sshd on loopback that refuses root login and lets ``login_user`` in (sudo to root)."""
+    from sshd_hosts import sshd_available, start_hosts
+
+    ok, why = sshd_available()
+    if not ok:
+        pytest.skip(why)
+    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
+    try:
+        yield sshd
+    finally:
+        sshd.stop()

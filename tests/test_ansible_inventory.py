@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from drhost.cli import main as drhost_main
 from drhost.config import load_config
 from drhost.config._ansible import InventoryError, expand_range, match_pattern, read_inventory
 from drhost.errors import ConfigError
-from sshd_hosts import LoginUser, SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost
 
 DATA = Path(__file__).parent / "data" / "ansible"
 FILES = sorted(path for path in DATA.iterdir() if path.name != "README.md")
@@ -180,15 +179,8 @@ def test_limit_that_selects_nothing_names_the_targets(tmp_path: Path, capsys: py
 
 
 @pytest.fixture
-def host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
-    ok, why = sshd_available()
-    if not ok:
-        pytest.skip(why)
-    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
+def host(login_host: SshHost) -> SshHost:
+    return login_host
 
 
 @pytest.mark.sshd

@@ -26,12 +26,8 @@ TO_ROOT = Become()
 
 
 @pytest.fixture
-def host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
+def host(login_host: SshHost) -> SshHost:
+    return login_host
 
 
 def session_for(host: SshHost, tmp_path: Path, become: Become | None = TO_ROOT, *,

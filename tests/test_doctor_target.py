@@ -4,25 +4,20 @@ the tools, the root and the disk space before a run, says what fails, and change
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drhost.cli import main as drhost_main
-from sshd_hosts import LoginUser, SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 
 available, why = sshd_available()
 pytestmark = [pytest.mark.sshd, pytest.mark.integration, pytest.mark.skipif(not available, reason=why)]
 
 
 @pytest.fixture
-def host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
+def host(login_host: SshHost) -> SshHost:
+    return login_host
 
 
 def inventory(tmp_path: Path, host: SshHost, root: Path, **extra: str) -> Path:

@@ -31,7 +31,6 @@ from typing import Any
 __all__ = ["AnsibleInventory", "InventoryError", "host_target", "is_ansible_inventory", "match_pattern",
            "read_inventory"]
 
-_MAX_BYTES = 4 * 1024 * 1024
 _RANGE = re.compile(r"\[(?P<start>[0-9a-zA-Z]+):(?P<end>[0-9a-zA-Z]+)(?::(?P<step>[0-9]+))?\]")
 _SECTION = re.compile(r"^\[(?P<name>[^\]:\s]+)(?::(?P<kind>[^\]\s]+))?\]\s*$")
 #: Sections of drhost's own INI: a file with one of them is drhost's, not Ansible's.
@@ -212,17 +211,14 @@ def _literal(text: str) -> Any:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text, read as every config file is (regular files only, bounded, UTF-8 checked)."""
+    from ..errors import ConfigError
+    from ._loader import read_config_text  # here: the loader imports this module
+
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise InventoryError(f"{path}: cannot be read ({exc.strerror})") from None
-    if len(data) > _MAX_BYTES:
-        raise InventoryError(f"{path}: larger than {_MAX_BYTES // (1024 * 1024)} MiB: not an inventory")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InventoryError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+        return read_config_text(path)
+    except ConfigError as exc:
+        raise InventoryError(f"{path}: expected {exc.expected}, found {exc.found}") from None
 
 
 def _read_ini(path: Path, text: str) -> AnsibleInventory:

@@ -26,7 +26,6 @@ __all__ = ["SshConfigError", "SshConfigResult", "SshSetting", "lookup"]
 KEYWORDS = ("hostname", "user", "port", "identityfile", "proxyjump", "userknownhostsfile",
             "stricthostkeychecking", "connecttimeout", "serveraliveinterval", "serveralivecountmax")
 _MAX_INCLUDE_DEPTH = 16
-_MAX_BYTES = 1024 * 1024
 
 
 class SshConfigError(ValueError):
@@ -114,17 +113,13 @@ class _Reader:
     def read(self, path: Path, depth: int = 0) -> None:
         if depth > _MAX_INCLUDE_DEPTH:
             raise SshConfigError(f"{path}: Include nested more than {_MAX_INCLUDE_DEPTH} deep")
+        from ..errors import ConfigError
+        from ._loader import read_config_text  # here: the loader imports this module
+
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(_MAX_BYTES + 1)
-        except OSError as exc:
-            raise SshConfigError(f"{path}: cannot be read ({exc.strerror})") from None
-        if len(data) > _MAX_BYTES:
-            raise SshConfigError(f"{path}: larger than {_MAX_BYTES // 1024} KiB: not an ssh_config")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SshConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+            text = read_config_text(path)  # regular files only, bounded, UTF-8 checked
+        except ConfigError as exc:
+            raise SshConfigError(f"{path}: expected {exc.expected}, found {exc.found}") from None
         active, block = True, ""
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip() or line.lstrip().startswith("#"):

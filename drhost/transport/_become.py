@@ -14,17 +14,16 @@ lecture, "Sorry, try again") is not the command's output and is dropped.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from ..errors import RefusedError
 from ._base import TransportError
+from ._secrets import read_secret
 
 __all__ = ["Become", "BecomeError", "BecomeHandshake", "sftp_server_script"]
 
@@ -53,17 +52,13 @@ class Become:
 
     def password(self) -> tuple[str | None, str]:
         """(password, where it came from). The description is safe to show; the password is not."""
+        value, where = read_secret(self.password_env, self.password_file)
+        if value is not None:
+            return value, f"the become password from {where}"
         if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is not None:
-                return value, f"the become password from ${self.password_env}"
-            return None, f"become_password_env ${self.password_env} (not set)"
+            return None, f"become_password_env {where}"
         if self.password_file:
-            try:
-                return Path(self.password_file).read_text("utf-8").rstrip("\r\n"), \
-                    f"the become password from {self.password_file}"
-            except OSError as exc:
-                return None, f"become_password_file {self.password_file} ({exc.strerror})"
+            return None, f"become_password_file {where}"
         return None, "no become_password_env or become_password_file"
 
     @property

@@ -24,6 +24,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import paramiko
@@ -31,6 +32,7 @@ import paramiko
 from drhost_hookspecs import RunResult
 
 from ..events import NetworkEventName
+from ..packaging.manifest import sha256_of
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession, TransportError
 from ._become import Become, BecomeHandshake, sftp_server_script
@@ -61,14 +63,6 @@ def _cause(exc: BaseException | None) -> str:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f}"
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _staging_path(sftp: paramiko.SFTPClient, run_id: str, final: str) -> str:
@@ -533,7 +527,7 @@ class SshSession(TargetSession):
         self._mkdir_parent(remote_path)
 
         final_path = remote_path
-        local_sha256 = _file_sha256(local_path) if self.become is not None else ""
+        local_sha256 = sha256_of(Path(local_path)) if self.become is not None else ""
 
         def remote_sha256(path: str, length: int | None) -> str:
             status, out, err = self._retrying(

@@ -29,6 +29,7 @@ import paramiko
 
 from ..errors import RefusedError
 from ._base import TransportError
+from ._secrets import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +202,12 @@ def _check_host_key(target: SshTarget, host_keys: paramiko.HostKeys, key: parami
 
 def _read_password(target: SshTarget) -> tuple[str | None, str]:
     """(password, where it came from). The description is safe to show; the password is not."""
+    value, where = read_secret(target.password_env, target.password_file)
+    if value is not None:
+        return value, f"password from {where}"
     if target.password_env:
-        value = os.environ.get(target.password_env)
-        if value is not None:
-            return value, f"password from ${target.password_env}"
-        return None, f"password env var ${target.password_env} (not set)"
-    if target.password_file:
-        try:
-            return Path(target.password_file).read_text("utf-8").rstrip("\r\n"), \
-                f"password from {target.password_file}"
-        except OSError as exc:
-            return None, f"password file {target.password_file} ({exc.strerror})"
-    return None, ""
+        return None, f"password env var {where}"
+    return None, f"password file {where}" if target.password_file else ""
 
 
 def _describe(exc: BaseException) -> str:
