@@ -263,6 +263,9 @@ class WorkerRunner:
         health = self._call_health()
         if health is None or outcome.ok:
             return outcome
+        # A call can end between two samples (a fork bomb that catches EAGAIN and raises, at once): read the
+        # kernel's counters once more, so the refusal it met is seen whatever the sampling missed.
+        health.limits.sample()
         # The limit that stopped the call is its ending (pids, memory, CPU time), from the kernel's counters.
         named = name_limit(outcome, health.limits, health.peak, self.sandbox)
         if named.ended == "pids" and self._proc is not None:
