@@ -20,13 +20,23 @@ import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
 from sshd_hosts import LoginUser, SshHost
-from xdist_scopes import SuiteScheduling, file_order
+from xdist_scopes import SuiteScheduling, longest_first
+
+pytest_plugins = ["suite_timeline"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under PYTHONDONTWRITEBYTECODE, the suite's Python processes keep their bytecode in a private directory of
-    this session (never in a source tree)."""
-    if hasattr(config, "workerinput") or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    """The product's tools run on this interpreter; under PYTHONDONTWRITEBYTECODE, the suite's Python processes
+    keep their bytecode in a private directory of this session (never in a source tree)."""
+    if hasattr(config, "workerinput"):
+        return
+    # The demo product's tools start with `#!/usr/bin/env python3`: with a version manager's shim first on PATH
+    # (pyenv's is a bash script that runs `pyenv exec`) every tool run costs half a second of shell, and a demo
+    # upgrade runs some sixty of them. The interpreter running the suite goes first, as an activated venv does.
+    bin_dir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         return
     # The suite starts thousands of Python processes that import drhost (controllers, plugin workers); without
     # bytecode each one compiles drhost again, some 120 ms of CPU, and the CPU is what the suite is short of.
@@ -44,8 +54,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> SuiteSchedul
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first (a stable sort: each file's tests stay together and in order)."""
-    items.sort(key=lambda item: file_order(item.path.name))
+    """The longest scopes first; each scope's tests stay together and in order."""
+    items[:] = [items[index] for index in longest_first([item.nodeid for item in items])]
 
 
 @pytest.fixture

@@ -273,7 +273,10 @@ def test_timeout_under_the_cpu_share_says_it_was_throttled(site: Path, tmp_path:
     outcome = run_step(runner, tmp_path, timeout_s=2)
     assert outcome.ended == "timeout", outcome
     throttled = outcome.detail["cpu_throttled"]
-    assert throttled["cpu_percent"] == 20 and throttled["percent"] >= 50 and throttled["periods"] >= 5, throttled
+    # How often the quota bit depends on how much CPU the machine had to give: on a loaded one the spinner is
+    # starved in some periods before it reaches its 20 %. What must hold is a material throttle, told exactly.
+    assert throttled["cpu_percent"] == 20 and throttled["periods"] >= 5 and throttled["throttled_s"] >= 0.1, throttled
+    assert throttled["percent"] == min(100, round(100 * throttled["throttled_periods"] / throttled["periods"]))
     assert f"throttled {throttled['percent']}% of the time by cpu_percent = 20" in outcome.message
 
 

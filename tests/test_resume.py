@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +137,9 @@ def test_resume_after_controller_killed_mid_step(
             proc.kill()
             proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    # The killed controller could not remove its workers' private directories; the resuming one does.
+    left_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"drhost-worker-{proc.pid}-*"))
+    assert left_dirs, "the killed controller's workers had directories of their own"
     run_id = run_dir.name
     state = read_state(run_dir)
     assert state["status"] == "running"
@@ -175,6 +180,7 @@ def test_resume_after_controller_killed_mid_step(
     listed = subprocess.run(["podman", "ps", "-a", "--filter", f"label=drhost.run={run_id}", "--format",
                              "{{.Names}}"], capture_output=True, text=True, timeout=60)
     assert listed.stdout.split() == []
+    assert [d for d in left_dirs if os.path.lexists(d)] == []
 
 
 def test_sigterm_interrupts_then_resume_finishes(

@@ -18,6 +18,7 @@ from ._podman import container_available
 from ._runners import HealthWatch, Runner, WorkerDied, WorkerRunner
 from ._sandbox import RlimitSandbox, Sandbox, process_alive, tree_usage, worker_environment
 from ._thread_runner import ThreadRunner
+from ._worker_dirs import remove_stale_worker_dirs
 
 __all__ = [
     "CGROUPS_MODES",
@@ -50,6 +51,7 @@ __all__ = [
     "process_alive",
     "remove_left_containers",
     "remove_run_cgroups",
+    "remove_stale_worker_dirs",
     "sanitize_label",
     "tree_usage",
     "worker_environment",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from typing import IO, Any, Protocol
@@ -24,6 +22,7 @@ from ._endings import LimitWatch, name_limit
 from ._outcome import CallOutcome, outcome_from_error
 from ._sandbox import Sandbox
 from ._thread_runner import COMMAND_STOP_S
+from ._worker_dirs import make_worker_dir
 
 _STDERR_LOG_LIMIT = 4 * 1024 * 1024
 _SAMPLE_EVERY_S = 0.25
@@ -138,9 +137,8 @@ class WorkerRunner:
         self.launches = 0
         self.hello: dict[str, Any] = {}
         self._health: HealthWatch | None = None
-        # Workers (and podman's conmon, which drops an "oom" file in its cwd after a memory kill) start in
-        # a private empty directory, never in the operator's.
-        self._cwd = tempfile.mkdtemp(prefix="drhost-worker-")
+        # Made at the first launch: a runner that never launches leaves no directory behind.
+        self._cwd: str | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def _spawn(self) -> None:
@@ -148,7 +146,8 @@ class WorkerRunner:
         self._messages = queue.Queue()
         # The worker's argv ends with its own arguments, whatever the sandbox puts before them.
         argv = [*self.sandbox.command(self.entry_point), *([self._value] if self._value else [])]
-        os.makedirs(self._cwd, mode=0o700, exist_ok=True)  # again after close(): a runner may be reused
+        if self._cwd is None:  # again after close(): a runner may be reused
+            self._cwd = make_worker_dir()
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       env=self.sandbox.environment(), start_new_session=True, cwd=self._cwd)
         self.sandbox.started(self._proc.pid)
@@ -249,7 +248,9 @@ class WorkerRunner:
                 self._proc.wait(timeout=self._grace)
         self._kill()
         self.sandbox.close()
-        shutil.rmtree(self._cwd, ignore_errors=True)
+        if self._cwd is not None:
+            shutil.rmtree(self._cwd, ignore_errors=True)
+            self._cwd = None
 
     @property
     def pid(self) -> int | None:
