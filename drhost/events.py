@@ -35,7 +35,7 @@ WatchdogEventName = Literal["watchdog.progress", "watchdog.remaining", "watchdog
                             "watchdog.timeout"]
 #: What an SSH session saw of the network (``on_network``).
 NetworkEventName = Literal["network.peer_dead", "network.connection_lost", "network.reconnected",
-                           "network.upload_lost", "network.upload_resumed"]
+                           "network.upload_lost", "network.upload_resumed", "network.manual_reconnect"]
 
 EventName = Literal[
     WatchdogEventName,

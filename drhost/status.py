@@ -82,6 +82,8 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
                 "once that drhost has exited" if abandoned["still_changing"] else target_next(name, status, record),
         "still_changing": abandoned["still_changing"], "abandoned_threads": abandoned["abandoned"],
         "verification": verdict,
+        # The status-check connection lost and waiting for the operator's word (manual reconnect), or None.
+        "status_check": record.get("status_check"),
         # What was noticed but not enforced (a core step that grew drhost past its class's memory_mb).
         "findings": [*(f for entry in steps.values() for f in entry.get("findings", [])),
                      *record.get("findings", [])],

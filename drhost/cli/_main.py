@@ -21,7 +21,7 @@ from ._misc import cmd_config_check, cmd_package_build, cmd_plugin_new
 from ._plugin_test import add_plugin_test
 from ._plugins import add_plugins
 from ._report import add_report
-from ._runs import add_run_inputs, cmd_plan, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
+from ._runs import add_run_inputs, cmd_plan, cmd_reconnect, cmd_resume, cmd_rollback, cmd_status, cmd_upgrade
 
 _FAILURE_MODES = RUN_ON_FAILURES
 
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", nargs="?", help="run id (default: the newest run)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    reconnect = sub.add_parser("reconnect", help="reconnect status-check connections that wait for the operator")
+    reconnect.add_argument("run", help="run id")
+    reconnect.add_argument("targets", nargs="*", metavar="TARGET",
+                           help="the targets (default: every target whose status-check connection waits)")
+    reconnect.set_defaults(func=cmd_reconnect)
 
     add_report(sub)
 

@@ -19,11 +19,21 @@ from ..demo.environment import create_demo, start_bastion, start_ssh_hosts, stop
 from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
-from ..orchestrator import ApproveBatch, Batch, Decide, RunSummary, batches_for, create_run, drive
+from ..orchestrator import (
+    ApproveBatch,
+    Batch,
+    Decide,
+    RunSummary,
+    ask_reconnect,
+    batches_for,
+    create_run,
+    drive,
+    waiting_line,
+)
 from ..plan import format_plan, recorded_plan
 from ..policy import RUN_ON_FAILURES, Decision, one_of
 from ..report import LiveReporter, PlainReporter
-from ..state import RunState, find_run, state_root
+from ..state import RunState, find_run, run_in_use, state_root
 from ..status import next_commands, rollout_summary, run_next_commands, target_status
 from ..transport import transport
 from ._inputs import package_info, prepare
@@ -281,6 +291,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
               f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
         print(f"      next: {t['next'].replace('RUN', body['run_id'])}")
+        waiting = waiting_line(body["run_id"], t["target"], t["status_check"])
+        if waiting:
+            print(f"      {waiting}")
         for line in t["still_changing"]:
             print(f"      MAY STILL BE CHANGING: {line}")
         for line in t["abandoned_threads"]:
@@ -301,6 +314,36 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{error.get('message')} ({error.get('action')})")
     for line in commands:
         print(line)
+    return ExitCode.SUCCEEDED
+
+
+def cmd_reconnect(args: argparse.Namespace) -> int:
+    """The operator's word for status-check connections that wait for it (manual reconnect)."""
+    run_dir = find_run(args.run)
+    state = RunState.open(run_dir, complete=True)
+    body = state.snapshot()
+    known = sorted(body["targets"])
+    unknown = [name for name in args.targets if name not in known]
+    if unknown:
+        print(f"drhost reconnect: run {body['run_id']} has no target {', '.join(map(repr, unknown))}; its targets: "
+              f"{', '.join(known)}", file=sys.stderr)
+        return ExitCode.USAGE
+    waiting = [name for name in known if isinstance(body["targets"][name].get("status_check"), dict)]
+    chosen = list(args.targets) or waiting
+    if not chosen:
+        print(f"run {body['run_id']}: no status-check connection waits for the operator")
+        return ExitCode.SUCCEEDED
+    driver = run_in_use(run_dir)
+    for name in chosen:
+        ask_reconnect(run_dir, name)
+        state_now = "waits for the operator" if name in waiting else "does not wait (asked anyway)"
+        print(f"{name}: reconnect of the status-check connection asked ({state_now})")
+    if driver is None:
+        print(f"no drhost is driving run {body['run_id']} now: the next one (drhost resume {body['run_id']}) opens "
+              f"new connections anyway")
+    else:
+        print(f"the driving drhost ({driver}) reconnects at its next status check; drhost status {body['run_id']} "
+              f"shows when it has")
     return ExitCode.SUCCEEDED
 
 

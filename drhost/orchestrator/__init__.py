@@ -7,6 +7,7 @@ from ._records import TERMINAL, new_target_record
 from ._rollback import plugins_last_first, rollback_verdict
 from ._rollout import Batch, Budget, RolloutError, batches_for
 from ._run import RUN_EXIT_CODES, RunSummary, create_run, drive, run_status
+from ._status_check import ask_reconnect, waiting_line
 from ._statuses import (
     PHASES,
     RUN_MODES,
@@ -46,6 +47,7 @@ __all__ = [
     "StepStatus",
     "TargetStatus",
     "abandoned_view",
+    "ask_reconnect",
     "batches_for",
     "create_run",
     "drive",
@@ -54,4 +56,5 @@ __all__ = [
     "rollback_verdict",
     "run_status",
     "target_info",
+    "waiting_line",
 ]

@@ -34,9 +34,10 @@ from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import Decision, RunOnFailure, class_policy, retry_wait_s, stage_policy
 from ..state import RunState
 from ..supervisor import CallOutcome, Runner, ThreadRunner, WorkerRunner, isolation, make_sandbox
-from ..transport import TRANSPORTS, TargetSession, TransportError
+from ..transport import TRANSPORTS, ConnectionType, TargetSession, TransportError
 from ..watchdog import (
     BUDGET_KEYS,
+    Environment,
     StepHistory,
     StepWatch,
     Watchdog,
@@ -53,6 +54,7 @@ from ..watchdog import (
 from ._abandoned import AbandonedThreads
 from ._network import NetworkEvents
 from ._output_budget import CallOutput, HeldProgress, OutputBudget, OutputLimits
+from ._status_check import StatusChecks
 from ._timeouts import Operation, TimeoutEvidence, diagnose_timeout
 
 #: (target, stage, failure message) -> what to do about the failed stage
@@ -82,11 +84,13 @@ class RunEnv:
 
 def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any], run_id: str,
                  run_dir: Path | None = None,
-                 on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None) -> TargetSession:
+                 on_network: Callable[[NetworkEventName, str, dict[str, Any]], None] | None = None,
+                 connection: ConnectionType = "plugin_exec") -> TargetSession:
     kind = TRANSPORTS.get(str(target["transport"]))
     if kind is None:
         raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
-    return kind.connect(name, target, config, run_id=run_id, run_dir=run_dir, on_network=on_network)
+    return kind.connect(name, target, config, run_id=run_id, run_dir=run_dir, on_network=on_network,
+                        connection=connection)
 
 
 def target_info(name: str, target: Mapping[str, Any], run_id: str) -> TargetInfo:
@@ -103,7 +107,7 @@ class Executor:
         self._lock = threading.Lock()
         self._runners: dict[tuple[str, str], Runner] = {}
         self._loaded: dict[str, LoadedPlugin] = {}
-        self._sessions: dict[str, TargetSession] = {}
+        self._sessions: dict[tuple[str, ConnectionType], TargetSession] = {}
         self._active: set[HostContext] = set()
         self._launches_seen: dict[int, int] = {}
         self._upload_slots = threading.Semaphore(int(env.config["run"].get("max_parallel_uploads", 4)))
@@ -113,15 +117,40 @@ class Executor:
         self.abandoned = AbandonedThreads(env)
         #: Which call runs on which target, so a reconnect's event lands on the right row and step.
         self.network = NetworkEvents(env.emit)
+        self.status_checks = StatusChecks(env.state, env.emit)
 
     # -- resources ------------------------------------------------------------------
-    def session(self, target: str) -> TargetSession:
+    def session(self, target: str, connection: ConnectionType = "plugin_exec") -> TargetSession:
+        """The target's session for one row of the ``[ssh:*]`` table: ``plugin_exec`` (the steps' commands and
+        files; uploads open their ``transfer`` connections from it), ``control`` (locks, reachability, stopping
+        what a killed controller left) or ``status_check`` (resources and timeout context; manual reconnect). A
+        transport without connections serves them all with one session."""
+        spec = self.env.config["targets"][target]
+        kind = TRANSPORTS.get(str(spec["transport"]))
+        if kind is not None and not kind.separate_connections:
+            connection = "plugin_exec"
         with self._lock:
-            if target not in self._sessions:
-                spec = self.env.config["targets"][target]
-                self._sessions[target] = open_session(target, spec, self.env.config, self.env.state.run_id,
-                                                      self.env.state.run_dir, self.network.listener(target))
-            return self._sessions[target]
+            key = (target, connection)
+            if key not in self._sessions:
+                self._sessions[key] = open_session(target, spec, self.env.config, self.env.state.run_id,
+                                                   self.env.state.run_dir, self.network.listener(target),
+                                                   connection=connection)
+            return self._sessions[key]
+
+    def control(self, target: str) -> TargetSession:
+        """The target's control connection (``[ssh:control]``)."""
+        return self.session(target, "control")
+
+    def _status_sample(self, target: str) -> Environment:
+        """The target's resources over its status-check connection; unknown while that waits for the operator."""
+        try:
+            session = self.session(target, "status_check")
+        except (TransportError, RefusedError):
+            return Environment()
+        self.status_checks.before_use(target, session)
+        sample = sample_target(session)
+        self.status_checks.after_use(target, session)
+        return sample
 
     def _runner(self, plugin: PluginEntry, target: str) -> Runner:
         with self._lock:
@@ -157,6 +186,7 @@ class Executor:
             runner.close()
         for session in sessions:
             session.close()
+        self.status_checks.close()
 
     def _note_launches(self, runner: Runner, target: str, plugin: str) -> None:
         """Emit ``worker.launched`` once for every launch of a worker, with the limits in force."""
@@ -268,7 +298,7 @@ class Executor:
             except Exception as exc:  # the sandbox could not be made: this plugin fails here, the run goes on
                 return CallOutcome("failed", message=f"cannot start the plugin's sandbox: {exc}", retryable=False,
                                    state=plugin_state)
-            watch = self._watch(target, operation, session, started, attempt)
+            watch = self._watch(target, operation, started, attempt)
             # The runner holds the watch's deadline exactly: one budget, measured from one start.
             budget = timeout_s if watch is None else max(0.0, watch.deadline - time.monotonic())
             try:
@@ -405,8 +435,7 @@ class Executor:
                          stage_expected_s=remaining_for(stage_steps, self.history) if restarts_left else None,
                          restarts_left=restarts_left)
 
-    def _watch(self, target: str, operation: Operation, session: TargetSession, started: float,
-               attempt: int = 1) -> StepWatch:
+    def _watch(self, target: str, operation: Operation, started: float, attempt: int = 1) -> StepWatch:
         env = self.env
         expected = self.expected_s(target, operation.history_key)
 
@@ -419,7 +448,7 @@ class Executor:
 
         return self.watchdog.watch(
             timeout_s=operation.timeout_s, started=started, emit=emit,
-            sample=lambda: sample_target(session), sample_controller=lambda: sample_controller(),
+            sample=lambda: self._status_sample(target), sample_controller=lambda: sample_controller(),
             estimate=lambda elapsed, fraction: remaining_s(expected, elapsed, fraction),
             eta_extra=self._eta_extra(target, operation, attempt),
         )
@@ -429,7 +458,7 @@ class Executor:
         """Watch drhost's own operation on ``target`` (a lock): progress lines, warnings, and, when it returned
         past its budget, the classified timeout report. Its commands carry their own bound; the watch explains."""
         started = time.monotonic()
-        watch = self._watch(target, operation, session, started)
+        watch = self._watch(target, operation, started)
         try:
             yield watch
         finally:
@@ -501,7 +530,7 @@ class Executor:
         refusal (a changed host key, rejected credentials: a :class:`RefusedError`) can be told from an outage.
         ``timeout_s`` bounds the whole look (a wait that is nearly over looks for no longer than it has left)."""
         try:
-            self.session(target).probe(timeout_s)  # one bound for the whole probe: connects and retries included
+            self.control(target).probe(timeout_s)  # one bound for the whole probe: connects and retries included
         except (TransportError, RefusedError) as exc:
             return exc
         return None

@@ -63,7 +63,7 @@ def read_from_target(env: RunEnv, executor: Executor, name: str) -> list[str]:
     at = time.strftime("%H:%M:%S")
     lines = [f"- read from {name} at {at}:"]
     try:
-        session = executor.session(name)
+        session = executor.control(name)
         found = session.still_running()
         if not found.detached:
             lines.append(f"  commands of this run still running: none (a {env.config['targets'][name]['transport']} "

@@ -25,7 +25,7 @@ from ..failpoints import failpoint
 from ..plan import Plan, recorded_plan
 from ..plugins import check_run
 from ..state import RunLock, RunState, new_run_id
-from ..supervisor import isolation
+from ..supervisor import isolation, remove_stale_worker_dirs
 from ..transport import TransportError
 from ._abandoned import abandoned_view
 from ._env import Decide, Executor, RunEnv
@@ -172,12 +172,16 @@ def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool) -> None:
                                                 spare=lambda cgroup: spare_cgroup(run_id, cgroup, previous_gone)):
             names: dict[str, Any] = {removed.what: list(removed.names)}  # the event's field is named as the event
             env.emit(REMOVED_EVENTS[removed.what], message=removed.message, **names)
+    # Empty working directories of workers whose controller was killed: nothing to report, only to tidy.
+    stale = remove_stale_worker_dirs()
+    if stale:
+        env.logger.info("removed %d worker directories of controllers that are gone", len(stale))
 
 
 def _stop_leftovers(env: RunEnv, executor: Executor, name: str) -> None:
     """A killed controller's commands may still run on the target: stop them before the resumed step."""
     try:
-        stopped = executor.session(name).stop_leftover_commands()
+        stopped = executor.control(name).stop_leftover_commands()
     except (TransportError, RefusedError) as exc:
         env.emit("target.leftovers_unknown", target=name,
                  message=f"could not look for commands left running by an earlier controller: {exc}")
@@ -200,7 +204,7 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
     """
     root = str(env.config["targets"][name]["root"])
     try:
-        executor.session(name)
+        executor.control(name)
     except (TransportError, RefusedError) as exc:
         reach = Reach("refused" if isinstance(exc, RefusedError) else "unreachable", str(exc))
     else:
@@ -212,7 +216,7 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
             f"{name} refused the connection: {reach.why}"
         not_taken: NotTaken = "unreachable" if reach.status == "unreachable" else "refused"
         return queue_rollback(env, name, not_taken, why) if rollback else _not_locked(env, name, not_taken, why)
-    session = executor.session(name)
+    session = executor.control(name)
     missing = missing_root(session, name, root)
     if missing is not None:
         return _not_locked(env, name, MISSING_ROOT_STATUS, missing)

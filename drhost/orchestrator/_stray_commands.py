@@ -34,7 +34,7 @@ def _stop_all(executor: Executor, name: str) -> tuple[list[str] | None, str, boo
     """One try: the commands stopped (None when the target could not be reached), why not, and whether the
     target refused us (a changed host key, rejected credentials: never waited for, never retried)."""
     try:
-        return executor.session(name).stop_leftover_commands(), "", False
+        return executor.control(name).stop_leftover_commands(), "", False
     except (TransportError, RefusedError) as exc:
         return None, str(exc) or type(exc).__name__, isinstance(exc, RefusedError)
 

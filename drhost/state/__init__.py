@@ -10,7 +10,17 @@ from ._files import (
     read_journal,
     write_private_json,
 )
-from ._runs import CACHE_ENV, RunLock, RunState, cache_root, find_run, new_run_id, runs_dir, state_root
+from ._runs import (
+    CACHE_ENV,
+    RunLock,
+    RunState,
+    cache_root,
+    find_run,
+    new_run_id,
+    run_in_use,
+    runs_dir,
+    state_root,
+)
 
 __all__ = [
     "CACHE_ENV",
@@ -26,6 +36,7 @@ __all__ = [
     "iter_journal",
     "new_run_id",
     "read_journal",
+    "run_in_use",
     "runs_dir",
     "state_root",
     "write_private_json",

@@ -159,6 +159,26 @@ class RunLock:
             self._fd = None
 
 
+def run_in_use(run_dir: Path) -> str | None:
+    """Who drives the run right now (the holder of its lock, as it wrote itself), or None when no drhost does."""
+    try:
+        fd = os.open(run_dir / "lock", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.read(fd, 200).decode(errors="replace").strip()
+            return "".join(c if c.isprintable() else "?" for c in held) or "a drhost"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunState:
     """The durable state of one run. Every change is on disk before the caller acts on it."""
 

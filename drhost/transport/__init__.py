@@ -2,9 +2,9 @@
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import CommandStopped, StillRunning, TargetSession, TransportError
+from ._base import CommandStopped, ManualReconnect, StillRunning, TargetSession, TransportError
 from ._become import Become, BecomeError
-from ._heartbeat import HeartbeatSettings
+from ._heartbeat import CONNECTION_TYPES, ConnectionType, HeartbeatSettings
 from ._local import LocalSession, stop_process_group
 from ._rates import rate_and_eta
 from ._registry import TRANSPORTS, Availability, Transport, TransportName, transport
@@ -31,15 +31,18 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CONNECTION_TYPES",
     "TRANSPORTS",
     "AuthError",
     "Availability",
     "Become",
     "BecomeError",
     "CommandStopped",
+    "ConnectionType",
     "HeartbeatSettings",
     "HostKeyError",
     "LocalSession",
+    "ManualReconnect",
     "SshSession",
     "SshTarget",
     "StillRunning",

@@ -32,6 +32,16 @@ class TransportError(Exception):
         self.category = category
 
 
+class ManualReconnect(TransportError):
+    """A connection that reconnects only on the operator's word (``[ssh:status_check]``, the design's "manual
+    reconnect") was lost: nothing is reconnected until :meth:`TargetSession.reconnect_now` is called."""
+
+    def __init__(self, message: str, *, connection: str, cause: str) -> None:
+        super().__init__(message, category="network")
+        self.connection = connection
+        self.cause = cause
+
+
 class CommandStopped(TransportError):
     """A command was stopped before it finished (deadline or cancel); its process group is gone."""
 
@@ -90,6 +100,16 @@ class TargetSession(abc.ABC):
         """Return when the target answers a trivial command; raise :class:`TransportError` when it does not
         within ``timeout_s`` in all (a session over a network bounds its connects and retries by it too)."""
         self.run(["true"], timeout=timeout_s)
+
+    def waiting_for_operator(self) -> str | None:
+        """Why this session's connection is down and waits for the operator's word to reconnect, or None (a
+        session without connections never waits)."""
+        return None
+
+    def reconnect_now(self) -> None:
+        """The operator's word: reconnect a connection that waits for it (raises :class:`TransportError` when the
+        target still does not answer; the session then keeps waiting)."""
+        return None  # a session without connections has nothing to reconnect
 
     def stop_leftover_commands(self) -> list[str]:
         """Stop commands an earlier controller of this run started and left running (it was killed);

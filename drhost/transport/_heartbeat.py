@@ -52,13 +52,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from ._base import TransportError
 
 log = logging.getLogger(__name__)
 
-CONNECTION_TYPES = ("control", "transfer", "plugin_exec", "status_check")
+#: The rows of the design's SSH connection table (seed 4.6.1): the control connection (locks, reachability
+#: probes, stopping a killed controller's commands), uploads, plugin steps' commands and the status checks
+#: (the target's resources while a step runs, the context of a timeout).
+ConnectionType = Literal["control", "transfer", "plugin_exec", "status_check"]
+CONNECTION_TYPES: tuple[ConnectionType, ...] = get_args(ConnectionType)
 KEEPALIVE_REQUEST = "keepalive@openssh.com"
 RTT_HISTORY = 20
 SHARP_RISE_FACTOR = 3.0

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from ._base import TargetSession
 from ._become import Become
-from ._heartbeat import HeartbeatSettings
+from ._heartbeat import ConnectionType, HeartbeatSettings
 from ._jump import parse_proxy_jump
 from ._local import LocalSession
 
@@ -67,9 +67,16 @@ class Transport(Protocol):
         """(machine, normalised path) of the target's install root, to find two targets driving one install."""
         ...
 
+    @property
+    def separate_connections(self) -> bool:
+        """Whether a target gets one connection per row of ``[ssh:*]`` (control, plugin_exec, status_check); when
+        not, one session serves them all."""
+        ...
+
     def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
-                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
-        """A session to the target (connecting lazily or now, as the transport does)."""
+                run_dir: Path | None, on_network: NetworkListener | None,
+                connection: ConnectionType = "plugin_exec") -> TargetSession:
+        """A session to the target for one kind of connection (connecting lazily or now, as the transport does)."""
         ...
 
 
@@ -79,6 +86,7 @@ class LocalTransport:
 
     name: str = "local"
     key_files: tuple[str, ...] = ()
+    separate_connections: bool = False
 
     def available(self) -> Availability:
         return Availability(True, "a directory tree on this machine")
@@ -97,7 +105,8 @@ class LocalTransport:
         return "localhost", os.path.realpath(str(target.get("root") or ""))
 
     def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
-                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+                run_dir: Path | None, on_network: NetworkListener | None,
+                connection: ConnectionType = "plugin_exec") -> TargetSession:
         return LocalSession(name, kill_grace_s=float(config["run"]["kill_grace_s"]),
                             command_log=None if run_dir is None else run_dir / "commands" / f"{name}.pids")
 
@@ -108,6 +117,7 @@ class SshTransport:
 
     name: str = "ssh"
     key_files: tuple[str, ...] = ("key_file", "password_file", "become_password_file")
+    separate_connections: bool = True
 
     def available(self) -> Availability:
         found = importlib.util.find_spec("paramiko") is not None
@@ -140,7 +150,8 @@ class SshTransport:
         return f"{str(target.get('host') or '').lower()}:{target.get('port') or 22}", path
 
     def connect(self, name: str, target: Mapping[str, Any], config: Mapping[str, Any], *, run_id: str,
-                run_dir: Path | None, on_network: NetworkListener | None) -> TargetSession:
+                run_dir: Path | None, on_network: NetworkListener | None,
+                connection: ConnectionType = "plugin_exec") -> TargetSession:
         # Here, not at the top: a run with no SSH target never loads paramiko (see the package's __getattr__).
         from ._ssh import SshSession
         from ._ssh_connect import SshTarget
@@ -160,10 +171,13 @@ class SshTransport:
                         **credentials)
         return SshSession(name, ssh, run_id=run_id, work_dir=f"{target['root']}/.drhost",
                           kill_grace_s=float(config["run"]["kill_grace_s"]),
-                          reconnects=int(config["ssh"]["plugin_exec"]["reconnects"]),
-                          heartbeat=_heartbeat(config, "plugin_exec", target),
+                          reconnects=int(config["ssh"][connection]["reconnects"]),
+                          heartbeat=_heartbeat(config, connection, target),
                           transfer_heartbeat=_heartbeat(config, "transfer", target),
-                          on_network=on_network, become=_become(target))
+                          on_network=on_network, become=_become(target),
+                          # The design's "manual reconnect": a status check waits for the operator's word.
+                          manual_reconnect=connection == "status_check"
+                          and int(config["ssh"][connection]["reconnects"]) == 0)
 
 
 def _heartbeat(config: Mapping[str, Any], connection_type: str, target: Mapping[str, Any]) -> HeartbeatSettings:

@@ -34,7 +34,7 @@ from drhost_hookspecs import RunResult
 from ..events import NetworkEventName
 from ..packaging.manifest import sha256_of
 from . import _remote_jobs as jobs
-from ._base import CommandStopped, ProgressCallback, StillRunning, TargetSession, TransportError
+from ._base import CommandStopped, ManualReconnect, ProgressCallback, StillRunning, TargetSession, TransportError
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._sftp_upload import sha256_command, upload_resumable
@@ -104,6 +104,7 @@ class SshSession(TargetSession):
         transfer_heartbeat: HeartbeatSettings | None = None,
         on_network: NetworkListener | None = None,
         become: Become | None = None,
+        manual_reconnect: bool = False,
     ) -> None:
         self.name = name
         self.target = target
@@ -130,6 +131,11 @@ class SshSession(TargetSession):
         self.dead_peer: DeadPeer | None = None  # evidence from the last heartbeat that declared the peer dead
         self.connections = 0  # how many times a connection was opened (1 + reconnects)
         self._on_network = on_network
+        # Manual reconnect (the status-check connection): once lost, the connection stays down until the operator
+        # says so (reconnect_now); the cause it was lost with, while it waits.
+        self._manual = manual_reconnect
+        self._lost_waiting: str | None = None
+        self._operator_said = False
         # A bounded call (the reachability probe) sets its deadline here: every connect, channel and retry
         # of that call shares it, so the call as a whole ends within its bound (per thread: calls overlap).
         self._bound = threading.local()
@@ -137,6 +143,7 @@ class SshSession(TargetSession):
     def _notify(self, event: NetworkEventName, message: str, **data: Any) -> None:
         """Tell the run what the network did; a listener that fails must never break the connection."""
         if self._on_network is not None:
+            data.setdefault("connection", self._heartbeat_settings.connection_type)
             with contextlib.suppress(Exception):
                 self._on_network(event, message, data)
 
@@ -210,7 +217,11 @@ class SshSession(TargetSession):
                     (f"peer declared dead: {self.dead_peer.describe()}" if self.dead_peer else "connection closed")
                 log.warning("%s: connection lost while idle: %s", self.name, cause)
                 self._notify("network.connection_lost", f"connection lost: {cause}", during="idle", cause=cause)
+                if self._manual:
+                    self._wait_for_operator(cause)
             self._drop()
+            if self._lost_waiting is not None and not self._operator_said:
+                raise self._manual_error()
             attempts = 1 if first else self._reconnects
             last: TransportError | None = None
             for attempt in range(max(1, attempts)):
@@ -222,6 +233,7 @@ class SshSession(TargetSession):
                     time.sleep(delay)
                 try:
                     self._transport = self._connect_once()
+                    self._lost_waiting, self._operator_said = None, False
                     if not first:
                         log.info("%s: reconnected to %s", self.name, self.target.address)
                         self._notify("network.reconnected", f"reconnected to {self.target.address} "
@@ -242,6 +254,31 @@ class SshSession(TargetSession):
             raise last
         finally:
             self._lock.release()
+
+    def _wait_for_operator(self, cause: str) -> None:
+        if self._lost_waiting is None:
+            self._lost_waiting, self._operator_said = cause, False
+            log.warning("%s: %s connection lost (%s); it reconnects only on the operator's word", self.name,
+                        self._heartbeat_settings.connection_type, cause)
+
+    def _manual_error(self) -> ManualReconnect:
+        kind = self._heartbeat_settings.connection_type
+        cause = self._lost_waiting or "connection lost"
+        return ManualReconnect(f"{self.name}: the {kind} connection was lost ({cause}); it reconnects only on "
+                               f"the operator's word", connection=kind, cause=cause)
+
+    def waiting_for_operator(self) -> str | None:
+        return self._lost_waiting
+
+    @property
+    def heartbeat_settings(self) -> HeartbeatSettings:
+        """The heartbeat of this session's connection: the ``[ssh:TYPE]`` row it was opened for."""
+        return self._heartbeat_settings
+
+    def reconnect_now(self) -> None:
+        with self._lock:
+            self._operator_said = True
+        self._ensure()
 
     def _drop(self) -> None:
         """Forget the current connection (it is dead or being replaced), with its jump hosts."""
@@ -270,6 +307,9 @@ class SshSession(TargetSession):
                              during=what, cause=_cause(exc))
                 with self._lock:
                     self._drop()
+                    if self._manual:
+                        self._wait_for_operator(_cause(exc))
+                        raise self._manual_error() from None
                 evidence = f"; {self.dead_peer.describe()}" if self.dead_peer is not None else ""
                 left = self._left()
                 if left is not None and left < _MIN_TRY_S:
