@@ -20,6 +20,7 @@ import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
 from sshd_hosts import LoginUser, SshHost
+from worker_helpers import close_open_runners
 from xdist_scopes import SuiteScheduling, longest_first
 
 pytest_plugins = ["suite_timeline"]
@@ -56,6 +57,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> SuiteSchedul
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest scopes first; each scope's tests stay together and in order."""
     items[:] = [items[index] for index in longest_first([item.nodeid for item in items])]
+
+
+@pytest.fixture(autouse=True)
+def _runners_closed() -> Iterator[None]:
+    """Every worker runner a test made with worker_helpers.process_runner is closed after it."""
+    yield
+    close_open_runners()
 
 
 @pytest.fixture

@@ -36,12 +36,24 @@ HELLO = 'import json, sys, os\nout = sys.stdout.buffer\n' \
         'call = sys.stdin.readline()\n'
 
 
+#: Runners made by process_runner and not closed yet: closed after each test (conftest), so a test that only
+#: looks at a call's outcome leaves no worker and no worker directory behind.
+OPEN_RUNNERS: list[WorkerRunner] = []
+
+
 def process_runner(entry_point: str, limits: dict[str, Any] | None = None, *, command: list[str] | None = None,
                    message_limit: int = 4 * 1024 * 1024, grace_s: float = 0.5) -> WorkerRunner:
     """A worker runner in the rlimit process sandbox."""
     sandbox = RlimitSandbox(limits or {}, message_limit=message_limit, command=command)
-    return WorkerRunner(entry_point, sandbox=sandbox, logger=logging.getLogger("test.worker"), grace_s=grace_s,
-                        message_limit=message_limit)
+    runner = WorkerRunner(entry_point, sandbox=sandbox, logger=logging.getLogger("test.worker"), grace_s=grace_s,
+                          message_limit=message_limit)
+    OPEN_RUNNERS.append(runner)
+    return runner
+
+
+def close_open_runners() -> None:
+    while OPEN_RUNNERS:
+        OPEN_RUNNERS.pop().close()
 
 
 def fake_worker(tmp_path: Path, body: str) -> list[str]:
