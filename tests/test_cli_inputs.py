@@ -78,6 +78,19 @@ def test_plan_into_a_closed_pipe_is_quiet(state_dir: Path) -> None:
 
 
 @pytest.mark.podman
+@pytest.mark.slow
+def test_an_upgrade_whose_console_reader_quits_goes_on_to_the_end(state_dir: Path) -> None:
+    """drhost upgrade --plain 2>&1 | head -3: the closed console ends the output, not the upgrade."""
+    proc = subprocess.run("python -m drhost upgrade --demo --demo-targets 1 --plain 2>&1 | head -3", shell=True,
+                          capture_output=True, text=True, timeout=300)
+    assert len(proc.stdout.splitlines()) == 3 and "Traceback" not in proc.stdout + proc.stderr
+    (run_dir,) = (state_dir / "runs").iterdir()
+    body = json.loads((run_dir / "state.json").read_text())["body"]
+    assert body["status"] == "succeeded", body["targets"]["dr-demo-1"].get("errors")
+    assert "console output stopped" in (run_dir / "debug.log").read_text()
+
+
+@pytest.mark.podman
 @pytest.mark.cgroups
 def test_required_cgroups_are_checked_before_a_run(drhost: Callable[..., subprocess.CompletedProcess[str]],
                                                    state_dir: Path) -> None:

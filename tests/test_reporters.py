@@ -95,3 +95,24 @@ def test_eta_board_adds_the_running_step_to_the_rest_of_the_target() -> None:
     assert board.target("c", 105.0) is None and board.run(105.0) is None
     board.see(Event("target.succeeded", "r", target="c"))
     assert board.run(106.0) == 78.0
+
+
+class _ClosedPipe(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_console_that_goes_away_ends_the_output_not_the_caller() -> None:
+    """A reporter whose stream breaks raises nothing and stops writing after the first failure."""
+    pipe = _ClosedPipe()
+    plain = PlainReporter(pipe)
+    event = Event(event="step.completed", run_id="r", target="t", stage="upgrade", step="s", plugin="p",
+                  data={"duration_s": 1.0})
+    for _ in range(3):
+        plain(event)
+    assert pipe.writes == 1

@@ -19,6 +19,7 @@ from ..demo.environment import create_demo, start_bastion, start_ssh_hosts, stop
 from ..demo.sshd import SshHost
 from ..errors import ExitCode
 from ..events import Subscriber
+from ..i18n import translator
 from ..orchestrator import (
     ApproveBatch,
     Batch,
@@ -280,38 +281,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return ExitCode.SUCCEEDED
-    print(f"run {body['run_id']}: {body['status']} (package {body['package']['version']})")
+    t = translator()
+    run_id = body["run_id"]
+    print(t("run {run_id}: {status} (package {package})").format(run_id=run_id, status=body["status"],
+                                                                  package=body["package"]["version"]))
     if state.recovered_from:
-        print(f"  note: {state.recovered_from}")
+        print("  " + t("note: {text}").format(text=state.recovered_from))
     if body.get("weaker_isolation"):
-        print(f"  weaker isolation (operator allowed): {body['weaker_isolation']}")
+        print("  " + t("weaker isolation (operator allowed): {what}").format(what=body["weaker_isolation"]))
     for line in rollout["lines"]:
         print(f"  {line}")
-    for t in targets:
-        print(f"  {t['target']}: {t['status']}, stage {t['stage'] or '-'}, step {t['step'] or '-'}, "
-              f"{t['done']}/{t['total']} steps done; consistent: {t['consistent']}")
-        print(f"      next: {t['next'].replace('RUN', body['run_id'])}")
-        waiting = waiting_line(body["run_id"], t["target"], t["status_check"])
+    for target in targets:
+        print("  " + t("{target}: {status}, stage {stage}, step {step}, {done}/{total} steps done; consistent: "
+                       "{consistent}").format(target=target["target"], status=target["status"],
+                                              stage=target["stage"] or "-", step=target["step"] or "-",
+                                              done=target["done"], total=target["total"],
+                                              consistent=target["consistent"]))
+        print("      " + t("next: {what}").format(what=target["next"].replace("RUN", run_id)))
+        waiting = waiting_line(run_id, target["target"], target["status_check"], t)
         if waiting:
             print(f"      {waiting}")
-        for line in t["still_changing"]:
-            print(f"      MAY STILL BE CHANGING: {line}")
-        for line in t["abandoned_threads"]:
-            print(f"      note: {line}")
-        for plugin, ending in sorted(t["plugins"].items()):
+        for line in target["still_changing"]:
+            print("      " + t("MAY STILL BE CHANGING: {what}").format(what=line))
+        for line in target["abandoned_threads"]:
+            print("      " + t("note: {text}").format(text=line))
+        for plugin, ending in sorted(target["plugins"].items()):
             if ending.get("ended") != "ok":
                 extra = ", ".join(f"{k} {ending[k]}" for k in ("limit", "signal") if ending.get(k))
-                print(f"      plugin {plugin}: {ending['ended']}" + (f" ({extra})" if extra else "")
-                      + (f": {ending['limit_text']}" if ending.get("limit_text") else ""))
-        for line in t.get("manual_procedure") or []:
+                print("      " + t("plugin {plugin}: {ended}").format(plugin=plugin, ended=ending["ended"])
+                      + (f" ({extra})" if extra else "") + (f": {ending['limit_text']}" if ending.get("limit_text")
+                                                           else ""))
+        for line in target.get("manual_procedure") or []:
             print(f"      {line}")
-        if t.get("evidence"):
-            print(f"      evidence: {t['evidence']}")
-        for finding in t["findings"][-3:]:
-            print(f"      finding: {finding.get('message')}")
-        for error in t["errors"][-3:]:
-            print(f"      error: [{error.get('stage')}] {error.get('step') or ''} {error.get('plugin')}: "
-                  f"{error.get('message')} ({error.get('action')})")
+        if target.get("evidence"):
+            print("      " + t("evidence: {path}").format(path=target["evidence"]))
+        for finding in target["findings"][-3:]:
+            print("      " + t("finding: {message}").format(message=finding.get("message")))
+        for error in target["errors"][-3:]:
+            print("      " + t("error: [{stage}] {step} {plugin}: {message} ({action})").format(
+                stage=error.get("stage"), step=error.get("step") or "", plugin=error.get("plugin"),
+                message=error.get("message"), action=error.get("action")))
     for line in commands:
         print(line)
     return ExitCode.SUCCEEDED
@@ -324,26 +333,30 @@ def cmd_reconnect(args: argparse.Namespace) -> int:
     body = state.snapshot()
     known = sorted(body["targets"])
     unknown = [name for name in args.targets if name not in known]
+    t = translator()
+    run_id = body["run_id"]
     if unknown:
-        print(f"drhost reconnect: run {body['run_id']} has no target {', '.join(map(repr, unknown))}; its targets: "
-              f"{', '.join(known)}", file=sys.stderr)
+        print(t("drhost reconnect: run {run_id} has no target {names}; its targets: {known}").format(
+            run_id=run_id, names=", ".join(map(repr, unknown)), known=", ".join(known)), file=sys.stderr)
         return ExitCode.USAGE
     waiting = [name for name in known if isinstance(body["targets"][name].get("status_check"), dict)]
     chosen = list(args.targets) or waiting
     if not chosen:
-        print(f"run {body['run_id']}: no status-check connection waits for the operator")
+        print(t("run {run_id}: no status-check connection waits for the operator").format(run_id=run_id))
         return ExitCode.SUCCEEDED
     driver = run_in_use(run_dir)
     for name in chosen:
         ask_reconnect(run_dir, name)
-        state_now = "waits for the operator" if name in waiting else "does not wait (asked anyway)"
-        print(f"{name}: reconnect of the status-check connection asked ({state_now})")
+        print(t("{target}: reconnect of the status-check connection asked (it waits for the operator)")
+              .format(target=name) if name in waiting else
+              t("{target}: reconnect of the status-check connection asked (it does not wait; asked anyway)")
+              .format(target=name))
     if driver is None:
-        print(f"no drhost is driving run {body['run_id']} now: the next one (drhost resume {body['run_id']}) opens "
-              f"new connections anyway")
+        print(t("no drhost is driving run {run_id} now: the next one (drhost resume {run_id}) opens new "
+                "connections anyway").format(run_id=run_id))
     else:
-        print(f"the driving drhost ({driver}) reconnects at its next status check; drhost status {body['run_id']} "
-              f"shows when it has")
+        print(t("the driving drhost ({driver}) reconnects at its next status check; drhost status {run_id} shows "
+                "when it has").format(driver=driver, run_id=run_id))
     return ExitCode.SUCCEEDED
 
 

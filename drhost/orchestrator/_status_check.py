@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import RefusedError
 from ..events import EventName
+from ..i18n import Translate
 from ..state import RunState
 from ..transport import TargetSession, TransportError
 
@@ -28,6 +29,10 @@ __all__ = ["REQUESTS_DIR", "StatusChecks", "ask_reconnect", "waiting_line"]
 REQUESTS_DIR = "reconnect"
 
 _Emit = Callable[..., None]
+
+
+def _identity(message: str) -> str:
+    return message
 
 
 def _request_file(run_dir: Path, target: str) -> Path:
@@ -46,14 +51,15 @@ def ask_reconnect(run_dir: Path, target: str) -> Path:
     return path
 
 
-def waiting_line(run_id: str, target: str, lost: object) -> str | None:
+def waiting_line(run_id: str, target: str, lost: object, t: Translate = _identity) -> str | None:
     """The operator's line for a target whose status-check connection waits for them (``lost``: the target
     record's ``status_check``), or None."""
     if not isinstance(lost, dict):
         return None
     at = time.strftime("%H:%M:%S", time.localtime(float(lost.get("lost_at", 0))))
-    return (f"status-check connection lost at {at} ({lost.get('cause')}); drhost waits for the operator to "
-            f"reconnect it: drhost reconnect {run_id} {target}")
+    return t("status-check connection lost at {at} ({cause}); drhost waits for the operator to reconnect it: "
+             "drhost reconnect {run_id} {target}").format(at=at, cause=lost.get("cause"), run_id=run_id,
+                                                         target=target)
 
 
 class StatusChecks:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TextIO
 
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
+from ..i18n import Translate
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
-
-Translate = Callable[[str], str]
 
 #: Events worth a line of their own in plain mode (progress and logs are too chatty).
 _PLAIN = {
@@ -43,6 +43,10 @@ _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.fai
             "step.command_stopped"}
 
 
+#: The stages, whose names the catalogue translates (the watchdog's labels).
+_STAGE_LABELS = ("precheck", "backup", "transfer", "upgrade", "postcheck", "rollback")
+
+
 def _identity(message: str) -> str:
     return message
 
@@ -50,7 +54,8 @@ def _identity(message: str) -> str:
 def describe(event: Event, t: Translate = _identity) -> str:
     """One human line for an event (several for a timeout); watchdog lines in the language of ``t``."""
     d = event.data
-    where = f"[{event.stage}] {event.step}" if event.step else (f"[{event.stage}]" if event.stage else "")
+    stage = t(event.stage) if event.stage in _STAGE_LABELS else event.stage
+    where = f"[{stage}] {event.step}" if event.step else (f"[{stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
     name = current_event_name(event.event)  # an event of an earlier version's journal, under today's name
     prefix = f"{event.target}: " if event.target else ""
@@ -61,46 +66,57 @@ def describe(event: Event, t: Translate = _identity) -> str:
             return prefix + (rendered or event.message)
         return f"{prefix}{where}{who} {rendered or event.message}"
     if name == "step.started":
-        attempt = f"attempt {d.get('attempt')}/{d.get('attempts')}"
-        usually = f", usually {d['expected_s']:.1f} s" if d.get("expected_s") is not None else ""
-        text = f"{where}{who} started ({attempt}, timeout {d.get('timeout_s'):g} s{usually})"
+        usually = (t(", usually {seconds} s").format(seconds=f"{d['expected_s']:.1f}")
+                   if d.get("expected_s") is not None else "")
+        text = t("{where}{who} started (attempt {attempt}/{attempts}, timeout {timeout} s{usually})").format(
+            where=where, who=who, attempt=d.get("attempt"), attempts=d.get("attempts"),
+            timeout=f"{d.get('timeout_s'):g}", usually=usually)
     elif name == "step.completed":
-        text = f"{where}{who} done in {d.get('duration_s', 0):.1f} s"
+        text = t("{where}{who} done in {seconds} s").format(where=where, who=who,
+                                                             seconds=f"{d.get('duration_s', 0):.1f}")
     elif name == "step.failed":
         retry = d.get("retrying_in_s")
-        tail = f"; retrying in {retry:g} s" if retry is not None else ""
-        text = f"attempt {d.get('attempt')}/{d.get('attempts')} of {where}{who} {d.get('ended')}: {event.message}{tail}"
+        tail = t("; retrying in {seconds} s").format(seconds=f"{retry:g}") if retry is not None else ""
+        text = t("attempt {attempt}/{attempts} of {where}{who} {ended}: {message}{tail}").format(
+            attempt=d.get("attempt"), attempts=d.get("attempts"), where=where, who=who, ended=d.get("ended"),
+            message=event.message, tail=tail)
     elif name == "run.started":
-        text = f"run {event.run_id} {d.get('mode')}: {len(d.get('targets', []))} target(s), {d.get('steps')} " \
-               f"steps each, package {d.get('package')}"
+        text = t("run {run_id} {mode}: {targets} target(s), {steps} steps each, package {package}").format(
+            run_id=event.run_id, mode=d.get("mode"), targets=len(d.get("targets", [])), steps=d.get("steps"),
+            package=d.get("package"))
     elif name == "run.finished":
-        targets = ", ".join(f"{n}={t['status']}@{t.get('version')}" for n, t in d.get("targets", {}).items())
-        text = f"run {event.run_id} {d.get('status')}: {targets}"
+        targets = ", ".join(f"{n}={rec['status']}@{rec.get('version')}" for n, rec in d.get("targets", {}).items())
+        text = t("run {run_id} {status}: {targets}").format(run_id=event.run_id, status=d.get("status"),
+                                                            targets=targets)
     elif name in ("plugin.skipped", "plugin.error_recorded"):
         text = f"{where}{who}: {event.message}"
     elif name in NETWORK_EVENTS:
         # The step that was running when the network failed, then what happened: the row and time say the rest.
-        text = f"{where}{who} network: {event.message}" if where else f"network: {event.message}"
+        text = (t("{where}{who} network: {message}").format(where=where, who=who, message=event.message) if where
+                else t("network: {message}").format(message=event.message))
     elif name == "plugin.host_memory":
-        text = f"warning: {event.message}"
+        text = t("warning: {message}").format(message=event.message)
     elif name == "stage.failed":
-        text = f"[{event.stage}] failed: {event.message}"
+        text = t("[{stage}] failed: {message}").format(stage=stage, message=event.message)
     elif name == "target.inconsistent":
-        text = "\n".join([f"INCONSISTENT: {event.message}", *d.get("procedure", []),
-                          f"evidence: {d.get('evidence')}"])
+        text = "\n".join([t("INCONSISTENT: {message}").format(message=event.message), *d.get("procedure", []),
+                          t("evidence: {path}").format(path=d.get("evidence"))])
     elif name == "rollback.recovery":
         found = "; ".join([*d.get("errors", []), *d.get("problems", [])])
-        text = f"[{event.stage}] recovery: {event.message} ({found})"
+        text = t("[{stage}] recovery: {message} ({found})").format(stage=stage, message=event.message, found=found)
     elif name.startswith("rollout."):
         text = event.message
     elif name == "stage.decision":
-        text = f"{where} decision: {d.get('decision')} — {event.message}"
+        text = t("{where} decision: {decision} — {message}").format(where=where, decision=d.get("decision"),
+                                                                     message=event.message)
     elif name == "rollback.stage":
-        text = f"{where} rolled back: {d.get('status')}" + (f" ({'; '.join(d.get('errors', []))})"
-                                                           if d.get("errors") else "")
+        errors = f" ({'; '.join(d.get('errors', []))})" if d.get("errors") else ""
+        text = t("{where} rolled back: {status}{errors}").format(where=where, status=d.get("status"), errors=errors)
     elif name in ("rollback.step", "rollback.plugin", "step.cleanup"):
-        what = "cleanup" if name == "step.cleanup" else "rollback"
-        text = f"{where}{who} {what}: {d.get('ended')}" + (f" — {event.message}" if event.message else "")
+        said = f" — {event.message}" if event.message else ""
+        text = (t("{where}{who} cleanup: {ended}{said}") if name == "step.cleanup"
+                else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who, ended=d.get("ended"),
+                                                                       said=said)
     else:
         text = " ".join(part for part in (name, where + who, event.message) if part)
     return prefix + text
@@ -174,11 +190,40 @@ class EtaBoard:
         return max(eta for eta in etas if eta is not None)
 
 
+class _Console:
+    """The reporters' stream. A console that goes away — the reader of a pipe quit (`| head`), the terminal of
+    the operator's SSH session closed — ends the output, never the run: the journal keeps every event."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> None:
+        if not self.gone:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                self._lose(exc)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        self.gone = True
+        logging.getLogger("drhost.report").warning(
+            "console output stopped (%s: %s); the run goes on and its journal keeps every event",
+            type(exc).__name__, exc)
+
+
 class PlainReporter:
     """One line per significant event, timestamped; safe for logs and CI."""
 
     def __init__(self, stream: TextIO = sys.stderr, t: Translate | None = None) -> None:
-        self._stream = stream
+        self._stream = _Console(stream)
         self._lock = threading.Lock()
         self._t = t or translator()
 
@@ -197,7 +242,7 @@ class LiveReporter:
     """A live block on a terminal: a line per target (stage, step, plugin, elapsed, progress)."""
 
     def __init__(self, total_steps: int, stream: TextIO = sys.stderr, t: Translate | None = None) -> None:
-        self._stream = stream
+        self._stream = _Console(stream)
         self._t = t or translator()
         self._eta = EtaBoard()
         self._fleet = FleetBoard(self._eta.target)

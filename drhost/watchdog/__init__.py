@@ -1,6 +1,6 @@
 """Watchdog messages: the timeout report, progress and warning lines, and their translations."""
 
-from drhost.watchdog._i18n import JsonTranslations, resolve_language, translations, translator
+from drhost.i18n import JsonTranslations, resolve_language, translations, translator
 from drhost.watchdog._messages import (
     CATEGORIES,
     Environment,

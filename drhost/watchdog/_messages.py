@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from drhost.i18n import Translate
 from drhost_hookspecs import Category
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "suggestion",
 ]
 
-Translate = Callable[[str], str]
 #: Every category, in declaration order; the vocabulary itself is the author-facing :class:`Category`.
 CATEGORIES: tuple[Category, ...] = tuple(Category)
 

@@ -6,9 +6,10 @@ same journal be shown in another language later.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from drhost.i18n import Translate
 from drhost_hookspecs import Category
 
 from ..events import current_event_name
@@ -26,7 +27,6 @@ from ._messages import (
 
 __all__ = ["environment_from", "render_watchdog_event", "report_from_event"]
 
-Translate = Callable[[str], str]
 
 def _identity(message: str) -> str:
     return message

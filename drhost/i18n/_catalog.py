@@ -1,4 +1,4 @@
-"""Translations for watchdog messages, through the standard ``gettext`` API shape.
+"""The message catalogue, through the standard ``gettext`` API shape.
 
 The catalogs are JSON files (``locale/<lang>.json``, msgid -> msgstr) rather than
 compiled ``.mo`` files: the package is built with plain setuptools and no
@@ -17,7 +17,18 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 
-__all__ = ["LANGUAGES", "JsonTranslations", "catalog", "resolve_language", "translations", "translator"]
+__all__ = [
+    "LANGUAGES", "N_", "JsonTranslations", "Translate", "catalog", "resolve_language", "translations", "translator",
+]
+
+#: A gettext-style function: the message id in, its text in the operator's language out.
+Translate = Callable[[str], str]
+
+
+def N_(message: str) -> str:
+    """Mark a message id defined away from its ``t()`` call (a table of labels): returned unchanged, found by the
+    catalogue test."""
+    return message
 
 #: Languages with a shipped catalog; anything else renders in English (the msgids).
 LANGUAGES = ("zh_CN",)
@@ -44,7 +55,7 @@ def catalog(lang: str) -> Mapping[str, str]:
     """The shipped msgid -> msgstr mapping for ``lang`` (one of :data:`LANGUAGES`)."""
     if lang not in LANGUAGES:
         raise ValueError(f"no catalog for language {lang!r}")
-    text = resources.files("drhost.watchdog").joinpath("locale").joinpath(f"{lang}.json").read_text(encoding="utf-8")
+    text = resources.files("drhost.i18n").joinpath("locale").joinpath(f"{lang}.json").read_text(encoding="utf-8")
     data = json.loads(text)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f"catalog {lang}.json must be an object of strings")

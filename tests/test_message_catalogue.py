@@ -1,0 +1,97 @@
+"""The operator's language: every message id in the code has its zh_CN translation, and every translation
+belongs to a message the code still has."""
+
+from __future__ import annotations
+
+import ast
+import re
+import string
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import drhost
+from drhost.i18n import LANGUAGES, catalog, translator
+
+SOURCE = Path(drhost.__file__).parent
+#: The callables whose first argument is a message id: ``t(...)``/``self._t(...)`` translate, ``N_`` marks.
+_MARKERS = {"t", "_t", "N_"}
+
+
+def _called(node: ast.Call) -> str | None:
+    if isinstance(node.func, ast.Name):
+        return node.func.id
+    if isinstance(node.func, ast.Attribute):
+        return node.func.attr
+    return None
+
+
+def message_ids() -> Iterator[tuple[str, str]]:
+    """(message id, where) for every literal message id in drhost's modules."""
+    for path in sorted(SOURCE.rglob("*.py")):
+        if "templates" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called(node) in _MARKERS and node.args \
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                yield node.args[0].value, f"{path.relative_to(SOURCE.parent)}:{node.lineno}"
+
+
+def string_literals() -> set[str]:
+    found: set[str] = set()
+    for path in SOURCE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_message_id_has_a_translation(language: str) -> None:
+    """A message id in the code without a translation in the shipped catalogue fails, naming where it is."""
+    translated = catalog(language)
+    missing = sorted({f"{where}: {msgid!r}" for msgid, where in message_ids() if msgid not in translated})
+    assert missing == [], f"{len(missing)} message(s) without a {language} translation:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_translation_keeps_the_fields_of_its_message(language: str) -> None:
+    """A translation fills only {fields} its English id has (an invented one would fail at format time); it may
+    leave one out where the language says it otherwise."""
+    wrong = [f"{msgid!r}: {fields(msgid)} vs {fields(text)}" for msgid, text in catalog(language).items()
+             if not fields(text) <= fields(msgid)]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_no_translation_outlives_its_message(language: str) -> None:
+    """Every catalogue entry is a string the code still has (a renamed message leaves no stale entry)."""
+    literals = string_literals()
+    stale = sorted(msgid for msgid in catalog(language) if msgid not in literals)
+    assert stale == []
+
+
+def test_the_walk_finds_the_messages_of_every_operator_facing_part() -> None:
+    """The walk itself works: it finds message ids in the console, the status, the watchdog and the CLI."""
+    where = {place.split(":")[0] for _, place in message_ids()}
+    for part in ("drhost/report/_console.py", "drhost/watchdog/_messages.py", "drhost/cli/_runs.py"):
+        assert part in where, part
+
+
+def test_chinese_step_lines_and_status_are_chinese_and_english_stays_english() -> None:
+    """With zh_CN the console's step lines read in Chinese; without a catalogue language they stay English."""
+    from drhost.events import Event
+    from drhost.report._console import describe
+
+    event = Event(ts=0.0, event="step.completed", run_id="r", target="dr-1", stage="upgrade",
+                  step="upgrade_db_schema", plugin="dr-database", data={"duration_s": 1.25})
+    chinese = describe(event, translator("zh_CN"))
+    english = describe(event, translator("C"))
+    assert english == "dr-1: [upgrade] upgrade_db_schema (dr-database) done in 1.2 s"
+    assert re.search(r"[\u4e00-\u9fff]", chinese) and "upgrade_db_schema" in chinese and "1.2" in chinese
