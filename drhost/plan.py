@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from drhost_hookspecs import Category, PluginClass, Stage
 
 from .errors import RefusedError, StateError
+from .i18n import Translate
 from .plugins import Registry
 from .policy import ISOLATIONS, Isolation, one_of
 from .state import RunState
@@ -175,17 +177,25 @@ def unknown_timeout_keys(plan: Plan, config: Mapping[str, Any]) -> list[str]:
     return sorted(set(config["timeouts"]) - used)
 
 
-def format_plan(plan: Plan) -> Iterable[str]:
-    """The plan as aligned text lines."""
-    header = ("stage", "order", "step", "plugin", "class", "isolation", "retryable", "timeout", "category")
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: a wide (CJK) character takes two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def format_plan(plan: Plan, t: Translate = lambda message: message) -> Iterable[str]:
+    """The plan as aligned text lines, headers in the language of ``t``."""
+    header = (t("stage"), t("order"), t("step"), t("plugin"), t("class"), t("isolation"), t("retryable"),
+              t("timeout"), t("category"))
+    yes, no = t("yes"), t("no")
     rows = [header] + [
         (s.stage.value, str(s.order), s.name, s.plugin, s.plugin_class.value, s.isolation,
-         "yes" if s.retryable else "no", f"{s.timeout_s:g}s", s.category.value)
+         yes if s.retryable else no, f"{s.timeout_s:g}s", s.category.value)
         for s in plan.steps
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
-        yield "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        yield "  ".join(cell + " " * (width - _width(cell))
+                        for cell, width in zip(row, widths, strict=True)).rstrip()
 
 
 def recorded_plan(state: RunState) -> Plan:

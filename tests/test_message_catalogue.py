@@ -95,3 +95,24 @@ def test_chinese_step_lines_and_status_are_chinese_and_english_stays_english() -
     english = describe(event, translator("C"))
     assert english == "dr-1: [upgrade] upgrade_db_schema (dr-database) done in 1.2 s"
     assert re.search(r"[\u4e00-\u9fff]", chinese) and "upgrade_db_schema" in chinese and "1.2" in chinese
+
+
+def test_the_plan_table_in_chinese_keeps_its_columns_aligned_on_a_terminal() -> None:
+    """Chinese headers take two columns a character: every row's step starts in the header's step column."""
+    import unicodedata
+
+    from drhost.plan import Plan, PlannedStep, format_plan
+    from drhost_hookspecs import Category, PluginClass, Stage
+
+    step = PlannedStep(stage=Stage.UPGRADE, order=10, name="upgrade_db_schema", plugin="dr-database",
+                       plugin_class=PluginClass.DATABASE, isolation="process", retryable=False,
+                       timeout_key="upgrade.upgrade_db_schema", timeout_s=1800, declared_timeout_s=1800,
+                       category=Category.DATABASE, has_cleanup=True, has_rollback=True)
+    header, row = list(format_plan(Plan(steps=(step,), plugins=()), translator("zh_CN")))
+
+    def column(line: str, text: str) -> int:
+        before = line[: line.index(text)]
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in before)
+
+    assert header.startswith("阶段") and "否" in row
+    assert column(header, "步骤") == column(row, "upgrade_db_schema")

@@ -251,18 +251,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           "steps": [s.to_json() for s in prepared.plan.steps],
                           "plugins": [p.to_json() for p in prepared.plan.plugins]}, indent=2))
     else:
-        print(f"targets: {', '.join(sorted(prepared.config.data['targets']))}")
+        t = translator()
+        print(t("targets: {names}").format(names=", ".join(sorted(prepared.config.data["targets"]))))
         for name, target in sorted(prepared.config.data["targets"].items()):
             where = transport(str(target["transport"])).where(target)
-            print(f"  {name}: {where}, install root {target['root']}")
+            print("  " + t("{target}: {where}, install root {root}").format(target=name, where=where,
+                                                                          root=target["root"]))
             for key, (value, origin) in settings[name].items():
                 print(f"    {key} = {value}  ({origin})")
         if len(batches) > 1:
-            print(f"rollout: {len(batches)} batches, {prepared.config.data['run']['forks']} targets at a time")
+            print(t("rollout: {batches} batches, {forks} targets at a time").format(
+                batches=len(batches), forks=prepared.config.data["run"]["forks"]))
             for batch in batches:
                 group = f" [{batch.group}]" if batch.group else ""
-                print(f"  batch {batch.index + 1}{group}: {', '.join(batch.targets)}")
-        for line in format_plan(prepared.plan):
+                print("  " + t("batch {number}{group}: {targets}").format(number=batch.index + 1, group=group,
+                                                                        targets=", ".join(batch.targets)))
+        for line in format_plan(prepared.plan, t):
             print(line)
     return ExitCode.SUCCEEDED
 

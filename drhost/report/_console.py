@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
-from ..i18n import Translate
+from ..i18n import N_, Translate
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
@@ -42,6 +42,40 @@ _NOTABLE = {"step.failed", "plugin.skipped", "plugin.error_recorded", "stage.fai
             "plugin.host_memory", "target.still_changing", "target.thread_returned", *NETWORK_EVENTS,
             "step.command_stopped"}
 
+
+#: The events a line names by the event's own name: in English the name itself, translated in other languages.
+_EVENT_LABELS = {
+    "run.stopping": N_("run.stopping"),
+    "state.recovered": N_("state.recovered"),
+    "plugin.version_changed": N_("plugin.version_changed"),
+    "target.started": N_("target.started"),
+    "target.succeeded": N_("target.succeeded"),
+    "target.up_to_date": N_("target.up_to_date"),
+    "target.aborted": N_("target.aborted"),
+    "target.interrupted": N_("target.interrupted"),
+    "stage.started": N_("stage.started"),
+    "stage.completed": N_("stage.completed"),
+    "stage.retry": N_("stage.retry"),
+    "stage.cleanup_started": N_("stage.cleanup_started"),
+    "stage.cleanup_finished": N_("stage.cleanup_finished"),
+    "stage.verify_failed": N_("stage.verify_failed"),
+    "step.skipped": N_("step.skipped"),
+    "step.interrupted": N_("step.interrupted"),
+    "rollback.started": N_("rollback.started"),
+    "rollback.verified": N_("rollback.verified"),
+    "rollback.failed": N_("rollback.failed"),
+    "target.locked": N_("target.locked"),
+    "target.refused": N_("target.refused"),
+    "target.unreachable": N_("target.unreachable"),
+    "target.lock_broken": N_("target.lock_broken"),
+    "target.lock_lost": N_("target.lock_lost"),
+    "target.reachable": N_("target.reachable"),
+    "target.rollback_queued": N_("target.rollback_queued"),
+    "stage.restart_resumed": N_("stage.restart_resumed"),
+    "target.still_changing": N_("target.still_changing"),
+    "target.thread_returned": N_("target.thread_returned"),
+    "step.command_stopped": N_("step.command_stopped"),
+}
 
 #: The stages, whose names the catalogue translates (the watchdog's labels).
 _STAGE_LABELS = ("precheck", "backup", "transfer", "upgrade", "postcheck", "rollback")
@@ -118,7 +152,8 @@ def describe(event: Event, t: Translate = _identity) -> str:
                 else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who, ended=d.get("ended"),
                                                                        said=said)
     else:
-        text = " ".join(part for part in (name, where + who, event.message) if part)
+        label = t(_EVENT_LABELS[name]) if name in _EVENT_LABELS else name
+        text = " ".join(part for part in (label, where + who, event.message) if part)
     return prefix + text
 
 
