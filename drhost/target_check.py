@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RefusedError
+from .i18n import Translate
 from .transport import TRANSPORTS, TargetSession, TransportError
 
 __all__ = ["REMOTE_TOOLS", "TargetCheck", "check_target"]
@@ -35,8 +36,9 @@ class TargetCheck:
     ok: bool
     detail: str
 
-    def line(self) -> str:
-        return f"  {'ok ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+    def line(self, t: Translate = lambda message: message) -> str:
+        return "  " + (t("ok  {check}: {detail}") if self.ok else t("FAIL {check}: {detail}")).format(
+            check=self.name, detail=self.detail)
 
 
 def _run(session: TargetSession, script: str, timeout: float = 30.0) -> tuple[int, str, str]:

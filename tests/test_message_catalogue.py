@@ -116,3 +116,25 @@ def test_the_plan_table_in_chinese_keeps_its_columns_aligned_on_a_terminal() -> 
 
     assert header.startswith("阶段") and "否" in row
     assert column(header, "步骤") == column(row, "upgrade_db_schema")
+
+
+@pytest.mark.parametrize(("event", "data", "message"), [
+    ("rollout.batch_started", {"batch": 1, "batches": 3, "group": "site-b", "targets": ["a", "b"]},
+     "batch 2 of 3 (group site-b): 2 targets"),
+    ("rollout.batch_finished", {"batch": 0, "batches": 1, "seconds": 3.0,
+                                "counts": {"succeeded": 2, "failed": 0, "unreachable": 1, "not_started": 0}},
+     "batch 1 of 1 finished: 2 succeeded, 1 unreachable"),
+    ("rollout.paused", {"batch": 1, "seconds": 30.0}, "waiting 30 s before batch 2"),
+    ("rollout.stopped", {"batch": 0, "reason": "2 of 3 failed", "not_started": ["c"]},
+     "rollout stopped: 2 of 3 failed; 1 targets not started"),
+])
+def test_rollout_lines_are_rendered_from_the_data_as_the_journal_words_them(
+        event: str, data: dict[str, object], message: str) -> None:
+    """In English a rollout line is exactly the journal's message; in zh_CN it is made from the same data."""
+    from drhost.events import Event
+    from drhost.report._console import describe
+
+    seen = Event(event=event, run_id="r", message=message, data=data)
+    assert describe(seen, translator("C")) == message
+    chinese = describe(seen, translator("zh_CN"))
+    assert chinese != message and re.search(r"[\u4e00-\u9fff]", chinese)

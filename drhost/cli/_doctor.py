@@ -16,6 +16,7 @@ from drhost_hookspecs._runtime import PROBE_PLUGIN, PROBE_VALUE
 
 from ..config import LoadedConfig, load_config
 from ..errors import ConfigError, DrhostError, ExitCode, Origin
+from ..i18n import translator
 from ..policy import class_policy
 from ..preflight import load_package
 from ..supervisor import (
@@ -147,22 +148,24 @@ def doctor_report(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _print_text(report: Mapping[str, Any]) -> None:
+    t = translator()
     for kind in ISOLATION_KINDS.values():
         for line in kind.doctor_lines(report):
             print(line)
     for name, row in report["classes"].items():
-        print(f"\nclass {name}: isolation {row['isolation']}")
+        print("\n" + t("class {name}: isolation {isolation}").format(name=name, isolation=row["isolation"]))
         if "refused" in row:
-            print(f"  REFUSED: {row['refused']}")
+            print("  " + t("REFUSED: {why}").format(why=row["refused"]))
         for key, value in (row.get("limits") or {}).items():
             print(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
         proven = row.get("proven")
         if proven:
-            print(f"  proven by a live worker just now: {proven.get('identity') or proven['worker']}")
+            print("  " + t("proven by a live worker just now: {who}").format(
+                who=proven.get("identity") or proven["worker"]))
             for what, result in (proven.get("refused") or {}).items():
-                print(f"    refused: {what} ({result})")
+                print("    " + t("refused: {what} ({result})").format(what=what, result=result))
         for caveat in row["not_guaranteed"]:
-            print(f"  does not guarantee - {caveat}")
+            print("  " + t("does not guarantee - {caveat}").format(caveat=caveat))
 
 
 def _doctor_targets(args: argparse.Namespace, config: LoadedConfig) -> int:
@@ -183,10 +186,12 @@ def _doctor_targets(args: argparse.Namespace, config: LoadedConfig) -> int:
         print(json.dumps({"targets": {name: [dataclasses.asdict(check) for check in checks]
                                       for name, checks in results.items()}}, indent=2))
     else:
+        t = translator()
         for name, checks in results.items():
-            print(f"target {name}: {'ready' if all_ok(checks) else 'NOT ready'}")
+            print(t("target {name}: ready").format(name=name) if all_ok(checks)
+                  else t("target {name}: NOT ready").format(name=name))
             for check in checks:
-                print(check.line())
+                print(check.line(t))
     return ExitCode.SUCCEEDED if all(all_ok(checks) for checks in results.values()) else ExitCode.FAILED
 
 

@@ -139,7 +139,7 @@ def describe(event: Event, t: Translate = _identity) -> str:
         found = "; ".join([*d.get("errors", []), *d.get("problems", [])])
         text = t("[{stage}] recovery: {message} ({found})").format(stage=stage, message=event.message, found=found)
     elif name.startswith("rollout."):
-        text = event.message
+        text = _rollout_text(name, event, t)
     elif name == "stage.decision":
         text = t("{where} decision: {decision} — {message}").format(where=where, decision=d.get("decision"),
                                                                      message=event.message)
@@ -155,6 +155,37 @@ def describe(event: Event, t: Translate = _identity) -> str:
         label = t(_EVENT_LABELS[name]) if name in _EVENT_LABELS else name
         text = " ".join(part for part in (label, where + who, event.message) if part)
     return prefix + text
+
+
+#: A batch's counts, as its finished line names them.
+_COUNT_LABELS = {"succeeded": N_("succeeded"), "failed": N_("failed"), "unreachable": N_("unreachable"),
+                 "not_started": N_("not started")}
+
+
+def _rollout_text(name: str, event: Event, t: Translate) -> str:
+    """A rollout line from the event's data, in the language of ``t``; its English message when the data does not
+    say enough (an event of an earlier version's journal)."""
+    d = event.data
+    try:
+        number = int(d["batch"]) + 1
+        if name == "rollout.batch_started":
+            group = t(" (group {group})").format(group=d["group"]) if d.get("group") else ""
+            return t("batch {number} of {count}{group}: {targets} targets").format(
+                number=number, count=d["batches"], group=group, targets=len(d["targets"]))
+        if name == "rollout.batch_finished":
+            counts = ", ".join(f"{v} {t(_COUNT_LABELS[k]) if k in _COUNT_LABELS else k.replace('_', ' ')}"
+                               for k, v in d["counts"].items() if v)
+            return t("batch {number} of {count} finished: {counts}").format(number=number, count=d["batches"],
+                                                                            counts=counts)
+        if name == "rollout.paused":
+            return t("waiting {seconds} s before batch {number}").format(seconds=f"{float(d['seconds']):g}",
+                                                                         number=number)
+        if name == "rollout.stopped":
+            return t("rollout stopped: {reason}; {count} targets not started").format(
+                reason=d["reason"], count=len(d["not_started"]))
+    except (KeyError, TypeError, ValueError):
+        pass
+    return event.message
 
 
 def progress_text(event: Event) -> str:
