@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pip_helpers import builds_wheels_here
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under
 from sshd_hosts import LoginUser, SshHost
@@ -37,6 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
     bin_dir = os.path.dirname(sys.executable)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    # `drhost plugin-test DIR` builds the plugin with pip. An isolated build environment (pip's default) installs
+    # setuptools afresh for every build, some 1.5-2 s of CPU each, over thirty builds a run; this environment has
+    # a build backend, so pip uses it. (pip reads PIP_NO_BUILD_ISOLATION inverted: "0" turns isolation off.)
+    # The quick start test runs pip as an author would, isolated.
+    if builds_wheels_here():
+        os.environ.setdefault("PIP_NO_BUILD_ISOLATION", "0")
     if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
         return
     # The suite starts thousands of Python processes that import drhost (controllers, plugin workers); without

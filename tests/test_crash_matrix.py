@@ -5,6 +5,11 @@ or fully 1.0.0 after rollback (the old daemon healthy, schema 1, every job) — 
 itself, never from drhost's records; and the journal shows no non-retryable step run twice without a
 cleanup between the two runs. The kill points are failpoints (drhost/failpoints.py), each one first seen
 reached in a clean run, so a renamed point cannot silently turn a case into a no-op.
+
+Most cases kill twice: at a point of the run, then at a later point of the resumed run, then resume to the
+end. A case costs one upgrade and a controller start per kill, so two kills a case halve the matrix's work
+(some 90 s of CPU a suite run); and a controller killed while it resumes a killed run is a case of its own
+that a single kill never made.
 """
 
 from __future__ import annotations
@@ -47,38 +52,62 @@ ALL_STEPS = (
     "postcheck/dr-monitoring/probe_health_endpoint",
 )
 
-#: Kill points of a successful upgrade; after resume the target must be whole at 2.0.0.
+#: Kill points of a successful upgrade, in the order a clean run reaches them; after resume the target
+#: must be whole at 2.0.0.
 UPGRADE_POINTS = [
     "run.created",
-    *(f"step.started:{key}" for key in ALL_STEPS),
-    *(f"step.returned:{key}" for key in (*NON_RETRYABLE, "transfer/dr-core/upload_package",
-                                         "transfer/dr-core/unpack_package", "upgrade/dr-core/start_services",
-                                         "upgrade/dr-catalog/migrate_job_templates")),
-    # In the middle of a non-retryable step: the kill lands while the step's code runs.
-    "step.mid:upgrade/dr-core/install_program_files+0.05",
-    "step.mid:upgrade/dr-database/upgrade_db_schema+0.15",
-    "step.mid:upgrade/dr-core/register_services+0.05",
-    *(f"stage.verified:{stage}" for stage in ("precheck", "backup", "transfer", "upgrade", "postcheck")),
+    "state.tmp_written@3",
+    *(f"step.started:precheck/{key}" for key in (
+        "dr-core/check_installed_version", "dr-core/check_disk_space", "dr-core/check_service_healthy",
+        "dr-database/check_database", "dr-monitoring/check_monitoring_agent")),
     # In the middle of checkpoint writes: after the temp file, and between the two generations.
-    "state.tmp_written@3", "state.tmp_written@60", "state.tmp_written@120",
-    "state.rotated@30", "state.rotated@100",
+    "state.rotated@30",
+    "stage.verified:precheck",
+    *(f"step.started:backup/{key}" for key in (
+        "dr-core/backup_program_files", "dr-database/backup_database", "dr-catalog/export_job_catalog")),
+    "stage.verified:backup",
+    "step.started:transfer/dr-core/upload_package", "step.returned:transfer/dr-core/upload_package",
+    "step.started:transfer/dr-core/unpack_package", "state.tmp_written@60",
+    "step.returned:transfer/dr-core/unpack_package",
+    "stage.verified:transfer",
+    "step.started:upgrade/dr-core/stop_services", "step.started:upgrade/dr-database/test_db_connection",
+    # Around and in the middle of the non-retryable steps: a mid kill lands while the step's code runs.
+    "step.started:upgrade/dr-core/install_program_files", "step.mid:upgrade/dr-core/install_program_files+0.05",
+    "step.returned:upgrade/dr-core/install_program_files",
+    "step.started:upgrade/dr-database/upgrade_db_schema", "step.mid:upgrade/dr-database/upgrade_db_schema+0.15",
+    "step.returned:upgrade/dr-database/upgrade_db_schema",
+    "step.started:upgrade/dr-core/register_services", "step.mid:upgrade/dr-core/register_services+0.05",
+    "step.returned:upgrade/dr-core/register_services",
+    "step.started:upgrade/dr-core/init_core_config", "step.returned:upgrade/dr-core/init_core_config",
+    "step.started:upgrade/dr-core/update_licence", "step.returned:upgrade/dr-core/update_licence",
+    "step.started:upgrade/dr-core/update_config_files", "state.rotated@100",
+    "step.started:upgrade/dr-core/init_log_files",
+    "step.started:upgrade/dr-catalog/migrate_job_templates", "step.returned:upgrade/dr-catalog/migrate_job_templates",
+    "step.started:upgrade/dr-core/set_permissions", "step.started:upgrade/dr-monitoring/update_monitoring_config",
+    "state.tmp_written@120",
+    "step.started:upgrade/dr-core/start_services", "step.returned:upgrade/dr-core/start_services",
+    "stage.verified:upgrade",
+    *(f"step.started:postcheck/{key}" for key in (
+        "dr-core/check_new_version_healthy", "dr-database/verify_data", "dr-catalog/verify_job_catalog",
+        "dr-monitoring/probe_health_endpoint")),
+    "stage.verified:postcheck",
     "target.finishing",
 ]
 
 #: A postcheck failure of the database class rolls the target back; kill points of that rollback.
 ROLLBACK_FAULT = ("--on-failure", "rollback", "--set", "plugin.dr-database.fault=verify_data:fail")
-ROLLBACK_POINTS = [
-    "rollback.before:upgrade/dr-database/upgrade_db_schema",
-    "rollback.before:upgrade/dr-core/install_program_files",
-    "rollback.before:upgrade/dr-core/register_services",
+ROLLBACK_POINTS = [  # in the order the rollback reaches them
     "rollback.before:upgrade/dr-catalog/migrate_job_templates",
-    "rollback.returned:upgrade/dr-database/upgrade_db_schema",
     "rollback.returned:upgrade/dr-core/update_licence",
+    "rollback.before:upgrade/dr-core/register_services",
+    "rollback.before:upgrade/dr-database/upgrade_db_schema",
+    "rollback.returned:upgrade/dr-database/upgrade_db_schema",
+    "rollback.before:upgrade/dr-core/install_program_files",
     "rollback.plugin_before:upgrade/dr-core",
     "rollback.plugin_returned:upgrade/dr-database",
+    "rollback.verifying:upgrade",
     "rollback.stage_returned:upgrade",
     "rollback.stage_returned:transfer",
-    "rollback.verifying:upgrade",
     "rollback.verifying:precheck",
     "rollback.concluding",
 ]
@@ -118,15 +147,16 @@ def the_run(state_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reached(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """The failpoints a clean upgrade, a rolled-back one and a cleaned-up one really reach (found once for
-    every xdist worker that runs a part of the matrix)."""
-    found = computed_once(tmp_path_factory, "crash-matrix-reached", lambda: _reach(tmp_path_factory))
-    return {mode: set(points) for mode, points in found.items()}
+def reached(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, int]]:
+    """The failpoints a clean upgrade, a rolled-back one and a cleaned-up one really reach, each with the
+    position of its first hit (found once for every xdist worker that runs a part of the matrix)."""
+    found: dict[str, dict[str, int]] = computed_once(tmp_path_factory, "crash-matrix-reached",
+                                                     lambda: _reach(tmp_path_factory))
+    return found
 
 
-def _reach(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
+def _reach(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, int]]:
+    found: dict[str, dict[str, int]] = {}
     for mode, extra in (("upgrade", ()), ("rollback", ROLLBACK_FAULT), ("cleanup", CLEANUP_FAULT)):
         base = tmp_path_factory.mktemp(f"reach-{mode}")
         log = base / "failpoints.log"
@@ -140,10 +170,26 @@ def _reach(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
             for pid in pids_under(base):  # the demo's daemons (--keep)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        names = log.read_text().splitlines()
-        found[mode] = sorted(set(names) | {f"{name}@{n}" for name in set(names)
-                                           for n in range(1, names.count(name) + 1)})
+        first: dict[str, int] = {}
+        hits: dict[str, int] = {}
+        for position, name in enumerate(log.read_text().splitlines()):
+            hits[name] = hits.get(name, 0) + 1
+            first.setdefault(name, position)
+            first[f"{name}@{hits[name]}"] = position
+        found[mode] = first
     return found
+
+
+def chained(points: list[str]) -> list[tuple[str, ...]]:
+    """The kill sequences over ``points`` (listed in the order a clean run reaches them): each point, then the
+    point half the list later, in the resumed run. A counted point (``NAME@N``) is killed at alone: a resumed
+    controller counts its hits from one again, so it cannot be the later kill."""
+    alone = [(point,) for point in points if "@" in point]
+    ordered = [point for point in points if "@" not in point]
+    later = (len(ordered) + 1) // 2
+    pairs = [(ordered[i], ordered[i + later]) for i in range(len(ordered) - later)]
+    middle = [(ordered[later - 1],)] if len(ordered) % 2 else []
+    return [*pairs, *middle, *alone]
 
 
 #: The matrix is about the run's state and the target, not about how the third-party plugin is isolated: outside
@@ -153,13 +199,20 @@ def _reach(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
 CONTAINER_POINTS = "dr-monitoring"
 
 
-def crash_and_resume(drhost: Drhost, state_dir: Path, point: str, extra: tuple[str, ...]) -> tuple[Path, str]:
-    if CONTAINER_POINTS not in point and "--ssh" not in extra:
+def crash_and_resume(drhost: Drhost, state_dir: Path, kills: tuple[str, ...],
+                     extra: tuple[str, ...]) -> tuple[Path, str]:
+    """The upgrade killed at the first point, each resume killed at the next, then resumed to its end."""
+    if not any(CONTAINER_POINTS in point for point in kills) and "--ssh" not in extra:
         extra = (*extra, "--set", "class.third_party.isolation=process")
-    killed = drhost("upgrade", *BASE, *extra, env={"DRHOST_FAILPOINT": point})
-    assert killed.returncode == -9, f"{point}: the controller was not killed (exit {killed.returncode}): " \
+    first, *then = kills
+    killed = drhost("upgrade", *BASE, *extra, env={"DRHOST_FAILPOINT": first})
+    assert killed.returncode == -9, f"{first}: the controller was not killed (exit {killed.returncode}): " \
                                     f"{killed.stderr[-1500:]}"
     run_dir = the_run(state_dir)
+    for point in then:
+        killed = drhost("resume", run_dir.name, "--json", env={"DRHOST_FAILPOINT": point})
+        assert killed.returncode == -9, f"{point}: the resuming controller was not killed " \
+                                        f"(exit {killed.returncode}): {killed.stderr[-1500:]}"
     resumed = drhost("resume", run_dir.name, "--json")
     summary = run_json(resumed)
     return run_dir, str(summary["status"])
@@ -175,23 +228,32 @@ def _spec_name(point: str) -> str:
     return point.split("+", 1)[0]
 
 
-#: (point, what the run does, its drill's name, the run's status after resume, the version the target is at).
+#: (the kills, what the run does, its drill's name, the run's status after resume, the version the target is at).
 CASES = [
-    *((point, (), "upgrade", "succeeded", "2.0.0") for point in UPGRADE_POINTS),
-    *((point, ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0") for point in ROLLBACK_POINTS),
-    *((point, CLEANUP_FAULT, "cleanup", "succeeded", "2.0.0") for point in CLEANUP_POINTS),
+    *((kills, (), "upgrade", "succeeded", "2.0.0") for kills in chained(UPGRADE_POINTS)),
+    *((kills, ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0") for kills in chained(ROLLBACK_POINTS)),
+    *((kills, CLEANUP_FAULT, "cleanup", "succeeded", "2.0.0") for kills in chained(CLEANUP_POINTS)),
 ]
 
 
-@pytest.mark.parametrize(("point", "extra", "drill", "status", "version"), CASES,
-                         ids=[f"{case[2]}:{case[0]}" for case in CASES])
+def assert_reached_in_order(kills: tuple[str, ...], drill: str, reached: dict[str, dict[str, int]]) -> None:
+    names = [_spec_name(point) for point in kills]
+    missing = [name for name in names if name not in reached[drill]]
+    assert not missing, f"{missing} never reached by the {drill} drill"
+    positions = [reached[drill][name] for name in names]
+    assert positions == sorted(set(positions)), f"{names}: a later kill must come later in the run ({positions})"
+
+
+@pytest.mark.parametrize(("kills", "extra", "drill", "status", "version"), CASES,
+                         ids=[f"{case[2]}:{' then '.join(case[0])}" for case in CASES])
 def test_controller_killed_anywhere_resumes_to_a_whole_target(
-        drhost: Drhost, state_dir: Path, point: str, extra: tuple[str, ...], drill: str, status: str, version: str,
-        reached: dict[str, set[str]], fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
-    """SIGKILL of the controller at this point of an upgrade, a rollback or a cleanup, then resume: the run
-    ends as that drill does and the target is whole at the version it should be, read from the target."""
-    assert _spec_name(point) in reached[drill], f"{point} is never reached by the {drill} drill"
-    run_dir, ended = crash_and_resume(drhost, state_dir, point, extra)
+        drhost: Drhost, state_dir: Path, kills: tuple[str, ...], extra: tuple[str, ...], drill: str, status: str,
+        version: str, reached: dict[str, dict[str, int]], fresh_seed_jobs: list[tuple[Any, ...]]) -> None:
+    """SIGKILL of the controller at this point of an upgrade, a rollback or a cleanup (and of the resuming one
+    at the later point), then resume: the run ends as that drill does and the target is whole at the version
+    it should be, read from the target."""
+    assert_reached_in_order(kills, drill, reached)
+    run_dir, ended = crash_and_resume(drhost, state_dir, kills, extra)
     assert ended == status
     check_whole(state_dir, run_dir, fresh_seed_jobs, version)
 
@@ -200,29 +262,42 @@ def test_matrix_has_at_least_fifty_distinct_points() -> None:
     """The matrix kills at 50 or more distinct points (the issue's floor)."""
     points = {_spec_name(p) for p in (*UPGRADE_POINTS, *ROLLBACK_POINTS, *CLEANUP_POINTS)}
     assert len(points) >= 50, len(points)
+    killed = {_spec_name(point) for case in CASES for point in case[0]}
+    assert killed == points, points - killed
+
+
+def test_chained_kills_cover_every_point_once_and_later_ones_later() -> None:
+    """Chaining keeps every point, each once, the later kill after the first in the list, never a counted one."""
+    points = [f"p{i}" for i in range(7)] + ["state.rotated@5"]
+    chains = chained(points)
+    assert sorted(point for chain in chains for point in chain) == sorted(points)
+    assert all(points.index(chain[0]) < points.index(chain[-1]) for chain in chains if len(chain) == 2)
+    assert all("@" not in chain[1] for chain in chains if len(chain) == 2)
+    assert len(chains) == 5  # three pairs, the middle point alone, the counted point alone
 
 
 #: The subset also run on a fleet of the other shape (a login user that becomes root with sudo, each target
 #: behind a bastion): a kill in the middle of a non-retryable step, right after the upload (staged as the login
 #: user, moved as root), and before the first compensation of a rollback.
 REMOTE_CASES = [
-    ("step.mid:upgrade/dr-core/install_program_files+0.05", (), "upgrade", "succeeded", "2.0.0"),
-    ("step.returned:transfer/dr-core/upload_package", (), "upgrade", "succeeded", "2.0.0"),
-    ("rollback.before:upgrade/dr-database/upgrade_db_schema", ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0"),
+    (("step.mid:upgrade/dr-core/install_program_files+0.05",), (), "upgrade", "succeeded", "2.0.0"),
+    (("step.returned:transfer/dr-core/upload_package",), (), "upgrade", "succeeded", "2.0.0"),
+    (("rollback.before:upgrade/dr-database/upgrade_db_schema",), ROLLBACK_FAULT, "rollback", "rolled_back", "1.0.0"),
 ]
 
 
 @pytest.mark.sshd
 @pytest.mark.skipif(not bastion_available()[0], reason=bastion_available()[1])
-@pytest.mark.parametrize(("point", "extra", "drill", "status", "version"), REMOTE_CASES,
-                         ids=[f"become-bastion-{case[2]}:{case[0]}" for case in REMOTE_CASES])
+@pytest.mark.parametrize(("kills", "extra", "drill", "status", "version"), REMOTE_CASES,
+                         ids=[f"become-bastion-{case[2]}:{case[0][0]}" for case in REMOTE_CASES])
 def test_controller_killed_on_a_become_and_bastion_fleet_resumes_to_a_whole_target(
-        drhost: Drhost, state_dir: Path, point: str, extra: tuple[str, ...], drill: str, status: str, version: str,
-        reached: dict[str, set[str]], fresh_seed_jobs: list[tuple[Any, ...]], login_user: LoginUser) -> None:
+        drhost: Drhost, state_dir: Path, kills: tuple[str, ...], extra: tuple[str, ...], drill: str, status: str,
+        version: str, reached: dict[str, dict[str, int]], fresh_seed_jobs: list[tuple[Any, ...]],
+        login_user: LoginUser) -> None:
     """The same kill and resume with the target behind a bastion, as a login user that becomes root: the
     resuming controller reconnects through the jump host and the target ends whole, read from the target."""
-    assert _spec_name(point) in reached[drill], f"{point} is never reached by the {drill} drill"
-    run_dir, ended = crash_and_resume(drhost, state_dir, point,
+    assert_reached_in_order(kills, drill, reached)
+    run_dir, ended = crash_and_resume(drhost, state_dir, kills,
                                       (*extra, "--ssh", "--bastion", "--login-user", login_user.name))
     assert ended == status
     check_whole(state_dir, run_dir, fresh_seed_jobs, version)

@@ -97,6 +97,7 @@ def test_quick_start_takes_a_new_plugin_into_a_demo_upgrade(tmp_path: Path) -> N
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
            "DRHOST_STATE_DIR": str(tmp_path / "state"), "TMPDIR": str(tmp_path), "PYTHONPATH": ""}
     env.pop("PYTHONHOME", None)
+    env.pop("PIP_NO_BUILD_ISOLATION", None)  # pip as an author runs it: builds in an isolated environment
     cwd = work
     outputs: dict[str, str] = {}
     for line in _quickstart():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pip_helpers import pip_build_flags
 
 from drhost.authoring import PLUGIN_CLASSES, ScaffoldError, new_plugin
 
@@ -36,16 +35,6 @@ def run(argv: Sequence[str], cwd: Path, site: Path | None = None) -> subprocess.
         env["PYTHONPATH"] = str(site)
     return subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
                           stdin=subprocess.DEVNULL, check=False)
-
-
-def pip_build_flags() -> list[str]:
-    """Offline when this environment can build a wheel itself, else let pip fetch a build backend."""
-    # setuptools before 70.1 builds wheels only with the separate 'wheel' package; without it
-    # --no-build-isolation fails, so pip has to set up an isolated build environment from the index.
-    setuptools = tuple(int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    if setuptools >= (70, 1) or importlib.util.find_spec("wheel") is not None:
-        return ["--no-build-isolation", "--no-index"]
-    return []
 
 
 def class_plugin(plugin_class: str) -> str:

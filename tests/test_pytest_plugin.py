@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pip_helpers import pip_build_flags
 
 from drhost.authoring import new_plugin
 
@@ -125,15 +124,6 @@ def test_needs_the_plugin(drhost_plugin_name):
     """Any test using the fixtures needs a plugin under test."""
     assert drhost_plugin_name
 '''
-
-
-def pip_build_flags() -> list[str]:
-    """Offline when this environment can build a wheel itself, else let pip fetch a build backend."""
-    # setuptools before 70.1 builds wheels only with the separate 'wheel' package (as in test_plugin_scaffold).
-    setuptools = tuple(int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
-    if setuptools >= (70, 1) or importlib.util.find_spec("wheel") is not None:
-        return ["--no-build-isolation", "--no-index"]
-    return []
 
 
 def pip_install(sources: Sequence[Path], target: Path) -> Path:
