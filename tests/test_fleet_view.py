@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from drhost.events import Event
+from drhost.events import EVENT_NAMES, Event
+from drhost.i18n import Translate, translator
 from drhost.report import LiveReporter
-from drhost.report._console import EtaBoard
+from drhost.report._console import _ROW_LABELS, EtaBoard
 from drhost.report._fleet import FleetBoard
 
 RUN = "run-1"
@@ -82,18 +83,18 @@ def test_a_stopped_rollout_has_no_run_eta_and_says_why() -> None:
          _event("step.started", 0.0, "a", expected_s=1.0, rest_after_s=1.0),
          _event("rollout.stopped", 1.0, reason="1 of 1 targets failed in batch 1"))
     assert board.run_eta(1.0) is None
-    lines = board.lines(1.0, lambda t: t, 20, lambda s: f"{s:g}s")
+    lines = board.lines(1.0, lambda h: h, 20, lambda s: f"{s:g}s", lambda m: m)
     assert lines[-1] == "rollout stopped: 1 of 1 targets failed in batch 1"
     assert "batch 2/2: 1 hosts waiting" in lines
 
 
-def test_live_view_shows_batches_and_the_current_batch_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a terminal, finished batches are one line, the running batch shows its hosts, later batches wait."""
+def _live_block(monkeypatch: pytest.MonkeyPatch, t: Translate) -> tuple[list[str], str]:
+    """The live view's last block, and all it wrote, after batch 1 of 3 finished and batch 2 began."""
     # The view cuts lines at the terminal's width: pin one, whatever runs the test (a tty, CI, an xdist worker).
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.setenv("LINES", "40")
     stream = io.StringIO()
-    view = LiveReporter(3, stream=stream, t=lambda m: m)
+    view = LiveReporter(3, stream=stream, t=t)
     events = [_started([["a"], ["b", "c", "d"], ["e"]], forks=2),
               _event("rollout.batch_started", 0.0, batch=0, message="batch 1 of 3: 1 targets"),
               _event("target.started", 0.0, "a"), _event("step.started", 0.0, "a", expected_s=1.0,
@@ -106,15 +107,38 @@ def test_live_view_shows_batches_and_the_current_batch_hosts(monkeypatch: pytest
                                                           rest_after_s=1.0)]
     for event in events:
         view(event)
-    block = stream.getvalue().rsplit("\x1b[J", 1)[-1]
-    lines = block.splitlines()
+    return stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines(), stream.getvalue()
+
+
+def test_live_view_shows_batches_and_the_current_batch_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, finished batches are one line, the running batch shows its hosts, later batches wait."""
+    lines, written = _live_block(monkeypatch, lambda m: m)
     assert "batch 1/3: done — 1 succeeded" in lines
     assert any(re.match(r"batch 2/3: 0/3 hosts done, ETA \d+s$", line) for line in lines), lines
     assert any(line.startswith("b ") and "[upgrade] s (p)" in line and "ETA" in line for line in lines), lines
     assert any(re.match(r"c\s+waiting$", line) for line in lines), lines
     assert "batch 3/3: 1 hosts waiting" in lines
     assert re.match(r"elapsed\s+[\d.]+ s, run ETA \d+s", lines[-1]), lines[-1]
-    assert "batch 2 of 3: 3 targets" in stream.getvalue(), "batch starts are notable lines above the block"
+    assert "batch 2 of 3: 3 targets" in written, "batch starts are notable lines above the block"
+
+
+def test_live_view_in_chinese_translates_every_word_it_adds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With zh_CN the block's own words (batches, statuses, ETA, elapsed, stages) are Chinese; names stay."""
+    lines, _ = _live_block(monkeypatch, translator("zh_CN"))
+    assert "批次 1/3: 完成 — 1 成功" in lines, lines
+    assert any(re.match(r"批次 2/3: 0/3 台主机完成, 预计剩余 \d+s$", line) for line in lines), lines
+    assert any(line.startswith("b ") and "[升级] s (p)" in line and "预计剩余" in line for line in lines), lines
+    assert any(re.match(r"c\s+等待中$", line) for line in lines), lines
+    assert "批次 3/3: 1 台主机等待中" in lines
+    assert re.match(r"已用时\s+[\d.]+ 秒, 全部预计剩余 \d+s", lines[-1]), lines[-1]
+    english_words = re.compile(r"\b(batch|hosts?|done|waiting|ETA|elapsed|upgrade)\b")
+    assert [line for line in lines if english_words.search(line)] == [], lines
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EVENT_NAMES if n.startswith(("target.", "rollback.", "network."))))
+def test_every_event_a_host_row_can_show_has_a_label(name: str) -> None:
+    """A target, rollback or network event a host's row shows has a catalogue label (so it is translated)."""
+    assert name in _ROW_LABELS, f"{name}: add it to _ROW_LABELS in drhost/report/_console.py"
 
 
 def test_many_hosts_are_cut_to_the_terminal() -> None:
@@ -122,7 +146,7 @@ def test_many_hosts_are_cut_to_the_terminal() -> None:
     board, eta = _board()
     hosts = [f"h{i:02d}" for i in range(50)]
     _see(board, eta, _started([hosts], forks=5), *(_event("target.started", 0.0, h) for h in hosts[:5]))
-    lines = board.lines(0.0, lambda t: t, 12, lambda s: f"{s:g}s")
+    lines = board.lines(0.0, lambda h: h, 12, lambda s: f"{s:g}s", lambda m: m)
     assert len(lines) <= 13
     assert lines[1:6] == hosts[:5], "running hosts come first"
     assert lines[-1] == "  … 41 more hosts (41 waiting, 0 done)"

@@ -15,7 +15,7 @@ from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..i18n import N_, Translate
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
-from ._fleet import FleetBoard
+from ._fleet import FleetBoard, status_label
 
 #: Events worth a line of their own in plain mode (progress and logs are too chatty).
 _PLAIN = {
@@ -75,6 +75,25 @@ _EVENT_LABELS = {
     "target.still_changing": N_("target.still_changing"),
     "target.thread_returned": N_("target.thread_returned"),
     "step.command_stopped": N_("step.command_stopped"),
+}
+
+#: What a host's row of the live view says after a target, rollback or network event (the row keeps it until
+#: the host's next step).
+_ROW_LABELS = {
+    "target.started": N_("started"), "target.up_to_date": N_("up to date"), "target.succeeded": N_("succeeded"),
+    "target.aborted": N_("aborted"), "target.interrupted": N_("interrupted"),
+    "target.inconsistent": N_("INCONSISTENT"), "target.reachable": N_("reachable"),
+    "target.unreachable": N_("unreachable"), "target.refused": N_("REFUSED"), "target.locked": N_("locked"),
+    "target.rollback_queued": N_("rollback queued"), "target.lock_broken": N_("lock broken"),
+    "target.lock_lost": N_("lock lost"), "target.leftovers_stopped": N_("leftover commands stopped"),
+    "target.leftovers_unknown": N_("leftover commands unknown"), "target.still_changing": N_("still changing"),
+    "target.thread_returned": N_("abandoned step returned"),
+    "rollback.started": N_("rolling back"), "rollback.stage": N_("rolling back"), "rollback.step": N_("rolling back"),
+    "rollback.plugin": N_("rolling back"), "rollback.verified": N_("rolled back"),
+    "rollback.recovery": N_("rollback recovery"),
+    "network.peer_dead": N_("peer dead"), "network.connection_lost": N_("connection lost"),
+    "network.reconnected": N_("reconnected"), "network.upload_lost": N_("upload lost"),
+    "network.upload_resumed": N_("upload resumed"), "network.manual_reconnect": N_("waiting for the operator"),
 }
 
 #: The stages, whose names the catalogue translates (the watchdog's labels).
@@ -188,7 +207,7 @@ def _rollout_text(name: str, event: Event, t: Translate) -> str:
     return event.message
 
 
-def progress_text(event: Event) -> str:
+def progress_text(event: Event, t: Translate = _identity) -> str:
     """`` 45%`` — and for bytes, the amount, MB/s and the time left (`` 45% 28.8/64.0 MiB 41 MB/s ETA 1s``)."""
     done = float(event.data.get("done") or 0)
     total = float(event.data.get("total") or 0)
@@ -198,7 +217,7 @@ def progress_text(event: Event) -> str:
     if event.data.get("unit") == "bytes":
         rate, eta = rate_and_eta(int(done), int(total), float(event.data.get("elapsed_s") or 0))
         eta_text = "?" if eta == float("inf") else f"{eta:.0f}s"
-        text += f" {done / 2**20:.1f}/{total / 2**20:.1f} MiB {rate:.0f} MB/s ETA {eta_text}"
+        text += f" {done / 2**20:.1f}/{total / 2**20:.1f} MiB {rate:.0f} MB/s" + t(" ETA {time}").format(time=eta_text)
     return text
 
 
@@ -330,31 +349,40 @@ class LiveReporter:
 
     def _host_line(self, name: str) -> str:
         if name not in self._lines:
-            return f"{name:<14} {self._fleet.status.get(name, 'waiting')}"
+            return f"{name:<14} {status_label(self._fleet.status.get(name, 'waiting'), self._t)}"
         done = self._done.get(name, 0)
         bar_len = 20
         filled = int(bar_len * min(done, self._total) / self._total)
         since = self._step_started.get(name)
         step_elapsed = f" {time.time() - since:5.1f}s" if since else ""
         eta = self._eta.target(name, time.time())
-        eta_text = f" ETA {_clock(eta)}" if eta is not None else ""
+        eta_text = self._t(" ETA {time}").format(time=_clock(eta)) if eta is not None else ""
         return (f"{name:<14} [{'#' * filled}{'.' * (bar_len - filled)}] {done:>3}/{self._total}{step_elapsed}"
                 f"{eta_text} {self._lines[name]}")
+
+    def _row_label(self, name: str) -> str:
+        label = _ROW_LABELS.get(name)
+        return self._t(label) if label is not None else name.split(".", 1)[1].replace("_", " ")
+
+    def _where(self, event: Event) -> str:
+        stage = self._t(event.stage) if event.stage in _STAGE_LABELS else event.stage
+        return f"[{stage}] {event.step}"
 
     def _draw(self) -> None:
         size = shutil.get_terminal_size((100, 20))
         now = time.time()
         if self._fleet.several:
             # Room for the notable lines above the block: a terminal that scrolls the block loses its top.
-            lines = self._fleet.lines(now, self._host_line, max(4, size.lines - 4), _clock)
+            lines = self._fleet.lines(now, self._host_line, max(4, size.lines - 4), _clock, self._t)
             run_eta = self._fleet.run_eta(now)
         else:
             lines = [self._host_line(name) for name in sorted(self._lines)]
             run_eta = self._eta.run(now)
         for line in lines:
             self._stream.write(line[: size.columns - 1] + "\n")
-        run_eta_text = f", run ETA {_clock(run_eta)}" if run_eta is not None else ""
-        self._stream.write(f"elapsed {time.monotonic() - self._started:6.1f} s{run_eta_text}\n")
+        run_eta_text = self._t(", run ETA {time}").format(time=_clock(run_eta)) if run_eta is not None else ""
+        self._stream.write(self._t("elapsed {seconds} s{run_eta}").format(
+            seconds=f"{time.monotonic() - self._started:6.1f}", run_eta=run_eta_text) + "\n")
         self._drawn = len(lines) + 1
         self._stream.flush()
 
@@ -397,19 +425,19 @@ class LiveReporter:
             if target:
                 if event.event == "step.started":
                     self._step_started[target] = event.ts
-                    self._lines[target] = f"[{event.stage}] {event.step} ({event.plugin})"
+                    self._lines[target] = f"{self._where(event)} ({event.plugin})"
                 elif event.event in ("step.completed", "step.skipped"):
                     self._done[target] = self._done.get(target, 0) + 1
                 elif event.event == "step.progress":
-                    self._lines[target] = f"[{event.stage}] {event.step} ({event.plugin}){progress_text(event)}"
+                    self._lines[target] = f"{self._where(event)} ({event.plugin}){progress_text(event, self._t)}"
                 elif event.event in NETWORK_EVENTS and target in self._lines:
                     # The row says the link is down (or back) until the step's next progress or end.
-                    what = event.event.split(".", 1)[1].replace("_", " ")
-                    where = f"[{event.stage}] {event.step} ({event.plugin}) " if event.step else ""
-                    self._lines[target] = f"{where}network: {what}"
+                    what = self._row_label(event.event)
+                    where = f"{self._where(event)} ({event.plugin}) " if event.step else ""
+                    self._lines[target] = self._t("{where}network: {what}").format(where=where, what=what)
                 elif event.event.startswith(("target.", "rollback.")):
                     self._step_started.pop(target, None)
-                    self._lines[target] = event.event.split(".", 1)[1].replace("_", " ")
+                    self._lines[target] = self._row_label(event.event)
             if event.event != "run.finished":
                 self._draw()
             self._stream.flush()

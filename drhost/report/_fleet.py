@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Event
+from ..i18n import N_, Translate
 
 #: Events after which a host is done for this run (its status is the part after the dot).
 _ENDINGS = {
@@ -15,6 +16,24 @@ _ENDINGS = {
     "target.aborted": "aborted", "target.rollback_queued": "rollback queued", "target.inconsistent": "INCONSISTENT",
     "target.locked": "locked", "target.refused": "REFUSED", "rollback.verified": "rolled back",
 }
+
+
+#: Every status a host row or a batch's counts show, translated for the operator (the keys stay the logic's).
+_STATUS_LABELS = {
+    "waiting": N_("waiting"), "running": N_("running"), "rolling back": N_("rolling back"),
+    "succeeded": N_("succeeded"), "up to date": N_("up to date"), "interrupted": N_("interrupted"),
+    "aborted": N_("aborted"), "rollback queued": N_("rollback queued"), "INCONSISTENT": N_("INCONSISTENT"),
+    "locked": N_("locked"), "REFUSED": N_("REFUSED"), "rolled back": N_("rolled back"), "failed": N_("failed"),
+    "unreachable": N_("unreachable"), "inconsistent": N_("inconsistent"), "refused": N_("refused"),
+    "up_to_date": N_("up to date"), "rolled_back": N_("rolled back"), "rollback_queued": N_("rollback queued"),
+    "skipped": N_("skipped"), "pending": N_("pending"),
+}
+
+
+def status_label(status: str, t: Translate) -> str:
+    """A status as the operator reads it: translated when the catalogue knows it, else with spaces for '_'."""
+    label = _STATUS_LABELS.get(status)
+    return t(label) if label is not None else status.replace("_", " ")
 
 
 @dataclass
@@ -127,40 +146,41 @@ class FleetBoard:
 
     # -- lines ------------------------------------------------------------------------
     def lines(self, now: float, host_line: Callable[[str], str], height: int,
-              clock: Callable[[float], str]) -> list[str]:
+              clock: Callable[[float], str], t: Translate) -> list[str]:
         """A header per batch; the host lines of the batch under way, cut to fit ``height`` lines."""
         out: list[str] = []
         current = next((b for b in self.batches if not b.ended), None)
         for batch in self.batches:
-            group = f" [{batch.group}]" if batch.group else ""
-            title = f"batch {batch.index + 1}/{len(self.batches)}{group}"
+            title = (t("batch {number}/{count} [{group}]") if batch.group else t("batch {number}/{count}")).format(
+                number=batch.index + 1, count=len(self.batches), group=batch.group)
             if batch.ended:
-                counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in batch.counts.items() if v)
-                out.append(f"{title}: done — {counts}")
+                counts = ", ".join(f"{v} {status_label(k, t)}" for k, v in batch.counts.items() if v)
+                out.append(t("{title}: done — {counts}").format(title=title, counts=counts))
             elif batch is current:
-                done = sum(1 for t in batch.targets if self.status.get(t) not in ("waiting", "running",
+                done = sum(1 for h in batch.targets if self.status.get(h) not in ("waiting", "running",
                                                                                    "rolling back"))
                 eta = self.batch_eta(batch.index, now)
-                eta_text = f", ETA {clock(eta)}" if eta is not None else ""
-                out.append(f"{title}: {done}/{len(batch.targets)} hosts done{eta_text}")
-                out.extend(self._host_lines(batch, host_line, max(1, height - len(self.batches) - 1)))
+                eta_text = t(", ETA {time}").format(time=clock(eta)) if eta is not None else ""
+                out.append(t("{title}: {done}/{count} hosts done{eta}").format(
+                    title=title, done=done, count=len(batch.targets), eta=eta_text))
+                out.extend(self._host_lines(batch, host_line, max(1, height - len(self.batches) - 1), t))
             else:
-                out.append(f"{title}: {len(batch.targets)} hosts waiting")
+                out.append(t("{title}: {count} hosts waiting").format(title=title, count=len(batch.targets)))
         if self.stopped:
-            out.append(f"rollout stopped: {self.stopped}")
+            out.append(t("rollout stopped: {reason}").format(reason=self.stopped))
         return out
 
-    def _host_lines(self, batch: _Batch, host_line: Callable[[str], str], room: int) -> list[str]:
+    def _host_lines(self, batch: _Batch, host_line: Callable[[str], str], room: int, t: Translate) -> list[str]:
         # Hosts at work first, then finished ones, then the queue: what an operator watches.
         order = {"running": 0, "rolling back": 0, "waiting": 2}
-        targets = sorted(batch.targets, key=lambda t: (order.get(self.status.get(t, "waiting"), 1), t))
+        targets = sorted(batch.targets, key=lambda h: (order.get(self.status.get(h, "waiting"), 1), h))
         if len(targets) <= room:
-            return [host_line(t) for t in targets]
+            return [host_line(h) for h in targets]
         shown = targets[:room - 1]
         rest = targets[room - 1:]
-        waiting = sum(1 for t in rest if self.status.get(t) == "waiting")
-        return [*(host_line(t) for t in shown),
-                f"  … {len(rest)} more hosts ({waiting} waiting, {len(rest) - waiting} done)"]
+        waiting = sum(1 for h in rest if self.status.get(h) == "waiting")
+        return [*(host_line(h) for h in shown),
+                t("  … {count} more hosts ({waiting} waiting, {done} done)").format(
+                    count=len(rest), waiting=waiting, done=len(rest) - waiting)]
 
-
-__all__ = ["FleetBoard"]
+__all__ = ["FleetBoard", "status_label"]
