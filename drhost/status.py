@@ -8,68 +8,109 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .i18n import N_, Translate
 from .orchestrator import TargetStatus, abandoned_view, rollback_verdict
 from .plan import Plan
 
-__all__ = ["next_commands", "rollout_summary", "run_next_commands", "target_next", "target_status"]
+__all__ = ["next_commands", "rollout_summary", "run_next_commands", "status_label", "status_texts", "status_word",
+           "target_next", "target_status"]
 
 #: Whether a target in a status is consistent, in the operator's words.
 _CONSISTENT: Mapping[TargetStatus, str] = {
-    "succeeded": "yes: new version", "up_to_date": "yes: unchanged", "rolled_back": "yes: old version",
-    "pending": "yes: untouched", "locked": "yes: untouched (another run holds its lock)",
-    "unreachable": "unknown: unreachable; resume when it is back",
-    "refused": "unknown: it refused drhost (host key or credentials); nothing was done since",
+    "succeeded": N_("yes: new version"), "up_to_date": N_("yes: unchanged"), "rolled_back": N_("yes: old version"),
+    "pending": N_("yes: untouched"), "locked": N_("yes: untouched (another run holds its lock)"),
+    "unreachable": N_("unknown: unreachable; resume when it is back"),
+    "refused": N_("unknown: it refused drhost (host key or credentials); nothing was done since"),
 }
-#: What the operator does next for a target in a status.
+#: What the operator does next for a target in a status (RUN: the run's id, put in by the caller).
 _NEXT: Mapping[TargetStatus, str] = {
-    "succeeded": "nothing: at the new version",
-    "up_to_date": "nothing: was already at the package's version",
-    "rolled_back": "nothing: back at the old version, verified",
-    "inconsistent": "follow the manual procedure below, then: drhost rollback RUN",
-    "locked": "another run holds its lock: wait for it (see the error), or --break-lock if it is dead",
-    "unreachable": "when it is reachable again: drhost resume RUN (or drhost rollback RUN)",
+    "succeeded": N_("nothing: at the new version"),
+    "up_to_date": N_("nothing: was already at the package's version"),
+    "rolled_back": N_("nothing: back at the old version, verified"),
+    "inconsistent": N_("follow the manual procedure below, then: drhost rollback RUN"),
+    "locked": N_("another run holds its lock: wait for it (see the error), or --break-lock if it is dead"),
+    "unreachable": N_("when it is reachable again: drhost resume RUN (or drhost rollback RUN)"),
     # Never retried on its own: a changed host key may be an impostor; the operator decides.
-    "refused": "check why it refused (a changed host key: confirm with its owner, then update known_hosts; "
-               "rejected credentials: fix them), then: drhost rollback RUN (or drhost resume RUN)",
-    "aborted": "drhost resume RUN to continue, or drhost rollback RUN",
-    "interrupted": "drhost resume RUN to continue, or drhost rollback RUN",
-    "pending": "not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "
-               "the run)",
+    "refused": N_("check why it refused (a changed host key: confirm with its owner, then update known_hosts; "
+                  "rejected credentials: fix them), then: drhost rollback RUN (or drhost resume RUN)"),
+    "aborted": N_("drhost resume RUN to continue, or drhost rollback RUN"),
+    "interrupted": N_("drhost resume RUN to continue, or drhost rollback RUN"),
+    "pending": N_("not started, untouched: drhost resume RUN starts it with its batch (if no drhost is running "
+                  "the run)"),
 }
 
 
-def _said(table: Mapping[TargetStatus, str], status: object, otherwise: str) -> str:
+#: Every status a run, a target, a host row or a batch's counts show, as the operator reads it (the keys stay
+#: the logic's and the JSON's).
+_STATUS_LABELS = {
+    "waiting": N_("waiting"), "running": N_("running"), "rolling back": N_("rolling back"),
+    "succeeded": N_("succeeded"), "up to date": N_("up to date"), "interrupted": N_("interrupted"),
+    "aborted": N_("aborted"), "rollback queued": N_("rollback queued"), "INCONSISTENT": N_("INCONSISTENT"),
+    "locked": N_("locked"), "REFUSED": N_("REFUSED"), "rolled back": N_("rolled back"), "failed": N_("failed"),
+    "unreachable": N_("unreachable"), "inconsistent": N_("inconsistent"), "refused": N_("refused"),
+    "up_to_date": N_("up to date"), "rolled_back": N_("rolled back"), "rollback_queued": N_("rollback queued"),
+    "skipped": N_("skipped"), "pending": N_("pending"),
+}
+
+
+def status_texts() -> tuple[str, ...]:
+    """The English texts of every status word (message ids), for a page that translates them itself."""
+    return tuple(sorted(set(_STATUS_LABELS.values())))
+
+
+def status_label(status: str, t: Translate) -> str:
+    """A status as the operator reads it: translated when the catalogue knows it, else with spaces for '_'."""
+    label = _STATUS_LABELS.get(status)
+    return t(label) if label is not None else status.replace("_", " ")
+
+
+def status_word(status: str, t: Translate) -> str:
+    """A status in a line of text: translated in a language that has it, else the status itself (English
+    output names a status as the JSON and ``--json`` do, ``rolled_back``)."""
+    label = _STATUS_LABELS.get(status)
+    translated = t(label) if label is not None else label
+    return translated if translated is not None and translated != label else status
+
+
+def _english(message: str) -> str:
+    return message
+
+
+def _said(table: Mapping[TargetStatus, str], status: object, otherwise: str, t: Translate) -> str:
     """The table's words for a recorded status (a plain string in the state), else ``otherwise``."""
-    return next((text for known, text in table.items() if known == status), otherwise)
+    return t(next((text for known, text in table.items() if known == status), otherwise))
 
 
-def next_commands(run_id: str, status: str) -> list[str]:
+def next_commands(run_id: str, status: str, t: Translate = _english) -> list[str]:
     """The commands an operator runs next for a run that ended with ``status``."""
     if status in ("interrupted", "aborted"):
-        return [f"resume:    drhost resume {run_id}", f"roll back: drhost rollback {run_id}"]
+        return [t("resume:    drhost resume {run_id}").format(run_id=run_id),
+                t("roll back: drhost rollback {run_id}").format(run_id=run_id)]
     if status == "failed":
-        return [f"details:   drhost status {run_id}", f"retry the rollback: drhost rollback {run_id}"]
+        return [t("details:   drhost status {run_id}").format(run_id=run_id),
+                t("retry the rollback: drhost rollback {run_id}").format(run_id=run_id)]
     return []
 
 
-def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, Any]:
+def target_status(plan: Plan, name: str, record: dict[str, Any], t: Translate = _english) -> dict[str, Any]:
     """Where a target stands, whether it is consistent, and what to do next, as ``drhost status`` shows it."""
     steps = record.get("steps", {})
     done = [s.key for s in plan.steps if steps.get(s.key, {}).get("status") in ("done", "skipped")]
     current = next((s for s in plan.steps if steps.get(s.key, {}).get("status") == "started"), None)
     remaining = [s.key for s in plan.steps if s.key not in done]
     status = record["status"]
-    consistent = _said(_CONSISTENT, status, "unknown until the run is resumed or rolled back")
+    consistent = _said(_CONSISTENT, status, N_("unknown until the run is resumed or rolled back"), t)
     verdict = rollback_verdict(record) if status == "inconsistent" else None
     if status == "inconsistent":
         # Derived from what the plugins' verification reported, never a fixed label.
-        consistent = (f"{verdict['verdict']}: {verdict['label']}; follow the manual procedure" if verdict
-                      else "unknown: no verification recorded; follow the manual procedure")
+        consistent = (t("{verdict}: {label}; follow the manual procedure").format(**verdict) if verdict
+                      else t("unknown: no verification recorded; follow the manual procedure"))
     abandoned = abandoned_view(record)
     if abandoned["still_changing"]:
-        consistent = f"unknown: may still be changing ({'; '.join(abandoned['still_changing'])})"
+        consistent = t("unknown: may still be changing ({what})").format(what="; ".join(abandoned["still_changing"]))
     elif abandoned["abandoned"]:
-        consistent = f"{consistent} when recorded; but {abandoned['abandoned'][-1]}"
+        consistent = t("{consistent} when recorded; but {note}").format(consistent=consistent,
+                                                                         note=abandoned["abandoned"][-1])
     return {
         "target": name, "status": status, "phase": record.get("phase"), "stage": record.get("stage"),
         "step": current.key if current else None, "done": len(done), "total": len(plan.steps),
@@ -78,8 +119,9 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
         "skipped_plugins": record.get("skipped_plugins", {}), "rollback": record.get("rollback", {}),
         "plugins": record.get("plugins", {}), "manual_procedure": record.get("manual_procedure"),
         "evidence": record.get("evidence"),
-        "next": "wait: a core thread that drhost abandoned may still be changing it (see above); check the target "
-                "once that drhost has exited" if abandoned["still_changing"] else target_next(name, status, record),
+        "next": t("wait: a core thread that drhost abandoned may still be changing it (see above); check the "
+                  "target once that drhost has exited") if abandoned["still_changing"]
+                else target_next(name, status, record, t),
         "still_changing": abandoned["still_changing"], "abandoned_threads": abandoned["abandoned"],
         "verification": verdict,
         # The status-check connection lost and waiting for the operator's word (manual reconnect), or None.
@@ -90,12 +132,12 @@ def target_status(plan: Plan, name: str, record: dict[str, Any]) -> dict[str, An
     }
 
 
-def target_next(name: str, status: str, record: dict[str, Any]) -> str:
+def target_next(name: str, status: str, record: dict[str, Any], t: Translate = _english) -> str:
     """What the operator does next for this target, as one line."""
-    return _said(_NEXT, status, "drhost resume RUN (if no drhost is running it)")
+    return _said(_NEXT, status, N_("drhost resume RUN (if no drhost is running it)"), t)
 
 
-def rollout_summary(body: dict[str, Any]) -> dict[str, Any]:
+def rollout_summary(body: dict[str, Any], t: Translate = _english) -> dict[str, Any]:
     """The run's batches and why the rollout stopped or waits, as data and as lines for the operator."""
     record = body.get("rollout") or {}
     batches = record.get("batches") or []
@@ -103,25 +145,26 @@ def rollout_summary(body: dict[str, Any]) -> dict[str, Any]:
     lines = []
     if len(batches) > 1:
         sizes = ", ".join(str(len(b["targets"])) for b in batches)
-        lines.append(f"rollout: {len(batches)} batches of {sizes} targets")
+        lines.append(t("rollout: {count} batches of {sizes} targets").format(count=len(batches), sizes=sizes))
     if stopped:
-        lines.append(f"rollout stopped in batch {stopped['batch'] + 1}: {stopped['reason']}; not started: "
-                     f"{', '.join(stopped['not_started']) or 'none'} (drhost resume RUN continues with them; "
-                     f"the budget then counts afresh)".replace("RUN", str(body["run_id"])))
+        lines.append(t("rollout stopped in batch {batch}: {reason}; not started: {targets} (drhost resume {run_id} "
+                       "continues with them; the budget then counts afresh)").format(
+            batch=stopped["batch"] + 1, reason=stopped["reason"], run_id=body["run_id"],
+            targets=", ".join(stopped["not_started"]) or t("none")))
     if waiting is not None:
-        lines.append(f"rollout waits for approval of batch {waiting + 1}: "
-                     f"{', '.join(batches[waiting]['targets'])}")
+        lines.append(t("rollout waits for approval of batch {batch}: {targets}").format(
+            batch=waiting + 1, targets=", ".join(batches[waiting]["targets"])))
     return {"batches": [list(b["targets"]) for b in batches], "stopped": stopped, "waiting": waiting,
             "lines": lines}
 
 
-def run_next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any]) -> list[str]:
+def run_next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any], t: Translate = _english) -> list[str]:
     """What to run next for the run as a whole: :func:`next_commands` for a run that ended, else for one that
     waits for an approval or that a drhost may still be driving."""
     run_id, status = str(body["run_id"]), str(body["status"])
     if rollout.get("waiting") is not None:
-        return [f"approve batch {rollout['waiting'] + 1}: drhost resume {run_id}",
-                f"roll back:  drhost rollback {run_id}"]
+        return [t("approve batch {batch}: drhost resume {run_id}").format(batch=rollout["waiting"] + 1, run_id=run_id),
+                t("roll back:  drhost rollback {run_id}").format(run_id=run_id)]
     if status in ("running", "rolling_back", "created"):
-        return [f"if no drhost is running it: drhost resume {run_id}"]
-    return next_commands(run_id, status)
+        return [t("if no drhost is running it: drhost resume {run_id}").format(run_id=run_id)]
+    return next_commands(run_id, status, t)

@@ -284,6 +284,37 @@ def test_out_writes_where_asked_and_unknown_run_is_an_error(report: Report, tmp_
     assert missing.stderr.startswith("drhost: error: no run '20000101-000000-000000'")
 
 
+def test_report_in_chinese_draws_its_words_in_chinese_and_keeps_the_data(report: Report, tmp_path: Path) -> None:
+    """With LANG=zh_CN the page is lang zh-CN and its headings, facts, batch headers and bar titles are Chinese,
+    drawn by the same script (one CSP hash); names, statuses' keys and run ids stay as they are."""
+    out = tmp_path / "zh.html"
+    done = subprocess.run([sys.executable, "-m", "drhost", "report", report.run_id, "--out", str(out)],
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "DRHOST_STATE_DIR": str(report.state_dir), "LANG": "zh_CN.UTF-8",
+                               "LC_ALL": "", "LC_MESSAGES": ""})
+    assert done.returncode == 0, done.stderr
+    page = out.read_text(encoding="utf-8")
+    assert '<html lang="zh-CN">' in page
+
+    def policy(html: str) -> str:
+        (found,) = [n.attrs["content"] for n in parse(html).walk()
+                    if n.attrs.get("http-equiv") == "Content-Security-Policy"]
+        return found
+
+    assert policy(page) == policy(report.html), "the script is the same in every language"
+    rendered = browse(out.as_uri(), tmp_path / "profile", "--dump-dom")
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    dom = parse(rendered.stdout)
+    headings = [n.text() for n in dom.walk() if n.tag == "h2"]
+    assert headings == ["分批发布", "下一步", "时间线", "目标"], headings
+    (first,) = dom.find("batch-header", data_batch="0")
+    assert first.text().startswith("批次 1/4"), first.text()
+    row = dom.find("row", data_target="dr-demo-3")[0]
+    (failed,) = [b for b in row.find("step") if b.attrs["data-step"] == "upgrade_db_schema"]
+    assert failed.attrs["title"].startswith("upgrade_db_schema (dr-database)\n阶段 升级, 第 1/"), failed.attrs["title"]
+    assert "结果: " in failed.attrs["title"]
+
+
 def png_rows(data: bytes) -> tuple[int, int, list[bytes]]:
     """Width, height and unfiltered pixel rows of an 8-bit RGB or RGBA PNG."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

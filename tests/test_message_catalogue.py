@@ -17,6 +17,8 @@ from drhost.i18n import LANGUAGES, catalog, translator
 SOURCE = Path(drhost.__file__).parent
 #: The callables whose first argument is a message id: ``t(...)``/``self._t(...)`` translate, ``N_`` marks.
 _MARKERS = {"t", "_t", "N_"}
+#: A message id of the report page's script (drhost/report/_html_assets.py): ``L("...")``.
+_SCRIPT_ID = re.compile(r'\bL\("([^"\\]*)"')
 
 
 def _called(node: ast.Call) -> str | None:
@@ -37,6 +39,11 @@ def message_ids() -> Iterator[tuple[str, str]]:
             if isinstance(node, ast.Call) and _called(node) in _MARKERS and node.args \
                     and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 yield node.args[0].value, f"{path.relative_to(SOURCE.parent)}:{node.lineno}"
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and 'L("' in node.value:
+                # The report page's script: its words are ``L("...")`` calls inside a Python string.
+                for found in _SCRIPT_ID.finditer(node.value):
+                    line = node.lineno + node.value.count("\n", 0, found.start())
+                    yield found.group(1), f"{path.relative_to(SOURCE.parent)}:{line}"
 
 
 def string_literals() -> set[str]:
@@ -72,7 +79,7 @@ def test_every_translation_keeps_the_fields_of_its_message(language: str) -> Non
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_no_translation_outlives_its_message(language: str) -> None:
     """Every catalogue entry is a string the code still has (a renamed message leaves no stale entry)."""
-    literals = string_literals()
+    literals = string_literals() | {msgid for msgid, _ in message_ids()}
     stale = sorted(msgid for msgid in catalog(language) if msgid not in literals)
     assert stale == []
 
@@ -80,7 +87,8 @@ def test_no_translation_outlives_its_message(language: str) -> None:
 def test_the_walk_finds_the_messages_of_every_operator_facing_part() -> None:
     """The walk itself works: it finds message ids in the console, the status, the watchdog and the CLI."""
     where = {place.split(":")[0] for _, place in message_ids()}
-    for part in ("drhost/report/_console.py", "drhost/watchdog/_messages.py", "drhost/cli/_runs.py"):
+    for part in ("drhost/report/_console.py", "drhost/watchdog/_messages.py", "drhost/cli/_runs.py",
+                 "drhost/report/_html_assets.py", "drhost/report/_fleet.py", "drhost/status.py"):
         assert part in where, part
 
 
@@ -138,3 +146,23 @@ def test_rollout_lines_are_rendered_from_the_data_as_the_journal_words_them(
     assert describe(seen, translator("C")) == message
     chinese = describe(seen, translator("zh_CN"))
     assert chinese != message and re.search(r"[\u4e00-\u9fff]", chinese)
+
+
+def test_status_words_are_translated_for_the_text_and_stay_english_for_the_json() -> None:
+    """What `drhost status` says of a target (consistent, next, rollout lines) reads in Chinese with zh_CN,
+    keeps the run id and the commands to type, and is the English of the JSON without a language."""
+    from drhost.plan import Plan
+    from drhost.status import rollout_summary, status_word, target_status
+
+    record = {"status": "rolled_back", "steps": {}}
+    english = target_status(Plan(steps=(), plugins=()), "dr-1", record)
+    chinese = target_status(Plan(steps=(), plugins=()), "dr-1", record, translator("zh_CN"))
+    assert english["consistent"] == "yes: old version"
+    assert english["next"] == "nothing: back at the old version, verified"
+    assert chinese["consistent"] == "是: 旧版本" and re.search(r"[\u4e00-\u9fff]", chinese["next"])
+    stop = {"batch": 0, "reason": "1 of 1 failed", "not_started": ["b"]}
+    body = {"run_id": "20261207-1", "rollout": {"batches": [{"targets": ["a"]}, {"targets": ["b"]}], "stopped": stop}}
+    (_, stopped) = rollout_summary(body, translator("zh_CN"))["lines"]
+    assert "drhost resume 20261207-1" in stopped and "1 of 1 failed" in stopped and "分批发布" in stopped
+    assert status_word("rolled_back", translator("C")) == "rolled_back"
+    assert status_word("rolled_back", translator("zh_CN")) == "已回滚"

@@ -35,7 +35,7 @@ from ..plan import format_plan, recorded_plan
 from ..policy import RUN_ON_FAILURES, Decision, one_of
 from ..report import LiveReporter, PlainReporter
 from ..state import RunState, find_run, run_in_use, state_root
-from ..status import next_commands, rollout_summary, run_next_commands, target_status
+from ..status import next_commands, rollout_summary, run_next_commands, status_word, target_status
 from ..transport import transport
 from ._inputs import package_info, prepare
 
@@ -102,21 +102,24 @@ def _finish(args: argparse.Namespace, summary: RunSummary) -> int:
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     else:
-        print(f"run {summary.run_id}: {summary.status}")
-        for line in rollout_summary(RunState.open(summary.run_dir).snapshot())["lines"]:
+        t = translator()
+        print(t("run {run_id}: {status}").format(run_id=summary.run_id, status=status_word(summary.status, t)))
+        for line in rollout_summary(RunState.open(summary.run_dir).snapshot(), t)["lines"]:
             print(f"  {line}")
         for name, target in summary.targets.items():
             if target["status"] == "pending":
-                print(f"  {name}: not started")
+                print("  " + t("{target}: not started").format(target=name))
             else:
-                print(f"  {name}: {target['status']} (version {target.get('version') or 'unknown'})")
+                print("  " + t("{target}: {status} (version {version})").format(
+                    target=name, status=status_word(target["status"], t),
+                    version=target.get("version") or t("unknown")))
             if target.get("verification"):
-                print(f"    verification: {target['verification']}")
+                print("    " + t("verification: {verdict}").format(verdict=target["verification"]))
             for line in target.get("still_changing") or []:
-                print(f"    MAY STILL BE CHANGING: {line}")
-        for line in next_commands(summary.run_id, summary.status):
+                print("    " + t("MAY STILL BE CHANGING: {what}").format(what=line))
+        for line in next_commands(summary.run_id, summary.status, t):
             print(line)
-        print(f"run directory: {summary.run_dir}")
+        print(t("run directory: {path}").format(path=summary.run_dir))
     return summary.exit_code
 
 
@@ -285,9 +288,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return ExitCode.SUCCEEDED
+    # The JSON above stays English (data for tools); the text is in the operator's language.
     t = translator()
+    targets = [target_status(plan, name, record, t) for name, record in sorted(body["targets"].items())]
+    rollout = rollout_summary(body, t)
+    commands = run_next_commands(body, rollout, t)
     run_id = body["run_id"]
-    print(t("run {run_id}: {status} (package {package})").format(run_id=run_id, status=body["status"],
+    print(t("run {run_id}: {status} (package {package})").format(run_id=run_id, status=status_word(body["status"], t),
                                                                   package=body["package"]["version"]))
     if state.recovered_from:
         print("  " + t("note: {text}").format(text=state.recovered_from))
@@ -297,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for target in targets:
         print("  " + t("{target}: {status}, stage {stage}, step {step}, {done}/{total} steps done; consistent: "
-                       "{consistent}").format(target=target["target"], status=target["status"],
+                       "{consistent}").format(target=target["target"], status=status_word(target["status"], t),
                                               stage=target["stage"] or "-", step=target["step"] or "-",
                                               done=target["done"], total=target["total"],
                                               consistent=target["consistent"]))

@@ -13,9 +13,10 @@ from typing import TextIO
 
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..i18n import N_, Translate
+from ..status import status_label
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
-from ._fleet import FleetBoard, status_label
+from ._fleet import FleetBoard
 
 #: Events worth a line of their own in plain mode (progress and logs are too chatty).
 _PLAIN = {

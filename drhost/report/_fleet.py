@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..events import Event
-from ..i18n import N_, Translate
+from ..i18n import Translate
+from ..status import status_label
 
 #: Events after which a host is done for this run (its status is the part after the dot).
 _ENDINGS = {
@@ -16,24 +17,6 @@ _ENDINGS = {
     "target.aborted": "aborted", "target.rollback_queued": "rollback queued", "target.inconsistent": "INCONSISTENT",
     "target.locked": "locked", "target.refused": "REFUSED", "rollback.verified": "rolled back",
 }
-
-
-#: Every status a host row or a batch's counts show, translated for the operator (the keys stay the logic's).
-_STATUS_LABELS = {
-    "waiting": N_("waiting"), "running": N_("running"), "rolling back": N_("rolling back"),
-    "succeeded": N_("succeeded"), "up to date": N_("up to date"), "interrupted": N_("interrupted"),
-    "aborted": N_("aborted"), "rollback queued": N_("rollback queued"), "INCONSISTENT": N_("INCONSISTENT"),
-    "locked": N_("locked"), "REFUSED": N_("REFUSED"), "rolled back": N_("rolled back"), "failed": N_("failed"),
-    "unreachable": N_("unreachable"), "inconsistent": N_("inconsistent"), "refused": N_("refused"),
-    "up_to_date": N_("up to date"), "rolled_back": N_("rolled back"), "rollback_queued": N_("rollback queued"),
-    "skipped": N_("skipped"), "pending": N_("pending"),
-}
-
-
-def status_label(status: str, t: Translate) -> str:
-    """A status as the operator reads it: translated when the catalogue knows it, else with spaces for '_'."""
-    label = _STATUS_LABELS.get(status)
-    return t(label) if label is not None else status.replace("_", " ")
 
 
 @dataclass
@@ -183,4 +166,4 @@ class FleetBoard:
                 t("  … {count} more hosts ({waiting} waiting, {done} done)").format(
                     count=len(rest), waiting=waiting, done=len(rest) - waiting)]
 
-__all__ = ["FleetBoard", "status_label"]
+__all__ = ["FleetBoard"]

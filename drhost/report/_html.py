@@ -13,6 +13,7 @@ import heapq
 import html
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -23,21 +24,43 @@ from drhost_hookspecs import Stage
 
 from ..errors import ExitCode
 from ..events import NETWORK_EVENTS, Event
+from ..i18n import N_, Translate, translator
 from ..orchestrator import RUN_EXIT_CODES
 from ..state import JournalSkips, RunState, atomic_write, iter_journal
-from ..status import rollout_summary, run_next_commands, target_next
+from ..status import rollout_summary, run_next_commands, status_texts, target_next
 from ._console import describe
 from ._html_assets import CSS, SCRIPT
 
 _EXIT_MEANINGS = {
-    ExitCode.SUCCEEDED: "every target succeeded or was already up to date",
-    ExitCode.FAILED: "an unexpected end",
-    ExitCode.ROLLED_BACK: "targets were rolled back (verified)",
-    ExitCode.ROLLBACK_FAILED: "a target is inconsistent (rollback and recovery failed): act now",
-    ExitCode.ABORTED: "targets were left as they are (abort decision or the rollout stopped): resume or roll back",
-    ExitCode.INTERRUPTED: "targets are unfinished: resume or roll back",
-    ExitCode.REFUSED: "drhost refused to drive some targets",
+    ExitCode.SUCCEEDED: N_("every target succeeded or was already up to date"),
+    ExitCode.FAILED: N_("an unexpected end"),
+    ExitCode.ROLLED_BACK: N_("targets were rolled back (verified)"),
+    ExitCode.ROLLBACK_FAILED: N_("a target is inconsistent (rollback and recovery failed): act now"),
+    ExitCode.ABORTED: N_("targets were left as they are (abort decision or the rollout stopped): resume or roll back"),
+    ExitCode.INTERRUPTED: N_("targets are unfinished: resume or roll back"),
+    ExitCode.REFUSED: N_("drhost refused to drive some targets"),
 }
+#: The page's own words: what its script wraps in ``L("...")`` (found in the script itself, so the two cannot
+#: drift), and the words it shows for keys of the data (stages, outcomes, marker kinds, modes), with spaces for
+#: underscores. Their translations travel in the data as ``labels``; the script is the same in every language,
+#: so its hash in the page's Content-Security-Policy does not change.
+_SCRIPT_IDS = tuple(re.findall(r'\bL\("([^"\\]*)"', SCRIPT))
+_WORDS = (
+    N_("precheck"), N_("backup"), N_("transfer"), N_("upgrade"), N_("postcheck"), N_("rollback"), N_("cleanup"),
+    N_("resume"), N_("running"), N_("completed"), N_("failed"), N_("interrupted"), N_("unfinished"), N_("timeout"),
+    N_("crashed"), N_("killed"), N_("memory"), N_("pids"), N_("cpu time"), N_("cancelled"), N_("skipped"),
+    N_("verified"), N_("queued"), N_("done"), N_("failure"), N_("retry"), N_("warning"), N_("decision"),
+    N_("network"),
+)
+
+
+def _english(message: str) -> str:
+    return message
+
+
+def page_labels(t: Translate) -> dict[str, str]:
+    """The translations of the page's words in the language of ``t`` (none in English: the ids are English)."""
+    return {text: t(text) for text in (*_SCRIPT_IDS, *_WORDS, *status_texts()) if t(text) != text}
 _EXIT_NAMES = {value: name for name, value in vars(ExitCode).items() if isinstance(value, int)}
 #: The rollout keys a report may show; anything else under ``[rollout]`` stays out.
 _ROLLOUT_KEYS = ("serial", "groups", "max_failed", "max_failed_total", "max_unreachable", "max_unreachable_total",
@@ -97,18 +120,19 @@ def _in_time_order(events: Iterable[dict[str, Any]], window: int = REORDER_WINDO
         yield heapq.heappop(heap)[2]
 
 
-def _title(event: Mapping[str, Any]) -> str:
+def _title(event: Mapping[str, Any], t: Translate) -> str:
     """The console's line for an event, without the target (the row already names it)."""
     fields = {k: event.get(k) for k in ("stage", "step", "plugin")}
     rebuilt = Event(str(event["event"]), str(event.get("run_id", "")), message=str(event.get("message") or ""),
                     data=event.get("data") or {}, ts=float(event["ts"]), **fields)
-    return describe(rebuilt)
+    return describe(rebuilt, t)
 
 
 class _Timeline:
     """One target's bars and markers, built from its events in journal order."""
 
-    def __init__(self) -> None:
+    def __init__(self, t: Translate) -> None:
+        self._t = t
         self.stages: list[dict[str, Any]] = []
         self.loose_steps: list[dict[str, Any]] = []
         self.cleanups: list[dict[str, Any]] = []
@@ -136,7 +160,7 @@ class _Timeline:
             self.not_shown["markers"] += 1  # before building the title: counting must stay cheap
             return
         self.markers.append({"kind": kind, "ts": event["ts"], "stage": event.get("stage"), "step": event.get("step"),
-                             "title": title if title is not None else _title(event)})
+                             "title": title if title is not None else _title(event, self._t)})
 
     def close_open(self, outcome: str) -> None:
         """A controller that stopped mid-stage leaves bars open: they end where the target was last seen."""
@@ -183,8 +207,9 @@ class _Timeline:
                 self.not_shown["steps"] += 1
             self._open_steps[(str(stage), str(step), str(plugin))] = bar
             if int(data.get("attempt") or 1) > 1:
-                self._marker("retry", event, f"retry: attempt {data.get('attempt')}/{data.get('attempts')} of "
-                                             f"[{stage}] {step} ({plugin})")
+                said = self._t("retry: attempt {attempt}/{attempts} of [{stage}] {step} ({plugin})")
+                self._marker("retry", event, said.format(attempt=data.get("attempt"), attempts=data.get("attempts"),
+                                                         stage=stage, step=step, plugin=plugin))
         elif name in _STEP_ENDS:
             bar = self._open_steps.pop((str(stage), str(step), str(plugin)), None)
             if bar is not None:
@@ -198,10 +223,11 @@ class _Timeline:
         elif name == "step.skipped":
             self._marker("skipped", event)
         elif name == "watchdog.timeout":
-            self._marker("timeout", event, f"timeout: [{stage}] {step} ({plugin}), attempt {data.get('attempt')}")
+            self._marker("timeout", event, self._t("timeout: [{stage}] {step} ({plugin}), attempt {attempt}").format(
+                stage=stage, step=step, plugin=plugin, attempt=data.get("attempt")))
             if len(self.timeouts) < SHOWN_PER_TARGET["timeouts"]:
                 self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
-                                      "ts": ts, "message": event.get("message") or _cut(_title(event))})
+                                      "ts": ts, "message": event.get("message") or _cut(_title(event, self._t))})
             else:
                 self.not_shown["timeouts"] += 1
         elif name == "plugin.output_dropped":
@@ -235,7 +261,7 @@ class _Timeline:
             begin = rollback["parts"][-1]["end"] if rollback["parts"] else rollback["start"]
             self._keep("rollback_parts", rollback["parts"], {
                 "stage": stage, "start": begin, "end": ts, "status": data.get("status"),
-                "title": _title(event) + (f"; rule: {data['rule']}" if data.get("rule") else "")})
+                "title": _title(event, self._t) + (f"; rule: {data['rule']}" if data.get("rule") else "")})
         elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["outcome"] == "running":
             self.rollbacks[-1]["outcome"] = _ROLLBACK_ENDS[name]
             self.rollbacks[-1]["message"] = event.get("message")
@@ -255,8 +281,9 @@ class _Timeline:
 class _Journal:
     """What the report takes from the journal, read once, front to back, in bounded memory."""
 
-    def __init__(self, targets: Collection[str]) -> None:
+    def __init__(self, targets: Collection[str], t: Translate) -> None:
         self._targets = targets
+        self._t = t
         self.timelines: dict[str, _Timeline] = {}
         self.modes: list[str] = []
         self.drives = 0
@@ -274,7 +301,7 @@ class _Journal:
             target = event.get("target")
             # Only the run's own targets get a row: a timeline per name found would grow with the journal.
             if target is not None and str(target) in self._targets:
-                self.timelines.setdefault(str(target), _Timeline()).see(event)
+                self.timelines.setdefault(str(target), _Timeline(self._t)).see(event)
         for timeline in self.timelines.values():
             timeline.close_open("unfinished")
         return self
@@ -289,18 +316,18 @@ class _Journal:
                 timeline.close_open("interrupted")
 
 
-def _not_started_reason(name: str, rollout: Mapping[str, Any], batches: list[dict[str, Any]]) -> str:
+def _not_started_reason(name: str, rollout: Mapping[str, Any], batches: list[dict[str, Any]], t: Translate) -> str:
     stopped = rollout.get("stopped")
     if stopped and name in stopped.get("not_started", []):
-        return "not started: rollout stopped"
+        return t("not started: rollout stopped")
     waiting = rollout.get("waiting")
     if waiting is not None and name in batches[waiting]["targets"]:
-        return f"not started: batch {waiting + 1} waits for approval"
-    return "not started"
+        return t("not started: batch {batch} waits for approval").format(batch=waiting + 1)
+    return t("not started")
 
 
 def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batch: int, not_started: str,
-            ) -> dict[str, Any]:
+            t: Translate) -> dict[str, Any]:
     record = body["targets"][name]
     config = body.get("config", {}).get("targets", {}).get(name, {})
     status = str(record.get("status"))
@@ -313,27 +340,28 @@ def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batc
                    for e in record.get("errors") or []],
         "rollback_errors": [*rollback.get("errors", []), *rollback.get("problems", [])],
         "plugins": plugins, "manual_procedure": record.get("manual_procedure"), "evidence": record.get("evidence"),
-        "next": target_next(name, status, dict(record)).replace("RUN", str(body["run_id"])),
+        "next": target_next(name, status, dict(record), t).replace("RUN", str(body["run_id"])),
         "not_started": not_started if status == "pending" and (timeline is None or timeline.started is None) else None,
         **(timeline.to_json() if timeline is not None else {}),
     }
 
 
-def report_data(run_dir: Path) -> dict[str, Any]:
-    """Everything the page shows, as plain JSON: the summary, the rollout, each target's timeline and details."""
+def report_data(run_dir: Path, t: Translate = _english) -> dict[str, Any]:
+    """Everything the page shows, as plain JSON: the summary, the rollout, each target's timeline and details;
+    its words in the language of ``t`` (the keys and the statuses stay the state's)."""
     state = RunState.open(run_dir)
     body = state.snapshot()
     path = run_dir / "events.jsonl"
     skips = JournalSkips()
-    journal = _Journal(set(body["targets"])).read(iter_journal(path, skips) if path.exists() else ())
+    journal = _Journal(set(body["targets"]), t).read(iter_journal(path, skips) if path.exists() else ())
     timelines, modes = journal.timelines, journal.modes
-    rollout = rollout_summary(body)
+    rollout = rollout_summary(body, t)
     batches = (body.get("rollout") or {}).get("batches") or [{"index": 0, "group": None,
                                                              "targets": sorted(body["targets"])}]
     record = body.get("rollout") or {}
     batch_of = {name: i for i, b in enumerate(batches) for name in b["targets"]}
     targets = [_target(name, body, timelines.get(name), batch_of.get(name, len(batches) - 1),
-                       _not_started_reason(name, record, batches))
+                       _not_started_reason(name, record, batches, t), t)
                for name in sorted(body["targets"], key=lambda n: (batch_of.get(n, len(batches)), n))]
     run_started = journal.run_started
     started = run_started if run_started is not None else body.get("created")
@@ -347,7 +375,8 @@ def report_data(run_dir: Path) -> dict[str, Any]:
             "id": body["run_id"], "modes": modes or ["upgrade"], "modes_not_shown": journal.drives - len(modes),
             "status": status, "exit_code": code,
             "exit_name": _EXIT_NAMES.get(code) if code is not None else None,
-            "exit_meaning": _EXIT_MEANINGS.get(code, "") if code is not None else "not finished: no exit code yet",
+            "exit_meaning": t(_EXIT_MEANINGS.get(code, "")) if code is not None
+            else t("not finished: no exit code yet"),
             "package": (body.get("package") or {}).get("version"), "started": started, "finished": finished,
             "duration_s": None if finished is None or started is None else round(float(finished) - started, 3),
             "counts": dict(sorted(Counter(t["status"] for t in targets).items())),
@@ -361,11 +390,12 @@ def report_data(run_dir: Path) -> dict[str, Any]:
             "stopped": rollout["stopped"], "waiting": rollout["waiting"], "lines": rollout["lines"],
             "settings": {k: settings[k] for k in _ROLLOUT_KEYS if k in settings},
         },
-        "next": run_next_commands(body, rollout),
+        "next": run_next_commands(body, rollout, t),
         "axis": {"start": journal.first if journal.first is not None else started,
                  "end": journal.last if journal.last is not None else finished},
         "stages": [stage.value for stage in Stage.ordered()],
         "targets": targets,
+        "labels": page_labels(t),
     }
 
 
@@ -379,46 +409,51 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def _noscript(data: Mapping[str, Any]) -> str:
+def _noscript(data: Mapping[str, Any], t: Translate) -> str:
     """The summary without the script: run facts and one row per target."""
     e = html.escape
     run = data["run"]
     rows = "".join(
-        f"<tr><td>{e(str(t['name']))}</td><td>{e(str(t['status']))}</td><td>{t['batch'] + 1}</td>"
-        f"<td>{e(str(t.get('version_before') or '-'))}</td><td>{e(str(t.get('version') or '-'))}</td>"
-        f"<td>{e(str(t['next']))}</td></tr>" for t in data["targets"])
+        f"<tr><td>{e(str(row['name']))}</td><td>{e(str(row['status']))}</td><td>{row['batch'] + 1}</td>"
+        f"<td>{e(str(row.get('version_before') or '-'))}</td><td>{e(str(row.get('version') or '-'))}</td>"
+        f"<td>{e(str(row['next']))}</td></tr>" for row in data["targets"])
     lines = "".join(f"<li>{e(line)}</li>" for line in [*data["rollout"]["lines"], *data["next"]])
-    return (f"<noscript><p>run {e(str(run['id']))}: {e(run['status'])} (exit {e(str(run['exit_code']))}), "
-            f"package {e(str(run['package']))}. The timeline needs JavaScript.</p><ul>{lines}</ul>"
-            f"<table><thead><tr><th>target</th><th>status</th><th>batch</th><th>version before</th>"
-            f"<th>version after</th><th>next</th></tr></thead><tbody>{rows}</tbody></table></noscript>")
+    heads = "".join(f"<th>{e(t(head))}</th>" for head in (N_("target"), N_("status"), N_("batch"),
+                                                           N_("version before"), N_("version after"), N_("next")))
+    said = t("run {run_id}: {status} (exit {exit_code}), package {package}. The timeline needs JavaScript.").format(
+        run_id=run["id"], status=run["status"], exit_code=run["exit_code"], package=run["package"])
+    return (f"<noscript><p>{e(said)}</p><ul>{lines}</ul>"
+            f"<table><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table></noscript>")
 
 
-def build_report(run_dir: Path) -> str:
-    """The report page of the run in ``run_dir``: one HTML document that loads nothing from anywhere."""
-    data = report_data(run_dir)
+def build_report(run_dir: Path, t: Translate | None = None) -> str:
+    """The report page of the run in ``run_dir``: one HTML document that loads nothing from anywhere; its words
+    in the language of ``t`` (default: the operator's locale)."""
+    t = t or translator()
+    data = report_data(run_dir, t)
     # Only this page's own style and script may run: a message that smuggled markup in could not load anything.
     policy = (f"default-src 'none'; style-src {_csp_hash(CSS)}; script-src {_csp_hash(SCRIPT)}; img-src data:; "
               f"base-uri 'none'; form-action 'none'")
+    lang = "zh-CN" if t("run") != "run" else "en"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{html.escape(policy)}\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>drhost run {html.escape(str(data['run']['id']))}</title>"
+        f"<title>{html.escape(t('drhost run {run_id}').format(run_id=data['run']['id']))}</title>"
         f"<style>{CSS}</style></head><body>"
-        f"<main id=\"report\"></main>{_noscript(data)}"
+        f"<main id=\"report\"></main>{_noscript(data, t)}"
         f"<script type=\"application/json\" id=\"run-data\">{_embed(data)}</script>"
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, t: Translate | None = None) -> Path:
     """Write the report (default ``RUN_DIR/report.html``) atomically, readable by the owner only."""
     path = out if out is not None else run_dir / "report.html"
-    atomic_write(path, build_report(run_dir).encode("utf-8"), 0o600)
+    atomic_write(path, build_report(run_dir, t).encode("utf-8"), 0o600)
     # atomic_write's mode is filtered by the umask; a stricter umask must not leave the report unreadable.
     os.chmod(path, 0o600)
     return path
 
 
-__all__ = ["build_report", "report_data", "write_report"]
+__all__ = ["build_report", "page_labels", "report_data", "write_report"]

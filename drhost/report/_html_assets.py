@@ -78,6 +78,14 @@ SCRIPT = r"""
   var data = JSON.parse(document.getElementById("run-data").textContent);
   var root = document.getElementById("report");
   var axis = data.axis, span = Math.max((axis.end || 0) - (axis.start || 0), 0.001);
+  // The page's words in the operator's language: data.labels maps an English text to its translation (absent in
+  // English); {name} fields are filled after translation, as drhost.i18n does.
+  var LABELS = data.labels || {};
+  function L(text, fields) {
+    var out = Object.prototype.hasOwnProperty.call(LABELS, text) ? LABELS[text] : text;
+    return fields ? out.replace(/\{(\w+)\}/g, function (m, k) { return k in fields ? String(fields[k]) : m; }) : out;
+  }
+  function word(key) { var text = String(key).replace(/_/g, " "); return L(text); }
   var GLYPHS = {timeout: "\u23f1", failure: "\u2715", retry: "\u21bb", warning: "!", decision: "?", skipped: "\u2013",
                 network: "\u21af"};
 
@@ -104,7 +112,7 @@ SCRIPT = r"""
     node.style.width = Math.max(0, pct(end === null ? axis.end : end) - left) + "%";
     return node;
   }
-  function badge(status) { return el("span", "badge s-" + status, status.replace(/_/g, " ")); }
+  function badge(status) { return el("span", "badge s-" + status, word(status)); }
   function fact(list, name, value) {
     add(list, el("dt", null, name));
     var dd = add(list, el("dd"));
@@ -114,28 +122,32 @@ SCRIPT = r"""
 
   function summary() {
     var run = data.run;
-    add(root, el("h1", null, "drhost run " + run.id));
+    add(root, el("h1", null, L("drhost run {run_id}", {run_id: run.id})));
     var facts = add(root, el("dl", "facts"));
     facts.id = "summary";
-    fact(facts, "run", run.id);
-    fact(facts, "mode", run.modes.join(", then "));
-    fact(facts, "status", badge(run.status));
-    fact(facts, "exit", run.exit_code === null ? run.exit_meaning
+    fact(facts, L("run"), run.id);
+    fact(facts, L("mode"), run.modes.map(word).join(L(", then ")));
+    fact(facts, L("status"), badge(run.status));
+    fact(facts, L("exit"), run.exit_code === null ? run.exit_meaning
       : run.exit_code + " " + run.exit_name + ": " + run.exit_meaning).className = "exit";
-    fact(facts, "package", run.package || "-");
-    fact(facts, "started", clock(run.started));
-    fact(facts, "finished", run.finished ? clock(run.finished) : "not finished");
-    fact(facts, "duration", seconds(run.duration_s));
-    var counts = Object.keys(run.counts).map(function (k) { return run.counts[k] + " " + k.replace(/_/g, " "); });
-    fact(facts, "targets", counts.join(", ")).className = "counts";
-    if (run.weaker_isolation) { fact(facts, "weaker isolation", run.weaker_isolation); }
-    if (run.recovered_from) { fact(facts, "state", "previous generation used: " + run.recovered_from); }
-    if (run.journal_skipped) { fact(facts, "journal", "events incomplete: " + run.journal_skipped); }
+    fact(facts, L("package"), run.package || "-");
+    fact(facts, L("started"), clock(run.started));
+    fact(facts, L("finished"), run.finished ? clock(run.finished) : L("not finished"));
+    fact(facts, L("duration"), seconds(run.duration_s));
+    var counts = Object.keys(run.counts).map(function (k) { return run.counts[k] + " " + word(k); });
+    fact(facts, L("targets"), counts.join(", ")).className = "counts";
+    if (run.weaker_isolation) { fact(facts, L("weaker isolation"), run.weaker_isolation); }
+    if (run.recovered_from) {
+      fact(facts, L("state"), L("previous generation used: {why}", {why: run.recovered_from}));
+    }
+    if (run.journal_skipped) {
+      fact(facts, L("journal"), L("events incomplete: {what}", {what: run.journal_skipped}));
+    }
   }
 
   function rollout() {
     var r = data.rollout;
-    add(root, el("h2", null, "Rollout"));
+    add(root, el("h2", null, L("Rollout")));
     var keys = Object.keys(r.settings);
     if (keys.length) {
       var text = keys.map(function (k) { return k + " = " + (r.settings[k] === "" ? "-" : r.settings[k]); })
@@ -144,23 +156,24 @@ SCRIPT = r"""
     }
     var list = add(root, el("ol", "batches"));
     var status = {};
-    data.targets.forEach(function (t) { status[t.name] = t.status.replace(/_/g, " "); });
+    data.targets.forEach(function (t) { status[t.name] = word(t.status); });
     r.batches.forEach(function (b) {
       var names = b.targets.map(function (n) { return n + " (" + status[n] + ")"; });
-      var item = add(list, el("li", null, (b.group ? "group " + b.group + ": " : "") + names.join(", ")));
+      var item = add(list, el("li", null, (b.group ? L("group {group}: ", {group: b.group}) : "") + names.join(", ")));
       item.setAttribute("data-batch", String(b.index));
     });
     if (r.stopped) {
       var stop = add(root, el("div", "notice stop-reason",
-        "rollout stopped in batch " + (r.stopped.batch + 1) + ": " + r.stopped.reason));
-      add(stop, el("div", "not-started-list", "not started: " + (r.stopped.not_started.join(", ") || "none")));
+        L("rollout stopped in batch {batch}: {reason}", {batch: r.stopped.batch + 1, reason: r.stopped.reason})));
+      add(stop, el("div", "not-started-list",
+        L("not started: {targets}", {targets: r.stopped.not_started.join(", ") || L("none")})));
     }
     if (r.waiting !== null && r.waiting !== undefined) {
-      add(root, el("div", "notice waiting", "waiting for approval of batch " + (r.waiting + 1) + ": "
-        + r.batches[r.waiting].targets.join(", ")));
+      add(root, el("div", "notice waiting", L("waiting for approval of batch {batch}: {targets}",
+        {batch: r.waiting + 1, targets: r.batches[r.waiting].targets.join(", ")})));
     }
-    add(root, el("h2", null, "Next"));
-    add(root, el("pre", "next", data.next.length ? data.next.join("\n") : "nothing to do"));
+    add(root, el("h2", null, L("Next")));
+    add(root, el("pre", "next", data.next.length ? data.next.join("\n") : L("nothing to do")));
   }
 
   function legend() {
@@ -168,25 +181,25 @@ SCRIPT = r"""
     data.stages.forEach(function (s) {
       var item = add(box, el("span"));
       add(item, el("i", "swatch stage-" + s));
-      add(item, document.createTextNode(s));
+      add(item, document.createTextNode(word(s)));
     });
     [["bar rollback", "rollback"], ["bar cleanup", "cleanup"]].forEach(function (p) {
       var item = add(box, el("span"));
       var sw = add(item, el("i", "swatch " + p[0]));
       sw.style.position = "static";
-      add(item, document.createTextNode(p[1]));
+      add(item, document.createTextNode(word(p[1])));
     });
     Object.keys(GLYPHS).forEach(function (k) {
       var item = add(box, el("span"));
       var m = add(item, el("i", "marker marker-" + k, GLYPHS[k]));
       m.style.position = "static"; m.style.transform = "none";
-      add(item, document.createTextNode(k));
+      add(item, document.createTextNode(word(k)));
     });
   }
 
   function axisRow(box) {
     var row = add(box, el("div", "row axis"));
-    add(row, el("div", "label muted", "from " + clock(axis.start)));
+    add(row, el("div", "label muted", L("from {time}", {time: clock(axis.start)})));
     var track = add(row, el("div", "track"));
     var steps = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
     var step = steps.filter(function (s) { return span / s <= 10; })[0] || span / 10;
@@ -197,10 +210,12 @@ SCRIPT = r"""
   }
 
   function stepTitle(s) {
-    return s.step + " (" + s.plugin + ")\nstage " + s.stage + ", attempt " + s.attempt + "/" + s.attempts
-      + "\nduration " + seconds(s.duration_s !== undefined && s.duration_s !== null ? s.duration_s
-        : (s.end || axis.end) - s.start)
-      + "\noutcome: " + s.outcome + (s.message ? "\n" + s.message : "");
+    return s.step + " (" + s.plugin + ")\n"
+      + L("stage {stage}, attempt {attempt}/{attempts}",
+          {stage: word(s.stage), attempt: s.attempt, attempts: s.attempts})
+      + "\n" + L("duration {time}", {time: seconds(s.duration_s !== undefined && s.duration_s !== null ? s.duration_s
+        : (s.end || axis.end) - s.start)})
+      + "\n" + L("outcome: {outcome}", {outcome: word(s.outcome)}) + (s.message ? "\n" + s.message : "");
   }
   function stepBar(parent, s, from, length) {
     var bar = add(parent, el("div", "bar step outcome-" + s.outcome));
@@ -228,7 +243,8 @@ SCRIPT = r"""
     (t.stages || []).forEach(function (s) {
       var bar = place(add(track, el("div", "bar stage stage-" + s.stage + " outcome-" + s.outcome)), s.start, s.end);
       var end = s.end === null ? axis.end : s.end;
-      bar.title = "stage " + s.stage + ": " + s.outcome + "\n" + clock(s.start) + " \u2192 " + clock(s.end)
+      bar.title = L("stage {stage}: {outcome}", {stage: word(s.stage), outcome: word(s.outcome)}) + "\n"
+        + clock(s.start) + " \u2192 " + clock(s.end)
         + " (" + seconds(end - s.start) + ")" + (s.message ? "\n" + s.message : "");
       bar.setAttribute("data-stage", s.stage);
       s.steps.forEach(function (step) { stepBar(bar, step, s.start, end - s.start); });
@@ -240,11 +256,13 @@ SCRIPT = r"""
     });
     (t.cleanups || []).forEach(function (c) {
       var bar = place(add(track, el("div", "bar cleanup outcome-" + c.outcome)), c.start, c.end);
-      bar.title = "cleanup of stage " + c.stage + ": " + c.outcome;
+      bar.title = L("cleanup of stage {stage}: {outcome}", {stage: word(c.stage), outcome: word(c.outcome)});
     });
     (t.rollbacks || []).forEach(function (r) {
       var bar = place(add(track, el("div", "bar rollback outcome-" + r.outcome)), r.start, r.end);
-      bar.title = "rollback (" + r.outcome + "): stages " + r.stages.join(", ") + (r.message ? "\n" + r.message : "");
+      bar.title = L("rollback ({outcome}): stages {stages}",
+                    {outcome: word(r.outcome), stages: r.stages.map(word).join(", ")})
+        + (r.message ? "\n" + r.message : "");
       var length = (r.end === null ? axis.end : r.end) - r.start;
       r.parts.forEach(function (p) {
         var part = add(bar, el("div", "bar rb-part status-" + p.status));
@@ -267,28 +285,29 @@ SCRIPT = r"""
   }
 
   function timeline() {
-    add(root, el("h2", null, "Timeline"));
+    add(root, el("h2", null, L("Timeline")));
     legend();
     var box = add(root, el("div", "timeline"));
     box.id = "timeline";
     axisRow(box);
     var r = data.rollout;
     r.batches.forEach(function (b) {
-      var header = add(box, el("div", "batch-header", "batch " + (b.index + 1) + " of " + r.batches.length));
+      var header = add(box, el("div", "batch-header",
+        L("batch {number} of {count}", {number: b.index + 1, count: r.batches.length})));
       header.setAttribute("data-batch", String(b.index));
-      var more = (b.group ? " \u00b7 group " + b.group : "") + " \u00b7 " + b.targets.length + " target"
-        + (b.targets.length === 1 ? "" : "s");
-      if (r.stopped && r.stopped.batch === b.index) { more += " \u00b7 rollout stopped here"; }
-      if (r.waiting === b.index) { more += " \u00b7 waits for approval"; }
+      var more = (b.group ? " \u00b7 " + L("group {group}", {group: b.group}) : "") + " \u00b7 "
+        + (b.targets.length === 1 ? L("1 target") : L("{count} targets", {count: b.targets.length}));
+      if (r.stopped && r.stopped.batch === b.index) { more += " \u00b7 " + L("rollout stopped here"); }
+      if (r.waiting === b.index) { more += " \u00b7 " + L("waits for approval"); }
       add(header, el("span", "muted", more));
       data.targets.filter(function (t) { return t.batch === b.index; }).forEach(function (t) { targetRow(box, t); });
     });
   }
 
   // What report_data leaves out past its per-target limits (not_shown), in words.
-  var HIDDEN = {markers: "markers", steps: "step bars", stages: "stage bars", cleanups: "cleanup bars",
-    rollbacks: "rollbacks", rollback_parts: "rollback parts", timeouts: "timeout reports",
-    output_dropped: "output notes"};
+  var HIDDEN = {markers: L("markers"), steps: L("step bars"), stages: L("stage bars"), cleanups: L("cleanup bars"),
+    rollbacks: L("rollbacks"), rollback_parts: L("rollback parts"), timeouts: L("timeout reports"),
+    output_dropped: L("output notes")};
 
   function listSection(parent, title, items, render) {
     if (!items || !items.length) { return; }
@@ -298,50 +317,52 @@ SCRIPT = r"""
   }
 
   function details() {
-    add(root, el("h2", null, "Targets"));
+    add(root, el("h2", null, L("Targets")));
     data.targets.forEach(function (t) {
       var box = add(root, el("section", "target-details"));
       box.setAttribute("data-target", t.name);
       var h = add(box, el("h3", null, t.name + " "));
       add(h, badge(t.status));
       var facts = add(box, el("dl", "facts"));
-      fact(facts, "batch", (t.batch + 1) + (t.group ? " (group " + t.group + ")" : ""));
-      if (t.host) { fact(facts, "host", t.host); }
-      fact(facts, "version before", t.version_before || "-");
-      fact(facts, "version after", t.version || "-");
-      if (t.not_started) { fact(facts, "started", t.not_started); }
+      fact(facts, L("batch"), (t.batch + 1) + (t.group ? " " + L("(group {group})", {group: t.group}) : ""));
+      if (t.host) { fact(facts, L("host"), t.host); }
+      fact(facts, L("version before"), t.version_before || "-");
+      fact(facts, L("version after"), t.version || "-");
+      if (t.not_started) { fact(facts, L("started"), t.not_started); }
       (t.rollbacks || []).forEach(function (r) {
-        var parts = r.parts.map(function (p) { return p.stage + " " + p.status; });
-        fact(facts, "rollback", r.outcome + (parts.length ? ": " + parts.join(", ") : "")).className = "rollback";
+        var parts = r.parts.map(function (p) { return word(p.stage) + " " + word(p.status); });
+        fact(facts, L("rollback"), word(r.outcome) + (parts.length ? ": " + parts.join(", ") : ""))
+          .className = "rollback";
       });
-      fact(facts, "next", t.next);
-      listSection(box, "Errors", t.errors, function (e) {
+      fact(facts, L("next"), t.next);
+      listSection(box, L("Errors"), t.errors, function (e) {
         return clock(e.ts) + " [" + (e.stage || "-") + "] " + (e.step ? e.step + " " : "") + (e.plugin || "")
           + ": " + e.message + (e.action ? " (" + e.action + ")" : "");
       });
-      listSection(box, "Rollback errors", t.rollback_errors, function (e) { return e; });
-      listSection(box, "Plugins that did not end ok", Object.keys(t.plugins || {}), function (p) {
+      listSection(box, L("Rollback errors"), t.rollback_errors, function (e) { return e; });
+      listSection(box, L("Plugins that did not end ok"), Object.keys(t.plugins || {}), function (p) {
         var e = t.plugins[p];
-        return p + ": " + e.ended + (e.why ? " \u2014 " + e.why : "") + (e.limit ? " (limit " + e.limit + ")" : "");
+        return p + ": " + word(e.ended) + (e.why ? " \u2014 " + e.why : "")
+          + (e.limit ? " " + L("(limit {limit})", {limit: e.limit}) : "");
       });
       if (t.timeouts && t.timeouts.length) {
-        add(box, el("h4", null, "Timeouts"));
+        add(box, el("h4", null, L("Timeouts")));
         t.timeouts.forEach(function (x) { add(box, el("pre", "timeout-report", x.message)); });
       }
-      listSection(box, "Plugin output over its limits", t.output_dropped, function (o) {
+      listSection(box, L("Plugin output over its limits"), t.output_dropped, function (o) {
         return clock(o.ts) + " [" + (o.stage || "-") + "] " + (o.step ? o.step + " " : "") + (o.plugin || "")
           + ": " + o.message;
       });
       var hidden = Object.keys(t.not_shown || {}).filter(function (k) { return t.not_shown[k] > 0; });
       if (hidden.length) {
         add(box, el("p", "muted not-shown", hidden.map(function (k) {
-          return t.not_shown[k] + " more " + (HIDDEN[k] || k) + " not shown";
+          return L("{count} more {what} not shown", {count: t.not_shown[k], what: HIDDEN[k] || k});
         }).join("; ")));
       }
       if (t.manual_procedure && t.manual_procedure.length) {
-        add(box, el("h4", null, "Manual procedure"));
+        add(box, el("h4", null, L("Manual procedure")));
         add(box, el("pre", "manual-procedure", t.manual_procedure.join("\n")));
-        if (t.evidence) { add(box, el("p", "muted", "evidence: " + t.evidence)); }
+        if (t.evidence) { add(box, el("p", "muted", L("evidence: {path}", {path: t.evidence}))); }
       }
     });
   }
@@ -350,7 +371,7 @@ SCRIPT = r"""
   rollout();
   timeline();
   details();
-  add(root, el("p", "muted", "generated " + clock(data.run.generated) + " by drhost report"));
+  add(root, el("p", "muted", L("generated {time} by drhost report", {time: clock(data.run.generated)})));
   document.documentElement.setAttribute("data-rendered", "yes");
 })();
 """
