@@ -87,8 +87,8 @@ class ConfigError(DrhostError):
         self.expected = expected
         self.found = found
         # "<...>" describes what was found (no quotes); anything else is the value itself, quoted.
-        found_text = shown(found) if isinstance(found, str) and found.startswith("<") else shown(repr(found))
-        super().__init__(f"{origin}: expected {expected}, found {found_text}")
+        self.found_text = shown(found) if isinstance(found, str) and found.startswith("<") else shown(repr(found))
+        super().__init__(f"{origin}: expected {expected}, found {self.found_text}")
 
     def details(self) -> dict[str, Any]:
         found = {"file": self.origin.file, "section": self.origin.section, "key": self.origin.key}

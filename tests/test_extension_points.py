@@ -62,8 +62,8 @@ def test_every_isolation_kind_answers_availability_doctor_and_clean_up(name: str
     found = kind.available(config)
     assert isinstance(found, Availability) and isinstance(found.reason, str) and found.reason
     sections = kind.doctor(config)
-    assert all(isinstance(line, str) for line in kind.doctor_lines(sections))
-    assert (sections == {}) == (kind.doctor_lines(sections) == [])
+    assert all(isinstance(line, str) for line in kind.doctor_lines(sections, lambda m: m))
+    assert (sections == {}) == (kind.doctor_lines(sections, lambda m: m) == [])
     removed = kind.clean_up("19700101-000000-nothing", config, previous_gone=False, spare=lambda _: True)
     assert all(isinstance(r, Removed) for r in removed) and removed == []
     assert kind.weaker is None or isolation(kind.weaker).weaker is None

@@ -166,3 +166,34 @@ def test_status_words_are_translated_for_the_text_and_stay_english_for_the_json(
     assert "drhost resume 20261207-1" in stopped and "1 of 1 failed" in stopped and "分批发布" in stopped
     assert status_word("rolled_back", translator("C")) == "rolled_back"
     assert status_word("rolled_back", translator("zh_CN")) == "已回滚"
+
+
+def test_a_setting_error_in_chinese_keeps_what_it_quotes(tmp_path: Path) -> None:
+    """With zh_CN a bad setting is refused in Chinese words, quoting the key, the value and what was expected
+    exactly as in English (an operator can search for them); the --json object stays English."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def refused(lang: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LANG": lang, "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(tmp_path)}
+        return subprocess.run([sys.executable, "-m", "drhost", "plan", "--demo", "--set", "run.forks=lots",
+                               "--json"], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+
+    english, chinese = refused("C"), refused("zh_CN.UTF-8")
+    assert english.returncode == chinese.returncode == 2
+    assert english.stderr.startswith("drhost: error: ") and ": expected " in english.stderr
+    assert chinese.stderr.startswith("drhost: 错误: ") and ": 期望 " in chinese.stderr
+    assert "实际为 'lots'" in chinese.stderr
+    assert "forks" in chinese.stderr
+    assert json.loads(chinese.stdout) == json.loads(english.stdout)
+
+
+def test_doctor_lines_in_chinese() -> None:
+    """The isolation kinds' doctor lines read in Chinese with zh_CN (what podman said stays as it said it)."""
+    from drhost.supervisor import ISOLATION_KINDS
+
+    report = {"podman": {"present": False}, "container": {"available": False, "detail": "podman not found"}}
+    lines = ISOLATION_KINDS["container"].doctor_lines(report, translator("zh_CN"))
+    assert lines == ["podman: 在 PATH 中未找到", "容器沙箱: 不可用: podman not found"]

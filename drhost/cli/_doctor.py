@@ -16,7 +16,7 @@ from drhost_hookspecs._runtime import PROBE_PLUGIN, PROBE_VALUE
 
 from ..config import LoadedConfig, load_config
 from ..errors import ConfigError, DrhostError, ExitCode, Origin
-from ..i18n import translator
+from ..i18n import N_, translator
 from ..policy import class_policy
 from ..preflight import load_package
 from ..supervisor import (
@@ -34,32 +34,32 @@ from ..target_check import all_ok, check_target
 
 #: What each mechanism does NOT guarantee, for the operator deciding whether it is enough.
 CAVEATS = {
-    "thread": "runs inside drhost itself: no memory, CPU or process limit is enforced (memory_mb is sampled and "
-              "warned about, cpu_percent is not applied at all); a crash, a leak or a hang "
-              "in C code is drhost's own; a hung step cannot be killed, only asked to stop (cooperative deadline)",
-    "cgroup_memory": "counts the page cache the worker causes, not only its own memory; the kernel OOM killer "
-                     "sends SIGKILL, so the plugin gets no chance to clean up; nested under drhost's own cgroup, "
-                     "whose lower limit (if any) wins",
-    "cgroup_cpu": "a share of one core per 100 ms period, not a deadline: a throttled step runs longer and "
-                  "is stopped by the step timeout, not by the CPU limit",
-    "cgroup_pids": "counts threads as well as processes; bounds how many exist at once, not what each does",
-    "cgroup_kill": "every process in the cgroup is killed, setsid() escapees included; work handed to another "
-                   "service (systemd, cron, a remote host) is outside the cgroup",
-    "rlimit_memory": "RLIMIT_AS bounds address space, not memory: thread stacks and malloc arenas hit it early "
-                     "and mapped files count; resident memory is only sampled by the supervisor every 0.25 s, "
-                     "so a fast allocation overshoots before the worker is killed",
-    "rlimit_cpu": "no CPU share: a spinning plugin can take a whole core",
-    "rlimit_pids": "RLIMIT_NPROC does nothing for root; the process count is only sampled by the supervisor",
-    "rlimit_kill": "the process group is killed: a child that calls setsid() leaves the group and survives",
-    "nofile": "RLIMIT_NOFILE is per process: every child the plugin starts gets its own count",
-    "container": "shares the host's kernel (no VM boundary); limits and confinement are what podman and its OCI "
-                 "runtime enforce (see 'limits')",
-    "confined": "the host stays readable where it is world-readable (read-only, not hidden; only directories the "
-                "worker user cannot traverse and /run are hidden); the kernel is shared, and where it allows "
-                "unprivileged user namespaces they are kernel attack surface; all process workers share one uid "
-                "(their own pid namespaces keep them from signalling or tracing each other)",
-    "network_none": "an empty network namespace: the worker reaches its target only through the Context API",
-    "network_host": "the host's network: a plugin can open any connection the controller can",
+    "thread": N_("runs inside drhost itself: no memory, CPU or process limit is enforced (memory_mb is sampled and "
+                 "warned about, cpu_percent is not applied at all); a crash, a leak or a hang "
+                 "in C code is drhost's own; a hung step cannot be killed, only asked to stop (cooperative deadline)"),
+    "cgroup_memory": N_("counts the page cache the worker causes, not only its own memory; the kernel OOM killer "
+                        "sends SIGKILL, so the plugin gets no chance to clean up; nested under drhost's own cgroup, "
+                        "whose lower limit (if any) wins"),
+    "cgroup_cpu": N_("a share of one core per 100 ms period, not a deadline: a throttled step runs longer and "
+                     "is stopped by the step timeout, not by the CPU limit"),
+    "cgroup_pids": N_("counts threads as well as processes; bounds how many exist at once, not what each does"),
+    "cgroup_kill": N_("every process in the cgroup is killed, setsid() escapees included; work handed to another "
+                      "service (systemd, cron, a remote host) is outside the cgroup"),
+    "rlimit_memory": N_("RLIMIT_AS bounds address space, not memory: thread stacks and malloc arenas hit it early "
+                        "and mapped files count; resident memory is only sampled by the supervisor every 0.25 s, "
+                        "so a fast allocation overshoots before the worker is killed"),
+    "rlimit_cpu": N_("no CPU share: a spinning plugin can take a whole core"),
+    "rlimit_pids": N_("RLIMIT_NPROC does nothing for root; the process count is only sampled by the supervisor"),
+    "rlimit_kill": N_("the process group is killed: a child that calls setsid() leaves the group and survives"),
+    "nofile": N_("RLIMIT_NOFILE is per process: every child the plugin starts gets its own count"),
+    "container": N_("shares the host's kernel (no VM boundary); limits and confinement are what podman and its OCI "
+                    "runtime enforce (see 'limits')"),
+    "confined": N_("the host stays readable where it is world-readable (read-only, not hidden; only directories the "
+                   "worker user cannot traverse and /run are hidden); the kernel is shared, and where it allows "
+                   "unprivileged user namespaces they are kernel attack surface; all process workers share one uid "
+                   "(their own pid namespaces keep them from signalling or tracing each other)"),
+    "network_none": N_("an empty network namespace: the worker reaches its target only through the Context API"),
+    "network_host": N_("the host's network: a plugin can open any connection the controller can"),
 }
 
 
@@ -150,7 +150,7 @@ def doctor_report(config: Mapping[str, Any]) -> dict[str, Any]:
 def _print_text(report: Mapping[str, Any]) -> None:
     t = translator()
     for kind in ISOLATION_KINDS.values():
-        for line in kind.doctor_lines(report):
+        for line in kind.doctor_lines(report, t):
             print(line)
     for name, row in report["classes"].items():
         print("\n" + t("class {name}: isolation {isolation}").format(name=name, isolation=row["isolation"]))
@@ -165,7 +165,10 @@ def _print_text(report: Mapping[str, Any]) -> None:
             for what, result in (proven.get("refused") or {}).items():
                 print("    " + t("refused: {what} ({result})").format(what=what, result=result))
         for caveat in row["not_guaranteed"]:
-            print("  " + t("does not guarantee - {caveat}").format(caveat=caveat))
+            # "memory: TEXT" in the JSON (English); the text is a CAVEATS entry, translated here.
+            key, _, text = caveat.partition(": ")
+            shown = f"{key}: {t(text)}" if text else t(caveat)
+            print("  " + t("does not guarantee - {caveat}").format(caveat=shown))
 
 
 def _doctor_targets(args: argparse.Namespace, config: LoadedConfig) -> int:

@@ -19,7 +19,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import ExitCode, UsageError, error_details, json_value, quote, shown
+from ..errors import (
+    ConfigError,
+    EnvironmentVariableError,
+    ExitCode,
+    UsageError,
+    error_details,
+    json_value,
+    quote,
+    shown,
+)
+from ..i18n import Translate, translator
 
 #: Longest command-line argument accepted: a path longer than PATH_MAX, or a run id or setting this long, is a
 #: mistake (a pasted file, a runaway script), and repeating it in an error would bury the line that names it.
@@ -78,9 +88,26 @@ def _unicode(value: Any) -> Any:
     return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
 
 
+def said(exc: BaseException, t: Translate) -> str:
+    """The error's message in the operator's language where drhost words it from parts (a setting's file, key,
+    expected and found; an environment variable), else as raised: what it quotes (paths, keys, values, a
+    plugin's own words) is the same in every language, so an operator can search for it."""
+    if isinstance(exc, ConfigError):
+        return t("{origin}: expected {expected}, found {found}").format(origin=exc.origin, expected=exc.expected,
+                                                                       found=exc.found_text)
+    if isinstance(exc, EnvironmentVariableError):
+        return t("environment variable {variable}={value}: expected {expected}").format(
+            variable=exc.variable, value=quote(exc.value), expected=exc.expected)
+    return str(exc)
+
+
 def report(exc: BaseException, code: int, *, as_json: bool, line: str | None = None, **extra: Any) -> int:
-    """Say that the command failed: ``line`` (default ``drhost: error: EXC``) on stderr, the object on stdout."""
-    print(line or f"drhost: error: {exc}", file=sys.stderr)
+    """Say that the command failed: ``line`` (default ``drhost: error: EXC``, in the operator's language) on
+    stderr, the object (English, for tools) on stdout."""
+    if line is None:
+        t = translator()
+        line = t("drhost: error: {message}").format(message=said(exc, t))
+    print(line, file=sys.stderr)
     if as_json:
         print(json.dumps(error_object(exc, code, **extra)))
     return code
@@ -115,9 +142,11 @@ def write_debug_log(exc: BaseException, argv: Sequence[str], state_dir: Path | N
 def internal_error(exc: BaseException, argv: Sequence[str], state_dir: Path | None, *, as_json: bool) -> int:
     """An exception nobody expected: one line naming it and the debug log with its traceback; exit 1."""
     log = write_debug_log(exc, argv, state_dir)
-    where = f"details: {log}" if log else "no debug log could be written"
+    t = translator()
+    where = t("details: {path}").format(path=log) if log else t("no debug log could be written")
     message = json_value(" ".join(str(exc).split()))  # one line, whatever the exception's text holds
-    line = f"drhost: internal error: {type(exc).__name__}: {message} ({where})"
+    line = t("drhost: internal error: {exception}: {message} ({where})").format(
+        exception=type(exc).__name__, message=message, where=where)
     return report(exc, ExitCode.FAILED, as_json=as_json, line=line, message=message, type="InternalError",
                   exception=type(exc).__name__, debug_log=str(log) if log else None)
 

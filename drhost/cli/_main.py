@@ -13,6 +13,7 @@ from .._environment import check_environment
 from .._stdout import cli_stdout
 from ..authoring import PLUGIN_CLASSES
 from ..errors import DrhostError, ExitCode
+from ..i18n import translator
 from ..packaging import PackageError
 from ..policy import RUN_ON_FAILURES
 from ._doctor import cmd_doctor
@@ -150,7 +151,7 @@ def _command(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.SUCCEEDED
     except KeyboardInterrupt as exc:
-        return report(exc, ExitCode.INTERRUPTED, as_json=as_json, line="drhost: interrupted",
+        return report(exc, ExitCode.INTERRUPTED, as_json=as_json, line=translator()("drhost: interrupted"),
                       message="interrupted")
     except Exception as exc:
         # Nothing above expected it: the operator gets one line and where the traceback is, never the traceback.

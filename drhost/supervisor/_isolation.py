@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..i18n import Translate
 from ..policy import ClassPolicy, Isolation
 from ..transport import Availability
 from ._cgroups import LIMIT_CONTROLLERS, cgroup_support, probe_cgroups, remove_run_cgroups
@@ -67,8 +68,8 @@ class IsolationKind(Protocol):
         """The top-level sections of ``drhost doctor --json`` this kind owns (probed now)."""
         ...
 
-    def doctor_lines(self, report: Mapping[str, Any]) -> list[str]:
-        """The plain ``drhost doctor`` lines of those sections."""
+    def doctor_lines(self, report: Mapping[str, Any], t: Translate) -> list[str]:
+        """The plain ``drhost doctor`` lines of those sections, in the language of ``t``."""
         ...
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
@@ -100,7 +101,7 @@ class ThreadIsolation:
     def doctor(self, config: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
-    def doctor_lines(self, report: Mapping[str, Any]) -> list[str]:
+    def doctor_lines(self, report: Mapping[str, Any], t: Translate) -> list[str]:
         return []
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
@@ -165,15 +166,17 @@ class ProcessIsolation:
                             "controllers": controllers},
                 "process_network": network}
 
-    def doctor_lines(self, report: Mapping[str, Any]) -> list[str]:
+    def doctor_lines(self, report: Mapping[str, Any], t: Translate) -> list[str]:
         cg = report["cgroups"]
         version = {0: "none", 1: "v1", 2: "v2"}.get(cg["version"], str(cg["version"]))
-        lines = [f"cgroups: {version} ([process] cgroups = {cg['mode']})"]
+        lines = [t("cgroups: {version} ([process] cgroups = {mode})").format(version=version, mode=cg["mode"])]
         for name, row in cg["controllers"].items():
-            state = f"usable under {row['parent']}" if row["usable"] else f"NOT usable: {row['problem']}"
+            state = (t("usable under {parent}").format(parent=row["parent"]) if row["usable"]
+                     else t("NOT usable: {problem}").format(problem=row["problem"]))
             lines.append(f"  {name:8} {state}")
         net = report["process_network"]
-        lines.append(f"process network: {net['mode']}" + (f" ({net.get('detail')})" if "detail" in net else ""))
+        lines.append(t("process network: {mode}").format(mode=net["mode"])
+                     + (f" ({net.get('detail')})" if "detail" in net else ""))
         return lines
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
@@ -228,13 +231,13 @@ class ContainerIsolation:
         found = self.available(config)
         return {"podman": _podman_version(), "container": {"available": found.ok, "detail": found.reason}}
 
-    def doctor_lines(self, report: Mapping[str, Any]) -> list[str]:
+    def doctor_lines(self, report: Mapping[str, Any], t: Translate) -> list[str]:
         podman = report["podman"]
         container = report["container"]
         return [f"podman: {podman['version'] or podman.get('error', '?')} ({podman['path']})" if podman["present"]
-                else "podman: not found on PATH",
-                f"container sandbox: {'available' if container['available'] else 'NOT available'}: "
-                f"{container['detail']}"]
+                else t("podman: not found on PATH"),
+                (t("container sandbox: available: {detail}") if container["available"]
+                 else t("container sandbox: NOT available: {detail}")).format(detail=container["detail"])]
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
                      config: dict[str, Any]) -> Sandbox:
