@@ -51,13 +51,15 @@ def make_decide(mode: str, interactive: bool, reporter: Subscriber | None = None
         fixed: Decision = on_failure
         return lambda target, stage, message: fixed
     lock = threading.Lock()
+    t = translator()
 
     def ask(target: str, stage: Stage, message: str) -> Decision:
         pause = reporter.paused() if isinstance(reporter, LiveReporter) else contextlib.nullcontext()
         with lock, pause:
             while True:
-                sys.stderr.write(f"\n{target}: stage {stage.value} failed: {message}\n"
-                                 f"  [r]etry the stage, roll[b]ack this target, or [a]bort (leave it for resume)? ")
+                sys.stderr.write("\n" + t("{target}: stage {stage} failed: {message}").format(
+                    target=target, stage=t(stage.value), message=message) + "\n  " + t(
+                    "[r]etry the stage, roll[b]ack this target, or [a]bort (leave it for resume)? "))
                 sys.stderr.flush()
                 answer = sys.stdin.readline().strip().lower()[:1]
                 if not answer:
@@ -75,6 +77,7 @@ def make_approve(interactive: bool, reporter: Subscriber | None = None, *, grant
     ``granted``: the batch the operator approved by running ``drhost resume`` (the one the run waits for).
     """
     lock = threading.Lock()
+    t = translator()
 
     def approve(batch: Batch, count: int) -> bool:
         if granted is not None and batch.index == granted:
@@ -83,9 +86,10 @@ def make_approve(interactive: bool, reporter: Subscriber | None = None, *, grant
             return False
         pause = reporter.paused() if isinstance(reporter, LiveReporter) else contextlib.nullcontext()
         with lock, pause:
-            group = f" (group {batch.group})" if batch.group else ""
-            sys.stderr.write(f"\nbatch {batch.index + 1} of {count}{group}: {len(batch.targets)} targets: "
-                             f"{', '.join(batch.targets)}\n  start it? [y]es / [n]o (stop here; resume later) ")
+            group = t(" (group {group})").format(group=batch.group) if batch.group else ""
+            sys.stderr.write("\n" + t("batch {number} of {count}{group}: {size} targets: {targets}").format(
+                number=batch.index + 1, count=count, group=group, size=len(batch.targets),
+                targets=", ".join(batch.targets)) + "\n  " + t("start it? [y]es / [n]o (stop here; resume later) "))
             sys.stderr.flush()
             return sys.stdin.readline().strip().lower()[:1] == "y"
 
@@ -154,7 +158,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     assert prepared.package is not None
     extra: dict[str, Any] = {"blocked_plugins": prepared.blocked, "weaker_isolation": prepared.weaker_isolation}
     if prepared.weaker_isolation:
-        print(f"warning: weaker isolation for this run: {prepared.weaker_isolation}", file=sys.stderr)
+        print(translator()("warning: weaker isolation for this run: {what}").format(what=prepared.weaker_isolation),
+              file=sys.stderr)
     if prepared.demo_bastion is not None:
         assert prepared.demo_roots is not None
         for note in start_bastion(prepared.demo_bastion):
@@ -187,7 +192,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     state = create_run(config=prepared.config.data, config_files=prepared.config.files, plan=prepared.plan,
                        package=package_info(prepared.package), extra=extra)
     if not args.json:
-        print(f"run {state.run_id} started; state in {state.run_dir}", file=sys.stderr)
+        print(translator()("run {run_id} started; state in {path}").format(run_id=state.run_id, path=state.run_dir),
+              file=sys.stderr)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     reporter = _reporter(args, len(prepared.plan.steps))
     summary = drive(state, mode="upgrade",
