@@ -53,7 +53,8 @@ class _Link:
 
     def close(self, *, drain_server: bool = False) -> None:
         """Close both sides. ``drain_server``: end the server's stream with a FIN after what was forwarded
-        and read its replies until it closes (<= 2 s), so no RST makes it drop data it has not read yet."""
+        and read its replies until it closes (<= 10 s: a loaded server takes its time), so no RST makes it drop
+        data it has not read yet."""
         with self._lock:
             if self.closed.is_set():
                 return
@@ -70,7 +71,7 @@ class _Link:
     def _drain_server(self) -> None:
         with contextlib.suppress(OSError):
             self.server.shutdown(socket.SHUT_WR)
-            self.server.settimeout(2)
+            self.server.settimeout(10)
             while self.server.recv(65536):
                 pass
         with contextlib.suppress(OSError):
