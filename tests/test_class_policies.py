@@ -16,7 +16,15 @@ pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 TARGETS = ["dr-demo-1", "dr-demo-2"]
 # Two targets side by side are enough for "every target": a third adds a full upgrade to each of 18 cases.
-BASE = ("--demo-targets", "2", "--set", "run.forks=2", "--set", "run.kill_grace_s=0.5")
+FLAGS = ("--set", "run.forks=2", "--set", "run.kill_grace_s=0.5")
+BASE = ("--demo-targets", "2", *FLAGS)
+
+
+def targets_for(kind: str) -> list[str]:
+    """The targets a fault drill runs on: both for a failure, where the class's policy is applied to every
+    target side by side; one for a hang, a crash or a memory bomb, which differ in how the step ends, not in
+    how a policy fans out over the targets (a second target would add an upgrade to each of 12 cases)."""
+    return TARGETS if kind == "fail" else TARGETS[:1]
 
 #: One upgrade-stage step per class: (plugin, class, step, timeout key).
 PLUGINS = {
@@ -43,14 +51,14 @@ def roots_of(state: dict[str, Any]) -> list[Path]:
 
 def fault_args(plugin_class: str, kind: str) -> list[str]:
     plugin, step = PLUGINS[plugin_class]
-    args = [*BASE, "--set", f"plugin.{plugin}.fault={step}:{kind}"]
+    args = [*FLAGS, "--demo-targets", str(len(targets_for(kind))), "--set", f"plugin.{plugin}.fault={step}:{kind}"]
     if kind == "hang":
         args += ["--set", f"timeouts.upgrade.{step}=2"]
     return args
 
 
-def assert_upgraded(roots: list[Path], seed: list[tuple[Any, ...]]) -> None:
-    assert len(roots) == len(TARGETS)
+def assert_upgraded(roots: list[Path], seed: list[tuple[Any, ...]], count: int = len(TARGETS)) -> None:
+    assert len(roots) == count
     for root in roots:
         probe = TargetProbe(root)
         assert probe.current_version == "2.0.0"
@@ -61,8 +69,8 @@ def assert_upgraded(roots: list[Path], seed: list[tuple[Any, ...]]) -> None:
         assert "replicas" in probe.tables()
 
 
-def assert_rolled_back(roots: list[Path], seed: list[tuple[Any, ...]]) -> None:
-    assert len(roots) == len(TARGETS)
+def assert_rolled_back(roots: list[Path], seed: list[tuple[Any, ...]], count: int = len(TARGETS)) -> None:
+    assert len(roots) == count
     for root in roots:
         probe = TargetProbe(root)
         assert probe.current_version == "1.0.0"
@@ -99,8 +107,8 @@ def test_abort_classes_roll_back(drhost: Any, plugin_class: str, kind: str,
     assert summary["status"] == "rolled_back"
     assert {t["status"] for t in summary["targets"].values()} == {"rolled_back"}
     assert {t["version"] for t in summary["targets"].values()} == {"1.0.0"}
-    assert_rolled_back(roots_of(state), fresh_seed_jobs)
-    for name in TARGETS:
+    assert_rolled_back(roots_of(state), fresh_seed_jobs, len(targets_for(kind)))
+    for name in targets_for(kind):
         record = state["targets"][name]
         assert record["status"] == "rolled_back"
         assert record["rollback"]["errors"] == [] and record["rollback"]["problems"] == []
@@ -122,8 +130,8 @@ def test_business_plugin_is_skipped(drhost: Any, kind: str, fresh_seed_jobs: lis
     plugin, step = PLUGINS["business"]
     summary, state, events = run_with_fault(drhost, "business", kind, 0)
     assert summary["status"] == "succeeded"
-    assert_upgraded(roots_of(state), fresh_seed_jobs)
-    for name in TARGETS:
+    assert_upgraded(roots_of(state), fresh_seed_jobs, len(targets_for(kind)))
+    for name in targets_for(kind):
         record = state["targets"][name]
         assert record["status"] == "succeeded" and record["version"] == "2.0.0"
         assert plugin in record["skipped_plugins"], record["skipped_plugins"]
@@ -145,8 +153,8 @@ def test_third_party_error_is_recorded(drhost: Any, kind: str, fresh_seed_jobs: 
     plugin, step = PLUGINS["third_party"]
     summary, state, events = run_with_fault(drhost, "third_party", kind, 0)
     assert summary["status"] == "succeeded"
-    assert_upgraded(roots_of(state), fresh_seed_jobs)
-    for name in TARGETS:
+    assert_upgraded(roots_of(state), fresh_seed_jobs, len(targets_for(kind)))
+    for name in targets_for(kind):
         record = state["targets"][name]
         assert record["status"] == "succeeded" and record["version"] == "2.0.0"
         assert record["skipped_plugins"] == {}
