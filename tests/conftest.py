@@ -172,6 +172,22 @@ def password_login_user() -> Iterator[LoginUser]:
 
 
 @pytest.fixture
+def host(tmp_path: Path) -> Iterator[SshHost]:
+    """A real sshd on loopback for this test (root login, key only), under ``tmp_path/hosts``; skipped where
+    no sshd can run. A file whose tests share one host for speed defines its own, module-scoped ``host``."""
+    from sshd_hosts import sshd_available, start_hosts
+
+    ok, why = sshd_available()
+    if not ok:
+        pytest.skip(why)
+    (sshd,) = start_hosts(tmp_path / "hosts", 1)
+    try:
+        yield sshd
+    finally:
+        sshd.stop()
+
+
+@pytest.fixture
 def login_host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
     """A real sshd on loopback that refuses root login and lets ``login_user`` in (sudo to root)."""
     from sshd_hosts import sshd_available, start_hosts

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,10 @@ from cli_helpers import pids_under, run_json
 from demo_proxy import network_events_of
 from drhost.config import defaults
 from drhost.transport import ManualReconnect, TargetSession, transport
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 
 available, why = sshd_available()
 pytestmark = [pytest.mark.integration, pytest.mark.sshd, pytest.mark.skipif(not available, reason=why)]
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
 
 
 def config_with(**rows: dict[str, float]) -> dict[str, Any]:

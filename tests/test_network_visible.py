@@ -12,7 +12,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,13 @@ from drhost.report import PlainReporter
 from drhost.report._html import report_data
 from drhost.transport import SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 from tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.sshd, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
 MiB = 1024 * 1024
 #: Slack for a loaded 2-core machine (another suite runs beside this one): an upper bound, never a measurement.
 MARGIN_S = 6.0
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    [started] = start_hosts(tmp_path / "hosts", 1)
-    yield started
-    started.stop()
 
 
 def trust_proxy(proxy: TcpProxy, host: SshHost, known: Path) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from drhost.cli import main as drhost_main
 from drhost.config import load_config
 from drhost.config._ssh_config import KEYWORDS, SshConfigError, lookup
 from drhost.errors import ConfigError
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost
 
 SSH = shutil.which("ssh")
 
@@ -161,18 +160,6 @@ def test_any_text_is_read_or_refused_with_a_config_error(tmp_path: Path, text: s
     except SshConfigError:
         return
     assert set(result.settings) <= set(KEYWORDS)
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    ok, why = sshd_available()
-    if not ok:
-        pytest.skip(why)
-    (sshd,) = start_hosts(tmp_path, 1)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
 
 
 @pytest.mark.sshd

@@ -22,22 +22,11 @@ from drhost.errors import DrhostError, ExitCode
 from drhost.transport import AuthError, CommandStopped, HostKeyError, SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
 from drhost.transport._ssh_connect import SilentPeer, _authenticate, _handshake, connect, fingerprint
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost
 
-available, why = sshd_available()
-# The skip is in the sshd fixture, not here: the scripted-peer tests at the end need no sshd.
+# The skip is in the sshd fixture (``host``, tests/conftest.py), not here: the scripted-peer tests at the end
+# need no sshd.
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    if not available:
-        pytest.skip(why)
-    (sshd,) = start_hosts(tmp_path, 1)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
 
 
 def target_for(host: SshHost, **overrides: object) -> SshTarget:

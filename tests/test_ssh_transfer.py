@@ -6,25 +6,17 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drhost.transport import SshSession, SshTarget, TransportError
 from drhost.transport._heartbeat import HeartbeatSettings
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 from tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.sshd, pytest.mark.skipif(not sshd_available()[0], reason=sshd_available()[1])]
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    [started] = start_hosts(tmp_path / "hosts", 1)
-    yield started
-    started.stop()
 
 
 def session_via(proxy: TcpProxy, host: SshHost, tmp_path: Path, reconnects: int = 2) -> SshSession:

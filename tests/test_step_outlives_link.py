@@ -12,7 +12,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from drhost.plugins import discover
 from drhost.state import RunState
 from drhost_hookspecs import PackageInfo
 from plugin_factory import make_plugin
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 from tcp_proxy import TcpProxy
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "schemas" / "command-stop-events.schema.json").read_text())
@@ -93,13 +92,6 @@ def drhost_stage_steps(stage, register):
 @pytest.fixture(autouse=True)
 def only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRHOST_LOAD_PLUGINS", "zz-link")
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    [started] = start_hosts(tmp_path / "hosts", 1)
-    yield started
-    started.stop()
 
 
 def make_run(site: Path, tmp_path: Path, host: SshHost, proxy: TcpProxy, *more: str, hang: str = "never",

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from drhost.errors import ExitCode, RefusedError
 from drhost.orchestrator._target_lock import LockOwner, TargetLock, TargetLocked
 from drhost.transport import LocalSession, SshSession, SshTarget
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost, sshd_available
 
 TWO_HOURS_AGO = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 7200))
 
@@ -370,32 +369,23 @@ def test_root_with_spaces_and_quotes_is_just_a_path(session: LocalSession, tmp_p
 available, why = sshd_available()
 
 
-@pytest.fixture
-def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
-    (sshd,) = start_hosts(tmp_path, 1)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not available, reason=why)
 @pytest.mark.sshd
-def test_over_a_real_ssh_session(ssh_host: SshHost, tmp_path: Path) -> None:
+def test_over_a_real_ssh_session(host: SshHost, tmp_path: Path) -> None:
     """Over SshSession to a real sshd: acquire, a second run refused, release; a nasty root stays a path."""
-    target = SshTarget(ssh_host.name, ssh_host.host, ssh_host.port, key_file=str(ssh_host.client_key),
-                       known_hosts=str(ssh_host.known_hosts))
-    ssh = SshSession(ssh_host.name, target, run_id="run1", work_dir=str(tmp_path / "work"), kill_grace_s=1.0,
+    target = SshTarget(host.name, host.host, host.port, key_file=str(host.client_key),
+                       known_hosts=str(host.known_hosts))
+    ssh = SshSession(host.name, target, run_id="run1", work_dir=str(tmp_path / "work"), kill_grace_s=1.0,
                      poll_interval_s=0.05)
     try:
-        for root in (ssh_host.root, ssh_host.root / NASTY_ROOT):
-            first = TargetLock(ssh, target=ssh_host.name, root=str(root), run_id="run-a")
+        for root in (host.root, host.root / NASTY_ROOT):
+            first = TargetLock(ssh, target=host.name, root=str(root), run_id="run-a")
             assert first.acquire() is None
             assert lock_file(root).parent.stat().st_mode & 0o777 == 0o700
             assert LockOwner.from_json(lock_file(root).read_text()) == first.held
             with pytest.raises(TargetLocked) as refused:
-                TargetLock(ssh, target=ssh_host.name, root=str(root), run_id="run-b").acquire()
+                TargetLock(ssh, target=host.name, root=str(root), run_id="run-b").acquire()
             assert refused.value.owner == first.held and refused.value.stale is False
             first.refresh()
             first.release()
@@ -408,26 +398,26 @@ def test_over_a_real_ssh_session(ssh_host: SshHost, tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.skipif(not available, reason=why)
 @pytest.mark.sshd
-def test_same_run_from_two_controllers_over_real_ssh(ssh_host: SshHost, tmp_path: Path) -> None:
+def test_same_run_from_two_controllers_over_real_ssh(host: SshHost, tmp_path: Path) -> None:
     """Over a real sshd, a second controller of the same run is refused while the first holds the lock (its
     process alive), and takes it back once the first has forgotten it."""
-    target = SshTarget(ssh_host.name, ssh_host.host, ssh_host.port, key_file=str(ssh_host.client_key),
-                       known_hosts=str(ssh_host.known_hosts))
-    sessions = [SshSession(ssh_host.name, target, run_id="run-a", work_dir=str(tmp_path / f"work{i}"),
+    target = SshTarget(host.name, host.host, host.port, key_file=str(host.client_key),
+                       known_hosts=str(host.known_hosts))
+    sessions = [SshSession(host.name, target, run_id="run-a", work_dir=str(tmp_path / f"work{i}"),
                            kill_grace_s=1.0, poll_interval_s=0.05) for i in (1, 2)]
     try:
-        first = TargetLock(sessions[0], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a")
+        first = TargetLock(sessions[0], target=host.name, root=str(host.root), run_id="run-a")
         assert first.acquire() is None
         with pytest.raises(TargetLocked) as refused:
-            TargetLock(sessions[1], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a").acquire()
+            TargetLock(sessions[1], target=host.name, root=str(host.root), run_id="run-a").acquire()
         assert refused.value.owner == first.held and "not provably gone" in str(refused.value)
-        assert LockOwner.from_json(lock_file(ssh_host.root).read_text()) == first.held
+        assert LockOwner.from_json(lock_file(host.root).read_text()) == first.held
         held = first.held
         first.forget()
-        second = TargetLock(sessions[1], target=ssh_host.name, root=str(ssh_host.root), run_id="run-a")
+        second = TargetLock(sessions[1], target=host.name, root=str(host.root), run_id="run-a")
         assert second.acquire() == held
         second.release()
-        assert not lock_file(ssh_host.root).exists()
+        assert not lock_file(host.root).exists()
     finally:
         for session in sessions:
             session.close()
