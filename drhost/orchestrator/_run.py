@@ -158,12 +158,13 @@ def _check_plugins_present(plan: Plan) -> list[str]:
     return changed
 
 
-def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool) -> None:
+def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool, *, worker_dirs: bool = True) -> None:
     """Remove cgroups and containers that a killed controller left (of this run, or orphaned).
 
     Only what provably belongs to a controller that is gone: a live controller of the same run (a copy of
     the run directory resumed elsewhere) keeps its workers. ``previous_gone``: the run's previous controller
-    is provably gone, so what carries no controller pid is its.
+    is provably gone, so what carries no controller pid is its. ``worker_dirs``: also tidy the empty working
+    directories of gone controllers (once a run is enough: at its start).
     """
     run_id = env.state.run_id
     # only the kinds this run uses can have left something (its plan is fixed for the run's lifetime)
@@ -172,6 +173,8 @@ def _remove_leftovers(env: RunEnv, plan: Plan, previous_gone: bool) -> None:
                                                 spare=lambda cgroup: spare_cgroup(run_id, cgroup, previous_gone)):
             names: dict[str, Any] = {removed.what: list(removed.names)}  # the event's field is named as the event
             env.emit(REMOVED_EVENTS[removed.what], message=removed.message, **names)
+    if not worker_dirs:
+        return
     # Empty working directories of workers whose controller was killed: nothing to report, only to tidy.
     stale = remove_stale_worker_dirs()
     if stale:
@@ -401,7 +404,7 @@ def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequen
         executor.abandoned.close()
         locks.close()
         executor.close()
-        _remove_leftovers(env, plan, previous_gone)
+        _remove_leftovers(env, plan, previous_gone, worker_dirs=False)
         journal.close()
         package_logger.removeHandler(handler)
         handler.close()
