@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 #: What an error's message quotes of a value at most: an over-long value must not bury the line that names it.
 QUOTE_LIMIT = 200
@@ -53,10 +54,31 @@ class ExitCode:
     REFUSED = 7
 
 
+_Error = TypeVar("_Error", bound="DrhostError")
+
+
 class DrhostError(Exception):
-    """A problem the operator can act on: printed as one message, never as a traceback."""
+    """A problem the operator can act on: printed as one message, never as a traceback.
+
+    Raised with :meth:`worded`, an error keeps its English template and the fields it fills, so the CLI
+    can say it in the operator's language (:meth:`in_language`); ``str()`` is always the English.
+    """
 
     exit_code = ExitCode.FAILED
+    #: The English message with ``{fields}`` (a message id of drhost.i18n), when raised with :meth:`worded`.
+    template: str | None = None
+    fields: Mapping[str, object] = {}
+
+    @classmethod
+    def worded(cls: type[_Error], template: str, /, **fields: object) -> _Error:
+        """The error whose message is ``template`` filled with ``fields`` (each as it should be quoted)."""
+        error = cls(template.format(**fields))
+        error.template, error.fields = template, fields
+        return error
+
+    def in_language(self, t: Callable[[str], str]) -> str:
+        """The message in the language of ``t``: the template translated, then filled; else as raised."""
+        return t(self.template).format(**self.fields) if self.template is not None else str(self)
 
     def details(self) -> dict[str, Any]:
         """The data this error carries (file, key, value, plugin, target, ...), for the ``--json`` error object."""

@@ -143,13 +143,12 @@ def build_plan(registry: Registry, config: Mapping[str, Any]) -> Plan:
     broken = registry.broken()
     if broken:
         lines = "; ".join(f"{r.name}: {r.error}" for r in broken)
-        raise RefusedError(
-            f"plugin(s) needed by this run are broken: {lines}. Fix the plugin, or leave it out of the run "
-            f"with -p no:NAME (or DRHOST_LOAD_PLUGINS)."
-        )
+        raise RefusedError.worded("plugin(s) needed by this run are broken: {plugins}. Fix the plugin, or leave it "
+                                  "out of the run with -p no:NAME (or DRHOST_LOAD_PLUGINS).", plugins=lines)
     usable = registry.usable()
     if not usable:
-        raise RefusedError("no plugins to run: none installed in group 'drhost.plugins', or all were excluded")
+        raise RefusedError.worded("no plugins to run: none installed in group 'drhost.plugins', or all were "
+                                  "excluded")
     timeouts: Mapping[str, float] = config["timeouts"]
     steps: list[PlannedStep] = []
     plugins: list[PluginEntry] = []

@@ -75,10 +75,10 @@ def container_check(config: LoadedConfig, plan: Plan) -> str | None:
         return None
     if config.data["run"]["allow_weaker_isolation"]:
         return f"{', '.join(confined)} run in child processes instead of containers: {why}"
-    raise RefusedError(
-        f"plugins {', '.join(confined)} must run in a container, and none can be started here: {why}. They will "
-        f"not run unconfined. Install podman with a working OCI runtime, or accept process isolation for this run "
-        f"with --allow-weaker-isolation.")
+    raise RefusedError.worded(
+        "plugins {plugins} must run in a container, and none can be started here: {why}. They will not run "
+        "unconfined. Install podman with a working OCI runtime, or accept process isolation for this run with "
+        "--allow-weaker-isolation.", plugins=", ".join(confined), why=why)
 
 
 #: Files an SSH target reads its credentials from: a run fails at connect time without them.

@@ -15,8 +15,9 @@ import drhost
 from drhost.i18n import LANGUAGES, catalog, translator
 
 SOURCE = Path(drhost.__file__).parent
-#: The callables whose first argument is a message id: ``t(...)``/``self._t(...)`` translate, ``N_`` marks.
-_MARKERS = {"t", "_t", "N_"}
+#: The callables whose first argument is a message id: ``t(...)``/``self._t(...)`` translate, ``N_`` marks,
+#: ``SomeError.worded(...)`` raises an error the CLI says in the operator's language.
+_MARKERS = {"t", "_t", "N_", "worded"}
 #: A message id of the report page's script (drhost/report/_html_assets.py): ``L("...")``.
 _SCRIPT_ID = re.compile(r'\bL\("([^"\\]*)"')
 
@@ -197,3 +198,22 @@ def test_doctor_lines_in_chinese() -> None:
     report = {"podman": {"present": False}, "container": {"available": False, "detail": "podman not found"}}
     lines = ISOLATION_KINDS["container"].doctor_lines(report, translator("zh_CN"))
     assert lines == ["podman: 在 PATH 中未找到", "容器沙箱: 不可用: podman not found"]
+
+
+def test_a_refusal_raised_worded_is_said_in_chinese(tmp_path: Path) -> None:
+    """An error raised with .worded() (here: an unknown run) reads in Chinese with zh_CN, quoting the run id and
+    the directory as they are; the English is the same text the error had before it was worded."""
+    import os
+    import subprocess
+    import sys
+
+    def status(lang: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LANG": lang, "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(tmp_path)}
+        return subprocess.run([sys.executable, "-m", "drhost", "status", "20000101-000000-000000"],
+                              capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+
+    english, chinese = status("C"), status("zh_CN.UTF-8")
+    assert english.returncode == chinese.returncode == 7
+    assert english.stderr.startswith("drhost: error: no run '20000101-000000-000000' under ")
+    assert chinese.stderr.startswith(f"drhost: 错误: {tmp_path / 'runs'} 下没有运行 '20000101-000000-000000'"), \
+        chinese.stderr

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from ..errors import (
     ConfigError,
+    DrhostError,
     EnvironmentVariableError,
     ExitCode,
     UsageError,
@@ -98,6 +99,8 @@ def said(exc: BaseException, t: Translate) -> str:
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(
             variable=exc.variable, value=quote(exc.value), expected=exc.expected)
+    if isinstance(exc, DrhostError):
+        return exc.in_language(t)
     return str(exc)
 
 

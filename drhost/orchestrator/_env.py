@@ -88,7 +88,8 @@ def open_session(name: str, target: Mapping[str, Any], config: Mapping[str, Any]
                  connection: ConnectionType = "plugin_exec") -> TargetSession:
     kind = TRANSPORTS.get(str(target["transport"]))
     if kind is None:
-        raise RefusedError(f"target {name!r}: transport {target['transport']!r} is not built in this drhost")
+        raise RefusedError.worded("target {target}: transport {transport} is not built in this drhost",
+                                  target=repr(name), transport=repr(target["transport"]))
     return kind.connect(name, target, config, run_id=run_id, run_dir=run_dir, on_network=on_network,
                         connection=connection)
 

@@ -94,8 +94,9 @@ def check_controller(state: RunState) -> None:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid() or pid <= 0:
         return
     if _alive(pid, record.get("started")):
-        raise ResumeRefused(f"run {state.run_id} is being driven by drhost pid {pid} on this host (state "
-                            f"{state.run_dir / 'state.json'}): wait for it to end, or stop it, then run again")
+        raise ResumeRefused.worded("run {run} is being driven by drhost pid {pid} on this host (state {path}): wait "
+                                   "for it to end, or stop it, then run again", run=state.run_id, pid=pid,
+                                   path=state.run_dir / "state.json")
 
 
 def _sha256(fd: int) -> str:
@@ -109,31 +110,35 @@ def check_package(state: RunState) -> None:
     """Refuse when the package file is no longer the one verified when the run started."""
     package = state.get("package")
     path, size, sha256 = package.get("local_path"), package.get("size"), package.get("sha256")
-    head = f"run {state.run_id}: package {path}"
+    head = {"run": state.run_id, "package": path}
     if not isinstance(path, str) or not isinstance(sha256, str) or not isinstance(size, int):
-        raise ResumeRefused(f"run {state.run_id}: the state records no verified package (local_path, size, "
-                            f"sha256) in {state.run_dir / 'state.json'}")
+        raise ResumeRefused.worded("run {run}: the state records no verified package (local_path, size, sha256) "
+                                   "in {path}", run=state.run_id, path=state.run_dir / "state.json")
     try:
         # O_NONBLOCK: a FIFO in the package's place must not hang the resume.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ResumeRefused(f"{head}: missing (it was verified when the run started); put the same file back, "
-                            f"or roll back") from None
+        raise ResumeRefused.worded("run {run}: package {package}: missing (it was verified when the run started); "
+                                   "put the same file back, or roll back", **head) from None
     except OSError as exc:
-        raise ResumeRefused(f"{head}: cannot be opened ({exc.strerror or exc})") from None
+        raise ResumeRefused.worded("run {run}: package {package}: cannot be opened ({why})", **head,
+                                   why=exc.strerror or exc) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ResumeRefused(f"{head}: no longer a regular file")
+            raise ResumeRefused.worded("run {run}: package {package}: no longer a regular file", **head)
         if info.st_size != size:
-            raise ResumeRefused(f"{head}: changed since it was verified: size {info.st_size} bytes, was {size}")
+            raise ResumeRefused.worded("run {run}: package {package}: changed since it was verified: size {found} "
+                                       "bytes, was {size}", **head, found=info.st_size, size=size)
         found = _sha256(fd)
     except OSError as exc:
-        raise ResumeRefused(f"{head}: cannot be read ({exc.strerror or exc})") from None
+        raise ResumeRefused.worded("run {run}: package {package}: cannot be read ({why})", **head,
+                                   why=exc.strerror or exc) from None
     finally:
         os.close(fd)
     if found != sha256:
-        raise ResumeRefused(f"{head}: changed since it was verified: sha256 {found}, was {sha256}")
+        raise ResumeRefused.worded("run {run}: package {package}: changed since it was verified: sha256 {found}, "
+                                   "was {sha256}", **head, found=found, sha256=sha256)
 
 
 def check_config(state: RunState) -> None:
@@ -150,4 +155,5 @@ def check_config(state: RunState) -> None:
         validate(loaded, schema())
         loaded.problems.raise_found()
     except (ConfigError, ConfigProblems) as exc:
-        raise ResumeRefused(f"run {state.run_id}: its stored config no longer validates: {exc}") from None
+        raise ResumeRefused.worded("run {run}: its stored config no longer validates: {problems}", run=state.run_id,
+                                   problems=exc) from None

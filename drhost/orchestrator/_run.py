@@ -148,8 +148,8 @@ def _check_plugins_present(plan: Plan) -> list[str]:
     installed = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     missing = [p.name for p in plan.plugins if p.name not in installed]
     if missing:
-        raise RefusedError(f"plugins of this run are no longer installed: {', '.join(missing)}; reinstall them "
-                           f"(the run's plan needs them to resume or roll back)")
+        raise RefusedError.worded("plugins of this run are no longer installed: {plugins}; reinstall them (the "
+                                  "run's plan needs them to resume or roll back)", plugins=", ".join(missing))
     changed = []
     for plugin in plan.plugins:
         dist = getattr(installed[plugin.name], "dist", None)

@@ -40,6 +40,7 @@ from typing import NoReturn
 import psutil
 
 from ..errors import RefusedError
+from ..i18n import N_
 from ..transport import TargetSession, TransportError
 
 __all__ = ["LockOwner", "TargetLock", "TargetLocked"]
@@ -239,19 +240,25 @@ class LockOwner:
         return f"run {self.run_id} (pid {self.pid} on {self.controller} as {self.user}, since {self.since})"
 
 
-def _refusal(target: str, path: str, owner: LockOwner | None, stale: bool, why: str, lost: bool) -> str:
-    who = owner.describe() if owner is not None else "an unknown owner"
+def _refusal(target: str, path: str, owner: LockOwner | None, stale: bool, why: str, lost: bool
+             ) -> tuple[str, dict[str, object]]:
+    """The refusal's English template and the fields it fills (the CLI says it in the operator's language)."""
+    fields: dict[str, object] = {"target": target, "path": path, "why": why,
+                                 "who": owner.describe() if owner is not None else "an unknown owner"}
     if lost:
-        return (f"target {target}: this run's lock {path} was taken away ({why}); it is now held by {who}: "
-                f"stop driving {target} and check which run should")
-    head = f"target {target} is locked by {who}, lock file {path}"
+        return (N_("target {target}: this run's lock {path} was taken away ({why}); it is now held by {who}: stop "
+                "driving {target} and check which run should"), fields)
     if stale:
-        return (f"{head}; the lock looks stale ({why}): check that no drhost is driving {target}, "
-                "then run again with --break-lock")
+        return (N_("target {target} is locked by {who}, lock file {path}; the lock looks stale ({why}): check that no "
+                "drhost is driving {target}, then run again with --break-lock"), fields)
     if owner is None:
-        return f"{head}; {why}: wait and run again"
-    return (f"{head}{f' ({why})' if why else ''}: wait for that run to finish, or check it with drhost status "
-            f"{owner.run_id} on {owner.controller}")
+        return N_("target {target} is locked by {who}, lock file {path}; {why}: wait and run again"), fields
+    fields.update(run=owner.run_id, controller=owner.controller)
+    if why:
+        return (N_("target {target} is locked by {who}, lock file {path} ({why}): wait for that run to finish, or "
+                "check it with drhost status {run} on {controller}"), fields)
+    return (N_("target {target} is locked by {who}, lock file {path}: wait for that run to finish, or check it with "
+            "drhost status {run} on {controller}"), fields)
 
 
 class TargetLocked(RefusedError):
@@ -265,7 +272,8 @@ class TargetLocked(RefusedError):
         self.stale = stale
         self.why = why
         self.lost = lost
-        super().__init__(_refusal(target, path, owner, stale, why, lost))
+        self.template, self.fields = _refusal(target, path, owner, stale, why, lost)
+        super().__init__(self.template.format(**self.fields))
 
 
 @dataclass(frozen=True)

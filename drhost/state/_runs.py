@@ -47,7 +47,8 @@ def check_run_id(run_id: str) -> str:
     elif not _RUN_ID.fullmatch(run_id):
         problem = "letters, digits, '-', '_' and '.', starting with a letter or digit"
     if problem is not None:
-        raise BadRunId(f"run id {quote(run_id)}: expected {problem} (like 20261205-182313-a1b2c3)")
+        raise BadRunId.worded("run id {run}: expected {problem} (like 20261205-182313-a1b2c3)", run=quote(run_id),
+                              problem=problem)
     return run_id
 
 
@@ -57,7 +58,8 @@ def _private_dir(path: Path, what: str, parents: bool = False) -> Path:
     except FileExistsError:
         pass  # a file, or a link to one, of that name: said below
     except OSError as exc:
-        raise StateDirError(f"{path}: {what} cannot be created ({exc.strerror or exc})") from None
+        raise StateDirError.worded("{path}: {what} cannot be created ({why})", path=path, what=what,
+                                   why=exc.strerror or exc) from None
     if not path.is_dir():
         raise StateDirError(f"{path}: expected {what} to be a directory, found "
                             f"{'a broken link' if path.is_symlink() and not path.exists() else 'a file'}")
@@ -112,15 +114,15 @@ def find_run(run_id: str | None) -> Path:
         if not _has_state(path):
             if path.is_dir():
                 # The first checkpoint is written before any target is touched (orchestrator.create_run).
-                raise StateError(f"run {quote(run_id)} has no checkpoint: its controller stopped before writing "
-                                 "the first one, before anything on a target was touched; nothing to resume, "
-                                 "start the upgrade again")
-            raise StateError(f"no run {quote(run_id)} under {base}")
+                raise StateError.worded("run {run} has no checkpoint: its controller stopped before writing the "
+                                        "first one, before anything on a target was touched; nothing to resume, "
+                                        "start the upgrade again", run=quote(run_id))
+            raise StateError.worded("no run {run} under {path}", run=quote(run_id), path=base)
         return path
     # Only names a run id can have: a stray directory must not pass for the newest run.
     runs = sorted(p for p in base.iterdir() if _RUN_ID.fullmatch(p.name) and _has_state(p))
     if not runs:
-        raise StateError(f"no runs under {base}")
+        raise StateError.worded("no runs under {path}", path=base)
     return runs[-1]
 
 
@@ -137,18 +139,20 @@ class RunLock:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             kind = "a directory" if self._path.is_dir() else "unusable"
-            raise StateError(f"{self._path}: the run's lock file is {kind} ({exc.strerror or exc}); "
-                             f"remove it if no drhost is running run {self._path.parent.name}") from None
+            raise StateError.worded("{path}: the run's lock file is {kind} ({why}); remove it if no drhost is "
+                                    "running run {run}", path=self._path, kind=kind, why=exc.strerror or exc,
+                                    run=self._path.parent.name) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StateError(f"{self._path}: the run's lock file is not a regular file; remove it if no "
-                             f"drhost is running run {self._path.parent.name}")
+            raise StateError.worded("{path}: the run's lock file is not a regular file; remove it if no drhost is "
+                                    "running run {run}", path=self._path, run=self._path.parent.name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = "".join(c if c.isprintable() else "?" for c in os.read(fd, 200).decode(errors="replace").strip())
             os.close(fd)
-            raise RefusedError(f"run {self._path.parent.name} is in use by another drhost ({holder})") from None
+            raise RefusedError.worded("run {run} is in use by another drhost ({holder})", run=self._path.parent.name,
+                                      holder=holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode())
         self._fd = fd
@@ -208,9 +212,10 @@ class RunState:
         """
         body, problem = StateFile(run_dir / "state.json").read(lambda path, b: check_body(path, b, complete))
         if body["run_id"] != run_dir.name:
-            raise StateError(f"{run_dir / 'state.json'}: the state is of run {quote(body['run_id'])}, but its "
-                             f"directory is {quote(run_dir.name)}: a copied or renamed run directory is refused; "
-                             f"use the run's own directory")
+            raise StateError.worded("{path}: the state is of run {run}, but its directory is {directory}: a copied "
+                                    "or renamed run directory is refused; use the run's own directory",
+                                    path=run_dir / "state.json", run=quote(body["run_id"]),
+                                    directory=quote(run_dir.name))
         state = cls(run_dir, body)
         state.recovered_from = problem
         return state
