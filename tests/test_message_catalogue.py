@@ -189,6 +189,11 @@ def test_a_setting_error_in_chinese_keeps_what_it_quotes(tmp_path: Path) -> None
     assert "实际为 'lots'" in chinese.stderr
     assert "forks" in chinese.stderr
     assert json.loads(chinese.stdout) == json.loads(english.stdout)
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(tmp_path)}
+    alone = subprocess.run([sys.executable, "-m", "drhost", "plan", "--ssh"], capture_output=True, text=True, env=env,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    expected = "drhost: 错误: 命令行: --ssh: 期望 --ssh 与 --demo 一起使用, 实际为 '--ssh alone'"
+    assert alone.stderr.startswith(expected), alone.stderr
 
 
 def test_doctor_lines_in_chinese() -> None:

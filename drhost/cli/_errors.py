@@ -7,6 +7,7 @@ traceback, never a raw traceback on the operator's terminal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from ..errors import (
     quote,
     shown,
 )
-from ..i18n import Translate, translator
+from ..i18n import N_, Translate, translator
 
 #: Longest command-line argument accepted: a path longer than PATH_MAX, or a run id or setting this long, is a
 #: mistake (a pasted file, a runaway script), and repeating it in an error would bury the line that names it.
@@ -89,12 +90,19 @@ def _unicode(value: Any) -> Any:
     return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
 
 
+_COMMAND_LINE = N_("command line")
+
+
 def said(exc: BaseException, t: Translate) -> str:
     """The error's message in the operator's language where drhost words it from parts (a setting's file, key,
     expected and found; an environment variable), else as raised: what it quotes (paths, keys, values, a
     plugin's own words) is the same in every language, so an operator can search for it."""
     if isinstance(exc, ConfigError):
-        return t("{origin}: expected {expected}, found {found}").format(origin=exc.origin, expected=exc.expected,
+        # What was expected is translated when it is a message id (a constant phrase marked N_ where raised), and
+        # so is the origin "command line"; a file's path stays as it is.
+        origin = dataclasses.replace(exc.origin, file=t(exc.origin.file)) if exc.origin.file == _COMMAND_LINE \
+            else exc.origin
+        return t("{origin}: expected {expected}, found {found}").format(origin=origin, expected=t(exc.expected),
                                                                        found=exc.found_text)
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(

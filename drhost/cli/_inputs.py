@@ -19,6 +19,7 @@ from ..demo.environment import (
 )
 from ..demo.sshd import LOGIN_USER, SshHost
 from ..errors import ConfigError, Origin
+from ..i18n import N_
 from ..packaging import Package
 from ..plan import Plan
 from ..plugins import Registry, check_registry, discover
@@ -48,7 +49,7 @@ def blocked_plugins(values: list[str] | None) -> list[str]:
     blocked = []
     for value in values or []:
         if not value.startswith("no:") or len(value) <= 3:
-            raise ConfigError(Origin("command line", "", "-p"), "no:NAME (block plugin NAME)", value)
+            raise ConfigError(Origin("command line", "", "-p"), N_("no:NAME (block plugin NAME)"), value)
         blocked.append(value[3:])
     return blocked
 
@@ -62,7 +63,7 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     # error, never the default in disguise.
     if args.package is not None:
         if not args.package.strip():
-            raise ConfigError(Origin("command line", "", "--package"), "an upgrade package file", "<empty>")
+            raise ConfigError(Origin("command line", "", "--package"), N_("an upgrade package file"), "<empty>")
         overrides.append(f"run.package={args.package}")
     forks = getattr(args, "forks", None)
     if forks is not None:
@@ -80,7 +81,7 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     base = None
     if args.demo:
         if args.inventory:
-            raise ConfigError(Origin("command line", "", "--demo"), "either --demo or -i INVENTORY", "both")
+            raise ConfigError(Origin("command line", "", "--demo"), N_("either --demo or -i INVENTORY"), "both")
         root = state_root()
         count = getattr(args, "demo_targets", None)
         count = 3 if count is None else count
@@ -90,19 +91,19 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         demo_roots = planned_roots(root, count)
         login_user = getattr(args, "login_user", None)
         if login_user is not None and not getattr(args, "ssh", False):
-            raise ConfigError(Origin("command line", "", "--login-user"), "--login-user together with --ssh",
+            raise ConfigError(Origin("command line", "", "--login-user"), N_("--login-user together with --ssh"),
                               "--login-user without --ssh")
         if login_user is not None and not LOGIN_USER.fullmatch(login_user):
             raise ConfigError(Origin("command line", "", "--login-user"),
-                              "a lower-case account name (letters, digits, '_', '-'; up to 31)", login_user)
+                              N_("a lower-case account name (letters, digits, '_', '-'; up to 31)"), login_user)
         if getattr(args, "bastion", False) and not getattr(args, "ssh", False):
-            raise ConfigError(Origin("command line", "", "--bastion"), "--bastion together with --ssh",
+            raise ConfigError(Origin("command line", "", "--bastion"), N_("--bastion together with --ssh"),
                               "--bastion without --ssh")
         if getattr(args, "bastion", False):
             ok, why = bastion_available()
             if not ok:
                 raise ConfigError(Origin("command line", "", "--bastion"),
-                                  "a machine that can build network namespaces", why)
+                                  N_("a machine that can build network namespaces"), why)
             demo_bastion = planned_bastion(demo_roots, login_user)
             demo_ssh_hosts = demo_bastion.targets
             base = ssh_inventory(demo_roots, demo_ssh_hosts, demo_package(root), demo_bastion.proxy_jump())
@@ -112,15 +113,15 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
         else:
             base = demo_inventory(demo_roots, demo_package(root))
     elif getattr(args, "ssh", False):
-        raise ConfigError(Origin("command line", "", "--ssh"), "--ssh together with --demo", "--ssh alone")
+        raise ConfigError(Origin("command line", "", "--ssh"), N_("--ssh together with --demo"), "--ssh alone")
     elif getattr(args, "bastion", False):
-        raise ConfigError(Origin("command line", "", "--bastion"), "--bastion together with --demo --ssh",
+        raise ConfigError(Origin("command line", "", "--bastion"), N_("--bastion together with --demo --ssh"),
                           "--bastion alone")
     elif getattr(args, "login_user", None) is not None:
-        raise ConfigError(Origin("command line", "", "--login-user"), "--login-user together with --demo --ssh",
+        raise ConfigError(Origin("command line", "", "--login-user"), N_("--login-user together with --demo --ssh"),
                           "--login-user alone")
     elif getattr(args, "demo_targets", None) is not None:
-        raise ConfigError(Origin("command line", "", "--demo-targets"), "--demo-targets together with --demo",
+        raise ConfigError(Origin("command line", "", "--demo-targets"), N_("--demo-targets together with --demo"),
                           "--demo-targets alone")
     config = load_config(files, overrides, base=base, limit=getattr(args, "limit", None))
     registry = discover(blocked, config=config.data)
@@ -132,6 +133,6 @@ def prepare(args: argparse.Namespace, *, need_package: bool) -> Prepared:
     if need_package:
         if not config.data["run"]["package"]:
             raise ConfigError(Origin("command line", "run", "package"),
-                              "an upgrade package: --package FILE or [run] package = FILE", "<nothing>")
+                              N_("an upgrade package: --package FILE or [run] package = FILE"), "<nothing>")
         package = load_package(config.data["run"]["package"], config.origin(("run", "package")), config)
     return Prepared(config, registry, plan, package, blocked, demo_roots, weaker, demo_ssh_hosts, demo_bastion)
