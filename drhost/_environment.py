@@ -16,6 +16,7 @@ from .errors import EnvironmentVariableError
 from .failpoints import ENV as FAILPOINT_ENV
 from .failpoints import LOG_ENV as FAILPOINT_LOG_ENV
 from .failpoints import parse_spec
+from .i18n import N_
 from .plugins import ALLOW_ENV
 from .policy import INSTANT_RETRIES_ENV
 from .state import CACHE_ENV
@@ -38,7 +39,7 @@ def check_environment(environ: Mapping[str, str] | None = None, *, state: bool =
     retries = env.get(INSTANT_RETRIES_ENV)
     if retries not in (None, "", "0", "1"):
         raise EnvironmentVariableError(INSTANT_RETRIES_ENV, retries,
-                                       "1 (retries do not wait) or 0 (they do; the same as unset)")
+                                       N_("1 (retries do not wait) or 0 (they do; the same as unset)"))
     allowed = env.get(ALLOW_ENV)
     if allowed:
         for name in allowed.split(","):
@@ -50,8 +51,8 @@ def check_environment(environ: Mapping[str, str] | None = None, *, state: bool =
         try:
             parse_spec(spec)
         except ValueError:
-            raise EnvironmentVariableError(FAILPOINT_ENV, spec, "NAME[@N][+SECONDS] with N >= 1 and SECONDS >= 0 "
-                                                                "(a test-only variable: unset it)") from None
+            raise EnvironmentVariableError(FAILPOINT_ENV, spec, N_("NAME[@N][+SECONDS] with N >= 1 and SECONDS >= 0 "
+                                                                   "(a test-only variable: unset it)")) from None
     log = env.get(FAILPOINT_LOG_ENV)
     if log:
         _check_path(FAILPOINT_LOG_ENV, log, directory=False)

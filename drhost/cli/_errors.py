@@ -106,7 +106,7 @@ def said(exc: BaseException, t: Translate) -> str:
                                                                        found=exc.found_text)
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(
-            variable=exc.variable, value=quote(exc.value), expected=exc.expected)
+            variable=exc.variable, value=quote(exc.value), expected=t(exc.expected))
     if isinstance(exc, DrhostError):
         return exc.in_language(t)
     return str(exc)

@@ -116,13 +116,13 @@ def read_regular(path: Path) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise StateError(f"{path}: expected a regular file, found {_what_kind(mode)}")
+            raise StateError.worded("{path}: expected a regular file, found {kind}", path=path, kind=_what_kind(mode))
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise StateError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise StateError.worded("{path}: cannot be read ({why})", path=path, why=exc.strerror or exc) from None
     finally:
         os.close(fd)
 
@@ -132,20 +132,23 @@ def decode_state(path: Path, data: bytes) -> dict[str, Any]:
     try:
         document = json.loads(data)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and an integer of absurd length
-        raise StateError(f"{path}: not valid JSON ({exc}); the file is truncated or corrupt") from None
+        raise StateError.worded("{path}: not valid JSON ({why}); the file is truncated or corrupt", path=path,
+                                why=exc) from None
     except RecursionError:
-        raise StateError(f"{path}: JSON nested too deeply to be a drhost state document") from None
+        raise StateError.worded("{path}: JSON nested too deeply to be a drhost state document", path=path) from None
     if not isinstance(document, dict) or document.get("format") != STATE_FORMAT or "body" not in document:
-        raise StateError(f"{path}: expected a drhost state document of format {STATE_FORMAT}")
+        raise StateError.worded("{path}: expected a drhost state document of format {format}", path=path,
+                                format=STATE_FORMAT)
     body = document["body"]
     try:
         checksum = _checksum(body)
     except (RecursionError, ValueError):
-        raise StateError(f"{path}: body cannot be checksummed; the file is not a drhost state document") from None
+        raise StateError.worded("{path}: body cannot be checksummed; the file is not a drhost state document",
+                                path=path) from None
     if checksum != document.get("checksum"):
-        raise StateError(f"{path}: checksum mismatch; the file was modified or partly written")
+        raise StateError.worded("{path}: checksum mismatch; the file was modified or partly written", path=path)
     if not isinstance(body, dict):
-        raise StateError(f"{path}: expected an object as body")
+        raise StateError.worded("{path}: expected an object as body", path=path)
     return body
 
 
@@ -182,7 +185,8 @@ class StateFile:
                 problems.append(f"{candidate}: missing")
             except StateError as exc:
                 problems.append(str(exc))
-        raise StateError("no usable state: " + "; ".join(problems) + ". drhost will not guess the run's state.")
+        raise StateError.worded("no usable state: {problems}. drhost will not guess the run's state.",
+                                problems="; ".join(problems))
 
 
 class Journal:
@@ -231,7 +235,8 @@ def _open_journal(path: Path) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise StateError(f"{path}: expected the journal to be a regular file, found {_what_kind(mode)}")
+        raise StateError.worded("{path}: expected the journal to be a regular file, found {kind}", path=path,
+                                kind=_what_kind(mode))
     return fd
 
 
