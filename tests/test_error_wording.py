@@ -34,7 +34,7 @@ ENGLISH_ONLY = {
     "drhost/supervisor/_podman.py": 5, "drhost/testing/_fake.py": 2, "drhost/testing/_install.py": 6,
     "drhost/testing/_plugin_test.py": 1, "drhost/transport/_base.py": 1, "drhost/transport/_become.py": 4,
     "drhost/transport/_local.py": 8, "drhost/transport/_remote_jobs.py": 8, "drhost/transport/_sftp_upload.py": 3,
-    "drhost/transport/_ssh.py": 28, "drhost/transport/_ssh_connect.py": 10, "drhost/watchdog/_history.py": 6,
+    "drhost/transport/_ssh.py": 28, "drhost/transport/_ssh_connect.py": 6, "drhost/watchdog/_history.py": 6,
 }
 
 

@@ -173,31 +173,32 @@ def _check_host_key(target: SshTarget, host_keys: paramiko.HostKeys, key: parami
     if known is not None and key_type in known:
         if known[key_type] == key:
             return
-        raise HostKeyError(
+        # OpenSSH's banner stays as OpenSSH prints it, in every language: operators know it on sight.
+        raise HostKeyError.worded(
             "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n"
             "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n"
             "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n"
-            f"The {key_type} host key of {target.name} ({target.host_entry}) is not the one in "
-            f"{target.known_hosts_path}: someone may be intercepting the connection, or the host was "
-            f"reinstalled.\n  known:   {fingerprint(known[key_type])}\n  offered: {fingerprint(key)}\n"
+            "The {key_type} host key of {target} ({entry}) is not the one in {known_hosts}: someone may be "
+            "intercepting the connection, or the host was reinstalled.\n  known:   {known}\n  offered: {offered}\n"
             "drhost refuses to connect. If the change is expected, remove the old entry "
-            f"(ssh-keygen -R '{target.host_entry}' -f {target.known_hosts_path}) and verify the new key."
-        )
+            "(ssh-keygen -R '{entry}' -f {known_hosts}) and verify the new key.",
+            key_type=key_type, target=target.name, entry=target.host_entry, known_hosts=target.known_hosts_path,
+            known=fingerprint(known[key_type]), offered=fingerprint(key))
     if known:
-        raise HostKeyError(
-            f"{target.name} ({target.host_entry}) offered a {key_type} host key {fingerprint(key)}, but "
-            f"{target.known_hosts_path} only knows its {', '.join(sorted(known))} key(s): refusing to connect."
-        )
+        raise HostKeyError.worded(
+            "{target} ({entry}) offered a {key_type} host key {offered}, but {known_hosts} only knows its {types} "
+            "key(s): refusing to connect.", target=target.name, entry=target.host_entry, key_type=key_type,
+            offered=fingerprint(key), known_hosts=target.known_hosts_path, types=", ".join(sorted(known)))
     if target.host_key_policy == "accept-new":
         _append_known(target, key)
         log.warning("added host key of %s (%s %s) to %s", target.host_entry, key_type, fingerprint(key),
                     target.known_hosts_path)
         return
-    raise HostKeyError(
-        f"the authenticity of {target.name} ({target.host_entry}) can't be established: "
-        f"{key_type} key fingerprint is {fingerprint(key)}, and it is not in {target.known_hosts_path}. "
-        "Verify it and add it to known_hosts, or set host_key_policy = \"accept-new\"."
-    )
+    raise HostKeyError.worded(
+        "the authenticity of {target} ({entry}) can't be established: {key_type} key fingerprint is {offered}, "
+        "and it is not in {known_hosts}. Verify it and add it to known_hosts, or set host_key_policy = "
+        "\"accept-new\".", target=target.name, entry=target.host_entry, key_type=key_type, offered=fingerprint(key),
+        known_hosts=target.known_hosts_path)
 
 
 def _read_password(target: SshTarget) -> tuple[str | None, str]:
@@ -361,9 +362,8 @@ def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
             del password
     if source:
         tried.append(source)
-    raise AuthError(
-        f"authentication as {target.address} ({target.name}) failed; tried: {', '.join(tried) or 'nothing'}"
-    )
+    raise AuthError.worded("authentication as {address} ({target}) failed; tried: {tried}", address=target.address,
+                           target=target.name, tried=", ".join(tried) or "nothing")
 
 
 @dataclass
