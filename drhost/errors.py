@@ -54,31 +54,38 @@ class ExitCode:
     REFUSED = 7
 
 
-_Error = TypeVar("_Error", bound="DrhostError")
+_Error = TypeVar("_Error", bound="WordedError")
 
 
-class DrhostError(Exception):
-    """A problem the operator can act on: printed as one message, never as a traceback.
+class WordedError(Exception):
+    """An error that can be said in the operator's language.
 
-    Raised with :meth:`worded`, an error keeps its English template and the fields it fills, so the CLI
-    can say it in the operator's language (:meth:`in_language`); ``str()`` is always the English.
+    Raised with :meth:`worded`, it keeps its English template and the fields it fills, so the CLI can say it in
+    the operator's language (:meth:`in_language`); ``str()`` is always the English.
     """
 
-    exit_code = ExitCode.FAILED
     #: The English message with ``{fields}`` (a message id of drhost.i18n), when raised with :meth:`worded`.
     template: str | None = None
     fields: Mapping[str, object] = {}
 
     @classmethod
-    def worded(cls: type[_Error], template: str, /, **fields: object) -> _Error:
-        """The error whose message is ``template`` filled with ``fields`` (each as it should be quoted)."""
-        error = cls(template.format(**fields))
+    def worded(cls: type[_Error], template: str, /, *, init: Mapping[str, Any] | None = None,
+               **fields: object) -> _Error:
+        """The error whose message is ``template`` filled with ``fields`` (each as it should be quoted);
+        ``init``: the other keyword arguments of the error's constructor."""
+        error = cls(template.format(**fields), **(init or {}))
         error.template, error.fields = template, fields
         return error
 
     def in_language(self, t: Callable[[str], str]) -> str:
         """The message in the language of ``t``: the template translated, then filled; else as raised."""
         return t(self.template).format(**self.fields) if self.template is not None else str(self)
+
+
+class DrhostError(WordedError):
+    """A problem the operator can act on: printed as one message, never as a traceback."""
+
+    exit_code = ExitCode.FAILED
 
     def details(self) -> dict[str, Any]:
         """The data this error carries (file, key, value, plugin, target, ...), for the ``--json`` error object."""

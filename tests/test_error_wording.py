@@ -28,7 +28,7 @@ ENGLISH_ONLY = {
     "drhost/cli/_misc.py": 1, "drhost/cli/_outpath.py": 3, "drhost/cli/_plugins.py": 1, "drhost/cli/_report.py": 2,
     "drhost/config/_ansible.py": 28, "drhost/config/_ssh_config.py": 7, "drhost/context.py": 4,
     "drhost/demo/install.py": 12, "drhost/orchestrator/_rollout.py": 3, "drhost/orchestrator/_target_lock.py": 1,
-    "drhost/packaging/build.py": 1, "drhost/packaging/manifest.py": 16, "drhost/plan.py": 1,
+    "drhost/packaging/build.py": 1, "drhost/packaging/manifest.py": 9, "drhost/plan.py": 1,
     "drhost/plugins/_lock.py": 2, "drhost/state/_runs.py": 2, "drhost/supervisor/_bundle.py": 4,
     "drhost/supervisor/_cgroups.py": 3, "drhost/supervisor/_confine.py": 3, "drhost/supervisor/_factory.py": 1,
     "drhost/supervisor/_podman.py": 5, "drhost/testing/_fake.py": 2, "drhost/testing/_install.py": 6,

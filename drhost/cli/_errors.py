@@ -22,10 +22,10 @@ from typing import Any, NoReturn
 
 from ..errors import (
     ConfigError,
-    DrhostError,
     EnvironmentVariableError,
     ExitCode,
     UsageError,
+    WordedError,
     error_details,
     json_value,
     quote,
@@ -107,7 +107,7 @@ def said(exc: BaseException, t: Translate) -> str:
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(
             variable=exc.variable, value=quote(exc.value), expected=t(exc.expected))
-    if isinstance(exc, DrhostError):
+    if isinstance(exc, WordedError):
         return exc.in_language(t)
     return str(exc)
 

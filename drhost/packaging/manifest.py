@@ -20,6 +20,8 @@ import jsonschema
 
 from drhost_hookspecs import PackageInfo
 
+from ..errors import WordedError
+
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_PREFIX = "payload/"
 MIB = 1 << 20
@@ -37,7 +39,7 @@ INSTALL_MODE_MASK = 0o755
 ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-class PackageError(Exception):
+class PackageError(WordedError):
     """A package file is unusable; the message names the file, what was expected and what was found.
 
     ``file`` is the package's file name and ``entry`` the archive entry or manifest key at fault, when known.
@@ -162,16 +164,16 @@ def open_archive(path: Path) -> Iterator[tarfile.TarFile]:
     """The package as a tar stream; a directory, a FIFO or unreadable data is a PackageError."""
     if not path.is_file():
         found = "a directory" if path.is_dir() else "nothing" if not path.exists() else "no regular file"
-        raise PackageError(f"{path.name}: expected a package file at {path}, found {found}", file=path.name)
+        raise PackageError.worded("{file}: expected a package file at {path}, found {found}", file=path.name,
+                                  path=path, found=found, init={"file": path.name})
     try:
         # Stream mode: one pass, no seeking, and no member index kept beyond what is read.
         with tarfile.open(path, "r|gz") as tar:
             yield tar
     except ARCHIVE_ERRORS as exc:
-        raise PackageError(
-            f"{path.name}: expected a gzip-compressed tar archive, found unreadable or truncated data ({exc})",
-            file=path.name
-        ) from None
+        raise PackageError.worded(
+            "{file}: expected a gzip-compressed tar archive, found unreadable or truncated data ({why})",
+            file=path.name, why=exc, init={"file": path.name}) from None
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -185,8 +187,9 @@ def load_manifest(path: Path, tar: tarfile.TarFile, max_unpacked_bytes: int) -> 
     member = tar.next()
     if member is None or member.name != MANIFEST_NAME:
         found = "an empty archive" if member is None else shown(member.name)
-        raise PackageError(f"{path.name}: expected {MANIFEST_NAME} as the first archive entry, found {found}",
-                           file=path.name, entry=MANIFEST_NAME)
+        raise PackageError.worded("{file}: expected {manifest} as the first archive entry, found {found}",
+                                  file=path.name, manifest=MANIFEST_NAME, found=found,
+                                  init={"file": path.name, "entry": MANIFEST_NAME})
     if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
         link = f" to {shown(member.linkname)}" if member.issym() or member.islnk() else ""
         raise PackageError(f"{path.name}: {MANIFEST_NAME}: expected a regular file, found {_kind(member)}{link}",
@@ -204,8 +207,9 @@ def load_manifest(path: Path, tar: tarfile.TarFile, max_unpacked_bytes: int) -> 
         manifest = json.loads(data.decode("utf-8"), parse_constant=no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         why = "too deeply nested data" if isinstance(exc, RecursionError) else f"invalid text ({exc})"
-        raise PackageError(f"{path.name}: {MANIFEST_NAME}: expected JSON, found {why}", file=path.name,
-                           entry=MANIFEST_NAME) from None
+        raise PackageError.worded("{file}: {manifest}: expected JSON, found {why}", file=path.name,
+                                  manifest=MANIFEST_NAME, why=why,
+                                  init={"file": path.name, "entry": MANIFEST_NAME}) from None
     validate_manifest(manifest, path.name)
     declared = sum(int(entry["size"]) for entry in manifest["files"])
     if declared > max_unpacked_bytes:
@@ -227,9 +231,10 @@ def sha256_of(path: Path) -> str:
 def check_product(package: Package, expected: str, setting: str) -> None:
     """Refuse a package of another product than the one the targets run, whatever its file name says."""
     if package.product != expected:
-        raise PackageError(f"{package.path.name}: {MANIFEST_NAME}: 'product' expected {expected!r} ({setting}), "
-                           f"found {package.product!r}: this is not a package of the product the targets run",
-                           file=package.path.name, entry="product")
+        raise PackageError.worded("{file}: {manifest}: 'product' expected {expected} ({setting}), found {found}: "
+                                  "this is not a package of the product the targets run", file=package.path.name,
+                                  manifest=MANIFEST_NAME, expected=repr(expected), setting=setting,
+                                  found=repr(package.product), init={"file": package.path.name, "entry": "product"})
 
 
 def read_package(path: Path, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> Package:
@@ -242,13 +247,14 @@ def read_package(path: Path, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTE
     if path.name.startswith(prefix) and path.name.endswith(suffix):
         named = path.name[len(prefix):-len(suffix)]
         if named != manifest["version"]:
-            raise PackageError(f"{path.name}: {MANIFEST_NAME}: 'version' expected {named!r} (from the file name), "
-                               f"found {manifest['version']!r}", file=path.name, entry="version")
+            raise PackageError.worded("{file}: {manifest}: 'version' expected {named} (from the file name), found "
+                                      "{found}", file=path.name, manifest=MANIFEST_NAME, named=repr(named),
+                                      found=repr(manifest["version"]), init={"file": path.name, "entry": "version"})
     try:
         size, digest = path.stat().st_size, sha256_of(path)
     except OSError as exc:
-        raise PackageError(f"{path.name}: expected a readable package file, found {exc.strerror}",
-                           file=path.name) from None
+        raise PackageError.worded("{file}: expected a readable package file, found {why}", file=path.name,
+                                  why=exc.strerror, init={"file": path.name}) from None
     return Package(
         path=path,
         product=manifest["product"],
