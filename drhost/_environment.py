@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import EnvironmentVariableError
+from .errors import EnvironmentVariableError, phrase
 from .failpoints import ENV as FAILPOINT_ENV
 from .failpoints import LOG_ENV as FAILPOINT_LOG_ENV
 from .failpoints import parse_spec
@@ -78,25 +78,28 @@ def _check_path(variable: str, value: str, *, directory: bool, shown: str | None
     def refuse(expected: str) -> EnvironmentVariableError:
         return EnvironmentVariableError(variable, text, expected)
 
-    kind = "a directory" if directory else "a file"
+    kind = phrase("a directory") if directory else phrase("a file")
     if len(value) > PATH_LIMIT:
-        raise refuse(f"the path of {kind} of at most {PATH_LIMIT} characters")
+        raise refuse(phrase("the path of {kind} of at most {limit} characters", kind=kind, limit=PATH_LIMIT))
     if _CONTROL.search(value):
-        raise refuse(f"the path of {kind}, without control characters")
+        raise refuse(phrase("the path of {kind}, without control characters", kind=kind))
     path = Path(value)
     try:
         if path.exists():
             if directory and not path.is_dir():
-                raise refuse(f"{kind} (drhost's state or cache lives in it); {value} is not a directory")
+                raise refuse(phrase("{kind} (drhost's state or cache lives in it); {value} is not a directory",
+                                    kind=kind, value=value))
             if not directory and path.is_dir():
-                raise refuse(f"{kind}; {value} is a directory")
+                raise refuse(phrase("{kind}; {value} is a directory", kind=kind, value=value))
             if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
-                raise refuse(f"{kind} this user can write; {value} is not writable")
+                raise refuse(phrase("{kind} this user can write; {value} is not writable", kind=kind, value=value))
             return
         parent = next((p for p in path.absolute().parents if p.exists()), None)
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on the way: the path is unusable as given
-        raise refuse(f"the path of {kind}: {exc.strerror or exc}") from None
+        raise refuse(phrase("the path of {kind}: {why}", kind=kind, why=exc.strerror or exc)) from None
     if parent is None or not parent.is_dir():
-        raise refuse(f"the path of {kind}; {parent} is not a directory, so {value} cannot be created")
+        raise refuse(phrase("the path of {kind}; {parent} is not a directory, so {value} cannot be created",
+                            kind=kind, parent=parent, value=value))
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise refuse(f"the path of {kind} this user can create; {parent} is not writable")
+        raise refuse(phrase("the path of {kind} this user can create; {parent} is not writable", kind=kind,
+                            parent=parent))

@@ -57,6 +57,31 @@ class ExitCode:
 _Error = TypeVar("_Error", bound="WordedError")
 
 
+class Phrase(str):
+    """English text that keeps its template and fields, so that it can be said in another language: what a
+    setting or a variable expected (``ConfigError.expected``), a field of a worded error. It is a ``str``:
+    everything that reads it as English still does."""
+
+    template: str
+    fields: Mapping[str, object]
+
+
+def phrase(template: str, /, **fields: object) -> Phrase:
+    """``template`` filled with ``fields``, as a :class:`Phrase` (a message id of drhost.i18n)."""
+    text = Phrase(template.format(**fields))
+    text.template, text.fields = template, fields
+    return text
+
+
+def said_in(text: object, t: Callable[[str], str]) -> str:
+    """``text`` in the language of ``t``: a :class:`Phrase` translated and filled (its phrase fields too), any
+    other text translated when the catalogue has it (a constant marked ``N_``), else as it is."""
+    if isinstance(text, Phrase):
+        return t(text.template).format(**{k: said_in(v, t) if isinstance(v, Phrase) else v
+                                           for k, v in text.fields.items()})
+    return t(text) if isinstance(text, str) else str(text)
+
+
 class WordedError(Exception):
     """An error that can be said in the operator's language.
 
@@ -79,7 +104,10 @@ class WordedError(Exception):
 
     def in_language(self, t: Callable[[str], str]) -> str:
         """The message in the language of ``t``: the template translated, then filled; else as raised."""
-        return t(self.template).format(**self.fields) if self.template is not None else str(self)
+        if self.template is None:
+            return str(self)
+        return t(self.template).format(**{k: said_in(v, t) if isinstance(v, Phrase) else v
+                                          for k, v in self.fields.items()})
 
 
 class DrhostError(WordedError):

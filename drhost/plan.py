@@ -202,5 +202,5 @@ def recorded_plan(state: RunState) -> Plan:
     try:
         return Plan.from_json(state.get("plan"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StateError(f"{state.run_dir / 'state.json'}: plan: not a drhost plan ({type(exc).__name__}: "
-                         f"{exc})") from None
+        raise StateError.worded("{path}: plan: not a drhost plan ({exception}: {why})",
+                                path=state.run_dir / "state.json", exception=type(exc).__name__, why=exc) from None

@@ -16,8 +16,9 @@ from drhost.i18n import LANGUAGES, catalog, translator
 
 SOURCE = Path(drhost.__file__).parent
 #: The callables whose first argument is a message id: ``t(...)``/``self._t(...)`` translate, ``N_`` marks,
-#: ``SomeError.worded(...)`` raises an error the CLI says in the operator's language.
-_MARKERS = {"t", "_t", "N_", "worded"}
+#: ``SomeError.worded(...)`` raises an error the CLI says in the operator's language, ``phrase(...)`` is a part of
+#: one (what a setting expected).
+_MARKERS = {"t", "_t", "N_", "worded", "phrase"}
 #: A message id of the report page's script (drhost/report/_html_assets.py): ``L("...")``.
 _SCRIPT_ID = re.compile(r'\bL\("([^"\\]*)"')
 
@@ -222,3 +223,26 @@ def test_a_refusal_raised_worded_is_said_in_chinese(tmp_path: Path) -> None:
     assert english.stderr.startswith("drhost: error: no run '20000101-000000-000000' under ")
     assert chinese.stderr.startswith(f"drhost: 错误: {tmp_path / 'runs'} 下没有运行 '20000101-000000-000000'"), \
         chinese.stderr
+
+
+def test_phrases_inside_an_error_are_said_in_chinese_too(tmp_path: Path) -> None:
+    """What an environment variable or --out expected, built from phrases, reads in Chinese with zh_CN (the
+    nested phrase "a directory" too); the path it names stays as it is."""
+    import os
+    import subprocess
+    import sys
+
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(a_file)}
+    state = subprocess.run([sys.executable, "-m", "drhost", "status"], capture_output=True, text=True, env=env,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    assert state.returncode == 2
+    assert state.stderr.startswith(f"drhost: 错误: 环境变量 DRHOST_STATE_DIR='{a_file}': 期望 目录 (drhost 的状态或缓存"
+                                   f"存放于此); {a_file} 不是目录"), state.stderr
+    env["DRHOST_STATE_DIR"] = str(tmp_path / "state")
+    out = subprocess.run([sys.executable, "-m", "drhost", "report", "20000101-000000-000000", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2
+    expected = f"drhost: 错误: --out '{tmp_path}': 期望已存在目录中的文件; 它是一个目录 (请指定其中的文件)"
+    assert out.stderr.startswith(expected), out.stderr

@@ -29,6 +29,7 @@ from ..errors import (
     error_details,
     json_value,
     quote,
+    said_in,
     shown,
 )
 from ..i18n import N_, Translate, translator
@@ -102,11 +103,12 @@ def said(exc: BaseException, t: Translate) -> str:
         # so is the origin "command line"; a file's path stays as it is.
         origin = dataclasses.replace(exc.origin, file=t(exc.origin.file)) if exc.origin.file == _COMMAND_LINE \
             else exc.origin
-        return t("{origin}: expected {expected}, found {found}").format(origin=origin, expected=t(exc.expected),
+        return t("{origin}: expected {expected}, found {found}").format(origin=origin,
+                                                                       expected=said_in(exc.expected, t),
                                                                        found=exc.found_text)
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(
-            variable=exc.variable, value=quote(exc.value), expected=t(exc.expected))
+            variable=exc.variable, value=quote(exc.value), expected=said_in(exc.expected, t))
     if isinstance(exc, WordedError):
         return exc.in_language(t)
     return str(exc)

@@ -50,8 +50,8 @@ def cmd_package_build(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, read-only, too long
-        raise UsageError(f"--out {quote(args.out)}: expected a directory (created if missing); "
-                         f"{exc.strerror or exc}", argument="--out", value=args.out) from None
+        raise UsageError.worded("--out {out}: expected a directory (created if missing); {why}", out=quote(args.out),
+                                why=exc.strerror or exc, init={"argument": "--out", "value": args.out}) from None
     print(build_package(args.version, out))
     return ExitCode.SUCCEEDED
 

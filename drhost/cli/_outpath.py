@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError, quote
+from ..errors import UsageError, phrase, quote
 
 
 def output_file(value: str, option: str = "--out", *, create_parents: bool = False) -> Path:
@@ -15,23 +15,23 @@ def output_file(value: str, option: str = "--out", *, create_parents: bool = Fal
     the temporary file an atomic write starts with.
     """
     def refuse(why: str) -> UsageError:
-        return UsageError(f"{option} {quote(value)}: expected a file in an existing directory; {why}",
-                          argument=option, value=value)
+        return UsageError.worded("{option} {value}: expected a file in an existing directory; {why}", option=option,
+                                 value=quote(value), why=why, init={"argument": option, "value": value})
 
     if not value.strip():
-        raise refuse("found an empty path")
+        raise refuse(phrase("found an empty path"))
     out = Path(value).expanduser()
     try:
         if out.is_dir():
-            raise refuse("it is a directory (name a file in it)")
+            raise refuse(phrase("it is a directory (name a file in it)"))
         if out.is_symlink() or (out.exists() and not out.is_file()):
-            raise refuse("it exists and is not a regular file")
+            raise refuse(phrase("it exists and is not a regular file"))
         parent = out.absolute().parent
         if create_parents:
             parent = next(p for p in (parent, *parent.parents) if p.exists())
         if not parent.is_dir():
-            raise refuse(f"{quote(str(parent))} is not a directory" if parent.exists() else
-                         f"the directory {quote(str(parent))} does not exist")
+            raise refuse(phrase("{path} is not a directory", path=quote(str(parent))) if parent.exists() else
+                         phrase("the directory {path} does not exist", path=quote(str(parent))))
     except OSError as exc:  # ENAMETOOLONG, EACCES, ELOOP
         raise refuse(exc.strerror or str(exc)) from None
     return out

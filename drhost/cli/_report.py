@@ -28,14 +28,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = find_run(args.run)
     if out is None and run_dir.resolve().parent != runs_dir().resolve():
         # A run id such as /tmp/x or ../.. would otherwise put report.html wherever it points.
-        raise ReportError(f"run {quote(args.run)}: expected a run id under {runs_dir()}, found "
-                          f"{quote(str(run_dir.resolve()))}", path=run_dir, argument="RUN")
+        raise ReportError.worded("run {run}: expected a run id under {runs}, found {found}", run=quote(args.run),
+                                 runs=runs_dir(), found=quote(str(run_dir.resolve())),
+                                 init={"path": run_dir, "argument": "RUN"})
     target = out or run_dir / "report.html"
     try:
         path = write_report(run_dir, out)
     except OSError as exc:
-        raise ReportError(f"cannot write the report to {quote(str(target))}: {exc.strerror or exc}",
-                          path=target) from None
+        raise ReportError.worded("cannot write the report to {path}: {why}", path=quote(str(target)),
+                                 why=exc.strerror or exc, init={"path": target}) from None
     print(path)
     return ExitCode.SUCCEEDED
 

@@ -93,8 +93,9 @@ def find_lock(config: Mapping[str, Any]) -> PluginLock | None:
     configured = configured_path(config)
     if configured is not None:
         if not configured.exists():
-            raise PluginLockError(f"plugin lock {configured} ([discovery] lock): no such file; write it with "
-                                  f"'drhost plugins lock', or set [discovery] lock = \"\" to run without a lock")
+            raise PluginLockError.worded("plugin lock {path} ([discovery] lock): no such file; write it with 'drhost "
+                                         "plugins lock', or set [discovery] lock = \"\" to run without a lock",
+                                         path=configured)
         return read_lock(configured)
     path = default_path()
     return read_lock(path) if path.exists() else None
@@ -114,8 +115,8 @@ def read_lock(path: Path) -> PluginLock:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PluginLockError(f"plugin lock {path}: cannot be read: {getattr(exc, 'strerror', None) or exc}") \
-            from None
+        raise PluginLockError.worded("plugin lock {path}: cannot be read: {why}", path=path,
+                                     why=getattr(exc, "strerror", None) or exc) from None
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import DrhostError, ExitCode, RefusedError, StateError, quote
+from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
 from ._files import Journal, StateFile
 
 #: The longest run id accepted; new_run_id() makes 22 characters, so this only stops abuse.
@@ -61,8 +61,9 @@ def _private_dir(path: Path, what: str, parents: bool = False) -> Path:
         raise StateDirError.worded("{path}: {what} cannot be created ({why})", path=path, what=what,
                                    why=exc.strerror or exc) from None
     if not path.is_dir():
-        raise StateDirError(f"{path}: expected {what} to be a directory, found "
-                            f"{'a broken link' if path.is_symlink() and not path.exists() else 'a file'}")
+        raise StateDirError.worded("{path}: expected {what} to be a directory, found {found}", path=path, what=what,
+                                   found=phrase("a broken link") if path.is_symlink() and not path.exists()
+                                   else phrase("a file"))
     return path
 
 
