@@ -24,7 +24,8 @@ import jsonschema
 
 from drhost_hookspecs._runtime import parse_faults
 
-from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control
+from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control, phrase
+from ..i18n import N_
 from ._ansible import InventoryError, host_target, is_ansible_inventory, match_pattern, read_inventory
 from ._ssh_config import DEFAULT_PATH as DEFAULT_SSH_CONFIG
 from ._ssh_config import SshConfigError, target_values
@@ -180,19 +181,19 @@ def coerce(value: str, fragment: Mapping[str, Any] | None, origin: Origin) -> An
     # 'nan' and 'inf', none of which an operator means as a timeout or a size.
     if kind == "integer":
         if not _INTEGER.fullmatch(text):
-            raise ConfigError(origin, f"an integer{_range(fragment)}", value)
+            raise ConfigError(origin, phrase("an integer{range}", range=_range(fragment)), value)
         return int(text)
     if kind == "number":
         number = float(text) if _NUMBER.fullmatch(text) else math.nan
         if not math.isfinite(number):
-            raise ConfigError(origin, f"a number{_range(fragment)}", value)
+            raise ConfigError(origin, phrase("a number{range}", range=_range(fragment)), value)
         return number
     if kind == "boolean":
         if text.lower() in _TRUE:
             return True
         if text.lower() in _FALSE:
             return False
-        raise ConfigError(origin, "true or false", value)
+        raise ConfigError(origin, N_("true or false"), value)
     return text
 
 
@@ -203,8 +204,10 @@ def _range(fragment: Mapping[str, Any]) -> str:
     low_text = f"{'>' if 'exclusiveMinimum' in fragment else '>='} {low}" if low is not None else ""
     high_text = f"{'<' if 'exclusiveMaximum' in fragment else '<='} {high}" if high is not None else ""
     if "minimum" in fragment and "maximum" in fragment:
-        return f" from {low} to {high}"
-    return " " + " and ".join(t for t in (low_text, high_text) if t) if low_text or high_text else ""
+        return phrase(" from {low} to {high}", low=low, high=high)
+    if low_text and high_text:
+        return phrase(" {low} and {high}", low=low_text, high=high_text)
+    return f" {low_text or high_text}" if low_text or high_text else ""
 
 
 def _set(data: dict[str, Any], path: Path_, value: Any) -> None:
@@ -235,7 +238,7 @@ def _section_path(section: str, origin_file: str) -> Path_:
     if sep and prefix in _NAMED_SECTIONS and name:
         return (_NAMED_SECTIONS[prefix], name)
     known = ", ".join([*(f"[{k}]" for k in _PLAIN_SECTIONS), *(f"[{k}:NAME]" for k in _NAMED_SECTIONS)])
-    raise ConfigError(Origin(origin_file, section, ""), f"a section among {known}", f"[{section}]")
+    raise ConfigError(Origin(origin_file, section, ""), phrase("a section among {known}", known=known), f"[{section}]")
 
 
 def read_config_text(path: Path) -> str:
@@ -247,27 +250,28 @@ def read_config_text(path: Path) -> str:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ConfigError(where, "a readable config file", "<no such file>") from None
+        raise ConfigError(where, N_("a readable config file"), "<no such file>") from None
     except OSError as exc:
-        raise ConfigError(where, "a readable config file", f"<{exc.strerror}>") from None
+        raise ConfigError(where, N_("a readable config file"), f"<{exc.strerror}>") from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
             else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
-        raise ConfigError(where, "a readable config file", f"<{kind}>")
+        raise ConfigError(where, N_("a readable config file"), f"<{kind}>")
     if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(where, f"a config file of at most {MAX_CONFIG_BYTES} bytes", f"<{info.st_size} bytes>")
+        raise ConfigError(where, phrase("a config file of at most {limit} bytes", limit=MAX_CONFIG_BYTES),
+                          f"<{info.st_size} bytes>")
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(where, "a readable config file", f"<{exc.strerror}>") from None
+        raise ConfigError(where, N_("a readable config file"), f"<{exc.strerror}>") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(where, f"a config file of at most {MAX_CONFIG_BYTES} bytes", "<more>")
+        raise ConfigError(where, phrase("a config file of at most {limit} bytes", limit=MAX_CONFIG_BYTES), "<more>")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(Origin(str(path), "", f"line {line}, byte offset {exc.start}"), "UTF-8 text",
+        raise ConfigError(Origin(str(path), "", f"line {line}, byte offset {exc.start}"), N_("UTF-8 text"),
                           f"<invalid byte 0x{data[exc.start]:02x}>") from None
 
 
@@ -277,7 +281,8 @@ def _load_ini(path: Path, config: LoadedConfig, root_schema: Mapping[str, Any]) 
     try:
         parser.read_string(read_config_text(path), source=str(path))
     except configparser.Error as exc:
-        raise ConfigError(Origin(str(path), "", ""), "a valid INI file", f"<{exc.message.splitlines()[0]}>") from None
+        raise ConfigError(Origin(str(path), "", ""), N_("a valid INI file"),
+                          f"<{exc.message.splitlines()[0]}>") from None
     for section in parser.sections():
         with config.problems.each():
             base = _section_path(section, str(path))
@@ -297,15 +302,15 @@ def _load_json(path: Path, config: LoadedConfig) -> None:
         # with the key they are set to.
         extra = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(Origin(str(path), "", f"line {exc.lineno}"), "valid JSON", f"<{exc.msg}>") from None
+        raise ConfigError(Origin(str(path), "", f"line {exc.lineno}"), N_("valid JSON"), f"<{exc.msg}>") from None
     except ValueError:  # an integer past Python's limit of digits
-        raise ConfigError(Origin(str(path), "", ""), "valid JSON with numbers of a sane size",
+        raise ConfigError(Origin(str(path), "", ""), N_("valid JSON with numbers of a sane size"),
                           "<a number of thousands of digits>") from None
     except RecursionError:
-        raise ConfigError(Origin(str(path), "", ""), "JSON nested a few levels deep", "<nesting too deep>") \
+        raise ConfigError(Origin(str(path), "", ""), N_("JSON nested a few levels deep"), "<nesting too deep>") \
             from None
     if not isinstance(extra, dict):
-        raise ConfigError(Origin(str(path), "", ""), "a JSON object at the top", type(extra).__name__)
+        raise ConfigError(Origin(str(path), "", ""), N_("a JSON object at the top"), type(extra).__name__)
     _merge(config.data, extra, config.origins, lambda p: Origin(str(path), p[0], ".".join(p[1:])))
 
 
@@ -314,11 +319,11 @@ def parse_override(text: str, root_schema: Mapping[str, Any]) -> tuple[Path_, An
     name, sep, raw = text.partition("=")
     origin = Origin("--set", "", name or text)
     if len(text) > 64 * 1024:
-        raise ConfigError(origin, "SECTION.KEY=VALUE of at most 65536 characters", f"<{len(text)} characters>")
+        raise ConfigError(origin, N_("SECTION.KEY=VALUE of at most 65536 characters"), f"<{len(text)} characters>")
     parts = name.strip().split(".")
     if not sep or len(parts) < 2 or parts[0] not in _SET_PREFIXES:
         prefixes = ", ".join(sorted(_SET_PREFIXES))
-        raise ConfigError(origin, f"SECTION.KEY=VALUE with SECTION one of {prefixes}", text)
+        raise ConfigError(origin, phrase("SECTION.KEY=VALUE with SECTION one of {prefixes}", prefixes=prefixes), text)
     top = _SET_PREFIXES[parts[0]]
     if parts[0] == "timeouts":
         path: Path_ = (top, ".".join(parts[1:]))
@@ -341,23 +346,23 @@ def _describe_expected(error: jsonschema.ValidationError) -> tuple[str, Any]:
     validator = error.validator
     value: Any = error.validator_value
     if validator == "type":
-        return f"a value of type {value}", error.instance
+        return phrase("a value of type {type}", type=value), error.instance
     if validator == "enum":
-        return "one of " + ", ".join(map(str, value)), error.instance
+        return phrase("one of {values}", values=", ".join(map(str, value))), error.instance
     if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         fragment: Any = error.schema
-        kind = "an integer" if fragment.get("type") == "integer" else "a number"
-        return f"{kind}{_range(fragment)}", error.instance
+        kind = "an integer{range}" if fragment.get("type") == "integer" else "a number{range}"
+        return phrase(kind, range=_range(fragment)), error.instance
     if validator == "additionalProperties":
         extra = _unknown_keys(error)
         known: Any = error.schema
         allowed = ", ".join(sorted(known.get("properties", {}))) or "none"
-        return f"only known keys ({allowed})", f"<unknown key {', '.join(extra)}>"
+        return phrase("only known keys ({keys})", keys=allowed), f"<unknown key {', '.join(extra)}>"
     if validator == "required":
-        return f"key {error.message.split(' is a required')[0]}", "<nothing>"
+        return phrase("key {key}", key=error.message.split(" is a required")[0]), "<nothing>"
     if validator in ("pattern", "propertyNames"):
-        return "a name matching " + str(value.get("pattern", value) if isinstance(value, dict) else value), \
-            error.instance
+        pattern = str(value.get("pattern", value) if isinstance(value, dict) else value)
+        return phrase("a name matching {pattern}", pattern=pattern), error.instance
     return error.message, error.instance
 
 
@@ -366,13 +371,13 @@ def _unsafe_values(node: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str, An
     false, so a schema's bounds would let it through), and names or values with control characters or
     terminal escapes (a root with a newline, a target name that recolours the terminal)."""
     if isinstance(node, float) and not math.isfinite(node):
-        yield path, "a finite number", node
+        yield path, N_("a finite number"), node
     elif isinstance(node, str) and has_control(node):
-        yield path, "a value without control characters or terminal escapes", node
+        yield path, N_("a value without control characters or terminal escapes"), node
     elif isinstance(node, Mapping):
         for key, value in node.items():
             if isinstance(key, str) and has_control(key):
-                yield (*path, key), "a name without control characters or terminal escapes", key
+                yield (*path, key), N_("a name without control characters or terminal escapes"), key
             else:
                 yield from _unsafe_values(value, (*path, str(key)))
     elif isinstance(node, list):
@@ -468,11 +473,12 @@ def _apply_limit(config: LoadedConfig, limit: str) -> None:
     try:
         chosen = match_pattern(limit, list(targets), groups)
     except (InventoryError, re.error) as exc:
-        raise ConfigError(Origin("command line", "", "--limit"), "an Ansible host pattern", f"<{exc}>") from None
+        raise ConfigError(Origin("command line", "", "--limit"), N_("an Ansible host pattern"), f"<{exc}>") from None
     if not chosen:
         known = ", ".join(list(targets)[:10]) + (" …" if len(targets) > 10 else "")
         raise ConfigError(Origin("command line", "", "--limit"),
-                          f"a pattern that selects at least one target (targets: {known or 'none'})", limit)
+                          phrase("a pattern that selects at least one target (targets: {known})",
+                                 known=known or "none"), limit)
     config.data["targets"] = {name: targets[name] for name in targets if name in chosen}
 
 
