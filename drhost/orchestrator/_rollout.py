@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import phrase
+from ..i18n import N_
 from ._statuses import TargetStatus
 
 #: Target statuses counted against the failure budget: the target did not end at the new version. ``refused``
@@ -46,12 +48,12 @@ class Amount:
     def parse(cls, text: str, key: str) -> Amount:
         match = _AMOUNT.match(str(text))
         if match is None:
-            raise RolloutError(key, "a number of targets (3) or a percentage (25%)", text)
+            raise RolloutError(key, N_("a number of targets (3) or a percentage (25%)"), text)
         value, percent = float(match.group(1)), bool(match.group(2))
         if percent and value > 100:
-            raise RolloutError(key, "a percentage of at most 100%", text)
+            raise RolloutError(key, N_("a percentage of at most 100%"), text)
         if not percent and value != int(value):
-            raise RolloutError(key, "a whole number of targets", text)
+            raise RolloutError(key, N_("a whole number of targets"), text)
         return cls(value, percent)
 
     def batch_size(self, total: int) -> int:
@@ -75,10 +77,10 @@ def parse_serial(text: str) -> tuple[Amount, ...]:
     """``"1, 25%, 100%"``: the batch sizes in order; the last one repeats until every target is placed."""
     parts = [part for part in str(text).split(",") if part.strip()]
     if not parts:
-        raise RolloutError("serial", "batch sizes such as '1, 25%, 100%'", text)
+        raise RolloutError("serial", N_("batch sizes such as '1, 25%, 100%'"), text)
     amounts = tuple(Amount.parse(part, "serial") for part in parts)
     if any(a.value == 0 for a in amounts):
-        raise RolloutError("serial", "batch sizes above 0 (a batch of 0 targets never ends)", text)
+        raise RolloutError("serial", N_("batch sizes above 0 (a batch of 0 targets never ends)"), text)
     return amounts
 
 
@@ -111,7 +113,7 @@ def plan_batches(targets: Sequence[str], group_of: Mapping[str, str | None], gro
     unknown = [g for g in group_order if g not in present]
     if unknown:
         known = ", ".join(sorted(g for g in present if g)) or "none: no target sets group"
-        raise RolloutError("groups", f"groups that targets belong to ({known})", ", ".join(unknown))
+        raise RolloutError("groups", phrase("groups that targets belong to ({known})", known=known), ", ".join(unknown))
     ordered_groups: list[str | None] = [*group_order, *sorted(g for g in present if g and g not in group_order)]
     if None in present:
         ordered_groups.append(None)
