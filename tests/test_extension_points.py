@@ -65,7 +65,10 @@ def test_every_isolation_kind_answers_availability_doctor_and_clean_up(name: str
     assert all(isinstance(line, str) for line in kind.doctor_lines(sections, lambda m: m))
     assert (sections == {}) == (kind.doctor_lines(sections, lambda m: m) == [])
     removed = kind.clean_up("19700101-000000-nothing", config, previous_gone=False, spare=lambda _: True)
-    assert all(isinstance(r, Removed) for r in removed) and removed == []
+    # Nothing of this (never started) run; the sweep also removes what any gone controller left on the machine,
+    # and the suite's other workers kill controllers (the crash matrix): those may be found here, never more.
+    assert all(isinstance(r, Removed) and r.what == "containers" and "killed controller" in r.message
+               for r in removed), removed
     assert kind.weaker is None or isolation(kind.weaker).weaker is None
     assert all(isinstance(p, tuple) for p in kind.config_problems(config))
 
