@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .i18n import N_, Translate
+from .i18n import N_, Translate, english
 from .orchestrator import TargetStatus, abandoned_view, rollback_verdict
 from .plan import Plan
 
@@ -72,16 +72,12 @@ def status_word(status: str, t: Translate) -> str:
     return translated if translated is not None and translated != label else status
 
 
-def _english(message: str) -> str:
-    return message
-
-
 def _said(table: Mapping[TargetStatus, str], status: object, otherwise: str, t: Translate) -> str:
     """The table's words for a recorded status (a plain string in the state), else ``otherwise``."""
     return t(next((text for known, text in table.items() if known == status), otherwise))
 
 
-def next_commands(run_id: str, status: str, t: Translate = _english) -> list[str]:
+def next_commands(run_id: str, status: str, t: Translate = english) -> list[str]:
     """The commands an operator runs next for a run that ended with ``status``."""
     if status in ("interrupted", "aborted"):
         return [t("resume:    drhost resume {run_id}").format(run_id=run_id),
@@ -92,7 +88,7 @@ def next_commands(run_id: str, status: str, t: Translate = _english) -> list[str
     return []
 
 
-def target_status(plan: Plan, name: str, record: dict[str, Any], t: Translate = _english) -> dict[str, Any]:
+def target_status(plan: Plan, name: str, record: dict[str, Any], t: Translate = english) -> dict[str, Any]:
     """Where a target stands, whether it is consistent, and what to do next, as ``drhost status`` shows it."""
     steps = record.get("steps", {})
     done = [s.key for s in plan.steps if steps.get(s.key, {}).get("status") in ("done", "skipped")]
@@ -132,12 +128,12 @@ def target_status(plan: Plan, name: str, record: dict[str, Any], t: Translate = 
     }
 
 
-def target_next(name: str, status: str, record: dict[str, Any], t: Translate = _english) -> str:
+def target_next(name: str, status: str, record: dict[str, Any], t: Translate = english) -> str:
     """What the operator does next for this target, as one line."""
     return _said(_NEXT, status, N_("drhost resume RUN (if no drhost is running it)"), t)
 
 
-def rollout_summary(body: dict[str, Any], t: Translate = _english) -> dict[str, Any]:
+def rollout_summary(body: dict[str, Any], t: Translate = english) -> dict[str, Any]:
     """The run's batches and why the rollout stopped or waits, as data and as lines for the operator."""
     record = body.get("rollout") or {}
     batches = record.get("batches") or []
@@ -158,7 +154,7 @@ def rollout_summary(body: dict[str, Any], t: Translate = _english) -> dict[str, 
             "lines": lines}
 
 
-def run_next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any], t: Translate = _english) -> list[str]:
+def run_next_commands(body: Mapping[str, Any], rollout: Mapping[str, Any], t: Translate = english) -> list[str]:
     """What to run next for the run as a whole: :func:`next_commands` for a run that ended, else for one that
     waits for an approval or that a drhost may still be driving."""
     run_id, status = str(body["run_id"]), str(body["status"])

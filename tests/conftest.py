@@ -171,32 +171,27 @@ def password_login_user() -> Iterator[LoginUser]:
         remove_login_user(user.name)
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[SshHost]:
-    """A real sshd on loopback for this test (root login, key only), under ``tmp_path/hosts``; skipped where
-    no sshd can run. A file whose tests share one host for speed defines its own, module-scoped ``host``."""
+def _one_sshd(directory: Path, login_user: str | None = None) -> Iterator[SshHost]:
     from sshd_hosts import sshd_available, start_hosts
 
     ok, why = sshd_available()
     if not ok:
         pytest.skip(why)
-    (sshd,) = start_hosts(tmp_path / "hosts", 1)
+    (sshd,) = start_hosts(directory, 1, login_user=login_user)
     try:
         yield sshd
     finally:
         sshd.stop()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[SshHost]:
+    """A real sshd on loopback for this test (root login, key only), under ``tmp_path/hosts``; skipped where
+    no sshd can run. A file whose tests share one host for speed defines its own, module-scoped ``host``."""
+    yield from _one_sshd(tmp_path / "hosts")
 
 
 @pytest.fixture
 def login_host(tmp_path: Path, login_user: LoginUser) -> Iterator[SshHost]:
     """A real sshd on loopback that refuses root login and lets ``login_user`` in (sudo to root)."""
-    from sshd_hosts import sshd_available, start_hosts
-
-    ok, why = sshd_available()
-    if not ok:
-        pytest.skip(why)
-    (sshd,) = start_hosts(tmp_path, 1, login_user=login_user.name)
-    try:
-        yield sshd
-    finally:
-        sshd.stop()
+    yield from _one_sshd(tmp_path, login_user.name)

@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from drhost.transport import LocalSession, SshSession, SshTarget, TargetSession
 from drhost_hookspecs import PackageInfo, PluginClass, PluginDefinitionError, PluginInfo, StepFailed, TargetInfo
 from plugin_factory import make_plugin, make_source_tree, simple_plugin
 from plugin_test_helpers import failures, plugin_test, results
-from sshd_hosts import SshHost, sshd_available, start_hosts
+from sshd_hosts import SshHost
 
 Refusals = list[tuple[str, dict[str, str]]]
 
@@ -320,27 +320,15 @@ def test_declaration_is_normalised_and_travels_as_json() -> None:
 # ------------------------------------------------------------------------------------------------------ ssh
 
 
-@pytest.fixture
-def ssh_host(tmp_path: Path) -> Iterator[SshHost]:
-    available, why = sshd_available()
-    if not available:
-        pytest.skip(why)
-    (host,) = start_hosts(tmp_path / "sshd", 1)
-    try:
-        yield host
-    finally:
-        host.stop()
-
-
 @pytest.mark.integration
 @pytest.mark.sshd
-def test_ssh_target_resolves_symlinks_on_the_target(ssh_host: SshHost, world: tuple[Path, Path]) -> None:
+def test_ssh_target_resolves_symlinks_on_the_target(host: SshHost, world: tuple[Path, Path]) -> None:
     """Over SSH realpath is the server's (SFTP): a link out of the root is refused, the root itself is fine."""
     root, outside = world
     (root / "logs").symlink_to(outside, target_is_directory=True)
-    ssh = SshSession(ssh_host.name, SshTarget(ssh_host.name, ssh_host.host, ssh_host.port,
-                                              key_file=str(ssh_host.client_key),
-                                              known_hosts=str(ssh_host.known_hosts)),
+    ssh = SshSession(host.name, SshTarget(host.name, host.host, host.port,
+                                              key_file=str(host.client_key),
+                                              known_hosts=str(host.known_hosts)),
                      run_id="run1", work_dir=f"{root}/.drhost", kill_grace_s=1.0)
     try:
         real_outside = os.path.realpath(outside)

@@ -5,7 +5,17 @@ gives the function for the environment's locale (LC_ALL, LC_MESSAGES, LANG). Eng
 missing translation reads as English, never as an id. The journal (events.jsonl) stays English.
 """
 
-from ._catalog import LANGUAGES, N_, JsonTranslations, Translate, catalog, resolve_language, translations, translator
+from ._catalog import (
+    LANGUAGES,
+    N_,
+    JsonTranslations,
+    Translate,
+    catalog,
+    english,
+    resolve_language,
+    translations,
+    translator,
+)
 
 __all__ = [
     "LANGUAGES",
@@ -13,6 +23,7 @@ __all__ = [
     "JsonTranslations",
     "Translate",
     "catalog",
+    "english",
     "resolve_language",
     "translations",
     "translator",

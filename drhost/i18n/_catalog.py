@@ -86,6 +86,11 @@ def translations(lang: str | None = None) -> gettext.NullTranslations:
     return JsonTranslations(catalog(resolved))
 
 
+def english(message: str) -> str:
+    """The translator of English: a message id is its English text (the default of every ``t`` parameter)."""
+    return message
+
+
 def translator(lang: str | None = None) -> Callable[[str], str]:
     """The ``gettext`` function for ``lang`` (or the environment's locale); English is the identity."""
     return translations(lang).gettext

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
-from ..i18n import N_, Translate
+from ..i18n import N_, Translate, english
 from ..status import status_label
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
@@ -101,14 +101,15 @@ _ROW_LABELS = {
 _STAGE_LABELS = ("precheck", "backup", "transfer", "upgrade", "postcheck", "rollback")
 
 
-def _identity(message: str) -> str:
-    return message
+def _stage(stage: str | None, t: Translate) -> str | None:
+    """A stage's name in the language of ``t`` (another word stays as it is)."""
+    return t(stage) if stage in _STAGE_LABELS else stage
 
 
-def describe(event: Event, t: Translate = _identity) -> str:
+def describe(event: Event, t: Translate = english) -> str:
     """One human line for an event (several for a timeout); watchdog lines in the language of ``t``."""
     d = event.data
-    stage = t(event.stage) if event.stage in _STAGE_LABELS else event.stage
+    stage = _stage(event.stage, t)
     where = f"[{stage}] {event.step}" if event.step else (f"[{stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
     name = current_event_name(event.event)  # an event of an earlier version's journal, under today's name
@@ -208,7 +209,7 @@ def _rollout_text(name: str, event: Event, t: Translate) -> str:
     return event.message
 
 
-def progress_text(event: Event, t: Translate = _identity) -> str:
+def progress_text(event: Event, t: Translate = english) -> str:
     """`` 45%`` — and for bytes, the amount, MB/s and the time left (`` 45% 28.8/64.0 MiB 41 MB/s ETA 1s``)."""
     done = float(event.data.get("done") or 0)
     total = float(event.data.get("total") or 0)
@@ -366,8 +367,7 @@ class LiveReporter:
         return self._t(label) if label is not None else name.split(".", 1)[1].replace("_", " ")
 
     def _where(self, event: Event) -> str:
-        stage = self._t(event.stage) if event.stage in _STAGE_LABELS else event.stage
-        return f"[{stage}] {event.step}"
+        return f"[{_stage(event.stage, self._t)}] {event.step}"
 
     def _draw(self) -> None:
         size = shutil.get_terminal_size((100, 20))

@@ -24,7 +24,7 @@ from drhost_hookspecs import Stage
 
 from ..errors import ExitCode
 from ..events import NETWORK_EVENTS, Event
-from ..i18n import N_, Translate, translator
+from ..i18n import N_, Translate, english, translator
 from ..orchestrator import RUN_EXIT_CODES
 from ..state import JournalSkips, RunState, atomic_write, iter_journal
 from ..status import rollout_summary, run_next_commands, status_texts, target_next
@@ -52,10 +52,6 @@ _WORDS = (
     N_("verified"), N_("queued"), N_("done"), N_("failure"), N_("retry"), N_("warning"), N_("decision"),
     N_("network"),
 )
-
-
-def _english(message: str) -> str:
-    return message
 
 
 def page_labels(t: Translate) -> dict[str, str]:
@@ -346,7 +342,7 @@ def _target(name: str, body: Mapping[str, Any], timeline: _Timeline | None, batc
     }
 
 
-def report_data(run_dir: Path, t: Translate = _english) -> dict[str, Any]:
+def report_data(run_dir: Path, t: Translate = english) -> dict[str, Any]:
     """Everything the page shows, as plain JSON: the summary, the rollout, each target's timeline and details;
     its words in the language of ``t`` (the keys and the statuses stay the state's)."""
     state = RunState.open(run_dir)
