@@ -82,6 +82,14 @@ def said_in(text: object, t: Callable[[str], str]) -> str:
     return t(text) if isinstance(text, str) else str(text)
 
 
+def message_phrase(exc: BaseException) -> str:
+    """``exc``'s message as a :class:`Phrase` when it was raised :meth:`WordedError.worded` (so that a message that
+    quotes it, an event's or a wrapping error's, can be said in another language), else its English text."""
+    if isinstance(exc, WordedError) and exc.template is not None:
+        return phrase(exc.template, **exc.fields)
+    return str(exc)
+
+
 class WordedError(Exception):
     """An error that can be said in the operator's language.
 

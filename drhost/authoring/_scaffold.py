@@ -27,6 +27,8 @@ from pathlib import Path
 
 from drhost_hookspecs import PluginClass
 
+from ..errors import WordedError
+
 __all__ = ["PLUGIN_CLASSES", "ScaffoldError", "ScaffoldResult", "new_plugin"]
 
 #: The values ``--class`` accepts, in the order the docs list them.
@@ -69,7 +71,7 @@ _TEMPLATE_FILES = (
 )
 
 
-class ScaffoldError(Exception):
+class ScaffoldError(WordedError):
     """The arguments of ``drhost plugin new`` cannot give a plugin; the message says what was expected."""
 
 

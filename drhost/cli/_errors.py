@@ -24,6 +24,7 @@ from ..errors import (
     ConfigError,
     EnvironmentVariableError,
     ExitCode,
+    Phrase,
     UsageError,
     WordedError,
     error_details,
@@ -103,9 +104,11 @@ def said(exc: BaseException, t: Translate) -> str:
         # so is the origin "command line"; a file's path stays as it is.
         origin = dataclasses.replace(exc.origin, file=t(exc.origin.file)) if exc.origin.file == _COMMAND_LINE \
             else exc.origin
+        # What was found is a phrase when it is a worded error's message (an inventory's, an ssh_config's).
+        found = shown(said_in(exc.found, t)) if isinstance(exc.found, Phrase) else exc.found_text
         return t("{origin}: expected {expected}, found {found}").format(origin=origin,
                                                                        expected=said_in(exc.expected, t),
-                                                                       found=exc.found_text)
+                                                                       found=found)
     if isinstance(exc, EnvironmentVariableError):
         return t("environment variable {variable}={value}: expected {expected}").format(
             variable=exc.variable, value=quote(exc.value), expected=said_in(exc.expected, t))

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import WordedError
+
 __all__ = ["AnsibleInventory", "InventoryError", "host_target", "is_ansible_inventory", "match_pattern",
            "read_inventory"]
 
@@ -38,7 +40,7 @@ DRHOST_SECTIONS = re.compile(r"^\[(run|rollout|timeouts|watchdog|container|proce
                              r"(target|class|stage|plugin|ssh):[^\]]+)\]\s*$", re.MULTILINE)
 
 
-class InventoryError(ValueError):
+class InventoryError(WordedError, ValueError):
     """An inventory drhost cannot read: the message names the file, the line or group, and what is wrong."""
 
 

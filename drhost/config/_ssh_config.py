@@ -20,6 +20,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import WordedError
+
 __all__ = ["SshConfigError", "SshConfigResult", "SshSetting", "lookup"]
 
 #: The keywords drhost takes from an ssh_config (lower case), in the order ``drhost plan`` lists them.
@@ -28,7 +30,7 @@ KEYWORDS = ("hostname", "user", "port", "identityfile", "proxyjump", "userknownh
 _MAX_INCLUDE_DEPTH = 16
 
 
-class SshConfigError(ValueError):
+class SshConfigError(WordedError, ValueError):
     """The file cannot be used: names the file, the line and what is wrong."""
 
 

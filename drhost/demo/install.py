@@ -17,6 +17,7 @@ from typing import Any
 from drhost.packaging import PackageError, read_package, verify_payload
 from drhost.packaging.manifest import INSTALL_MODE_MASK, PAYLOAD_PREFIX
 
+from ..errors import WordedError
 from ._ports import free_port as free_port
 
 TOOL_TIMEOUT = 60.0
@@ -24,7 +25,7 @@ ROOT_DIRS = ("releases", "etc/services", "data", "run", "log", "backup", "stagin
 EXIT_UNREACHABLE = 3
 
 
-class InstallError(RuntimeError):
+class InstallError(WordedError, RuntimeError):
     """Installing or driving the demo product failed; the message says which step and why."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from drhost_hookspecs import ENTRY_POINT_GROUP
 
+from ..errors import WordedError
+
 #: Where the bundle is mounted inside the container, and what PYTHONPATH the worker gets.
 MOUNT_POINT = "/opt/drhost"
 SITE = f"{MOUNT_POINT}/site"
@@ -38,7 +40,7 @@ _SKIP_DIRS = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", "
 _BUNDLE_FORMAT = "1"
 
 
-class BundleError(Exception):
+class BundleError(WordedError):
     """The plugin's code could not be found or copied."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import WordedError
 from ..state import atomic_write, cache_root, state_root
 
 #: Runtimes tried, in order, when ``container.runtime`` is ``auto``.
@@ -40,7 +41,7 @@ _runtime_cache: dict[str, str] = {}
 _version_cache: dict[str, str] = {}
 
 
-class ContainerUnavailable(Exception):
+class ContainerUnavailable(WordedError):
     """Podman is missing or cannot start a container here; the message says what failed."""
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from drhost_hookspecs import RunResult
 
+from ..errors import WordedError
+
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -24,7 +26,7 @@ class StillRunning:
     detached: bool = True
 
 
-class TransportError(Exception):
+class TransportError(WordedError):
     """The transport could not do what was asked; ``category`` says which kind of failure."""
 
     def __init__(self, message: str, *, category: str = "network") -> None:

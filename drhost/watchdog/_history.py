@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from ..errors import WordedError
 from ..state import atomic_write, state_root
 
 __all__ = [
@@ -54,7 +55,7 @@ def _usable(duration_s: float) -> bool:
     return math.isfinite(duration_s) and duration_s >= 0
 
 
-class _Unusable(Exception):
+class _Unusable(WordedError):
     """The history file exists but cannot be used; the message says why."""
 
 
