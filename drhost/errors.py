@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,6 +80,38 @@ def said_in(text: object, t: Callable[[str], str]) -> str:
         return t(text.template).format(**{k: said_in(v, t) if isinstance(v, Phrase) else v
                                            for k, v in text.fields.items()})
     return t(text) if isinstance(text, str) else str(text)
+
+
+def phrase_json(text: Phrase) -> dict[str, Any]:
+    """``text``'s template and fields as JSON (a field that is a phrase nested the same way), for a record that
+    keeps its English text and must be said again in another language when it is read back (the journal)."""
+    return {"template": text.template,
+            "fields": {k: phrase_json(v) if isinstance(v, Phrase) else v if isinstance(v, int | float) else str(v)
+                       for k, v in text.fields.items()}}
+
+
+def phrase_from_json(text: str, wording: object) -> str:
+    """``text`` as the :class:`Phrase` that ``wording`` (:func:`phrase_json`) describes, when it does and still
+    gives exactly ``text``; else ``text`` as it is: a record that was edited or cut is never said as something
+    else than what it says."""
+    def rebuilt(data: object) -> Phrase | None:
+        if not isinstance(data, dict) or not isinstance(data.get("template"), str) \
+                or not isinstance(data.get("fields"), dict):
+            return None
+        fields = {str(k): rebuilt(v) or v for k, v in data["fields"].items()}
+        try:
+            return phrase(data["template"], **fields)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            return None
+    found = rebuilt(wording)
+    return found if found is not None and found == text else text
+
+
+def joined(parts: Sequence[str], separator: str = "; ") -> str:
+    """``parts`` joined by ``separator``, as a :class:`Phrase` whose parts are said in the operator's language
+    when they are phrases themselves (problems collected from several worded errors)."""
+    template = separator.replace("{", "{{").replace("}", "}}").join(f"{{part{i}}}" for i in range(len(parts)))
+    return phrase(template, **{f"part{i}": part for i, part in enumerate(parts)})
 
 
 def message_phrase(exc: BaseException) -> str:

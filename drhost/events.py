@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
+from .errors import Phrase, phrase_json
+
 __all__ = [
     "EVENT_NAMES",
     "NETWORK_EVENTS",
@@ -108,6 +110,9 @@ class Event:
                 record[key] = value
         if self.message:
             record["message"] = self.message
+            if isinstance(self.message, Phrase):
+                # The English stays the record; its template lets a reader say it in the operator's language.
+                record["wording"] = phrase_json(self.message)
         if self.data:
             record["data"] = dict(self.data)
         return record

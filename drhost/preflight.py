@@ -14,7 +14,7 @@ from drhost_hookspecs import PackageInfo
 from drhost_hookspecs._runtime import parse_faults
 
 from .config import LoadedConfig, validate_plugin_section
-from .errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError
+from .errors import ConfigError, DrhostError, ExitCode, Origin, RefusedError, message_phrase
 from .orchestrator import Budget, RolloutError, batches_for
 from .packaging import (
     DEFAULT_MAX_UNPACKED_BYTES,
@@ -270,7 +270,8 @@ def load_package(path_text: str, origin: Origin, config: LoadedConfig | None = N
         if config is not None and section.get("product"):
             check_product(package, str(section["product"]), str(config.origin(("package", "product"))))
     except PackageError as exc:
-        raise PackageRefused(str(exc), str(path), exc.entry) from None
+        raise PackageRefused.worded("{message}", message=message_phrase(exc),
+                                    init={"path": str(path), "key": exc.entry}) from None
     problems = verify_payload(path, max_bytes)
     if problems:
         head = f"{path.name}: "

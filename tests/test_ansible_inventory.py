@@ -168,6 +168,35 @@ def test_what_drhost_cannot_honour_is_refused_by_name(tmp_path: Path, body: str,
     assert "hunter2" not in str(caught.value)
 
 
+def test_a_bad_inventory_is_said_in_the_operators_language(tmp_path: Path) -> None:
+    """With zh_CN a bad inventory is refused in Chinese, quoting the file, the line and the offending text as
+    they are (and YAML's place of a problem); in English the message is the one drhost always gave."""
+    import os
+
+    def plan(inventory: Path, lang: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LANG": lang, "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(tmp_path)}
+        return subprocess.run([sys.executable, "-m", "drhost", "plan", "-i", str(inventory)], capture_output=True,
+                              text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+
+    bad = write(tmp_path, "bad.ini", "[web]\nh1 junk\n")
+    english, chinese = plan(bad, "C"), plan(bad, "zh_CN.UTF-8")
+    assert english.returncode == chinese.returncode == 2
+    assert english.stderr == (f"drhost: error: {bad}: expected an Ansible inventory drhost can read, found "
+                              "<line 2: expected KEY=VALUE after the host, found 'junk'>\n")
+    assert chinese.stderr == f"drhost: 错误: {bad}: 期望 drhost 能读取的 Ansible 清单, 实际为 <第 2 行: 主机之后期望 " \
+                             "KEY=VALUE, 实际为 'junk'>\n"
+    from drhost.cli._errors import said
+    from drhost.i18n import translator
+
+    yaml_file = write(tmp_path, "bad.yml", "all:\n  children:\n    web:\n      hosts:\n        h1:abc:\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config([yaml_file])
+    assert str(caught.value) == (f"{yaml_file}: expected an Ansible inventory drhost can read, found "
+                                 "<group all > web: port 'abc' of host 'h1' is not a port number>")
+    assert said(caught.value, translator("zh_CN")) == (f"{yaml_file}: 期望 drhost 能读取的 Ansible 清单, 实际为 "
+                                                       "<分组 all > web: 主机 'h1' 的端口 'abc' 不是有效的端口号>")
+
+
 def test_limit_that_selects_nothing_names_the_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--limit with a pattern that matches no target: exit 2, the pattern and the targets named."""
     inventory = write(tmp_path, "hosts", "[web]\nw1 drhost_root=/opt/p\nw2 drhost_root=/opt/p\n")

@@ -14,6 +14,7 @@ import pytest
 
 from drhost.config import load_config
 from drhost.errors import RefusedError
+from drhost.i18n import translator
 from drhost.policy import ClassPolicy
 from drhost.supervisor import CallOutcome, RlimitSandbox, WorkerRunner, isolation, make_sandbox
 from drhost.supervisor._cgroups import (
@@ -262,6 +263,21 @@ def test_required_cgroups_refuse_clearly_where_there_are_none(monkeypatch: pytes
     monkeypatch.setattr("drhost.supervisor._cgroups.cgroup_support", lambda: CgroupSupport(0, {}, {"memory": "no"}))
     fallback = process_sandbox(policy(), label="x", message_limit=MiB, config={"process": {"cgroups": "auto"}})
     assert isinstance(fallback, RlimitSandbox)
+
+
+def test_required_cgroups_refusal_is_said_in_the_operators_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal of cgroups = required reads in Chinese with zh_CN, naming the controllers and what the machine
+    said as it said it; the English is unchanged."""
+    none = CgroupSupport(1, {"memory": Path("/nonexistent")}, {"cpu": "cgroup v1: no cpu hierarchy mounted"})
+    monkeypatch.setattr("drhost.supervisor._cgroups.cgroup_support", lambda: none)
+    with pytest.raises(RefusedError) as refused:
+        process_sandbox(policy(), label="x", message_limit=MiB, config={"process": {"cgroups": "required"}})
+    assert str(refused.value) == ("[process] cgroups = required, but this machine does not give drhost the cpu, "
+                                  "pids cgroup controller(s): cpu: cgroup v1: no cpu hierarchy mounted; "
+                                  "pids: not found")
+    assert refused.value.in_language(translator("zh_CN")) == (
+        "[process] cgroups = required, 但此机器未向 drhost 提供 cpu, pids cgroup 控制器: "
+        "cpu: cgroup v1: no cpu hierarchy mounted; pids: not found")
 
 
 def test_v2_layout_is_found_and_limited_through_the_unified_files(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from drhost.errors import RefusedError
+from drhost.i18n import translator
 from drhost.policy import class_policy
-from drhost.supervisor import WorkerRunner, _podman, make_sandbox, remove_left_containers
+from drhost.supervisor import ISOLATION_KINDS, WorkerRunner, _podman, make_sandbox, remove_left_containers
 from drhost.supervisor._bundle import build_bundle
 from drhost.supervisor._container import ContainerSandbox
-from drhost.supervisor._podman import container_available, podman_setup
+from drhost.supervisor._podman import ContainerUnavailable, container_available, find_podman, podman_setup
 from drhost_hookspecs import PluginClass, Stage
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context
@@ -306,6 +307,30 @@ def test_missing_podman_refuses_unless_weaker_isolation_is_allowed(state_dir: Pa
         assert sandbox.in_force()["weaker_than_configured"].startswith("container unavailable: podman not found")
     finally:
         sandbox.close()
+
+
+def test_a_missing_podman_is_said_in_the_operators_language(state_dir: Path) -> None:
+    """A podman not on PATH reads in Chinese with zh_CN (the refusal, the podman error it quotes, doctor's line),
+    quoting the name as it is; the English is the text it had before it was worded."""
+    zh = translator("zh_CN")
+    config = _config_with_container(podman="drhost-no-such-podman")
+    with pytest.raises(ContainerUnavailable) as missing:
+        find_podman(config)
+    assert str(missing.value) == ("podman not found ('drhost-no-such-podman' is not on PATH; install podman, e.g. "
+                                  "'apt-get install podman runc', or set container.podman)")
+    assert missing.value.in_language(zh) == ("未找到 podman ('drhost-no-such-podman' 不在 PATH 中; 请安装 podman, "
+                                             "例如 'apt-get install podman runc', 或设置 container.podman)")
+    with pytest.raises(RefusedError) as refused:
+        make_sandbox(class_policy(config, PluginClass.THIRD_PARTY), label="r/p/t", message_limit=1 << 20,
+                     config=config)
+    assert str(refused.value).startswith("third_party plugins run in a container, and none can be started here: "
+                                         "podman not found ('drhost-no-such-podman' is not on PATH;")
+    assert refused.value.in_language(zh).startswith("third_party 插件在容器中运行, 但此处无法启动容器: 未找到 podman "
+                                                    "('drhost-no-such-podman' 不在 PATH 中;")
+    kind = ISOLATION_KINDS["container"]
+    report = kind.doctor(config)
+    assert json.loads(json.dumps(report))["container"]["detail"] == str(missing.value)  # the JSON stays English
+    assert kind.doctor_lines(report, zh)[1] == "容器沙箱: 不可用: " + missing.value.in_language(zh)
 
 
 def test_podman_facts_are_asked_once_per_machine(state_dir: Path, tmp_path: Path,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from drhost.watchdog._history import KEEP_PER_STEP, StepHistory, remaining_for, remaining_s
+from drhost.i18n import translator
+from drhost.watchdog._history import KEEP_PER_STEP, StepHistory, _parse, _Unusable, remaining_for, remaining_s
 
 KEY = "upgrade/dr-database/upgrade_db_schema"
 OTHER_KEY = "upgrade/dr-daemon/restart"
@@ -221,6 +222,19 @@ def test_corrupt_file_found_while_recording_is_moved_aside(tmp_path: Path, caplo
     assert any(".corrupt-" in p.name for p in history.path.parent.iterdir())
     assert any(str(history.path) in r.getMessage() for r in caplog.records)
     assert _stored(history.path) == {"dr-demo-1": {KEY: [9.0]}}
+
+
+def test_why_a_history_is_unusable_is_said_in_the_operators_language() -> None:
+    """Why a history file is unusable reads in Chinese with zh_CN, quoting the values found; English unchanged."""
+    zh = translator("zh_CN")
+    with pytest.raises(_Unusable) as wrong_format:
+        _parse(b'{"format": "99"}')
+    assert str(wrong_format.value) == "expected format 1, found '99'"
+    assert wrong_format.value.in_language(zh) == "期望格式 1, 实际为 '99'"
+    with pytest.raises(_Unusable) as wrong_type:
+        _parse(b'{"format": 1, "targets": {"dr-demo-1": {"x": "fast"}}}')
+    assert str(wrong_type.value) == "target 'dr-demo-1', step 'x': expected a list of numbers"
+    assert wrong_type.value.in_language(zh) == "目标 'dr-demo-1', 步骤 'x': 期望数字列表"
 
 
 def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path: Path) -> None:

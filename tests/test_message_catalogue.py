@@ -246,3 +246,28 @@ def test_phrases_inside_an_error_are_said_in_chinese_too(tmp_path: Path) -> None
     assert out.returncode == 2
     expected = f"drhost: 错误: --out '{tmp_path}': 期望已存在目录中的文件; 它是一个目录 (请指定其中的文件)"
     assert out.stderr.startswith(expected), out.stderr
+
+
+def test_an_event_message_worded_as_a_phrase_is_said_in_chinese_from_the_journal_too() -> None:
+    """An event whose message is a phrase keeps its English in the journal record and its wording beside it; read
+    back, the console says it in Chinese (the error it quotes too); a wording that no longer gives the recorded
+    text is ignored, so an edited record is never said as something it does not say."""
+    import json
+
+    from drhost.errors import StateError, message_phrase, phrase, phrase_from_json
+    from drhost.events import Event
+    from drhost.report._console import describe
+
+    error = StateError.worded("no run {run} under {path}", run="'r-1'", path="/var/lib/drhost/runs")
+    message = phrase("cannot reach target {target}: {error}", target="dr-1", error=message_phrase(error))
+    record = json.loads(json.dumps(Event("stage.failed", "r", target="dr-1", stage="precheck",
+                                         message=message).to_json()))
+    assert record["message"] == "cannot reach target dr-1: no run 'r-1' under /var/lib/drhost/runs"
+    read = Event(record["event"], "r", target="dr-1", stage="precheck",
+                 message=phrase_from_json(record["message"], record["wording"]))
+    chinese = describe(read, translator("zh_CN"))
+    assert chinese == "dr-1: [预检查] 失败: 无法连接目标 dr-1: /var/lib/drhost/runs 下没有运行 'r-1'", chinese
+    assert describe(read, translator("C")) == f"dr-1: [precheck] failed: {record['message']}"
+    edited = phrase_from_json("cannot reach target dr-2: gone", record["wording"])
+    assert describe(Event("stage.failed", "r", stage="precheck", message=edited), translator("zh_CN")) \
+        .endswith("cannot reach target dr-2: gone")

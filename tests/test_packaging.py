@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from drhost.i18n import translator
 from drhost.packaging import PackageError, build_package, read_package, verify_payload
 from product_helpers import build_all, repack
 
@@ -74,6 +75,26 @@ def test_nested_manifest_error_names_path(packages: dict[str, Path], tmp_path: P
     bad = repack(packages["1.0.0"], tmp_path / "drproduct-1.0.0.tar.gz", edit_manifest=corrupt)
     with pytest.raises(PackageError, match=r"drproduct-1\.0\.0\.tar\.gz: manifest\.json at 'files/0/sha256'"):
         read_package(bad)
+
+
+def test_a_manifest_error_is_said_in_chinese_with_the_same_english(packages: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A manifest that lists one path twice is refused in Chinese under zh_CN, quoting the file, the key and the
+    path as they are; its English (str) is unchanged."""
+    listed: list[str] = []
+
+    def twice(m: dict[str, Any]) -> None:
+        m["files"][1]["path"] = m["files"][0]["path"]
+        listed.append(m["files"][0]["path"])
+
+    bad = repack(packages["1.0.0"], tmp_path / "drproduct-1.0.0.tar.gz", edit_manifest=twice)
+    with pytest.raises(PackageError) as err:
+        read_package(bad)
+    assert str(err.value) == (f"drproduct-1.0.0.tar.gz: manifest.json at 'files/1/path': expected each path listed "
+                              f"once, found '{listed[0]}'")
+    assert err.value.in_language(translator("zh_CN")) == (
+        f"drproduct-1.0.0.tar.gz: manifest.json 的 'files/1/path': 期望 每个路径只列出一次, 实际为 '{listed[0]}'")
+    assert (err.value.file, err.value.entry) == ("drproduct-1.0.0.tar.gz", f"'{listed[0]}'")
 
 
 def test_renamed_package_refused(packages: dict[str, Path], tmp_path: Path) -> None:

@@ -259,3 +259,21 @@ def test_cli_creates_the_distribution_and_refuses_bad_input_without_traceback(tm
                        (("acme-audit", "--class", "core"), "exists and is not empty")):
         refused = cli(*args)
         assert refused.returncode == 2 and says in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_cli_refuses_a_bad_name_in_the_operators_language(tmp_path: Path) -> None:
+    """With LANG=zh_CN.UTF-8 `drhost plugin new` refuses a bad name in Chinese through the CLI's usual error line,
+    quoting the name as given; in English the line is unchanged, and the exit code (2) is the same in both."""
+    def cli(lang: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LANG": lang, "LC_ALL": "", "LC_MESSAGES": ""}
+        return subprocess.run([sys.executable, "-m", "drhost", "plugin", "new", "Bad_Name", "--class", "core"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    english, chinese = cli("C"), cli("zh_CN.UTF-8")
+    assert english.returncode == chinese.returncode == 2
+    assert english.stderr == ("drhost: error: plugin name 'Bad_Name': expected 3 to 40 characters: lowercase letters, "
+                              "digits and single '-' between them, starting with a letter (for example 'acme-audit')\n")
+    assert chinese.stderr == ("drhost: 错误: 插件名 'Bad_Name': 期望 3 到 40 个字符: 小写字母, 数字, "
+                              "以及夹在其间的单个 '-', 以字母开头 (例如 'acme-audit')\n")
+    assert english.stdout == chinese.stdout == "" and not list(tmp_path.iterdir())

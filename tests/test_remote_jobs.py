@@ -40,3 +40,19 @@ def test_a_cut_off_output_is_an_error_not_a_shorter_output() -> None:
 
     with pytest.raises(TransportError, match="incomplete: 10 of 30000 bytes"):
         jobs.start_and_wait(exec_fn, "/tmp/jobs", ["drproduct-db", "dump"], {}, wait_s=1)
+
+
+def test_a_cut_off_output_is_said_in_chinese_with_its_sizes() -> None:
+    """The cut-off-output error reads in Chinese with zh_CN, with the same byte counts; its English is unchanged."""
+    import pytest
+
+    from drhost.i18n import translator
+    from drhost.transport import TransportError
+
+    def exec_fn(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        return 0, b"4242\nrc 0\n30000 0\n{\"jobs\": [", b""
+
+    with pytest.raises(TransportError) as caught:
+        jobs.start_and_wait(exec_fn, "/tmp/jobs", ["drproduct-db", "dump"], {}, wait_s=1)
+    assert str(caught.value) == "job output arrived incomplete: 10 of 30000 bytes"
+    assert caught.value.in_language(translator("zh_CN")) == "作业输出不完整: 只收到 10/30000 字节"

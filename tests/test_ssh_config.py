@@ -140,6 +140,25 @@ def test_a_bad_ssh_config_is_a_config_error_naming_its_line(tmp_path: Path) -> N
         load_config([inventory])
 
 
+def test_a_bad_ssh_config_value_is_said_in_the_operators_language(tmp_path: Path) -> None:
+    """With zh_CN a value drhost cannot take from an ssh_config is refused in Chinese, quoting the file, line,
+    keyword and value as they are; the English is the message drhost always gave."""
+    from drhost.cli._errors import said
+    from drhost.i18n import translator
+
+    bad = tmp_path / "config"
+    bad.write_text("Host *\n  Port abc\n")
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(f"[target:t]\ntransport = ssh\nhost = t\nroot = /opt/p\nssh_config = {bad}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config([inventory])
+    assert str(caught.value) == (f"{inventory}: [target:t] ssh_config: expected an ssh_config drhost can read, "
+                                 f"found <{bad}:2 (Host *): port expected a positive whole number, found 'abc'>")
+    assert said(caught.value, translator("zh_CN")) == (f"{inventory}: [target:t] ssh_config: 期望 drhost 能读取的 "
+                                                       f"ssh_config, 实际为 <{bad}:2 (Host *): port 期望正整数, 实际为 "
+                                                       "'abc'>")
+
+
 def test_ssh_config_none_reads_nothing(ssh_config: Path, tmp_path: Path) -> None:
     """ssh_config = none: the target is exactly what the inventory says."""
     inventory = tmp_path / "hosts.ini"

@@ -343,6 +343,50 @@ def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.Mo
     assert (status, out, err) == (0, b"x" * 1000 + b"y" * 500, b"")
 
 
+def test_a_refused_connect_is_said_in_chinese_naming_the_address(tmp_path: Path) -> None:
+    """A connect to a port nobody listens on fails with the address and the OS's reason, in English as before and
+    in Chinese with zh_CN (the OS's reason stays as the OS said it)."""
+    from drhost.i18n import translator
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TransportError) as caught:
+        connect(SshTarget("t", "127.0.0.1", port, known_hosts=str(tmp_path / "known_hosts")))
+    assert caught.value.category == "network"
+    assert str(caught.value) == f"cannot connect to root@127.0.0.1:{port}: Connection refused"
+    assert caught.value.in_language(translator("zh_CN")) == f"无法连接 root@127.0.0.1:{port}: Connection refused"
+
+
+def test_a_connection_lost_for_good_is_said_in_chinese_in_the_error_and_the_event(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A file call whose connection is lost past the reconnects: the error and the network event read in Chinese
+    with zh_CN, the call (what was being done) too; their English is unchanged."""
+    from drhost.errors import said_in
+    from drhost.i18n import translator
+    from drhost.transport._ssh import _ConnectionLost
+
+    events: list[tuple[str, str]] = []
+    ssh = SshSession("t", SshTarget("t", "127.0.0.1", 1), run_id="r", work_dir=str(tmp_path), reconnects=0,
+                     on_network=lambda event, message, data: events.append((event, message)))
+
+    def lost() -> None:
+        raise _ConnectionLost("no answer within 30 s")
+
+    monkeypatch.setattr(ssh, "_sftp_client", lost)
+    with pytest.raises(TransportError) as caught:
+        ssh.read_text("/etc/drproduct.ini")
+    zh = translator("zh_CN")
+    assert str(caught.value) == ("network failure: t: connection lost during read /etc/drproduct.ini (no answer "
+                                 "within 30 s); gave up after 0 reconnects")
+    assert caught.value.in_language(zh) == ("网络故障: t: 读取 /etc/drproduct.ini 时连接断开 (no answer within 30 s); "
+                                            "重连 0 次后放弃")
+    [(event, message)] = events
+    assert event == "network.connection_lost"
+    assert message == "connection lost during read /etc/drproduct.ini: no answer within 30 s"
+    assert said_in(message, zh) == "读取 /etc/drproduct.ini 时连接断开: no answer within 30 s"
+
+
 @pytest.mark.sshd
 def test_peer_that_accepts_and_says_nothing_is_a_network_failure(host: SshHost, tmp_path: Path) -> None:
     """A black-holed peer (connection accepted, not a byte back) fails as a network TransportError after the

@@ -24,9 +24,10 @@ import pytest
 import drhost
 from drhost.config import load_config
 from drhost.errors import RefusedError
+from drhost.i18n import translator
 from drhost.policy import class_policy
 from drhost.supervisor import WorkerRunner, make_sandbox
-from drhost.supervisor._confine import DEFAULT_WORKER_USER, ConfinedSandbox
+from drhost.supervisor._confine import DEFAULT_WORKER_USER, ConfinedSandbox, worker_identity
 from drhost_hookspecs import PluginClass, Stage
 from plugin_factory import make_plugin, simple_plugin
 from worker_helpers import make_context
@@ -233,3 +234,19 @@ def test_a_root_worker_user_is_refused() -> None:
         make_sandbox(class_policy(config(), PluginClass.BUSINESS), label="test/rootuser", message_limit=1 << 20,
                      config=config(user="root"))
 
+
+def test_worker_user_refusals_are_said_in_the_operators_language() -> None:
+    """A root or missing worker user is refused in Chinese with zh_CN, quoting the user as configured; the
+    English is unchanged."""
+    zh = translator("zh_CN")
+    with pytest.raises(RefusedError) as root:
+        worker_identity({"process": {"user": "root"}})
+    assert str(root.value) == ("[process] user = 'root' is root (uid 0, gid 0); process workers need an "
+                               "unprivileged user")
+    assert root.value.in_language(zh) == "[process] user = 'root' 是 root (uid 0, gid 0); 工作进程需要非特权用户"
+    with pytest.raises(RefusedError) as missing:
+        worker_identity({"process": {"user": "zz-no-such-user"}})
+    assert str(missing.value).startswith("process workers run as an unprivileged user, and the worker user "
+                                         "'zz-no-such-user' does not exist on this machine. Create it with")
+    assert missing.value.in_language(zh).startswith("工作进程以非特权用户运行, 但 工作用户 'zz-no-such-user' "
+                                                    "在此机器上不存在。请用 scripts/install-dev 创建该用户")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from drhost_hookspecs import PluginClass
 
-from ..errors import WordedError
+from ..errors import WordedError, phrase
 
 __all__ = ["PLUGIN_CLASSES", "ScaffoldError", "ScaffoldResult", "new_plugin"]
 
@@ -40,13 +40,14 @@ PLUGIN_CLASSES: tuple[str, ...] = tuple(c.value for c in PluginClass)
 # "a-b" on PyPI while staying "a--b" as the entry point.
 _NAME = re.compile(r"[a-z](?:[a-z0-9]|-(?=[a-z0-9]))*")
 _NAME_LENGTH = (3, 40)
-_NAME_EXPECTED = (
-    f"{_NAME_LENGTH[0]} to {_NAME_LENGTH[1]} characters: lowercase letters, digits and single '-' between them, "
-    "starting with a letter (for example 'acme-audit')"
+_NAME_EXPECTED = phrase(
+    "{low} to {high} characters: lowercase letters, digits and single '-' between them, starting with a letter "
+    "(for example 'acme-audit')", low=_NAME_LENGTH[0], high=_NAME_LENGTH[1]
 )
 # The department lands inside Python and TOML string literals: no quotes or backslashes.
 _DEPARTMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,39}")
-_DEPARTMENT_EXPECTED = "1 to 40 characters: letters, digits, ' ', '.', '_' or '-', starting with a letter or digit"
+_DEPARTMENT_EXPECTED = phrase("1 to 40 characters: letters, digits, ' ', '.', '_' or '-', starting with a letter or "
+                              "digit")
 
 # The template's placeholders and what each stands for. Replaced in one pass of one pattern (longest first,
 # so the distribution's name is not taken for the plugin's name inside it): a replacement is never scanned
@@ -92,29 +93,32 @@ class ScaffoldResult:
 def _check_name(name: str) -> None:
     low, high = _NAME_LENGTH
     if not (low <= len(name) <= high and _NAME.fullmatch(name)):
-        raise ScaffoldError(f"plugin name {name!r}: expected {_NAME_EXPECTED}")
+        raise ScaffoldError.worded("plugin name {name}: expected {expected}", name=repr(name),
+                                   expected=_NAME_EXPECTED)
 
 
 def _check_class(plugin_class: str) -> PluginClass:
     if plugin_class not in PLUGIN_CLASSES:
-        raise ScaffoldError(f"plugin class {plugin_class!r}: expected one of {', '.join(PLUGIN_CLASSES)}")
+        raise ScaffoldError.worded("plugin class {plugin_class}: expected one of {known}",
+                                   plugin_class=repr(plugin_class), known=", ".join(PLUGIN_CLASSES))
     return PluginClass(plugin_class)
 
 
 def _check_department(department: str) -> None:
     if not _DEPARTMENT.fullmatch(department):
-        raise ScaffoldError(f"department {department!r}: expected {_DEPARTMENT_EXPECTED}")
+        raise ScaffoldError.worded("department {department}: expected {expected}", department=repr(department),
+                                   expected=_DEPARTMENT_EXPECTED)
 
 
 def _check_directory(directory: Path) -> None:
     if not directory.exists():
         return
     if not directory.is_dir():
-        raise ScaffoldError(f"target directory {directory}: exists and is not a directory; "
-                            "expected a new or empty directory")
+        raise ScaffoldError.worded("target directory {directory}: exists and is not a directory; expected a new or "
+                                   "empty directory", directory=directory)
     if any(directory.iterdir()):
-        raise ScaffoldError(f"target directory {directory}: exists and is not empty; "
-                            "expected a new or empty directory (nothing in it was changed)")
+        raise ScaffoldError.worded("target directory {directory}: exists and is not empty; expected a new or empty "
+                                   "directory (nothing in it was changed)", directory=directory)
 
 
 def _render(template: str, values: Mapping[str, str]) -> str:

@@ -46,8 +46,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("drhost").strip()
         named = re.match(r"argument ([^:]+): ", message)
-        raise UsageError(f"{command + ': ' if command else ''}{shown(message, 1000)} (see {self.prog} --help)",
-                         argument=named.group(1) if named else None)
+        where = {"argument": named.group(1) if named else None}
+        # argparse's own message is argparse's (English) words; the frame around it is drhost's.
+        if command:
+            raise UsageError.worded("{command}: {message} (see {prog} --help)", command=command,
+                                    message=shown(message, 1000), prog=self.prog, init=where)
+        raise UsageError.worded("{message} (see {prog} --help)", message=shown(message, 1000), prog=self.prog,
+                                init=where)
 
 
 def wants_json(argv: Sequence[str]) -> bool:
@@ -76,8 +81,9 @@ def check_lengths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str) and len(item) > ARGUMENT_LIMIT:
                 name = names.get(dest, dest)
-                raise UsageError(f"argument {name}: expected at most {ARGUMENT_LIMIT} characters, found "
-                                 f"{len(item)}: {quote(item)}", argument=name, value=item)
+                raise UsageError.worded("argument {name}: expected at most {limit} characters, found {count}: "
+                                        "{value}", name=name, limit=ARGUMENT_LIMIT, count=len(item),
+                                        value=quote(item), init={"argument": name, "value": item})
 
 
 def error_object(exc: BaseException, code: int, **extra: Any) -> dict[str, Any]:

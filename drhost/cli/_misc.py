@@ -12,6 +12,7 @@ from ..errors import ExitCode, UsageError, quote, shown
 from ..packaging import build_package
 from ..plugins import discover
 from ..preflight import input_problems, load_package, target_problems, targets_well_formed, validate_run_inputs
+from ._errors import report
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -61,8 +62,7 @@ def cmd_plugin_new(args: argparse.Namespace) -> int:
     try:
         result = new_plugin(args.name, args.plugin_class, directory, department=args.department)
     except ScaffoldError as exc:
-        print(f"drhost: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return report(exc, ExitCode.USAGE, as_json=False)
     print(f"created {result.distribution} in {result.directory}:")
     for file in result.files:
         print(f"  {file.relative_to(result.directory)}")

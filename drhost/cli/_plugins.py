@@ -122,8 +122,9 @@ def cmd_plugins_lock(args: argparse.Namespace) -> int:
     broken = [r for r in registry.all if r.status == "broken"]
     if broken and not args.allow_broken:
         listed = "; ".join(f"{r.name} ({r.distribution} {r.version}): {r.error}" for r in broken)
-        raise RefusedError(f"no plugin lock written: {len(broken)} plugin(s) are broken: {listed}. Fix or uninstall "
-                           f"them, or write the lock without them with --allow-broken")
+        raise RefusedError.worded("no plugin lock written: {count} plugin(s) are broken: {plugins}. Fix or uninstall "
+                                  "them, or write the lock without them with --allow-broken", count=len(broken),
+                                  plugins=listed)
     usable = registry.usable()
     entries = [LockEntry(name=r.name, distribution=r.distribution, version=r.version,
                          plugin_class=r.plugin_class.value, entry_point=r.value, digest=r.digest)

@@ -23,12 +23,13 @@ import re
 import shlex
 import string
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import WordedError
+from ..errors import Phrase, WordedError, message_phrase, phrase
 
 __all__ = ["AnsibleInventory", "InventoryError", "host_target", "is_ansible_inventory", "match_pattern",
            "read_inventory"]
@@ -42,6 +43,27 @@ DRHOST_SECTIONS = re.compile(r"^\[(run|rollout|timeouts|watchdog|container|proce
 
 class InventoryError(WordedError, ValueError):
     """An inventory drhost cannot read: the message names the file, the line or group, and what is wrong."""
+
+    #: The file the message starts with (raised :meth:`at`), and its line (None: the file as a whole).
+    file: str | None = None
+    line: int | None = None
+    #: What is wrong there: the message after ``FILE:LINE: `` (a phrase where drhost worded it).
+    problem: str = ""
+
+    @classmethod
+    def at(cls, file: Path | str, line: int | None, problem: str) -> InventoryError:
+        """The error ``FILE:LINE: PROBLEM`` (``FILE: PROBLEM`` without a line), keeping the file, the line and the
+        problem apart: a message that names the file already (the loader's) says only the line and the problem."""
+        error = cls.worded("{where}: {problem}", where=f"{file}:{line}" if line is not None else str(file),
+                           problem=problem)
+        error.file, error.line, error.problem = str(file), line, problem
+        return error
+
+
+def _as_phrase(text: str) -> Phrase:
+    """``text`` as a phrase, so that a constant (a message id marked ``N_`` where it was written) is said in the
+    operator's language where it is a field."""
+    return text if isinstance(text, Phrase) else phrase(text.replace("{", "{{").replace("}", "}}"))
 
 
 @dataclass
@@ -89,7 +111,8 @@ class AnsibleInventory:
     def _check_cycles(self) -> None:
         def visit(name: str, path: tuple[str, ...]) -> None:
             if name in path:
-                raise InventoryError(f"{self.path}: group {name} is its own descendant ({' > '.join((*path, name))})")
+                raise InventoryError.at(self.path, None, phrase("group {group} is its own descendant ({path})",
+                                                                group=name, path=" > ".join((*path, name))))
             for child in self.groups[name].children:
                 visit(child, (*path, name))
 
@@ -159,29 +182,30 @@ def expand_range(pattern: str) -> list[str]:
     head, tail = pattern[:found.start()], pattern[found.end():]
     start, end, step = found.group("start"), found.group("end"), int(found.group("step") or 1)
     if step < 1:
-        raise InventoryError(f"host range {pattern!r}: the stride must be at least 1")
+        raise InventoryError.worded("host range {pattern}: the stride must be at least 1", pattern=repr(pattern))
     if start.isdigit() and end.isdigit():
         width = len(start) if start.startswith("0") and len(start) > 1 else 0
         if int(start) > int(end):
-            raise InventoryError(f"host range {pattern!r}: the start is after the end")
+            raise InventoryError.worded("host range {pattern}: the start is after the end", pattern=repr(pattern))
         values = [str(n).zfill(width) for n in range(int(start), int(end) + 1, step)]
     elif len(start) == 1 and len(end) == 1 and start.isalpha() and end.isalpha():
         letters = string.ascii_letters
         if letters.index(start) > letters.index(end):
-            raise InventoryError(f"host range {pattern!r}: the start is after the end")
+            raise InventoryError.worded("host range {pattern}: the start is after the end", pattern=repr(pattern))
         values = list(letters[letters.index(start):letters.index(end) + 1:step])
     else:
-        raise InventoryError(f"host range {pattern!r}: expected numbers or single letters")
+        raise InventoryError.worded("host range {pattern}: expected numbers or single letters", pattern=repr(pattern))
     return [name for value in values for name in expand_range(f"{head}{value}{tail}")]
 
 
-def _host_and_port(pattern: str, where: str) -> tuple[list[str], int | None]:
-    """A host pattern's names and its ``:port``; a colon inside a range's brackets is the range's."""
+def _host_and_port(pattern: str, error: Callable[[Phrase], InventoryError]) -> tuple[list[str], int | None]:
+    """A host pattern's names and its ``:port``; a colon inside a range's brackets is the range's. ``error``: the
+    error saying a problem where the pattern is written."""
     port = None
     head, colon, tail = pattern.rpartition(":")
     if colon and "]" not in tail and head.count("[") == head.count("]") and head.count(":") == 0:
         if not tail.isdigit() or not 1 <= int(tail) <= 65535:
-            raise InventoryError(f"{where}: port {tail!r} of host {head!r} is not a port number")
+            raise error(phrase("port {port} of host {host} is not a port number", port=repr(tail), host=repr(head)))
         pattern, port = head, int(tail)
     return expand_range(pattern), port
 
@@ -220,38 +244,39 @@ def _read_text(path: Path) -> str:
     try:
         return read_config_text(path)
     except ConfigError as exc:
-        raise InventoryError(f"{path}: expected {exc.expected}, found {exc.found}") from None
+        raise InventoryError.at(path, None, phrase("expected {expected}, found {found}",
+                                                   expected=_as_phrase(exc.expected), found=exc.found)) from None
 
 
 def _read_ini(path: Path, text: str) -> AnsibleInventory:
     inventory = AnsibleInventory(path)
     group, kind = "ungrouped", "hosts"
     defined: set[str] = {"all", "ungrouped"}  # groups with a [NAME] or [NAME:vars] section of their own
-    named_as_child: dict[str, tuple[str, str]] = {}  # child -> (parent, line), for Ansible's check
+    named_as_child: dict[str, tuple[str, int]] = {}  # child -> (parent, line number), for Ansible's check
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        where = f"{path}:{number}"
         if not line or line.startswith(("#", ";")):
             continue
         section = _SECTION.match(line)
         if section:
             group, kind = section.group("name"), section.group("kind") or "hosts"
             if kind not in ("hosts", "vars", "children"):
-                raise InventoryError(f"{where}: section [{group}:{kind}]: expected [NAME], [NAME:vars] or "
-                                     "[NAME:children]")
+                raise InventoryError.at(path, number, phrase("section [{group}:{kind}]: expected [NAME], [NAME:vars] "
+                                                             "or [NAME:children]", group=group, kind=kind))
             inventory.group(group)
             defined.add(group)
             continue
         if line.startswith("["):
-            raise InventoryError(f"{where}: {line!r} is not a section header")
+            raise InventoryError.at(path, number, phrase("{text} is not a section header", text=repr(line)))
         if kind == "vars":
             if "=" not in line:
-                raise InventoryError(f"{where}: expected KEY=VALUE in [{group}:vars], found {line!r}")
+                raise InventoryError.at(path, number, phrase("expected KEY=VALUE in [{group}:vars], found {text}",
+                                                             group=group, text=repr(line)))
             key, value = (part.strip() for part in line.split("=", 1))
             inventory.group(group).vars[key] = _literal(value)
         elif kind == "children":
             child = line.split()[0]
-            named_as_child.setdefault(child, (group, where))
+            named_as_child.setdefault(child, (group, number))
             inventory.group(child)
             if child not in inventory.group(group).children:
                 inventory.group(group).children.append(child)
@@ -259,26 +284,33 @@ def _read_ini(path: Path, text: str) -> AnsibleInventory:
             try:
                 words = shlex.split(line, comments=True)
             except ValueError as exc:
-                raise InventoryError(f"{where}: {exc}") from None
+                raise InventoryError.at(path, number, message_phrase(exc)) from None
             if not words:
                 continue
             variables: dict[str, Any] = {}
             for word in words[1:]:
                 if "=" not in word:
-                    raise InventoryError(f"{where}: expected KEY=VALUE after the host, found {word!r}")
+                    raise InventoryError.at(path, number, phrase("expected KEY=VALUE after the host, found {word}",
+                                                                 word=repr(word)))
                 key, value = word.split("=", 1)
                 variables[key] = _literal(value)
-            hosts, port = _host_and_port(words[0], where)
+            hosts, port = _host_and_port(words[0], partial(InventoryError.at, path, number))
             if port is not None:
                 variables.setdefault("ansible_port", port)
             for host in hosts:
                 inventory.add_host(group, host, variables)
-    for child, (parent, where) in named_as_child.items():
+    for child, (parent, number) in named_as_child.items():
         if child not in defined:
             # Ansible's rule: a child group must have a section somewhere in the file (a typo otherwise).
-            raise InventoryError(f"{where}: section [{parent}:children] includes undefined group {child!r}")
+            raise InventoryError.at(path, number, phrase("section [{parent}:children] includes undefined group {child}",
+                                                         parent=parent, child=repr(child)))
     inventory.finish()
     return inventory
+
+
+def _in_group(group: str, problem: Phrase) -> InventoryError:
+    """A YAML inventory's problem in group ``group`` (``all > web``), where the file's line is unknown."""
+    return InventoryError.worded("group {group}: {problem}", group=group, problem=problem)
 
 
 def _read_yaml(path: Path, text: str) -> AnsibleInventory:
@@ -287,32 +319,36 @@ def _read_yaml(path: Path, text: str) -> AnsibleInventory:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InventoryError(f"{path}: not YAML: {exc}") from None
+        raise InventoryError.at(path, None, phrase("not YAML: {error}", error=message_phrase(exc))) from None
     inventory = AnsibleInventory(path)
     if data is None:
         inventory.finish()
         return inventory
     if not isinstance(data, dict):
-        raise InventoryError(f"{path}: expected groups at the top (all:, or group names), found {type(data).__name__}")
+        raise InventoryError.at(path, None, phrase("expected groups at the top (all:, or group names), found {type}",
+                                                   type=type(data).__name__))
 
     def read_group(name: str, body: Any, where: str) -> None:
         group = inventory.group(str(name))
         if body is None:
             return
         if not isinstance(body, dict):
-            raise InventoryError(f"{path}: group {where}: expected hosts:, vars: or children:, found "
-                                 f"{type(body).__name__}")
+            raise InventoryError.at(path, None, phrase("group {group}: expected hosts:, vars: or children:, found "
+                                                       "{type}", group=where, type=type(body).__name__))
         for key in body:
             if key not in ("hosts", "vars", "children"):
-                raise InventoryError(f"{path}: group {where}: unknown key {key!r} (hosts, vars, children)")
+                raise InventoryError.at(path, None, phrase("group {group}: unknown key {key} (hosts, vars, children)",
+                                                           group=where, key=repr(key)))
         hosts = body.get("hosts") or {}
         if not isinstance(hosts, dict):
-            raise InventoryError(f"{path}: group {where}: hosts: expected a mapping of host names")
+            raise InventoryError.at(path, None, phrase("group {group}: hosts: expected a mapping of host names",
+                                                       group=where))
         for pattern, variables in hosts.items():
             if variables is not None and not isinstance(variables, dict):
-                raise InventoryError(f"{path}: host {pattern} in group {where}: expected variables, found "
-                                     f"{type(variables).__name__}")
-            names, port = _host_and_port(str(pattern), f"group {where}")
+                raise InventoryError.at(path, None, phrase("host {host} in group {group}: expected variables, found "
+                                                           "{type}", host=pattern, group=where,
+                                                           type=type(variables).__name__))
+            names, port = _host_and_port(str(pattern), partial(_in_group, where))
             merged = dict(variables or {})
             if port is not None:
                 merged.setdefault("ansible_port", port)
@@ -320,11 +356,12 @@ def _read_yaml(path: Path, text: str) -> AnsibleInventory:
                 inventory.add_host(str(name), host, merged)
         group_vars = body.get("vars") or {}
         if not isinstance(group_vars, dict):
-            raise InventoryError(f"{path}: group {where}: vars: expected a mapping")
+            raise InventoryError.at(path, None, phrase("group {group}: vars: expected a mapping", group=where))
         group.vars.update(group_vars)
         children = body.get("children") or {}
         if not isinstance(children, dict):
-            raise InventoryError(f"{path}: group {where}: children: expected a mapping of group names")
+            raise InventoryError.at(path, None, phrase("group {group}: children: expected a mapping of group names",
+                                                       group=where))
         for child, child_body in children.items():
             if str(child) not in group.children:
                 group.children.append(str(child))
@@ -425,7 +462,7 @@ def match_pattern(pattern: str, hosts: Iterable[str], groups: Mapping[str, list[
     every = list(hosts)
     terms = _split(pattern)
     if not terms:
-        raise InventoryError(f"--limit {pattern!r}: an empty pattern")
+        raise InventoryError.worded("--limit {pattern}: an empty pattern", pattern=repr(pattern))
     unions = [term for term in terms if not term.startswith(("&", "!"))]
     intersections = [term[1:] for term in terms if term.startswith("&")]
     exclusions = [term[1:] for term in terms if term.startswith("!")]
@@ -456,21 +493,23 @@ SECRET_VARS = {"ansible_password": "drhost_password_env", "ansible_ssh_pass": "d
                "ansible_become_pass": "drhost_become_password_env", "ansible_sudo_pass": "drhost_become_password_env"}
 
 
-def _flag(value: Any, where: str) -> bool:
+def _flag(value: Any, host: str, variable: str) -> bool:
     text = str(value).strip().lower()
     if isinstance(value, bool):
         return value
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise InventoryError(f"{where}: expected yes or no, found {value!r}")
+    raise InventoryError.worded("host {host}: {variable}: expected yes or no, found {value}", host=host,
+                                variable=variable, value=repr(value))
 
 
-def _ssh_args(text: str, where: str) -> dict[str, str]:
+def _ssh_args(text: str, host: str, variable: str) -> dict[str, str]:
     """ProxyJump and StrictHostKeyChecking given to ssh in ``ansible_ssh_common_args``/``_extra_args``."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        raise InventoryError(f"{where}: {exc}") from None
+        raise InventoryError.worded("host {host}: {variable}: {problem}", host=host, variable=variable,
+                                    problem=message_phrase(exc)) from None
     found: dict[str, str] = {}
     index = 0
     while index < len(words):
@@ -501,12 +540,12 @@ def _ssh_args(text: str, where: str) -> dict[str, str]:
 def host_target(inventory: AnsibleInventory, host: str) -> dict[str, tuple[Any, str]]:
     """The drhost target keys of Ansible host ``host``, each with the variable it came from."""
     variables = inventory.variables(host)
-    where = f"host {host}"  # the file is named by the error's origin
+    # The messages name the host; the file is named by the error's origin.
     target: dict[str, tuple[Any, str]] = {}
     for name, key in SECRET_VARS.items():
         if name in variables:
-            raise InventoryError(f"{where}: {name} is inline; drhost takes secrets from an environment variable "
-                                 f"or a file only: use {key}")
+            raise InventoryError.worded("host {host}: {variable} is inline; drhost takes secrets from an environment "
+                                        "variable or a file only: use {key}", host=host, variable=name, key=key)
     connection = str(variables.get("ansible_connection", "ssh")).lower()
     if connection == "local":
         target["transport"] = ("local", "ansible_connection")
@@ -514,19 +553,20 @@ def host_target(inventory: AnsibleInventory, host: str) -> dict[str, tuple[Any, 
         target["transport"] = ("ssh", "ansible_connection" if "ansible_connection" in variables else "(default)")
         target["host"] = (host, "(the inventory name)")
     else:
-        raise InventoryError(f"{where}: ansible_connection {connection!r}: drhost reaches targets over ssh or "
-                             "local only")
+        raise InventoryError.worded("host {host}: ansible_connection {connection}: drhost reaches targets over ssh or "
+                                    "local only", host=host, connection=repr(connection))
     for name, key in CONNECTION_VARS.items():
         if name in variables and (key != "host" or connection != "local"):
             target[key] = (variables[name], name)
     for name in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
         if name in variables:
-            for key, value in _ssh_args(str(variables[name]), f"{where}: {name}").items():
+            for key, value in _ssh_args(str(variables[name]), host, name).items():
                 target[key] = (value, name)
-    if "ansible_become" in variables and _flag(variables["ansible_become"], f"{where}: ansible_become"):
+    if "ansible_become" in variables and _flag(variables["ansible_become"], host, "ansible_become"):
         method = str(variables.get("ansible_become_method", "sudo")).lower()
         if method != "sudo":
-            raise InventoryError(f"{where}: ansible_become_method {method!r}: drhost becomes with sudo only")
+            raise InventoryError.worded("host {host}: ansible_become_method {method}: drhost becomes with sudo only",
+                                        host=host, method=repr(method))
         target["become"] = ("sudo", "ansible_become")
     elif "become_user" in target:
         del target["become_user"]  # without become there is nobody to become
@@ -537,6 +577,7 @@ def host_target(inventory: AnsibleInventory, host: str) -> dict[str, tuple[Any, 
         target["key_file"] = (str(Path(target["key_file"][0]).expanduser()), target["key_file"][1])
     for value, name in target.values():
         if isinstance(value, str) and "{{" in value:
-            raise InventoryError(f"{where}: {name} = {value!r} is a Jinja2 template; drhost does not evaluate "
-                                 "templates: give the value itself")
+            raise InventoryError.worded("host {host}: {variable} = {value} is a Jinja2 template; drhost does not "
+                                        "evaluate templates: give the value itself", host=host, variable=name,
+                                        value=repr(value))
     return target

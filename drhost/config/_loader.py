@@ -24,7 +24,7 @@ import jsonschema
 
 from drhost_hookspecs._runtime import parse_faults
 
-from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control, phrase
+from ..errors import ConfigError, DrhostError, ExitCode, Origin, has_control, message_phrase, phrase
 from ..i18n import N_
 from ._ansible import InventoryError, host_target, is_ansible_inventory, match_pattern, read_inventory
 from ._ssh_config import DEFAULT_PATH as DEFAULT_SSH_CONFIG
@@ -250,16 +250,16 @@ def read_config_text(path: Path) -> str:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ConfigError(where, N_("a readable config file"), "<no such file>") from None
+        raise ConfigError(where, N_("a readable config file"), phrase("<no such file>")) from None
     except OSError as exc:
         raise ConfigError(where, N_("a readable config file"), f"<{exc.strerror}>") from None
     if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
-            else "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
-        raise ConfigError(where, N_("a readable config file"), f"<{kind}>")
+        kind = N_("a directory") if stat.S_ISDIR(info.st_mode) else N_("a FIFO") if stat.S_ISFIFO(info.st_mode) \
+            else N_("a socket") if stat.S_ISSOCK(info.st_mode) else N_("a device")
+        raise ConfigError(where, N_("a readable config file"), phrase("<{kind}>", kind=phrase(kind)))
     if info.st_size > MAX_CONFIG_BYTES:
         raise ConfigError(where, phrase("a config file of at most {limit} bytes", limit=MAX_CONFIG_BYTES),
-                          f"<{info.st_size} bytes>")
+                          phrase("<{size} bytes>", size=info.st_size))
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
@@ -426,12 +426,13 @@ def _load_ansible(path: Path, config: LoadedConfig) -> None:
         hosts = {host: host_target(inventory, host) for host in inventory.host_vars}
     except InventoryError as exc:
         # The origin names the file: the message keeps the line (``FILE:N: ...`` becomes ``line N: ...``).
-        text = str(exc)
-        if text.startswith(f"{path}:"):
-            rest = text[len(str(path)) + 1:]
-            line, colon, after = rest.partition(":")
-            text = f"line {line}:{after}" if colon and line.isdigit() else rest.lstrip()
-        raise ConfigError(Origin(str(path), "", ""), "an Ansible inventory drhost can read", f"<{text}>") from None
+        if exc.file != str(path):
+            found = phrase("<{message}>", message=message_phrase(exc))
+        elif exc.line is None:
+            found = phrase("<{message}>", message=exc.problem)
+        else:
+            found = phrase("<line {line}: {message}>", line=exc.line, message=exc.problem)
+        raise ConfigError(Origin(str(path), "", ""), N_("an Ansible inventory drhost can read"), found) from None
     for host, keys in hosts.items():
         target = config.data.setdefault("targets", {}).setdefault(host, {})
         config.groups_of[host] = inventory.groups_of(host)
@@ -473,7 +474,8 @@ def _apply_limit(config: LoadedConfig, limit: str) -> None:
     try:
         chosen = match_pattern(limit, list(targets), groups)
     except (InventoryError, re.error) as exc:
-        raise ConfigError(Origin("command line", "", "--limit"), N_("an Ansible host pattern"), f"<{exc}>") from None
+        raise ConfigError(Origin("command line", "", "--limit"), N_("an Ansible host pattern"),
+                          phrase("<{message}>", message=message_phrase(exc))) from None
     if not chosen:
         known = ", ".join(list(targets)[:10]) + (" …" if len(targets) > 10 else "")
         raise ConfigError(Origin("command line", "", "--limit"),
@@ -538,7 +540,8 @@ def _apply_ssh_config(config: LoadedConfig, name: str, target: Any) -> None:
     except SshConfigError as exc:
         origin = config.origin(("targets", name, "ssh_config")) if chosen else \
             Origin(str(path), f"target:{name}", "ssh_config (default)")
-        raise ConfigError(origin, "an ssh_config drhost can read", f"<{exc}>") from None
+        raise ConfigError(origin, N_("an ssh_config drhost can read"),
+                          phrase("<{message}>", message=message_phrase(exc))) from None
     # `host` is what the operator would type after `ssh`: the file's HostName for it replaces it, as in ssh.
     explicit = set(target) - {"host"}
     for key, (value, setting) in values.items():

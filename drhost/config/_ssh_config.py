@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WordedError
+from ..errors import Phrase, WordedError, phrase
 
 __all__ = ["SshConfigError", "SshConfigResult", "SshSetting", "lookup"]
 
@@ -71,7 +71,8 @@ def _words(line: str, where: str) -> tuple[str, list[str]]:
     try:
         arguments = shlex.split(rest, comments=False, posix=True)
     except ValueError:
-        raise SshConfigError(f"{where}: unbalanced quotes in {keyword!r}") from None
+        raise SshConfigError.worded("{where}: unbalanced quotes in {keyword}", where=where,
+                                    keyword=repr(keyword)) from None
     return keyword, arguments
 
 
@@ -114,14 +115,19 @@ class _Reader:
 
     def read(self, path: Path, depth: int = 0) -> None:
         if depth > _MAX_INCLUDE_DEPTH:
-            raise SshConfigError(f"{path}: Include nested more than {_MAX_INCLUDE_DEPTH} deep")
+            raise SshConfigError.worded("{path}: Include nested more than {depth} deep", path=str(path),
+                                        depth=_MAX_INCLUDE_DEPTH)
         from ..errors import ConfigError
         from ._loader import read_config_text  # here: the loader imports this module
 
         try:
             text = read_config_text(path)  # regular files only, bounded, UTF-8 checked
         except ConfigError as exc:
-            raise SshConfigError(f"{path}: expected {exc.expected}, found {exc.found}") from None
+            # What was expected is a constant (an N_ id) or a phrase: said in the operator's language either way.
+            expected = exc.expected if isinstance(exc.expected, Phrase) else \
+                phrase(exc.expected.replace("{", "{{").replace("}", "}}"))
+            raise SshConfigError.worded("{path}: expected {expected}, found {found}", path=str(path),
+                                        expected=expected, found=exc.found) from None
         active, block = True, ""
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -130,7 +136,7 @@ class _Reader:
             keyword, arguments = _words(line, where)
             if keyword == "host":
                 if not arguments:
-                    raise SshConfigError(f"{where}: Host without a pattern")
+                    raise SshConfigError.worded("{where}: Host without a pattern", where=where)
                 active, block = _matches(arguments, self.original), f"Host {' '.join(arguments)}"
             elif keyword == "match":
                 active, block = self._match(arguments, where), f"Match {' '.join(arguments)}"
@@ -145,7 +151,7 @@ class _Reader:
                         self.read(Path(included), depth + 1)
             elif keyword in KEYWORDS:
                 if not arguments:
-                    raise SshConfigError(f"{where}: {keyword} without a value")
+                    raise SshConfigError.worded("{where}: {keyword} without a value", where=where, keyword=keyword)
                 value = arguments[0] if keyword != "proxyjump" else ",".join(arguments)
                 self.raw.append((keyword, value, SshSetting(value, str(path), number, block)))
 
@@ -200,14 +206,14 @@ def target_values(result: SshConfigResult) -> dict[str, tuple[object, SshSetting
             if not setting.value.isdigit() or int(setting.value) <= 0:
                 if keyword == "serveraliveinterval" and setting.value == "0":
                     continue  # OpenSSH's "no keepalive": drhost keeps its own heartbeat
-                raise SshConfigError(f"{setting.origin()}: {keyword} expected a positive whole number, found "
-                                     f"{setting.value!r}")
+                raise SshConfigError.worded("{origin}: {keyword} expected a positive whole number, found {value}",
+                                            origin=setting.origin(), keyword=keyword, value=repr(setting.value))
             value = int(setting.value) if keyword == "port" else float(setting.value)
         if keyword == "stricthostkeychecking":
             policy = _POLICIES.get(setting.value.lower())
             if policy is None:
-                raise SshConfigError(f"{setting.origin()}: StrictHostKeyChecking expected yes, ask, accept-new, no "
-                                     f"or off, found {setting.value!r}")
+                raise SshConfigError.worded("{origin}: StrictHostKeyChecking expected yes, ask, accept-new, no or off, "
+                                            "found {value}", origin=setting.origin(), value=repr(setting.value))
             value = policy
         if key is not None:
             found[key] = (value, setting)

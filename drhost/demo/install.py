@@ -17,7 +17,7 @@ from typing import Any
 from drhost.packaging import PackageError, read_package, verify_payload
 from drhost.packaging.manifest import INSTALL_MODE_MASK, PAYLOAD_PREFIX
 
-from ..errors import WordedError
+from ..errors import WordedError, phrase
 from ._ports import free_port as free_port
 
 TOOL_TIMEOUT = 60.0
@@ -37,16 +37,19 @@ def _tool(root: Path, tool: str, *args: str, release: Path | None = None,
           ok: tuple[int, ...] = (0,), netns: str | None = None) -> subprocess.CompletedProcess[str]:
     exe = (release if release is not None else root / "current") / "bin" / tool
     if not exe.exists():
-        raise InstallError(f"{exe}: not found (is drproduct installed under {root}?)")
+        raise InstallError.worded("{path}: not found (is drproduct installed under {root}?)", path=exe, root=root)
     argv = [*(("ip", "netns", "exec", netns) if netns else ()), str(exe), "--root", str(root), *args]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise InstallError(f"{' '.join(argv)}: no answer within {TOOL_TIMEOUT:.0f}s") from None
+        raise InstallError.worded("{command}: no answer within {seconds}s", command=" ".join(argv),
+                                  seconds=f"{TOOL_TIMEOUT:.0f}") from None
     if proc.returncode not in ok:
-        reason = proc.stderr.strip() or proc.stdout.strip() or "no output"
-        raise InstallError(f"{tool} {' '.join(args)} failed (exit {proc.returncode}): {reason}")
+        # What the tool said is its own words; "no output" is drhost's.
+        reason = proc.stderr.strip() or proc.stdout.strip() or phrase("no output")
+        raise InstallError.worded("{command} failed (exit {code}): {reason}", command=f"{tool} {' '.join(args)}",
+                                  code=proc.returncode, reason=reason)
     return proc
 
 
@@ -62,12 +65,13 @@ def _extract_payload(package: Path, dest: Path) -> None:
                 continue
             rel = Path(member.name[len(PAYLOAD_PREFIX):])
             if rel.is_absolute() or ".." in rel.parts:
-                raise PackageError(f"{package.name}: {member.name}: expected a relative path inside payload/")
+                raise PackageError.worded("{file}: {entry}: expected a relative path inside payload/",
+                                          file=package.name, entry=member.name)
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             src = tar.extractfile(member)
             if src is None:
-                raise PackageError(f"{package.name}: {member.name}: unreadable member")
+                raise PackageError.worded("{file}: {entry}: unreadable member", file=package.name, entry=member.name)
             with target.open("wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
             # Owners are never taken from the archive, and no mode gives setuid/setgid or group/world write.
@@ -97,9 +101,11 @@ def install_fresh(package: Path, root: Path, port: int, seed_jobs: int = 200) ->
     pkg = read_package(package)
     problems = verify_payload(package)
     if problems:
-        raise PackageError(f"{package.name}: payload does not match its manifest: {'; '.join(problems)}")
+        raise PackageError.worded("{file}: payload does not match its manifest: {problems}", file=package.name,
+                                  problems="; ".join(problems))
     if (root / "current").is_symlink() or (root / "current").exists():
-        raise InstallError(f"{root}: already has a release installed ({installed_version(root)}); not fresh")
+        raise InstallError.worded("{root}: already has a release installed ({version}); not fresh", root=root,
+                                  version=installed_version(root))
     for sub in ROOT_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     release = root / "releases" / pkg.version
@@ -123,12 +129,13 @@ def clone_fresh(source: Path, root: Path, port: int) -> None:
     """
     source, root = Path(source).absolute(), Path(root).absolute()
     if any(any((source / sub).iterdir()) for sub in ("run", "log")):
-        raise InstallError(f"{source}: has been started (run/ or log/ not empty); not a fresh install to copy")
+        raise InstallError.worded("{source}: has been started (run/ or log/ not empty); not a fresh install to copy",
+                                  source=source)
     if root.exists() and any(root.iterdir()):
-        raise InstallError(f"{root}: not empty; not a place for a fresh install")
+        raise InstallError.worded("{root}: not empty; not a place for a fresh install", root=root)
     version = installed_version(source)
     if version is None:
-        raise InstallError(f"{source}: no release installed; not a fresh install to copy")
+        raise InstallError.worded("{source}: no release installed; not a fresh install to copy", source=source)
     shutil.copytree(source, root, symlinks=True, dirs_exist_ok=True)
     release = root / "releases" / version
     _write_ini(root, port, int(version.split(".")[0]))
@@ -169,11 +176,13 @@ def health(root: Path) -> dict[str, Any]:
     """The /health body (status ok or degraded); ProductUnreachable when nothing answers."""
     proc = _tool(Path(root), "drproductctl", "health", ok=(0, 1, EXIT_UNREACHABLE))
     if proc.returncode == EXIT_UNREACHABLE:
-        raise ProductUnreachable(f"drproduct under {root} is not reachable: {proc.stderr.strip()}")
+        raise ProductUnreachable.worded("drproduct under {root} is not reachable: {why}", root=root,
+                                        why=proc.stderr.strip())
     try:
         body: dict[str, Any] = json.loads(proc.stdout)
     except ValueError:
-        raise InstallError(f"drproductctl health under {root}: expected JSON, found {proc.stdout[:200]!r}") from None
+        raise InstallError.worded("drproductctl health under {root}: expected JSON, found {found}", root=root,
+                                  found=repr(proc.stdout[:200])) from None
     return body
 
 

@@ -26,6 +26,7 @@ import psutil
 
 from drhost_hookspecs import OperationName, Stage
 
+from ..errors import phrase
 from ..supervisor import CallOutcome
 
 if TYPE_CHECKING:
@@ -136,8 +137,9 @@ class AbandonedThreads:
                 body["targets"][target].setdefault("abandoned_threads", []).append(entry)
         label = entry_label(entry)
         self.env.emit("target.still_changing", target=target, stage=stage, step=step, plugin=plugin,
-                      message=f"{label}: the thread did not stop and keeps running inside drhost; {target} may "
-                              f"still be changing until it returns or drhost exits",
+                      message=phrase("{label}: the thread did not stop and keeps running inside drhost; {target} "
+                                     "may still be changing until it returns or drhost exits", label=label,
+                                     target=target),
                       thread=entry["thread"], pid=entry["pid"])
         if thread is not None:
             threading.Thread(target=self._await, args=(thread, target, entry), daemon=True,
@@ -154,8 +156,9 @@ class AbandonedThreads:
                     if found.get("id") == entry["id"]:
                         found["returned"] = returned
         self.env.emit("target.thread_returned", target=target, plugin=str(entry["plugin"]),
-                      message=f"{entry_label(entry)}: the thread returned at {_clock(returned)}; {target} may have "
-                              f"changed after drhost recorded it")
+                      message=phrase("{label}: the thread returned at {time}; {target} may have changed after "
+                                     "drhost recorded it", label=entry_label(entry), time=_clock(returned),
+                                     target=target))
 
     def close(self) -> None:
         """The run is no longer driven by this process: stop writing to its state."""

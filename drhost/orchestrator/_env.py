@@ -28,8 +28,9 @@ from drhost_hookspecs._runtime import call_label, json_problem, not_json_message
 
 from .._stdout import plugin_code
 from ..context import HostContext
-from ..errors import RefusedError
+from ..errors import RefusedError, message_phrase, phrase
 from ..events import Event, EventBus, EventName, NetworkEventName, WatchdogEventName
+from ..i18n import N_
 from ..plan import Plan, PlannedStep, PluginEntry
 from ..policy import Decision, RunOnFailure, class_policy, retry_wait_s, stage_policy
 from ..state import RunState
@@ -269,7 +270,8 @@ class Executor:
             session = self.session(target)
         except (TransportError, RefusedError) as exc:
             # Unreachable, or refused (host key, authentication): this call fails with the reason.
-            return CallOutcome("failed", message=f"cannot reach target {target}: {exc}",
+            return CallOutcome("failed", message=phrase("cannot reach target {target}: {error}", target=target,
+                                                        error=message_phrase(exc)),
                                retryable=not isinstance(exc, RefusedError), state=plugin_state)
         info = target_info(target, spec, env.state.run_id)
         package = dataclasses.replace(
@@ -286,7 +288,7 @@ class Executor:
             call=call_label(plugin_name, op, step=step, stage=stage.value if stage else None),
         )
         if env.stop.is_set():
-            return CallOutcome("cancelled", message="run is stopping", state=plugin_state)
+            return CallOutcome("cancelled", message=N_("run is stopping"), state=plugin_state)
         planned = env.plan.find_step(stage, plugin_name, step) if op == "run_step" and stage and step else None
         # Every operation with a budget is watched, not only steps: cleanups, rollbacks, verification, probes.
         operation = self.operation(op, plugin_name, stage=stage, step=step, phase=phase, timeout_s=timeout_s)
@@ -297,8 +299,9 @@ class Executor:
             try:
                 runner = self._runner(plugin, target)
             except Exception as exc:  # the sandbox could not be made: this plugin fails here, the run goes on
-                return CallOutcome("failed", message=f"cannot start the plugin's sandbox: {exc}", retryable=False,
-                                   state=plugin_state)
+                return CallOutcome("failed", message=phrase("cannot start the plugin's sandbox: {error}",
+                                                            error=message_phrase(exc)),
+                                   retryable=False, state=plugin_state)
             watch = self._watch(target, operation, started, attempt)
             # The runner holds the watch's deadline exactly: one budget, measured from one start.
             budget = timeout_s if watch is None else max(0.0, watch.deadline - time.monotonic())
@@ -466,9 +469,10 @@ class Executor:
             stopped_at = time.monotonic()
             self.watchdog.release(watch)
             if watch.expired(stopped_at):
-                outcome = CallOutcome("timeout", message=f"{operation.label} took "
-                                      f"{stopped_at - started:.1f} s, over its budget of {operation.timeout_s:g} s",
-                                      duration_s=stopped_at - started)
+                outcome = CallOutcome("timeout", message=phrase(
+                    "{operation} took {seconds} s, over its budget of {budget} s", operation=operation.label,
+                    seconds=f"{stopped_at - started:.1f}", budget=f"{operation.timeout_s:g}"),
+                    duration_s=stopped_at - started)
                 self._diagnose(watch, operation, outcome, (), session, target, 1, stopped_at)
             else:
                 self.history.record(target, operation.history_key, stopped_at - started)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ..errors import RefusedError
+from ..errors import RefusedError, message_phrase, phrase
 from ..events import EventName
 from ._env import Executor, RunEnv
 
@@ -52,7 +52,7 @@ def look(executor: Executor, name: str, timeout_s: float = _LOOK_S) -> Reach:
     if problem is None:
         return Reach("reachable")
     # HostKeyError and AuthError are both a TransportError and a RefusedError: the refusal is what counts.
-    return Reach("refused" if isinstance(problem, RefusedError) else "unreachable", str(problem))
+    return Reach("refused" if isinstance(problem, RefusedError) else "unreachable", message_phrase(problem))
 
 
 def wait_until_reachable(env: RunEnv, executor: Executor, name: str, waiting_for: str) -> Reach:
@@ -67,7 +67,8 @@ def wait_until_reachable(env: RunEnv, executor: Executor, name: str, waiting_for
         return reach
     budget = float(env.config["run"]["unreachable_wait_s"])
     env.emit("target.unreachable", target=name, wait_s=budget,
-             message=f"{waiting_for} waits for the target to come back (up to {budget:g} s): {reach.why}")
+             message=phrase("{waiting_for} waits for the target to come back (up to {seconds} s): {why}",
+                            waiting_for=phrase(waiting_for), seconds=f"{budget:g}", why=reach.why))
     deadline = time.monotonic() + budget
     delay = _FIRST_DELAY_S
     while time.monotonic() < deadline:
@@ -77,8 +78,9 @@ def wait_until_reachable(env: RunEnv, executor: Executor, name: str, waiting_for
         reach = look(executor, name, min(_LOOK_S, max(_LOOK_FLOOR_S, deadline - time.monotonic())))
         if reach.status != "unreachable":
             if reach.ok:
-                env.emit("target.reachable", target=name, message=f"the target answers again; the {waiting_for} "
-                                                                  f"continues")
+                env.emit("target.reachable", target=name,
+                         message=phrase("the target answers again; the {waiting_for} continues",
+                                        waiting_for=phrase(waiting_for)))
             return reach
     return reach
 
@@ -96,13 +98,15 @@ def queue_rollback(env: RunEnv, name: str, status: NotTaken, why: str | None) ->
         if why:
             record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "rollback queued"})
     if status == "unreachable":
-        then = f"when the target is back run drhost rollback {run_id}"
+        then = phrase("when the target is back run drhost rollback {run_id}", run_id=run_id)
     else:
         # The refusal in full (for a host key: OpenSSH's banner with both fingerprints; for a lock: its owner)
         # is the operator's evidence; ``target.unreachable`` was said when the wait began.
-        env.emit(NOT_TAKEN_EVENTS[status], target=name, message=why or f"the target is {status}")
-        then = f"fix what refused it (see above), then run drhost rollback {run_id}"
-    env.emit("target.rollback_queued", target=name, status=status, message=f"{status}: rollback queued; {then}")
+        env.emit(NOT_TAKEN_EVENTS[status], target=name,
+                 message=why or phrase("the target is {status}", status=phrase(status)))
+        then = phrase("fix what refused it (see above), then run drhost rollback {run_id}", run_id=run_id)
+    env.emit("target.rollback_queued", target=name, status=status,
+             message=phrase("{status}: rollback queued; {then}", status=phrase(status), then=then))
     return status
 
 

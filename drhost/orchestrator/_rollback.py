@@ -7,8 +7,10 @@ from typing import Any
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..errors import phrase
 from ..events import EventName
 from ..failpoints import failpoint
+from ..i18n import N_
 from ..plan import PlannedStep
 from ..policy import class_policy, retry_wait_s, stage_policy
 from ..state import write_private_json
@@ -139,7 +141,7 @@ class RollbackFlow:
         for stage in stages:
             if self.env.stop.is_set():
                 self.record.set(status="interrupted")
-                self._emit("target.interrupted", message="rollback interrupted; resume continues it")
+                self._emit("target.interrupted", message=N_("rollback interrupted; resume continues it"))
                 return "interrupted"
             if self.record.get("rollback", "stages", stage.value) in ("done", "failed"):
                 continue
@@ -165,7 +167,7 @@ class RollbackFlow:
         if errors or problems:
             return self._inconsistent(stages, errors, problems)
         self.record.set(status="rolled_back", phase="done")
-        self._emit("rollback.verified", message="target restored and verified")
+        self._emit("rollback.verified", message=N_("target restored and verified"))
         return "rolled_back"
 
     def _stage_with_recovery(self, stage: Stage) -> tuple[list[str], list[str]]:
@@ -179,7 +181,7 @@ class RollbackFlow:
         # Recovery: compensations promise to tolerate a second run; a transient failure (a busy file, a
         # slow service) or a half-done compensation gets one more complete pass, verified again.
         self._emit("rollback.recovery", stage=stage, errors=errors, problems=problems,
-                   message="rollback of the stage failed or did not verify; running it once more")
+                   message=N_("rollback of the stage failed or did not verify; running it once more"))
         self._forget_stage_marks(stage)
         errors = self._roll_back_stage(stage)
         return errors, self._verify_stage(stage)
@@ -226,8 +228,8 @@ class RollbackFlow:
         label = verdict.get("label", "no verification recorded")
         self._emit("target.inconsistent", errors=errors, problems=problems, procedure=procedure,
                    evidence=str(evidence), verdict=verdict.get("verdict", "unknown"), verification=label,
-                   message=f"rollback did not complete, also after a recovery pass: {label}; follow the manual "
-                           f"procedure")
+                   message=phrase("rollback did not complete, also after a recovery pass: {verification}; follow "
+                                  "the manual procedure", verification=label))
         return "inconsistent"
 
     def _manual_procedure(self, failed: list[Stage], errors: list[str], problems: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from drhost_hookspecs import ENTRY_POINT_GROUP, PackageInfo
 
-from ..errors import ExitCode, RefusedError
+from ..errors import ExitCode, RefusedError, message_phrase, phrase
 from ..events import EventBus, EventName, Subscriber
 from ..failpoints import failpoint
 from ..plan import Plan, recorded_plan
@@ -187,12 +187,13 @@ def _stop_leftovers(env: RunEnv, executor: Executor, name: str) -> None:
         stopped = executor.control(name).stop_leftover_commands()
     except (TransportError, RefusedError) as exc:
         env.emit("target.leftovers_unknown", target=name,
-                 message=f"could not look for commands left running by an earlier controller: {exc}")
+                 message=phrase("could not look for commands left running by an earlier controller: {error}",
+                                error=message_phrase(exc)))
         return
     if stopped:
         env.emit("target.leftovers_stopped", target=name, stopped=stopped,
-                 message=f"stopped {len(stopped)} command(s) an earlier controller of this run left running: "
-                         + ", ".join(stopped))
+                 message=phrase("stopped {count} command(s) an earlier controller of this run left running: "
+                                "{commands}", count=len(stopped), commands=", ".join(stopped)))
 
 
 def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str, *, rollback: bool) -> str | None:
@@ -227,8 +228,8 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
         previous, refused = locks.acquire(name, session, root)
     if refused is None:
         if previous is not None and previous.run_id != env.state.run_id:
-            env.emit("target.lock_broken", target=name, message=f"--break-lock: took the lock of "
-                                                                f"{previous.describe()}",
+            env.emit("target.lock_broken", target=name,
+                     message=phrase("--break-lock: took the lock of {owner}", owner=previous.describe()),
                      owner=dataclasses.asdict(previous))
         return None
     status: NotTaken = "unreachable" if refused.startswith("cannot reach") else "locked"
@@ -257,7 +258,8 @@ def _signals_stop(env: RunEnv, executor: Executor) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if not env.stop.is_set():
             env.stop.set()
-            env.emit("run.stopping", message=f"{signal.Signals(signum).name} received: stopping the current steps")
+            env.emit("run.stopping", message=phrase("{signal} received: stopping the current steps",
+                                                    signal=signal.Signals(signum).name))
             executor.stop_active()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -333,12 +335,13 @@ def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequen
     env.lock_lost = locks.lost
     try:
         if state.recovered_from:
-            env.emit("state.recovered", message=f"newest checkpoint unusable, previous generation used: "
-                                                f"{state.recovered_from}")
+            env.emit("state.recovered", message=phrase("newest checkpoint unusable, previous generation used: "
+                                                       "{why}", why=state.recovered_from))
         _remove_leftovers(env, plan, previous_gone)
         if mode != "upgrade":
             for change in _check_plugins_present(plan):
-                env.emit("plugin.version_changed", message=f"plugin changed since the run started: {change}")
+                env.emit("plugin.version_changed", message=phrase("plugin changed since the run started: {change}",
+                                                                  change=change))
             # The run's plugins: one distribution each, and exactly as the plugin lock has them (if one is in force).
             check_run([(p.name, p.plugin_class) for p in plan.plugins], env.config)
         with state.mutate() as b:

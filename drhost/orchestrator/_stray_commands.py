@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from drhost_hookspecs import Stage
 
-from ..errors import RefusedError
+from ..errors import RefusedError, message_phrase, phrase
 from ..transport import TransportError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _stop_all(executor: Executor, name: str) -> tuple[list[str] | None, str, boo
     try:
         return executor.control(name).stop_leftover_commands(), "", False
     except (TransportError, RefusedError) as exc:
-        return None, str(exc) or type(exc).__name__, isinstance(exc, RefusedError)
+        return None, message_phrase(exc) or type(exc).__name__, isinstance(exc, RefusedError)
 
 
 def _stop_waiting(env: RunEnv, executor: Executor, name: str) -> tuple[list[str] | None, str, bool]:
@@ -46,17 +46,17 @@ def _stop_waiting(env: RunEnv, executor: Executor, name: str) -> tuple[list[str]
         return stopped, why, refused
     budget = float(env.config["run"]["unreachable_wait_s"])
     env.emit("target.unreachable", target=name, wait_s=budget,
-             message=f"the stop of a command that may still run waits for the target to come back (up to "
-                     f"{budget:g} s): {why}")
+             message=phrase("the stop of a command that may still run waits for the target to come back (up to "
+                            "{seconds} s): {why}", seconds=f"{budget:g}", why=why))
     deadline = time.monotonic() + budget
     delay = _FIRST_DELAY_S
     while time.monotonic() < deadline:
         if env.stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
-            return None, f"{why}; the run is stopping", False
+            return None, phrase("{why}; the run is stopping", why=why), False
         delay = min(delay * 2, _MAX_DELAY_S)
         stopped, why, refused = _stop_all(executor, name)
         if stopped is not None:
-            env.emit("target.reachable", target=name, message="the target answers again; the stop goes on")
+            env.emit("target.reachable", target=name, message=phrase("the target answers again; the stop goes on"))
         if stopped is not None or refused:
             return stopped, why, refused
     return None, why, False
@@ -107,13 +107,16 @@ def stop_pending(env: RunEnv, executor: Executor, name: str) -> Unstopped | None
 
 def _said_stopped(env: RunEnv, name: str, stage: Stage, step: str | None, plugin: str | None, stopped: list[str],
                   why: str) -> None:
-    what = ", ".join(stopped) if stopped else "nothing was still running"
+    what = ", ".join(stopped) if stopped else phrase("nothing was still running")
     env.emit("step.command_stopped", target=name, stage=stage, step=step, plugin=plugin, stopped=stopped,
-             message=f"confirmed stopped before anything else touches the target ({why}): {what}")
+             message=phrase("confirmed stopped before anything else touches the target ({why}): {what}", why=why,
+                            what=what))
 
 
 def queued_message(unstopped: Unstopped, step: PlannedStep, run_id: str) -> str:
     """The ``target.rollback_queued`` line when a step's command could not be confirmed stopped."""
-    then = "fix what the target refused" if unstopped.status == "refused" else "when the target is back"
-    return (f"{unstopped.status}: the command of {step.label} may still run on the target ({unstopped.why}); "
-            f"its stop is queued first in the rollback; {then}, run drhost rollback {run_id}")
+    then = phrase("fix what the target refused") if unstopped.status == "refused" \
+        else phrase("when the target is back")
+    return phrase("{status}: the command of {step} may still run on the target ({why}); its stop is queued first in "
+                  "the rollback; {then}, run drhost rollback {run_id}", status=phrase(unstopped.status),
+                  step=step.label, why=unstopped.why, then=then, run_id=run_id)

@@ -9,8 +9,10 @@ from typing import Literal
 
 from drhost_hookspecs import Stage, VerifyPhase
 
+from ..errors import phrase
 from ..events import EventName
 from ..failpoints import failpoint
+from ..i18n import N_
 from ..plan import PlannedStep
 from ..policy import ClassOnFailure, Decision, class_policy, retry_wait_s, stage_policy
 from ..supervisor import CallOutcome
@@ -69,7 +71,8 @@ class TargetFlow:
             self.record.set(version_before=version)
             if version == self.env.package.version and not self.record.get("steps"):
                 self.record.set(status="up_to_date", version=version, phase="done")
-                self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
+                self._emit("target.up_to_date", version=version,
+                           message=phrase("already at {version}; nothing changed", version=version))
                 return "up_to_date"
         for stage in Stage.ordered():
             if self.record.get("stages", stage.value) == "completed":
@@ -96,7 +99,7 @@ class TargetFlow:
         pending = self.record.get("pending_restart") or {}
         if pending.get("stage") == stage.value:
             self._emit("stage.restart_resumed", stage=stage,
-                       message="the controller stopped while preparing a restart of this stage; finishing it")
+                       message=N_("the controller stopped while preparing a restart of this stage; finishing it"))
             if not self._finish_restart(stage):
                 return self._rollback()
         while True:
@@ -135,7 +138,7 @@ class TargetFlow:
     def _decide(self, stage: Stage, failure: StageFailure) -> Decision:
         if failure.force_rollback:
             self._emit("stage.decision", stage=stage, decision="rollback",
-                       message="a hung in-process step forces rollback")
+                       message=N_("a hung in-process step forces rollback"))
             return "rollback"
         decision = self.env.decide(self.name, stage, failure.message)
         if decision == "retry":
@@ -143,7 +146,8 @@ class TargetFlow:
             used = int(self.record.get("stage_attempts", stage.value) or 0)
             if used >= limit:
                 self._emit("stage.decision", stage=stage, decision="rollback",
-                           message=f"stage retried {used} time(s), the limit of run.stage_retries; rolling back")
+                           message=phrase("stage retried {count} time(s), the limit of run.stage_retries; rolling "
+                                          "back", count=used))
                 return "rollback"
         self._emit("stage.decision", stage=stage, decision=decision, message=failure.message)
         return decision
@@ -169,8 +173,8 @@ class TargetFlow:
         if pending.get("cleanup") and not self.cleanup_stage(stage):
             return False
         restart_whole, failed_key = bool(pending.get("whole")), pending.get("step")
-        self._emit("stage.retry", stage=stage, message="restarting the stage from its first step" if restart_whole
-                   else f"retrying step {str(failed_key).rsplit('/', 1)[-1]}")
+        self._emit("stage.retry", stage=stage, message=N_("restarting the stage from its first step") if restart_whole
+                   else phrase("retrying step {step}", step=str(failed_key).rsplit('/', 1)[-1]))
         with self.env.state.mutate() as body:
             record = body["targets"][self.name]
             steps = record["steps"]
@@ -236,7 +240,7 @@ class TargetFlow:
             if step.plugin in skipped:
                 self.record.mark_step(step, "skipped", message=f"plugin skipped: {skipped[step.plugin]}")
                 self._emit("step.skipped", stage=stage, step=step.name, plugin=step.plugin,
-                           message="plugin was skipped earlier in this run")
+                           message=N_("plugin was skipped earlier in this run"))
                 continue
             aborting_class = class_policy(self.env.config, step.plugin_class).on_failure == "abort"
             if not step.retryable and (status == "started" or (status == "failed" and aborting_class)):
@@ -282,7 +286,7 @@ class TargetFlow:
             if outcome.ended == "cancelled" and self.env.stop.is_set():
                 # Left as "started": a resume treats it as interrupted mid-step.
                 self._emit("step.interrupted", stage=step.stage, step=step.name, plugin=step.plugin,
-                           message="stopped by the operator")
+                           message=N_("stopped by the operator"))
                 return outcome
             self.record.mark_step(step, "failed", message=outcome.message, ended_as=outcome.ended)
             # Its command may outlive the call (a lost link, a deadline while the link was down): confirmed
@@ -300,7 +304,7 @@ class TargetFlow:
             if not retry:
                 break
             if self.env.stop.wait(wait):
-                return CallOutcome("cancelled", message="run is stopping")
+                return CallOutcome("cancelled", message=N_("run is stopping"))
         return outcome
 
     def _expected_after(self, step: PlannedStep, *, same_stage: bool = False) -> float | None:
@@ -324,8 +328,9 @@ class TargetFlow:
             self.record.mark_step(step, "done", message=outcome.message)
             return "up_to_date"
         if outcome.ended == "up_to_date":
-            outcome = CallOutcome("failed", message=f"raised UpToDate in {step.stage.value}; it is only meaningful "
-                                                    f"in precheck, before anything changed", retryable=False)
+            outcome = CallOutcome("failed", message=phrase("raised UpToDate in {stage}; it is only meaningful in "
+                                                           "precheck, before anything changed", stage=step.stage.value),
+                                  retryable=False)
         if outcome.ended == "cancelled" and self.env.stop.is_set():
             return "interrupted"
         policy = class_policy(self.env.config, step.plugin_class)
@@ -341,15 +346,17 @@ class TargetFlow:
             self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin,
                                   message=outcome.message, action="plugin skipped")
             self._emit("plugin.skipped", stage=step.stage, step=step.name, plugin=step.plugin,
-                       message=f"{step.plugin} ({step.plugin_class.value}) skipped for the rest of the run: "
-                               f"{outcome.message}")
+                       message=phrase("{plugin} ({plugin_class}) skipped for the rest of the run: {message}",
+                                      plugin=step.plugin, plugin_class=step.plugin_class.value,
+                                      message=outcome.message))
             return None
         if policy.on_failure == "continue":
             self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin,
                                   message=outcome.message, action="recorded")
             self._emit("plugin.error_recorded", stage=step.stage, step=step.name, plugin=step.plugin,
-                       message=f"{step.plugin} ({step.plugin_class.value}) failed; error recorded, upgrade continues: "
-                               f"{outcome.message}")
+                       message=phrase("{plugin} ({plugin_class}) failed; error recorded, upgrade continues: "
+                                      "{message}", plugin=step.plugin, plugin_class=step.plugin_class.value,
+                                      message=outcome.message))
             return None
         self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
                               action="stage failed")
@@ -395,7 +402,8 @@ class TargetFlow:
         self.record.set_stage(step.stage, "failed")
         self.record.set(status=unstopped.status, phase="rollback")
         self._emit("stage.failed", stage=step.stage, step=step.name, plugin=step.plugin,
-                   message=f"{step.label} {outcome.ended}: {outcome.message}")
+                   message=phrase("{step} {ended}: {message}", step=step.label, ended=outcome.ended,
+                                  message=outcome.message))
         self._emit("target.rollback_queued", stage=step.stage, step=step.name, plugin=step.plugin,
                    status=unstopped.status, pending_stop=True,
                    message=queued_message(unstopped, step, self.env.state.run_id))
@@ -404,7 +412,8 @@ class TargetFlow:
     def _up_to_date(self) -> TargetStatus:
         version = self.probe_version() or self.env.package.version
         self.record.set(status="up_to_date", version=version, phase="done")
-        self._emit("target.up_to_date", message=f"already at {version}; nothing changed", version=version)
+        self._emit("target.up_to_date", version=version,
+                   message=phrase("already at {version}; nothing changed", version=version))
         return "up_to_date"
 
     def _rollback(self) -> TargetStatus:

@@ -39,7 +39,7 @@ from typing import NoReturn
 
 import psutil
 
-from ..errors import RefusedError
+from ..errors import RefusedError, phrase
 from ..i18n import N_
 from ..transport import TargetSession, TransportError
 
@@ -365,11 +365,13 @@ class TargetLock:
         result = self._session.run(["/bin/sh", "-c", script, "drhost-lock", self.path, *args],
                                    timeout=_SCRIPT_TIMEOUT_S)
         if result.returncode not in ok:
-            self._fail(f"exit {result.returncode}: {result.stderr.strip() or 'no message'}")
+            self._fail(phrase("exit {status}: {stderr}", status=result.returncode,
+                              stderr=result.stderr.strip() or phrase("no message")))
         return result.returncode, result.stdout
 
     def _fail(self, problem: str) -> NoReturn:
-        raise TransportError(f"target {self.target}: lock {self.path}: {problem}", category="file")
+        raise TransportError.worded("target {target}: lock {path}: {problem}", init={"category": "file"},
+                                    target=self.target, path=self.path, problem=problem)
 
     def _judge(self, seen: _Seen) -> tuple[bool, str]:
         """Whether a lock of another run looks abandoned, and the evidence."""
@@ -446,7 +448,7 @@ class TargetLock:
                 owner = last.owner
                 raise TargetLocked(self.target, self.path, owner, stale=False,
                                    why=f"the lock changed {_ATTEMPTS} times while drhost tried to take it")
-            self._fail(f"the lock kept appearing and vanishing over {_ATTEMPTS} attempts")
+            self._fail(phrase("the lock kept appearing and vanishing over {attempts} attempts", attempts=_ATTEMPTS))
 
     def _take_over(self, seen: _Seen, candidate: LockOwner) -> bool:
         with self._claiming(candidate.token):

@@ -65,8 +65,9 @@ def _bytecode(module: Path) -> bytes:
 def build_manifest(version: str, payload: dict[str, tuple[bytes, int]]) -> dict[str, Any]:
     versions = known_versions()
     if version not in versions:
-        raise PackageError(f"{PRODUCT}-{version}.tar.gz: version expected one of "
-                           f"{', '.join(sorted(versions))} (versions.json), found {version!r}")
+        raise PackageError.worded("{file}: version expected one of {versions} (versions.json), found {found}",
+                                  file=f"{PRODUCT}-{version}.tar.gz", versions=", ".join(sorted(versions)),
+                                  found=repr(version))
     spec = versions[version]
     unpacked = sum(len(data) for data, _ in payload.values())
     manifest: dict[str, Any] = {

@@ -20,7 +20,8 @@ import jsonschema
 
 from drhost_hookspecs import PackageInfo
 
-from ..errors import WordedError
+from ..errors import WordedError, phrase
+from ..i18n import N_
 
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_PREFIX = "payload/"
@@ -34,6 +35,9 @@ MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
 #: Installed modes are the manifest's within rwxr-xr-x: never setuid/setgid/sticky, never group/world-writable.
 INSTALL_MODE_MASK = 0o755
+
+#: A manifest key that is not what it must be (an integer, a safe path, ...): the message's template.
+_EXPECTED_AT = N_("{file}: {manifest} at '{key}': expected {expected}, found {found}")
 
 # Everything a corrupt or truncated archive can raise while being read.
 ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -88,17 +92,17 @@ def shown(text: str, limit: int = 120) -> str:
 def path_problem(name: str) -> str | None:
     """Why ``name`` cannot be a payload path that unpacks and verifies the same on every target, or None."""
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in name):
-        return "a name without control, format or undecodable characters"
+        return phrase("a name without control, format or undecodable characters")
     # sha256sum escapes a name with a backslash, so the target's check could never match it.
     if "\\" in name:
-        return "a name without backslashes"
+        return phrase("a name without backslashes")
     encoded = name.encode("utf-8")
     if len(encoded) > MAX_PATH_BYTES:
-        return f"a path of at most {MAX_PATH_BYTES} bytes, found {len(encoded)}"
+        return phrase("a path of at most {limit} bytes, found {found}", limit=MAX_PATH_BYTES, found=len(encoded))
     if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
-        return "a plain relative path (no leading '/', no empty, '.' or '..' parts)"
+        return phrase("a plain relative path (no leading '/', no empty, '.' or '..' parts)")
     if any(len(part.encode("utf-8")) > MAX_COMPONENT_BYTES for part in name.split("/")):
-        return f"path components of at most {MAX_COMPONENT_BYTES} bytes"
+        return phrase("path components of at most {limit} bytes", limit=MAX_COMPONENT_BYTES)
     return None
 
 
@@ -120,23 +124,25 @@ def _check_files(files: list[dict[str, Any]], where: str) -> None:
         name = entry["path"]
         for key in ("size", "mode"):
             if not _is_int(entry[key]):
-                raise PackageError(f"{where}: {MANIFEST_NAME} at 'files/{index}/{key}': expected an integer, "
-                                   f"found {entry[key]!r}", file=where, entry=f"files/{index}/{key}")
+                raise PackageError.worded(_EXPECTED_AT, file=where, manifest=MANIFEST_NAME,
+                                          key=f"files/{index}/{key}", expected=phrase("an integer"),
+                                          found=repr(entry[key]), init={"file": where, "entry": f"files/{index}/{key}"})
         problem = path_problem(name)
         if problem is None and name in listed:
-            problem = "each path listed once"
+            problem = phrase("each path listed once")
         if problem is not None:
-            raise PackageError(f"{where}: {MANIFEST_NAME} at 'files/{index}/path': expected {problem}, "
-                               f"found {shown(name)}", file=where, entry=shown(name))
+            raise PackageError.worded(_EXPECTED_AT, file=where, manifest=MANIFEST_NAME, key=f"files/{index}/path",
+                                      expected=problem, found=shown(name), init={"file": where, "entry": shown(name)})
         listed.add(name)
     for name in sorted(listed):
         parts = name.split("/")
         for depth in range(2, len(parts)):
             parent = "/".join(parts[:depth])
             if parent in listed:
-                raise PackageError(f"{where}: {MANIFEST_NAME}: {shown(parent)} is listed as a file and as the "
-                                   f"directory of {shown(name)}; expected one or the other", file=where,
-                                   entry=shown(parent))
+                raise PackageError.worded("{file}: {manifest}: {parent} is listed as a file and as the directory "
+                                          "of {name}; expected one or the other", file=where, manifest=MANIFEST_NAME,
+                                          parent=shown(parent), name=shown(name),
+                                          init={"file": where, "entry": shown(parent)})
 
 
 def validate_manifest(manifest: Any, where: str) -> None:
@@ -145,17 +151,22 @@ def validate_manifest(manifest: Any, where: str) -> None:
     try:
         error = jsonschema.exceptions.best_match(validator.iter_errors(manifest))
     except RecursionError:
-        raise PackageError(f"{where}: {MANIFEST_NAME}: expected a manifest object, found too deeply nested data",
-                           file=where) from None
+        raise PackageError.worded("{file}: {manifest}: expected a manifest object, found too deeply nested data",
+                                  file=where, manifest=MANIFEST_NAME, init={"file": where}) from None
     if error is not None:
         key = "/".join(str(p) for p in error.absolute_path)
-        at = f" at '{key}'" if key else ""
+        # What the schema found wrong is jsonschema's own (English) words.
         message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
-        raise PackageError(f"{where}: {MANIFEST_NAME}{at}: {message}", file=where, entry=key or None)
+        if key:
+            raise PackageError.worded("{file}: {manifest} at '{key}': {message}", file=where, manifest=MANIFEST_NAME,
+                                      key=key, message=message, init={"file": where, "entry": key})
+        raise PackageError.worded("{file}: {manifest}: {message}", file=where, manifest=MANIFEST_NAME,
+                                  message=message, init={"file": where})
     for key in ("schema_version", "required_free_bytes"):
         if not _is_int(manifest[key]):
-            raise PackageError(f"{where}: {MANIFEST_NAME} at '{key}': expected an integer, found {manifest[key]!r}",
-                               file=where, entry=key)
+            raise PackageError.worded(_EXPECTED_AT, file=where, manifest=MANIFEST_NAME, key=key,
+                                      expected=phrase("an integer"), found=repr(manifest[key]),
+                                      init={"file": where, "entry": key})
     _check_files(manifest["files"], where)
 
 
@@ -163,7 +174,8 @@ def validate_manifest(manifest: Any, where: str) -> None:
 def open_archive(path: Path) -> Iterator[tarfile.TarFile]:
     """The package as a tar stream; a directory, a FIFO or unreadable data is a PackageError."""
     if not path.is_file():
-        found = "a directory" if path.is_dir() else "nothing" if not path.exists() else "no regular file"
+        found = phrase("a directory") if path.is_dir() else phrase("nothing") if not path.exists() \
+            else phrase("no regular file")
         raise PackageError.worded("{file}: expected a package file at {path}, found {found}", file=path.name,
                                   path=path, found=found, init={"file": path.name})
     try:
@@ -177,26 +189,35 @@ def open_archive(path: Path) -> Iterator[tarfile.TarFile]:
 
 
 def _kind(member: tarfile.TarInfo) -> str:
-    kinds = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
-             tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO", tarfile.DIRTYPE: "a directory"}
-    return kinds.get(member.type, "a regular file" if member.isfile() else f"an entry of tar type {member.type!r}")
+    kinds = {tarfile.SYMTYPE: phrase("a symbolic link"), tarfile.LNKTYPE: phrase("a hard link"),
+             tarfile.CHRTYPE: phrase("a character device"), tarfile.BLKTYPE: phrase("a block device"),
+             tarfile.FIFOTYPE: phrase("a FIFO"), tarfile.DIRTYPE: phrase("a directory")}
+    if member.type in kinds:
+        return kinds[member.type]
+    return phrase("a regular file") if member.isfile() else phrase("an entry of tar type {type}",
+                                                                     type=repr(member.type))
 
 
 def load_manifest(path: Path, tar: tarfile.TarFile, max_unpacked_bytes: int) -> dict[str, Any]:
     """The manifest, which must be the archive's first entry, validated; nothing after it has been read yet."""
     member = tar.next()
     if member is None or member.name != MANIFEST_NAME:
-        found = "an empty archive" if member is None else shown(member.name)
+        found = phrase("an empty archive") if member is None else shown(member.name)
         raise PackageError.worded("{file}: expected {manifest} as the first archive entry, found {found}",
                                   file=path.name, manifest=MANIFEST_NAME, found=found,
                                   init={"file": path.name, "entry": MANIFEST_NAME})
     if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-        link = f" to {shown(member.linkname)}" if member.issym() or member.islnk() else ""
-        raise PackageError(f"{path.name}: {MANIFEST_NAME}: expected a regular file, found {_kind(member)}{link}",
-                           file=path.name, entry=MANIFEST_NAME)
+        where = {"file": path.name, "entry": MANIFEST_NAME}
+        if member.issym() or member.islnk():
+            raise PackageError.worded("{file}: {manifest}: expected a regular file, found {kind} to {target}",
+                                      file=path.name, manifest=MANIFEST_NAME, kind=_kind(member),
+                                      target=shown(member.linkname), init=where)
+        raise PackageError.worded("{file}: {manifest}: expected a regular file, found {kind}", file=path.name,
+                                  manifest=MANIFEST_NAME, kind=_kind(member), init=where)
     if member.size > MANIFEST_MAX_BYTES:
-        raise PackageError(f"{path.name}: {MANIFEST_NAME}: expected at most {MANIFEST_MAX_BYTES} bytes, found "
-                           f"{member.size}", file=path.name, entry=MANIFEST_NAME)
+        raise PackageError.worded("{file}: {manifest}: expected at most {limit} bytes, found {size}", file=path.name,
+                                  manifest=MANIFEST_NAME, limit=MANIFEST_MAX_BYTES, size=member.size,
+                                  init={"file": path.name, "entry": MANIFEST_NAME})
     fh = tar.extractfile(member)
     data = fh.read() if fh is not None else b""
 
@@ -206,16 +227,18 @@ def load_manifest(path: Path, tar: tarfile.TarFile, max_unpacked_bytes: int) -> 
     try:
         manifest = json.loads(data.decode("utf-8"), parse_constant=no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        why = "too deeply nested data" if isinstance(exc, RecursionError) else f"invalid text ({exc})"
+        why = phrase("too deeply nested data") if isinstance(exc, RecursionError) \
+            else phrase("invalid text ({why})", why=exc)
         raise PackageError.worded("{file}: {manifest}: expected JSON, found {why}", file=path.name,
                                   manifest=MANIFEST_NAME, why=why,
                                   init={"file": path.name, "entry": MANIFEST_NAME}) from None
     validate_manifest(manifest, path.name)
     declared = sum(int(entry["size"]) for entry in manifest["files"])
     if declared > max_unpacked_bytes:
-        raise PackageError(f"{path.name}: {MANIFEST_NAME}: 'files' declare {declared} bytes unpacked, expected at "
-                           f"most {max_unpacked_bytes} ([package] max_unpacked_mb = {max_unpacked_bytes // MIB})",
-                           file=path.name, entry="files")
+        raise PackageError.worded("{file}: {manifest}: 'files' declare {declared} bytes unpacked, expected at most "
+                                  "{limit} ([package] max_unpacked_mb = {mb})", file=path.name,
+                                  manifest=MANIFEST_NAME, declared=declared, limit=max_unpacked_bytes,
+                                  mb=max_unpacked_bytes // MIB, init={"file": path.name, "entry": "files"})
     result: dict[str, Any] = manifest
     return result
 

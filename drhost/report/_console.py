@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from ..errors import said_in
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..i18n import N_, Translate, english
 from ..status import status_label
@@ -109,6 +110,7 @@ def _stage(stage: str | None, t: Translate) -> str | None:
 def describe(event: Event, t: Translate = english) -> str:
     """One human line for an event (several for a timeout); watchdog lines in the language of ``t``."""
     d = event.data
+    message = said_in(event.message, t)  # a worded message (a Phrase) in the language of t, else its English
     stage = _stage(event.stage, t)
     where = f"[{stage}] {event.step}" if event.step else (f"[{stage}]" if event.stage else "")
     who = f" ({event.plugin})" if event.plugin and event.step else (f" {event.plugin}" if event.plugin else "")
@@ -118,8 +120,8 @@ def describe(event: Event, t: Translate = english) -> str:
         rendered = render_watchdog_event(name, d, stage=event.stage or "", step_label=f"{event.step}{who}", t=t)
         if name == "watchdog.timeout":
             # The block stands on its own: the step is in it, and its rows align as in the design.
-            return prefix + (rendered or event.message)
-        return f"{prefix}{where}{who} {rendered or event.message}"
+            return prefix + (rendered or message)
+        return f"{prefix}{where}{who} {rendered or message}"
     if name == "step.started":
         usually = (t(", usually {seconds} s").format(seconds=f"{d['expected_s']:.1f}")
                    if d.get("expected_s") is not None else "")
@@ -134,7 +136,7 @@ def describe(event: Event, t: Translate = english) -> str:
         tail = t("; retrying in {seconds} s").format(seconds=f"{retry:g}") if retry is not None else ""
         text = t("attempt {attempt}/{attempts} of {where}{who} {ended}: {message}{tail}").format(
             attempt=d.get("attempt"), attempts=d.get("attempts"), where=where, who=who, ended=d.get("ended"),
-            message=event.message, tail=tail)
+            message=message, tail=tail)
     elif name == "run.started":
         text = t("run {run_id} {mode}: {targets} target(s), {steps} steps each, package {package}").format(
             run_id=event.run_id, mode=d.get("mode"), targets=len(d.get("targets", [])), steps=d.get("steps"),
@@ -144,37 +146,37 @@ def describe(event: Event, t: Translate = english) -> str:
         text = t("run {run_id} {status}: {targets}").format(run_id=event.run_id, status=d.get("status"),
                                                             targets=targets)
     elif name in ("plugin.skipped", "plugin.error_recorded"):
-        text = f"{where}{who}: {event.message}"
+        text = f"{where}{who}: {message}"
     elif name in NETWORK_EVENTS:
         # The step that was running when the network failed, then what happened: the row and time say the rest.
-        text = (t("{where}{who} network: {message}").format(where=where, who=who, message=event.message) if where
-                else t("network: {message}").format(message=event.message))
+        text = (t("{where}{who} network: {message}").format(where=where, who=who, message=message) if where
+                else t("network: {message}").format(message=message))
     elif name == "plugin.host_memory":
-        text = t("warning: {message}").format(message=event.message)
+        text = t("warning: {message}").format(message=message)
     elif name == "stage.failed":
-        text = t("[{stage}] failed: {message}").format(stage=stage, message=event.message)
+        text = t("[{stage}] failed: {message}").format(stage=stage, message=message)
     elif name == "target.inconsistent":
-        text = "\n".join([t("INCONSISTENT: {message}").format(message=event.message), *d.get("procedure", []),
+        text = "\n".join([t("INCONSISTENT: {message}").format(message=message), *d.get("procedure", []),
                           t("evidence: {path}").format(path=d.get("evidence"))])
     elif name == "rollback.recovery":
         found = "; ".join([*d.get("errors", []), *d.get("problems", [])])
-        text = t("[{stage}] recovery: {message} ({found})").format(stage=stage, message=event.message, found=found)
+        text = t("[{stage}] recovery: {message} ({found})").format(stage=stage, message=message, found=found)
     elif name.startswith("rollout."):
         text = _rollout_text(name, event, t)
     elif name == "stage.decision":
         text = t("{where} decision: {decision} — {message}").format(where=where, decision=d.get("decision"),
-                                                                     message=event.message)
+                                                                     message=message)
     elif name == "rollback.stage":
         errors = f" ({'; '.join(d.get('errors', []))})" if d.get("errors") else ""
         text = t("{where} rolled back: {status}{errors}").format(where=where, status=d.get("status"), errors=errors)
     elif name in ("rollback.step", "rollback.plugin", "step.cleanup"):
-        said = f" — {event.message}" if event.message else ""
+        said = f" — {message}" if message else ""
         text = (t("{where}{who} cleanup: {ended}{said}") if name == "step.cleanup"
                 else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who, ended=d.get("ended"),
                                                                        said=said)
     else:
         label = t(_EVENT_LABELS[name]) if name in _EVENT_LABELS else name
-        text = " ".join(part for part in (label, where + who, event.message) if part)
+        text = " ".join(part for part in (label, where + who, message) if part)
     return prefix + text
 
 
@@ -206,7 +208,7 @@ def _rollout_text(name: str, event: Event, t: Translate) -> str:
                 reason=d["reason"], count=len(d["not_started"]))
     except (KeyError, TypeError, ValueError):
         pass
-    return event.message
+    return said_in(event.message, t)
 
 
 def progress_text(event: Event, t: Translate = english) -> str:

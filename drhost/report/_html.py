@@ -22,7 +22,7 @@ from typing import Any
 
 from drhost_hookspecs import Stage
 
-from ..errors import ExitCode
+from ..errors import ExitCode, phrase_from_json, said_in
 from ..events import NETWORK_EVENTS, Event
 from ..i18n import N_, Translate, english, translator
 from ..orchestrator import RUN_EXIT_CODES
@@ -116,10 +116,20 @@ def _in_time_order(events: Iterable[dict[str, Any]], window: int = REORDER_WINDO
         yield heapq.heappop(heap)[2]
 
 
+def _message(event: Mapping[str, Any]) -> str:
+    """The event's message, as the phrase its wording describes when it has one (so it can be said)."""
+    return phrase_from_json(str(event.get("message") or ""), event.get("wording"))
+
+
+def _said(event: Mapping[str, Any], t: Translate) -> str | None:
+    """The event's message in the language of ``t``; None when it has none."""
+    return said_in(_message(event), t) if event.get("message") else None
+
+
 def _title(event: Mapping[str, Any], t: Translate) -> str:
     """The console's line for an event, without the target (the row already names it)."""
     fields = {k: event.get(k) for k in ("stage", "step", "plugin")}
-    rebuilt = Event(str(event["event"]), str(event.get("run_id", "")), message=str(event.get("message") or ""),
+    rebuilt = Event(str(event["event"]), str(event.get("run_id", "")), message=_message(event),
                     data=event.get("data") or {}, ts=float(event["ts"]), **fields)
     return describe(rebuilt, t)
 
@@ -189,7 +199,7 @@ class _Timeline:
             bar = self._open_stage.pop(str(stage))
             bar["end"], bar["outcome"] = ts, "completed" if name == "stage.completed" else "failed"
             if name == "stage.failed":
-                bar["message"] = event.get("message")
+                bar["message"] = _said(event, self._t)
                 self._marker("failure", event)
         elif name == "step.started":
             bar = {"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
@@ -213,7 +223,7 @@ class _Timeline:
                 bar["outcome"] = str(data.get("ended") or _STEP_ENDS[name])
                 bar["duration_s"] = data.get("duration_s")
                 if name != "step.completed":
-                    bar["message"] = event.get("message")
+                    bar["message"] = _said(event, self._t)
             if name == "step.failed":
                 self._marker("failure", event)
         elif name == "step.skipped":
@@ -223,12 +233,12 @@ class _Timeline:
                 stage=stage, step=step, plugin=plugin, attempt=data.get("attempt")))
             if len(self.timeouts) < SHOWN_PER_TARGET["timeouts"]:
                 self.timeouts.append({"stage": stage, "step": step, "plugin": plugin, "attempt": data.get("attempt"),
-                                      "ts": ts, "message": event.get("message") or _cut(_title(event, self._t))})
+                                      "ts": ts, "message": _said(event, self._t) or _cut(_title(event, self._t))})
             else:
                 self.not_shown["timeouts"] += 1
         elif name == "plugin.output_dropped":
             self._keep("output_dropped", self.output_dropped, {
-                "ts": ts, "stage": stage, "step": step, "plugin": plugin, "message": event.get("message"),
+                "ts": ts, "stage": stage, "step": step, "plugin": plugin, "message": _said(event, self._t),
                 **{k: data.get(k) for k in ("log_lines", "log_bytes", "truncated", "progress")}})
         elif name == "watchdog.warning":
             self._marker("warning", event)
@@ -260,7 +270,7 @@ class _Timeline:
                 "title": _title(event, self._t) + (f"; rule: {data['rule']}" if data.get("rule") else "")})
         elif self.rollbacks and name in _ROLLBACK_ENDS and self.rollbacks[-1]["outcome"] == "running":
             self.rollbacks[-1]["outcome"] = _ROLLBACK_ENDS[name]
-            self.rollbacks[-1]["message"] = event.get("message")
+            self.rollbacks[-1]["message"] = _said(event, self._t)
 
     def to_json(self) -> dict[str, Any]:
         # A rollback's bar runs to the target's end (its verification and what followed belong to it), or to the

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import StateError
+from ..errors import StateError, joined, message_phrase, phrase
 from ..events import Event, current_event_name
 from ..failpoints import failpoint
 
@@ -182,11 +182,11 @@ class StateFile:
                     check(candidate, body)
                 return body, ("; ".join(problems) or None)
             except FileNotFoundError:
-                problems.append(f"{candidate}: missing")
+                problems.append(phrase("{path}: missing", path=str(candidate)))
             except StateError as exc:
-                problems.append(str(exc))
+                problems.append(message_phrase(exc))
         raise StateError.worded("no usable state: {problems}. drhost will not guess the run's state.",
-                                problems="; ".join(problems))
+                                problems=joined(problems))
 
 
 class Journal:

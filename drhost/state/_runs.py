@@ -254,10 +254,16 @@ class RunState:
             return copy.deepcopy(self._body.get(key, default))
 
 
+#: What a key of a run's state must hold (said in the operator's language when it does not).
+_A_RUN_ID, _A_STATUS, _A_VERSION = phrase("a run id"), phrase("a status"), phrase("a version")
+_AN_OBJECT, _A_LIST = phrase("an object"), phrase("a list")
+
+
 def _expect(path: Path, where: str, value: Any, kind: type | tuple[type, ...], name: str) -> None:
     if not isinstance(value, kind) or isinstance(value, bool):
-        found = "nothing" if value is None else type(value).__name__
-        raise StateError(f"{path}: {where}: expected {name}, found {found}")
+        found = phrase("nothing") if value is None else type(value).__name__
+        raise StateError.worded("{path}: {where}: expected {expected}, found {found}", path=path, where=where,
+                                expected=name, found=found)
 
 
 def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> None:
@@ -266,30 +272,30 @@ def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> No
     ``complete``: also what driving or showing the run needs (config, package, plan); without it, only what
     any reader needs (run id, status, targets), and the others only when present.
     """
-    _expect(path, "run_id", body.get("run_id"), str, "a run id")
-    _expect(path, "status", body.get("status"), str, "a status")
-    _expect(path, "targets", body.get("targets"), dict, "an object")
+    _expect(path, "run_id", body.get("run_id"), str, _A_RUN_ID)
+    _expect(path, "status", body.get("status"), str, _A_STATUS)
+    _expect(path, "targets", body.get("targets"), dict, _AN_OBJECT)
     for key in ("config", "package", "plan"):
         if complete or key in body:
-            _expect(path, key, body.get(key), dict, "an object")
+            _expect(path, key, body.get(key), dict, _AN_OBJECT)
     if complete or "run" in body.get("config", {}):
-        _expect(path, "config.run", body["config"].get("run"), dict, "an object")
+        _expect(path, "config.run", body["config"].get("run"), dict, _AN_OBJECT)
     if complete or "version" in body.get("package", {}):
-        _expect(path, "package.version", body["package"].get("version"), str, "a version")
+        _expect(path, "package.version", body["package"].get("version"), str, _A_VERSION)
     for key in ("steps", "plugins"):
         if complete or key in body.get("plan", {}):
-            _expect(path, f"plan.{key}", body["plan"].get(key), list, "a list")
+            _expect(path, f"plan.{key}", body["plan"].get(key), list, _A_LIST)
     for name, record in body["targets"].items():
-        _expect(path, f"targets.{name}", record, dict, "an object")
-        _expect(path, f"targets.{name}.status", record.get("status"), str, "a status")
+        _expect(path, f"targets.{name}", record, dict, _AN_OBJECT)
+        _expect(path, f"targets.{name}.status", record.get("status"), str, _A_STATUS)
         if "steps" in record:
-            _expect(path, f"targets.{name}.steps", record["steps"], dict, "an object")
+            _expect(path, f"targets.{name}.steps", record["steps"], dict, _AN_OBJECT)
         if "errors" in record:
-            _expect(path, f"targets.{name}.errors", record["errors"], list, "a list")
+            _expect(path, f"targets.{name}.errors", record["errors"], list, _A_LIST)
     rollout = body.get("rollout")
     if rollout is not None:
-        _expect(path, "rollout", rollout, dict, "an object")
-        _expect(path, "rollout.batches", rollout.get("batches"), list, "a list")
+        _expect(path, "rollout", rollout, dict, _AN_OBJECT)
+        _expect(path, "rollout.batches", rollout.get("batches"), list, _A_LIST)
         for index, batch in enumerate(rollout["batches"]):
-            _expect(path, f"rollout.batches[{index}]", batch, dict, "an object")
-            _expect(path, f"rollout.batches[{index}].targets", batch.get("targets"), list, "a list")
+            _expect(path, f"rollout.batches[{index}]", batch, dict, _AN_OBJECT)
+            _expect(path, f"rollout.batches[{index}].targets", batch.get("targets"), list, _A_LIST)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from drhost_hookspecs import ENTRY_POINT_GROUP
 
-from ..errors import WordedError
+from ..errors import WordedError, message_phrase
 
 #: Where the bundle is mounted inside the container, and what PYTHONPATH the worker gets.
 MOUNT_POINT = "/opt/drhost"
@@ -65,7 +65,7 @@ def _find_entry_point(name: str) -> importlib.metadata.EntryPoint:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return ep
-    raise BundleError(f"no entry point {name!r} in group {ENTRY_POINT_GROUP!r}")
+    raise BundleError.worded("no entry point {name} in group {group}", name=repr(name), group=repr(ENTRY_POINT_GROUP))
 
 
 def _top_modules_by_dist() -> dict[str, list[str]]:
@@ -113,9 +113,10 @@ def _module_sources(module: str) -> list[Path]:
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:
-        raise BundleError(f"cannot locate module {module!r}: {exc}") from exc
+        raise BundleError.worded("cannot locate module {module}: {error}", module=repr(module),
+                                 error=message_phrase(exc)) from exc
     if spec is None:
-        raise BundleError(f"module {module!r} is not importable on the host")
+        raise BundleError.worded("module {module} is not importable on the host", module=repr(module))
     if spec.submodule_search_locations:
         return [Path(location) for location in spec.submodule_search_locations if Path(location).is_dir()]
     if spec.origin in (None, "built-in", "frozen") or not spec.has_location:
@@ -151,7 +152,8 @@ def _plan(entry_point: str) -> tuple[Bundle, list[tuple[Path, Path]], str, str]:
     for module in modules:
         sources = _module_sources(module)
         if module == top and not sources:
-            raise BundleError(f"plugin module {top!r} of entry point {entry_point!r} has no files to copy")
+            raise BundleError.worded("plugin module {module} of entry point {entry_point} has no files to copy",
+                                     module=repr(top), entry_point=repr(entry_point))
         for source in sources:
             files.extend(_files(source))
     digest = hashlib.sha256(f"{_BUNDLE_FORMAT}\0{entry_point}\0{ep.value}\0{dist_name}\0{version}\0".encode())

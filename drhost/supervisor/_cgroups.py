@@ -293,7 +293,7 @@ class CgroupSandbox:
                  command: list[str] | None = None) -> None:
         self._support = support if support is not None else cgroup_support()
         if not self._support.bases:
-            raise RefusedError(f"no usable cgroup controller: {self._support.problems}")
+            raise RefusedError.worded("no usable cgroup controller: {problems}", problems=str(self._support.problems))
         self.version = self._support.version
         self._limits = dict(limits)
         self._message_limit = message_limit
@@ -375,7 +375,7 @@ class CgroupSandbox:
                 self._release()
                 raise
             return
-        raise RefusedError(f"could not create a cgroup for {self.label}")
+        raise RefusedError.worded("could not create a cgroup for {label}", label=self.label)
 
     def _write_limits(self) -> None:
         memory, cpu, pids = self._dirs.get("memory"), self._dirs.get("cpu"), self._dirs.get("pids")
@@ -591,8 +591,9 @@ def process_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, conf
         missing = support.missing()
         if mode == "required" and missing:
             reasons = "; ".join(f"{c}: {why}" for c, why in missing.items())
-            raise RefusedError(f"[process] cgroups = required, but this machine does not give drhost the "
-                               f"{', '.join(missing)} cgroup controller(s): {reasons}")
+            raise RefusedError.worded("[process] cgroups = required, but this machine does not give drhost the "
+                                      "{controllers} cgroup controller(s): {reasons}",
+                                      controllers=", ".join(missing), reasons=reasons)
         if "memory" in support.bases:
             return CgroupSandbox(policy.worker_limits(), label=label, message_limit=message_limit,
                                  cpu_percent=policy.cpu_percent, pids_max=pids_max, support=support)

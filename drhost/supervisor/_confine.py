@@ -17,7 +17,7 @@ from typing import Any
 
 from drhost_hookspecs._runtime import CONFINE_ENV
 
-from ..errors import RefusedError
+from ..errors import RefusedError, phrase
 from ._sandbox import DelegatingSandbox, Sandbox
 
 #: The unprivileged identity of process workers, created by scripts/install-dev.
@@ -30,10 +30,10 @@ def network_namespace_available() -> tuple[bool, str]:
     """Whether ``unshare --net`` works here (it needs root or user namespaces); probed once."""
     unshare = shutil.which("unshare")
     if unshare is None:
-        return False, "unshare(1) not found (util-linux)"
+        return False, phrase("unshare(1) not found (util-linux)")
     probe = subprocess.run([unshare, "--net", "--", "true"], capture_output=True, text=True, timeout=10)
     if probe.returncode != 0:
-        return False, f"unshare --net failed: {probe.stderr.strip()[-200:]}"
+        return False, phrase("unshare --net failed: {stderr}", stderr=probe.stderr.strip()[-200:])
     return True, unshare
 
 
@@ -114,20 +114,22 @@ def worker_identity(config: Mapping[str, Any]) -> tuple[str, int, int] | None:
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
-            why = f"the worker user {user!r} does not exist on this machine"
+            why = phrase("the worker user {user} does not exist on this machine", user=repr(user))
         else:
             if entry.pw_uid == 0 or entry.pw_gid == 0:
-                raise RefusedError(f"[process] user = {user!r} is root (uid {entry.pw_uid}, gid {entry.pw_gid}); "
-                                   f"process workers need an unprivileged user")
+                raise RefusedError.worded("[process] user = {user} is root (uid {uid}, gid {gid}); process workers "
+                                          "need an unprivileged user", user=repr(user), uid=entry.pw_uid,
+                                          gid=entry.pw_gid)
             return user, entry.pw_uid, entry.pw_gid
     else:
-        why = "[process] user is empty"
+        why = phrase("[process] user is empty")
     if weaker:
         return None
-    raise RefusedError(
-        f"process workers run as an unprivileged user, and {why}. Create it with scripts/install-dev (it runs: "
-        f"useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group "
-        f"{DEFAULT_WORKER_USER}), or run the workers as root with --set run.allow_weaker_isolation=true")
+    raise RefusedError.worded(
+        "process workers run as an unprivileged user, and {why}. Create it with scripts/install-dev (it runs: "
+        "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group "
+        "{user}), or run the workers as root with --set run.allow_weaker_isolation=true",
+        why=why, user=DEFAULT_WORKER_USER)
 
 
 def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
@@ -145,8 +147,8 @@ def confine_process(sandbox: Sandbox, config: Mapping[str, Any]) -> Sandbox:
         return sandbox
     available, unshare = network_namespace_available()
     if not available:
-        raise RefusedError(f"process workers cannot be cut off the network here ({unshare}); "
-                           f"set [process] network = host to run them with the host's network")
+        raise RefusedError.worded("process workers cannot be cut off the network here ({why}); set [process] "
+                                  "network = host to run them with the host's network", why=unshare)
     return ConfinedSandbox(sandbox, Confinement(unshare, network, scratch_mb=scratch))
 
 def innermost(sandbox: Sandbox) -> Sandbox:

@@ -31,6 +31,7 @@ from typing import Any
 
 from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, WORKER_MODULE, encode, error_to_json
 
+from ..errors import message_phrase
 from ..policy import Isolation
 from ..transport import stop_process_group
 from ._bundle import MOUNT_POINT, SITE, Bundle, BundleError, build_bundle
@@ -134,7 +135,8 @@ class ContainerSandbox:
         except (BundleError, OSError) as exc:
             # The runner reports a worker that could not start, with this reason.
             self.name = None
-            return _fatal_command(BundleError(f"cannot build the container bundle of {entry_point!r}: {exc}"))
+            return _fatal_command(BundleError.worded("cannot build the container bundle of {entry_point}: {error}",
+                                                     entry_point=repr(entry_point), error=message_phrase(exc)))
         self.name = f"drhost-{self._label}-{next(_launches)}-{secrets.token_hex(2)}"
         self._leftovers.add(self.name)
         self._pid = None

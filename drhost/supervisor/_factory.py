@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RefusedError
+from ..errors import RefusedError, message_phrase
 from ..policy import ClassPolicy
 from ._cgroups import process_sandbox
 from ._confine import confine_process
@@ -30,11 +30,11 @@ def container_sandbox(policy: ClassPolicy, *, label: str, message_limit: int, co
                                 pids_limit=policy.pids or DEFAULT_CONTAINER_PIDS, label=label,
                                 message_limit=message_limit, config=config)
     except ContainerUnavailable as exc:
-        why = str(exc)
+        why = message_phrase(exc)
     if (config.get("run") or {}).get("allow_weaker_isolation"):
         inner = process_worker_sandbox(policy, label=label, message_limit=message_limit, config=config)
         return WeakerSandbox(inner, f"container unavailable: {why}")
-    raise RefusedError(
-        f"{policy.plugin_class.value} plugins run in a container, and none can be started here: {why}. "
-        f"Third-party plugins will not run unconfined; install podman (and a working OCI runtime), or accept "
-        f"the weaker process isolation with --set run.allow_weaker_isolation=true")
+    raise RefusedError.worded(
+        "{plugin_class} plugins run in a container, and none can be started here: {why}. Third-party plugins will "
+        "not run unconfined; install podman (and a working OCI runtime), or accept the weaker process isolation "
+        "with --set run.allow_weaker_isolation=true", plugin_class=policy.plugin_class.value, why=why)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import said_in
 from ..i18n import Translate
 from ..policy import ClassPolicy, Isolation
 from ..transport import Availability
@@ -160,7 +161,7 @@ class ProcessIsolation:
         network: dict[str, Any] = {"mode": mode}
         if mode == "none":
             available, detail = network_namespace_available()
-            network.update(available=bool(available), detail=str(detail))
+            network.update(available=bool(available), detail=detail)  # a worded detail stays a Phrase
         return {"cgroups": {"version": support.version, "mode": str((config.get("process") or {}).get("cgroups",
                                                                                                       "auto")),
                             "controllers": controllers},
@@ -176,7 +177,7 @@ class ProcessIsolation:
             lines.append(f"  {name:8} {state}")
         net = report["process_network"]
         lines.append(t("process network: {mode}").format(mode=net["mode"])
-                     + (f" ({net.get('detail')})" if "detail" in net else ""))
+                     + (f" ({said_in(net['detail'], t)})" if "detail" in net else ""))
         return lines
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
@@ -225,7 +226,7 @@ class ContainerIsolation:
             ok, detail = container_available(config)
         except Exception as exc:  # a probe that breaks is a finding, not a crash of the caller
             return Availability(False, f"container probe failed: {type(exc).__name__}: {exc}")
-        return Availability(bool(ok), str(detail))
+        return Availability(bool(ok), detail)  # a worded detail stays a Phrase: doctor says it in the language
 
     def doctor(self, config: Mapping[str, Any]) -> dict[str, Any]:
         found = self.available(config)
@@ -237,7 +238,8 @@ class ContainerIsolation:
         return [f"podman: {podman['version'] or podman.get('error', '?')} ({podman['path']})" if podman["present"]
                 else t("podman: not found on PATH"),
                 (t("container sandbox: available: {detail}") if container["available"]
-                 else t("container sandbox: NOT available: {detail}")).format(detail=container["detail"])]
+                 else t("container sandbox: NOT available: {detail}")).format(
+                    detail=said_in(container["detail"], t))]
 
     def make_sandbox(self, policy: ClassPolicy, *, label: str, message_limit: int,
                      config: dict[str, Any]) -> Sandbox:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
+from ..i18n import N_
+
 #: Endings that name a limit of the sandbox (``detail["limit"]`` says which; ``detail["limit_text"]`` in words).
 LimitEnding = Literal["memory", "pids", "cpu_time"]
 #: How a call ended, from the host's point of view. A limit that stopped the plugin is its own ending:
@@ -49,7 +51,7 @@ def outcome_from_error(error: dict[str, Any], state: dict[str, Any], duration_s:
         return CallOutcome("up_to_date", result=error.get("version"), message=message, state=state,
                            duration_s=duration_s)
     if kind == "cancelled":
-        return CallOutcome("cancelled", message="stopped by the host", state=state, duration_s=duration_s)
+        return CallOutcome("cancelled", message=N_("stopped by the host"), state=state, duration_s=duration_s)
     # The worker's error kinds (drhost_hookspecs' protocol) that are endings of their own.
     endings: dict[str, Ending] = {"memory": "memory", "crash": "crashed"}
     ended = endings.get(kind, "failed")

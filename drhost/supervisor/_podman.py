@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import WordedError
+from ..errors import WordedError, message_phrase
 from ..state import atomic_write, cache_root, state_root
 
 #: Runtimes tried, in order, when ``container.runtime`` is ``auto``.
@@ -121,8 +121,9 @@ def find_podman(config: Mapping[str, Any]) -> tuple[str, str]:
     wanted = str(container_settings(config)["podman"])
     path = shutil.which(wanted, path=podman_environment()["PATH"])
     if path is None:
-        raise ContainerUnavailable(f"podman not found ({wanted!r} is not on PATH; install podman, e.g. "
-                                   f"'apt-get install podman runc', or set container.podman)")
+        raise ContainerUnavailable.worded("podman not found ({podman} is not on PATH; install podman, e.g. "
+                                          "'apt-get install podman runc', or set container.podman)",
+                                          podman=repr(wanted))
     return path, podman_version(path)
 
 
@@ -137,15 +138,15 @@ def podman_version(path: str) -> str:
         info = os.stat(path)
         key = f"{path} {info.st_dev} {info.st_ino} {info.st_size} {info.st_mtime_ns}"
     except OSError as exc:
-        raise ContainerUnavailable(f"{path}: {exc.strerror}") from None
+        raise ContainerUnavailable.worded("{path}: {error}", path=path, error=exc.strerror) from None
     with _lock:
         known = _version_cache.get(key)
     if known is not None:
         return known
     result = run_podman([path, "--version"], timeout=20)
     if result.returncode != 0:
-        raise ContainerUnavailable(f"{path} --version failed (exit {result.returncode}): "
-                                   f"{_tail(result.stderr or result.stdout)}")
+        raise ContainerUnavailable.worded("{path} --version failed (exit {code}): {output}", path=path,
+                                          code=result.returncode, output=_tail(result.stderr or result.stdout))
     version = result.stdout.strip().split()[-1] if result.stdout.strip() else "unknown"
     with _lock:
         _version_cache[key] = version
@@ -265,8 +266,8 @@ def detect_runtime(podman: str, version: str, settings: Mapping[str, Any], rootf
                                 "rejected": failures})
                 return runtime
             failures.append(f"{runtime}: exit {result.returncode}: {_tail(result.stderr or result.stdout)}")
-    raise ContainerUnavailable(f"podman {version} cannot start a container with any runtime tried ("
-                               + "; ".join(failures) + ")")
+    raise ContainerUnavailable.worded("podman {version} cannot start a container with any runtime tried "
+                                      "({failures})", version=version, failures="; ".join(failures))
 
 
 _cgroup_cache: dict[str, tuple[str, str]] = {}
@@ -317,11 +318,12 @@ def podman_setup(config: Mapping[str, Any]) -> PodmanSetup:
     if image is None:
         rootfs = Path(str(settings["rootfs"])) if settings["rootfs"] else ensure_rootfs()
         if not rootfs.is_dir():
-            raise ContainerUnavailable(f"container.rootfs {str(rootfs)!r} is not a directory")
+            raise ContainerUnavailable.worded("container.rootfs {rootfs} is not a directory", rootfs=repr(str(rootfs)))
         python = str(settings["python"])
         if not python.startswith(HOST_USR + "/") or not os.access(python, os.X_OK):
-            raise ContainerUnavailable(f"container.python {python!r} must be an interpreter under {HOST_USR} "
-                                       f"(the only host tree a rootfs container sees)")
+            raise ContainerUnavailable.worded("container.python {python} must be an interpreter under {usr} "
+                                              "(the only host tree a rootfs container sees)", python=repr(python),
+                                              usr=HOST_USR)
     runtime = detect_runtime(podman, version, settings, rootfs)
     manager, cgroups = cgroup_info(podman, version)
     return PodmanSetup(
@@ -338,6 +340,6 @@ def container_available(config: Mapping[str, Any]) -> tuple[bool, str]:
     try:
         setup = podman_setup(config)
     except ContainerUnavailable as exc:
-        return False, str(exc)
+        return False, message_phrase(exc)
     where = f"image {setup.image}" if setup.image else f"rootfs {setup.rootfs}"
     return True, f"podman {setup.version} ({setup.podman}), runtime {setup.runtime}, {where}"

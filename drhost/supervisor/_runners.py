@@ -17,6 +17,7 @@ from drhost_hookspecs import OperationName, Stage, VerifyPhase
 from drhost_hookspecs._runtime import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode, error_to_json
 
 from ..context import HostContext, context_payload
+from ..errors import message_phrase, phrase
 from ..policy import Isolation
 from ._endings import LimitWatch, name_limit
 from ._outcome import CallOutcome, outcome_from_error
@@ -294,8 +295,9 @@ class WorkerRunner:
                 return CallOutcome("protocol", message=str(exc), retryable=False, state=state(),
                                    duration_s=time.monotonic() - started, detail={"handshake": "mismatch"})
             except WorkerDied as exc:
-                return CallOutcome("crashed", message=f"worker could not start: {exc}", state=state(),
-                                   duration_s=time.monotonic() - started)
+                return CallOutcome("crashed",
+                                   message=phrase("worker could not start: {error}", error=message_phrase(exc)),
+                                   state=state(), duration_s=time.monotonic() - started)
         self._next_id += 1
         call_id = self._next_id
         message: dict[str, Any] = {"type": "call", "id": call_id, "op": op,
@@ -342,13 +344,15 @@ class WorkerRunner:
                                          usage=health.peak, ctx=ctx)
                 # A kernel limit that killed the worker (the memory cgroup's OOM killer) is named as that limit.
                 limit_hit = self.sandbox.exit_limit
-                return CallOutcome("memory" if limit_hit == "memory" else "crashed", message=f"worker died: {how}",
+                return CallOutcome("memory" if limit_hit == "memory" else "crashed",
+                                   message=phrase("worker died: {how}", how=how),
                                    state=state(), duration_s=now - started,
                                    detail={"exit": how, "usage": health.peak,
                                            **({"limit": limit_hit, "killed": True} if limit_hit else {})})
             if kind == "protocol":
                 self._kill()
-                return CallOutcome("protocol", message=f"worker broke the protocol: {incoming}", state=state(),
+                return CallOutcome("protocol", message=phrase("worker broke the protocol: {what}", what=str(incoming)),
+                                   state=state(),
                                    retryable=True, duration_s=now - started)
             outcome = self._handle(incoming, call_id, ctx, now - started)
             if outcome is not None:
@@ -368,11 +372,13 @@ class WorkerRunner:
     @staticmethod
     def _stopped_outcome(reason: str, timeout_s: float, state: dict[str, Any], duration: float, *,
                          killed: bool, usage: dict[str, Any]) -> CallOutcome:
-        how = "; worker killed" if killed else ""
+        how = phrase("; worker killed") if killed else ""
         if reason == "timeout":
-            return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s{how}", state=state,
-                               duration_s=duration, detail={"killed": killed, "usage": usage})
-        return CallOutcome("cancelled", message=f"stopped by the host{how}", state=state, duration_s=duration,
+            return CallOutcome("timeout", message=phrase("no result after {seconds} s{how}",
+                                                         seconds=f"{round(timeout_s, 1):g}", how=how),
+                               state=state, duration_s=duration, detail={"killed": killed, "usage": usage})
+        return CallOutcome("cancelled", message=phrase("stopped by the host{how}", how=how), state=state,
+                           duration_s=duration,
                            detail={"killed": killed, "usage": usage})
 
     def _handle(self, message: dict[str, Any], call_id: int, ctx: HostContext | None,

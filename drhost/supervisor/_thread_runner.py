@@ -14,6 +14,7 @@ from drhost_hookspecs._runtime import error_to_json
 
 from .._stdout import plugin_code
 from ..context import HostContext
+from ..errors import phrase
 from ..policy import Isolation
 from ._outcome import CallOutcome, outcome_from_error
 
@@ -108,8 +109,9 @@ class ThreadRunner:
         extra: dict[str, Any] = {} if grown is None else {"host_memory": grown}
         if timed_out:
             hung = thread.is_alive()
-            return CallOutcome("timeout", message=f"no result after {round(timeout_s, 1):g} s" + (
-                "; the thread did not stop and was abandoned" if hung else ""), state=state,
+            return CallOutcome("timeout", message=phrase(
+                "no result after {seconds} s{how}", seconds=f"{round(timeout_s, 1):g}",
+                how=phrase("; the thread did not stop and was abandoned") if hung else ""), state=state,
                 detail={"hung_thread": hung, **extra,
                         # which thread keeps running: the orchestrator marks its target "may still be changing"
                         **({"thread": thread.name, "thread_ident": thread.ident} if hung else {})},

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from drhost_hookspecs import ENTRY_POINT_GROUP
 
-from ..errors import DrhostError, ExitCode
+from ..errors import DrhostError, ExitCode, phrase
 
 _PIP_TIMEOUT_S = 600.0
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -98,17 +98,19 @@ def _choose(dist: importlib.metadata.Distribution, plugin: str | None, where: st
     plugins = _plugins_of(dist)
     names = ", ".join(ep.name for ep in plugins)
     if not plugins:
-        raise SubjectError(f"{where}: distribution {dist.metadata['Name']} declares no entry point in group "
-                           f"{ENTRY_POINT_GROUP!r}; add [project.entry-points.\"{ENTRY_POINT_GROUP}\"] "
-                           f"NAME = \"your_module\" to its pyproject.toml")
+        raise SubjectError.worded("{where}: distribution {distribution} declares no entry point in group {group}; "
+                                  "add {snippet} to its pyproject.toml", where=where,
+                                  distribution=dist.metadata["Name"], group=repr(ENTRY_POINT_GROUP),
+                                  snippet=f'[project.entry-points."{ENTRY_POINT_GROUP}"] NAME = "your_module"')
     if plugin is not None:
         for ep in plugins:
             if ep.name == plugin:
                 return ep
-        raise SubjectError(f"{where}: no plugin {plugin!r} in distribution {dist.metadata['Name']} (it has {names})")
+        raise SubjectError.worded("{where}: no plugin {plugin} in distribution {distribution} (it has {names})",
+                                  where=where, plugin=repr(plugin), distribution=dist.metadata["Name"], names=names)
     if len(plugins) > 1:
-        raise SubjectError(f"{where}: distribution {dist.metadata['Name']} has several plugins ({names}); "
-                           f"choose one with --plugin NAME")
+        raise SubjectError.worded("{where}: distribution {distribution} has several plugins ({names}); choose one "
+                                  "with --plugin NAME", where=where, distribution=dist.metadata["Name"], names=names)
     return plugins[0]
 
 
@@ -122,8 +124,9 @@ def install_source(source: Path, site_dir: Path, *, plugin: str | None = None) -
     """Install a source tree (or a wheel) into ``site_dir`` and make it the copy drhost finds first."""
     source = source.resolve()
     if source.is_dir() and not any((source / name).exists() for name in ("pyproject.toml", "setup.py")):
-        raise SubjectError(f"{source}: not a Python project (no pyproject.toml or setup.py); give the directory "
-                           f"of a plugin distribution, a wheel, or the name of an installed one")
+        raise SubjectError.worded("{source}: not a Python project (no pyproject.toml or setup.py); give the "
+                                  "directory of a plugin distribution, a wheel, or the name of an installed one",
+                                  source=source)
     site_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input", "--disable-pip-version-check",
             "--quiet", "--target", str(site_dir), str(source)]
@@ -155,8 +158,9 @@ def installed(name: str, *, plugin: str | None = None) -> Subject:
         owner = getattr(matches[0], "dist", None) if matches else None
         if owner is None:
             known = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-            raise SubjectError(f"{name!r}: no such directory, and no installed distribution or plugin of that name "
-                               f"(installed plugins: {', '.join(known) or 'none'})") from None
+            raise SubjectError.worded("{name}: no such directory, and no installed distribution or plugin of that "
+                                      "name (installed plugins: {known})", name=repr(name),
+                                      known=", ".join(known) or phrase("none")) from None
         dist = owner
         plugin = plugin or name
     return _subject(dist, _choose(dist, plugin, name), None)
@@ -167,7 +171,7 @@ def resolve(argument: str, site_dir: Path, *, plugin: str | None = None) -> Subj
     path = Path(argument)
     if path.exists() or os.sep in argument or argument.startswith("."):
         if not path.exists():
-            raise SubjectError(f"{argument}: no such file or directory")
+            raise SubjectError.worded("{argument}: no such file or directory", argument=argument)
         return install_source(path, site_dir, plugin=plugin)
     return installed(argument, plugin=plugin)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import ConfigError, RefusedError
+from ..errors import ConfigError, RefusedError, phrase
 from ..plugins import PluginRecord, Registry, discover
 from ._checks import (
     CHECKS,
@@ -127,8 +127,8 @@ def plugin_test(argument: str, *, plugin: str | None = None, alone: bool = False
             registry = discover(blocked, config=load_config(config_files, overrides).data)
             record = registry.records.get(subject.plugin)
             if record is None or record.status in ("blocked", "not_allowed"):
-                why = record.error if record else "not discovered"
-                raise SubjectError(f"plugin {subject.plugin} cannot be tested: {why}")
+                why = record.error if record else phrase("not discovered")
+                raise SubjectError.worded("plugin {plugin} cannot be tested: {why}", plugin=subject.plugin, why=why)
             if record.status == "broken":
                 check, fix = classify_load_error(record.error)
                 if check != "loads":

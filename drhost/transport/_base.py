@@ -96,7 +96,8 @@ class TargetSession(abc.ABC):
         the components below that ancestor are appended as they are. Used to confine plugins' file operations.
 
         A session that cannot resolve paths refuses (the Context then refuses every file operation)."""
-        raise TransportError(f"{self.name}: this transport cannot resolve paths on the target", category="file")
+        raise TransportError.worded("{target}: this transport cannot resolve paths on the target",
+                                    init={"category": "file"}, target=self.name)
 
     def probe(self, timeout_s: float) -> None:
         """Return when the target answers a trivial command; raise :class:`TransportError` when it does not

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import RefusedError
+from ..errors import RefusedError, phrase
 from ._base import TransportError
 from ._secrets import read_secret
 
@@ -54,12 +54,12 @@ class Become:
         """(password, where it came from). The description is safe to show; the password is not."""
         value, where = read_secret(self.password_env, self.password_file)
         if value is not None:
-            return value, f"the become password from {where}"
+            return value, phrase("the become password from {where}", where=where)
         if self.password_env:
-            return None, f"become_password_env {where}"
+            return None, phrase("become_password_env {where}", where=where)
         if self.password_file:
-            return None, f"become_password_file {where}"
-        return None, "no become_password_env or become_password_file"
+            return None, phrase("become_password_file {where}", where=where)
+        return None, phrase("no become_password_env or become_password_file")
 
     @property
     def home(self) -> str:
@@ -120,14 +120,16 @@ class BecomeHandshake:
                 return bytes(out[out_at + len(self.marker):]), bytes(err[err_at + len(self.marker):])
             prompts = err.count(self.prompt.encode())
             if prompts > 1:  # asked again after our answer: "Sorry, try again."
-                raise BecomeError(f"{self.target}: sudo refused {self.become.password()[1]} for becoming "
-                                  f"{self.become.user} (wrong password?); not retried")
+                raise BecomeError.worded("{target}: sudo refused {source} for becoming {user} (wrong password?); "
+                                         "not retried", target=self.target, source=self.become.password()[1],
+                                         user=self.become.user)
             if prompts and not answered:
                 password, source = self.become.password()
                 if password is None:
-                    raise BecomeError(f"{self.target}: sudo asks for a password to become {self.become.user}, "
-                                      f"and there is none: {source}. Set become_password_env or "
-                                      "become_password_file, or allow the login user NOPASSWD sudo")
+                    raise BecomeError.worded(
+                        "{target}: sudo asks for a password to become {user}, and there is none: {source}. Set "
+                        "become_password_env or become_password_file, or allow the login user NOPASSWD sudo",
+                        target=self.target, user=self.become.user, source=source)
                 channel.sendall(password.encode("utf-8") + b"\n")
                 answered = True
             if channel.exit_status_ready() and (channel.eof_received or channel.closed):
@@ -143,12 +145,12 @@ class BecomeHandshake:
 
     def _refusal(self, status: int, err: bytes) -> BecomeError:
         said = err.replace(self.prompt.encode(), b"").decode("utf-8", "replace").strip().splitlines()
-        reason = "; ".join(line.strip() for line in said if line.strip())[-500:] or "no message"
+        reason = "; ".join(line.strip() for line in said if line.strip())[-500:] or phrase("no message")
         if status == _NOT_FOUND and "sudo" in reason:
-            return BecomeError(f"{self.target}: become = sudo, but sudo is not installed on the target "
-                               f"({reason})")
-        return BecomeError(f"{self.target}: sudo would not run the command as {self.become.user} "
-                           f"(exit {status}): {reason}")
+            return BecomeError.worded("{target}: become = sudo, but sudo is not installed on the target ({reason})",
+                                      target=self.target, reason=reason)
+        return BecomeError.worded("{target}: sudo would not run the command as {user} (exit {status}): {reason}",
+                                  target=self.target, user=self.become.user, status=status, reason=reason)
 
 
 def sftp_server_script() -> str:

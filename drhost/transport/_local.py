@@ -14,6 +14,7 @@ from pathlib import Path
 
 from drhost_hookspecs import RunResult
 
+from ..errors import phrase
 from ..state import atomic_write
 from ._base import CommandStopped, ProgressCallback, TargetSession, TransportError
 
@@ -97,7 +98,8 @@ class LocalSession(TargetSession):
         cancel: threading.Event | None = None,
     ) -> RunResult:
         if not argv or not all(isinstance(a, str) for a in argv):
-            raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}", category="plugin")
+            raise TransportError.worded("argv must be a non-empty list of strings, got {argv}",
+                                        init={"category": "plugin"}, argv=repr(argv))
         # An explicit environment: the target's behaviour must not depend on the operator's shell.
         full_env = {"PATH": self._path_env, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": os.environ.get("HOME", "/")}
         full_env.update(env or {})
@@ -108,7 +110,8 @@ class LocalSession(TargetSession):
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd, start_new_session=True,
             )
         except OSError as exc:
-            raise TransportError(f"cannot start {argv[0]!r}: {exc.strerror}", category="file") from None
+            raise TransportError.worded("cannot start {command}: {reason}", init={"category": "file"},
+                                        command=repr(argv[0]), reason=exc.strerror) from None
         self._log_command(proc.pid, argv[0])
         outputs: dict[str, bytes] = {}
 
@@ -123,10 +126,12 @@ class LocalSession(TargetSession):
             reader.join(0.05)
             if cancel is not None and cancel.is_set():
                 stop_process_group(proc, self._grace)
-                raise CommandStopped(f"{argv[0]} stopped: step cancelled", timed_out=False)
+                raise CommandStopped.worded("{command} stopped: step cancelled", init={"timed_out": False},
+                                            command=argv[0])
             if deadline is not None and time.monotonic() > deadline:
                 stop_process_group(proc, self._grace)
-                raise CommandStopped(f"{argv[0]} stopped after {timeout:.0f} s", timed_out=True)
+                raise CommandStopped.worded("{command} stopped after {seconds} s", init={"timed_out": True},
+                                            command=argv[0], seconds=f"{timeout:.0f}")
         return RunResult(
             argv=tuple(argv), returncode=proc.returncode,
             stdout=outputs.get("out", b"").decode("utf-8", "replace"),
@@ -155,7 +160,7 @@ class LocalSession(TargetSession):
     def stop_leftover_commands(self) -> list[str]:
         if self._command_log is None or not self._command_log.exists():
             return []
-        stopped = []
+        stopped: list[str] = []
         for line in self._command_log.read_text(encoding="utf-8", errors="replace").splitlines():
             parts = line.split()
             if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
@@ -171,7 +176,8 @@ class LocalSession(TargetSession):
                     time.sleep(0.02)
                 if not group_members(pid):
                     break
-            stopped.append(f"{' '.join(parts[2:]) or 'command'} (process group {pid})")
+            stopped.append(phrase("{command} (process group {pid})", command=" ".join(parts[2:]) or phrase("command"),
+                                  pid=pid))
         with self._log_lock:
             self._command_log.unlink(missing_ok=True)
         return stopped
@@ -199,7 +205,8 @@ class LocalSession(TargetSession):
         try:
             return Path(path).read_text("utf-8")
         except OSError as exc:
-            raise TransportError(f"cannot read {path}: {exc.strerror}", category="file") from None
+            raise TransportError.worded("cannot read {path}: {reason}", init={"category": "file"}, path=path,
+                                        reason=exc.strerror) from None
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         target = Path(path)
@@ -208,7 +215,8 @@ class LocalSession(TargetSession):
             atomic_write(target, text.encode("utf-8"), mode)
             os.chmod(target, mode)
         except OSError as exc:
-            raise TransportError(f"cannot write {path}: {exc.strerror}", category="file") from None
+            raise TransportError.worded("cannot write {path}: {reason}", init={"category": "file"}, path=path,
+                                        reason=exc.strerror) from None
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
@@ -221,11 +229,13 @@ class LocalSession(TargetSession):
         try:
             if target.is_dir() and not target.is_symlink():
                 if not recursive:
-                    raise TransportError(f"{path} is a directory; pass recursive=True", category="file")
+                    raise TransportError.worded("{path} is a directory; pass recursive=True",
+                                                init={"category": "file"}, path=path)
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise TransportError(f"cannot remove {path}: {exc.strerror}", category="file") from None
+            raise TransportError.worded("cannot remove {path}: {reason}", init={"category": "file"}, path=path,
+                                        reason=exc.strerror) from None

@@ -69,11 +69,12 @@ def _unframe(data: bytes) -> tuple[bytes, bytes]:
     header, _, body = data.partition(b"\n")
     sizes = header.split()
     if len(sizes) != 2 or not all(size.isdigit() for size in sizes):
-        raise TransportError(f"job output not framed as expected: {data[:80]!r}")
+        raise TransportError.worded("job output not framed as expected: {data}", data=repr(data[:80]))
     out_size, err_size = int(sizes[0]), int(sizes[1])
     if len(body) < out_size + err_size:
         # Never hand a plugin a cut-off output as if it were the whole: JSON would fail far from the cause.
-        raise TransportError(f"job output arrived incomplete: {len(body)} of {out_size + err_size} bytes")
+        raise TransportError.worded("job output arrived incomplete: {got} of {expected} bytes", got=len(body),
+                                    expected=out_size + err_size)
     return body[:out_size], body[out_size : out_size + err_size]
 
 
@@ -90,10 +91,12 @@ def _job_path(job_dir: str, job_id: str) -> str:
 def command_line(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> str:
     """The line the detached wrapper runs: cd, then ``env -i`` with exactly ``env``, then argv."""
     if not argv or not all(isinstance(word, str) for word in argv):
-        raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}", category="plugin")
+        raise TransportError.worded("argv must be a non-empty list of strings, got {argv}",
+                                    init={"category": "plugin"}, argv=repr(argv))
     for name in env:
         if not _ENV_NAME.match(name):
-            raise TransportError(f"bad environment variable name {name!r}", category="plugin")
+            raise TransportError.worded("bad environment variable name {name}", init={"category": "plugin"},
+                                        name=repr(name))
     assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
     words = " ".join(shlex.quote(word) for word in argv)
     # "command" keeps a first word containing '=' from being taken as one more assignment by env.
@@ -179,9 +182,9 @@ def start_and_wait(
         return StartResult(job_id, False)
     first, _, rest = out.partition(b"\n")
     if status != 0 or not first.strip().isdigit():
-        raise TransportError(
-            f"cannot start {argv[0]!r} on the target (exit {status}): {err.decode('utf-8', 'replace').strip()}",
-            category="file",
+        raise TransportError.worded(
+            "cannot start {command} on the target (exit {status}): {stderr}", init={"category": "file"},
+            command=repr(argv[0]), status=status, stderr=err.decode("utf-8", "replace").strip(),
         )
     second, _, output = rest.partition(b"\n")
     words = second.split()
@@ -224,7 +227,8 @@ def poll(exec_fn: ExecFn, job_dir: str, job_id: str, *, timeout: float = 30.0, w
     status, out, err = exec_fn(shell_command(script), None, timeout)
     words = out.decode("ascii", "replace").split()
     if status != 0 or not words:
-        raise TransportError(f"cannot poll job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+        raise TransportError.worded("cannot poll job {job}: {stderr}", job=job_id,
+                                    stderr=err.decode("utf-8", "replace").strip())
     state = words[0]
     if state == "exited" and len(words) >= 2 and words[1].lstrip("-").isdigit():
         return JobStatus("exited", int(words[1]), int(words[2]) if len(words) > 2 else None)
@@ -241,7 +245,8 @@ def read_output(exec_fn: ExecFn, job_dir: str, job_id: str, *, limit: int = OUTP
         script += f"cd / && rm -rf -- {path}\n"
     status, out, err = exec_fn(shell_command(script), None, timeout)
     if status != 0:
-        raise TransportError(f"cannot read the output of job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+        raise TransportError.worded("cannot read the output of job {job}: {stderr}", job=job_id,
+                                    stderr=err.decode("utf-8", "replace").strip())
     return _unframe(out)
 
 
@@ -286,7 +291,8 @@ def stop_job(exec_fn: ExecFn, job_dir: str, job_id: str, grace_s: float, *, conf
     status, out, err = exec_fn(shell_command(script), None, grace_s + confirm_s + 30)
     words = out.decode("ascii", "replace").split()
     if status != 0 or not words:
-        raise TransportError(f"cannot stop job {job_id}: {err.decode('utf-8', 'replace').strip()}")
+        raise TransportError.worded("cannot stop job {job}: {stderr}", job=job_id,
+                                    stderr=err.decode("utf-8", "replace").strip())
     return StopResult(words[0], tuple(int(word) for word in words[1:] if word.isdigit()))
 
 

@@ -92,7 +92,7 @@ def _remote_size(sftp: paramiko.SFTPClient, path: str) -> int | None:
     except FileNotFoundError:
         return None
     if attrs.st_mode is not None and not stat.S_ISREG(attrs.st_mode):
-        raise UploadError(f"{path} exists and is not a regular file", category="file")
+        raise UploadError.worded("{path} exists and is not a regular file", init={"category": "file"}, path=path)
     return int(attrs.st_size or 0)
 
 
@@ -121,7 +121,8 @@ def _send(
         while offset < total:
             data = local.read(min(request, total - offset))
             if not data:
-                raise UploadError(f"local file shrank during upload at byte {offset}", category="file")
+                raise UploadError.worded("local file shrank during upload at byte {offset}",
+                                         init={"category": "file"}, offset=offset)
             digest.update(data)
             num = client._async_request(type(None), CMD_WRITE, handle, int64(offset), data)
             offset += len(data)
@@ -211,10 +212,9 @@ def upload_resumable(
                 )
             sftp.remove(part)
             resumed_from = 0
-    raise UploadError(
-        f"{remote_path}: sha256 on the target {target_hash} differs from the local {local_hash} "
-        f"after {attempts} attempt(s)",
-        category="file",
-        local_sha256=local_hash,
-        remote_sha256=target_hash,
+    raise UploadError.worded(
+        "{path}: sha256 on the target {remote_sha256} differs from the local {local_sha256} after {attempts} "
+        "attempt(s)",
+        init={"category": "file", "local_sha256": local_hash, "remote_sha256": target_hash},
+        path=remote_path, remote_sha256=target_hash, local_sha256=local_hash, attempts=attempts,
     )

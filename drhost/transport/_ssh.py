@@ -31,6 +31,7 @@ import paramiko
 
 from drhost_hookspecs import RunResult
 
+from ..errors import WordedError, message_phrase, phrase
 from ..events import NetworkEventName
 from ..packaging.manifest import sha256_of
 from . import _remote_jobs as jobs
@@ -55,9 +56,12 @@ _MIN_TRY_S = 0.1
 
 
 def _cause(exc: BaseException | None) -> str:
-    """An exception's text, never empty: paramiko raises ``EOFError()`` and ``socket.timeout()`` bare."""
+    """An exception's text, never empty: paramiko raises ``EOFError()`` and ``socket.timeout()`` bare; drhost's
+    own (worded) error as a phrase, so that a message quoting it is said in the operator's language."""
     if exc is None:
-        return "unknown cause"
+        return phrase("unknown cause")
+    if isinstance(exc, WordedError):
+        return message_phrase(exc) or type(exc).__name__
     return str(exc) or type(exc).__name__
 
 
@@ -75,7 +79,8 @@ def _staging_path(sftp: paramiko.SFTPClient, run_id: str, final: str) -> str:
             sftp.mkdir(path, 0o700)
         attrs = sftp.lstat(path)
         if attrs.st_mode is None or not stat.S_ISDIR(attrs.st_mode):
-            raise TransportError(f"staging directory {path} on the target is not a directory", category="file")
+            raise TransportError.worded("staging directory {path} on the target is not a directory",
+                                        init={"category": "file"}, path=path)
         if attrs.st_mode & 0o077:
             sftp.chmod(path, 0o700)
     name = hashlib.sha256(final.encode()).hexdigest()[:12]
@@ -184,14 +189,15 @@ class SshSession(TargetSession):
         def on_dead(where: str, evidence: DeadPeer) -> None:
             self.dead_peer = evidence
             log.warning("%s: %s declared dead: %s", self.name, where, evidence.describe())
-            self._notify("network.peer_dead", f"{where} declared dead: {evidence.describe()}",
+            self._notify("network.peer_dead", phrase("{where} declared dead: {evidence}", where=where,
+                                                     evidence=evidence.describe()),
                          connection=settings.connection_type, evidence=evidence.describe())
             connection.close()
 
-        self._heartbeat = Heartbeat(connection.transport, settings, functools.partial(on_dead, "peer"))
+        self._heartbeat = Heartbeat(connection.transport, settings, functools.partial(on_dead, phrase("peer")))
         self._hops = connection if connection.hops else None
         self._hop_heartbeats = [
-            Heartbeat(hop, settings, functools.partial(on_dead, f"jump host {jump.address}"))
+            Heartbeat(hop, settings, functools.partial(on_dead, phrase("jump host {address}", address=jump.address)))
             for hop, jump in zip(connection.hops, self.target.jump, strict=True)]
 
     def _connect_once(self) -> paramiko.Transport:
@@ -203,20 +209,22 @@ class SshSession(TargetSession):
     def _ensure(self) -> paramiko.Transport:
         left = self._left()
         if not self._lock.acquire(timeout=-1 if left is None else max(0.0, left)):
-            raise TransportError(f"{self.name}: no connection within the bound (another call holds the session "
-                                 "while it connects)", category="network")
+            raise TransportError.worded("{target}: no connection within the bound (another call holds the session "
+                                        "while it connects)", init={"category": "network"}, target=self.name)
         try:
             if self._closed:
-                raise TransportError(f"session to {self.name} is closed")
+                raise TransportError.worded("session to {target} is closed", target=self.name)
             if self._transport is not None and self._transport.is_active():
                 return self._transport
             first = self._transport is None and self.connections == 0
             if self._transport is not None:
                 # Lost while no call was waiting on it (idle, or between calls): said here, before the reconnect.
                 cause = _cause(self._transport.get_exception()) if self._transport.get_exception() else \
-                    (f"peer declared dead: {self.dead_peer.describe()}" if self.dead_peer else "connection closed")
+                    (phrase("peer declared dead: {evidence}", evidence=self.dead_peer.describe()) if self.dead_peer
+                     else phrase("connection closed"))
                 log.warning("%s: connection lost while idle: %s", self.name, cause)
-                self._notify("network.connection_lost", f"connection lost: {cause}", during="idle", cause=cause)
+                self._notify("network.connection_lost", phrase("connection lost: {cause}", cause=cause),
+                             during="idle", cause=str(cause))
                 if self._manual:
                     self._wait_for_operator(cause)
             self._drop()
@@ -236,9 +244,10 @@ class SshSession(TargetSession):
                     self._lost_waiting, self._operator_said = None, False
                     if not first:
                         log.info("%s: reconnected to %s", self.name, self.target.address)
-                        self._notify("network.reconnected", f"reconnected to {self.target.address} "
-                                     f"(connection {self.connections})", attempt=attempt + 1,
-                                     connections=self.connections)
+                        self._notify("network.reconnected",
+                                     phrase("reconnected to {address} (connection {number})",
+                                            address=self.target.address, number=self.connections),
+                                     attempt=attempt + 1, connections=self.connections)
                     return self._transport
                 except (HostKeyError, AuthError):
                     raise
@@ -263,9 +272,10 @@ class SshSession(TargetSession):
 
     def _manual_error(self) -> ManualReconnect:
         kind = self._heartbeat_settings.connection_type
-        cause = self._lost_waiting or "connection lost"
-        return ManualReconnect(f"{self.name}: the {kind} connection was lost ({cause}); it reconnects only on "
-                               f"the operator's word", connection=kind, cause=cause)
+        cause = self._lost_waiting or phrase("connection lost")
+        return ManualReconnect.worded("{target}: the {kind} connection was lost ({cause}); it reconnects only on "
+                                      "the operator's word", init={"connection": kind, "cause": str(cause)},
+                                      target=self.name, kind=kind, cause=cause)
 
     def waiting_for_operator(self) -> str | None:
         return self._lost_waiting
@@ -303,8 +313,9 @@ class SshSession(TargetSession):
                 return call()
             except _ConnectionLost as exc:
                 log.warning("%s: connection lost during %s: %s", self.name, what, exc)
-                self._notify("network.connection_lost", f"connection lost during {what}: {_cause(exc)}",
-                             during=what, cause=_cause(exc))
+                self._notify("network.connection_lost",
+                             phrase("connection lost during {what}: {cause}", what=what, cause=_cause(exc)),
+                             during=str(what), cause=str(_cause(exc)))
                 with self._lock:
                     self._drop()
                     if self._manual:
@@ -313,13 +324,15 @@ class SshSession(TargetSession):
                 evidence = f"; {self.dead_peer.describe()}" if self.dead_peer is not None else ""
                 left = self._left()
                 if left is not None and left < _MIN_TRY_S:
-                    raise TransportError(f"network failure: {self.name}: connection lost during {what} "
-                                         f"({_cause(exc)}); no time left for a reconnect within the call's "
-                                         f"bound{evidence}", category="network") from None
+                    raise TransportError.worded(
+                        "network failure: {target}: connection lost during {what} ({cause}); no time left for a "
+                        "reconnect within the call's bound{evidence}", init={"category": "network"},
+                        target=self.name, what=what, cause=_cause(exc), evidence=evidence) from None
                 if attempt == self._reconnects:
-                    raise TransportError(f"network failure: {self.name}: connection lost during {what} "
-                                         f"({_cause(exc)}); gave up after {self._reconnects} "
-                                         f"reconnects{evidence}", category="network") from None
+                    raise TransportError.worded(
+                        "network failure: {target}: connection lost during {what} ({cause}); gave up after "
+                        "{reconnects} reconnects{evidence}", init={"category": "network"}, target=self.name,
+                        what=what, cause=_cause(exc), reconnects=self._reconnects, evidence=evidence) from None
         raise AssertionError("unreachable")
 
     def _exec(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
@@ -418,20 +431,23 @@ class SshSession(TargetSession):
             except OSError as exc:
                 if self._transport is None or not self._transport.is_active():
                     raise _ConnectionLost(str(exc) or type(exc).__name__) from None
-                raise TransportError(f"cannot {what}: {exc.strerror or _cause(exc)}", category="file") from None
+                raise TransportError.worded("cannot {what}: {reason}", init={"category": "file"}, what=what,
+                                            reason=exc.strerror or _cause(exc)) from None
 
         return self._retrying(attempt, what)
 
     def shell(self, script: str, *, stdin: bytes | None = None, timeout: float = _SHORT_TIMEOUT_S) -> tuple[
             int, bytes, bytes]:
         """Run a short /bin/sh script with the minimal environment (not detached; for quick helper commands)."""
-        return self._retrying(lambda: self._exec(jobs.shell_command(script), stdin, timeout), "a remote command")
+        return self._retrying(lambda: self._exec(jobs.shell_command(script), stdin, timeout),
+                              phrase("a remote command"))
 
     def still_running(self) -> StillRunning:
         status, out, err = self.shell(jobs.running_jobs_script(self.job_dir))
         running = jobs.parse_running_jobs(out) if status == 0 else None
         if running is None:
-            return StillRunning(unknown=f"exit {status}: {err.decode('utf-8', 'replace').strip() or 'no message'}")
+            return StillRunning(unknown=phrase("exit {status}: {stderr}", status=status,
+                                               stderr=err.decode("utf-8", "replace").strip() or phrase("no message")))
         return StillRunning(tuple(job.describe() for job in running))
 
     def probe(self, timeout_s: float) -> None:
@@ -443,8 +459,9 @@ class SshSession(TargetSession):
         finally:
             self._bound.deadline = None
         if status != 0:
-            raise TransportError(f"{self.name}: the probe command failed (exit {status}): "
-                                 f"{err.decode('utf-8', 'replace').strip() or 'no output'}", category="network")
+            raise TransportError.worded("{target}: the probe command failed (exit {status}): {output}",
+                                        init={"category": "network"}, target=self.name, status=status,
+                                        output=err.decode("utf-8", "replace").strip() or phrase("no output"))
 
     # -- commands ----------------------------------------------------------------------------------------
 
@@ -474,7 +491,7 @@ class SshSession(TargetSession):
         start = self._retrying(
             lambda: jobs.start_and_wait(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id,
                                         wait_s=first_wait),
-            f"start of {argv[0]}",
+            phrase("start of {command}", command=argv[0]),
         )
         if start.returncode is not None:
             return RunResult(argv=tuple(argv), returncode=start.returncode,
@@ -484,24 +501,28 @@ class SshSession(TargetSession):
         while True:
             if cancel is not None and cancel.is_set():
                 self._stop(job_id, argv)
-                raise CommandStopped(f"{argv[0]} stopped: step cancelled", timed_out=False)
+                raise CommandStopped.worded("{command} stopped: step cancelled", init={"timed_out": False},
+                                            command=argv[0])
             if deadline is not None and time.monotonic() > deadline:
                 self._stop(job_id, argv)
-                raise CommandStopped(f"{argv[0]} stopped after {timeout:.0f} s", timed_out=True)
+                raise CommandStopped.worded("{command} stopped after {seconds} s", init={"timed_out": True},
+                                            command=argv[0], seconds=f"{timeout:.0f}")
             # The target waits for the job (up to a second, never past the deadline): one call, not many.
             wait_remote = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             status = self._retrying(
                 lambda wait=wait_remote: jobs.poll(self._exec, self.job_dir, job_id, wait_s=wait),  # type: ignore[misc]
-                f"poll of {argv[0]}")
+                phrase("poll of {command}", command=argv[0]))
             if status.state == "exited":
                 break
             if status.state in ("gone", "missing"):
-                raise TransportError(f"{argv[0]} on {self.name} ended without an exit code (job {job_id} "
-                                     f"{status.state})", category="plugin")
+                raise TransportError.worded("{command} on {target} ended without an exit code (job {job} {state})",
+                                            init={"category": "plugin"}, command=argv[0], target=self.name,
+                                            job=job_id, state=status.state)
             if status.state == "starting":
                 starting_since = starting_since or time.monotonic()
                 if time.monotonic() - starting_since > 10:
-                    raise TransportError(f"{argv[0]} on {self.name} did not start (job {job_id})")
+                    raise TransportError.worded("{command} on {target} did not start (job {job})",
+                                                command=argv[0], target=self.name, job=job_id)
             wait = 0.0 if wait_remote >= 0.5 else self._poll_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
@@ -510,7 +531,7 @@ class SshSession(TargetSession):
             else:
                 time.sleep(wait)
         out, err = self._retrying(lambda: jobs.read_output(self._exec, self.job_dir, job_id, remove=True),
-                                  f"output of {argv[0]}")
+                                  phrase("output of {command}", command=argv[0]))
         assert status.returncode is not None
         return RunResult(
             argv=tuple(argv), returncode=status.returncode,
@@ -523,28 +544,30 @@ class SshSession(TargetSession):
         # never waits for them, so they are stopped (TERM, grace, KILL, confirmed) before anything else.
         _, out, _ = self._retrying(
             lambda: self._exec(jobs.shell_command(f"ls -1 -- {shlex.quote(self.job_dir)} 2>/dev/null"), None, 30),
-            "list of jobs")
-        stopped = []
+            phrase("list of jobs"))
+        stopped: list[str] = []
         for job_id in out.decode("utf-8", "replace").split():
             status = self._retrying(lambda j=job_id: jobs.poll(self._exec, self.job_dir, j),  # type: ignore[misc]
-                                    f"poll of job {job_id}")
+                                    phrase("poll of job {job}", job=job_id))
             if status.state != "running":
                 continue
             result = self._retrying(lambda j=job_id: jobs.stop_job(self._exec, self.job_dir, j, self._grace),  # type: ignore[misc]
-                                    f"stop of job {job_id}")
+                                    phrase("stop of job {job}", job=job_id))
             if not result.confirmed:
                 # Never claimed stopped: the caller must not compensate next to what survived.
-                raise TransportError(f"{self.name}: job {job_id}: processes {list(result.remaining)} survived "
-                                     f"SIGKILL", category="plugin")
-            stopped.append(f"job {job_id} ({result.how})")
+                raise TransportError.worded("{target}: job {job}: processes {pids} survived SIGKILL",
+                                            init={"category": "plugin"}, target=self.name, job=job_id,
+                                            pids=str(list(result.remaining)))
+            stopped.append(phrase("job {job} ({how})", job=job_id, how=result.how))
         return stopped
 
     def _stop(self, job_id: str, argv: Sequence[str]) -> None:
         result = self._retrying(lambda: jobs.stop_job(self._exec, self.job_dir, job_id, self._grace),
-                                f"stop of {argv[0]}")
+                                phrase("stop of {command}", command=argv[0]))
         if not result.confirmed:
-            raise TransportError(f"{argv[0]} on {self.name}: processes {list(result.remaining)} of job {job_id} "
-                                 "survived SIGKILL", category="plugin")
+            raise TransportError.worded("{command} on {target}: processes {pids} of job {job} survived SIGKILL",
+                                        init={"category": "plugin"}, command=argv[0], target=self.name,
+                                        pids=str(list(result.remaining)), job=job_id)
         log.info("%s: job %s (%s) stopped: %s", self.name, job_id, argv[0], result.how)
 
     # -- files -------------------------------------------------------------------------------------------
@@ -553,8 +576,8 @@ class SshSession(TargetSession):
         parent = os.path.dirname(path) or "/"
         status, _, err = self.shell(f"mkdir -p -- {shlex.quote(parent)}")
         if status != 0:
-            raise TransportError(f"cannot create {parent}: {err.decode('utf-8', 'replace').strip()}",
-                                 category="file")
+            raise TransportError.worded("cannot create {path}: {stderr}", init={"category": "file"}, path=parent,
+                                        stderr=err.decode("utf-8", "replace").strip())
 
     @staticmethod
     def _temp_name(path: str) -> str:
@@ -572,10 +595,10 @@ class SshSession(TargetSession):
         def remote_sha256(path: str, length: int | None) -> str:
             status, out, err = self._retrying(
                 lambda: self._exec(jobs.shell_command(sha256_command(path, length)), None, 300.0),
-                f"sha256 of {path}")
+                phrase("sha256 of {path}", path=path))
             if status != 0:
-                raise TransportError(f"cannot hash {path}: {err.decode('utf-8', 'replace').strip()}",
-                                     category="file")
+                raise TransportError.worded("cannot hash {path}: {stderr}", init={"category": "file"}, path=path,
+                                            stderr=err.decode("utf-8", "replace").strip())
             return out.decode("ascii", "replace").split()[0] if out.split() else ""
 
         settings = self._transfer_settings
@@ -590,8 +613,10 @@ class SshSession(TargetSession):
             if moved["started_at"] < 0:
                 moved["started_at"] = done  # the first report of a connection is the verified prefix kept
                 if attempt:
-                    self._notify("network.upload_resumed", f"upload of {os.path.basename(local_path)} resumed "
-                                 f"at {_mib(done)} of {_mib(size)} MiB (connection {attempt + 1})",
+                    self._notify("network.upload_resumed",
+                                 phrase("upload of {file} resumed at {done} of {total} MiB (connection {number})",
+                                        file=os.path.basename(local_path), done=_mib(done), total=_mib(size),
+                                        number=attempt + 1),
                                  connection=attempt + 1, offset=done, total=size)
             moved["on_target"] = max(moved["on_target"], done)
             if progress is not None:
@@ -612,7 +637,8 @@ class SshSession(TargetSession):
                               for watched in (transport, *connection.hops)]
                 sftp = paramiko.SFTPClient.from_transport(transport)
                 if sftp is None:
-                    raise TransportError(f"{self.name}: no SFTP subsystem", category="network")
+                    raise TransportError.worded("{target}: no SFTP subsystem", init={"category": "network"},
+                                                target=self.name)
                 if self.become is not None:
                     # As the login user into a private staging directory, then into place as the become user.
                     remote_path = _staging_path(sftp, self.run_id, final_path)
@@ -627,14 +653,17 @@ class SshSession(TargetSession):
                 if isinstance(exc, TransportError) and exc.category == "file":
                     raise
                 if isinstance(exc, SilentPeer):
-                    raise TransportError(f"network failure: upload of {local_path} to {self.name}: {exc}",
-                                         category="network") from None
+                    raise TransportError.worded("network failure: upload of {path} to {target}: {cause}",
+                                                init={"category": "network"}, path=local_path, target=self.name,
+                                                cause=message_phrase(exc)) from None
                 last = exc
                 log.warning("%s: upload connection lost (attempt %d): %s", self.name, attempt + 1, _cause(exc))
-                self._notify("network.upload_lost", f"upload connection {attempt + 1} of "
-                             f"{os.path.basename(local_path)} lost at {_mib(moved['on_target'])} of {_mib(total)} "
-                             f"MiB: {_cause(exc)}", connection=attempt + 1, cause=_cause(exc),
-                             moved=moved["on_target"], total=total, reconnects_left=settings.reconnects - attempt)
+                self._notify("network.upload_lost",
+                             phrase("upload connection {number} of {file} lost at {moved} of {total} MiB: {cause}",
+                                    number=attempt + 1, file=os.path.basename(local_path),
+                                    moved=_mib(moved["on_target"]), total=_mib(total), cause=_cause(exc)),
+                             connection=attempt + 1, cause=str(_cause(exc)), moved=moved["on_target"], total=total,
+                             reconnects_left=settings.reconnects - attempt)
             finally:
                 for beat in heartbeats:
                     beat.stop(timeout=1.0)
@@ -642,11 +671,12 @@ class SshSession(TargetSession):
                     connection.close()
         evidence = f"; {dead[-1].describe()}" if dead else ""
         # Which error ends an attempt depends on what saw the cut first; paramiko's EOFError has no text.
-        raise TransportError(f"network failure: upload of {local_path} to {self.name} lost its connection "
-                             f"({_cause(last)}); gave up after {settings.reconnects} reconnects "
-                             f"({settings.reconnects + 1} connection attempts, {connections} made; "
-                             f"{_mib(moved['on_target'])} of {_mib(total)} MiB moved){evidence}",
-                             category="network")
+        raise TransportError.worded(
+            "network failure: upload of {path} to {target} lost its connection ({cause}); gave up after "
+            "{reconnects} reconnects ({attempts} connection attempts, {made} made; {moved} of {total} MiB "
+            "moved){evidence}", init={"category": "network"}, path=local_path, target=self.name, cause=_cause(last),
+            reconnects=settings.reconnects, attempts=settings.reconnects + 1, made=connections,
+            moved=_mib(moved["on_target"]), total=_mib(total), evidence=evidence)
 
     def _install_staged(self, staged: str, final: str, sha256: str) -> None:
         """Copy a verified staged upload into place as the become user (owner theirs, mode 0644, atomic
@@ -660,30 +690,35 @@ class SshSession(TargetSession):
                   f"{{ rc=$?; rm -f -- {q(part)}; exit $rc; }}")
         status, out, err = self.shell(script, timeout=600)
         if status != 0:
-            raise TransportError(f"cannot move the upload into {final} as {self.become.user if self.become else '?'}"
-                                 f": {err.decode('utf-8', 'replace').strip() or f'exit {status}'}", category="file")
+            raise TransportError.worded("cannot move the upload into {path} as {user}: {reason}",
+                                        init={"category": "file"}, path=final,
+                                        user=self.become.user if self.become else "?",
+                                        reason=err.decode("utf-8", "replace").strip()
+                                        or phrase("exit {status}", status=status))
         got = out.decode("ascii", "replace").split()[:1]
         if got != [sha256]:
-            raise TransportError(f"{final}: sha256 after the move is {got[0] if got else 'unknown'}, expected "
-                                 f"{sha256}", category="file")
+            raise TransportError.worded("{path}: sha256 after the move is {found}, expected {expected}",
+                                        init={"category": "file"}, path=final,
+                                        found=got[0] if got else phrase("unknown"), expected=sha256)
 
     def _upload_peer_dead(self, sink: list[DeadPeer], connection: Connection, evidence: DeadPeer) -> None:
         """An upload connection's heartbeat (of the target or of a jump host) found the peer dead: reported,
         then the whole chain closed like the session's."""
-        self._notify("network.peer_dead", f"peer declared dead (upload connection): {evidence.describe()}",
+        self._notify("network.peer_dead", phrase("peer declared dead (upload connection): {evidence}",
+                                                 evidence=evidence.describe()),
                      connection=self._transfer_settings.connection_type, evidence=evidence.describe())
         sink.append(evidence)
         connection.close()
 
     def get(self, remote_path: str, local_path: str) -> None:
-        self._file_call(lambda sftp: sftp.get(remote_path, local_path), f"download {remote_path}")
+        self._file_call(lambda sftp: sftp.get(remote_path, local_path), phrase("download {path}", path=remote_path))
 
     def read_text(self, path: str) -> str:
         def read(sftp: paramiko.SFTPClient) -> str:
             with sftp.open(path, "rb") as handle:
                 return bytes(handle.read()).decode("utf-8")
 
-        return self._file_call(read, f"read {path}")
+        return self._file_call(read, phrase("read {path}", path=path))
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         data = text.encode("utf-8")
@@ -701,13 +736,14 @@ class SshSession(TargetSession):
                     sftp.remove(tmp)
                 raise
 
+        what = phrase("write {path}", path=path)
         try:
-            self._file_call(write, f"write {path}")
+            self._file_call(write, what)
         except TransportError as exc:
             if exc.category != "file":
                 raise
             self._mkdir_parent(path)
-            self._file_call(write, f"write {path}")
+            self._file_call(write, what)
 
     def _lstat(self, path: str) -> paramiko.SFTPAttributes | None:
         def lstat(sftp: paramiko.SFTPClient) -> paramiko.SFTPAttributes | None:
@@ -716,7 +752,7 @@ class SshSession(TargetSession):
             except FileNotFoundError:
                 return None
 
-        return self._file_call(lstat, f"stat {path}")
+        return self._file_call(lstat, phrase("stat {path}", path=path))
 
     def exists(self, path: str) -> bool:
         return self._lstat(path) is not None
@@ -736,7 +772,7 @@ class SshSession(TargetSession):
                     head, name = posixpath.split(head)
                     tail = f"{name}/{tail}" if tail else name
 
-        return self._file_call(resolve, f"resolve {path}")
+        return self._file_call(resolve, phrase("resolve {path}", path=path))
 
     def remove(self, path: str, recursive: bool = False) -> None:
         attrs = self._lstat(path)
@@ -744,18 +780,19 @@ class SshSession(TargetSession):
             return
         if attrs.st_mode is not None and stat.S_ISDIR(attrs.st_mode):
             if not recursive:
-                raise TransportError(f"{path} is a directory; pass recursive=True", category="file")
+                raise TransportError.worded("{path} is a directory; pass recursive=True", init={"category": "file"},
+                                            path=path)
             status, _, err = self.shell(f"rm -rf -- {shlex.quote(path)}", timeout=300)
             if status != 0:
-                raise TransportError(f"cannot remove {path}: {err.decode('utf-8', 'replace').strip()}",
-                                     category="file")
+                raise TransportError.worded("cannot remove {path}: {reason}", init={"category": "file"}, path=path,
+                                            reason=err.decode("utf-8", "replace").strip())
             return
 
         def unlink(sftp: paramiko.SFTPClient) -> None:
             with contextlib.suppress(FileNotFoundError):
                 sftp.remove(path)
 
-        self._file_call(unlink, f"remove {path}")
+        self._file_call(unlink, phrase("remove {path}", path=path))
 
     def latency_ms(self) -> float | None:
         """The median of the heartbeat's recent round trips; with none yet, one keepalive request timed now."""

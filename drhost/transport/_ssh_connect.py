@@ -27,7 +27,7 @@ from typing import Literal
 
 import paramiko
 
-from ..errors import RefusedError
+from ..errors import RefusedError, phrase
 from ._base import TransportError
 from ._secrets import read_secret
 
@@ -103,9 +103,10 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def _closed_before_banner(target: SshTarget) -> TransportError:
-    return TransportError(f"SSH handshake with {target.address} failed: the peer closed the connection "
-                          "before sending an SSH banner (not an SSH server, or sshd turned the connection "
-                          "away: MaxStartups, tcp wrappers, a firewall reset)", category="network")
+    return TransportError.worded("SSH handshake with {address} failed: the peer closed the connection before "
+                                 "sending an SSH banner (not an SSH server, or sshd turned the connection away: "
+                                 "MaxStartups, tcp wrappers, a firewall reset)", init={"category": "network"},
+                                 address=target.address)
 
 
 def _tuned_socket(target: SshTarget) -> socket.socket:
@@ -117,12 +118,13 @@ def _tuned_socket(target: SshTarget) -> socket.socket:
         # cause, same message, whichever call sees it.
         raise _closed_before_banner(target) from None
     except TimeoutError:
-        raise SilentPeer(f"cannot connect to {target.address}: no answer within {target.connect_timeout_s:g} s "
-                         "(a black hole, a firewall dropping packets, or the host is down)", category="network") \
-            from None
+        raise SilentPeer.worded("cannot connect to {address}: no answer within {seconds} s (a black hole, a "
+                                "firewall dropping packets, or the host is down)", init={"category": "network"},
+                                address=target.address, seconds=f"{target.connect_timeout_s:g}") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise TransportError(f"cannot connect to {target.address}: {reason}", category="network") from None
+        raise TransportError.worded("cannot connect to {address}: {reason}", init={"category": "network"},
+                                    address=target.address, reason=reason) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", _KEEPIDLE_S), ("TCP_KEEPINTVL", _KEEPINTVL_S), ("TCP_KEEPCNT", _KEEPCNT),
@@ -148,7 +150,8 @@ def _load_known(target: SshTarget) -> paramiko.HostKeys:
         try:
             host_keys.load(str(path))
         except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from None
+            raise HostKeyError.worded("cannot read known_hosts file {path}: {reason}", path=path, reason=str(exc)) \
+                from None
     return host_keys
 
 
@@ -255,22 +258,25 @@ def _handshake_failure(target: SshTarget, transport: paramiko.Transport, exc: Ba
     silent = (exc is None and transport.is_active()) or transport.packetizer.handshake_timed_out() or \
         any(isinstance(e, TimeoutError) for e in chain)
     if silent:
-        what = (f"sent its banner {banner} and then stalled in the key exchange" if banner
-                else "accepted the connection and then sent no SSH banner")
-        return SilentPeer(f"SSH handshake with {target.address} did not complete within "
-                          f"{target.banner_timeout_s:g} s (the peer {what}: it is silent or too slow, e.g. a "
-                          "black hole, a firewall dropping packets or an overloaded server)", category="network")
+        what = (phrase("sent its banner {banner} and then stalled in the key exchange", banner=banner) if banner
+                else phrase("accepted the connection and then sent no SSH banner"))
+        return SilentPeer.worded("SSH handshake with {address} did not complete within {seconds} s (the peer "
+                                 "{what}: it is silent or too slow, e.g. a black hole, a firewall dropping packets "
+                                 "or an overloaded server)", init={"category": "network"}, address=target.address,
+                                 seconds=f"{target.banner_timeout_s:g}", what=what)
     # "Negotiation failed." is start_client's word for a thread that ended without an error of its own: the
     # peer sent SSH_MSG_DISCONNECT, which is the peer closing the connection.
     disconnected = exc is None or (isinstance(exc, paramiko.SSHException) and len(chain) == 1
                                    and str(exc) == "Negotiation failed.")
     if disconnected or any(_peer_closed(e) for e in chain):
         if banner:
-            return TransportError(f"SSH handshake with {target.address} failed: the peer ({banner}) closed the "
-                                  "connection during the key exchange", category="network")
+            return TransportError.worded("SSH handshake with {address} failed: the peer ({banner}) closed the "
+                                         "connection during the key exchange", init={"category": "network"},
+                                         address=target.address, banner=banner)
         return _closed_before_banner(target)
     assert exc is not None
-    return TransportError(f"SSH handshake with {target.address} failed: {_describe(exc)}", category="network")
+    return TransportError.worded("SSH handshake with {address} failed: {reason}", init={"category": "network"},
+                                 address=target.address, reason=_describe(exc))
 
 
 def _handshake(target: SshTarget, transport: paramiko.Transport) -> paramiko.PKey:
@@ -316,19 +322,20 @@ def _auth_attempt(target: SshTarget, transport: paramiko.Transport, tried: list[
 
 def _auth_failure(target: SshTarget, transport: paramiko.Transport, problem: BaseException, tried: list[str]) -> \
         TransportError:
-    so_far = f" (tried so far: {', '.join(tried)})" if tried else ""
+    so_far = phrase(" (tried so far: {tried})", tried=", ".join(tried)) if tried else ""
     log.debug("SSH authentication with %s ended: %s: %s", target.address, type(problem).__name__, problem)
     if not transport.is_active():
-        return TransportError(
-            f"SSH authentication with {target.address} broke off: the peer closed the connection during "
-            f"authentication{so_far}; sshd does this after MaxAuthTries failed attempts or when LoginGraceTime "
-            "ran out", category="network")
+        return TransportError.worded(
+            "SSH authentication with {address} broke off: the peer closed the connection during "
+            "authentication{so_far}; sshd does this after MaxAuthTries failed attempts or when LoginGraceTime "
+            "ran out", init={"category": "network"}, address=target.address, so_far=so_far)
     if isinstance(problem, paramiko.AuthenticationException):
-        return TransportError(
-            f"SSH authentication with {target.address} did not complete within {target.auth_timeout_s:g} s "
-            f"(the peer stopped answering during authentication{so_far})", category="network")
-    return TransportError(f"SSH authentication with {target.address} broke off: {_describe(problem)}",
-                          category="network")
+        return TransportError.worded(
+            "SSH authentication with {address} did not complete within {seconds} s (the peer stopped answering "
+            "during authentication{so_far})", init={"category": "network"}, address=target.address,
+            seconds=f"{target.auth_timeout_s:g}", so_far=so_far)
+    return TransportError.worded("SSH authentication with {address} broke off: {reason}",
+                                 init={"category": "network"}, address=target.address, reason=_describe(problem))
 
 
 def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
@@ -337,7 +344,8 @@ def _authenticate(target: SshTarget, transport: paramiko.Transport) -> None:
         try:
             key = paramiko.PKey.from_path(target.key_file)
         except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise AuthError(f"cannot load key file {target.key_file} for {target.address}: {exc}") from None
+            raise AuthError.worded("cannot load key file {path} for {address}: {reason}", path=target.key_file,
+                                   address=target.address, reason=str(exc)) from None
         if _auth_attempt(target, transport, tried, functools.partial(transport.auth_publickey, target.user, key)):
             return
         tried.append(f"key file {target.key_file} ({key.get_name()} {fingerprint(key)})")
@@ -396,11 +404,13 @@ def _forwarded(through: paramiko.Transport, via: SshTarget, target: SshTarget) -
     except paramiko.ChannelException as exc:
         # The jump host tried and failed (refused, unreachable) or is not allowed to forward (code 1).
         reason = exc.text or f"code {exc.code}"
-        raise TransportError(f"cannot connect to {target.address} through jump host {via.address}: {reason}",
-                             category="network") from None
+        raise TransportError.worded("cannot connect to {address} through jump host {via}: {reason}",
+                                    init={"category": "network"}, address=target.address, via=via.address,
+                                    reason=reason) from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise TransportError(f"cannot connect to {target.address} through jump host {via.address}: "
-                             f"{str(exc) or type(exc).__name__}", category="network") from None
+        raise TransportError.worded("cannot connect to {address} through jump host {via}: {reason}",
+                                    init={"category": "network"}, address=target.address, via=via.address,
+                                    reason=str(exc) or type(exc).__name__) from None
 
 
 def open_connection(target: SshTarget) -> Connection:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import WordedError
+from ..errors import WordedError, message_phrase
 from ..state import atomic_write, state_root
 
 __all__ = [
@@ -63,22 +63,24 @@ def _parse(data: bytes) -> _Durations:
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Unusable(f"not valid JSON ({exc}); truncated or corrupt") from None
+        raise _Unusable.worded("not valid JSON ({error}); truncated or corrupt", error=str(exc)) from None
     if not isinstance(document, dict):
-        raise _Unusable(f"expected a JSON object, found {type(document).__name__}")
+        raise _Unusable.worded("expected a JSON object, found {kind}", kind=type(document).__name__)
     if document.get("format") != HISTORY_FORMAT:
-        raise _Unusable(f"expected format {HISTORY_FORMAT}, found {document.get('format')!r}")
+        raise _Unusable.worded("expected format {expected}, found {found}", expected=HISTORY_FORMAT,
+                               found=repr(document.get("format")))
     targets = document.get("targets")
     if not isinstance(targets, dict):
-        raise _Unusable("'targets' is missing or not an object")
+        raise _Unusable.worded("'targets' is missing or not an object")
     parsed: _Durations = {}
     for target, steps in targets.items():
         if not isinstance(steps, dict):
-            raise _Unusable(f"target {target!r}: expected an object of step keys")
+            raise _Unusable.worded("target {target}: expected an object of step keys", target=repr(target))
         for step_key, durations in steps.items():
             if not isinstance(durations, list) or not all(
                     isinstance(d, (int, float)) and not isinstance(d, bool) for d in durations):
-                raise _Unusable(f"target {target!r}, step {step_key!r}: expected a list of numbers")
+                raise _Unusable.worded("target {target}, step {step}: expected a list of numbers",
+                                       target=repr(target), step=repr(step_key))
             # Python's json accepts NaN/Infinity; such values, like negatives, carry no timing
             # information, so they are dropped without condemning the whole file.
             kept = [float(d) for d in durations if _usable(d)][-KEEP_PER_STEP:]
@@ -189,7 +191,7 @@ class StepHistory:
             return {}
         except _Unusable as exc:
             if locked:
-                self._quarantine(str(exc))
+                self._quarantine(message_phrase(exc))
                 return {}
         # Moving the file aside must happen under the lock: without it, a run that read the
         # corrupt file could move away the good file another run has just written in its place.
