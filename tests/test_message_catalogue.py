@@ -271,3 +271,26 @@ def test_an_event_message_worded_as_a_phrase_is_said_in_chinese_from_the_journal
     edited = phrase_from_json("cannot reach target dr-2: gone", record["wording"])
     assert describe(Event("stage.failed", "r", stage="precheck", message=edited), translator("zh_CN")) \
         .endswith("cannot reach target dr-2: gone")
+
+
+def test_a_failed_run_in_chinese_says_why_in_chinese_and_its_journal_stays_english(tmp_path: Path) -> None:
+    """A real demo run whose database step crashes, with LANG=zh_CN: the failure, decision and rollback lines
+    say the ending, the stage and drhost's own reason in Chinese (the signal's name as it is); the journal keeps
+    the English message and, beside it, the wording it was said from."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LANG": "zh_CN.UTF-8", "LC_ALL": "", "LC_MESSAGES": "", "DRHOST_STATE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "drhost", "upgrade", "--demo", "--demo-targets", "1", "--set",
+                          "plugin.dr-database.fault=upgrade_db_schema:crash"], capture_output=True, text=True,
+                         env=env, timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert run.returncode == 3, run.stdout + run.stderr
+    said = run.stdout + run.stderr
+    assert "[升级] 决定: 回滚 — [升级] upgrade_db_schema (dr-database) 崩溃: 工作进程已退出: 被 SIGSEGV 终止" in said, said
+    assert "回滚已验证 目标已恢复并已验证" in said
+    journal = next((tmp_path / "runs").glob("*/events.jsonl"))
+    decided = [json.loads(line) for line in journal.read_text().splitlines() if '"stage.decision"' in line]
+    assert decided[0]["message"] == "[upgrade] upgrade_db_schema (dr-database) crashed: worker died: killed by SIGSEGV"
+    assert decided[0]["wording"]["template"] == "{step} {ended}: {message}"

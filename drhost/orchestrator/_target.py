@@ -9,7 +9,7 @@ from typing import Literal
 
 from drhost_hookspecs import Stage, VerifyPhase
 
-from ..errors import phrase
+from ..errors import joined, phrase
 from ..events import EventName
 from ..failpoints import failpoint
 from ..i18n import N_
@@ -22,6 +22,11 @@ from ._records import TERMINAL, TOUCHED, TargetRecord, plugin_ending
 from ._rollback import RollbackFlow, plugins_last_first
 from ._statuses import TargetStatus
 from ._stray_commands import Unstopped, confirm_stopped, queued_message
+
+
+def said_label(step: PlannedStep) -> str:
+    """``step.label`` as a phrase: its stage said in the operator's language, its names as they are."""
+    return phrase("[{stage}] {step} ({plugin})", stage=phrase(step.stage.value), step=step.name, plugin=step.plugin)
 
 
 @dataclass(frozen=True)
@@ -244,8 +249,8 @@ class TargetFlow:
                 continue
             aborting_class = class_policy(self.env.config, step.plugin_class).on_failure == "abort"
             if not step.retryable and (status == "started" or (status == "failed" and aborting_class)):
-                message = ("found started but not finished (the controller stopped mid-step); not retryable"
-                           if status == "started" else "failed earlier in this run; not retryable as it is")
+                message = (N_("found started but not finished (the controller stopped mid-step); not retryable")
+                           if status == "started" else N_("failed earlier in this run; not retryable as it is"))
                 self.record.mark_step(step, "failed", message=message)
                 self._emit("step.interrupted", stage=stage, step=step.name, plugin=step.plugin, message=message)
                 return StageFailure(message, step, step.plugin, needs_cleanup=True, interrupted=True)
@@ -361,7 +366,9 @@ class TargetFlow:
         self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin, message=outcome.message,
                               action="stage failed")
         return StageFailure(
-            f"{step.label} {outcome.ended}: {outcome.message}", step, step.plugin,
+            phrase("{step} {ended}: {message}", step=said_label(step), ended=phrase(outcome.ended),
+                   message=outcome.message),
+            step, step.plugin,
             needs_cleanup=not (step.retryable and outcome.retryable),
             force_rollback=bool(outcome.detail.get("hung_thread")),
         )
@@ -374,7 +381,8 @@ class TargetFlow:
                 continue
             outcome = self.executor.call(self.name, plugin.name, "verify", stage=stage, phase=VerifyPhase.COMPLETED,
                                          timeout_s=self.executor.budget_s("verify"))
-            found = list(outcome.result or []) if outcome.ok else [f"verification did not run: {outcome.message}"]
+            found = list(outcome.result or []) if outcome.ok else [phrase("verification did not run: {message}",
+                                                                          message=outcome.message)]
             if not found:
                 continue
             if class_policy(self.env.config, plugin.plugin_class).on_failure == "abort":
@@ -385,7 +393,8 @@ class TargetFlow:
         if not problems:
             return None
         self._emit("stage.verify_failed", stage=stage, problems=problems)
-        return StageFailure("verification failed: " + "; ".join(problems), None, None, needs_cleanup=True)
+        return StageFailure(phrase("verification failed: {problems}", problems=joined(problems)), None, None,
+                            needs_cleanup=True)
 
     # -- endings ----------------------------------------------------------------------------
     def _interrupted(self) -> TargetStatus:
@@ -402,7 +411,7 @@ class TargetFlow:
         self.record.set_stage(step.stage, "failed")
         self.record.set(status=unstopped.status, phase="rollback")
         self._emit("stage.failed", stage=step.stage, step=step.name, plugin=step.plugin,
-                   message=phrase("{step} {ended}: {message}", step=step.label, ended=outcome.ended,
+                   message=phrase("{step} {ended}: {message}", step=said_label(step), ended=phrase(outcome.ended),
                                   message=outcome.message))
         self._emit("target.rollback_queued", stage=step.stage, step=step.name, plugin=step.plugin,
                    status=unstopped.status, pending_stop=True,

@@ -14,7 +14,7 @@ from typing import TextIO
 from ..errors import said_in
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..i18n import N_, Translate, english
-from ..status import status_label
+from ..status import status_label, status_word
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
@@ -98,6 +98,23 @@ _ROW_LABELS = {
     "network.upload_resumed": N_("upload resumed"), "network.manual_reconnect": N_("waiting for the operator"),
 }
 
+#: Words of the data that a line names as they are (a call's ending, a decision, a rollback's status): said in a
+#: language that has them, else as the data has them (English lines name them exactly as the JSON does).
+_DATA_WORDS = {
+    "ok": N_("ok"), "failed": N_("failed"), "skipped": N_("skipped"), "up_to_date": N_("up to date"),
+    "timeout": N_("timeout"), "crashed": N_("crashed"), "killed": N_("killed"), "memory": N_("memory"),
+    "pids": N_("pids"), "cpu_time": N_("cpu time"), "cancelled": N_("cancelled"), "protocol": N_("protocol"),
+    "done": N_("done"), "retry": N_("retry"), "rollback": N_("rollback"), "abort": N_("abort"),
+}
+
+
+def data_word(value: object, t: Translate) -> str:
+    """``value`` (an ending, a decision, a status of the data) in the language of ``t`` when it has the word."""
+    label = _DATA_WORDS.get(str(value))
+    translated = t(label) if label is not None else None
+    return translated if translated is not None and translated != label else str(value)
+
+
 #: The stages, whose names the catalogue translates (the watchdog's labels).
 _STAGE_LABELS = ("precheck", "backup", "transfer", "upgrade", "postcheck", "rollback")
 
@@ -135,15 +152,18 @@ def describe(event: Event, t: Translate = english) -> str:
         retry = d.get("retrying_in_s")
         tail = t("; retrying in {seconds} s").format(seconds=f"{retry:g}") if retry is not None else ""
         text = t("attempt {attempt}/{attempts} of {where}{who} {ended}: {message}{tail}").format(
-            attempt=d.get("attempt"), attempts=d.get("attempts"), where=where, who=who, ended=d.get("ended"),
+            attempt=d.get("attempt"), attempts=d.get("attempts"), where=where, who=who,
+            ended=data_word(d.get("ended"), t),
             message=message, tail=tail)
     elif name == "run.started":
         text = t("run {run_id} {mode}: {targets} target(s), {steps} steps each, package {package}").format(
             run_id=event.run_id, mode=d.get("mode"), targets=len(d.get("targets", [])), steps=d.get("steps"),
             package=d.get("package"))
     elif name == "run.finished":
-        targets = ", ".join(f"{n}={rec['status']}@{rec.get('version')}" for n, rec in d.get("targets", {}).items())
-        text = t("run {run_id} {status}: {targets}").format(run_id=event.run_id, status=d.get("status"),
+        targets = ", ".join(f"{n}={status_word(rec['status'], t)}@{rec.get('version')}"
+                            for n, rec in d.get("targets", {}).items())
+        text = t("run {run_id} {status}: {targets}").format(run_id=event.run_id,
+                                                            status=status_word(str(d.get("status")), t),
                                                             targets=targets)
     elif name in ("plugin.skipped", "plugin.error_recorded"):
         text = f"{where}{who}: {message}"
@@ -164,16 +184,18 @@ def describe(event: Event, t: Translate = english) -> str:
     elif name.startswith("rollout."):
         text = _rollout_text(name, event, t)
     elif name == "stage.decision":
-        text = t("{where} decision: {decision} — {message}").format(where=where, decision=d.get("decision"),
+        text = t("{where} decision: {decision} — {message}").format(where=where,
+                                                                     decision=data_word(d.get("decision"), t),
                                                                      message=message)
     elif name == "rollback.stage":
         errors = f" ({'; '.join(d.get('errors', []))})" if d.get("errors") else ""
-        text = t("{where} rolled back: {status}{errors}").format(where=where, status=d.get("status"), errors=errors)
+        text = t("{where} rolled back: {status}{errors}").format(where=where, status=data_word(d.get("status"), t),
+                                                                 errors=errors)
     elif name in ("rollback.step", "rollback.plugin", "step.cleanup"):
         said = f" — {message}" if message else ""
         text = (t("{where}{who} cleanup: {ended}{said}") if name == "step.cleanup"
-                else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who, ended=d.get("ended"),
-                                                                       said=said)
+                else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who,
+                                                                       ended=data_word(d.get("ended"), t), said=said)
     else:
         label = t(_EVENT_LABELS[name]) if name in _EVENT_LABELS else name
         text = " ".join(part for part in (label, where + who, message) if part)

@@ -182,17 +182,17 @@ class WorkerRunner:
 
     def _exit_description(self) -> str:
         if self._proc is None:
-            return "not started"
+            return phrase("not started")
         try:
             code = self._proc.wait(timeout=self._grace)
         except subprocess.TimeoutExpired:
-            return "still running"
+            return phrase("still running")
         limit = self.sandbox.explain_exit(code)
         if limit:
             return limit
         if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+            return phrase("killed by {signal}", signal=signal.Signals(-code).name)
+        return phrase("exit code {code}", code=code)
 
     def _read_stdout(self, stream: IO[bytes], sink: queue.Queue[tuple[str, Any]]) -> None:
         while True:
