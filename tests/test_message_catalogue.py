@@ -288,7 +288,8 @@ def test_a_failed_run_in_chinese_says_why_in_chinese_and_its_journal_stays_engli
                          env=env, timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert run.returncode == 3, run.stdout + run.stderr
     said = run.stdout + run.stderr
-    assert "[升级] 决定: 回滚 — [升级] upgrade_db_schema (dr-database) 崩溃: 工作进程已退出: 被 SIGSEGV 终止" in said, said
+    decision = "[升级] 决定: 回滚 — [升级] upgrade_db_schema (dr-database) 崩溃: 工作进程已退出: 被 SIGSEGV 终止"
+    assert decision in said, said
     assert "回滚已验证 目标已恢复并已验证" in said
     journal = next((tmp_path / "runs").glob("*/events.jsonl"))
     decided = [json.loads(line) for line in journal.read_text().splitlines() if '"stage.decision"' in line]
