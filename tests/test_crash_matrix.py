@@ -61,14 +61,14 @@ UPGRADE_POINTS = [
         "dr-core/check_installed_version", "dr-core/check_disk_space", "dr-core/check_service_healthy",
         "dr-database/check_database", "dr-monitoring/check_monitoring_agent")),
     # In the middle of checkpoint writes: after the temp file, and between the two generations.
-    "state.rotated@30",
+    "state.rotated@23",
     "stage.verified:precheck",
     *(f"step.started:backup/{key}" for key in (
         "dr-core/backup_program_files", "dr-database/backup_database", "dr-catalog/export_job_catalog")),
     "stage.verified:backup",
     "step.started:transfer/dr-core/upload_package", "step.returned:transfer/dr-core/upload_package",
-    "step.started:transfer/dr-core/unpack_package", "state.tmp_written@60",
-    "step.returned:transfer/dr-core/unpack_package",
+    "step.started:transfer/dr-core/unpack_package", "step.returned:transfer/dr-core/unpack_package",
+    "state.tmp_written@44",
     "stage.verified:transfer",
     "step.started:upgrade/dr-core/stop_services", "step.started:upgrade/dr-database/test_db_connection",
     # Around and in the middle of the non-retryable steps: a mid kill lands while the step's code runs.
@@ -80,11 +80,11 @@ UPGRADE_POINTS = [
     "step.returned:upgrade/dr-core/register_services",
     "step.started:upgrade/dr-core/init_core_config", "step.returned:upgrade/dr-core/init_core_config",
     "step.started:upgrade/dr-core/update_licence", "step.returned:upgrade/dr-core/update_licence",
-    "step.started:upgrade/dr-core/update_config_files", "state.rotated@100",
+    "step.started:upgrade/dr-core/update_config_files", "state.rotated@62",
     "step.started:upgrade/dr-core/init_log_files",
     "step.started:upgrade/dr-catalog/migrate_job_templates", "step.returned:upgrade/dr-catalog/migrate_job_templates",
     "step.started:upgrade/dr-core/set_permissions", "step.started:upgrade/dr-monitoring/update_monitoring_config",
-    "state.tmp_written@120",
+    "state.tmp_written@73",
     "step.started:upgrade/dr-core/start_services", "step.returned:upgrade/dr-core/start_services",
     "stage.verified:upgrade",
     *(f"step.started:postcheck/{key}" for key in (

@@ -105,6 +105,23 @@ def test_only_checkpoint_writes_count_as_the_checkpoint_failpoint(tmp_path: Path
     assert log.read_text().splitlines() == ["state.tmp_written", "state.rotated", "state.tmp_written"]
 
 
+def test_an_unchanged_body_is_not_written_again_and_the_previous_generation_survives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of the body last written is skipped: no rotation, no checkpoint write, and the previous
+    generation still holds the body before it (a no-op must not turn it into a copy of the newest)."""
+    log = tmp_path / "failpoints.log"
+    monkeypatch.setattr(failpoints, "_LOG", str(log))
+    file = StateFile(tmp_path / "state.json")
+    file.write({"a": 1})
+    file.write({"a": 2})
+    file.write({"a": 2})
+    assert log.read_text().splitlines() == ["state.tmp_written", "state.rotated", "state.tmp_written"]
+    previous = json.loads((tmp_path / "state.json.1").read_text())
+    assert previous["body"] == {"a": 1}
+    file.write({"a": 3})
+    assert json.loads((tmp_path / "state.json").read_text())["body"] == {"a": 3}
+
+
 def test_run_killed_before_its_first_checkpoint_is_named_as_such(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A run directory with no checkpoint yet is reported as never checkpointed, not as missing."""

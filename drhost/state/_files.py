@@ -158,14 +158,20 @@ class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.previous = path.with_name(path.name + ".1")
+        #: What this object last wrote: writing it again would only turn the previous generation into a copy
+        #: of the newest (and cost a rotation, a write and two fsyncs).
+        self._written: bytes | None = None
 
     def write(self, body: dict[str, Any]) -> None:
         data = encode_state(body)
+        if data == self._written:
+            return
         if self.path.exists():
             # Keep the last good generation: a torn write of the new one falls back to it.
             os.replace(self.path, self.previous)
             failpoint("state.rotated")
         atomic_write(self.path, data, crash_point="state.tmp_written")
+        self._written = data
 
     def read(self, check: Callable[[Path, dict[str, Any]], None] | None = None
              ) -> tuple[dict[str, Any], str | None]:
