@@ -185,3 +185,32 @@ def test_write_private_json_replaces_atomically(tmp_path: Path) -> None:
         write_private_json(tmp_path, "step", {"n": Unprintable()})
     assert json.loads(second.read_text()) == {"n": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["step.json"]
+
+
+def test_a_target_record_changes_only_through_mutate_target() -> None:
+    """Outside drhost/state, no ``with state.mutate() as body:`` block indexes ``body["targets"]``: a change to one
+    target's record names its target (``mutate_target``), so the store writes that record and not the fleet's."""
+    import ast
+
+    import drhost
+
+    source = Path(drhost.__file__).parent
+    offenders = []
+    for path in sorted(source.rglob("*.py")):
+        if "state" in path.relative_to(source).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.With):
+                continue
+            for item in node.items:
+                call = item.context_expr
+                if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                        and call.func.attr == "mutate" and isinstance(item.optional_vars, ast.Name)):
+                    continue
+                body_name = item.optional_vars.id
+                for inner in (n for statement in node.body for n in ast.walk(statement)):
+                    if isinstance(inner, ast.Subscript) and isinstance(inner.value, ast.Name) \
+                            and inner.value.id == body_name and isinstance(inner.slice, ast.Constant) \
+                            and inner.slice.value == "targets":
+                        offenders.append(f"{path.relative_to(source.parent)}:{inner.lineno}")
+    assert offenders == []

@@ -133,8 +133,8 @@ class AbandonedThreads:
             if not self._open:
                 return
             self.count += 1
-            with self.env.state.mutate() as body:
-                body["targets"][target].setdefault("abandoned_threads", []).append(entry)
+            with self.env.state.mutate_target(target) as record:
+                record.setdefault("abandoned_threads", []).append(entry)
         label = entry_label(entry)
         self.env.emit("target.still_changing", target=target, stage=stage, step=step, plugin=plugin,
                       message=phrase("{label}: the thread did not stop and keeps running inside drhost; {target} "
@@ -151,8 +151,8 @@ class AbandonedThreads:
         with self._lock:
             if not self._open:
                 return  # the run is no longer driven by this process: readers find the thread gone
-            with self.env.state.mutate() as body:
-                for found in body["targets"][target].get("abandoned_threads") or []:
+            with self.env.state.mutate_target(target) as record:
+                for found in record.get("abandoned_threads") or []:
                     if found.get("id") == entry["id"]:
                         found["returned"] = returned
         self.env.emit("target.thread_returned", target=target, plugin=str(entry["plugin"]),

@@ -236,10 +236,10 @@ class Executor:
         env = self.env
         plugin = env.plan.plugin(plugin_name)
         spec = env.config["targets"][target]
-        with env.state.reading() as body:
+        with env.state.reading_target(target) as record:
             # A deep copy: a plugin in a thread of the host changes what it is given in place, and must never
             # change (or put a non-JSON value into) the run's state behind a checkpoint's back.
-            plugin_state = json.loads(json.dumps(body["targets"][target]["plugin_state"].get(plugin_name, {})))
+            plugin_state = json.loads(json.dumps(record["plugin_state"].get(plugin_name, {})))
         started = time.monotonic()
         watch: StepWatch | None = None
 
@@ -263,8 +263,8 @@ class Executor:
                             write_progress=write_progress, write_log=write_log)
 
         def persist(state: dict[str, Any]) -> None:
-            with env.state.mutate() as body:
-                body["targets"][target]["plugin_state"][plugin_name] = state
+            with env.state.mutate_target(target) as record:
+                record["plugin_state"][plugin_name] = state
 
         try:
             session = self.session(target)
@@ -361,8 +361,7 @@ class Executor:
         self.env.emit("plugin.host_memory", target=target, stage=stage, step=step, plugin=plugin, message=text,
                       op=op, attempt=attempt, **grown)
         finding = {"ts": time.time(), "kind": "host_memory", "op": op, "attempt": attempt, "message": text, **grown}
-        with self.env.state.mutate() as body:
-            record = body["targets"][target]
+        with self.env.state.mutate_target(target) as record:
             entry = record["steps"].get(planned.key) if planned is not None and op == "run_step" else None
             if entry is not None:
                 entry.setdefault("findings", []).append(finding)
@@ -430,8 +429,8 @@ class Executor:
         restarts_left = 0
         if (policy.on_failure == "abort" and config["run"].get("on_failure") in _MAY_RETRY
                 and stage_policy(config, planned.stage).restart in ("stage", "cleanup_then_stage")):
-            with self.env.state.reading() as body:
-                used = int(body["targets"][target].get("stage_attempts", {}).get(planned.stage.value) or 0)
+            with self.env.state.reading_target(target) as record:
+                used = int(record.get("stage_attempts", {}).get(planned.stage.value) or 0)
             restarts_left = max(0, int(config["run"]["stage_retries"]) - used)
         stage_steps = [(target, s.key) for s in self.env.plan.stage_steps(planned.stage)]
         return eta_extra(expected_s=self.expected_s(target, planned.key), retry_wait_s=retry_wait_s(policy, config),

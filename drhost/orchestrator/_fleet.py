@@ -67,8 +67,8 @@ class Fleet:
             body["rollout"].update(changes)
 
     def _status(self, name: str) -> str:
-        with self.env.state.reading() as body:
-            return str(body["targets"][name]["status"])
+        with self.env.state.reading_target(name) as record:
+            return str(record["status"])
 
     def run(self) -> FleetOutcome:
         record = self._record()
@@ -160,8 +160,7 @@ class Fleet:
         except Exception as exc:
             self.env.logger.exception("driving %s failed", name)
             message = f"drhost could not go on with this target: {type(exc).__name__}: {exc} (see debug.log)"
-            with self.env.state.mutate() as body:
-                record = body["targets"][name]
+            with self.env.state.mutate_target(name) as record:
                 record["status"] = "interrupted"
                 record.setdefault("errors", []).append({"ts": time.time(), "message": message,
                                                         "action": "target interrupted; resume or roll back"})

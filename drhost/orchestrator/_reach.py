@@ -92,8 +92,7 @@ def queue_rollback(env: RunEnv, name: str, status: NotTaken, why: str | None) ->
     Whatever the record said before (``succeeded`` included) is replaced: the target is not where the run's
     intent wants it."""
     run_id = env.state.run_id
-    with env.state.mutate() as body:
-        record = body["targets"][name]
+    with env.state.mutate_target(name) as record:
         record["status"], record["phase"] = status, "rollback"
         if why:
             record.setdefault("errors", []).append({"ts": time.time(), "message": why, "action": "rollback queued"})

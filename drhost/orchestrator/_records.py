@@ -74,8 +74,8 @@ class TargetRecord:
         self.name = name
 
     def get(self, *path: str) -> Any:
-        with self.env.state.reading() as body:
-            node: Any = body["targets"][self.name]
+        with self.env.state.reading_target(self.name) as record:
+            node: Any = record
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
             if isinstance(node, (dict, list)):
@@ -87,12 +87,11 @@ class TargetRecord:
             fields["status"] = status
         if phase is not None:
             fields["phase"] = phase
-        with self.env.state.mutate() as body:
-            body["targets"][self.name].update(fields)
+        with self.env.state.mutate_target(self.name) as record:
+            record.update(fields)
 
     def set_stage(self, stage: Stage, status: StageStatus) -> None:
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
+        with self.env.state.mutate_target(self.name) as record:
             record["stages"][stage.value] = status
             record["stage"] = stage.value
 
@@ -101,8 +100,7 @@ class TargetRecord:
         return found if isinstance(found, dict) else {}
 
     def mark_step(self, step: PlannedStep, status: StepStatus, **fields: Any) -> None:
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
+        with self.env.state.mutate_target(self.name) as record:
             entry = record["steps"].setdefault(step.key, {"attempts": 0, "runs": 0})
             if status == "started":
                 record["seq"] += 1
@@ -118,11 +116,11 @@ class TargetRecord:
 
     def plugin_ended(self, plugin: str, ending: dict[str, Any]) -> None:
         """Record how ``plugin`` ended on this target; a failure is never overwritten by a later success."""
-        with self.env.state.mutate() as body:
-            plugins = body["targets"][self.name].setdefault("plugins", {})
+        with self.env.state.mutate_target(self.name) as record:
+            plugins = record.setdefault("plugins", {})
             if plugins.get(plugin, {}).get("ended", "ok") == "ok" or ending["ended"] != "ok":
                 plugins[plugin] = ending
 
     def add_error(self, **error: Any) -> None:
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["errors"].append({"ts": time.time(), **error})
+        with self.env.state.mutate_target(self.name) as record:
+            record["errors"].append({"ts": time.time(), **error})

@@ -120,8 +120,7 @@ class RollbackFlow:
         return chosen
 
     def run(self) -> TargetStatus:
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
+        with self.env.state.mutate_target(self.name) as record:
             rollback = record["rollback"]
             if rollback["errors"] or rollback["problems"]:
                 # Asked again after a failed rollback: retry what failed, keep what succeeded.
@@ -154,8 +153,8 @@ class RollbackFlow:
                 self._forget_stage_marks(stage)
                 return self._queued()
             failpoint(f"rollback.stage_returned:{stage.value}")
-            with self.env.state.mutate() as body:
-                rollback = body["targets"][self.name]["rollback"]
+            with self.env.state.mutate_target(self.name) as record:
+                rollback = record["rollback"]
                 rollback["stages"][stage.value] = "failed" if errors or problems else "done"
                 rollback["errors"].extend(errors)
                 rollback["problems"].extend(problems)
@@ -187,8 +186,8 @@ class RollbackFlow:
         return errors, self._verify_stage(stage)
 
     def _forget_stage_marks(self, stage: Stage) -> None:
-        with self.env.state.mutate() as body:
-            done = body["targets"][self.name]["rollback"]["steps"]
+        with self.env.state.mutate_target(self.name) as record:
+            done = record["rollback"]["steps"]
             for key in [k for k in done if k.startswith(f"{stage.value}/")]:
                 del done[key]
 
@@ -259,8 +258,8 @@ class RollbackFlow:
                      f"failed and verifies again)")
         return lines
     def _roll_back_stage(self, stage: Stage) -> list[str]:
-        with self.env.state.mutate() as body:  # this pass's failures replace an earlier pass's
-            body["targets"][self.name]["rollback"].setdefault("failed_calls", {})[stage.value] = []
+        with self.env.state.mutate_target(self.name) as record:  # this pass's failures replace an earlier pass's
+            record["rollback"].setdefault("failed_calls", {})[stage.value] = []
         steps = self.record.get("steps") or {}
         done = self.record.get("rollback", "steps") or {}
         touched = [s for s in self.env.plan.stage_steps(stage)
@@ -331,13 +330,12 @@ class RollbackFlow:
         call = {"what": what, "ended": outcome.ended, "message": outcome.message, "timeout_s": timeout_s,
                 "killed": bool(outcome.detail.get("killed")), "hung_thread": bool(outcome.detail.get("hung_thread")),
                 "plugin": plugin, "attempts": attempts}
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["rollback"].setdefault("failed_calls", {}).setdefault(stage.value, []).append(
-                call)
+        with self.env.state.mutate_target(self.name) as record:
+            record["rollback"].setdefault("failed_calls", {}).setdefault(stage.value, []).append(call)
 
     def _mark(self, key: str, ok: bool) -> None:
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["rollback"]["steps"][key] = "done" if ok else "failed"
+        with self.env.state.mutate_target(self.name) as record:
+            record["rollback"]["steps"][key] = "done" if ok else "failed"
 
     def _verify_stage(self, stage: Stage) -> list[str]:
         failpoint(f"rollback.verifying:{stage.value}")
@@ -355,6 +353,6 @@ class RollbackFlow:
                 found = [str(p) for p in (outcome.result or [])]
                 problems.extend(f"[{stage.value}] {plugin.name}: {p}" for p in found)
                 reported[plugin.name] = {"ran": True, "problems": found}
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["rollback"].setdefault("verification", {})[stage.value] = reported
+        with self.env.state.mutate_target(self.name) as record:
+            record["rollback"].setdefault("verification", {})[stage.value] = reported
         return problems

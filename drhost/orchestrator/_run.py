@@ -237,8 +237,7 @@ def _lock_target(env: RunEnv, executor: Executor, locks: TargetLocks, name: str,
 
 
 def _not_locked(env: RunEnv, name: str, status: NotTaken, why: str) -> NotTaken:
-    with env.state.mutate() as body:
-        record = body["targets"][name]
+    with env.state.mutate_target(name) as record:
         # A refusal replaces what an earlier drive left (interrupted, aborted): the operator must act on it first,
         # and the run's exit code (7) must say so. The steps' records keep where the target stands.
         if record["status"] in ("pending", "locked", "unreachable", "refused") or status == "refused":
@@ -282,9 +281,10 @@ def _with_rollout(state: RunState) -> None:
     """Runs created before batches existed: one batch of every target, under the default settings."""
     from ..config import defaults
 
+    names = state.target_names()
     with state.mutate() as body:
         if "rollout" not in body:
-            body["rollout"] = rollout_record([Batch(0, None, tuple(sorted(body["targets"])))])
+            body["rollout"] = rollout_record([Batch(0, None, tuple(names))])
         body["config"].setdefault("rollout", defaults()["rollout"])
 
 
@@ -391,10 +391,11 @@ def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequen
             # A half-done target locked by another controller (of this very run, resumed from a copy): this
             # drhost was refused, it did not stop half-way.
             status = "refused"
+        with state.reading() as b:
+            targets = {n: _target_summary(t) for n, t in b["targets"].items()}
         with state.mutate() as b:
             b["status"] = status
             b["finished"] = time.time()
-            targets = {n: _target_summary(t) for n, t in b["targets"].items()}
             changing = {n: t["still_changing"] for n, t in targets.items() if t.get("still_changing")}
             if changing:
                 # Said in the run itself: after this process ends, these threads end with it, unrecorded.

@@ -75,9 +75,9 @@ class StatusChecks:
         (the next controller opens its own)."""
         if not self._recorded:
             return
-        with self._state.mutate() as body:
-            for target in self._recorded:
-                body["targets"][target].pop("status_check", None)
+        for target in self._recorded:
+            with self._state.mutate_target(target) as record:
+                record.pop("status_check", None)
         self._recorded.clear()
 
     def before_use(self, target: str, session: TargetSession) -> None:
@@ -96,8 +96,8 @@ class StatusChecks:
                       f"the operator's reconnect of the status-check connection failed: {exc}; drhost still waits: "
                       f"drhost reconnect {self._state.run_id} {target}", cause=str(exc))
             return
-        with self._state.mutate() as body:
-            body["targets"][target].pop("status_check", None)
+        with self._state.mutate_target(target) as record:
+            record.pop("status_check", None)
         self._recorded.discard(target)
 
     def after_use(self, target: str, session: TargetSession) -> None:
@@ -105,8 +105,7 @@ class StatusChecks:
         cause = session.waiting_for_operator()
         if cause is None:
             return
-        with self._state.mutate() as body:
-            record = body["targets"][target]
+        with self._state.mutate_target(target) as record:
             if isinstance(record.get("status_check"), dict):
                 return  # said already for this loss
             record["status_check"] = {"lost_at": time.time(), "cause": cause}

@@ -82,23 +82,23 @@ def confirm_stopped(env: RunEnv, executor: Executor, name: str, step: PlannedSte
         return None
     pending = {"stage": step.stage.value, "step": step.name, "plugin": step.plugin, "since": time.time(),
                "why": why, "unreachable": unreachable}
-    with env.state.mutate() as body:
-        body["targets"][name]["pending_stop"] = pending
+    with env.state.mutate_target(name) as record:
+        record["pending_stop"] = pending
     return Unstopped("refused" if refused else "unreachable", unreachable)
 
 
 def stop_pending(env: RunEnv, executor: Executor, name: str) -> Unstopped | None:
     """Carry out a stop recorded by :func:`confirm_stopped` before anything else touches the target. None
     when there was none or it is done now; else why the target still cannot be reached."""
-    with env.state.reading() as body:
-        pending: dict[str, Any] | None = body["targets"][name].get("pending_stop")
+    with env.state.reading_target(name) as record:
+        pending: dict[str, Any] | None = record.get("pending_stop")
     if not pending:
         return None
     stopped, unreachable, refused = _stop_waiting(env, executor, name)
     if stopped is None:
         return Unstopped("refused" if refused else "unreachable", unreachable)
-    with env.state.mutate() as body:
-        body["targets"][name]["pending_stop"] = None
+    with env.state.mutate_target(name) as record:
+        record["pending_stop"] = None
     _said_stopped(env, name, Stage(pending["stage"]), pending.get("step"), pending.get("plugin"), stopped,
                   f"queued since {time.strftime('%H:%M:%S', time.localtime(float(pending['since'])))}: "
                   f"{pending.get('why')}")

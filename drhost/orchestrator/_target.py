@@ -164,8 +164,7 @@ class TargetFlow:
         needs_cleanup = policy.restart == "cleanup_then_stage" and (failure.needs_cleanup or failure.step is None)
         # The intent is durable before the first cleanup runs: a controller killed mid-cleanup resumes by
         # finishing the cleanup and restarting the stage — never by running the stage over a half-cleaned target.
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
+        with self.env.state.mutate_target(self.name) as record:
             record["stage_attempts"][stage.value] += 0 if failure.interrupted else 1
             record["pending_restart"] = {
                 "stage": stage.value, "cleanup": needs_cleanup, "whole": restart_whole,
@@ -180,8 +179,7 @@ class TargetFlow:
         restart_whole, failed_key = bool(pending.get("whole")), pending.get("step")
         self._emit("stage.retry", stage=stage, message=N_("restarting the stage from its first step") if restart_whole
                    else phrase("retrying step {step}", step=str(failed_key).rsplit('/', 1)[-1]))
-        with self.env.state.mutate() as body:
-            record = body["targets"][self.name]
+        with self.env.state.mutate_target(self.name) as record:
             steps = record["steps"]
             for step in self.env.plan.stage_steps(stage):
                 entry = steps.get(step.key)
@@ -221,8 +219,8 @@ class TargetFlow:
                                          timeout_s=self.executor.budget_s("cleanup"))
             if not outcome.ok:
                 errors.append(f"{plugin} drhost_cleanup: {outcome.message}")
-        with self.env.state.mutate() as body:
-            body["targets"][self.name]["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
+        with self.env.state.mutate_target(self.name) as record:
+            record["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
         self._emit("stage.cleanup_finished", stage=stage, errors=errors)
         return not errors
 
@@ -346,8 +344,8 @@ class TargetFlow:
         self.record.plugin_ended(step.plugin, plugin_ending(outcome.ended, outcome.message, outcome.detail, action,
                                                             step.timeout_s))
         if policy.on_failure == "skip_plugin":
-            with self.env.state.mutate() as body:
-                body["targets"][self.name]["skipped_plugins"][step.plugin] = f"{step.label}: {outcome.message}"
+            with self.env.state.mutate_target(self.name) as record:
+                record["skipped_plugins"][step.plugin] = f"{step.label}: {outcome.message}"
             self.record.add_error(stage=step.stage.value, step=step.name, plugin=step.plugin,
                                   message=outcome.message, action="plugin skipped")
             self._emit("plugin.skipped", stage=step.stage, step=step.name, plugin=step.plugin,

@@ -234,10 +234,31 @@ class RunState:
 
     @contextlib.contextmanager
     def mutate(self) -> Iterator[dict[str, Any]]:
-        """Change the body and write it durably before returning to the caller."""
+        """Change the run's own part of the body (status, rollout, controller, …) and write it durably before
+        returning to the caller; a target's record changes through :meth:`mutate_target`."""
         with self._lock:
             yield self._body
             self._file.write(self._body)
+
+    @contextlib.contextmanager
+    def mutate_target(self, name: str) -> Iterator[dict[str, Any]]:
+        """Change one target's record and write it durably before returning to the caller. A change that
+        touches one target goes through here: the store knows which record changed (issue 18: a step's
+        transition writes that target's record, not the fleet's)."""
+        with self._lock:
+            yield self._body["targets"][name]
+            self._file.write(self._body)
+
+    def target_names(self) -> list[str]:
+        """The run's targets, sorted."""
+        with self._lock:
+            return sorted(self._body["targets"])
+
+    @contextlib.contextmanager
+    def reading_target(self, name: str) -> Iterator[dict[str, Any]]:
+        """Look at one target's record without changing it (nothing is written)."""
+        with self._lock:
+            yield self._body["targets"][name]
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[dict[str, Any]]:

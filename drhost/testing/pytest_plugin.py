@@ -350,8 +350,8 @@ def drhost_context(drhost_session: PluginSession, drhost_plugin_name: str) -> Ho
                      level=args.get("level", "info"))
 
     def persist(state: dict[str, Any]) -> None:
-        with session.state.mutate() as body:
-            body["targets"][TARGET]["plugin_state"][name] = state
+        with session.state.mutate_target(TARGET) as record:
+            record["plugin_state"][name] = state
 
     entry = env.plan.plugin(name)
     return HostContext(
