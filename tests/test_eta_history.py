@@ -335,3 +335,24 @@ def test_remaining_for_uses_fallback_for_unknown_steps(tmp_path: Path) -> None:
     history.record("dr-demo-1", KEY, 40.0)
     fallback = {KEY: 1000.0, OTHER_KEY: 7.0}
     assert remaining_for([("dr-demo-1", KEY), ("dr-demo-1", OTHER_KEY)], history, fallback) == 47.0
+
+
+def test_a_run_writes_a_targets_durations_once_and_estimates_with_them_at_once(tmp_path: Path) -> None:
+    """Noted durations count for estimates at once but reach the file only when their target is flushed, in one
+    write; another target's noted durations stay pending (and still count) until its own flush."""
+    history = _history(tmp_path)
+    history.record("dr-demo-1", KEY, 1.0)
+    written = history.path.stat().st_mtime_ns, history.path.stat().st_ino
+    history.note("dr-demo-1", KEY, 3.0)
+    history.note("dr-demo-1", OTHER_KEY, 5.0)
+    history.note("dr-demo-2", KEY, 7.0)
+    assert (history.path.stat().st_mtime_ns, history.path.stat().st_ino) == written
+    assert history.expected_s("dr-demo-1", KEY) == 2.0 and history.expected_s("dr-demo-2", KEY) == 7.0
+    history.flush("dr-demo-1")
+    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]}}
+    assert history.expected_s("dr-demo-2", KEY) == 7.0
+    other = _history(tmp_path)
+    other.record("dr-demo-3", KEY, 9.0)
+    history.flush()
+    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]}, "dr-demo-2": {KEY: [7.0]},
+                                     "dr-demo-3": {KEY: [9.0]}}

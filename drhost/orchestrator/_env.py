@@ -184,6 +184,7 @@ class Executor:
             runners, self._runners = list(self._runners.values()), {}
             sessions, self._sessions = list(self._sessions.values()), {}
         self.watchdog.close()
+        self.history.flush()  # what targets that did not finish (interrupted, stopped) noted
         for runner in runners:
             runner.close()
         for session in sessions:
@@ -474,12 +475,12 @@ class Executor:
                     duration_s=stopped_at - started)
                 self._diagnose(watch, operation, outcome, (), session, target, 1, stopped_at)
             else:
-                self.history.record(target, operation.history_key, stopped_at - started)
+                self.history.note(target, operation.history_key, stopped_at - started)
 
     def _after_watch(self, watch: StepWatch, operation: Operation, outcome: CallOutcome, ctx: HostContext,
                      session: TargetSession, target: str, attempt: int, stopped_at: float) -> CallOutcome:
         if outcome.ok:
-            self.history.record(target, operation.history_key, outcome.duration_s)
+            self.history.note(target, operation.history_key, outcome.duration_s)
             return outcome
         # A command stopped by the step's deadline ends the step as "cancelled" a moment before the runner's
         # own timer fires: still a timeout, and reported as one.

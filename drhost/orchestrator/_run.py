@@ -370,8 +370,11 @@ def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequen
                 return refused
             if mode != "upgrade":
                 _stop_leftovers(env, executor, name)
-            result = RollbackFlow(env, executor, name).run() if mode == "rollback" else \
-                TargetFlow(env, executor, name).run()
+            try:
+                result = RollbackFlow(env, executor, name).run() if mode == "rollback" else \
+                    TargetFlow(env, executor, name).run()
+            finally:
+                executor.history.flush(name)
             if result in WHOLE:
                 locks.release(name)
             return result

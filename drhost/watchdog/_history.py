@@ -94,6 +94,17 @@ def _encode(durations: _Durations) -> bytes:
     return json.dumps(document, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
+def _merged(durations: _Durations, samples: _Durations) -> _Durations:
+    """``durations`` with ``samples`` appended per target and step, each series cut to its newest
+    :data:`KEEP_PER_STEP` (changed in place and returned)."""
+    for name, steps in samples.items():
+        for step_key, values in steps.items():
+            series = durations.setdefault(name, {}).setdefault(step_key, [])
+            series.extend(values)
+            del series[:-KEEP_PER_STEP]
+    return durations
+
+
 class StepHistory:
     """Durations of successful step runs, per target and step key, persisted in one JSON file.
 
@@ -105,29 +116,52 @@ class StepHistory:
         self.path = path if path is not None else default_history_path()
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._cache: _Durations | None = None
+        # Samples noted by a run and not yet written: target -> step key -> durations, oldest first.
+        self._pending: _Durations = {}
         # Steps of several targets finish on different threads of one run.
         self._mutex = threading.Lock()
 
-    def record(self, target: str, step_key: str, duration_s: float) -> None:
-        """Add one successful run's duration; keep the newest :data:`KEEP_PER_STEP` per step.
-
-        An I/O error (full disk, read-only state dir) is logged, not raised: a lost sample
-        only makes later estimates slightly worse, a raised error would fail a finished step.
-        """
+    def note(self, target: str, step_key: str, duration_s: float) -> None:
+        """Add one successful run's duration for this run's estimates at once, and to the file at the next
+        :meth:`flush` of its target: a run writes the history once per target, not once per step (the file
+        holds the whole fleet, so writing it per step made a fleet run's cost grow with targets²). Samples
+        not yet flushed when the controller is killed are lost: they only make later estimates less exact."""
         if not _usable(duration_s):
             _LOG.debug("ignoring unusable duration %r for %s %s", duration_s, target, step_key)
             return
-        try:
-            with self._mutex, self._exclusive():
-                # Re-read under the lock: another run may have recorded since this one last read.
-                durations = self._read(locked=True)
+        with self._mutex:
+            if self._cache is None:
+                self._cache = self._read(locked=False)
+            for durations in (self._cache, self._pending):
                 series = durations.setdefault(target, {}).setdefault(step_key, [])
                 series.append(float(duration_s))
                 del series[:-KEEP_PER_STEP]
-                atomic_write(self.path, _encode(durations), mode=0o600)
-                self._cache = durations
-        except OSError as exc:
-            _LOG.warning("could not record %s %s in step history %s: %s", target, step_key, self.path, exc)
+
+    def flush(self, target: str | None = None) -> None:
+        """Write the samples noted for ``target`` (every target when None) in one read-merge-write under the
+        file's lock. An I/O error is logged, not raised, as for :meth:`record`."""
+        with self._mutex:
+            names = [target] if target is not None else list(self._pending)
+            pending = {name: self._pending.pop(name) for name in names if name in self._pending}
+            if not pending:
+                return
+            try:
+                with self._exclusive():
+                    # Re-read under the lock: another run may have recorded since this one last read.
+                    durations = _merged(self._read(locked=True), pending)
+                    atomic_write(self.path, _encode(durations), mode=0o600)
+                # The other targets' samples not written yet still count for this run's estimates.
+                self._cache = _merged(durations, self._pending)
+            except OSError as exc:
+                _LOG.warning("could not record the durations of %s in step history %s: %s",
+                             ", ".join(pending), self.path, exc)
+
+    def record(self, target: str, step_key: str, duration_s: float) -> None:
+        """Add one successful run's duration and write it at once (:meth:`note`, then :meth:`flush`); keep the
+        newest :data:`KEEP_PER_STEP` per step. An I/O error (full disk, read-only state dir) is logged, not
+        raised: a lost sample only makes later estimates slightly worse, a raised error would fail a step."""
+        self.note(target, step_key, duration_s)
+        self.flush(target)
 
     def expected_s(self, target: str, step_key: str) -> float | None:
         """The median duration of ``step_key`` on ``target``, else on all targets, else None."""

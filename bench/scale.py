@@ -1,0 +1,170 @@
+"""Scale benchmark: one controller driving N targets through a whole run; how its cost grows with N.
+
+Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50] [--json]
+
+Each size is a real `drhost upgrade` (the CLI, in a child process) of N targets with the local transport
+(every target its own root directory on this machine) and a trivial plugin set: one benchmark plugin of class
+``core`` (a thread in drhost, the cheapest isolation) that registers ``--steps`` steps in each of the five
+stages, each doing nothing, or running ``--commands`` trivial commands (``true``) on the target in all. So what
+is measured is drhost itself: planning, the orchestrator, the watchdog, events, the journal and the run state.
+
+Reported per size: wall time, the controller's CPU (user + system of the drhost process itself, from its own
+``getrusage(RUSAGE_SELF)`` at exit: commands it starts are not in it), the controller's peak RSS, and CPU and
+wall per target. ``exponent`` is the slope of log(controller CPU) against log(targets), a least-squares fit over
+the sizes: 1.0 is a flat cost per target, 2.0 a cost per target that grows with the fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = "--child"
+RUSAGE_ENV = "DRHOST_BENCH_RUSAGE"
+PLUGIN = "bench-scale"
+
+PLUGIN_SOURCE = '''
+"""Benchmark plugin made by bench/scale.py: STEPS trivial steps per stage, COMMANDS commands per target."""
+
+from drhost_hookspecs import Category, PluginClass, PluginInfo, Stage, Step, hookimpl
+
+STEPS = {steps}
+COMMANDS = {commands}
+TOTAL = STEPS * 5
+
+
+@hookimpl
+def drhost_plugin_info():
+    return PluginInfo(name={name!r}, department="bench", plugin_class=PluginClass.CORE)
+
+
+def step_for(index):
+    # The first COMMANDS steps of the run each run one trivial command; the others do nothing.
+    def step(ctx):
+        if index < COMMANDS:
+            ctx.run(["true"])
+    return step
+
+
+@hookimpl
+def drhost_stage_steps(stage, register):
+    first = Stage.ordered().index(stage) * STEPS
+    for offset in range(STEPS):
+        register(Step(f"noop_{{first + offset + 1:03d}}", step_for(first + offset), retryable=True, timeout_s=600,
+                      category=Category.PLUGIN, order=10 + offset))
+'''
+
+
+def child(argv: list[str]) -> int:
+    """Run the drhost CLI in this process; at exit, write this process's own rusage where the parent said."""
+    from drhost.cli import main
+
+    try:
+        code = main(argv)
+    finally:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        Path(os.environ[RUSAGE_ENV]).write_text(json.dumps(
+            {"cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss}))
+    return int(code or 0)
+
+
+def write_plugin(site: Path, steps: int, commands: int) -> None:
+    module = PLUGIN.replace("-", "_")
+    site.mkdir(parents=True)
+    (site / f"{module}.py").write_text(PLUGIN_SOURCE.format(steps=steps, commands=commands, name=PLUGIN))
+    dist = site / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[drhost.plugins]\n{PLUGIN} = {module}\n")
+
+
+def one_size(base: Path, count: int, args: argparse.Namespace, package: Path, site: Path) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"{count}-", dir=base))
+    lines = []
+    for index in range(count):
+        root = work / "targets" / f"t{index:05d}"
+        root.mkdir(parents=True)
+        lines.append(f"[target:t{index:05d}]\ntransport = local\nroot = {root}\n")
+    inventory = work / "inventory.ini"
+    inventory.write_text("\n".join(lines))
+    rusage = work / "rusage.json"
+    env = {**os.environ, "DRHOST_LOAD_PLUGINS": PLUGIN, "DRHOST_STATE_DIR": str(work / "state"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), str(REPO), os.environ.get("PYTHONPATH")])),
+           RUSAGE_ENV: str(rusage)}
+    argv = [sys.executable, str(Path(__file__).resolve()), CHILD, "upgrade", "-i", str(inventory), "--package",
+            str(package), "--set", f"run.forks={min(args.forks, count)}", "--plain", "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    try:
+        summary = json.loads(done.stdout)
+    except ValueError:
+        raise SystemExit(f"{count} targets: drhost exited {done.returncode}:\n{done.stdout[-2000:]}"
+                         f"{done.stderr[-2000:]}") from None
+    statuses = {target.get("status") for target in summary["targets"].values()}
+    if summary["status"] != "succeeded" or statuses != {"succeeded"} or len(summary["targets"]) != count:
+        raise SystemExit(f"{count} targets: run {summary['status']}: {sorted(map(str, statuses))}")
+    used = json.loads(rusage.read_text())
+    return {"targets": count, "wall_s": round(wall, 2), "controller_cpu_s": round(used["cpu_s"], 2),
+            "peak_rss_mib": round(used["max_rss_kib"] / 1024, 1),
+            "cpu_per_target_ms": round(used["cpu_s"] / count * 1000, 1),
+            "wall_per_target_ms": round(wall / count * 1000, 1),
+            "steps_per_target": args.steps * 5, "commands_per_target": min(args.commands, args.steps * 5)}
+
+
+def exponent(rows: list[dict[str, Any]]) -> float | None:
+    """The least-squares slope of log(controller CPU) against log(targets)."""
+    points = [(math.log(r["targets"]), math.log(r["controller_cpu_s"])) for r in rows if r["controller_cpu_s"] > 0]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return round(sum((x - mean_x) * (y - mean_y) for x, y in points) / spread, 3) if spread else None
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        return child(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--steps", type=int, default=2, help="steps per stage (default 2: 10 a target)")
+    parser.add_argument("--commands", type=int, default=0, help="steps of a target that run `true` (default 0)")
+    parser.add_argument("--forks", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="drhost-bench-scale-") as tmp:
+        base = Path(tmp)
+        site = base / "site"
+        write_plugin(site, args.steps, args.commands)
+        built = subprocess.run([sys.executable, "-m", "drhost", "package", "build", "2.0.0", "--out",
+                                str(base / "package")], check=True, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        package = Path(built.stdout.strip().splitlines()[-1])
+        rows = [one_size(base, count, args, package, site) for count in sorted(args.targets)]
+    result = {"sizes": rows, "exponent": exponent(rows), "forks": args.forks, "cpus": os.cpu_count(),
+              "python": sys.version.split()[0]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'targets':>8} {'wall s':>8} {'ctl CPU s':>10} {'CPU/target ms':>14} {'wall/target ms':>15} "
+          f"{'peak RSS MiB':>13}")
+    for row in rows:
+        print(f"{row['targets']:>8} {row['wall_s']:>8.2f} {row['controller_cpu_s']:>10.2f} "
+              f"{row['cpu_per_target_ms']:>14.1f} {row['wall_per_target_ms']:>15.1f} {row['peak_rss_mib']:>13.1f}")
+    print(f"exponent of controller CPU against targets: {result['exponent']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
