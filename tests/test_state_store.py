@@ -1,0 +1,137 @@
+"""The run state's SQLite store: rows per target, checksummed, a previous generation, commits that survive
+a kill, owner-only files, and a clear error for anything that is not a drhost state database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from drhost import failpoints
+from drhost.errors import StateError
+from drhost.state._store import STORE_FORMAT, StateStore, canonical
+
+RUN = {"run_id": "r-1", "status": "running", "plan": {"steps": []}}
+TARGETS = {"dr-1": {"status": "pending", "steps": {}}, "dr-2": {"status": "pending", "steps": {}}}
+
+
+def _store(tmp_path: Path) -> StateStore:
+    return StateStore.create(tmp_path / "state.db", RUN, TARGETS)
+
+
+def test_what_is_written_is_read_back_by_another_connection(tmp_path: Path) -> None:
+    """A target's committed record is what a second, independent open of the database reads."""
+    store = _store(tmp_path)
+    store.write_target("dr-1", {"status": "running", "steps": {"a": {"status": "done"}}})
+    store.write_run({**RUN, "status": "finished"})
+    run, targets, problem = StateStore.open(tmp_path / "state.db").read()
+    assert run == {**RUN, "status": "finished"} and problem is None
+    assert targets == {"dr-1": {"status": "running", "steps": {"a": {"status": "done"}}}, "dr-2": TARGETS["dr-2"]}
+
+
+def test_a_write_changes_only_its_targets_row(tmp_path: Path) -> None:
+    """Writing one target leaves every other row, its text and its previous generation, as it was."""
+    store = _store(tmp_path)
+    store.write_target("dr-2", {"status": "running"})
+    before = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT kind, name, body, previous FROM record WHERE name != 'dr-1' ORDER BY name").fetchall()
+    store.write_target("dr-1", {"status": "succeeded"})
+    after = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT kind, name, body, previous FROM record WHERE name != 'dr-1' ORDER BY name").fetchall()
+    assert after == before
+
+
+def test_an_unchanged_record_is_not_committed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of what the row holds is skipped: no commit, and the previous generation stays the one before."""
+    log = tmp_path / "failpoints.log"
+    monkeypatch.setattr(failpoints, "_LOG", str(log))
+    store = _store(tmp_path)
+    store.write_target("dr-1", {"status": "running"})
+    store.write_target("dr-1", {"status": "running"})
+    assert log.read_text().splitlines() == ["state.before_commit", "state.committed"]
+    previous = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT previous FROM record WHERE name = 'dr-1'").fetchone()[0]
+    assert previous == canonical(TARGETS["dr-1"])
+
+
+def test_an_edited_row_falls_back_to_its_previous_generation_and_says_so(tmp_path: Path) -> None:
+    """A row whose body no longer matches its checksum is read from its previous generation, with the reason;
+    when neither verifies, the database is refused with a StateError naming the row."""
+    store = _store(tmp_path)
+    store.write_target("dr-1", {"status": "running"})
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    db.execute("UPDATE record SET body = '{\"status\": \"succeeded\"}' WHERE name = 'dr-1'")
+    _, targets, problem = StateStore.open(tmp_path / "state.db").read()
+    assert targets["dr-1"] == TARGETS["dr-1"]
+    assert problem is not None and "target 'dr-1'" in problem and "previous one was used" in problem
+    db.execute("UPDATE record SET previous = '{}' WHERE name = 'dr-1'")
+    with pytest.raises(StateError, match=r"target 'dr-1': no generation verifies"):
+        StateStore.open(tmp_path / "state.db").read()
+
+
+def test_the_database_and_its_wal_are_owner_only(tmp_path: Path) -> None:
+    """The database, its -wal and its -shm files are mode 0600, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        store = _store(tmp_path)
+        store.write_target("dr-1", {"status": "running"})
+    finally:
+        os.umask(old)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes == {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600}
+
+
+@pytest.mark.parametrize("what", ["garbage", "fifo", "directory", "foreign", "trigger", "format"])
+def test_anything_but_a_drhost_state_database_is_refused_by_name(tmp_path: Path, what: str) -> None:
+    """Garbage, a FIFO, a directory, another program's database, one with a trigger added, or another format:
+    a StateError naming the file, never a hang or a traceback."""
+    path = tmp_path / "state.db"
+    if what == "garbage":
+        path.write_bytes(b"not a database at all" * 100)
+    elif what == "fifo":
+        os.mkfifo(path)
+    elif what == "directory":
+        path.mkdir()
+    elif what == "foreign":
+        sqlite3.connect(path).execute("CREATE TABLE t (x)")
+    else:
+        StateStore.create(path, RUN, TARGETS).close()
+        db = sqlite3.connect(path, isolation_level=None)
+        if what == "trigger":
+            db.execute("CREATE TRIGGER t AFTER UPDATE ON record BEGIN DELETE FROM record; END")
+        else:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+        db.close()
+    with pytest.raises(StateError, match=str(path)):
+        StateStore.open(path)
+    assert STORE_FORMAT == 2
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from drhost.state._store import StateStore
+
+    store = StateStore.open(Path(sys.argv[1]))
+    store.write_target("dr-1", {"status": "first"})
+    store.write_target("dr-1", {"status": "second"})
+""")
+
+
+@pytest.mark.parametrize(("point", "expected"), [("state.before_commit@2", "first"),
+                                                 ("state.committed@2", "second")])
+def test_a_writer_killed_around_its_commit_leaves_the_last_committed_record(
+        tmp_path: Path, point: str, expected: str) -> None:
+    """SIGKILL before a commit leaves the record of the commit before it; after it, the new record."""
+    _store(tmp_path).close()
+    env = {**os.environ, failpoints.ENV: point}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "state.db")], env=env,
+                            capture_output=True, timeout=60)
+    assert killed.returncode == -9
+    _, targets, problem = StateStore.open(tmp_path / "state.db").read()
+    assert targets["dr-1"] == {"status": expected} and problem is None
