@@ -165,6 +165,30 @@ def test_state_records_every_step_done(kept_run: tuple[Path, dict[str, Any]]) ->
         assert record["errors"] == [] and record["skipped_plugins"] == {}
 
 
+def test_every_key_of_a_real_target_record_is_declared_by_the_state_model(
+        kept_run: tuple[Path, dict[str, Any]]) -> None:
+    """A real run's target records use only the keys drhost/state/_model.py declares (target, step, rollback):
+    the model describes what is stored, and a key written outside it fails here as mypy fails it in the code."""
+    from drhost.state import RollbackRecord, StepRecord, TargetRecord
+
+    _, summary = kept_run
+    state = read_state(Path(summary["run_dir"]))
+    for record in state["targets"].values():
+        assert set(record) <= TargetRecord.__optional_keys__
+        assert set(record["rollback"]) <= RollbackRecord.__optional_keys__
+        for step in record["steps"].values():
+            assert set(step) <= StepRecord.__optional_keys__, set(step) - StepRecord.__optional_keys__
+
+
+def test_a_key_the_model_does_not_declare_is_refused_where_it_is_written() -> None:
+    """checked_keys passes declared keys and raises TypeError naming a misspelt one."""
+    from drhost.state import TargetRecord, checked_keys
+
+    assert checked_keys(TargetRecord, {"status": "x", "version": None}) == {"status": "x", "version": None}
+    with pytest.raises(TypeError, match="TargetRecord has no key verison"):
+        checked_keys(TargetRecord, {"verison": "2.0.0"})
+
+
 def test_status_command_reports_succeeded(kept_run: tuple[Path, dict[str, Any]]) -> None:
     """``drhost status RUN --json`` reports the run and every target succeeded with all steps done."""
     state_dir, summary = kept_run

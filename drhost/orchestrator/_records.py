@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import Any, cast
 
 from drhost_hookspecs import Stage
 
 from ..plan import PlannedStep
+from ..state import StepRecord, checked_keys
+from ..state import TargetRecord as StoredTarget
+from ..state import new_target_record as new_target_record
 from ..supervisor import Ending
 from ._env import RunEnv
 from ._statuses import Phase, StageStatus, StepStatus, TargetStatus
@@ -17,27 +20,6 @@ from ._statuses import Phase, StageStatus, StepStatus, TargetStatus
 TERMINAL: tuple[TargetStatus, ...] = ("succeeded", "up_to_date", "rolled_back")
 #: Step record states that mean "it ran, at least partly" — compensations apply to them.
 TOUCHED: tuple[StepStatus, ...] = ("started", "done", "failed")
-
-
-def new_target_record() -> dict[str, Any]:
-    return {
-        "status": "pending",
-        "phase": "upgrade",
-        "stage": None,
-        "version_before": None,
-        "version": None,
-        "stages": {stage.value: "pending" for stage in Stage.ordered()},
-        "stage_attempts": {stage.value: 0 for stage in Stage.ordered()},
-        "steps": {},
-        "plugin_state": {},
-        "skipped_plugins": {},
-        "errors": [],
-        "cleanups": [],
-        "rollback": {"stages": {}, "steps": {}, "problems": [], "errors": []},
-        "seq": 0,
-        #: A stage restart decided but not yet carried out (cleanup, then its steps reset).
-        "pending_restart": None,
-    }
 
 
 def plugin_ending(outcome_ended: Ending, message: str, detail: dict[str, Any], action: str,
@@ -88,7 +70,7 @@ class TargetRecord:
         if phase is not None:
             fields["phase"] = phase
         with self.env.state.mutate_target(self.name) as record:
-            record.update(fields)
+            record.update(cast(StoredTarget, checked_keys(StoredTarget, fields)))
 
     def set_stage(self, stage: Stage, status: StageStatus) -> None:
         with self.env.state.mutate_target(self.name) as record:
@@ -112,7 +94,7 @@ class TargetRecord:
             elif status in ("done", "failed", "skipped"):
                 entry["ended"] = time.time()
             entry["status"] = status
-            entry.update(fields)
+            entry.update(cast(StepRecord, checked_keys(StepRecord, fields)))
 
     def plugin_ended(self, plugin: str, ending: dict[str, Any]) -> None:
         """Record how ``plugin`` ended on this target; a failure is never overwritten by a later success."""

@@ -10,6 +10,7 @@ from ._files import (
     read_journal,
     write_private_json,
 )
+from ._model import RollbackRecord, StepRecord, TargetRecord, checked_keys, new_target_record
 from ._runs import (
     CACHE_ENV,
     RunLock,
@@ -27,14 +28,19 @@ __all__ = [
     "STATE_FORMAT",
     "Journal",
     "JournalSkips",
+    "RollbackRecord",
     "RunLock",
     "RunState",
     "StateFile",
+    "StepRecord",
+    "TargetRecord",
     "atomic_write",
     "cache_root",
+    "checked_keys",
     "find_run",
     "iter_journal",
     "new_run_id",
+    "new_target_record",
     "read_journal",
     "run_in_use",
     "runs_dir",

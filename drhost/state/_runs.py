@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
 from ._files import Journal, StateFile
+from ._model import TargetRecord
 
 #: The longest run id accepted; new_run_id() makes 22 characters, so this only stops abuse.
 RUN_ID_MAX = 64
@@ -241,7 +242,7 @@ class RunState:
             self._file.write(self._body)
 
     @contextlib.contextmanager
-    def mutate_target(self, name: str) -> Iterator[dict[str, Any]]:
+    def mutate_target(self, name: str) -> Iterator[TargetRecord]:
         """Change one target's record and write it durably before returning to the caller. A change that
         touches one target goes through here: the store knows which record changed (issue 18: a step's
         transition writes that target's record, not the fleet's)."""
@@ -255,7 +256,7 @@ class RunState:
             return sorted(self._body["targets"])
 
     @contextlib.contextmanager
-    def reading_target(self, name: str) -> Iterator[dict[str, Any]]:
+    def reading_target(self, name: str) -> Iterator[TargetRecord]:
         """Look at one target's record without changing it (nothing is written)."""
         with self._lock:
             yield self._body["targets"][name]
