@@ -355,3 +355,12 @@ def _floats(node: Any) -> list[Any]:
     if isinstance(node, list):
         return [f for v in node for f in _floats(v)]
     return [node]
+
+
+@pytest.mark.parametrize("rollout", [True, 3, "x", [1]])
+def test_a_rollout_that_is_not_a_table_is_a_config_error(tmp_path: Path, rollout: object) -> None:
+    """``"rollout": true`` (found by the structure property above) is a ConfigError naming rollout, not a crash."""
+    path = tmp_path / "ops.json"
+    path.write_text(json.dumps({"rollout": rollout}))
+    with pytest.raises((ConfigError, ConfigProblems), match="rollout"):
+        load_config([path])

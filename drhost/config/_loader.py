@@ -444,8 +444,10 @@ def _load_ansible(path: Path, config: LoadedConfig) -> None:
 def _choose_groups(config: LoadedConfig) -> None:
     """A target from an Ansible inventory without a ``group`` takes, of its Ansible groups, the first that
     ``[rollout] groups`` names, else the first it is listed in."""
-    rollout = config.data.get("rollout") or {}
-    named = [part.strip() for part in str(rollout.get("groups") or "").split(",") if part.strip()]
+    rollout = config.data.get("rollout")
+    # A [rollout] that is not a table is said by the schema; here it names no groups.
+    groups_text = rollout.get("groups") if isinstance(rollout, dict) else None
+    named = [part.strip() for part in str(groups_text or "").split(",") if part.strip()]
     targets = config.data.get("targets")
     for host, groups in config.groups_of.items():
         target = targets.get(host) if isinstance(targets, dict) else None
