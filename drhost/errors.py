@@ -144,10 +144,7 @@ class WordedError(Exception):
 
     def in_language(self, t: Callable[[str], str]) -> str:
         """The message in the language of ``t``: the template translated, then filled; else as raised."""
-        if self.template is None:
-            return str(self)
-        return t(self.template).format(**{k: said_in(v, t) if isinstance(v, Phrase) else v
-                                          for k, v in self.fields.items()})
+        return said_in(message_phrase(self), t) if self.template is not None else str(self)
 
 
 class DrhostError(WordedError):

@@ -67,9 +67,15 @@ def status_label(status: str, t: Translate) -> str:
 def status_word(status: str, t: Translate) -> str:
     """A status in a line of text: translated in a language that has it, else the status itself (English
     output names a status as the JSON and ``--json`` do, ``rolled_back``)."""
-    label = _STATUS_LABELS.get(status)
-    translated = t(label) if label is not None else label
-    return translated if translated is not None and translated != label else status
+    return data_word(status, _STATUS_LABELS, t)
+
+
+def data_word(value: object, labels: Mapping[str, str], t: Translate) -> str:
+    """A word of the data (a status, an ending, a decision) in the language of ``t`` when ``labels`` gives it a
+    translated label, else the word as the data has it."""
+    label = labels.get(str(value))
+    translated = t(label) if label is not None else None
+    return translated if translated is not None and translated != label else str(value)
 
 
 def _said(table: Mapping[TargetStatus, str], status: object, otherwise: str, t: Translate) -> str:

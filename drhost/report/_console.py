@@ -14,7 +14,7 @@ from typing import TextIO
 from ..errors import said_in
 from ..events import NETWORK_EVENTS, WATCHDOG_EVENTS, Event, current_event_name
 from ..i18n import N_, Translate, english
-from ..status import status_label, status_word
+from ..status import data_word, status_label, status_word
 from ..transport import rate_and_eta
 from ..watchdog import render_watchdog_event, translator
 from ._fleet import FleetBoard
@@ -108,11 +108,9 @@ _DATA_WORDS = {
 }
 
 
-def data_word(value: object, t: Translate) -> str:
+def _word(value: object, t: Translate) -> str:
     """``value`` (an ending, a decision, a status of the data) in the language of ``t`` when it has the word."""
-    label = _DATA_WORDS.get(str(value))
-    translated = t(label) if label is not None else None
-    return translated if translated is not None and translated != label else str(value)
+    return data_word(value, _DATA_WORDS, t)
 
 
 #: The stages, whose names the catalogue translates (the watchdog's labels).
@@ -153,7 +151,7 @@ def describe(event: Event, t: Translate = english) -> str:
         tail = t("; retrying in {seconds} s").format(seconds=f"{retry:g}") if retry is not None else ""
         text = t("attempt {attempt}/{attempts} of {where}{who} {ended}: {message}{tail}").format(
             attempt=d.get("attempt"), attempts=d.get("attempts"), where=where, who=who,
-            ended=data_word(d.get("ended"), t),
+            ended=_word(d.get("ended"), t),
             message=message, tail=tail)
     elif name == "run.started":
         text = t("run {run_id} {mode}: {targets} target(s), {steps} steps each, package {package}").format(
@@ -185,17 +183,17 @@ def describe(event: Event, t: Translate = english) -> str:
         text = _rollout_text(name, event, t)
     elif name == "stage.decision":
         text = t("{where} decision: {decision} — {message}").format(where=where,
-                                                                     decision=data_word(d.get("decision"), t),
+                                                                     decision=_word(d.get("decision"), t),
                                                                      message=message)
     elif name == "rollback.stage":
         errors = f" ({'; '.join(d.get('errors', []))})" if d.get("errors") else ""
-        text = t("{where} rolled back: {status}{errors}").format(where=where, status=data_word(d.get("status"), t),
+        text = t("{where} rolled back: {status}{errors}").format(where=where, status=_word(d.get("status"), t),
                                                                  errors=errors)
     elif name in ("rollback.step", "rollback.plugin", "step.cleanup"):
         said = f" — {message}" if message else ""
         text = (t("{where}{who} cleanup: {ended}{said}") if name == "step.cleanup"
                 else t("{where}{who} rollback: {ended}{said}")).format(where=where, who=who,
-                                                                       ended=data_word(d.get("ended"), t), said=said)
+                                                                       ended=_word(d.get("ended"), t), said=said)
     else:
         label = t(_EVENT_LABELS[name]) if name in _EVENT_LABELS else name
         text = " ".join(part for part in (label, where + who, message) if part)

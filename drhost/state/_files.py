@@ -101,22 +101,31 @@ def _unopenable(path: Path, exc: OSError) -> str:
     return f"{path}: cannot be opened ({exc.strerror or exc})"
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path``, which must be a regular file; StateError naming it otherwise.
-
-    Opened with O_NONBLOCK and checked with fstat before any read: a FIFO put where a state file belongs must
-    never hang drhost, and a directory or a device must give a message, not a traceback.
-    """
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file; StateError naming it otherwise
+    (FileNotFoundError as it is). Opened with O_NONBLOCK and checked with fstat before anything reads it: a
+    FIFO put where a state file belongs must never hang drhost."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise StateError(_unopenable(path, exc)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StateError.worded("{path}: expected a regular file, found {kind}", path=path, kind=_what_kind(mode))
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file; StateError naming it otherwise.
+
+    Opened with O_NONBLOCK and checked with fstat before any read: a FIFO put where a state file belongs must
+    never hang drhost, and a directory or a device must give a message, not a traceback.
+    """
+    fd = open_regular(path)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise StateError.worded("{path}: expected a regular file, found {kind}", path=path, kind=_what_kind(mode))
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)

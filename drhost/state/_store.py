@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from ..errors import StateError, joined, phrase
 from ..failpoints import failpoint
+from ._files import open_regular
 
 #: The format of the database's rows (format 1 was the single ``state.json`` file).
 STORE_FORMAT = 2
@@ -46,22 +46,6 @@ def canonical(body: Mapping[str, Any]) -> str:
 
 def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _check_regular(path: Path) -> None:
-    """StateError unless ``path`` is a regular file: SQLite must never open a FIFO (it would hang) or a
-    device put where the state belongs."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise StateError.worded("{path}: cannot be opened ({why})", path=path, why=exc.strerror or exc) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StateError.worded("{path}: expected a regular file (a drhost state database)", path=path)
-    finally:
-        os.close(fd)
 
 
 class StateStore:
@@ -101,7 +85,8 @@ class StateStore:
     @classmethod
     def open(cls, path: Path) -> StateStore:
         """The database at ``path``; StateError naming it when it is not a drhost state database."""
-        _check_regular(path)
+        # Never let SQLite open a FIFO (it would hang) or a device put where the state belongs.
+        os.close(open_regular(path))
         try:
             connection = cls._connect(path)
             tables = {row[0]: row[1] for row in connection.execute(

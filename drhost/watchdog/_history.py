@@ -133,9 +133,7 @@ class StepHistory:
             if self._cache is None:
                 self._cache = self._read(locked=False)
             for durations in (self._cache, self._pending):
-                series = durations.setdefault(target, {}).setdefault(step_key, [])
-                series.append(float(duration_s))
-                del series[:-KEEP_PER_STEP]
+                _merged(durations, {target: {step_key: [float(duration_s)]}})
 
     def flush(self, target: str | None = None) -> None:
         """Write the samples noted for ``target`` (every target when None) in one read-merge-write under the
