@@ -243,9 +243,12 @@ def test_second_run_estimates_a_stable_step_within_20_percent(drhost: Any) -> No
             # the machine is (a business worker gets 30 % of a CPU), so the second comparison is looser.
             assert expected is not None and abs(expected - before) <= 0.2 * before, (step, expected, before)
             assert actual / 1.5 <= expected <= actual * 1.5, (step, expected, actual)
-            # Progress lines carry the step's own progress and a remaining time.
+            # Progress lines carry the step's own progress and a remaining time. The step reports 0, 50 and 100 %
+            # a second apart and the watchdog ticks every second: on a loaded machine every tick may fall before
+            # the 50 % report arrives, so what is asserted is that the percent is the step's own, not its value.
             progress = [e for e in attempt if e["event"] == "watchdog.progress"]
-            assert progress and max(e["data"]["percent"] for e in progress) > 0, (step, progress)
+            reported = {e["data"]["percent"] for e in progress if e["data"].get("percent") is not None}
+            assert progress and reported and reported <= {0.0, 50.0, 100.0}, (step, progress)
             assert all(e["data"]["remaining_s"] is not None for e in progress)
             # Every later step of the target was timed in the first run: its remaining time is known.
             assert attempt[0]["data"]["rest_after_s"] is not None
