@@ -5,13 +5,14 @@ Run on demand:  python bench/state_store.py [--targets 100 300 1000] [--writes 3
 Issue 18 asks for run state stored per target, "a run file + one file per target, or one SQLite database in
 WAL mode — measure both and choose". This measures, side by side in one run and on the same records:
 
-- ``whole``: today's store (drhost.state.StateFile): the whole run body rewritten on every change: serialised,
-  checksummed, the previous generation kept, the new one written, fsynced and renamed, the directory fsynced.
+- ``whole``: the store before the state database (``state.json``, drhost.state.StateFile, format 1): the whole
+  run body rewritten on every change: serialised, checksummed, the previous generation kept, the new one
+  written, fsynced and renamed, the directory fsynced.
 - ``per-target``: the same StateFile, one per target: a transition rewrites only its target's file
   (previous generation, checksum, fsync, rename, directory fsync all kept).
-- ``sqlite``: one SQLite database in WAL mode with ``synchronous=FULL`` (a commit is on disk before it
-  returns, as a checkpoint must be): one row per target, its body, checksum and previous generation updated in
-  one transaction.
+- ``sqlite``: drhost's store since (drhost.state._store.StateStore): one SQLite database in WAL mode with
+  ``synchronous=FULL`` (a commit is on disk before it returns, as a checkpoint must be): one row per target, its
+  body, checksum and previous generation updated in one transaction.
 
 A target's record is a real one (a demo run's, ~6 KB: steps, stages, plugin state, rollback progress); the run's
 own part (config, package, plan) is ~19 KB. Each write changes one step of one target, round robin across the
@@ -22,7 +23,6 @@ of ``--writes`` writes, and the bytes written.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sqlite3
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drhost.state import StateFile
 from drhost.state._files import encode_state
+from drhost.state._store import StateStore, canonical
 
 #: A target's record as a demo run leaves it (shape and size; the values do not matter to the store).
 STEP = {"status": "done", "attempt": 1, "attempts": 1, "started": 1765090330.123456, "finished": 1765090330.98765,
@@ -96,30 +97,12 @@ class SqliteStore:
     name = "sqlite"
 
     def __init__(self, root: Path, targets: dict[str, dict[str, Any]]) -> None:
-        self.db = sqlite3.connect(root / "state.db", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE run (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT, checksum TEXT)")
-        self.db.execute("CREATE TABLE target (name TEXT PRIMARY KEY, body TEXT, checksum TEXT, previous TEXT)")
+        self.store = StateStore.create(root / "state.db", run_part(), targets)
         self.targets = targets
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute("INSERT INTO run VALUES (1, ?, ?)", self._encoded(run_part()))
-            for name, record in targets.items():
-                self.db.execute("INSERT INTO target VALUES (?, ?, ?, NULL)", (name, *self._encoded(record)))
-
-    @staticmethod
-    def _encoded(body: dict[str, Any]) -> tuple[str, str]:
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return canonical, hashlib.sha256(canonical.encode()).hexdigest()
 
     def write(self, target: str) -> int:
-        canonical, checksum = self._encoded(self.targets[target])
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("UPDATE target SET previous = body, body = ?, checksum = ? WHERE name = ?",
-                        (canonical, checksum, target))
-        self.db.execute("COMMIT")
-        return len(canonical)
+        self.store.write_target(target, self.targets[target])
+        return len(canonical(self.targets[target]))
 
 
 STORES: dict[str, Callable[[Path, dict[str, dict[str, Any]]], Any]] = {

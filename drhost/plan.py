@@ -203,4 +203,4 @@ def recorded_plan(state: RunState) -> Plan:
         return Plan.from_json(state.get("plan"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError.worded("{path}: plan: not a drhost plan ({exception}: {why})",
-                                path=state.run_dir / "state.json", exception=type(exc).__name__, why=exc) from None
+                                path=state.path, exception=type(exc).__name__, why=exc) from None

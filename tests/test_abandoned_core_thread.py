@@ -29,6 +29,7 @@ from drhost.plan import build_plan
 from drhost.plugins import discover
 from drhost_hookspecs import PackageInfo
 from plugin_factory import make_plugin
+from state_rows import read_state
 
 pytestmark = [pytest.mark.integration]
 
@@ -85,7 +86,7 @@ def test_the_summary_marks_the_target_and_a_later_status_says_the_thread_was_aba
     (still,) = summary["targets"]["t"]["still_changing"]
     assert STILL_RUNNING.match(still), still
     run_dir = Path(summary["run_dir"])
-    state = json.loads((run_dir / "state.json").read_text())["body"]
+    state = read_state(run_dir)
     assert state["still_changing_at_finish"]["targets"] == {"t": [still]}
     (entry,) = state["targets"]["t"]["abandoned_threads"]
     assert entry["plugin"] == "zz-core" and entry["step"] == "stuck" and entry["returned"] is None

@@ -61,10 +61,11 @@ def world(tmp_path: Path, state_dir: Path) -> World:
     inventory.write_text(f"[target:t1]\ntransport = local\nroot = {root}\n")
     config = load_config(overrides=["target.t1.transport=local", f"target.t1.root={root}"])
     package = PackageInfo("drproduct", "2.0.0", ("1.0.0",), str(tmp_path / "pkg.tar.gz"), "", "0" * 64, 0)
-    run = create_run(config=config.data, config_files=[], plan=Plan((), ()), package=package).run_id
+    state = create_run(config=config.data, config_files=[], plan=Plan((), ()), package=package)
+    state.close()  # as a controller does when its run ends: the state is all in state.db, no -wal left
     plain = tmp_path / "plain-file"
     plain.write_text("not a directory\n")
-    return World(tmp_path, state_dir, root, inventory, plain, run)
+    return World(tmp_path, state_dir, root, inventory, plain, state.run_id)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from drhost.demo import install
 from drhost.errors import ConfigError
 from drhost.packaging import build_package
 from sshd_hosts import sshd_available, start_hosts
+from state_rows import read_state
 
 Drhost = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -263,7 +264,7 @@ def test_a_missing_root_is_reported_and_not_created(world: World, drhost: Drhost
     assert "Traceback" not in proc.stderr
     assert f"install root {missing} does not exist on t1" in proc.stdout + proc.stderr
     assert not (world.tmp / "not-mounted").exists()
-    assert json.loads((world.runs()[0] / "state.json").read_text())["body"]["targets"]["t1"]["status"] == "aborted"
+    assert read_state(world.runs()[0])["targets"]["t1"]["status"] == "aborted"
 
 
 @pytest.mark.sshd

@@ -25,8 +25,10 @@ from cli_helpers import demo_roots, pids_under, tree_digest
 from drhost.cli import main
 from drhost.errors import StateError, quote
 from drhost.plan import recorded_plan
-from drhost.state import JournalSkips, RunState, StateFile, iter_journal
+from drhost.state import JournalSkips, RunState, iter_journal
 from drhost.state._files import encode_state
+from drhost.state._store import StateStore
+from state_rows import edit_state, read_state, set_generations
 
 pytestmark = [pytest.mark.podman, pytest.mark.integration]
 
@@ -87,21 +89,16 @@ def call(capsys: Capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def body_of(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "state.json").read_text())["body"]  # type: ignore[no-any-return]
+def database_files(run_dir: Path) -> list[Path]:
+    """The state database and its write-ahead log and shared-memory index (all three replaced together)."""
+    return [run_dir / name for name in ("state.db", "state.db-wal", "state.db-shm")]
 
 
-def write_both(run_dir: Path, data: bytes) -> None:
-    """Both state generations replaced by ``data``: no good generation to fall back to."""
-    for name in ("state.json", "state.json.1"):
-        (run_dir / name).write_bytes(data)
-
-
-def rewrite(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Both generations changed by ``change`` and written with a valid checksum (a deliberate edit)."""
-    body = body_of(run_dir)
-    change(body)
-    write_both(run_dir, encode_state(body))
+def replace_database(run_dir: Path, data: bytes) -> None:
+    """The state database replaced by ``data``, its WAL and index gone: nothing of the old one left."""
+    for path in database_files(run_dir):
+        path.unlink(missing_ok=True)
+    (run_dir / "state.db").write_bytes(data)
 
 
 def deep(depth: int) -> bytes:
@@ -124,89 +121,107 @@ def test_bad_run_id_is_refused_by_every_command(run: Interrupted, capsys: Capsys
     assert "\x1b" not in err and "\x00" not in err
 
 
-# -- state files -----------------------------------------------------------------------------------------------
+# -- the state database ----------------------------------------------------------------------------------------
 
-def test_invalid_utf8_newest_generation_falls_back_to_the_previous(run: Interrupted, capsys: Capsys) -> None:
-    """Invalid UTF-8 in state.json: status uses state.json.1 and says why the newest was skipped."""
-    (run.run_dir / "state.json").write_bytes(b'{"body": "\xff\xfe"}')
+def test_a_damaged_newest_generation_falls_back_to_the_previous(run: Interrupted, capsys: Capsys) -> None:
+    """The run's newest record fails its checksum: status reads the previous generation and says why."""
+    set_generations(run.run_dir, "run", "", b'{"status": "\xff\xfe"}', checksummed=False)
     code, out, _ = call(capsys, "status", run.run_id)
     assert code == 0
-    assert f"{run.run_dir / 'state.json'}: not valid JSON" in out
+    assert f"{run.run_dir / 'state.db'}: the run: checksum mismatch" in out
+    assert "the previous generation of the run was used" in out
 
 
-@pytest.mark.parametrize(("data", "problem"), [
-    (b"\xff\xfe\x00garbage", "not valid JSON"),
-    (deep(100_000), "JSON nested too deeply"),
-    (b'{"body": {"run_id": "x"}, "format": 1, "checksum": "00"}', "checksum mismatch"),
-    (b'{"body": {}, "chec', "not valid JSON"),
-    (b"[1, 2, 3]", "expected a drhost state document"),
-    (b'{"body": 1' + b"0" * 5000 + b', "format": 1}', "not valid JSON"),
-    (b"", "not valid JSON"),
-], ids=["invalid-utf8", "deeply-nested", "checksum", "truncated", "array", "huge-integer", "empty"])
-def test_no_usable_generation_is_refused_by_name(run: Interrupted, capsys: Capsys, data: bytes, problem: str) -> None:
-    """Both generations unusable: exit 7 naming state.json and what is wrong, for status and resume alike."""
-    write_both(run.run_dir, data)
+@pytest.mark.parametrize(("kind", "name", "text", "checksummed", "problem"), [
+    ("run", "", b"\xff\xfe\x00garbage", False, "the run: checksum mismatch"),
+    ("run", "", deep(100_000).decode(), True, "the run: JSON nested too deeply"),
+    ("run", "", '{"run_id": "x", "chec', True, "the run: not valid JSON"),
+    ("run", "", "[1, 2, 3]", True, "run: expected an object, found list"),
+    ("run", "", "1" + "0" * 5000, True, "the run: not valid JSON"),
+    ("target", "dr-demo-1", "", True, "target 'dr-demo-1': not valid JSON"),
+    ("target", "dr-demo-1", '{"status": 1}', False, "target 'dr-demo-1': checksum mismatch"),
+], ids=["garbage", "deeply-nested", "truncated", "array", "huge-integer", "empty-target", "edited-target"])
+def test_no_usable_generation_is_refused_by_name(run: Interrupted, capsys: Capsys, kind: str, name: str,
+                                                 text: str | bytes, checksummed: bool, problem: str) -> None:
+    """Both generations of a record unusable: exit 7 naming the database, the record and what is wrong, for
+    status and resume alike."""
+    set_generations(run.run_dir, kind, name, text, text, checksummed=checksummed)
     for command in ("status", "resume"):
         code, _, err = call(capsys, command, run.run_id)
         assert code == 7, err
-        assert f"{run.run_dir / 'state.json'}: {problem}" in err and "no usable state" in err
+        assert f"{run.run_dir / 'state.db'}: {problem}" in err and "will not guess" in err
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"\xff\xfe\x00garbage" * 200, "not a drhost state database (file is not a database)"),
+    (b"", "not a drhost state database (its tables are not drhost's)"),
+    (b"SQLite format 3\x00" + b"\x00" * 84, "not a drhost state database"),
+], ids=["garbage", "empty", "header-only"])
+def test_a_database_that_is_not_drhosts_is_refused_by_name(run: Interrupted, capsys: Capsys, data: bytes,
+                                                          problem: str) -> None:
+    """state.db replaced by bytes that are no drhost state database: exit 7 naming it, for status and resume."""
+    replace_database(run.run_dir, data)
+    for command in ("status", "resume"):
+        code, _, err = call(capsys, command, run.run_id)
+        assert code == 7, err
+        assert f"{run.run_dir / 'state.db'}: {problem}" in err
 
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "socket"])
-def test_state_file_that_is_not_a_regular_file_is_refused_without_hanging(
+def test_state_database_that_is_not_a_regular_file_is_refused_without_hanging(
         run: Interrupted, capsys: Capsys, kind: str) -> None:
-    """A state.json that is a directory, a FIFO or a socket: exit 7 naming it, and reading never blocks."""
+    """A state.db that is a directory, a FIFO or a socket: exit 7 naming it, and reading never blocks."""
     import socket
 
-    for name in ("state.json", "state.json.1"):
-        path = run.run_dir / name
-        path.unlink()
-        if kind == "directory":
-            path.mkdir()
-        elif kind == "fifo":
-            os.mkfifo(path)
-        else:
-            with socket.socket(socket.AF_UNIX) as server:
-                server.bind(str(path))
+    for path in database_files(run.run_dir):
+        path.unlink(missing_ok=True)
+    path = run.run_dir / "state.db"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
     started = time.monotonic()
     code, _, err = call(capsys, "resume", run.run_id)
     assert time.monotonic() - started < 30
     assert code == 7, err
-    assert f"{run.run_dir / 'state.json'}: expected a regular file, found a" in err
-    for name in ("state.json", "state.json.1"):
-        path = run.run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert f"{path}: expected a regular file, found a" in err
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 @pytest.mark.parametrize(("change", "key"), [
-    (lambda b: b.pop("targets"), "targets"),
     (lambda b: b.pop("run_id"), "run_id"),
+    (lambda b: b.update(status=None), "status"),
     (lambda b: b.update(plan=[]), "plan"),
     (lambda b: b["package"].pop("version"), "package.version"),
     (lambda b: b["config"].pop("run"), "config.run"),
     (lambda b: b["targets"].update({"dr-demo-1": "running"}), "targets.dr-demo-1"),
     (lambda b: b["targets"]["dr-demo-1"].pop("status"), "targets.dr-demo-1.status"),
+    (lambda b: b["targets"]["dr-demo-1"].update(steps=[]), "targets.dr-demo-1.steps"),
     (lambda b: b["rollout"].update(batches={"0": 1}), "rollout.batches"),
-], ids=["targets", "run_id", "plan", "package-version", "config-run", "target-record", "target-status", "batches"])
+], ids=["run_id", "status", "plan", "package-version", "config-run", "target-record", "target-status",
+        "target-steps", "batches"])
 def test_valid_but_incomplete_state_is_refused_naming_the_key(
         run: Interrupted, capsys: Capsys, change: Callable[[dict[str, Any]], None], key: str) -> None:
-    """A checksummed state lacking what drhost indexes: exit 7 naming the file and the key, no KeyError."""
-    rewrite(run.run_dir, change)
+    """A checksummed state lacking what drhost indexes: exit 7 naming the database and the key, no KeyError."""
+    edit_state(run.run_dir, change)
     for command in ("status", "resume", "rollback"):
         code, _, err = call(capsys, command, run.run_id)
         assert code == 7, err
-        assert f"{run.run_dir / 'state.json'}: {key}: expected" in err
+        assert f"{run.run_dir / 'state.db'}: {key}: expected" in err
 
 
 def test_incomplete_newest_generation_falls_back_to_a_complete_previous(run: Interrupted, capsys: Capsys) -> None:
-    """Only the newest generation incomplete: status reads the previous one and says why."""
-    body = body_of(run.run_dir)
-    (run.run_dir / "state.json.1").write_bytes(encode_state(body))
-    del body["targets"]
-    (run.run_dir / "state.json").write_bytes(encode_state(body))
+    """Only the newest generation of the target's record incomplete: status reads the previous one, says why."""
+    record = read_state(run.run_dir)["targets"]["dr-demo-1"]
+    del record["status"]
+    set_generations(run.run_dir, "target", "dr-demo-1", record)
     code, out, _ = call(capsys, "status", run.run_id)
     assert code == 0
-    assert "dr-demo-1" in out and f"{run.run_dir / 'state.json'}: targets: expected an object" in out
+    assert "dr-demo-1" in out and f"{run.run_dir / 'state.db'}: targets.dr-demo-1.status: expected a status" in out
+    assert "the previous generation of target 'dr-demo-1' was used" in out
 
 
 def test_state_of_another_run_than_its_directory_is_refused(run: Interrupted, capsys: Capsys) -> None:
@@ -259,10 +274,10 @@ def test_runs_directory_that_is_a_file_is_a_usage_error(
 
 def test_plan_that_cannot_be_read_is_refused(run: Interrupted, capsys: Capsys) -> None:
     """A checksummed plan whose steps are not steps: exit 7 naming the plan, not a KeyError."""
-    rewrite(run.run_dir, lambda b: b["plan"].update(steps=[{"stage": "nowhere"}]))
+    edit_state(run.run_dir, lambda b: b["plan"].update(steps=[{"stage": "nowhere"}]))
     code, _, err = call(capsys, "status", run.run_id)
     assert code == 7, err
-    assert f"{run.run_dir / 'state.json'}: plan: not a drhost plan" in err
+    assert f"{run.run_dir / 'state.db'}: plan: not a drhost plan" in err
 
 
 # -- journals ----------------------------------------------------------------------------------------------------
@@ -310,8 +325,8 @@ def test_report_says_its_events_are_incomplete_when_journal_lines_were_skipped(
 def own_package(run: Interrupted, tmp_path: Path) -> Path:
     """A copy of the run's package that the test may change, recorded in the run's state."""
     package = tmp_path / "drproduct-2.0.0.tar.gz"
-    shutil.copyfile(body_of(run.run_dir)["package"]["local_path"], package)
-    rewrite(run.run_dir, lambda b: b["package"].update(local_path=str(package)))
+    shutil.copyfile(read_state(run.run_dir)["package"]["local_path"], package)
+    edit_state(run.run_dir, lambda b: b["package"].update(local_path=str(package)))
     return package
 
 
@@ -335,7 +350,7 @@ def test_resume_refuses_a_package_of_another_size(run: Interrupted, capsys: Caps
 
 def test_resume_refuses_a_package_with_other_bytes(run: Interrupted, capsys: Capsys, own_package: Path) -> None:
     """Same size, other bytes: resume exits 7 naming the digest it found and the one verified."""
-    recorded = body_of(run.run_dir)["package"]["sha256"]
+    recorded = read_state(run.run_dir)["package"]["sha256"]
     data = bytearray(own_package.read_bytes())
     data[-1] ^= 0xFF
     own_package.write_bytes(bytes(data))
@@ -350,13 +365,13 @@ def test_resume_refuses_a_package_with_other_bytes(run: Interrupted, capsys: Cap
 ], ids=["wrong-type", "unknown-key"])
 def test_resume_refuses_a_stored_config_that_no_longer_validates(
         run: Interrupted, capsys: Capsys, change: Callable[[dict[str, Any]], None], named: str) -> None:
-    """The run's stored config fails today's schema: resume and rollback exit 7 naming state.json and the key."""
-    rewrite(run.run_dir, change)
+    """The run's stored config fails today's schema: resume and rollback exit 7 naming state.db and the key."""
+    edit_state(run.run_dir, change)
     for command in ("resume", "rollback"):
         code, _, err = call(capsys, command, run.run_id)
         assert code == 7, err
         assert "stored config no longer validates" in err
-        assert f"{run.run_dir / 'state.json'}: " in err and named in err
+        assert f"{run.run_dir / 'state.db'}: " in err and named in err
 
 
 def test_resume_refuses_while_the_runs_controller_is_alive(run: Interrupted, capsys: Capsys) -> None:
@@ -365,7 +380,7 @@ def test_resume_refuses_while_the_runs_controller_is_alive(run: Interrupted, cap
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         started = psutil.Process(sleeper.pid).create_time()
-        rewrite(run.run_dir, lambda b: b.update(controller={"host": os.uname().nodename, "pid": sleeper.pid,
+        edit_state(run.run_dir, lambda b: b.update(controller={"host": os.uname().nodename, "pid": sleeper.pid,
                                                             "started": started}))
         code, _, err = call(capsys, "resume", run.run_id)
         assert code == 7, err
@@ -378,7 +393,7 @@ def test_resume_refuses_while_the_runs_controller_is_alive(run: Interrupted, cap
 
 def test_a_real_subprocess_prints_one_line_and_no_traceback(run: Interrupted, tmp_path: Path) -> None:
     """Through the real command, a corrupt state is one error line on stderr, exit 7."""
-    write_both(run.run_dir, deep(200_000))
+    set_generations(run.run_dir, "run", "", deep(200_000).decode(), deep(200_000).decode())
     proc = subprocess.run([sys.executable, "-m", "drhost", "resume", run.run_id], capture_output=True, text=True,
                           timeout=120, env={**os.environ}, stdin=subprocess.DEVNULL)
     assert proc.returncode == 7
@@ -396,41 +411,68 @@ KEYS = st.sampled_from(["run_id", "status", "config", "package", "plan", "target
 BODIES = st.dictionaries(KEYS, JSON, max_size=8)
 
 
-def read_state_dir(newest: bytes, previous: bytes | None) -> None:
+def open_every_way(run_dir: Path) -> None:
+    """RunState.open, complete or not, and the plan read from it: a StateError or a state, nothing else."""
+    for complete in (False, True):
+        try:
+            state = RunState.open(run_dir, complete=complete)
+        except StateError as exc:
+            assert str(exc)
+            continue
+        with contextlib.suppress(StateError):
+            recorded_plan(state)
+        state.close()
+
+
+@contextlib.contextmanager
+def run_directory() -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "20261205-000000-abcdef"
         run_dir.mkdir()
+        yield run_dir
+
+
+def read_format1_dir(newest: bytes, previous: bytes | None) -> None:
+    with run_directory() as run_dir:
         (run_dir / "state.json").write_bytes(newest)
         if previous is not None:
             (run_dir / "state.json.1").write_bytes(previous)
-        for complete in (False, True):
-            try:
-                state = RunState.open(run_dir, complete=complete)
-            except StateError as exc:
-                assert str(exc)
-                continue
-            with contextlib.suppress(StateError):
-                recorded_plan(state)
+        open_every_way(run_dir)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400), st.none() | st.binary(max_size=200))
 def test_random_bytes_never_escape_as_anything_but_state_error(newest: bytes, previous: bytes | None) -> None:
-    """Random bytes as both state generations: RunState.open raises StateError or succeeds, nothing else."""
-    read_state_dir(newest, previous)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "state.json").write_bytes(newest)
-        with contextlib.suppress(StateError):
-            StateFile(Path(tmp) / "state.json").read()
+    """Random bytes as the state database, or as both generations of a format-1 state.json: RunState.open
+    raises StateError or succeeds, nothing else."""
+    read_format1_dir(newest, previous)
+    with run_directory() as run_dir:
+        (run_dir / "state.db").write_bytes(newest)
+        open_every_way(run_dir)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(BODIES, st.sampled_from(["20261205-000000-abcdef", "other"]))
 def test_random_checksummed_structures_never_escape_as_anything_but_state_error(
         body: dict[str, Any], run_id: str) -> None:
-    """Random structures in a valid, checksummed envelope: RunState.open and plan() raise only StateError."""
+    """Random structures in a valid, checksummed format-1 envelope: RunState.open and plan() raise only
+    StateError."""
     body.setdefault("run_id", run_id)
-    read_state_dir(encode_state(body), None)
+    read_format1_dir(encode_state(body), None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BODIES, st.dictionaries(st.text(max_size=10), JSON, max_size=4),
+       st.sampled_from(["20261205-000000-abcdef", "other"]))
+def test_random_checksummed_records_never_escape_as_anything_but_state_error(
+        run: dict[str, Any], targets: dict[str, Any], run_id: str) -> None:
+    """Random run and target records, checksummed, in a drhost state database: RunState.open and plan()
+    raise only StateError."""
+    run.setdefault("run_id", run_id)
+    run.pop("targets", None)
+    with run_directory() as run_dir:
+        StateStore.create(run_dir / "state.db", run, targets).close()
+        open_every_way(run_dir)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import TargetProbe, run_json
+from state_rows import read_state
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
@@ -34,11 +35,6 @@ PLUGINS = {
     "third_party": ("dr-monitoring", "update_monitoring_config"),
 }
 ENDED = {"fail": "failed", "hang": "timeout", "crash": "crashed", "oom": "memory"}
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((run_dir / "state.json").read_text())["body"]
-    return body
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

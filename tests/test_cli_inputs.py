@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from state_rows import read_state
+
 
 def runs(state_dir: Path) -> list[Path]:
     path = state_dir / "runs"
@@ -85,7 +87,7 @@ def test_an_upgrade_whose_console_reader_quits_goes_on_to_the_end(state_dir: Pat
                           capture_output=True, text=True, timeout=300)
     assert len(proc.stdout.splitlines()) == 3 and "Traceback" not in proc.stdout + proc.stderr
     (run_dir,) = (state_dir / "runs").iterdir()
-    body = json.loads((run_dir / "state.json").read_text())["body"]
+    body = read_state(run_dir)
     assert body["status"] == "succeeded", body["targets"]["dr-demo-1"].get("errors")
     assert "console output stopped" in (run_dir / "debug.log").read_text()
 

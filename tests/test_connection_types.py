@@ -23,6 +23,7 @@ from demo_proxy import network_events_of
 from drhost.config import defaults
 from drhost.transport import ManualReconnect, TargetSession, transport
 from sshd_hosts import SshHost, sshd_available
+from state_rows import read_state
 
 available, why = sshd_available()
 pytestmark = [pytest.mark.integration, pytest.mark.sshd, pytest.mark.skipif(not available, reason=why)]
@@ -183,7 +184,7 @@ def test_status_check_drop_is_shown_and_the_operator_reconnects_it_while_the_run
     assert said[0] == "network.manual_reconnect"
     assert all(not (a == b == "network.manual_reconnect") for a, b in itertools.pairwise(said)), said
     assert json.loads(out)["status"] == "succeeded"
-    assert "status_check" not in json.loads((run_dir / "state.json").read_text())["body"]["targets"]["dr-demo-1"]
+    assert "status_check" not in read_state(run_dir)["targets"]["dr-demo-1"]
 
 
 @pytest.mark.slow

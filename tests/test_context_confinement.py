@@ -22,6 +22,7 @@ from drhost_hookspecs import PackageInfo, PluginClass, PluginDefinitionError, Pl
 from plugin_factory import make_plugin, make_source_tree, simple_plugin
 from plugin_test_helpers import failures, plugin_test, results
 from sshd_hosts import SshHost
+from state_rows import read_state
 
 Refusals = list[tuple[str, dict[str, str]]]
 
@@ -347,11 +348,6 @@ def test_ssh_target_resolves_symlinks_on_the_target(host: SshHost, world: tuple[
 
 
 # ------------------------------------------------------------------------------------------- real runs
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((run_dir / "state.json").read_text())["body"]
-    return body
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from cli_helpers import CLI_TIMEOUT_S, pids_under, run_json
 from drhost.cli._doctor import doctor_report
 from drhost.config import load_config
 from plugin_factory import make_plugin, simple_plugin
+from state_rows import read_state
 
 LIMIT_MB = 200
 GROW_MB = 400
@@ -80,7 +81,7 @@ def test_growth_past_memory_mb_is_warned_and_recorded_in_the_step(
         f"over [class:core] memory_mb = {LIMIT_MB} (not enforced: core plugins run inside the host; move the plugin "
         f"to a class with process isolation, such as business, to enforce a limit)")
     assert f"warning: {warning['message']}" in proc.stderr
-    body = json.loads((run_dir / "state.json").read_text())["body"]
+    body = read_state(run_dir)
     steps = body["targets"]["dr-demo-1"]["steps"]
     (finding,) = steps["upgrade/zz-hog/work"]["findings"]
     assert finding["kind"] == "host_memory" and finding["message"] == warning["message"]
@@ -93,7 +94,7 @@ def test_core_steps_that_stay_under_memory_mb_leave_no_finding(
         hog_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """dr-core's own steps (the same class, well under the figure) are sampled too and leave nothing."""
     _, run_dir = hog_run
-    body = json.loads((run_dir / "state.json").read_text())["body"]
+    body = read_state(run_dir)
     target = body["targets"]["dr-demo-1"]
     core_steps = [key for key in target["steps"] if "/dr-core/" in key]
     assert core_steps

@@ -29,6 +29,7 @@ import pytest
 from cli_helpers import demo_roots, pids_under, run_json, whole_version
 from drhost.demo.bastion import bastion_available
 from sshd_hosts import LoginUser
+from state_rows import read_state
 from xdist_scopes import computed_once
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
@@ -56,19 +57,19 @@ ALL_STEPS = (
 #: must be whole at 2.0.0.
 UPGRADE_POINTS = [
     "run.created",
-    "state.tmp_written@3",
+    "state.before_commit@2",
     *(f"step.started:precheck/{key}" for key in (
         "dr-core/check_installed_version", "dr-core/check_disk_space", "dr-core/check_service_healthy",
         "dr-database/check_database", "dr-monitoring/check_monitoring_agent")),
-    # In the middle of checkpoint writes: after the temp file, and between the two generations.
-    "state.rotated@23",
+    # Around a checkpoint's commit: just before it (the previous record must be read back), just after it.
+    "state.committed@22",
     "stage.verified:precheck",
     *(f"step.started:backup/{key}" for key in (
         "dr-core/backup_program_files", "dr-database/backup_database", "dr-catalog/export_job_catalog")),
     "stage.verified:backup",
     "step.started:transfer/dr-core/upload_package", "step.returned:transfer/dr-core/upload_package",
     "step.started:transfer/dr-core/unpack_package", "step.returned:transfer/dr-core/unpack_package",
-    "state.tmp_written@44",
+    "state.before_commit@43",
     "stage.verified:transfer",
     "step.started:upgrade/dr-core/stop_services", "step.started:upgrade/dr-database/test_db_connection",
     # Around and in the middle of the non-retryable steps: a mid kill lands while the step's code runs.
@@ -80,11 +81,11 @@ UPGRADE_POINTS = [
     "step.returned:upgrade/dr-core/register_services",
     "step.started:upgrade/dr-core/init_core_config", "step.returned:upgrade/dr-core/init_core_config",
     "step.started:upgrade/dr-core/update_licence", "step.returned:upgrade/dr-core/update_licence",
-    "step.started:upgrade/dr-core/update_config_files", "state.rotated@62",
+    "step.started:upgrade/dr-core/update_config_files", "state.committed@61",
     "step.started:upgrade/dr-core/init_log_files",
     "step.started:upgrade/dr-catalog/migrate_job_templates", "step.returned:upgrade/dr-catalog/migrate_job_templates",
     "step.started:upgrade/dr-core/set_permissions", "step.started:upgrade/dr-monitoring/update_monitoring_config",
-    "state.tmp_written@73",
+    "state.before_commit@72",
     "step.started:upgrade/dr-core/start_services", "step.returned:upgrade/dr-core/start_services",
     "stage.verified:upgrade",
     *(f"step.started:postcheck/{key}" for key in (
@@ -268,7 +269,7 @@ def test_matrix_has_at_least_fifty_distinct_points() -> None:
 
 def test_chained_kills_cover_every_point_once_and_later_ones_later() -> None:
     """Chaining keeps every point, each once, the later kill after the first in the list, never a counted one."""
-    points = [f"p{i}" for i in range(7)] + ["state.rotated@5"]
+    points = [f"p{i}" for i in range(7)] + ["state.committed@5"]
     chains = chained(points)
     assert sorted(point for chain in chains for point in chain) == sorted(points)
     assert all(points.index(chain[0]) < points.index(chain[-1]) for chain in chains if len(chain) == 2)
@@ -301,5 +302,5 @@ def test_controller_killed_on_a_become_and_bastion_fleet_resumes_to_a_whole_targ
                                       (*extra, "--ssh", "--bastion", "--login-user", login_user.name))
     assert ended == status
     check_whole(state_dir, run_dir, fresh_seed_jobs, version)
-    (target,) = json.loads((run_dir / "state.json").read_text())["body"]["config"]["targets"].values()
+    (target,) = read_state(run_dir)["config"]["targets"].values()
     assert (target["user"], target["become"]) == (login_user.name, "sudo") and target["proxy_jump"]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import CLI_TIMEOUT_S, TargetProbe, demo_roots, pids_under, run_json
+from state_rows import read_state
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
@@ -28,11 +29,6 @@ def _cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DRHOST_STATE_DIR": str(state_dir), "DRHOST_INSTANT_RETRIES": "1"}
     return subprocess.run([sys.executable, "-m", "drhost", *args], capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((run_dir / "state.json").read_text())["body"]
-    return body
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
@@ -137,21 +133,21 @@ def test_events_have_required_fields(kept_run: tuple[Path, dict[str, Any]]) -> N
 
 
 def test_run_files_are_private(kept_run: tuple[Path, dict[str, Any]]) -> None:
-    """The run directory and every directory in it are 0700, every file in them (state.json, events.jsonl,
+    """The run directory and every directory in it are 0700, every file in them (state.db, events.jsonl,
     the command logs, ...) 0600."""
     _, summary = kept_run
     run_dir = Path(summary["run_dir"])
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(run_dir.parent.stat().st_mode) == 0o700
     entries = list(run_dir.rglob("*"))
-    assert {"state.json", "events.jsonl"} <= {f.name for f in entries}
+    assert {"state.db", "events.jsonl"} <= {f.name for f in entries}
     for path in entries:
         expected = 0o700 if path.is_dir() else 0o600
         assert stat.S_IMODE(path.stat().st_mode) == expected, f"{path.name}: {oct(path.stat().st_mode)}"
 
 
 def test_state_records_every_step_done(kept_run: tuple[Path, dict[str, Any]]) -> None:
-    """state.json has the run succeeded and each target with every planned step done, versions before/after."""
+    """The run state has the run succeeded and each target with every planned step done, versions before/after."""
     _, summary = kept_run
     state = read_state(Path(summary["run_dir"]))
     assert state["status"] == "succeeded"

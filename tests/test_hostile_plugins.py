@@ -25,6 +25,7 @@ from cli_helpers import TargetProbe
 from drhost.supervisor._cgroups import probe_cgroups
 from fault_plugins import NAMED_BY, fault_plugin
 from plugin_factory import make_plugin
+from state_rows import read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroups, pytest.mark.podman, pytest.mark.slow]
 
@@ -104,7 +105,7 @@ def hostile_run(drhost: Drhost, tmp_path: Path, plugins: dict[str, tuple[str, st
     proc = drhost("upgrade", "--demo", "--demo-targets", "1", "--json", "--set", "run.kill_grace_s=0.5",
                   "--set", "timeouts.upgrade.hostile=4", *ports, *extra, env=env, timeout=600)
     summary = json.loads(proc.stdout)  # exactly one JSON document, whatever the plugins printed
-    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    state = read_state(Path(summary["run_dir"]))
     target = state["targets"]["dr-demo-1"]
     after = listing()
     new_files = {str(d): sorted(after[d] - before.get(d, set())) for d in after if after[d] - before.get(d, set())}

@@ -25,6 +25,7 @@ from drhost.supervisor._container import ContainerSandbox
 from drhost_hookspecs import Stage, StepFailed
 from drhost_hookspecs._runtime._protocol import JSON_VALUES, json_problem
 from plugin_factory import make_plugin, simple_plugin
+from state_rows import read_state
 from worker_helpers import make_context, process_runner
 
 SOCKET_STEP = """
@@ -165,7 +166,7 @@ def test_json_values_pass_and_cycles_do_not() -> None:
 @pytest.mark.podman
 def test_core_plugin_with_a_socket_in_its_state_fails_its_step_and_the_run_ends(
         tmp_path: Path, state_dir: Path) -> None:
-    """A real run: the core step fails once (not retried), the run rolls back and ends; state.json stays JSON."""
+    """A real run: the core step fails once (not retried), the run rolls back and ends; its state stays JSON."""
     site = tmp_path / "site"
     make_plugin(site, "zz-sock-core", simple_plugin("zz-sock-core", "core", SOCKET_STEP))
     env = {**os.environ, "DRHOST_STATE_DIR": str(state_dir), "DRHOST_INSTANT_RETRIES": "1",
@@ -175,7 +176,7 @@ def test_core_plugin_with_a_socket_in_its_state_fails_its_step_and_the_run_ends(
     summary = run_json(proc)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert summary["status"] == "rolled_back"
-    body = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    body = read_state(Path(summary["run_dir"]))
     target = body["targets"]["dr-demo-1"]
     step = target["steps"]["upgrade/zz-sock-core/work"]
     assert step["status"] == "failed" and step["attempts"] == 1  # core retries 3 times, but not this

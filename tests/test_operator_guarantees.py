@@ -14,17 +14,13 @@ import pytest
 
 from cli_helpers import TargetProbe, run_json
 from product_helpers import repack
+from state_rows import read_state
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 TARGETS = ["dr-demo-1", "dr-demo-2", "dr-demo-3"]
 QUIET = ("--set", "run.forks=3")
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((run_dir / "state.json").read_text())["body"]
-    return body
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

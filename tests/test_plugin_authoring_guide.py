@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from drhost.state import StateFile
 from drhost.testing import CHECKS, pytest_plugin
 from drhost_hookspecs import Context, _spec
+from state_rows import read_state
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugin-authoring.md"
 
@@ -116,7 +116,7 @@ def test_quick_start_takes_a_new_plugin_into_a_demo_upgrade(tmp_path: Path) -> N
     assert list(site.glob("drhost_plugin_acme_audit-0.1.0.dist-info"))
     assert not list(Path(sysconfig.get_paths()["purelib"]).glob("drhost_plugin_acme_audit-*"))
     runs = sorted((tmp_path / "state" / "runs").iterdir())
-    body, _ = StateFile(runs[-1] / "state.json").read()
+    body = read_state(runs[-1])
     assert body["status"] == "succeeded"
     for target in body["targets"].values():
         step = target["steps"]["upgrade/acme-audit/record_upgrade"]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import TargetProbe, run_json
+from state_rows import read_state
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow, pytest.mark.integration]
 
@@ -28,11 +29,6 @@ DB_STEP = "upgrade/dr-database/upgrade_db_schema"
 SLOW_ONCE = ("--set", "run.forks=3", "--set", "run.kill_grace_s=0.5",
              "--set", "plugin.dr-database.fault=upgrade_db_schema:slow:1",
              "--set", "plugin.dr-database.fault_delay_s=60")
-
-
-def read_state(run_dir: Path) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((run_dir / "state.json").read_text())["body"]
-    return body
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -16,6 +15,7 @@ from cli_helpers import TargetProbe, run_json, whole_version
 from drhost.demo.bastion import bastion_available
 from drhost.demo.sshd import login_keys_under, remove_login_user
 from sshd_hosts import LoginUser, sshd_available
+from state_rows import read_state
 
 pytestmark = [
     pytest.mark.sshd,
@@ -44,7 +44,7 @@ def test_demo_upgrades_three_hosts_over_ssh(drhost: Callable[..., subprocess.Com
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {t["status"] for t in summary["targets"].values()} == {"succeeded"}
     assert {t["version"] for t in summary["targets"].values()} == {"2.0.0"}
-    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    state = read_state(Path(summary["run_dir"]))
     assert {t["transport"] for t in state["config"]["targets"].values()} == {"ssh"}
     for target in state["config"]["targets"].values():
         health = TargetProbe(Path(target["root"])).health()
@@ -75,7 +75,7 @@ def test_demo_over_ssh_logs_in_as_a_user_and_becomes_root_with_sudo(
     summary = run_json(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
-    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    state = read_state(Path(summary["run_dir"]))
     targets = state["config"]["targets"].values()
     assert {(t["user"], t["become"], t["become_user"]) for t in targets} == {(user, "sudo", "root")}
     for target in targets:
@@ -100,7 +100,7 @@ def test_demo_behind_a_bastion_upgrades_targets_only_the_jump_host_reaches(
     summary = run_json(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {(t["status"], t["version"]) for t in summary["targets"].values()} == {("succeeded", "2.0.0")}
-    state = json.loads((Path(summary["run_dir"]) / "state.json").read_text())["body"]
+    state = read_state(Path(summary["run_dir"]))
     targets = list(state["config"]["targets"].values())
     assert len(login_keys_under(state_dir)) == 3  # kept: the bastion's and both targets' (the teardown's to remove)
     (jump,) = {t["proxy_jump"] for t in targets}

@@ -93,33 +93,20 @@ def test_run_lock_is_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     second.release()
 
 
-def test_only_checkpoint_writes_count_as_the_checkpoint_failpoint(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """``state.tmp_written@N`` counts checkpoint writes only: a cache or report written on the way cannot shift it."""
+def test_only_state_commits_count_as_the_checkpoint_failpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``state.before_commit@N`` counts the run state's commits only: a cache, a report or a context file written
+    on the way cannot shift it, and a change that writes nothing new is not a commit."""
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
     log = tmp_path / "failpoints.log"
     monkeypatch.setattr(failpoints, "_LOG", str(log))
+    state = RunState.create("run-f", {"status": "created", "targets": {"t": {"status": "pending"}}})
     atomic_write(tmp_path / "runtime.json", b"{}")
     write_private_json(tmp_path, "timeout", {"a": 1})
-    StateFile(tmp_path / "state.json").write({"a": 1})
-    StateFile(tmp_path / "state.json").write({"a": 2})
-    assert log.read_text().splitlines() == ["state.tmp_written", "state.rotated", "state.tmp_written"]
-
-
-def test_an_unchanged_body_is_not_written_again_and_the_previous_generation_survives(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write of the body last written is skipped: no rotation, no checkpoint write, and the previous
-    generation still holds the body before it (a no-op must not turn it into a copy of the newest)."""
-    log = tmp_path / "failpoints.log"
-    monkeypatch.setattr(failpoints, "_LOG", str(log))
-    file = StateFile(tmp_path / "state.json")
-    file.write({"a": 1})
-    file.write({"a": 2})
-    file.write({"a": 2})
-    assert log.read_text().splitlines() == ["state.tmp_written", "state.rotated", "state.tmp_written"]
-    previous = json.loads((tmp_path / "state.json.1").read_text())
-    assert previous["body"] == {"a": 1}
-    file.write({"a": 3})
-    assert json.loads((tmp_path / "state.json").read_text())["body"] == {"a": 3}
+    with state.mutate_target("t") as record:
+        record["status"] = "running"
+    with state.mutate() as body:
+        body["status"] = "created"  # as it was: nothing to commit
+    assert log.read_text().splitlines() == ["state.before_commit", "state.committed"]
 
 
 def test_run_killed_before_its_first_checkpoint_is_named_as_such(tmp_path: Path,
@@ -128,7 +115,7 @@ def test_run_killed_before_its_first_checkpoint_is_named_as_such(tmp_path: Path,
     monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
     run_dir = tmp_path / "runs" / "20261206-195048-3b34c7"
     run_dir.mkdir(parents=True, mode=0o700)
-    (run_dir / ".state.json.1.2.tmp").write_text("{")
+    (run_dir / "state.db.new").write_text("{")  # a database being built when the controller was killed
     with pytest.raises(StateError) as info:
         find_run(run_dir.name)
     assert "has no checkpoint" in str(info.value) and "nothing to resume" in str(info.value)
@@ -137,11 +124,15 @@ def test_run_killed_before_its_first_checkpoint_is_named_as_such(tmp_path: Path,
 
 
 def test_run_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run directory is mode 0700 and its state 0600."""
+    """A run directory is mode 0700 and its state database, with its write-ahead log, 0600."""
     monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
-    state = RunState.create("run-y", {"targets": {}})
+    state = RunState.create("run-y", {"status": "created", "targets": {"t": {"status": "pending"}}})
+    with state.mutate_target("t") as record:
+        record["status"] = "running"
     assert stat.S_IMODE(os.stat(state.run_dir).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(state.run_dir / "state.json").st_mode) == 0o600
+    files = sorted(p.name for p in state.run_dir.iterdir())
+    assert files == ["state.db", "state.db-shm", "state.db-wal"]
+    assert {stat.S_IMODE(os.stat(state.run_dir / name).st_mode) for name in files} == {0o600}
 
 def test_write_private_json_writes_private_json(tmp_path: Path) -> None:
     """write_private_json creates the directory 0700 and a 0600 file holding the data as sorted, indented JSON."""
@@ -214,3 +205,19 @@ def test_a_target_record_changes_only_through_mutate_target() -> None:
                             and inner.slice.value == "targets":
                         offenders.append(f"{path.relative_to(source.parent)}:{inner.lineno}")
     assert offenders == []
+
+
+def test_reading_a_run_leaves_its_directory_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader (status, report) holds no connection once it has read: the run directory is byte for byte what
+    it was, with no -wal or -shm of the reader's left behind; a controller's close folds its WAL in."""
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
+    state = RunState.create("run-r", {"status": "created", "targets": {"t": {"status": "pending"}}})
+    with state.mutate_target("t") as record:
+        record["status"] = "running"
+    state.close()
+    before = {p.name: p.read_bytes() for p in state.run_dir.iterdir()}
+    assert sorted(before) == ["state.db"]
+    reader = RunState.open(state.run_dir)
+    with reader.reading_target("t") as record:
+        assert record["status"] == "running"
+    assert {p.name: p.read_bytes() for p in state.run_dir.iterdir()} == before

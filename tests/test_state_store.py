@@ -68,9 +68,10 @@ def test_an_edited_row_falls_back_to_its_previous_generation_and_says_so(tmp_pat
     db.execute("UPDATE record SET body = '{\"status\": \"succeeded\"}' WHERE name = 'dr-1'")
     _, targets, problem = StateStore.open(tmp_path / "state.db").read()
     assert targets["dr-1"] == TARGETS["dr-1"]
-    assert problem is not None and "target 'dr-1'" in problem and "previous one was used" in problem
+    assert problem is not None and "target 'dr-1': checksum mismatch" in problem
+    assert "the previous generation of target 'dr-1' was used" in problem
     db.execute("UPDATE record SET previous = '{}' WHERE name = 'dr-1'")
-    with pytest.raises(StateError, match=r"target 'dr-1': no generation verifies"):
+    with pytest.raises(StateError, match=r"no usable generation of target 'dr-1': .*checksum mismatch"):
         StateStore.open(tmp_path / "state.db").read()
 
 

@@ -196,11 +196,12 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
               file=sys.stderr)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     reporter = _reporter(args, len(prepared.plan.steps))
-    summary = drive(state, mode="upgrade",
-                    decide=make_decide(prepared.config.data["run"]["on_failure"], interactive, reporter),
-                    subscribers=[reporter],
-                    after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None,
-                    break_lock=bool(args.break_lock), approve=make_approve(interactive, reporter))
+    with contextlib.closing(state):
+        summary = drive(state, mode="upgrade",
+                        decide=make_decide(prepared.config.data["run"]["on_failure"], interactive, reporter),
+                        subscribers=[reporter],
+                        after=_demo_after(bool(args.keep)) if prepared.demo_roots is not None else None,
+                        break_lock=bool(args.break_lock), approve=make_approve(interactive, reporter))
     return _finish(args, summary)
 
 
@@ -218,9 +219,10 @@ def _continue(args: argparse.Namespace, mode: Literal["resume", "rollback"]) -> 
     waiting = rollout.get("waiting")
     if waiting is None and rollout.get("stopped"):
         waiting = int(rollout["stopped"]["batch"]) + 1
-    summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive, reporter), subscribers=[reporter],
-                    after=_demo_after(bool(demo.get("keep"))) if demo else None, break_lock=bool(args.break_lock),
-                    approve=make_approve(interactive, reporter, granted=waiting))
+    with contextlib.closing(state):
+        summary = drive(state, mode=mode, decide=make_decide(on_failure, interactive, reporter),
+                        subscribers=[reporter], after=_demo_after(bool(demo.get("keep"))) if demo else None,
+                        break_lock=bool(args.break_lock), approve=make_approve(interactive, reporter, granted=waiting))
     return _finish(args, summary)
 
 

@@ -96,7 +96,7 @@ def check_controller(state: RunState) -> None:
     if _alive(pid, record.get("started")):
         raise ResumeRefused.worded("run {run} is being driven by drhost pid {pid} on this host (state {path}): wait "
                                    "for it to end, or stop it, then run again", run=state.run_id, pid=pid,
-                                   path=state.run_dir / "state.json")
+                                   path=state.path)
 
 
 def _sha256(fd: int) -> str:
@@ -113,7 +113,7 @@ def check_package(state: RunState) -> None:
     head = {"run": state.run_id, "package": path}
     if not isinstance(path, str) or not isinstance(sha256, str) or not isinstance(size, int):
         raise ResumeRefused.worded("run {run}: the state records no verified package (local_path, size, sha256) "
-                                   "in {path}", run=state.run_id, path=state.run_dir / "state.json")
+                                   "in {path}", run=state.run_id, path=state.path)
     try:
         # O_NONBLOCK: a FIFO in the package's place must not hang the resume.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -146,7 +146,7 @@ def check_config(state: RunState) -> None:
     from ..config import ConfigProblems, LoadedConfig, defaults, schema, validate
 
     stored = state.get("config")
-    where = str(state.run_dir / "state.json")
+    where = str(state.path)
     data = copy.deepcopy(stored)
     # Runs older than batches have no [rollout]: drive() adds the defaults, so they are not a change.
     data.setdefault("rollout", defaults()["rollout"])

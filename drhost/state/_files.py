@@ -15,7 +15,6 @@ from typing import Any
 
 from ..errors import StateError, joined, message_phrase, phrase
 from ..events import Event, current_event_name
-from ..failpoints import failpoint
 
 STATE_FORMAT = 1
 
@@ -28,12 +27,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, crash_point: str | None = None) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
-
-    ``crash_point`` names the failpoint between the temporary file and the rename. Only the run's checkpoint
-    passes one: a count of "the N-th checkpoint write" must not shift when a cache or a report is written too.
-    """
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -41,8 +36,6 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, crash_point: str
         os.fsync(fd)
     finally:
         os.close(fd)
-    if crash_point is not None:
-        failpoint(crash_point)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -162,25 +155,19 @@ def decode_state(path: Path, data: bytes) -> dict[str, Any]:
 
 
 class StateFile:
-    """``state.json`` plus its previous generation ``state.json.1``."""
+    """``state.json`` plus its previous generation ``state.json.1``: the run state of format 1, which drhost
+    before the state database wrote; read to resume such a run (drhost/state/_runs.py moves it into a
+    database on the run's first write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.previous = path.with_name(path.name + ".1")
-        #: What this object last wrote: writing it again would only turn the previous generation into a copy
-        #: of the newest (and cost a rotation, a write and two fsyncs).
-        self._written: bytes | None = None
 
     def write(self, body: dict[str, Any]) -> None:
-        data = encode_state(body)
-        if data == self._written:
-            return
         if self.path.exists():
             # Keep the last good generation: a torn write of the new one falls back to it.
             os.replace(self.path, self.previous)
-            failpoint("state.rotated")
-        atomic_write(self.path, data, crash_point="state.tmp_written")
-        self._written = data
+        atomic_write(self.path, encode_state(body))
 
     def read(self, check: Callable[[Path, dict[str, Any]], None] | None = None
              ) -> tuple[dict[str, Any], str | None]:

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
-from ._files import Journal, StateFile
+from ._files import Journal, StateFile, fsync_dir
 from ._model import TargetRecord
+from ._store import StateStore
+
+#: The run's state: a SQLite database (drhost/state/_store.py). Runs written before it have ``state.json``
+#: (format 1), read as they are and moved into a database by the first controller that writes them.
+STATE_DB = "state.db"
+LEGACY_STATE = "state.json"
 
 #: The longest run id accepted; new_run_id() makes 22 characters, so this only stops abuse.
 RUN_ID_MAX = 64
@@ -100,7 +106,7 @@ def runs_dir() -> Path:
 
 
 def _has_state(path: Path) -> bool:
-    return (path / "state.json").exists() or (path / "state.json.1").exists()
+    return any((path / name).exists() for name in (STATE_DB, LEGACY_STATE, LEGACY_STATE + ".1"))
 
 
 def find_run(run_id: str | None) -> Path:
@@ -186,12 +192,17 @@ def run_in_use(run_dir: Path) -> str | None:
 
 
 class RunState:
-    """The durable state of one run. Every change is on disk before the caller acts on it."""
+    """The durable state of one run. Every change is on disk before the caller acts on it.
 
-    def __init__(self, run_dir: Path, body: dict[str, Any]) -> None:
+    Stored as one row for the run's own part and one row per target (:class:`StateStore`): a change of one
+    target writes that target's row, so a step's transition costs the same in a fleet of ten or of a thousand.
+    """
+
+    def __init__(self, run_dir: Path, body: dict[str, Any], store: StateStore | None) -> None:
         self.run_dir = run_dir
-        self._file = StateFile(run_dir / "state.json")
         self._body = body
+        #: None while the run is still the ``state.json`` of an earlier drhost (until its first write).
+        self._store = store
         self._lock = threading.RLock()
         self.recovered_from: str | None = None
 
@@ -199,28 +210,46 @@ class RunState:
     def create(cls, run_id: str, body: dict[str, Any]) -> RunState:
         run_dir = runs_dir() / run_id
         run_dir.mkdir(mode=0o700)
-        state = cls(run_dir, {"run_id": run_id, **body})
-        state.save()
-        return state
+        body = {"run_id": run_id, **body}
+        store = StateStore.create(run_dir / STATE_DB, _run_part(body), body["targets"])
+        return cls(run_dir, body, store)
 
     @classmethod
     def open(cls, run_dir: Path, *, complete: bool = False) -> RunState:
-        """The state of the run in ``run_dir``, from its newest usable generation; StateError otherwise.
+        """The state of the run in ``run_dir``, from the newest usable generation of each record; StateError
+        otherwise.
 
-        A generation that is valid JSON but lacks what drhost relies on counts as unusable, like a corrupt
-        one; ``complete`` asks for everything driving or showing the run relies on (see :func:`check_body`).
+        A generation that verifies but lacks what drhost relies on counts as unusable, like a corrupt one;
+        ``complete`` asks for everything driving or showing the run relies on (see :func:`check_body`).
         A state naming another run than its directory is refused: a copied or renamed run directory would
         let two controllers drive one run, each believing it holds the run's only lock.
         """
-        body, problem = StateFile(run_dir / "state.json").read(lambda path, b: check_body(path, b, complete))
+        path = run_dir / STATE_DB
+        store: StateStore | None = None
+        legacy = any((run_dir / name).exists() for name in (LEGACY_STATE, LEGACY_STATE + ".1"))
+        if path.exists() or path.is_symlink() or not legacy:
+            store = StateStore.open(path)
+            try:
+                run, targets, problem = store.read(lambda p, _, b: check_run_part(p, b, complete), check_target)
+            finally:
+                # A reader holds no connection (and leaves no -wal behind); a controller's first write connects.
+                store.close()
+            body = {**run, "targets": targets}
+        else:
+            path = run_dir / LEGACY_STATE
+            body, problem = StateFile(path).read(lambda p, b: check_body(p, b, complete))
         if body["run_id"] != run_dir.name:
             raise StateError.worded("{path}: the state is of run {run}, but its directory is {directory}: a copied "
                                     "or renamed run directory is refused; use the run's own directory",
-                                    path=run_dir / "state.json", run=quote(body["run_id"]),
-                                    directory=quote(run_dir.name))
-        state = cls(run_dir, body)
+                                    path=path, run=quote(body["run_id"]), directory=quote(run_dir.name))
+        state = cls(run_dir, body, store)
         state.recovered_from = problem
         return state
+
+    @property
+    def path(self) -> Path:
+        """The file the run's state is in (named in messages about it)."""
+        return self.run_dir / (STATE_DB if self._store is not None else LEGACY_STATE)
 
     @property
     def run_id(self) -> str:
@@ -229,9 +258,32 @@ class RunState:
     def journal(self) -> Journal:
         return Journal(self.run_dir / "events.jsonl")
 
-    def save(self) -> None:
+    def close(self) -> None:
+        """Let go of the database connection (a controller's, at the end of its run: this folds the WAL into the
+        database); a later change connects again."""
         with self._lock:
-            self._file.write(self._body)
+            if self._store is not None:
+                self._store.close()
+
+    def _storage(self) -> StateStore:
+        """The run's database, made from its ``state.json`` on the first write of a run of an earlier drhost.
+
+        Only a controller writes, and a controller holds the run's lock: a reader (``drhost status``) never
+        migrates. The database is complete before it appears (StateStore.create); the old files are renamed
+        aside after, so a kill in between leaves both, and the database is the one read.
+        """
+        if self._store is None:
+            self._store = StateStore.create(self.run_dir / STATE_DB, _run_part(self._body), self._body["targets"])
+            for name in (LEGACY_STATE, LEGACY_STATE + ".1"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.run_dir / name, self.run_dir / (name + ".migrated"))
+            fsync_dir(self.run_dir)
+        return self._store
+
+    def save(self) -> None:
+        """Write every record that changed, in one commit."""
+        with self._lock:
+            self._storage().write_all(_run_part(self._body), self._body["targets"])
 
     @contextlib.contextmanager
     def mutate(self) -> Iterator[dict[str, Any]]:
@@ -239,16 +291,15 @@ class RunState:
         returning to the caller; a target's record changes through :meth:`mutate_target`."""
         with self._lock:
             yield self._body
-            self._file.write(self._body)
+            self._storage().write_run(_run_part(self._body))
 
     @contextlib.contextmanager
     def mutate_target(self, name: str) -> Iterator[TargetRecord]:
-        """Change one target's record and write it durably before returning to the caller. A change that
-        touches one target goes through here: the store knows which record changed (issue 18: a step's
-        transition writes that target's record, not the fleet's)."""
+        """Change one target's record and write that record durably before returning to the caller."""
         with self._lock:
-            yield self._body["targets"][name]
-            self._file.write(self._body)
+            record = self._body["targets"][name]
+            yield record
+            self._storage().write_target(name, record)
 
     def target_names(self) -> list[str]:
         """The run's targets, sorted."""
@@ -276,6 +327,11 @@ class RunState:
             return copy.deepcopy(self._body.get(key, default))
 
 
+def _run_part(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's own row: everything but the targets, which have a row each."""
+    return {key: value for key, value in body.items() if key != "targets"}
+
+
 #: What a key of a run's state must hold (said in the operator's language when it does not).
 _A_RUN_ID, _A_STATUS, _A_VERSION = phrase("a run id"), phrase("a status"), phrase("a version")
 _AN_OBJECT, _A_LIST = phrase("an object"), phrase("a list")
@@ -294,9 +350,17 @@ def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> No
     ``complete``: also what driving or showing the run needs (config, package, plan); without it, only what
     any reader needs (run id, status, targets), and the others only when present.
     """
+    check_run_part(path, body, complete)
+    _expect(path, "targets", body.get("targets"), dict, _AN_OBJECT)
+    for name, record in body["targets"].items():
+        check_target(path, name, record)
+
+
+def check_run_part(path: Path, body: Any, complete: bool = True) -> None:
+    """:func:`check_body` for the run's own part (all but the targets)."""
+    _expect(path, "run", body, dict, _AN_OBJECT)
     _expect(path, "run_id", body.get("run_id"), str, _A_RUN_ID)
     _expect(path, "status", body.get("status"), str, _A_STATUS)
-    _expect(path, "targets", body.get("targets"), dict, _AN_OBJECT)
     for key in ("config", "package", "plan"):
         if complete or key in body:
             _expect(path, key, body.get(key), dict, _AN_OBJECT)
@@ -307,13 +371,6 @@ def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> No
     for key in ("steps", "plugins"):
         if complete or key in body.get("plan", {}):
             _expect(path, f"plan.{key}", body["plan"].get(key), list, _A_LIST)
-    for name, record in body["targets"].items():
-        _expect(path, f"targets.{name}", record, dict, _AN_OBJECT)
-        _expect(path, f"targets.{name}.status", record.get("status"), str, _A_STATUS)
-        if "steps" in record:
-            _expect(path, f"targets.{name}.steps", record["steps"], dict, _AN_OBJECT)
-        if "errors" in record:
-            _expect(path, f"targets.{name}.errors", record["errors"], list, _A_LIST)
     rollout = body.get("rollout")
     if rollout is not None:
         _expect(path, "rollout", rollout, dict, _AN_OBJECT)
@@ -321,3 +378,13 @@ def check_body(path: Path, body: Mapping[str, Any], complete: bool = True) -> No
         for index, batch in enumerate(rollout["batches"]):
             _expect(path, f"rollout.batches[{index}]", batch, dict, _AN_OBJECT)
             _expect(path, f"rollout.batches[{index}].targets", batch.get("targets"), list, _A_LIST)
+
+
+def check_target(path: Path, name: str, record: Any) -> None:
+    """:func:`check_body` for one target's record."""
+    _expect(path, f"targets.{name}", record, dict, _AN_OBJECT)
+    _expect(path, f"targets.{name}.status", record.get("status"), str, _A_STATUS)
+    if "steps" in record:
+        _expect(path, f"targets.{name}.steps", record["steps"], dict, _AN_OBJECT)
+    if "errors" in record:
+        _expect(path, f"targets.{name}.errors", record["errors"], list, _A_LIST)

@@ -9,7 +9,9 @@ Kept from the checkpoint files (drhost/state/_files.py): every row carries the S
 previous generation, so a row edited by hand or damaged on disk is detected, and the previous generation is
 used when the newest does not verify. ``synchronous=FULL``: a commit is on the disk before it returns.
 
-Not wired into :class:`~drhost.state.RunState` yet (issue 18): the run state is still ``state.json``.
+A generation counts only when it verifies and passes the caller's check (the keys drhost relies on), as
+``state.json`` generations did: a row whose newest generation is well formed but incomplete is read from the
+previous one, with the reason.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import StateError, joined, phrase
+from ..errors import Phrase, StateError, joined, message_phrase, phrase
 from ..failpoints import failpoint
-from ._files import open_regular
+from ._files import fsync_dir, open_regular
+
+#: Raises StateError for a row that verifies but is unusable: (database path, row name, body).
+RowCheck = Callable[[Path, str, Any], None]
 
 #: The format of the database's rows (format 1 was the single ``state.json`` file).
 STORE_FORMAT = 2
@@ -49,11 +54,15 @@ def _checksum(text: str) -> str:
 
 
 class StateStore:
-    """One run's state database. Thread-safe: one connection, used under one lock."""
+    """One run's state database. Thread-safe: one connection, used under one lock.
+
+    :meth:`close` lets the connection go (a reader holds none once it has read; a controller lets it go when
+    its run ends, which folds the WAL into the database); a later write connects again.
+    """
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
-        self._db = connection
+        self._db: sqlite3.Connection | None = connection
         self._lock = threading.Lock()
         #: What each row last held, as written or read: a write of the same text is skipped (it would only turn
         #: the previous generation into a copy of the newest).
@@ -62,13 +71,19 @@ class StateStore:
     # -- creating and opening -------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, run: Mapping[str, Any], targets: Mapping[str, Mapping[str, Any]]) -> StateStore:
-        """A new database at ``path`` (which must not exist) holding ``run`` and ``targets``, committed."""
+        """A new database at ``path`` (which must not exist) holding ``run`` and ``targets``, committed.
+
+        Built under a temporary name and renamed into place once complete: a controller killed while creating
+        it leaves no half-made database where a run's state belongs.
+        """
+        building = path.with_name(path.name + ".new")
+        for leftover in (building, *(building.with_name(building.name + end) for end in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)  # of a controller killed while building it
         # Created here, owner-only, before SQLite opens it: its -wal and -shm files take the database's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        os.chmod(path, 0o600)
-        store = cls(path, cls._connect(path))
-        with store._lock:
-            db = store._db
+        os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.chmod(building, 0o600)
+        db = cls._connect(building)
+        try:
             db.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 db.execute(statement)
@@ -78,15 +93,24 @@ class StateStore:
                 text = canonical(body)
                 db.execute("INSERT INTO record (kind, name, body, checksum) VALUES (?, ?, ?, ?)",
                            (kind, name, text, _checksum(text)))
-                store._written[(kind, name)] = text
             db.execute("COMMIT")
+        finally:
+            # The last connection's close folds the WAL into the database file, so the rename moves all of it.
+            db.close()
+        os.rename(building, path)
+        fsync_dir(path.parent)
+        store = cls(path, cls._connect(path))
+        store._written = {(kind, name): canonical(body) for (kind, name), body in rows}
         return store
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
         """The database at ``path``; StateError naming it when it is not a drhost state database."""
         # Never let SQLite open a FIFO (it would hang) or a device put where the state belongs.
-        os.close(open_regular(path))
+        try:
+            os.close(open_regular(path))
+        except FileNotFoundError:
+            raise StateError.worded("{path}: missing", path=path) from None
         try:
             connection = cls._connect(path)
             tables = {row[0]: row[1] for row in connection.execute(
@@ -116,15 +140,24 @@ class StateStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._connect(self.path)
+        return self._db
 
     # -- reading --------------------------------------------------------------------------------------------
-    def read(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
-        """The run's part, the targets' records and, when a row's newest generation did not verify and its
-        previous one was used, why (else None). StateError when a row has no generation that verifies."""
+    def read(self, check_run: RowCheck | None = None, check_target: RowCheck | None = None
+             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
+        """The run's part, the targets' records and, when a row's newest generation was unusable and its
+        previous one was used, why (else None). A generation is usable when it verifies against its checksum
+        and passes the check for its kind of row. StateError when a row has no usable generation."""
         with self._lock:
             try:
-                rows = self._db.execute(
+                rows = self._connection().execute(
                     "SELECT kind, name, body, checksum, previous, previous_checksum FROM record").fetchall()
             except sqlite3.DatabaseError as exc:
                 raise StateError.worded("{path}: cannot be read ({why})", path=self.path, why=str(exc)) from None
@@ -132,16 +165,23 @@ class StateStore:
         targets: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
         for kind, name, text, checksum, previous, previous_checksum in rows:
-            where = phrase("the run") if kind == "run" else phrase("target {name}", name=repr(name))
-            body = self._verified(text, checksum)
-            if body is None:
-                body = self._verified(previous, previous_checksum)
-                if body is None:
-                    raise StateError.worded("{path}: {where}: no generation verifies (checksum mismatch); the "
-                                            "database was modified or damaged. drhost will not guess the run's "
-                                            "state.", path=self.path, where=where)
-                problems.append(phrase("{path}: {where}: the newest generation does not verify, the previous "
-                                       "one was used", path=self.path, where=where))
+            if kind == "run":
+                where = phrase("the run")
+                check = check_run
+            else:
+                where = phrase("target {name}", name=repr(name))
+                check = check_target
+            body, newest_problem = self._usable(text, checksum, where, name, check)
+            if newest_problem is not None:
+                if previous is None:
+                    raise StateError.worded("{why}. drhost will not guess the run's state.", why=newest_problem)
+                body, previous_problem = self._usable(previous, previous_checksum, where, name, check)
+                if previous_problem is not None:
+                    raise StateError.worded("no usable generation of {where}: {newest}; its previous generation: "
+                                            "{previous}. drhost will not guess the run's state.", where=where,
+                                            newest=newest_problem, previous=previous_problem)
+                problems.append(phrase("{why}; the previous generation of {where} was used", why=newest_problem,
+                                       where=where))
             self._written[(kind, name)] = canonical(body)
             if kind == "run":
                 run = body
@@ -151,45 +191,63 @@ class StateStore:
             raise StateError.worded("{path}: the run's own row is missing", path=self.path)
         return run, targets, (joined(problems) if problems else None)
 
-    @staticmethod
-    def _verified(text: object, checksum: object) -> dict[str, Any] | None:
+    def _usable(self, text: object, checksum: object, where: Phrase, name: str, check: RowCheck | None
+                ) -> tuple[Any, str | None]:
+        """The body of one generation of a row, or why it cannot be used."""
         if not isinstance(text, str) or not isinstance(checksum, str) or _checksum(text) != checksum:
-            return None
+            return None, phrase("{path}: {where}: checksum mismatch; the database was modified or damaged",
+                                path=self.path, where=where)
         try:
             body = json.loads(text)
-        except (ValueError, RecursionError):
-            return None
-        return body if isinstance(body, dict) else None
+        except ValueError as exc:
+            return None, phrase("{path}: {where}: not valid JSON ({why})", path=self.path, where=where, why=exc)
+        except RecursionError:
+            return None, phrase("{path}: {where}: JSON nested too deeply to be a drhost record", path=self.path,
+                                where=where)
+        if check is not None:
+            try:
+                check(self.path, name, body)
+            except StateError as exc:
+                return None, message_phrase(exc)
+        if not isinstance(body, dict):
+            return None, phrase("{path}: {where}: expected an object", path=self.path, where=where)
+        return body, None
 
     # -- writing --------------------------------------------------------------------------------------------
     def write_run(self, body: Mapping[str, Any]) -> None:
         """Commit the run's own part (unless it is what the row already holds)."""
-        self._write(RUN_ROW, body)
+        self._write([(RUN_ROW, body)])
 
     def write_target(self, name: str, record: Mapping[str, Any]) -> None:
         """Commit one target's record (unless it is what its row already holds); a new target gets a row."""
-        self._write(("target", name), record)
+        self._write([(("target", name), record)])
 
-    def _write(self, row: tuple[str, str], body: Mapping[str, Any]) -> None:
-        text = canonical(body)
+    def write_all(self, run: Mapping[str, Any], targets: Mapping[str, Mapping[str, Any]]) -> None:
+        """Commit the run's part and every target's record that changed, in one transaction."""
+        self._write([(RUN_ROW, run), *((("target", name), record) for name, record in targets.items())])
+
+    def _write(self, rows: list[tuple[tuple[str, str], Mapping[str, Any]]]) -> None:
         with self._lock:
-            if self._written.get(row) == text:
+            changed = [(row, text) for row, text in ((row, canonical(body)) for row, body in rows)
+                       if self._written.get(row) != text]
+            if not changed:
                 return
-            db = self._db
+            db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
-                # The newest generation becomes the previous one in the same statement that writes the new.
-                changed = db.execute("UPDATE record SET previous = body, previous_checksum = checksum, body = ?, "
-                                     "checksum = ? WHERE kind = ? AND name = ?",
-                                     (text, _checksum(text), *row)).rowcount
-                if not changed:
-                    db.execute("INSERT INTO record (kind, name, body, checksum) VALUES (?, ?, ?, ?)",
-                               (*row, text, _checksum(text)))
+                for row, text in changed:
+                    # The newest generation becomes the previous one in the statement that writes the new.
+                    updated = db.execute("UPDATE record SET previous = body, previous_checksum = checksum, "
+                                         "body = ?, checksum = ? WHERE kind = ? AND name = ?",
+                                         (text, _checksum(text), *row)).rowcount
+                    if not updated:
+                        db.execute("INSERT INTO record (kind, name, body, checksum) VALUES (?, ?, ?, ?)",
+                                   (*row, text, _checksum(text)))
                 failpoint("state.before_commit")
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            self._written[row] = text
+            self._written.update(changed)
         failpoint("state.committed")
