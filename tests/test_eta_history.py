@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from drhost.i18n import translator
-from drhost.watchdog._history import KEEP_PER_STEP, StepHistory, _parse, _Unusable, remaining_for, remaining_s
+from drhost.watchdog._history import (
+    FLUSH_EVERY_S,
+    KEEP_PER_STEP,
+    KEEP_POOLED,
+    StepHistory,
+    _parse,
+    _Unusable,
+    remaining_for,
+    remaining_s,
+)
 
 KEY = "upgrade/dr-database/upgrade_db_schema"
 OTHER_KEY = "upgrade/dr-daemon/restart"
@@ -337,22 +346,44 @@ def test_remaining_for_uses_fallback_for_unknown_steps(tmp_path: Path) -> None:
     assert remaining_for([("dr-demo-1", KEY), ("dr-demo-1", OTHER_KEY)], history, fallback) == 47.0
 
 
-def test_a_run_writes_a_targets_durations_once_and_estimates_with_them_at_once(tmp_path: Path) -> None:
-    """Noted durations count for estimates at once but reach the file only when their target is flushed, in one
-    write; another target's noted durations stay pending (and still count) until its own flush."""
-    history = _history(tmp_path)
-    history.record("dr-demo-1", KEY, 1.0)
+def test_a_run_writes_the_history_at_most_every_interval_and_estimates_with_it_at_once(tmp_path: Path) -> None:
+    """Noted durations count for estimates at once; a target's end writes every pending sample when the last
+    write is FLUSH_EVERY_S old, else leaves them for a later flush; the run's end (flush()) writes at once,
+    merged with what another run recorded meanwhile."""
+    clock = [1000.0]
+    history = StepHistory(_history(tmp_path).path, clock=lambda: clock[0])
+    history.note("dr-demo-1", KEY, 1.0)
+    history.flush("dr-demo-1")  # the first target's end writes at once
+    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0]}}
     written = history.path.stat().st_mtime_ns, history.path.stat().st_ino
     history.note("dr-demo-1", KEY, 3.0)
     history.note("dr-demo-1", OTHER_KEY, 5.0)
     history.note("dr-demo-2", KEY, 7.0)
+    clock[0] += FLUSH_EVERY_S / 2
+    history.flush("dr-demo-2")
     assert (history.path.stat().st_mtime_ns, history.path.stat().st_ino) == written
     assert history.expected_s("dr-demo-1", KEY) == 2.0 and history.expected_s("dr-demo-2", KEY) == 7.0
-    history.flush("dr-demo-1")
-    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]}}
-    assert history.expected_s("dr-demo-2", KEY) == 7.0
+    clock[0] += FLUSH_EVERY_S
+    history.flush("dr-demo-2")
+    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]}, "dr-demo-2": {KEY: [7.0]}}
+    history.note("dr-demo-2", KEY, 8.0)
     other = _history(tmp_path)
     other.record("dr-demo-3", KEY, 9.0)
     history.flush()
-    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]}, "dr-demo-2": {KEY: [7.0]},
-                                     "dr-demo-3": {KEY: [9.0]}}
+    assert _stored(history.path) == {"dr-demo-1": {KEY: [1.0, 3.0], OTHER_KEY: [5.0]},
+                                     "dr-demo-2": {KEY: [7.0, 8.0]}, "dr-demo-3": {KEY: [9.0]}}
+
+
+def test_a_new_targets_estimate_is_the_fleets_newest_samples(tmp_path: Path) -> None:
+    """A target with no samples of its own is estimated from the fleet's newest KEEP_POOLED samples of the step,
+    read from the file and noted since: the cost of an estimate does not grow with the fleet."""
+    history = _history(tmp_path)
+    for index in range(KEEP_POOLED):
+        history.note(f"old-{index:03d}", KEY, 100.0)
+    history.flush()
+    fresh = _history(tmp_path)
+    assert fresh.expected_s("new", KEY) == 100.0
+    for index in range(KEEP_POOLED // 2 + 1):
+        fresh.note(f"recent-{index:03d}", KEY, 10.0)
+    assert fresh.expected_s("new", KEY) == 10.0  # the newer half outvotes the older
+    assert fresh.expected_s("old-000", KEY) == 100.0  # a target's own samples still come first

@@ -136,3 +136,43 @@ def test_a_writer_killed_around_its_commit_leaves_the_last_committed_record(
     assert killed.returncode == -9
     _, targets, problem = StateStore.open(tmp_path / "state.db").read()
     assert targets["dr-1"] == {"status": expected} and problem is None
+
+
+def test_a_text_taken_earlier_never_overwrites_a_later_one(tmp_path: Path) -> None:
+    """Commits that arrive out of the order their texts were taken in keep the later text: it holds the earlier
+    change too, so the row ends as the newest state and never goes back."""
+    store = _store(tmp_path)
+    store.commit([(("target", "dr-1"), canonical({"status": "succeeded"}))], order=2)
+    store.commit([(("target", "dr-1"), canonical({"status": "running"}))], order=1)
+    _, targets, _ = StateStore.open(tmp_path / "state.db").read()
+    assert targets["dr-1"] == {"status": "succeeded"}
+
+
+def test_targets_changed_from_many_threads_are_all_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forty threads each changing their own target (and the run) many times: what a fresh open reads is
+    exactly the state in memory, every row its newest text."""
+    import threading
+
+    from drhost.state import RunState
+
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
+    names = [f"t{i:02d}" for i in range(40)]
+    state = RunState.create("run-threads", {"status": "running", "done": 0,
+                                            "targets": {name: {"status": "pending", "n": 0} for name in names}})
+
+    def work(name: str) -> None:
+        for n in range(1, 26):
+            with state.mutate_target(name) as record:
+                record["n"] = n  # type: ignore[typeddict-unknown-key]
+            if n % 5 == 0:
+                with state.mutate() as body:
+                    body["done"] += 1
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reread = RunState.open(state.run_dir).snapshot()
+    assert reread == state.snapshot()
+    assert reread["done"] == 200 and {record["n"] for record in reread["targets"].values()} == {25}

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
 from ._files import Journal, StateFile, fsync_dir
 from ._model import TargetRecord
-from ._store import StateStore
+from ._store import RUN_ROW, StateStore, canonical, target_row
 
 #: The run's state: a SQLite database (drhost/state/_store.py). Runs written before it have ``state.json``
 #: (format 1), read as they are and moved into a database by the first controller that writes them.
@@ -204,6 +204,8 @@ class RunState:
         #: None while the run is still the ``state.json`` of an earlier drhost (until its first write).
         self._store = store
         self._lock = threading.RLock()
+        #: Counts the texts taken under the lock, so that the store keeps the newest of a row (see commit()).
+        self._taken = 0
         self.recovered_from: str | None = None
 
     @classmethod
@@ -283,7 +285,10 @@ class RunState:
     def save(self) -> None:
         """Write every record that changed, in one commit."""
         with self._lock:
-            self._storage().write_all(_run_part(self._body), self._body["targets"])
+            rows = [(RUN_ROW, canonical(_run_part(self._body))),
+                    *((target_row(name), canonical(record)) for name, record in self._body["targets"].items())]
+            store, order = self._taken_for()
+        store.commit(rows, order)
 
     @contextlib.contextmanager
     def mutate(self) -> Iterator[dict[str, Any]]:
@@ -291,7 +296,9 @@ class RunState:
         returning to the caller; a target's record changes through :meth:`mutate_target`."""
         with self._lock:
             yield self._body
-            self._storage().write_run(_run_part(self._body))
+            text = canonical(_run_part(self._body))
+            store, order = self._taken_for()
+        store.commit([(RUN_ROW, text)], order)
 
     @contextlib.contextmanager
     def mutate_target(self, name: str) -> Iterator[TargetRecord]:
@@ -299,7 +306,16 @@ class RunState:
         with self._lock:
             record = self._body["targets"][name]
             yield record
-            self._storage().write_target(name, record)
+            text = canonical(record)
+            store, order = self._taken_for()
+        # Committed outside the lock: other targets' threads read and change the body meanwhile instead of
+        # waiting for this commit's fsync.
+        store.commit([(target_row(name), text)], order)
+
+    def _taken_for(self) -> tuple[StateStore, int]:
+        """The store and the order of a text just taken (call with the lock held)."""
+        self._taken += 1
+        return self._storage(), self._taken
 
     def target_names(self) -> list[str]:
         """The run's targets, sorted."""

@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,14 @@ RowCheck = Callable[[Path, str, Any], None]
 
 #: The format of the database's rows (format 1 was the single ``state.json`` file).
 STORE_FORMAT = 2
+#: A row's key: its kind ("run" or "target") and its name.
+Row = tuple[str, str]
 #: The row of the run's own part (config, package, plan, status, rollout, ...); a target's row is its name.
-RUN_ROW = ("run", "")
+RUN_ROW: Row = ("run", "")
+
+
+def target_row(name: str) -> Row:
+    return ("target", name)
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -66,7 +72,9 @@ class StateStore:
         self._lock = threading.Lock()
         #: What each row last held, as written or read: a write of the same text is skipped (it would only turn
         #: the previous generation into a copy of the newest).
-        self._written: dict[tuple[str, str], str] = {}
+        self._written: dict[Row, str] = {}
+        #: The ``order`` of what each row last committed (see :meth:`commit`).
+        self._order: dict[Row, int] = {}
 
     # -- creating and opening -------------------------------------------------------------------------------
     @classmethod
@@ -216,20 +224,28 @@ class StateStore:
     # -- writing --------------------------------------------------------------------------------------------
     def write_run(self, body: Mapping[str, Any]) -> None:
         """Commit the run's own part (unless it is what the row already holds)."""
-        self._write([(RUN_ROW, body)])
+        self.commit([(RUN_ROW, canonical(body))])
 
     def write_target(self, name: str, record: Mapping[str, Any]) -> None:
         """Commit one target's record (unless it is what its row already holds); a new target gets a row."""
-        self._write([(("target", name), record)])
+        self.commit([(target_row(name), canonical(record))])
 
     def write_all(self, run: Mapping[str, Any], targets: Mapping[str, Mapping[str, Any]]) -> None:
         """Commit the run's part and every target's record that changed, in one transaction."""
-        self._write([(RUN_ROW, run), *((("target", name), record) for name, record in targets.items())])
+        self.commit([(RUN_ROW, canonical(run)), *((target_row(name), canonical(record))
+                                                   for name, record in targets.items())])
 
-    def _write(self, rows: list[tuple[tuple[str, str], Mapping[str, Any]]]) -> None:
+    def commit(self, rows: Sequence[tuple[Row, str]], order: int | None = None) -> None:
+        """Commit rows given as their canonical text, in one transaction (rows whose text is what they hold
+        are left alone).
+
+        ``order``: when the texts were taken (increasing). A caller that encodes under its own lock and
+        commits after letting it go (so that no reader waits for an fsync) passes it: a row already committed
+        from a later text keeps it, since that text holds this change too.
+        """
         with self._lock:
-            changed = [(row, text) for row, text in ((row, canonical(body)) for row, body in rows)
-                       if self._written.get(row) != text]
+            changed = [(row, text) for row, text in rows if self._written.get(row) != text
+                       and (order is None or order > self._order.get(row, -1))]
             if not changed:
                 return
             db = self._connection()
@@ -250,4 +266,6 @@ class StateStore:
                     db.execute("ROLLBACK")
                 raise
             self._written.update(changed)
+            if order is not None:
+                self._order.update((row, order) for row, _ in changed)
         failpoint("state.committed")

@@ -11,6 +11,7 @@ logged and replaced by an empty history rather than raised.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import logging
@@ -19,7 +20,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..errors import WordedError, message_phrase
@@ -38,6 +39,12 @@ __all__ = [
 HISTORY_FORMAT = 1
 # Enough runs for a stable median, few enough that a changed product or host shows within weeks.
 KEEP_PER_STEP = 20
+#: The fleet-wide samples of a step kept for a target with none of its own: the newest, so that the estimate
+#: costs the same in a fleet of ten or of a thousand and follows a product that changed.
+KEEP_POOLED = 200
+#: A run writes the file at most this often while targets finish (and once more at its end): the file holds
+#: the whole fleet, so writing it at every target's end made a fleet run's cost grow with targets².
+FLUSH_EVERY_S = 10.0
 
 _LOG = logging.getLogger(__name__)
 
@@ -112,75 +119,93 @@ class StepHistory:
     or :meth:`record`, so a run sees a stable history instead of re-reading for each estimate.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path if path is not None else default_history_path()
+        self._clock = clock
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._cache: _Durations | None = None
+        # Every target's samples per step key (the newest KEEP_POOLED), for targets with none of their own.
+        self._pooled: dict[str, list[float]] = {}
         # Samples noted by a run and not yet written: target -> step key -> durations, oldest first.
         self._pending: _Durations = {}
+        self._flushed_at: float | None = None
         # Steps of several targets finish on different threads of one run.
         self._mutex = threading.Lock()
 
     def note(self, target: str, step_key: str, duration_s: float) -> None:
-        """Add one successful run's duration for this run's estimates at once, and to the file at the next
-        :meth:`flush` of its target: a run writes the history once per target, not once per step (the file
-        holds the whole fleet, so writing it per step made a fleet run's cost grow with targets²). Samples
-        not yet flushed when the controller is killed are lost: they only make later estimates less exact."""
+        """Add one successful run's duration for this run's estimates at once, and to the file at a later
+        :meth:`flush`. Samples not yet written when the controller is killed are lost: they only make later
+        estimates less exact."""
         if not _usable(duration_s):
             _LOG.debug("ignoring unusable duration %r for %s %s", duration_s, target, step_key)
             return
         with self._mutex:
-            if self._cache is None:
-                self._cache = self._read(locked=False)
-            for durations in (self._cache, self._pending):
+            for durations in (self._loaded(), self._pending):
                 _merged(durations, {target: {step_key: [float(duration_s)]}})
+            self._pool(step_key, [float(duration_s)])
 
     def flush(self, target: str | None = None) -> None:
-        """Write the samples noted for ``target`` (every target when None) in one read-merge-write under the
-        file's lock. An I/O error is logged, not raised, as for :meth:`record`."""
+        """Write what was noted, in one read-merge-write under the file's lock. ``target``: a target has
+        ended, so write if the last write is :data:`FLUSH_EVERY_S` old (else a later flush writes it); None:
+        write now (a run's end). An I/O error is logged, not raised, as for :meth:`record`."""
         with self._mutex:
-            names = [target] if target is not None else list(self._pending)
-            pending = {name: self._pending.pop(name) for name in names if name in self._pending}
+            now = self._clock()
+            if target is not None and self._flushed_at is not None and now - self._flushed_at < FLUSH_EVERY_S:
+                return
+            pending, self._pending = self._pending, {}
             if not pending:
                 return
+            self._flushed_at = now
             try:
                 with self._exclusive():
                     # Re-read under the lock: another run may have recorded since this one last read.
                     durations = _merged(self._read(locked=True), pending)
                     atomic_write(self.path, _encode(durations), mode=0o600)
-                # The other targets' samples not written yet still count for this run's estimates.
-                self._cache = _merged(durations, self._pending)
+                self._set_cache(durations)
             except OSError as exc:
                 _LOG.warning("could not record the durations of %s in step history %s: %s",
-                             ", ".join(pending), self.path, exc)
+                             ", ".join(sorted(pending)), self.path, exc)
 
     def record(self, target: str, step_key: str, duration_s: float) -> None:
         """Add one successful run's duration and write it at once (:meth:`note`, then :meth:`flush`); keep the
         newest :data:`KEEP_PER_STEP` per step. An I/O error (full disk, read-only state dir) is logged, not
         raised: a lost sample only makes later estimates slightly worse, a raised error would fail a step."""
         self.note(target, step_key, duration_s)
-        self.flush(target)
+        self.flush()
 
     def expected_s(self, target: str, step_key: str) -> float | None:
-        """The median duration of ``step_key`` on ``target``, else on all targets, else None."""
-        durations = self._durations()
-        own = durations.get(target, {}).get(step_key)
-        if own:
-            return float(statistics.median(own))
-        # A target new to this controller most likely behaves like the others of the fleet.
-        pooled = [d for steps in durations.values() for d in steps.get(step_key, ())]
-        return float(statistics.median(pooled)) if pooled else None
+        """The median duration of ``step_key`` on ``target``, else on the fleet (its newest
+        :data:`KEEP_POOLED` samples), else None."""
+        with self._mutex:
+            own = self._loaded().get(target, {}).get(step_key)
+            # A target new to this controller most likely behaves like the others of the fleet.
+            series = own or self._pooled.get(step_key)
+            return float(statistics.median(series)) if series else None
 
     def reload(self) -> None:
         """Read the file again, picking up what other runs recorded."""
         with self._mutex:
-            self._cache = self._read(locked=False)
+            self._set_cache(self._read(locked=False))
 
-    def _durations(self) -> _Durations:
-        with self._mutex:
-            if self._cache is None:
-                self._cache = self._read(locked=False)
-            return self._cache
+    def _loaded(self) -> _Durations:
+        """The durations in memory, read from the file on first use (call with the mutex held)."""
+        if self._cache is None:
+            self._set_cache(self._read(locked=False))
+        assert self._cache is not None
+        return self._cache
+
+    def _set_cache(self, durations: _Durations) -> None:
+        """Serve estimates from ``durations`` plus what this run noted and did not write yet."""
+        self._cache = _merged(durations, copy.deepcopy(self._pending))
+        self._pooled = {}
+        for steps in self._cache.values():
+            for step_key, series in steps.items():
+                self._pool(step_key, series)
+
+    def _pool(self, step_key: str, samples: list[float]) -> None:
+        pooled = self._pooled.setdefault(step_key, [])
+        pooled.extend(samples)
+        del pooled[:-KEEP_POOLED]
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
