@@ -1,6 +1,7 @@
 """Scale benchmark: one controller driving N targets through a whole run; how its cost grows with N.
 
-Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50] [--json]
+Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50]
+                [--count-commits] [--json]
 
 Each size is a real `drhost upgrade` (the CLI, in a child process) of N targets with the local transport
 (every target its own root directory on this machine) and a trivial plugin set: one benchmark plugin of class
@@ -12,6 +13,9 @@ Reported per size: wall time, the controller's CPU (user + system of the drhost 
 ``getrusage(RUSAGE_SELF)`` at exit: commands it starts are not in it), the controller's peak RSS, and CPU and
 wall per target. ``exponent`` is the slope of log(controller CPU) against log(targets), a least-squares fit over
 the sizes: 1.0 is a flat cost per target, 2.0 a cost per target that grows with the fleet.
+
+``--count-commits`` also counts the run state's commits (from the failpoint log, which costs a little CPU of its
+own): per target they must not grow with the fleet (tests/test_fleet_scale.py).
 """
 
 from __future__ import annotations
@@ -98,9 +102,10 @@ def one_size(base: Path, count: int, args: argparse.Namespace, package: Path, si
     inventory = work / "inventory.ini"
     inventory.write_text("\n".join(lines))
     rusage = work / "rusage.json"
+    failpoints = work / "failpoints.log"
     env = {**os.environ, "DRHOST_LOAD_PLUGINS": PLUGIN, "DRHOST_STATE_DIR": str(work / "state"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(site), str(REPO), os.environ.get("PYTHONPATH")])),
-           RUSAGE_ENV: str(rusage)}
+           RUSAGE_ENV: str(rusage), **({"DRHOST_FAILPOINT_LOG": str(failpoints)} if args.count_commits else {})}
     argv = [sys.executable, str(Path(__file__).resolve()), CHILD, "upgrade", "-i", str(inventory), "--package",
             str(package), "--set", f"run.forks={min(args.forks, count)}", "--plain", "--json"]
     started = time.perf_counter()
@@ -115,11 +120,16 @@ def one_size(base: Path, count: int, args: argparse.Namespace, package: Path, si
     if summary["status"] != "succeeded" or statuses != {"succeeded"} or len(summary["targets"]) != count:
         raise SystemExit(f"{count} targets: run {summary['status']}: {sorted(map(str, statuses))}")
     used = json.loads(rusage.read_text())
+    counted: dict[str, Any] = {}
+    if args.count_commits:
+        reached = failpoints.read_text().splitlines()
+        counted = {"state_commits": reached.count("state.committed"),
+                   "state_commits_per_target": round(reached.count("state.committed") / count, 2)}
     return {"targets": count, "wall_s": round(wall, 2), "controller_cpu_s": round(used["cpu_s"], 2),
             "peak_rss_mib": round(used["max_rss_kib"] / 1024, 1),
             "cpu_per_target_ms": round(used["cpu_s"] / count * 1000, 1),
             "wall_per_target_ms": round(wall / count * 1000, 1),
-            "steps_per_target": args.steps * 5, "commands_per_target": min(args.commands, args.steps * 5)}
+            "steps_per_target": args.steps * 5, "commands_per_target": min(args.commands, args.steps * 5), **counted}
 
 
 def exponent(rows: list[dict[str, Any]]) -> float | None:
@@ -141,6 +151,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per stage (default 2: 10 a target)")
     parser.add_argument("--commands", type=int, default=0, help="steps of a target that run `true` (default 0)")
     parser.add_argument("--forks", type=int, default=50)
+    parser.add_argument("--count-commits", action="store_true", help="count state commits (failpoint log)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drhost-bench-scale-") as tmp:
