@@ -94,7 +94,7 @@ def _live_block(monkeypatch: pytest.MonkeyPatch, t: Translate) -> tuple[list[str
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.setenv("LINES", "40")
     stream = io.StringIO()
-    view = LiveReporter(3, stream=stream, t=t)
+    view = LiveReporter(3, stream=stream, t=t, redraw_every_s=0)  # a frame per event: the last is the block
     events = [_started([["a"], ["b", "c", "d"], ["e"]], forks=2),
               _event("rollout.batch_started", 0.0, batch=0, message="batch 1 of 3: 1 targets"),
               _event("target.started", 0.0, "a"), _event("step.started", 0.0, "a", expected_s=1.0,
@@ -120,6 +120,35 @@ def test_live_view_shows_batches_and_the_current_batch_hosts(monkeypatch: pytest
     assert "batch 3/3: 1 hosts waiting" in lines
     assert re.match(r"elapsed\s+[\d.]+ s, run ETA \d+s", lines[-1]), lines[-1]
     assert "batch 2 of 3: 3 targets" in written, "batch starts are notable lines above the block"
+
+
+def test_live_view_of_a_thousand_targets_is_a_summary_drawn_a_few_times_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thousand targets in one batch, events arriving every millisecond: each frame fits the terminal (one
+    batch line, the hosts at work, "… N more hosts", elapsed), frames come at most every redraw interval,
+    not per event, and the last frame counts every finished host."""
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("LINES", "30")
+    now = [0.0]
+    stream = io.StringIO()
+    view = LiveReporter(3, stream=stream, t=lambda m: m, redraw_every_s=0.2, clock=lambda: now[0])
+    hosts = [f"h{i:04d}" for i in range(1000)]
+    events = [_started([hosts], forks=50)]
+    for host in hosts:
+        events += [_event("target.started", 0.0, host), _event("step.started", 0.0, host, expected_s=1.0,
+                                                                rest_after_s=1.0),
+                   _event("step.completed", 0.0, host), _event("target.succeeded", 0.0, host)]
+    for event in events:
+        now[0] += 0.001
+        view(event)
+    frames = stream.getvalue().split("\x1b[J")[1:]
+    assert len(frames) <= len(events) * 0.001 / 0.2 + 2, len(frames)
+    assert max(len(frame.splitlines()) for frame in frames) <= 30
+    now[0] += 1
+    view(_event("rollout.paused", 0.0))  # any event once a frame is due draws one
+    last = stream.getvalue().rsplit("\x1b[J", 1)[-1].splitlines()
+    assert any(line.startswith("batch 1/1: 1000/1000 hosts done") for line in last), last
+    assert any("more hosts" in line for line in last) and len(last) <= 30, last
 
 
 def test_live_view_in_chinese_translates_every_word_it_adds(monkeypatch: pytest.MonkeyPatch) -> None:

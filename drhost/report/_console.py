@@ -8,7 +8,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from ..errors import said_in
@@ -348,9 +348,16 @@ class PlainReporter:
 
 
 class LiveReporter:
-    """A live block on a terminal: a line per target (stage, step, plugin, elapsed, progress)."""
+    """A live block on a terminal: a line per target (stage, step, plugin, elapsed, progress).
 
-    def __init__(self, total_steps: int, stream: TextIO = sys.stderr, t: Translate | None = None) -> None:
+    A fleet larger than the terminal, or rolled out in batches, is summarised (FleetBoard: a line per batch,
+    the hosts at work in the current one, "… N more hosts"). The block is redrawn at most every
+    ``redraw_every_s`` (and every second by a ticker), not at every event: with a thousand targets, events
+    come by the thousand a second, and a redraw per event made the view's cost grow with targets².
+    """
+
+    def __init__(self, total_steps: int, stream: TextIO = sys.stderr, t: Translate | None = None, *,
+                 redraw_every_s: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = _Console(stream)
         self._t = t or translator()
         self._eta = EtaBoard()
@@ -360,8 +367,11 @@ class LiveReporter:
         self._done: dict[str, int] = {}
         self._step_started: dict[str, float] = {}
         self._drawn = 0
+        self._redraw_every_s = redraw_every_s
+        self._clock = clock
+        self._drawn_at: float | None = None
         self._lock = threading.Lock()
-        self._started = time.monotonic()
+        self._started = clock()
         self._finished = threading.Event()
         self._ticker: threading.Thread | None = None
         self._paused = False
@@ -394,7 +404,8 @@ class LiveReporter:
     def _draw(self) -> None:
         size = shutil.get_terminal_size((100, 20))
         now = time.time()
-        if self._fleet.several:
+        self._drawn_at = self._clock()
+        if self._fleet.several or (self._fleet.batches and len(self._fleet.status) > max(4, size.lines - 4)):
             # Room for the notable lines above the block: a terminal that scrolls the block loses its top.
             lines = self._fleet.lines(now, self._host_line, max(4, size.lines - 4), _clock, self._t)
             run_eta = self._fleet.run_eta(now)
@@ -405,7 +416,7 @@ class LiveReporter:
             self._stream.write(line[: size.columns - 1] + "\n")
         run_eta_text = self._t(", run ETA {time}").format(time=_clock(run_eta)) if run_eta is not None else ""
         self._stream.write(self._t("elapsed {seconds} s{run_eta}").format(
-            seconds=f"{time.monotonic() - self._started:6.1f}", run_eta=run_eta_text) + "\n")
+            seconds=f"{self._clock() - self._started:6.1f}", run_eta=run_eta_text) + "\n")
         self._drawn = len(lines) + 1
         self._stream.flush()
 
@@ -423,10 +434,11 @@ class LiveReporter:
                 self._draw()
 
     def _tick(self) -> None:
-        # Redraw every second so elapsed time moves while a step is quiet.
+        # Redraw every second so elapsed time moves while a step is quiet, and the block comes back after a
+        # notable line cleared it and the redraw that would have followed was not yet due.
         while not self._finished.wait(1.0):
             with self._lock:
-                if self._drawn and not self._paused:
+                if not self._paused:
                     self._clear()
                     self._draw()
 
@@ -439,8 +451,8 @@ class LiveReporter:
         with self._lock:
             if self._paused:
                 return
-            self._clear()
             if event.event in _NOTABLE or event.event == "run.finished":
+                self._clear()
                 self._stream.write(describe(event, self._t) + "\n")
             self._eta.see(event)
             self._fleet.see(event)
@@ -461,6 +473,8 @@ class LiveReporter:
                 elif event.event.startswith(("target.", "rollback.")):
                     self._step_started.pop(target, None)
                     self._lines[target] = self._row_label(event.event)
-            if event.event != "run.finished":
+            due = self._drawn_at is None or self._clock() - self._drawn_at >= self._redraw_every_s
+            if event.event != "run.finished" and due:
+                self._clear()
                 self._draw()
             self._stream.flush()
