@@ -55,6 +55,10 @@ def _checks(session: TargetSession, target: Mapping[str, Any], required_bytes: i
         return [TargetCheck("login", False, f"`id` failed (exit {status}): {err.strip() or out.strip()}")]
     found.append(TargetCheck("login", True, f"{TRANSPORTS[str(target['transport'])].where(target)}: commands run "
                                             f"as {words[0]} (uid {words[1]}), {time.monotonic() - started:.2f} s"))
+    helper = session.remote_helper()
+    if helper is not None:
+        # Not a failure either way: without the helper each command is a session of its own, only slower.
+        found.append(TargetCheck("helper", True, helper))
     if target.get("become"):
         wanted = str(target.get("become_user", "root"))
         found.append(TargetCheck("become", words[0] == wanted,

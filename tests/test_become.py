@@ -182,3 +182,33 @@ def test_a_login_user_sudo_does_not_allow_is_refused_with_sudos_reason(host: Ssh
             session.run(["true"])
     finally:
         session.close()
+
+
+def test_the_remote_helper_runs_as_root_after_one_sudo_per_connection(
+        host: SshHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With become the remote helper itself is started through sudo: it runs as root, and every command after
+    it runs as root through it, on the one channel (one sudo a connection, not one a command)."""
+    import re
+
+    import paramiko
+
+    opened: list[int] = []
+    original = paramiko.Transport.open_session
+
+    def counting(self: paramiko.Transport, *args: object, **kwargs: object) -> paramiko.Channel:
+        opened.append(1)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(paramiko.Transport, "open_session", counting)
+    session = session_for(host, tmp_path)
+    try:
+        users = {session.run(["id", "-un"]).stdout.strip() for _ in range(5)}
+        found = re.search(r"remote helper running .*pid (\d+)", str(session.remote_helper()))
+        assert found, session.remote_helper()
+        # The target is this machine: the helper's own process, as the kernel sees it.
+        uid_line = next(line for line in Path(f"/proc/{found.group(1)}/status").read_text().splitlines()
+                        if line.startswith("Uid:"))
+    finally:
+        session.close()
+    assert users == {"root"} and len(opened) == 1, (users, opened)
+    assert uid_line.split()[1] == "0"

@@ -21,7 +21,11 @@ _NOT_OPERATOR_FACING = {"ValueError", "TypeError", "KeyError", "OSError", "Runti
                         "FileNotFoundError", "PermissionError", "StopIteration", "TimeoutError", "ConnectionError",
                         # The SSH transport's "reconnect and retry": always caught in ``_retrying`` and said as
                         # a worded TransportError naming the cause.
-                        "_ConnectionLost"}
+                        "_ConnectionLost",
+                        # The remote helper's: HelperLost is turned into _ConnectionLost where it is caught;
+                        # HelperUnavailable's reason is the detail of doctor's "helper" line and a debug.log
+                        # warning (data, like the other checks' details), and the run goes on without it.
+                        "HelperLost", "HelperUnavailable"}
 #: Errors whose first argument is not their message: they are worded from parts (the key, what was expected as
 #: an ``N_``/``phrase`` id, what was found) where they are said, like ConfigError.
 _WORDED_FROM_PARTS = {"RolloutError"}

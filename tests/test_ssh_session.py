@@ -337,7 +337,8 @@ def test_output_buffered_with_the_exit_status_is_not_lost(monkeypatch: pytest.Mo
     """Data that arrives together with EOF and the exit status is drained, not dropped."""
     channel = _LateDataChannel()
     transport = type("T", (), {"open_session": lambda self, timeout: channel, "is_active": lambda self: True})()
-    ssh = SshSession("t", SshTarget("t", "127.0.0.1", 1), run_id="r", work_dir=str(tmp_path))
+    # The path of an exec request per command (a target without the remote helper).
+    ssh = SshSession("t", SshTarget("t", "127.0.0.1", 1), run_id="r", work_dir=str(tmp_path), remote_helper=None)
     monkeypatch.setattr(ssh, "_ensure", lambda: transport)
     status, out, err = ssh._exec("true", None, 5)
     assert (status, out, err) == (0, b"x" * 1000 + b"y" * 500, b"")

@@ -264,6 +264,11 @@ class Executor:
                             write_progress=write_progress, write_log=write_log)
 
         def persist(state: dict[str, Any]) -> None:
+            with env.state.reading_target(target) as record:
+                # Most calls leave their plugin's state as it was: comparing is cheaper than encoding the
+                # record to find out that nothing is to be written.
+                if record["plugin_state"].get(plugin_name) == state:
+                    return
             with env.state.mutate_target(target) as record:
                 record["plugin_state"][plugin_name] = state
 

@@ -98,6 +98,11 @@ class TargetRecord:
 
     def plugin_ended(self, plugin: str, ending: dict[str, Any]) -> None:
         """Record how ``plugin`` ended on this target; a failure is never overwritten by a later success."""
+        with self.env.state.reading_target(self.name) as record:
+            # After every successful step: almost always what is recorded already, so nothing to write.
+            known = record.get("plugins", {}).get(plugin)
+            if known == ending or (known is not None and known.get("ended", "ok") != "ok" and ending["ended"] == "ok"):
+                return
         with self.env.state.mutate_target(self.name) as record:
             plugins = record.setdefault("plugins", {})
             if plugins.get(plugin, {}).get("ended", "ok") == "ok" or ending["ended"] != "ok":

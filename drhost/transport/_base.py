@@ -128,5 +128,10 @@ class TargetSession(abc.ABC):
         """Round-trip time to the target in ms, for a network timeout's diagnosis; None if not measurable."""
         return None
 
+    def remote_helper(self) -> str | None:
+        """How commands reach the target, for ``drhost doctor``: a remote helper, or why there is none; None
+        where there is no such choice (a local target)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional for sessions that hold nothing
         """Release the session's resources."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from ._base import TargetSession
 from ._become import Become
 from ._heartbeat import ConnectionType, HeartbeatSettings
+from ._helper import DEFAULT_PYTHON
 from ._jump import parse_proxy_jump
 from ._local import LocalSession
 
@@ -175,6 +176,8 @@ class SshTransport:
                           heartbeat=_heartbeat(config, connection, target),
                           transfer_heartbeat=_heartbeat(config, "transfer", target),
                           on_network=on_network, become=_become(target),
+                          remote_helper=None if target.get("remote_helper") == "off"
+                          else str(target.get("remote_helper") or DEFAULT_PYTHON),
                           # The design's "manual reconnect": a status check waits for the operator's word.
                           manual_reconnect=connection == "status_check"
                           and int(config["ssh"][connection]["reconnects"]) == 0)

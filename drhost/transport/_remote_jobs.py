@@ -21,6 +21,7 @@ dropped connection re-attaches to the job that already exists instead of running
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import shlex
@@ -76,6 +77,15 @@ def _unframe(data: bytes) -> tuple[bytes, bytes]:
         raise TransportError.worded("job output arrived incomplete: {got} of {expected} bytes", got=len(body),
                                     expected=out_size + err_size)
     return body[:out_size], body[out_size : out_size + err_size]
+
+
+#: What runs detached in the job's directory: records its process group, runs the command, records its exit code
+#: (the remote helper starts the very same text: drhost/transport/remote_helper.py).
+WRAPPER = (
+    "echo $$ > pid.tmp && mv pid.tmp pid\n"
+    "/bin/sh ./cmd < in > out 2> err\n"
+    "echo $? > rc.tmp && mv rc.tmp rc\n"
+)
 
 
 def new_job_id() -> str:
@@ -154,11 +164,6 @@ def start_and_wait(
     job_id = job_id or new_job_id()
     path = _job_path(job_dir, job_id)
     q = shlex.quote
-    wrapper = (
-        "echo $$ > pid.tmp && mv pid.tmp pid\n"
-        "/bin/sh ./cmd < in > out 2> err\n"
-        "echo $? > rc.tmp && mv rc.tmp rc\n"
-    )
     script = (
         "umask 077\n"
         f"mkdir -p -- {q(job_dir)} || exit 1\n"
@@ -167,7 +172,7 @@ def start_and_wait(
         f"printf '%s' {q(command_line(argv, env, cwd))} > cmd || exit 1\n"
         + ("cat > in || exit 1\n" if input is not None else ": > in || exit 1\n")
         + "date +%s > started\n"
-        f"setsid /bin/sh -c {q(wrapper)} < /dev/null > /dev/null 2>&1 &\n"
+        f"setsid /bin/sh -c {q(WRAPPER)} < /dev/null > /dev/null 2>&1 &\n"
         "i=0\n"
         "while [ ! -s pid ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n"
         "cat pid\n"
@@ -192,6 +197,64 @@ def start_and_wait(
         stdout, stderr = _unframe(output)
         return StartResult(job_id, True, int(words[1]), stdout, stderr)
     return StartResult(job_id, True)
+
+
+#: One of the remote helper's own operations: (request, timeout) -> answer (drhost/transport/remote_helper.py);
+#: raises HelperRefused when the helper answered that it could not do it.
+HelperFn = Callable[[dict[str, object], float], dict[str, object]]
+
+
+class HelperRefused(Exception):
+    """The remote helper answered a job operation with an error (the message is the helper's)."""
+
+
+def start_and_wait_helper(request_fn: HelperFn, job_dir: str, argv: Sequence[str], env: Mapping[str, str],
+                          cwd: str | None = None, input: str | None = None, *, job_id: str, timeout: float = 30.0,
+                          wait_s: float = 0.0, limit: int = OUTPUT_LIMIT) -> StartResult:
+    """:func:`start_and_wait` done by the remote helper: the same job directory, files and wrapper; the helper
+    waits on the wrapper it started instead of polling for its files with a ``sleep`` process a turn."""
+    try:
+        answer = request_fn({"op": "job_start", "job_dir": job_dir, "path": _job_path(job_dir, job_id),
+                             "cmd": command_line(argv, env, cwd), "wait_s": wait_s, "limit": int(limit),
+                             "stdin": base64.b64encode(input.encode("utf-8")).decode("ascii") if input is not None
+                             else ""}, timeout + wait_s)
+    except HelperRefused as exc:
+        raise TransportError.worded("cannot start {command} on the target: {why}", init={"category": "file"},
+                                    command=repr(argv[0]), why=str(exc)) from None
+    state = answer.get("state")
+    if state == "already":
+        return StartResult(job_id, False)
+    if state == "exited":
+        return StartResult(job_id, True, int(str(answer["rc"])), base64.b64decode(str(answer["out"])),
+                           base64.b64decode(str(answer["err"])))
+    return StartResult(job_id, True)
+
+
+def poll_helper(request_fn: HelperFn, job_dir: str, job_id: str, *, timeout: float = 30.0,
+                wait_s: float = 0.0) -> JobStatus:
+    """:func:`poll` done by the remote helper (it waits for the job without a process a turn)."""
+    try:
+        answer = request_fn({"op": "job_poll", "path": _job_path(job_dir, job_id), "wait_s": wait_s},
+                            timeout + wait_s)
+    except HelperRefused as exc:
+        raise TransportError.worded("cannot poll job {job}: {stderr}", job=job_id, stderr=str(exc)) from None
+    pid = answer.get("pid")
+    pgid = int(str(pid)) if pid is not None else None
+    if answer.get("state") == "exited":
+        return JobStatus("exited", int(str(answer["rc"])), pgid)
+    return JobStatus(str(answer.get("state")), None, pgid)
+
+
+def read_output_helper(request_fn: HelperFn, job_dir: str, job_id: str, *, limit: int = OUTPUT_LIMIT,
+                       timeout: float = 60.0, remove: bool = False) -> tuple[bytes, bytes]:
+    """:func:`read_output` done by the remote helper."""
+    try:
+        answer = request_fn({"op": "job_output", "path": _job_path(job_dir, job_id), "limit": int(limit),
+                             "remove": remove}, timeout)
+    except HelperRefused as exc:
+        raise TransportError.worded("cannot read the output of job {job}: {stderr}", job=job_id,
+                                    stderr=str(exc)) from None
+    return base64.b64decode(str(answer["out"])), base64.b64decode(str(answer["err"]))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from . import _remote_jobs as jobs
 from ._base import CommandStopped, ManualReconnect, ProgressCallback, StillRunning, TargetSession, TransportError
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
+from ._helper import DEFAULT_PYTHON, HelperLost, HelperUnavailable, RemoteHelper
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, open_connection
 
@@ -110,6 +111,7 @@ class SshSession(TargetSession):
         on_network: NetworkListener | None = None,
         become: Become | None = None,
         manual_reconnect: bool = False,
+        remote_helper: str | None = DEFAULT_PYTHON,
     ) -> None:
         self.name = name
         self.target = target
@@ -141,6 +143,12 @@ class SshSession(TargetSession):
         self._manual = manual_reconnect
         self._lost_waiting: str | None = None
         self._operator_said = False
+        # The remote helper (drhost/transport/_helper.py): the interpreter that runs it (None: never start one),
+        # the one of the current connection, and why it could not be started on this target (then every
+        # command is an exec request of its own, as without a helper).
+        self._helper_python = remote_helper
+        self._helper: RemoteHelper | None = None
+        self.helper_unavailable: str | None = None
         # A bounded call (the reachability probe) sets its deadline here: every connect, channel and retry
         # of that call shares it, so the call as a whole ends within its bound (per thread: calls overlap).
         self._bound = threading.local()
@@ -294,6 +302,9 @@ class SshSession(TargetSession):
         """Forget the current connection (it is dead or being replaced), with its jump hosts."""
         sftp, transport, heartbeat, hops = self._sftp, self._transport, self._heartbeat, self._hops
         self._sftp = self._transport = self._heartbeat = self._hops = None
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
         hop_heartbeats, self._hop_heartbeats = self._hop_heartbeats, []
         for beat in [*hop_heartbeats, *([heartbeat] if heartbeat is not None else [])]:
             beat.stop(timeout=1.0)
@@ -336,11 +347,19 @@ class SshSession(TargetSession):
         raise AssertionError("unreachable")
 
     def _exec(self, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
-        """Run one short command line on the target and collect its exit status and output."""
+        """Run one short command line on the target and collect its exit status and output: through the
+        connection's remote helper when there is one, else as an exec request of its own."""
         transport = self._ensure()
         left = self._left()
         if left is not None:
             timeout = max(_MIN_TRY_S, min(timeout, left))
+        helper = self._helper_of(transport, timeout)
+        if helper is not None:
+            try:
+                return helper.call(command, stdin, timeout)
+            except HelperLost as exc:
+                # Like a dropped connection: the retry reconnects and starts a new helper.
+                raise _ConnectionLost(f"remote helper: {exc}") from None
         try:
             channel = transport.open_session(timeout=timeout)
         except _EXEC_ERRORS as exc:
@@ -393,6 +412,59 @@ class SshSession(TargetSession):
             raise _ConnectionLost(str(exc) or type(exc).__name__) from None
         finally:
             channel.close()
+
+    def _job_call(self, via_helper: Callable[[jobs.HelperFn], T], via_shell: Callable[[], T]) -> T:
+        """A step of the detached-job protocol: done by the connection's remote helper when there is one, else
+        by a shell script in an exec request of its own."""
+        transport = self._ensure()
+        helper = self._helper_of(transport, _SHORT_TIMEOUT_S)
+        if helper is None:
+            return via_shell()
+
+        def ask(request: dict[str, object], timeout: float) -> dict[str, object]:
+            left = self._left()
+            if left is not None:
+                timeout = max(_MIN_TRY_S, min(timeout, left))
+            try:
+                return helper.request(request, timeout)
+            except HelperLost as exc:
+                raise _ConnectionLost(f"remote helper: {exc}") from None
+
+        return via_helper(ask)
+
+    def _helper_of(self, transport: paramiko.Transport, timeout: float) -> RemoteHelper | None:
+        """The helper of the current connection, started on first use; None when it cannot run here."""
+        if self._helper_python is None:
+            return None
+        with self._lock:
+            if self._helper is not None and self._helper.alive and self._transport is transport:
+                return self._helper
+            if not transport.is_active():
+                return None
+            try:
+                self._helper = RemoteHelper.start(transport, python=self._helper_python, path=jobs.DEFAULT_PATH,
+                                                  become=self.become, target=self.name,
+                                                  timeout_s=max(_MIN_TRY_S, min(timeout, 15.0)))
+            except HelperLost as exc:
+                raise _ConnectionLost(f"remote helper: {exc}") from None
+            except HelperUnavailable as exc:
+                if not transport.is_active():
+                    raise _ConnectionLost(f"remote helper: {exc}") from None
+                # Python missing or unusable on this target: a session per command from now on, said once.
+                self._helper_python = None
+                self.helper_unavailable = str(exc)
+                log.warning("%s: remote helper not available (%s); a session per command", self.name, exc)
+                return None
+            log.debug("%s: remote helper started (python %s)", self.name, self._helper.python_version)
+            return self._helper
+
+    def remote_helper(self) -> str | None:
+        """How commands reach this target: the helper's python, or why each command is a session of its own."""
+        if self._helper is not None and self._helper.alive:
+            return f"remote helper running (python {self._helper.python_version}, pid {self._helper.pid})"
+        if self.helper_unavailable is not None:
+            return f"no remote helper ({self.helper_unavailable}); a session per command"
+        return None
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         with self._lock:
@@ -489,8 +561,11 @@ class SshSession(TargetSession):
         # Short commands finish within the start's own wait: one remote session in all.
         first_wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
         start = self._retrying(
-            lambda: jobs.start_and_wait(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id,
-                                        wait_s=first_wait),
+            lambda: self._job_call(
+                lambda ask: jobs.start_and_wait_helper(ask, self.job_dir, argv, full_env, cwd, input, job_id=job_id,
+                                                       wait_s=first_wait),
+                lambda: jobs.start_and_wait(self._exec, self.job_dir, argv, full_env, cwd, input, job_id=job_id,
+                                            wait_s=first_wait)),
             phrase("start of {command}", command=argv[0]),
         )
         if start.returncode is not None:
@@ -510,7 +585,9 @@ class SshSession(TargetSession):
             # The target waits for the job (up to a second, never past the deadline): one call, not many.
             wait_remote = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             status = self._retrying(
-                lambda wait=wait_remote: jobs.poll(self._exec, self.job_dir, job_id, wait_s=wait),  # type: ignore[misc]
+                lambda wait=wait_remote: self._job_call(  # type: ignore[misc]
+                    lambda ask: jobs.poll_helper(ask, self.job_dir, job_id, wait_s=wait),
+                    lambda: jobs.poll(self._exec, self.job_dir, job_id, wait_s=wait)),
                 phrase("poll of {command}", command=argv[0]))
             if status.state == "exited":
                 break
@@ -530,8 +607,10 @@ class SshSession(TargetSession):
                 cancel.wait(wait)
             else:
                 time.sleep(wait)
-        out, err = self._retrying(lambda: jobs.read_output(self._exec, self.job_dir, job_id, remove=True),
-                                  phrase("output of {command}", command=argv[0]))
+        out, err = self._retrying(
+            lambda: self._job_call(lambda ask: jobs.read_output_helper(ask, self.job_dir, job_id, remove=True),
+                                   lambda: jobs.read_output(self._exec, self.job_dir, job_id, remove=True)),
+            phrase("output of {command}", command=argv[0]))
         assert status.returncode is not None
         return RunResult(
             argv=tuple(argv), returncode=status.returncode,

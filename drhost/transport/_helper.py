@@ -1,0 +1,244 @@
+"""The controller's side of the remote helper (drhost/transport/remote_helper.py): one long-lived process per
+SSH connection that runs drhost's commands on the target without a new SSH session and login shell each.
+
+Started over one exec channel with the target's ``python3``: a one-line bootstrap reads the helper's text from
+the channel (its length first) and runs it, so nothing is installed on the target. A reader thread takes the
+answers off the channel and hands each to the call waiting for it; calls from several threads share the
+channel. Anything that goes wrong with a started helper (the channel closes, an answer does not come in time,
+garbage instead of JSON) is :class:`HelperLost`, which the session treats like a dropped connection: reconnect,
+start a new helper, retry the (idempotent) call. A helper that cannot start (no python3, a refused channel) is
+:class:`HelperUnavailable`, with the reason: the session then sends each command as an exec request of its own,
+as it did before the helper existed, and says so (``drhost doctor --target``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.resources
+import itertools
+import json
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from ._become import Become, BecomeError, BecomeHandshake
+from ._remote_jobs import HelperRefused
+
+__all__ = ["HelperLost", "HelperUnavailable", "RemoteHelper"]
+
+#: The target's interpreter when the inventory does not name one (``remote_helper``).
+DEFAULT_PYTHON = "python3"
+#: How long the helper may take to say it is ready: a python3 start on a loaded target.
+START_TIMEOUT_S = 15.0
+#: Reads the helper's text (its length in bytes on the first line) from stdin and runs it as __main__.
+_BOOTSTRAP = "import sys; s=sys.stdin.buffer; exec(s.read(int(s.readline())))"
+
+
+class HelperLost(Exception):
+    """Internal: a started helper stopped answering; the session handles it like a dropped connection."""
+
+
+class HelperUnavailable(Exception):
+    """The helper could not be started on this target (the message says why)."""
+
+
+def helper_source() -> bytes:
+    return importlib.resources.files("drhost.transport").joinpath("remote_helper.py").read_bytes()
+
+
+def start_command(python: str, path: str) -> str:
+    """The exec request that starts the helper: a clean environment (as every drhost command has), no login
+    shell's rc files in what runs."""
+    return (f'exec env -i PATH={path} HOME="$HOME" LC_ALL=C {shlex.quote(python)} -u -c '
+            f"{shlex.quote(_BOOTSTRAP)}")
+
+
+@dataclass
+class _Waiting:
+    done: threading.Event
+    answer: dict[str, Any] | None = None
+
+
+class RemoteHelper:
+    """A started helper on one channel. Thread-safe: :meth:`call` may be used by several threads at once."""
+
+    def __init__(self, channel: paramiko.Channel, python_version: str, pid: int, pending: bytes = b"") -> None:
+        self._channel = channel
+        #: The helper's process id on the target.
+        self.pid = pid
+        self._pending = pending
+        self.python_version = python_version
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, _Waiting] = {}
+        self._lost: str | None = None
+        self._reader = threading.Thread(target=self._read, name="drhost-helper-reader", daemon=True)
+
+    @classmethod
+    def start(cls, transport: paramiko.Transport, *, python: str, path: str, become: Become | None = None,
+              target: str = "", timeout_s: float = START_TIMEOUT_S) -> RemoteHelper:
+        """Start the helper over a new channel of ``transport``; HelperUnavailable saying why it did not.
+
+        With ``become`` the helper itself is started through sudo (one handshake, the password if sudo asks for
+        it), so every command it runs afterwards runs as the become user without a sudo of its own. sudo's
+        refusal is BecomeError, as for any command; a connection lost meanwhile is HelperLost."""
+        try:
+            channel = transport.open_session(timeout=timeout_s)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HelperUnavailable(f"no channel for it: {exc or type(exc).__name__}") from None
+        deadline = time.monotonic() + timeout_s
+        try:
+            channel.settimeout(timeout_s)
+            early = b""
+            if become is None:
+                channel.exec_command(start_command(python, path))
+            else:
+                handshake = BecomeHandshake(become, target)
+                channel.exec_command(handshake.command(start_command(python, path)))
+                try:
+                    early, _ = handshake.wait(channel, deadline, transport.is_active)
+                except ConnectionError as exc:
+                    raise HelperLost(str(exc)) from None
+            source = helper_source()
+            channel.sendall(str(len(source)).encode("ascii") + b"\n" + source)
+            first, rest = _read_line(channel, deadline, early)
+            try:
+                ready = json.loads(first)
+            except ValueError:
+                ready = None
+            if not isinstance(ready, dict) or ready.get("ready") != 1:
+                err = channel.recv_stderr(4096).decode("utf-8", "replace").strip() if channel.recv_stderr_ready() \
+                    else ""
+                status = channel.recv_exit_status() if channel.exit_status_ready() else None
+                why = err or (f"exit status {status}" if status is not None else repr(first[:200]))
+                raise HelperUnavailable(f"{python} did not start it: {why}")
+        except (HelperUnavailable, BecomeError):
+            channel.close()
+            raise
+        except HelperLost:
+            channel.close()
+            if not transport.is_active():
+                raise
+            raise HelperUnavailable(f"{python} did not start it: no ready message in {timeout_s:.0f} s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()
+            if not transport.is_active():
+                raise HelperLost(str(exc) or type(exc).__name__) from None
+            raise HelperUnavailable(f"{python} did not start it: {exc or type(exc).__name__}") from None
+        channel.settimeout(None)
+        helper = cls(channel, str(ready.get("python", "?")), int(ready.get("pid") or 0), rest)
+        helper._reader.start()
+        return helper
+
+    @property
+    def alive(self) -> bool:
+        return self._lost is None and not self._channel.closed
+
+    def call(self, command: str, stdin: bytes | None, timeout_s: float) -> tuple[int, bytes, bytes]:
+        """Run ``command`` (an exec request's command line) on the target: its exit status, stdout, stderr.
+        HelperLost when the helper is gone or does not answer within ``timeout_s``."""
+        answer = self._ask({"command": command, "stdin": base64.b64encode(stdin or b"").decode("ascii")}, timeout_s)
+        if "error" in answer:
+            raise HelperLost(f"the helper could not run the command: {answer['error']}")
+        try:
+            return int(answer["rc"]), base64.b64decode(answer["out"]), base64.b64decode(answer["err"])
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            self._lose(f"an answer that is not one: {str(answer)[:200]}")
+            raise HelperLost(self._lost or "") from None
+
+    def request(self, operation: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One of the helper's own operations (``op``: job_start, job_poll, job_output); its answer. HelperLost
+        as for :meth:`call`; HelperRefused when the helper says it could not do it (a missing job directory)."""
+        answer = self._ask(operation, timeout_s)
+        if "error" in answer:
+            raise HelperRefused(str(answer["error"]))
+        return answer
+
+    def close(self) -> None:
+        """End the helper: its stdin closes, and it exits (commands it started go on)."""
+        self._lose("closed")
+        self._channel.close()
+
+    def _ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send ``request`` and wait for its answer."""
+        ident = next(self._ids)
+        waiting = _Waiting(threading.Event())
+        with self._lock:
+            if self._lost is not None:
+                raise HelperLost(self._lost)
+            self._waiting[ident] = waiting
+        try:
+            with self._send_lock:
+                self._channel.sendall(json.dumps({**request, "id": ident}, separators=(",", ":")).encode("utf-8")
+                                      + b"\n")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._lose(f"cannot send to the helper: {exc or type(exc).__name__}")
+        if not waiting.done.wait(timeout_s):
+            self._lose(f"no answer within {timeout_s:.0f} s")
+        if waiting.answer is None:
+            raise HelperLost(self._lost or "the helper ended")
+        return waiting.answer
+
+    def _lose(self, why: str) -> None:
+        """Mark the helper gone and wake every waiting call (they raise HelperLost)."""
+        with self._lock:
+            if self._lost is None:
+                self._lost = why
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for entry in waiting:
+            entry.done.set()
+        if why != "closed":
+            self._channel.close()
+
+    def _read(self) -> None:
+        buffer = bytearray(self._pending)
+        scanned = 0
+        while True:
+            try:
+                chunk = self._channel.recv(65536)
+            except Exception as exc:  # whatever ends the channel ends the helper; never an unseen thread death
+                self._lose(f"the channel failed: {exc or type(exc).__name__}")
+                return
+            if not chunk:
+                self._lose("the helper ended (its channel closed)")
+                return
+            buffer += chunk
+            while (end := buffer.find(b"\n", scanned)) >= 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 1]
+                scanned = 0
+                try:
+                    answer = json.loads(line)
+                    ident = answer["id"]
+                except (ValueError, KeyError, TypeError):
+                    self._lose(f"an answer that is not JSON: {line[:200]!r}")
+                    return
+                with self._lock:
+                    entry = self._waiting.pop(ident, None)
+                if entry is not None:
+                    entry.answer = answer
+                    entry.done.set()
+            scanned = len(buffer)
+
+
+def _read_line(channel: paramiko.Channel, deadline: float, data: bytes = b"") -> tuple[bytes, bytes]:
+    """The first line the helper writes (its ready message), or what came before the channel ended; and what
+    came after it. ``data``: what already arrived."""
+    while b"\n" not in data:
+        if time.monotonic() > deadline:
+            raise HelperLost("no ready message in time")
+        try:
+            chunk = channel.recv(4096)
+        except TimeoutError:
+            raise HelperLost("no ready message in time") from None
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
