@@ -119,7 +119,8 @@ def main() -> int:
         f"{ours_cpu:.1f} |",
         f"| drhost, `remote_helper = off` (an SSH session per command) | {sessions:.1f} | {sessions_cpu:.1f} |",
         f"| OpenSSH `ssh` with ControlMaster reuse | {theirs:.1f} | |",
-        f"| drhost, login `{BECOME_USER}`, `become = sudo` (NOPASSWD; the helper started through sudo once a connection) | {ours_sudo:.1f} | "
+        f"| drhost, login `{BECOME_USER}`, `become = sudo` (NOPASSWD; the helper started through sudo once a "
+        f"connection) | {ours_sudo:.1f} | "
         f"{sudo_cpu:.1f} |",
         f"| OpenSSH `ssh {BECOME_USER}@… sudo -n true` with ControlMaster reuse | {theirs_sudo:.1f} | |",
         f"| drhost, `become = sudo`, through a bastion (`proxy_jump`, network namespaces) | {ours_jump:.1f} | "

@@ -57,7 +57,8 @@ def test_a_ready_target_passes_every_check_and_nothing_is_left(host: SshHost, tm
     code, found = doctor(capsys, "-i", str(inventory(tmp_path, host, host.root)), "--target", "db1")
     checks = {check["name"]: check for check in found["db1"]}
     assert code == 0, found
-    assert list(checks) == ["login", "become", "tools", "root", "disk"]
+    assert list(checks) == ["login", "helper", "become", "tools", "root", "disk"]
+    assert str(checks["helper"]["detail"]).startswith("remote helper running (python 3.")
     assert all(check["ok"] for check in checks.values())
     assert f"ssh {host.login_user}@{host.host}:{host.port}, sudo to root" in str(checks["login"]["detail"])
     assert "commands run as root (uid 0)" in str(checks["login"]["detail"])

@@ -27,12 +27,10 @@ from typing import Any
 import paramiko
 
 from ._become import Become, BecomeError, BecomeHandshake
-from ._remote_jobs import HelperRefused
+from ._remote_jobs import DEFAULT_PYTHON, HelperRefused
 
-__all__ = ["HelperLost", "HelperUnavailable", "RemoteHelper"]
+__all__ = ["DEFAULT_PYTHON", "HelperLost", "HelperUnavailable", "RemoteHelper"]
 
-#: The target's interpreter when the inventory does not name one (``remote_helper``).
-DEFAULT_PYTHON = "python3"
 #: How long the helper may take to say it is ready: a python3 start on a loaded target.
 START_TIMEOUT_S = 15.0
 #: Reads the helper's text (its length in bytes on the first line) from stdin and runs it as __main__.

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from ._base import TargetSession
 from ._become import Become
 from ._heartbeat import ConnectionType, HeartbeatSettings
-from ._helper import DEFAULT_PYTHON
 from ._jump import parse_proxy_jump
 from ._local import LocalSession
+from ._remote_jobs import DEFAULT_PYTHON
 
 if TYPE_CHECKING:
     from ._ssh import NetworkListener

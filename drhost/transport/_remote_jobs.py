@@ -34,6 +34,8 @@ from ._base import TransportError
 ExecFn = Callable[[str, bytes | None, float], tuple[int, bytes, bytes]]
 
 OUTPUT_LIMIT = 1024 * 1024
+#: The target's interpreter for the remote helper when the inventory does not name one (``remote_helper``).
+DEFAULT_PYTHON = "python3"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ALREADY_STARTED = 17
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
