@@ -282,14 +282,6 @@ class RunState:
             fsync_dir(self.run_dir)
         return self._store
 
-    def save(self) -> None:
-        """Write every record that changed, in one commit."""
-        with self._lock:
-            rows = [(RUN_ROW, canonical(_run_part(self._body))),
-                    *((target_row(name), canonical(record)) for name, record in self._body["targets"].items())]
-            store, order = self._taken_for()
-        store.commit(rows, order)
-
     @contextlib.contextmanager
     def mutate(self) -> Iterator[dict[str, Any]]:
         """Change the run's own part of the body (status, rollout, controller, …) and write it durably before

@@ -230,11 +230,6 @@ class StateStore:
         """Commit one target's record (unless it is what its row already holds); a new target gets a row."""
         self.commit([(target_row(name), canonical(record))])
 
-    def write_all(self, run: Mapping[str, Any], targets: Mapping[str, Mapping[str, Any]]) -> None:
-        """Commit the run's part and every target's record that changed, in one transaction."""
-        self.commit([(RUN_ROW, canonical(run)), *((target_row(name), canonical(record))
-                                                   for name, record in targets.items())])
-
     def commit(self, rows: Sequence[tuple[Row, str]], order: int | None = None) -> None:
         """Commit rows given as their canonical text, in one transaction (rows whose text is what they hold
         are left alone).
