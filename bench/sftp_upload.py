@@ -9,7 +9,9 @@ to a fresh remote name and reports the median. Columns:
   first to last progress call; paramiko put: its own callback; sftp: process wall time, which also holds
   its ssh connection setup, measured separately as ``sftp -b`` with an empty batch and subtracted).
 - end-to-end MB/s (upload_resumable only): the whole call, i.e. transfer plus the target's sha256 of the
-  file, the local hash and the rename.
+  file, the local hash and the rename. The row "+ remote helper" hashes on the target as the bytes arrive
+  (drhost's remote helper, ``hash_follow``), as ``SshSession.put`` does on a target with python3: the
+  verification overlaps the transfer instead of following it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,8 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from drhost.transport._helper import RemoteHelper
+from drhost.transport._remote_jobs import DEFAULT_PATH
 from drhost.transport._sftp_upload import sha256_command, upload_resumable
 from sshd_hosts import SshHost, start_hosts
 
@@ -63,8 +68,30 @@ def remote_sha256_over(transport: paramiko.Transport) -> Callable[[str, int | No
     return remote_sha256
 
 
+def hash_while_over(transport: paramiko.Transport) -> Callable[[str, int], Callable[[], str | None]]:
+    """What SshSession.put passes: the remote helper hashes the part as it arrives (on its own channel)."""
+    helper = RemoteHelper.start(transport, python="python3", path=DEFAULT_PATH)
+
+    def hash_while(path: str, size: int) -> Callable[[], str | None]:
+        found: list[str | None] = [None]
+
+        def follow() -> None:
+            found[0] = str(helper.request({"op": "hash_follow", "path": path, "size": size}, 600)["sha256"])
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+
+        def wait() -> str | None:
+            thread.join()
+            return found[0]
+
+        return wait
+
+    return hash_while
+
+
 def resumable_run(
-    host: SshHost, local: Path, remote: str, cipher: str, mac: str, chunk: int, window: int
+    host: SshHost, local: Path, remote: str, cipher: str, mac: str, chunk: int, window: int, helper: bool = False
 ) -> tuple[float, float]:
     transport = connect(host, cipher, mac)
     try:
@@ -84,6 +111,7 @@ def resumable_run(
             progress=progress,
             chunk_size=chunk,
             window=window,
+            hash_while=hash_while_over(transport) if helper else None,
         )
         ended = time.perf_counter()
         assert report.bytes_sent == report.bytes_total
@@ -200,19 +228,21 @@ def main() -> int:
                 f"setup {statistics.median(setup) * 1000:.0f} ms subtracted",
             )
         )
-        for chunk, window in variants:
+        for (chunk, window), helper in [*((v, False) for v in variants), (variants[0], True)]:
             transfer, whole = [], []
             for _ in range(args.runs):
-                t, w = resumable_run(host, local, remote(), args.cipher, args.mac, chunk, window)
+                t, w = resumable_run(host, local, remote(), args.cipher, args.mac, chunk, window, helper)
                 transfer.append(t)
                 whole.append(w)
                 clean()
             rows.append(
                 (
-                    f"upload_resumable chunk {chunk // 1024} KiB, window {window}",
+                    f"upload_resumable chunk {chunk // 1024} KiB, window {window}"
+                    + (" + remote helper hashing as bytes arrive" if helper else ""),
                     mbps(transfer),
                     mbps(whole),
-                    "end-to-end includes remote sha256sum + rename",
+                    "end-to-end includes the target's hash, overlapped" if helper
+                    else "end-to-end includes remote sha256sum + rename",
                 )
             )
         if not args.no_paramiko_put:

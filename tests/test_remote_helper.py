@@ -4,6 +4,7 @@ session per command and says so."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -169,3 +170,53 @@ def test_a_job_started_by_the_helper_is_polled_and_stopped_by_the_scripts_and_ba
     finally:
         with_helper.close()
         without.close()
+
+
+def test_an_upload_is_verified_by_the_hash_the_helper_took_as_it_arrived(host: SshHost, tmp_path: Path) -> None:
+    """put() of a file: the helper hashes it on the target as its bytes arrive, so no sha256sum of the whole
+    file runs after the transfer; the file on the target is the local one, byte for byte."""
+    local = tmp_path / "package.bin"
+    local.write_bytes(os.urandom(8 * 1024 * 1024))
+    session = session_for(host, tmp_path)
+    sent: list[str] = []
+    real_exec = session._exec
+
+    def recording(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        sent.append(command)
+        return real_exec(command, stdin, timeout)
+
+    session._exec = recording  # type: ignore[method-assign]
+    target = tmp_path / "target" / "package.bin"
+    try:
+        session.put(str(local), str(target))
+    finally:
+        session.close()
+    assert target.read_bytes() == local.read_bytes()
+    assert not [command for command in sent if "sha256sum" in command], sent
+
+
+def test_a_followed_hash_that_differs_is_checked_again_before_anything_is_concluded(
+        host: SshHost, tmp_path: Path) -> None:
+    """A hash taken while the bytes arrived that does not match (or none at all) is never taken as a failed
+    upload: the whole file is hashed again, and only that hash decides."""
+    from drhost.transport._sftp_upload import upload_resumable
+
+    local = tmp_path / "package.bin"
+    local.write_bytes(os.urandom(1024 * 1024))
+    session = session_for(host, tmp_path)
+    hashed_after: list[str] = []
+    try:
+        session.run(["true"], timeout=30)
+        sftp = session._sftp_client()
+        for followed in ("0" * 64, None):
+            def remote_sha256(path: str, length: int | None) -> str:
+                hashed_after.append(path)
+                return hashlib.sha256(Path(path).read_bytes()[:length]).hexdigest()
+
+            target = tmp_path / f"up-{followed}.bin"
+            report = upload_resumable(sftp, str(local), str(target), remote_sha256=remote_sha256,
+                                      hash_while=lambda path, size, value=followed: lambda: value)
+            assert report.attempts == 1 and target.read_bytes() == local.read_bytes()
+    finally:
+        session.close()
+    assert len(hashed_after) == 2

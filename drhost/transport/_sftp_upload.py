@@ -37,6 +37,9 @@ MAX_WRITE_REQUEST = 255 * 1024
 
 RemoteSha256 = Callable[[str, "int | None"], str]
 Progress = Callable[[int, int], None]
+#: ``hash_while(path, size)``: start hashing ``path`` on the target as its first ``size`` bytes arrive; returns
+#: a function that waits for that hash (None if it could not be had).
+HashWhile = Callable[[str, int], Callable[[], "str | None"]]
 
 
 class UploadError(TransportError):
@@ -107,13 +110,17 @@ def _send(
     chunk_size: int,
     window: int,
     progress: Progress | None,
+    opened: Callable[[], None] | None = None,
 ) -> int:
-    """Write local[start:] to ``part`` at the same offsets, ``window`` requests in flight; feed ``digest``."""
+    """Write local[start:] to ``part`` at the same offsets, ``window`` requests in flight; feed ``digest``.
+    ``opened()`` is called once ``part`` is open (and, for a fresh upload, empty)."""
     client = cast(Any, sftp)  # request queue of SFTPClient: not in the type stubs
     request = max(1, min(chunk_size, MAX_WRITE_REQUEST))
     mode = "r+b" if start else "wb"
     remote = sftp.open(part, mode)
     try:
+        if opened is not None:
+            opened()
         handle = cast(Any, remote).handle
         in_flight: collections.deque[tuple[int, int]] = collections.deque()  # (request number, end offset)
         offset = start
@@ -152,6 +159,7 @@ def upload_resumable(
     chunk_size: int = 256 * 1024,
     window: int = 32,
     attempts: int = 2,
+    hash_while: HashWhile | None = None,
 ) -> UploadReport:
     """Upload ``local_path`` to ``remote_path`` through ``remote_path + ".part"``, resuming a valid part.
 
@@ -162,6 +170,9 @@ def upload_resumable(
     sent again, up to ``attempts`` rounds in all, then :class:`UploadError` (category ``file``) names both
     hashes. On success the part is renamed over ``remote_path`` (``posix-rename@openssh.com``).
     ``progress(done, total)`` gets acknowledged bytes on the target, including a resumed prefix.
+    ``hash_while``: the target hashes the part as it arrives (the remote helper), so the verification costs
+    no time after the transfer; a hash it could not give, or one that differs, is checked again with
+    ``remote_sha256`` before anything is concluded, so only a hash of the whole file decides.
     Network failures surface as paramiko's / the socket's exceptions; call again on a new transport to
     resume.
     """
@@ -185,6 +196,12 @@ def upload_resumable(
                     digest = hashlib.sha256()
             if progress is not None:
                 progress(start, total)
+            following: list[Callable[[], str | None]] = []
+
+            def follow(into: list[Callable[[], str | None]] = following) -> None:
+                if hash_while is not None:
+                    into.append(hash_while(part, total))
+
             sent += _send(
                 sftp,
                 local,
@@ -195,9 +212,11 @@ def upload_resumable(
                 chunk_size=chunk_size,
                 window=window,
                 progress=progress,
+                opened=follow,
             )
             local_hash = digest.hexdigest()
-            target_hash = remote_sha256(part, None)
+            followed = following[0]() if following else None
+            target_hash = followed if followed == local_hash else remote_sha256(part, None)
             if target_hash == local_hash:
                 sftp.posix_rename(part, remote_path)
                 duration = time.monotonic() - began

@@ -39,6 +39,7 @@ from ._base import CommandStopped, ManualReconnect, ProgressCallback, StillRunni
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._helper import DEFAULT_PYTHON, HelperLost, HelperUnavailable, RemoteHelper
+from ._remote_jobs import HelperRefused
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, open_connection
 
@@ -671,6 +672,33 @@ class SshSession(TargetSession):
         final_path = remote_path
         local_sha256 = sha256_of(Path(local_path)) if self.become is not None else ""
 
+        def hash_while(path: str, size: int) -> Callable[[], str | None]:
+            """The target's helper hashes the part as it arrives (None from the waiter: hash it afterwards)."""
+            try:
+                transport = self._ensure()
+                helper = self._helper_of(transport, _SHORT_TIMEOUT_S)
+            except (_ConnectionLost, TransportError):
+                helper = None
+            if helper is None:
+                return lambda: None
+            found: list[str | None] = [None]
+
+            def follow() -> None:
+                with contextlib.suppress(HelperLost, HelperRefused):
+                    # No deadline of its own: the helper gives up when the upload stops bringing bytes.
+                    answer = helper.request({"op": "hash_follow", "path": path, "size": size, "idle_s": 30},
+                                            timeout_s=86400)
+                    found[0] = str(answer.get("sha256") or "") or None
+
+            thread = threading.Thread(target=follow, name=f"drhost-hash-{self.name}", daemon=True)
+            thread.start()
+
+            def wait() -> str | None:
+                thread.join(timeout=120)
+                return found[0]
+
+            return wait
+
         def remote_sha256(path: str, length: int | None) -> str:
             status, out, err = self._retrying(
                 lambda: self._exec(jobs.shell_command(sha256_command(path, length)), None, 300.0),
@@ -722,7 +750,8 @@ class SshSession(TargetSession):
                     # As the login user into a private staging directory, then into place as the become user.
                     remote_path = _staging_path(sftp, self.run_id, final_path)
                 # A retry resumes after the verified prefix of the .part file: only the rest is sent again.
-                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=seen)
+                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=seen,
+                                 hash_while=hash_while)
                 if self.become is not None:
                     self._install_staged(remote_path, final_path, local_sha256)
                 return

@@ -16,7 +16,8 @@ Three requests do the detached-job protocol's work (drhost/transport/_remote_job
 directory with the same files, instead of in a shell script each: ``job_start`` (make the job's directory,
 start the same wrapper in a session of its own, wait for it as long as asked: the helper is its parent and
 waits on it rather than polling with ``sleep`` processes), ``job_poll`` and ``job_output``. A job started
-here is polled, read and stopped by the shell scripts just as well, and the other way round.
+here is polled, read and stopped by the shell scripts just as well, and the other way round. ``hash_follow``
+hashes an upload's file as its bytes arrive, so that the verification of an upload overlaps its transfer.
 
 When its stdin ends (drhost closed the channel, or the connection dropped) the helper exits; commands still
 running are not waited for. drhost's detached jobs (drhost/transport/_remote_jobs.py) run in their own
@@ -29,6 +30,7 @@ drhost.
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -166,7 +168,32 @@ def job_output(request: Dict[str, Any]) -> Dict[str, Any]:
     return answer
 
 
-OPERATIONS = {"job_start": job_start, "job_poll": job_poll, "job_output": job_output}
+def hash_follow(request: Dict[str, Any]) -> Dict[str, Any]:
+    """The sha256 of the first ``size`` bytes of ``path``, read as they arrive (an upload writes them in
+    order): hashing overlaps the transfer instead of following it. Gives up when no byte came for
+    ``idle_s`` (the upload stopped: drhost hashes the whole file afresh after a resumed one)."""
+    path, size, idle_s = request["path"], int(request["size"]), float(request.get("idle_s") or 30)
+    digest = hashlib.sha256()
+    done = 0
+    last_progress = time.monotonic()
+    pause = 0.001
+    with open(path, "rb") as handle:
+        while done < size:
+            data = handle.read(min(1 << 20, size - done))
+            if data:
+                digest.update(data)
+                done += len(data)
+                last_progress = time.monotonic()
+                pause = 0.001
+                continue
+            if time.monotonic() - last_progress > idle_s:
+                raise OSError(f"{path}: no new bytes for {idle_s:.0f} s at {done} of {size}")
+            time.sleep(pause)
+            pause = min(0.02, pause * 2)
+    return {"sha256": digest.hexdigest(), "bytes": done}
+
+
+OPERATIONS = {"job_start": job_start, "job_poll": job_poll, "job_output": job_output, "hash_follow": hash_follow}
 
 
 def main() -> None:
