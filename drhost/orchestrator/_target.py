@@ -269,11 +269,11 @@ class TargetFlow:
             self.record.mark_step(step, "started", attempt=attempt)
             failpoint(f"step.started:{step.key}")
             expected = self.executor.expected_s(self.name, step.key)
+            rest_after, stage_rest_after = self._expected_after(step)
             self._emit("step.started", stage=step.stage, step=step.name, plugin=step.plugin, attempt=attempt,
                        attempts=attempts, timeout_s=step.timeout_s, retryable=step.retryable,
                        isolation=step.isolation, expected_s=None if expected is None else round(expected, 3),
-                       rest_after_s=self._expected_after(step),
-                       stage_rest_after_s=self._expected_after(step, same_stage=True))
+                       rest_after_s=rest_after, stage_rest_after_s=stage_rest_after)
             failpoint(f"step.mid:{step.key}")
             outcome = self.executor.call(self.name, step.plugin, "run_step", stage=step.stage, step=step.name,
                                          timeout_s=step.timeout_s, attempt=attempt)
@@ -310,15 +310,20 @@ class TargetFlow:
                 return CallOutcome("cancelled", message=N_("run is stopping"))
         return outcome
 
-    def _expected_after(self, step: PlannedStep, *, same_stage: bool = False) -> float | None:
-        """How long this target's steps after ``step`` (in its stage, or in all) usually take; None if any was
-        never timed."""
-        steps = self.record.get("steps") or {}
-        later = [s for s in self.env.plan.steps if s.key != step.key and steps.get(s.key, {}).get("status")
-                 not in ("done", "skipped") and _sort_position(s) > _sort_position(step)
-                 and (not same_stage or s.stage is step.stage)]
-        total = remaining_for(((self.name, s.key) for s in later), self.executor.history)
-        return None if total is None else round(total, 3)
+    def _expected_after(self, step: PlannedStep) -> tuple[float | None, float | None]:
+        """How long this target's steps after ``step`` usually take, in all and in its stage; None where one
+        was never timed."""
+        with self.env.state.reading_target(self.name) as record:
+            # The finished steps' keys only: no copy of the record, which grows with every step.
+            finished = {key for key, entry in record.get("steps", {}).items()
+                        if entry.get("status") in ("done", "skipped")}
+        position = _sort_position(step)
+        later = [s for s in self.env.plan.steps
+                 if s.key != step.key and s.key not in finished and _sort_position(s) > position]
+        history = self.executor.history
+        total = remaining_for(((self.name, s.key) for s in later), history)
+        in_stage = remaining_for(((self.name, s.key) for s in later if s.stage is step.stage), history)
+        return (None if total is None else round(total, 3)), (None if in_stage is None else round(in_stage, 3))
 
     def _apply_outcome(self, step: PlannedStep, outcome: CallOutcome) -> StageFailure | _Stopped | None:
         if outcome.ok:
