@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,24 +69,7 @@ def remote_sha256_over(transport: paramiko.Transport) -> Callable[[str, int | No
 
 def hash_while_over(transport: paramiko.Transport) -> Callable[[str, int], Callable[[], str | None]]:
     """What SshSession.put passes: the remote helper hashes the part as it arrives (on its own channel)."""
-    helper = RemoteHelper.start(transport, python="python3", path=DEFAULT_PATH)
-
-    def hash_while(path: str, size: int) -> Callable[[], str | None]:
-        found: list[str | None] = [None]
-
-        def follow() -> None:
-            found[0] = str(helper.request({"op": "hash_follow", "path": path, "size": size}, 600)["sha256"])
-
-        thread = threading.Thread(target=follow, daemon=True)
-        thread.start()
-
-        def wait() -> str | None:
-            thread.join()
-            return found[0]
-
-        return wait
-
-    return hash_while
+    return RemoteHelper.start(transport, python="python3", path=DEFAULT_PATH).hash_following
 
 
 def resumable_run(

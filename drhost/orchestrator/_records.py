@@ -98,14 +98,16 @@ class TargetRecord:
 
     def plugin_ended(self, plugin: str, ending: dict[str, Any]) -> None:
         """Record how ``plugin`` ended on this target; a failure is never overwritten by a later success."""
+        def replaces(known: dict[str, Any] | None) -> bool:
+            return known != ending and ((known or {}).get("ended", "ok") == "ok" or ending["ended"] != "ok")
+
         with self.env.state.reading_target(self.name) as record:
             # After every successful step: almost always what is recorded already, so nothing to write.
-            known = record.get("plugins", {}).get(plugin)
-            if known == ending or (known is not None and known.get("ended", "ok") != "ok" and ending["ended"] == "ok"):
+            if not replaces(record.get("plugins", {}).get(plugin)):
                 return
         with self.env.state.mutate_target(self.name) as record:
             plugins = record.setdefault("plugins", {})
-            if plugins.get(plugin, {}).get("ended", "ok") == "ok" or ending["ended"] != "ok":
+            if replaces(plugins.get(plugin)):
                 plugins[plugin] = ending
 
     def add_error(self, **error: Any) -> None:

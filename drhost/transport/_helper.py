@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import importlib.resources
 import itertools
 import json
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +48,7 @@ class HelperUnavailable(Exception):
     """The helper could not be started on this target (the message says why)."""
 
 
+@functools.cache
 def helper_source() -> bytes:
     return importlib.resources.files("drhost.transport").joinpath("remote_helper.py").read_bytes()
 
@@ -157,6 +161,27 @@ class RemoteHelper:
         if "error" in answer:
             raise HelperRefused(str(answer["error"]))
         return answer
+
+    def hash_following(self, path: str, size: int, *, idle_s: float = 30.0) -> Callable[[], str | None]:
+        """Start hashing ``path`` on the target as its first ``size`` bytes arrive (an upload writing it);
+        returns the wait for that sha256, None when the helper could not give it (then hash the file anew)."""
+        found: list[str | None] = [None]
+
+        def follow() -> None:
+            with contextlib.suppress(HelperLost, HelperRefused):
+                # No deadline of its own: the helper gives up when the upload stops bringing bytes.
+                answer = self.request({"op": "hash_follow", "path": path, "size": size, "idle_s": idle_s},
+                                      timeout_s=86400)
+                found[0] = str(answer.get("sha256") or "") or None
+
+        thread = threading.Thread(target=follow, name="drhost-helper-hash", daemon=True)
+        thread.start()
+
+        def wait() -> str | None:
+            thread.join(timeout=120)
+            return found[0]
+
+        return wait
 
     def close(self) -> None:
         """End the helper: its stdin closes, and it exits (commands it started go on)."""

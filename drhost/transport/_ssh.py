@@ -39,7 +39,6 @@ from ._base import CommandStopped, ManualReconnect, ProgressCallback, StillRunni
 from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._helper import DEFAULT_PYTHON, HelperLost, HelperUnavailable, RemoteHelper
-from ._remote_jobs import HelperRefused
 from ._sftp_upload import sha256_command, upload_resumable
 from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, open_connection
 
@@ -679,25 +678,7 @@ class SshSession(TargetSession):
                 helper = self._helper_of(transport, _SHORT_TIMEOUT_S)
             except (_ConnectionLost, TransportError):
                 helper = None
-            if helper is None:
-                return lambda: None
-            found: list[str | None] = [None]
-
-            def follow() -> None:
-                with contextlib.suppress(HelperLost, HelperRefused):
-                    # No deadline of its own: the helper gives up when the upload stops bringing bytes.
-                    answer = helper.request({"op": "hash_follow", "path": path, "size": size, "idle_s": 30},
-                                            timeout_s=86400)
-                    found[0] = str(answer.get("sha256") or "") or None
-
-            thread = threading.Thread(target=follow, name=f"drhost-hash-{self.name}", daemon=True)
-            thread.start()
-
-            def wait() -> str | None:
-                thread.join(timeout=120)
-                return found[0]
-
-            return wait
+            return (lambda: None) if helper is None else helper.hash_following(path, size)
 
         def remote_sha256(path: str, length: int | None) -> str:
             status, out, err = self._retrying(

@@ -97,10 +97,14 @@ def _private_dirs(path: str) -> None:
         os.mkdir(path, 0o700)
 
 
+def _outputs(path: str, limit: int) -> Dict[str, Any]:
+    """The last ``limit`` bytes of a job's stdout and stderr."""
+    return {"out": _b64(_tail(os.path.join(path, "out"), limit)), "err": _b64(_tail(os.path.join(path, "err"), limit))}
+
+
 def _finished(path: str, rc: bytes, limit: int) -> Dict[str, Any]:
     """A finished job's answer; its directory goes (as the start script does)."""
-    answer = {"state": "exited", "rc": int(rc.strip()), "out": _b64(_tail(os.path.join(path, "out"), limit)),
-              "err": _b64(_tail(os.path.join(path, "err"), limit))}
+    answer = dict(_outputs(path, limit), state="exited", rc=int(rc.strip()))
     shutil.rmtree(path, ignore_errors=True)
     return answer
 
@@ -161,8 +165,7 @@ def job_output(request: Dict[str, Any]) -> Dict[str, Any]:
     path, limit = request["path"], int(request["limit"])
     if not os.path.isdir(path):
         raise OSError(f"no job directory {path}")
-    answer = {"out": _b64(_tail(os.path.join(path, "out"), limit)),
-              "err": _b64(_tail(os.path.join(path, "err"), limit))}
+    answer = _outputs(path, limit)
     if request.get("remove"):
         shutil.rmtree(path, ignore_errors=True)
     return answer
