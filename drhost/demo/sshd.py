@@ -96,6 +96,8 @@ class SshHost:
     login_user: str | None = None
     #: The network namespace the server runs in (a host behind a bastion); None: this machine's.
     netns: str | None = None
+    #: More ``sshd -o`` settings (``"Ciphers=aes256-ctr"``): a test's server that differs from the default.
+    sshd_options: tuple[str, ...] = ()
 
     @property
     def host_key(self) -> Path:
@@ -145,6 +147,7 @@ class SshHost:
             # hosts are fresh hosts, not the operator's account, whose rc files (pyenv's init: about 100 ms of
             # CPU) would otherwise run before every command drhost sends.
             "-o", "SetEnv=SHLVL=1",
+            *(word for option in self.sshd_options for word in ("-o", option)),
         ]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import paramiko
+from paramiko.ssh_exception import IncompatiblePeer
 
 from ..errors import RefusedError, phrase
 from ._base import TransportError
@@ -91,6 +92,14 @@ class HostKeyError(RefusedError, TransportError):
 
 class AuthError(RefusedError, TransportError):
     """The server accepted none of our credentials. The message lists what was tried, never a secret."""
+
+    def __init__(self, message: str) -> None:
+        TransportError.__init__(self, message, category="auth")
+
+
+class AlgorithmsRefused(RefusedError, TransportError):
+    """The server and drhost have no cipher (or MAC, key exchange, host key type) in common: no attempt will
+    do better, so it is not retried; the message says what drhost offers."""
 
     def __init__(self, message: str) -> None:
         TransportError.__init__(self, message, category="auth")
@@ -275,6 +284,14 @@ def _handshake_failure(target: SshTarget, transport: paramiko.Transport, exc: Ba
                                          address=target.address, banner=banner)
         return _closed_before_banner(target)
     assert exc is not None
+    # paramiko: "Incompatible ssh server (no acceptable ciphers)" (or macs, kex algorithms, host key).
+    if isinstance(exc, IncompatiblePeer) and "cipher" in str(exc):
+        return AlgorithmsRefused.worded("SSH handshake with {address} failed: the server offers none of the ciphers "
+                                        "drhost uses ({ciphers}); enable one of them in its sshd_config",
+                                        address=target.address, ciphers=", ".join(CIPHERS))
+    if isinstance(exc, IncompatiblePeer):
+        return AlgorithmsRefused.worded("SSH handshake with {address} failed: {reason}", address=target.address,
+                                        reason=_describe(exc))
     return TransportError.worded("SSH handshake with {address} failed: {reason}", init={"category": "network"},
                                  address=target.address, reason=_describe(exc))
 
@@ -431,6 +448,13 @@ def open_connection(target: SshTarget) -> Connection:
     return Connection(hops[-1], tuple(hops[:-1]))
 
 
+#: The ciphers drhost offers, best first. AES-GCM first: an AEAD needs no separate MAC, which paramiko computes
+#: in Python for every packet, so a GCM connection costs both ends far less CPU per byte (measured: an upload
+#: 0.62x -> 0.82x OpenSSH sftp's speed, bench/sftp_upload.py). Every OpenSSH since 6.2 offers it; CTR stays for
+#: servers that do not. No CBC and no 3DES, which OpenSSH itself no longer offers.
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")
+
+
 def _establish(target: SshTarget, sock: socket.socket | paramiko.Channel) -> paramiko.Transport:
     """Key exchange, host key check and authentication over ``sock`` (a socket, or a channel of a jump host)."""
     host_keys = _load_known(target)
@@ -439,9 +463,10 @@ def _establish(target: SshTarget, sock: socket.socket | paramiko.Channel) -> par
         transport.banner_timeout = target.banner_timeout_s
         transport.handshake_timeout = target.banner_timeout_s
         transport.auth_timeout = target.auth_timeout_s
+        options = transport.get_security_options()
+        options.ciphers = tuple(cipher for cipher in CIPHERS if cipher in options.ciphers)
         preferred = _known_types(host_keys.lookup(target.host_entry))
         if preferred:
-            options = transport.get_security_options()
             available = list(options.key_types)
             options.key_types = [t for t in preferred if t in available] + \
                 [t for t in available if t not in preferred]
