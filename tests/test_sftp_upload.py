@@ -226,6 +226,59 @@ def test_latency_does_not_serialise_writes(host: SshHost, proxy: TcpProxy, tmp_p
     assert remote.read_bytes() == local.read_bytes()
 
 
+class CountingSha256:
+    """hashlib as _sftp_upload sees it, counting the bytes its sha256 objects are fed."""
+
+    def __init__(self) -> None:
+        self.fed = 0
+
+    def sha256(self) -> object:
+        outer = self
+        real = hashlib.sha256()
+
+        class Counted:
+            def update(self, data: bytes) -> None:
+                outer.fed += len(data)
+                real.update(data)
+
+            def hexdigest(self) -> str:
+                return real.hexdigest()
+
+        return Counted()
+
+
+def test_a_file_sent_again_is_not_hashed_again(host: SshHost, proxy: TcpProxy, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same unchanged file sent to a second place is not read for its hash again, and still verified."""
+    from drhost.transport import _sftp_upload
+
+    counting = CountingSha256()
+    monkeypatch.setattr(_sftp_upload, "hashlib", counting)
+    local = random_file(tmp_path / "pkg.bin", 3 * MiB)
+    first = upload(host, proxy, local, host.root / "pkg-again-1.bin")
+    assert counting.fed == 3 * MiB
+    second = upload(host, proxy, local, host.root / "pkg-again-2.bin")
+    assert counting.fed == 3 * MiB
+    assert first.sha256 == second.sha256 == sha256_file(local)
+    assert (host.root / "pkg-again-2.bin").read_bytes() == local.read_bytes()
+
+
+def test_a_rewritten_file_is_hashed_afresh_even_with_its_old_mtime(host: SshHost, proxy: TcpProxy,
+                                                                   tmp_path: Path) -> None:
+    """A file rewritten in place, same size and its mtime set back, is hashed again: the new bytes are sent
+    and verified, never matched against the old hash."""
+    local = random_file(tmp_path / "pkg.bin", MiB)
+    upload(host, proxy, local, host.root / "pkg-rewritten-1.bin")
+    before = local.stat()
+    with open(local, "r+b") as handle:
+        handle.write(os.urandom(MiB))
+    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (local.stat().st_size, local.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    report = upload(host, proxy, local, host.root / "pkg-rewritten-2.bin")
+    assert report.sha256 == sha256_file(local) and report.attempts == 1
+    assert (host.root / "pkg-rewritten-2.bin").read_bytes() == local.read_bytes()
+
+
 def test_rate_and_eta() -> None:
     """rate_and_eta gives MB/s and seconds left; inf before anything moved, 0 at the end."""
     assert rate_and_eta(0, 100, 1.0) == (0.0, float("inf"))

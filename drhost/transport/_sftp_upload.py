@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import shlex
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +91,39 @@ def _local_sha256(handle: BinaryIO, length: int, block: int = 1024 * 1024) -> ha
     return digest
 
 
+class KnownHashes:
+    """The sha256 of local files already sent whole, by what identifies their content: device, inode, size,
+    mtime and ctime (ns). A package uploaded to a hundred targets is hashed on the first few, not a hundred
+    times. Any write to the file changes its ctime, which no one can set back, so a changed file is hashed
+    afresh; an upload whose file changed while it was sent is not remembered."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(handle: BinaryIO) -> tuple[int, ...]:
+        st = os.fstat(handle.fileno())
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, identity: tuple[int, ...]) -> str | None:
+        with self._lock:
+            return self._known.get(identity)
+
+    def forget(self, identity: tuple[int, ...]) -> None:
+        with self._lock:
+            self._known.pop(identity, None)
+
+    def remember(self, identity: tuple[int, ...], sha256: str) -> None:
+        with self._lock:
+            if len(self._known) >= 256:  # a run sends a handful of files; never grow without bound
+                self._known.clear()
+            self._known[identity] = sha256
+
+
+KNOWN_HASHES = KnownHashes()
+
+
 def _remote_size(sftp: paramiko.SFTPClient, path: str) -> int | None:
     try:
         attrs = sftp.stat(path)
@@ -106,13 +141,14 @@ def _send(
     *,
     start: int,
     total: int,
-    digest: hashlib._Hash,
+    digest: hashlib._Hash | None,
     chunk_size: int,
     window: int,
     progress: Progress | None,
     opened: Callable[[], None] | None = None,
 ) -> int:
-    """Write local[start:] to ``part`` at the same offsets, ``window`` requests in flight; feed ``digest``.
+    """Write local[start:] to ``part`` at the same offsets, ``window`` requests in flight; feed ``digest``
+    (None: the file's hash is already known).
     ``opened()`` is called once ``part`` is open (and, for a fresh upload, empty)."""
     client = cast(Any, sftp)  # request queue of SFTPClient: not in the type stubs
     request = max(1, min(chunk_size, MAX_WRITE_REQUEST))
@@ -130,7 +166,8 @@ def _send(
             if not data:
                 raise UploadError.worded("local file shrank during upload at byte {offset}",
                                          init={"category": "file"}, offset=offset)
-            digest.update(data)
+            if digest is not None:
+                digest.update(data)
             num = client._async_request(type(None), CMD_WRITE, handle, int64(offset), data)
             offset += len(data)
             in_flight.append((num, offset))
@@ -184,16 +221,19 @@ def upload_resumable(
     resumed_from = 0
     with open(local_path, "rb") as local:
         total = local.seek(0, 2)
+        identity = KNOWN_HASHES.identity(local)
         for attempt in range(1, attempts + 1):
             start = 0
-            digest = hashlib.sha256()
+            digest: hashlib._Hash | None = hashlib.sha256()
             existing = _remote_size(sftp, part) if attempt == 1 else None
             if existing and existing <= total:
-                digest = _local_sha256(local, existing)
-                if remote_sha256(part, existing) == digest.hexdigest():
+                prefix = _local_sha256(local, existing)
+                if remote_sha256(part, existing) == prefix.hexdigest():
                     start = resumed_from = existing
-                else:
-                    digest = hashlib.sha256()
+                    digest = prefix
+            known = KNOWN_HASHES.get(identity) if start == 0 else None
+            if known is not None:
+                digest = None
             if progress is not None:
                 progress(start, total)
             following: list[Callable[[], str | None]] = []
@@ -214,7 +254,12 @@ def upload_resumable(
                 progress=progress,
                 opened=follow,
             )
-            local_hash = digest.hexdigest()
+            if digest is None:
+                local_hash = str(known)
+            else:
+                local_hash = digest.hexdigest()
+                if start == 0 and KNOWN_HASHES.identity(local) == identity:
+                    KNOWN_HASHES.remember(identity, local_hash)
             followed = following[0]() if following else None
             target_hash = followed if followed == local_hash else remote_sha256(part, None)
             if target_hash == local_hash:
@@ -231,6 +276,7 @@ def upload_resumable(
                 )
             sftp.remove(part)
             resumed_from = 0
+            KNOWN_HASHES.forget(identity)  # the next round hashes what it sends
     raise UploadError.worded(
         "{path}: sha256 on the target {remote_sha256} differs from the local {local_sha256} after {attempts} "
         "attempt(s)",
