@@ -55,8 +55,10 @@ def helper_source() -> bytes:
 
 def start_command(python: str, path: str) -> str:
     """The exec request that starts the helper: a clean environment (as every drhost command has), no login
-    shell's rc files in what runs."""
-    return (f'exec env -i PATH={path} HOME="$HOME" LC_ALL=C {shlex.quote(python)} -u -c '
+    shell's rc files in what runs. ``-I -S``: nothing of the target's site-packages, .pth files or user site
+    runs in it (the helper needs the standard library only), which also spares ~15 ms of start-up a
+    connection."""
+    return (f'exec env -i PATH={path} HOME="$HOME" LC_ALL=C {shlex.quote(python)} -u -I -S -c '
             f"{shlex.quote(_BOOTSTRAP)}")
 
 
