@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +178,82 @@ def test_targets_changed_from_many_threads_are_all_on_disk(tmp_path: Path, monke
     reread = RunState.open(state.run_dir).snapshot()
     assert reread == state.snapshot()
     assert reread["done"] == 200 and {record["n"] for record in reread["targets"].values()} == {25}
+
+
+def _queue_behind_the_lock(store: StateStore, callers: int, commit: Callable[[int], None]) -> list[BaseException]:
+    """``callers`` threads each calling ``commit(i)`` while the store's connection is held, released once all of
+    them wait: the next transaction finds them all queued. Returns what the callers raised."""
+    import threading
+    import time
+
+    raised: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            commit(i)
+        except BaseException as exc:  # collected for the test to judge
+            raised.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    with store._lock:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(store._queue) < callers:
+            assert time.monotonic() < deadline, "callers never queued"
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    return raised
+
+
+def test_callers_that_wait_together_share_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits that queue while another holds the connection go in one transaction, yet each caller returns
+    with its own row on disk, and the failpoints are passed once per caller as without grouping."""
+    log = tmp_path / "failpoints.log"
+    monkeypatch.setattr(failpoints, "_LOG", str(log))
+    store = _store(tmp_path)
+    groups: list[int] = []
+    commit_group = store._commit_group
+
+    def counted(group: list[Any]) -> None:
+        groups.append(len(group))
+        commit_group(group)
+
+    monkeypatch.setattr(store, "_commit_group", counted)
+    seen: dict[int, str] = {}
+
+    def commit(i: int) -> None:
+        store.commit([(("target", f"n{i:02d}"), canonical({"status": "done", "i": i}))])
+        # Durable on return: a connection of its own reads it.
+        reader = sqlite3.connect(tmp_path / "state.db")
+        seen[i] = reader.execute("SELECT body FROM record WHERE name = ?", (f"n{i:02d}",)).fetchone()[0]
+        reader.close()
+
+    assert _queue_behind_the_lock(store, 12, commit) == []
+    assert groups == [12]
+    assert seen == {i: canonical({"status": "done", "i": i}) for i in range(12)}
+    assert log.read_text().splitlines() == ["state.before_commit"] * 12 + ["state.committed"] * 12
+
+
+def test_a_failed_shared_transaction_fails_every_caller_and_writes_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the shared transaction fails, every caller in it raises, none of their rows changed, and the same
+    rows committed again afterwards are written (not skipped as already held)."""
+    from drhost.state import _store as store_module
+
+    def disk_gone(name: str) -> None:
+        raise OSError("disk gone")
+
+    store = _store(tmp_path)
+    real = store_module.failpoint
+    monkeypatch.setattr(store_module, "failpoint", disk_gone)
+    rows = {i: [(("target", f"dr-{i}"), canonical({"status": f"try-{i}"}))] for i in (1, 2)}
+    raised = _queue_behind_the_lock(store, 2, lambda i: store.commit(rows[i + 1]))
+    assert [str(exc) for exc in raised] == ["disk gone", "disk gone"]
+    _, targets, _ = StateStore.open(tmp_path / "state.db").read()
+    assert targets == TARGETS
+    monkeypatch.setattr(store_module, "failpoint", real)
+    store.commit(rows[1] + rows[2])
+    _, targets, _ = StateStore.open(tmp_path / "state.db").read()
+    assert (targets["dr-1"], targets["dr-2"]) == ({"status": "try-1"}, {"status": "try-2"})
