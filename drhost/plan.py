@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ class PlannedStep:
     has_rollback: bool
     description: str = ""
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        # Asked for many times a step (state, history, estimates of the steps after it): made once.
         return f"{self.stage.value}/{self.plugin}/{self.name}"
 
     @property

@@ -81,6 +81,22 @@ def test_other_targets_answer_for_a_new_target(tmp_path: Path) -> None:
     assert history.expected_s("dr-demo-1", KEY) == 15.0
 
 
+def test_an_estimate_follows_every_new_sample(tmp_path: Path) -> None:
+    """Estimates are remembered between asks, yet each new sample shows at once: in its own target's estimate,
+    in the fleet's for targets without their own, and never in another target's own."""
+    history = _history(tmp_path)
+    assert history.expected_s("dr-demo-9", KEY) is None
+    history.note("dr-demo-1", KEY, 10.0)
+    assert (history.expected_s("dr-demo-1", KEY), history.expected_s("dr-demo-9", KEY)) == (10.0, 10.0)
+    history.note("dr-demo-2", KEY, 30.0)
+    assert history.expected_s("dr-demo-9", KEY) == 20.0
+    assert (history.expected_s("dr-demo-1", KEY), history.expected_s("dr-demo-2", KEY)) == (10.0, 30.0)
+    history.note("dr-demo-1", KEY, 20.0)
+    assert (history.expected_s("dr-demo-1", KEY), history.expected_s("dr-demo-9", KEY)) == (15.0, 20.0)
+    history.flush()
+    assert (history.expected_s("dr-demo-1", KEY), history.expected_s("dr-demo-2", KEY)) == (15.0, 30.0)
+
+
 def test_unknown_step_has_no_expectation(tmp_path: Path) -> None:
     """A step no target has run has no expected duration, and no file is needed to say so."""
     history = _history(tmp_path)

@@ -43,8 +43,11 @@ class StageFailure:
     force_rollback: bool = False
 
 
+_STAGE_INDEX = {stage: index for index, stage in enumerate(Stage.ordered())}
+
+
 def _sort_position(step: PlannedStep) -> tuple[int, int, str, str]:
-    return (Stage.ordered().index(step.stage), step.order, step.plugin, step.name)
+    return (_STAGE_INDEX[step.stage], step.order, step.plugin, step.name)
 
 
 #: Why a stage stopped short other than by failing: the target's status says it.

@@ -129,6 +129,9 @@ class StepHistory:
         # Samples noted by a run and not yet written: target -> step key -> durations, oldest first.
         self._pending: _Durations = {}
         self._flushed_at: float | None = None
+        # Medians already taken, by (target, step key) and by step key for the pooled ones: every step asks for
+        # the estimates of all the steps after it, and a median sorts its samples; a new sample clears them.
+        self._medians: dict[tuple[str | None, str], float | None] = {}
         # Steps of several targets finish on different threads of one run.
         self._mutex = threading.Lock()
 
@@ -143,6 +146,8 @@ class StepHistory:
             for durations in (self._loaded(), self._pending):
                 _merged(durations, {target: {step_key: [float(duration_s)]}})
             self._pool(step_key, [float(duration_s)])
+            self._medians.pop((target, step_key), None)
+            self._medians.pop((None, step_key), None)
 
     def flush(self, target: str | None = None) -> None:
         """Write what was noted, in one read-merge-write under the file's lock. ``target``: a target has
@@ -177,10 +182,19 @@ class StepHistory:
         """The median duration of ``step_key`` on ``target``, else on the fleet (its newest
         :data:`KEEP_POOLED` samples), else None."""
         with self._mutex:
+            own_key = (target, step_key)
+            if own_key in self._medians:
+                return self._medians[own_key]
             own = self._loaded().get(target, {}).get(step_key)
+            if own:
+                median = self._medians[own_key] = float(statistics.median(own))
+                return median
             # A target new to this controller most likely behaves like the others of the fleet.
-            series = own or self._pooled.get(step_key)
-            return float(statistics.median(series)) if series else None
+            pooled_key: tuple[str | None, str] = (None, step_key)
+            if pooled_key not in self._medians:
+                series = self._pooled.get(step_key)
+                self._medians[pooled_key] = float(statistics.median(series)) if series else None
+            return self._medians[pooled_key]
 
     def reload(self) -> None:
         """Read the file again, picking up what other runs recorded."""
@@ -197,6 +211,7 @@ class StepHistory:
     def _set_cache(self, durations: _Durations) -> None:
         """Serve estimates from ``durations`` plus what this run noted and did not write yet."""
         self._cache = _merged(durations, copy.deepcopy(self._pending))
+        self._medians = {}
         self._pooled = {}
         for steps in self._cache.values():
             for step_key, series in steps.items():
