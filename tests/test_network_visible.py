@@ -103,16 +103,17 @@ def test_upload_cut_every_connection_gives_up_and_says_how_much_moved(host: SshH
     assert match is not None, message
     assert upload_connections == 3 and int(match.group(1)) == 3
     # Each connection resumed where the target's verified part ended: the part only grows (a verified prefix is
-    # kept), and the file was partly there. The target may hold more than it acknowledged before the cut (the
-    # replies were lost) or less than was sent (a loaded sshd had not written the last requests): the offset
-    # is what the target verified, neither of those.
-    assert 0 < float(match.group(2)) < 6.0
+    # kept). The target may hold more than it acknowledged before the cut (the replies were lost) or less than
+    # was sent (a loaded sshd had not written the last requests, or none: sshd ends a connection at its EOF
+    # without passing on what it had not handled yet, seen in a loaded suite): the offset is what the target
+    # verified, neither of those. Resuming after a verified prefix is tested on its own in test_sftp_upload.
+    assert 0 <= float(match.group(2)) < 6.0
     lost = [d for e, _, d in seen if e == "network.upload_lost"]
     resumed = [d for e, _, d in seen if e == "network.upload_resumed"]
     assert [d["connection"] for d in lost] == [1, 2, 3]
     assert [d["connection"] for d in resumed] == [2, 3], resumed
     offsets = [r["offset"] for r in resumed]
-    assert offsets == sorted(offsets) and 0 < offsets[-1] < 6 * MiB, (resumed, lost)
+    assert offsets == sorted(offsets) and 0 <= offsets[-1] < 6 * MiB, (resumed, lost)
     # What it left: a .part (kept for a resume), never a file under the final name.
     assert (host.root / "staging" / "pkg.bin.part").exists() and not remote.exists()
 
