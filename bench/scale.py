@@ -1,13 +1,16 @@
 """Scale benchmark: one controller driving N targets through a whole run; how its cost grows with N.
 
 Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50]
-                [--count-commits] [--json]
+                [--ssh] [--count-commits] [--json]
 
 Each size is a real `drhost upgrade` (the CLI, in a child process) of N targets with the local transport
 (every target its own root directory on this machine) and a trivial plugin set: one benchmark plugin of class
 ``core`` (a thread in drhost, the cheapest isolation) that registers ``--steps`` steps in each of the five
 stages, each doing nothing, or running ``--commands`` trivial commands (``true``) on the target in all. So what
 is measured is drhost itself: planning, the orchestrator, the watchdog, events, the journal and the run state.
+With ``--ssh`` every target is instead a real OpenSSH ``sshd`` of its own on loopback (drhost/demo/sshd.py: own
+port, own host key checked strictly, login as root), started before the run and stopped after it: the same
+run over SSH, with its connections, heartbeats and remote helpers.
 
 Reported per size: wall time, the controller's CPU (user + system of the drhost process itself, from its own
 ``getrusage(RUSAGE_SELF)`` at exit: commands it starts are not in it), the controller's peak RSS, and CPU and
@@ -95,12 +98,29 @@ def write_plugin(site: Path, steps: int, commands: int) -> None:
 def one_size(base: Path, count: int, args: argparse.Namespace, package: Path, site: Path) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"{count}-", dir=base))
     lines = []
-    for index in range(count):
+    hosts = []
+    if args.ssh:
+        from drhost.demo.sshd import start_hosts
+
+        hosts = start_hosts(work / "hosts", count, prefix="t")
+        lines = [f"[target:{host.name}]\ntransport = ssh\nhost = {host.host}\nport = {host.port}\nuser = root\n"
+                 f"key_file = {host.client_key}\nknown_hosts = {host.known_hosts}\nhost_key_policy = strict\n"
+                 f"root = {host.root}\n" for host in hosts]
+    for index in range(0 if args.ssh else count):
         root = work / "targets" / f"t{index:05d}"
         root.mkdir(parents=True)
         lines.append(f"[target:t{index:05d}]\ntransport = local\nroot = {root}\n")
     inventory = work / "inventory.ini"
     inventory.write_text("\n".join(lines))
+    try:
+        return _run_size(work, inventory, count, args, package, site)
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+def _run_size(work: Path, inventory: Path, count: int, args: argparse.Namespace, package: Path,
+              site: Path) -> dict[str, Any]:
     rusage = work / "rusage.json"
     failpoints = work / "failpoints.log"
     env = {**os.environ, "DRHOST_LOAD_PLUGINS": PLUGIN, "DRHOST_STATE_DIR": str(work / "state"),
@@ -129,7 +149,8 @@ def one_size(base: Path, count: int, args: argparse.Namespace, package: Path, si
             "peak_rss_mib": round(used["max_rss_kib"] / 1024, 1),
             "cpu_per_target_ms": round(used["cpu_s"] / count * 1000, 1),
             "wall_per_target_ms": round(wall / count * 1000, 1),
-            "steps_per_target": args.steps * 5, "commands_per_target": min(args.commands, args.steps * 5), **counted}
+            "steps_per_target": args.steps * 5, "commands_per_target": min(args.commands, args.steps * 5),
+            "transport": "ssh" if args.ssh else "local", **counted}
 
 
 def exponent(rows: list[dict[str, Any]]) -> float | None:
@@ -151,6 +172,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per stage (default 2: 10 a target)")
     parser.add_argument("--commands", type=int, default=0, help="steps of a target that run `true` (default 0)")
     parser.add_argument("--forks", type=int, default=50)
+    parser.add_argument("--ssh", action="store_true", help="each target a real loopback sshd of its own")
     parser.add_argument("--count-commits", action="store_true", help="count state commits (failpoint log)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
