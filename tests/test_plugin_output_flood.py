@@ -37,6 +37,12 @@ for i in range({REPORTS}):
     ctx.progress(i + 1, {REPORTS}, "items")
 """
 PLUGINS = {"zz-flood-core": "core", "zz-flood-business": "business"}
+#: A call that only reports progress, as often as an upload does: written once an interval, never "dropped".
+PROGRESS_ONLY = "zz-progress-only"
+PROGRESS = f"""
+for i in range({REPORTS}):
+    ctx.progress(i + 1, {REPORTS}, "bytes")
+"""
 #: Generous sizes of what surrounds a line: an event's JSON without its message, a debug.log line's prefix.
 EVENT_OVERHEAD, LOG_PREFIX = 400, 200
 #: What the demo run writes without the flooding plugins (one target: ~25 KB journal, ~75 KB debug.log).
@@ -61,6 +67,7 @@ def flooded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str
     state_dir.mkdir()
     for name, plugin_class in PLUGINS.items():
         make_plugin(site, name, simple_plugin(name, plugin_class, FLOOD))
+    make_plugin(site, PROGRESS_ONLY, simple_plugin(PROGRESS_ONLY, "core", PROGRESS))
     env = {**os.environ, "DRHOST_STATE_DIR": str(state_dir), "DRHOST_INSTANT_RETRIES": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     try:
@@ -82,7 +89,7 @@ def test_flooding_plugins_do_not_fail_the_run(flooded: tuple[dict[str, Any], Pat
     summary, _, events = flooded
     assert {t["status"] for t in summary["targets"].values()} == {"succeeded"}
     completed = {e["plugin"] for e in events if e["event"] == "step.completed" and e.get("step") == "work"}
-    assert completed == set(PLUGINS)
+    assert completed == {*PLUGINS, PROGRESS_ONLY}
 
 
 def test_run_directory_stays_within_the_computed_bound(
@@ -124,6 +131,20 @@ def test_one_output_dropped_event_per_flooding_call_with_the_right_counts(
     assert data["limits"] == {"log_lines": LOG_LINES, "log_bytes": LOG_BYTES, "line_chars": LINE_CHARS,
                               "progress_interval_s": INTERVAL_S}
     assert mine.index(dropped) > max(mine.index(e) for e in progress)  # the note comes at the call's end
+
+
+def test_progress_written_once_an_interval_is_not_an_overrun(
+        flooded: tuple[dict[str, Any], Path, list[dict[str, Any]]]) -> None:
+    """A call that only reports progress, 100000 times, has its reports written once an interval and its last
+    one at the end, and leaves no plugin.output_dropped and no warning: coalescing is the budget's design."""
+    _, run_dir, events = flooded
+    mine = [e for e in events if e.get("plugin") == PROGRESS_ONLY and e.get("step") == "work"]
+    assert "step.completed" in {e["event"] for e in mine}
+    assert not [e for e in mine if e["event"] == "plugin.output_dropped"]
+    progress = [e for e in mine if e["event"] == "step.progress"]
+    assert 1 <= len(progress) <= STEP_TIMEOUT_S / INTERVAL_S + 2
+    assert (progress[-1]["data"]["done"], progress[-1]["data"]["total"]) == (REPORTS, REPORTS)
+    assert f"{PROGRESS_ONLY}: output over its budget" not in (run_dir / "debug.log").read_text()
 
 
 @pytest.mark.parametrize("plugin", list(PLUGINS))

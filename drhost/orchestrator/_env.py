@@ -377,9 +377,11 @@ class Executor:
 
     def _close_output(self, output: CallOutput, target: str, stage: Stage | None, step: str | None,
                       plugin: str) -> None:
-        """The call's last held progress, then one note of what its output budget kept off disk."""
+        """The call's last held progress, then one note of what its output budget kept off disk: log lines it
+        dropped or shortened. Progress written once an interval is the budget's design, not an overrun (every
+        upload reports far more often): coalesced reports alone are no note and no warning."""
         dropped = output.close()
-        if not dropped:
+        if not dropped or not (dropped.log_lines or dropped.log_bytes or dropped.truncated):
             return
         limits = output.output_budget.limits
         text = (f"{plugin}: output over its budget: {dropped.log_lines} log lines ({dropped.log_bytes} bytes, "
