@@ -242,7 +242,9 @@ def main() -> int:
         "|---|---|---|---|",
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
     ]
-    ratios = [f"{name}: {float(speed) / base:.2f} × sftp" for name, speed, _, _ in rows[1:]]
+    ratios = [f"{name}: {float(speed) / base:.2f} × sftp"
+              + (f" (end-to-end, verified: {float(whole) / base:.2f} × sftp's transfer)" if whole != "—" else "")
+              for name, speed, whole, _ in rows[1:]]
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     machine = (
         f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
