@@ -24,7 +24,6 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import paramiko
@@ -33,7 +32,6 @@ from drhost_hookspecs import RunResult
 
 from ..errors import WordedError, message_phrase, phrase
 from ..events import NetworkEventName
-from ..packaging.manifest import sha256_of
 from . import _remote_jobs as jobs
 from ._base import CommandStopped, ManualReconnect, ProgressCallback, StillRunning, TargetSession, TransportError
 from ._become import Become, BecomeHandshake, sftp_server_script
@@ -669,7 +667,6 @@ class SshSession(TargetSession):
         self._mkdir_parent(remote_path)
 
         final_path = remote_path
-        local_sha256 = sha256_of(Path(local_path)) if self.become is not None else ""
 
         def hash_while(path: str, size: int) -> Callable[[], str | None]:
             """The target's helper hashes the part as it arrives (None from the waiter: hash it afterwards)."""
@@ -731,10 +728,11 @@ class SshSession(TargetSession):
                     # As the login user into a private staging directory, then into place as the become user.
                     remote_path = _staging_path(sftp, self.run_id, final_path)
                 # A retry resumes after the verified prefix of the .part file: only the rest is sent again.
-                upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256, progress=seen,
-                                 hash_while=hash_while)
+                report = upload_resumable(sftp, local_path, remote_path, remote_sha256=remote_sha256,
+                                          progress=seen, hash_while=hash_while)
                 if self.become is not None:
-                    self._install_staged(remote_path, final_path, local_sha256)
+                    # The hash the target verified the staged copy against: the file as it was sent.
+                    self._install_staged(remote_path, final_path, report.sha256)
                 return
             except (HostKeyError, AuthError):
                 raise
