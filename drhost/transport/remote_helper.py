@@ -43,9 +43,9 @@ from typing import Any, Dict
 PROTOCOL = 1
 #: Exactly the wrapper of _remote_jobs.start_and_wait (a test compares them): pid, the command, its exit code.
 WRAPPER = (
-    "echo $$ > pid.tmp && mv pid.tmp pid\n"
+    "echo $$ > pid\n"
     "/bin/sh ./cmd < in > out 2> err\n"
-    "echo $? > rc.tmp && mv rc.tmp rc\n"
+    "echo $? > rc\n"
 )
 
 
