@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from drhost.transport import _remote_jobs as jobs
 
 
@@ -56,3 +58,43 @@ def test_a_cut_off_output_is_said_in_chinese_with_its_sizes() -> None:
         jobs.start_and_wait(exec_fn, "/tmp/jobs", ["drproduct-db", "dump"], {}, wait_s=1)
     assert str(caught.value) == "job output arrived incomplete: 10 of 30000 bytes"
     assert caught.value.in_language(translator("zh_CN")) == "作业输出不完整: 只收到 10/30000 字节"
+
+
+def test_an_empty_pid_or_rc_reads_as_not_written_yet_by_both_pollers(tmp_path: Path) -> None:
+    """The wrapper writes pid and rc with one write into a file its redirection just made empty: the shell
+    scripts' poll and the helper's read an empty file as a missing one (starting; running or gone by the
+    group), and a written one as written."""
+    import os
+    import signal
+    import subprocess
+
+    from drhost.transport import remote_helper
+
+    def local_exec(command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+        done = subprocess.run(["/bin/sh", "-c", command], input=stdin or b"", capture_output=True, timeout=timeout)
+        return done.returncode, done.stdout, done.stderr
+
+    def request(message: dict[str, object], timeout: float) -> dict[str, object]:
+        return remote_helper.OPERATIONS[str(message["op"])](message)
+
+    job_id = "20261207T000000-0badcafe"
+    job = tmp_path / job_id
+    job.mkdir()
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    dead = subprocess.Popen(["true"], start_new_session=True)
+    dead.wait()
+    try:
+        cases = [("", None, "starting"), (f"{sleeper.pid}\n", "", "running"), (f"{dead.pid}\n", "", "gone"),
+                 (f"{sleeper.pid}\n", "3\n", "exited")]
+        for pid, rc, state in cases:
+            (job / "pid").write_text(pid)
+            (job / "rc").unlink(missing_ok=True)
+            if rc is not None:
+                (job / "rc").write_text(rc)
+            for status in (jobs.poll(local_exec, str(tmp_path), job_id),
+                           jobs.poll_helper(request, str(tmp_path), job_id)):
+                assert status.state == state, (pid, rc, status)
+                assert status.returncode == (3 if state == "exited" else None)
+    finally:
+        os.killpg(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()
