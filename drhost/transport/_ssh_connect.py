@@ -449,9 +449,9 @@ def open_connection(target: SshTarget) -> Connection:
 
 
 #: The ciphers drhost offers, best first. AES-GCM first: an AEAD needs no separate MAC, which paramiko computes
-#: in Python for every packet, so a GCM connection costs both ends far less CPU per byte (measured: an upload
-#: 0.62x -> 0.82x OpenSSH sftp's speed, bench/sftp_upload.py). Every OpenSSH since 6.2 offers it; CTR stays for
-#: servers that do not. No CBC and no 3DES, which OpenSSH itself no longer offers.
+#: in Python for every packet, so a GCM connection costs both ends less CPU per byte (measured: a verified upload
+#: of 256 MiB, 215 -> 298 MB/s, bench/sftp_upload.py). Every OpenSSH since 6.2 offers it; CTR stays for servers
+#: that do not. No CBC and no 3DES, which OpenSSH itself no longer offers.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")
 
 
