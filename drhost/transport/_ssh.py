@@ -38,7 +38,7 @@ from ._become import Become, BecomeHandshake, sftp_server_script
 from ._heartbeat import KEEPALIVE_REQUEST, DeadPeer, Heartbeat, HeartbeatSettings, configure_socket, reconnect_delays
 from ._helper import DEFAULT_PYTHON, HelperLost, HelperUnavailable, RemoteHelper
 from ._sftp_upload import sha256_command, upload_resumable
-from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, open_connection
+from ._ssh_connect import AuthError, Connection, HostKeyError, SilentPeer, SshTarget, close_transport, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +312,7 @@ class SshSession(TargetSession):
             with contextlib.suppress(Exception):
                 sftp.close()
         if transport is not None:
-            with contextlib.suppress(Exception):
-                transport.close()
+            close_transport(transport)
 
     def _retrying(self, call: Callable[[], T], what: str) -> T:
         """Run an idempotent remote call; if the connection is lost, reconnect (with backoff) and retry."""

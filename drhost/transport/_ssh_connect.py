@@ -401,8 +401,29 @@ class Connection:
 
     def close(self) -> None:
         for transport in (self.transport, *reversed(self.hops)):
-            with contextlib.suppress(Exception):
-                transport.close()
+            close_transport(transport)
+
+
+#: How long paramiko's reader thread of an established connection waits in ``recv`` between looks at whether
+#: its transport was closed. paramiko's own 0.1 s wakes every idle connection ten times a second: measured
+#: 0.37 ms of controller CPU a second per connection (100 idle loopback connections: 36.6 ms/s at 0.1 s,
+#: 0.2 ms/s at 30 s), a whole core at 1,000 targets with three connections each. The tick bounds nothing an
+#: operator waits for: :func:`close_transport` wakes the reader at once, dead peers are the heartbeat's and
+#: TCP_USER_TIMEOUT's to find, and the key exchange and login still run on paramiko's 0.1 s.
+IDLE_TICK_S = 10.0
+
+
+def close_transport(transport: paramiko.Transport) -> None:
+    """Close ``transport`` and end its reader thread now.
+
+    A socket closed under a thread blocked in ``recv`` on it does not wake that thread (Linux): shutting it
+    down first does, so the reader sees end of file instead of sleeping out its tick. Never raises."""
+    sock = transport.sock
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        transport.close()
 
 
 def connect(target: SshTarget) -> paramiko.Transport:
@@ -442,8 +463,7 @@ def open_connection(target: SshTarget) -> Connection:
             hops.append(_establish(hop, sock))
     except BaseException:
         for transport in reversed(hops):
-            with contextlib.suppress(Exception):
-                transport.close()
+            close_transport(transport)
         raise
     return Connection(hops[-1], tuple(hops[:-1]))
 
@@ -473,8 +493,9 @@ def _establish(target: SshTarget, sock: socket.socket | paramiko.Channel) -> par
         server_key = _handshake(target, transport)
         _check_host_key(target, host_keys, server_key)
         _authenticate(target, transport)
+        sock.settimeout(IDLE_TICK_S)
     except BaseException:
-        transport.close()
+        close_transport(transport)
         sock.close()
         raise
     return transport
