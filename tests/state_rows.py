@@ -37,15 +37,21 @@ def database(run_dir: Path) -> Iterator[sqlite3.Connection]:
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
-    """The run's state as one body (the run's row, with ``targets`` from the target rows), newest generations."""
+    """The run's state as one body (the run's row, with ``targets`` from the target rows and each target's
+    ``steps`` from its step rows, named by the JSON pair [target, step]), newest generations."""
     with database(run_dir) as db:
         rows = db.execute("SELECT kind, name, body FROM record").fetchall()
     body: dict[str, Any] = {"targets": {}}
+    steps = []
     for kind, name, text in rows:
         if kind == "run":
             body.update(json.loads(text))
+        elif kind == "step":
+            steps.append((*json.loads(name), json.loads(text)))
         else:
-            body["targets"][name] = json.loads(text)
+            body["targets"][name] = {"steps": {}, **json.loads(text)}
+    for target, key, entry in steps:
+        body["targets"][target]["steps"][key] = entry
     return body
 
 
@@ -58,7 +64,14 @@ def edit_state(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
     with database(run_dir) as db:
         db.execute("BEGIN IMMEDIATE")
         db.execute("DELETE FROM record")
-        for kind, name, row in [("run", "", body), *(("target", name, record) for name, record in targets.items())]:
+        rows = [("run", "", body)]
+        for target, record in targets.items():
+            if not isinstance(record, dict) or not isinstance(record.get("steps", {}), dict):
+                rows.append(("target", target, record))  # a broken record, kept whole where drhost will find it
+                continue
+            rows.append(("target", target, {key: value for key, value in record.items() if key != "steps"}))
+            rows.extend(("step", _canonical([target, key]), entry) for key, entry in record.get("steps", {}).items())
+        for kind, name, row in rows:
             text = _canonical(row)
             db.execute("INSERT INTO record VALUES (?, ?, ?, ?, ?, ?)", (kind, name, text, _sha256(text), text,
                                                                         _sha256(text)))

@@ -1,12 +1,15 @@
-"""Runs written by an earlier drhost (``state.json``, format 1): read as they are, moved into the state
-database by the first controller that writes them, and resumed to the end."""
+"""Runs written by an earlier drhost (``state.json``, format 1; a database with each target's steps inside its
+row, format 2): read as they are, moved into the current state database by the first controller that writes
+them, and resumed to the end."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +96,54 @@ def test_a_migration_killed_while_building_the_database_leaves_the_run_as_it_was
         body["status"] = "finished"
     assert not (run_dir / "state.db.new").exists()
     assert read_state(run_dir)["status"] == "finished"
+
+
+FORMAT2_TARGETS = {"t1": {"status": "running", "steps": {"precheck/p/a": {"status": "done", "seq": 1},
+                                                          "precheck/p/b": {"status": "started", "seq": 2}}},
+                   "t2": {"status": "pending", "steps": {}}}
+
+
+def format2_run(state_dir: Path) -> Path:
+    """A run directory as the drhost of format 2 left it: state.db with each target's steps inside its row."""
+    run_dir = state_dir / "runs" / RUN_ID
+    run_dir.mkdir(parents=True, mode=0o700)
+    with contextlib.closing(sqlite3.connect(run_dir / "state.db", isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE record (kind TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, checksum TEXT "
+                   "NOT NULL, previous TEXT, previous_checksum TEXT, PRIMARY KEY (kind, name))")
+        db.execute("INSERT INTO meta VALUES ('format', '2')")
+        run = {key: value for key, value in BODY.items() if key != "targets"}
+        for kind, name, body in [("run", "", run), *(("target", n, r) for n, r in FORMAT2_TARGETS.items())]:
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            db.execute("INSERT INTO record (kind, name, body, checksum) VALUES (?, ?, ?, ?)",
+                       (kind, name, text, hashlib.sha256(text.encode()).hexdigest()))
+    return run_dir
+
+
+def test_a_format2_run_is_read_with_its_steps_and_moved_to_step_rows_by_its_first_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A format-2 database is read as it is (a reader writes nothing); the first change rebuilds it in the
+    current format, every step in a row of its own and nothing lost, and what is read after is the same."""
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
+    run_dir = format2_run(tmp_path)
+    expected = {**BODY, "targets": FORMAT2_TARGETS}
+    before = (run_dir / "state.db").read_bytes()
+    state = RunState.open(run_dir)
+    assert state.snapshot() == expected
+    assert (run_dir / "state.db").read_bytes() == before
+    with state.mutate_target("t2", steps=()) as record:
+        record["status"] = "running"
+    state.close()
+    expected["targets"]["t2"]["status"] = "running"
+    with contextlib.closing(sqlite3.connect(run_dir / "state.db")) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+        steps = {name: json.loads(body) for name, body in db.execute("SELECT name, body FROM record WHERE kind = "
+                                                                     "'step'")}
+    assert steps == {json.dumps(["t1", key], separators=(",", ":")): entry
+                     for key, entry in FORMAT2_TARGETS["t1"]["steps"].items()}
+    assert RunState.open(run_dir).snapshot() == expected == read_state(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["state.db"]
 
 
 @pytest.mark.podman

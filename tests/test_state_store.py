@@ -1,8 +1,11 @@
-"""The run state's SQLite store: rows per target, checksummed, a previous generation, commits that survive
+"""The run state's SQLite store: rows per target and per step, checksummed, a previous generation, commits that survive
 a kill, owner-only files, and a clear error for anything that is not a drhost state database."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -16,7 +19,7 @@ import pytest
 
 from drhost import failpoints
 from drhost.errors import StateError
-from drhost.state._store import STORE_FORMAT, StateStore, canonical
+from drhost.state._store import STORE_FORMAT, StateStore, canonical, step_row
 
 RUN = {"run_id": "r-1", "status": "running", "plan": {"steps": []}}
 TARGETS = {"dr-1": {"status": "pending", "steps": {}}, "dr-2": {"status": "pending", "steps": {}}}
@@ -58,7 +61,7 @@ def test_an_unchanged_record_is_not_committed_again(tmp_path: Path, monkeypatch:
     assert log.read_text().splitlines() == ["state.before_commit", "state.committed"]
     previous = sqlite3.connect(tmp_path / "state.db").execute(
         "SELECT previous FROM record WHERE name = 'dr-1'").fetchone()[0]
-    assert previous == canonical(TARGETS["dr-1"])
+    assert previous == canonical({"status": "pending"})  # the steps are in rows of their own
 
 
 def test_an_edited_row_falls_back_to_its_previous_generation_and_says_so(tmp_path: Path) -> None:
@@ -112,7 +115,7 @@ def test_anything_but_a_drhost_state_database_is_refused_by_name(tmp_path: Path,
         db.close()
     with pytest.raises(StateError, match=str(path)):
         StateStore.open(path)
-    assert STORE_FORMAT == 2
+    assert STORE_FORMAT == 3
 
 
 _KILLED_WRITER = textwrap.dedent("""
@@ -137,7 +140,7 @@ def test_a_writer_killed_around_its_commit_leaves_the_last_committed_record(
                             capture_output=True, timeout=60)
     assert killed.returncode == -9
     _, targets, problem = StateStore.open(tmp_path / "state.db").read()
-    assert targets["dr-1"] == {"status": expected} and problem is None
+    assert targets["dr-1"] == {"status": expected, "steps": {}} and problem is None
 
 
 def test_a_text_taken_earlier_never_overwrites_a_later_one(tmp_path: Path) -> None:
@@ -147,7 +150,7 @@ def test_a_text_taken_earlier_never_overwrites_a_later_one(tmp_path: Path) -> No
     store.commit([(("target", "dr-1"), canonical({"status": "succeeded"}))], order=2)
     store.commit([(("target", "dr-1"), canonical({"status": "running"}))], order=1)
     _, targets, _ = StateStore.open(tmp_path / "state.db").read()
-    assert targets["dr-1"] == {"status": "succeeded"}
+    assert targets["dr-1"] == {"status": "succeeded", "steps": {}}
 
 
 def test_targets_changed_from_many_threads_are_all_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +163,8 @@ def test_targets_changed_from_many_threads_are_all_on_disk(tmp_path: Path, monke
     monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
     names = [f"t{i:02d}" for i in range(40)]
     state = RunState.create("run-threads", {"status": "running", "done": 0,
-                                            "targets": {name: {"status": "pending", "n": 0} for name in names}})
+                                            "targets": {name: {"status": "pending", "n": 0, "steps": {}}
+                                                                        for name in names}})
 
     def work(name: str) -> None:
         for n in range(1, 26):
@@ -256,4 +260,67 @@ def test_a_failed_shared_transaction_fails_every_caller_and_writes_none(
     monkeypatch.setattr(store_module, "failpoint", real)
     store.commit(rows[1] + rows[2])
     _, targets, _ = StateStore.open(tmp_path / "state.db").read()
-    assert (targets["dr-1"], targets["dr-2"]) == ({"status": "try-1"}, {"status": "try-2"})
+    assert (targets["dr-1"], targets["dr-2"]) == ({"status": "try-1", "steps": {}}, {"status": "try-2", "steps": {}})
+
+
+def _rows(path: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {(kind, name): (body, previous)
+                for kind, name, body, previous in db.execute("SELECT kind, name, body, previous FROM record")}
+
+
+def test_a_step_transition_writes_its_own_row_and_its_targets_only(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty steps done, then one more changes: the target's row and that step's row are rewritten, the other
+    fifty steps' rows (body and previous generation) are not, so a step costs the same at step 5 and at step 500."""
+    from drhost.state import RunState
+
+    monkeypatch.setenv("DRHOST_STATE_DIR", str(tmp_path))
+    steps = {f"upgrade/p/s{i:02d}": {"status": "done", "seq": i} for i in range(50)}
+    state = RunState.create("run-steps", {"status": "running",
+                                          "targets": {"t1": {"status": "running", "seq": 50, "steps": steps}}})
+    database = state.run_dir / "state.db"
+    before = _rows(database)
+    assert len([row for row in before if row[0] == "step"]) == 50
+    with state.mutate_target("t1", steps=("upgrade/p/s07",)) as record:
+        record["seq"] = 51
+        record["steps"]["upgrade/p/s07"].update(status="started", seq=51)
+    after = _rows(database)
+    changed = {row for row in after if after[row] != before.get(row)}
+    assert changed == {("target", "t1"), step_row("t1", "upgrade/p/s07")}
+    assert json.loads(after[step_row("t1", "upgrade/p/s07")][0]) == {"status": "started", "seq": 51}
+    assert "steps" not in json.loads(after[("target", "t1")][0])
+    assert RunState.open(state.run_dir).snapshot() == state.snapshot()
+
+
+def test_a_damaged_step_row_falls_back_to_its_previous_generation_naming_the_step(tmp_path: Path) -> None:
+    """A step row whose newest generation fails its checksum is read from its previous one, and the reason
+    names the step and its target; the target's other steps are as written."""
+    store = _store(tmp_path)
+    store.write_target("dr-1", {"status": "running", "steps": {"a": {"status": "started"}, "b": {"status": "done"}}})
+    store.write_target("dr-1", {"status": "running", "steps": {"a": {"status": "done"}, "b": {"status": "done"}}})
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db", isolation_level=None)) as db:
+        db.execute("UPDATE record SET body = '{\"status\":\"skipped\"}' WHERE kind = 'step' AND name = ?",
+                   (step_row("dr-1", "a")[1],))
+    _, targets, problem = StateStore.open(tmp_path / "state.db").read()
+    assert targets["dr-1"]["steps"] == {"a": {"status": "started"}, "b": {"status": "done"}}
+    assert problem is not None and "step 'a' of target 'dr-1'" in problem and "checksum mismatch" in problem
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ('["dr-9", "a"]', "step 'a' belongs to target 'dr-9', which the run does not have"),
+    ("dr-1/a", "a step row is named 'dr-1/a', not [target, step]"),
+    ('["dr-1"]', "not [target, step]"),
+], ids=["unknown-target", "not-json", "not-a-pair"])
+def test_a_step_row_that_names_no_step_of_the_run_is_refused_by_name(tmp_path: Path, name: str,
+                                                                     message: str) -> None:
+    """A checksummed step row whose name is not a [target, step] pair of the run: StateError naming the
+    database and the row, never a KeyError or a step silently dropped."""
+    _store(tmp_path).close()
+    text = canonical({"status": "done"})
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db", isolation_level=None)) as db:
+        db.execute("INSERT INTO record (kind, name, body, checksum) VALUES ('step', ?, ?, ?)",
+                   (name, text, hashlib.sha256(text.encode()).hexdigest()))
+    with pytest.raises(StateError) as caught:
+        StateStore.open(tmp_path / "state.db").read()
+    assert str(tmp_path / "state.db") in str(caught.value) and message in str(caught.value)

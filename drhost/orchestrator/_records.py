@@ -69,11 +69,11 @@ class TargetRecord:
             fields["status"] = status
         if phase is not None:
             fields["phase"] = phase
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=None if "steps" in fields else ()) as record:
             record.update(cast(StoredTarget, checked_keys(StoredTarget, fields)))
 
     def set_stage(self, stage: Stage, status: StageStatus) -> None:
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=()) as record:
             record["stages"][stage.value] = status
             record["stage"] = stage.value
 
@@ -82,7 +82,7 @@ class TargetRecord:
         return found if isinstance(found, dict) else {}
 
     def mark_step(self, step: PlannedStep, status: StepStatus, **fields: Any) -> None:
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=(step.key,)) as record:
             entry = record["steps"].setdefault(step.key, {"attempts": 0, "runs": 0})
             if status == "started":
                 record["seq"] += 1
@@ -105,11 +105,11 @@ class TargetRecord:
             # After every successful step: almost always what is recorded already, so nothing to write.
             if not replaces(record.get("plugins", {}).get(plugin)):
                 return
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=()) as record:
             plugins = record.setdefault("plugins", {})
             if replaces(plugins.get(plugin)):
                 plugins[plugin] = ending
 
     def add_error(self, **error: Any) -> None:
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=()) as record:
             record["errors"].append({"ts": time.time(), **error})

@@ -222,7 +222,7 @@ class TargetFlow:
                                          timeout_s=self.executor.budget_s("cleanup"))
             if not outcome.ok:
                 errors.append(f"{plugin} drhost_cleanup: {outcome.message}")
-        with self.env.state.mutate_target(self.name) as record:
+        with self.env.state.mutate_target(self.name, steps=()) as record:
             record["cleanups"].append({"stage": stage.value, "ts": time.time(), "errors": errors})
         self._emit("stage.cleanup_finished", stage=stage, errors=errors)
         return not errors

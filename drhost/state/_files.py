@@ -201,7 +201,7 @@ class Journal:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"))
+        line = event.json_line
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()

@@ -5,20 +5,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import re
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
 from ._files import Journal, StateFile, fsync_dir
 from ._model import TargetRecord
-from ._store import RUN_ROW, StateStore, canonical, target_row
+from ._store import RUN_ROW, STORE_FORMAT, Row, StateStore, canonical, step_row, target_row, without_steps
 
 #: The run's state: a SQLite database (drhost/state/_store.py). Runs written before it have ``state.json``
 #: (format 1), read as they are and moved into a database by the first controller that writes them.
@@ -232,7 +233,8 @@ class RunState:
         if path.exists() or path.is_symlink() or not legacy:
             store = StateStore.open(path)
             try:
-                run, targets, problem = store.read(lambda p, _, b: check_run_part(p, b, complete), check_target)
+                run, targets, problem = store.read(lambda p, _, b: check_run_part(p, b, complete), check_target,
+                                                   check_step)
             finally:
                 # A reader holds no connection (and leaves no -wal behind); a controller's first write connects.
                 store.close()
@@ -268,12 +270,16 @@ class RunState:
                 self._store.close()
 
     def _storage(self) -> StateStore:
-        """The run's database, made from its ``state.json`` on the first write of a run of an earlier drhost.
+        """The run's database, made anew on the first write of a run of an earlier drhost: from its
+        ``state.json`` (format 1), or from its database of format 2 (a target's steps inside its row).
 
         Only a controller writes, and a controller holds the run's lock: a reader (``drhost status``) never
-        migrates. The database is complete before it appears (StateStore.create); the old files are renamed
-        aside after, so a kill in between leaves both, and the database is the one read.
+        migrates. The database is complete before it appears (StateStore.create renames it over the old one);
+        the old files are renamed aside after, so a kill in between leaves both, and the database is the one read.
         """
+        if self._store is not None and self._store.format != STORE_FORMAT:
+            self._store.close()
+            self._store = None
         if self._store is None:
             self._store = StateStore.create(self.run_dir / STATE_DB, _run_part(self._body), self._body["targets"])
             for name in (LEGACY_STATE, LEGACY_STATE + ".1"):
@@ -293,16 +299,25 @@ class RunState:
         store.commit([(RUN_ROW, text)], order)
 
     @contextlib.contextmanager
-    def mutate_target(self, name: str) -> Iterator[TargetRecord]:
-        """Change one target's record and write that record durably before returning to the caller."""
+    def mutate_target(self, name: str, *, steps: Collection[str] | None = None) -> Iterator[TargetRecord]:
+        """Change one target's record and write that record durably before returning to the caller.
+
+        ``steps``: the keys of the only step entries the change may touch (``()``: none). The record's own
+        row is encoded and written each time, each named step's row too; None (the default) encodes every
+        step, which costs a long run's target O(steps), so the per-step paths name theirs. A step entry is never
+        removed from a record (its row would stay).
+        """
         with self._lock:
             record = self._body["targets"][name]
             yield record
-            text = canonical(record)
+            entries = record.get("steps", {})
+            touched = entries if steps is None else [key for key in steps if key in entries]
+            rows: list[tuple[Row, str]] = [(target_row(name), canonical(without_steps(record))),
+                                           *((step_row(name, key), canonical(entries[key])) for key in touched)]
             store, order = self._taken_for()
         # Committed outside the lock: other targets' threads read and change the body meanwhile instead of
         # waiting for this commit's fsync.
-        store.commit([(target_row(name), text)], order)
+        store.commit(rows, order)
 
     def _taken_for(self) -> tuple[StateStore, int]:
         """The store and the order of a text just taken (call with the lock held)."""
@@ -396,3 +411,11 @@ def check_target(path: Path, name: str, record: Any) -> None:
         _expect(path, f"targets.{name}.steps", record["steps"], dict, _AN_OBJECT)
     if "errors" in record:
         _expect(path, f"targets.{name}.errors", record["errors"], list, _A_LIST)
+
+
+def check_step(path: Path, name: str, entry: Any) -> None:
+    """:func:`check_body` for one step's row (``name``: the row's, the JSON pair [target, step] the store has
+    already taken apart once)."""
+    target, key = json.loads(name)
+    _expect(path, f"targets.{target}.steps.{key}", entry, dict, _AN_OBJECT)
+    _expect(path, f"targets.{target}.steps.{key}.status", entry.get("status"), str, _A_STATUS)

@@ -1,4 +1,4 @@
-"""The run state as one SQLite database in WAL mode: the run's own part and one row per target.
+"""The run state as one SQLite database in WAL mode: the run's own part, one row per target and one per step.
 
 Why SQLite and not a file per target (docs/benchmarks.md, "Run state stores"): a change of one target costs
 0.22 ms of controller CPU against 0.50 ms for a checksummed file of its own, flat in the fleet's size; a
@@ -33,9 +33,13 @@ from ._files import fsync_dir, open_regular
 #: Raises StateError for a row that verifies but is unusable: (database path, row name, body).
 RowCheck = Callable[[Path, str, Any], None]
 
-#: The format of the database's rows (format 1 was the single ``state.json`` file).
-STORE_FORMAT = 2
-#: A row's key: its kind ("run" or "target") and its name.
+#: The format of the database's rows (format 1 was the single ``state.json`` file). Format 2 kept a target's
+#: steps inside its row, so every step's transition re-encoded and rewrote all of them (0.45 ms of controller
+#: CPU a step at 50 steps, growing with each); format 3 gives each step a row of its own.
+STORE_FORMAT = 3
+#: The formats :meth:`StateStore.open` reads; a controller moves an older one to STORE_FORMAT before writing.
+READABLE_FORMATS = (2, 3)
+#: A row's key: its kind ("run", "target" or "step") and its name.
 Row = tuple[str, str]
 #: The row of the run's own part (config, package, plan, status, rollout, ...); a target's row is its name.
 RUN_ROW: Row = ("run", "")
@@ -44,6 +48,25 @@ RUN_ROW: Row = ("run", "")
 def target_row(name: str) -> Row:
     return ("target", name)
 
+
+def step_row(target: str, key: str) -> Row:
+    """The row of one step of one target: its name is the JSON pair (canonical), which no target or step name can
+    fake."""
+    return ("step", canonical([target, key]))
+
+
+def record_rows(name: str, record: Any) -> list[tuple[Row, Any]]:
+    """A target's record as rows: the record without its steps, and each step in a row of its own (a record or
+    steps of another shape, which only a damaged state has, stay whole in the target's row for its check)."""
+    steps = record.get("steps", {}) if isinstance(record, Mapping) else None
+    if not isinstance(steps, Mapping):
+        return [(target_row(name), record)]
+    return [(target_row(name), without_steps(record)), *((step_row(name, key), entry) for key, entry in steps.items())]
+
+
+def without_steps(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key != "steps"}
+
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE record (kind TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, checksum TEXT NOT NULL, "
@@ -51,7 +74,7 @@ _SCHEMA = (
 )
 
 
-def canonical(body: Mapping[str, Any]) -> str:
+def canonical(body: Mapping[str, Any] | list[Any]) -> str:
     """The one text of ``body`` the checksum covers: sorted keys, no spaces, UTF-8 as it is."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -77,8 +100,10 @@ class StateStore:
     its run ends, which folds the WAL into the database); a later write connects again.
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, format: int = STORE_FORMAT) -> None:
         self.path = path
+        #: The format of the rows as found (READABLE_FORMATS); a controller writes only STORE_FORMAT.
+        self.format = format
         self._db: sqlite3.Connection | None = connection
         self._lock = threading.Lock()
         #: What each row last held, as written or read: a write of the same text is skipped (it would only turn
@@ -110,7 +135,7 @@ class StateStore:
             for statement in _SCHEMA:
                 db.execute(statement)
             db.execute("INSERT INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
-            rows = [(RUN_ROW, run), *((("target", name), record) for name, record in targets.items())]
+            rows = [(RUN_ROW, run), *(row for name, record in targets.items() for row in record_rows(name, record))]
             for (kind, name), body in rows:
                 text = canonical(body)
                 db.execute("INSERT INTO record (kind, name, body, checksum) VALUES (?, ?, ?, ?)",
@@ -121,7 +146,7 @@ class StateStore:
             db.close()
         os.rename(building, path)
         fsync_dir(path.parent)
-        store = cls(path, cls._connect(path))
+        store = cls(path, cls._connect(path), STORE_FORMAT)
         store._written = {(kind, name): canonical(body) for (kind, name), body in rows}
         return store
 
@@ -145,11 +170,12 @@ class StateStore:
         if sorted(tables) != ["meta", "record"] or [tables["meta"], tables["record"]] != list(_SCHEMA):
             connection.close()
             raise StateError.worded("{path}: not a drhost state database (its tables are not drhost's)", path=path)
-        if version is None or version[0] != str(STORE_FORMAT):
+        readable = {str(number): number for number in READABLE_FORMATS}
+        if version is None or version[0] not in readable:
             connection.close()
             raise StateError.worded("{path}: expected a drhost state database of format {format}", path=path,
-                                    format=STORE_FORMAT)
-        return cls(path, connection)
+                                    format=" or ".join(map(str, READABLE_FORMATS)))
+        return cls(path, connection, readable[version[0]])
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -172,11 +198,12 @@ class StateStore:
         return self._db
 
     # -- reading --------------------------------------------------------------------------------------------
-    def read(self, check_run: RowCheck | None = None, check_target: RowCheck | None = None
-             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
-        """The run's part, the targets' records and, when a row's newest generation was unusable and its
-        previous one was used, why (else None). A generation is usable when it verifies against its checksum
-        and passes the check for its kind of row. StateError when a row has no usable generation."""
+    def read(self, check_run: RowCheck | None = None, check_target: RowCheck | None = None,
+             check_step: RowCheck | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
+        """The run's part, the targets' records (each with its steps, from their rows) and, when a row's newest
+        generation was unusable and its previous one was used, why (else None). A generation is usable when it
+        verifies against its checksum and passes the check for its kind of row. StateError when a row has no
+        usable generation."""
         with self._lock:
             try:
                 rows = self._connection().execute(
@@ -185,11 +212,17 @@ class StateStore:
                 raise StateError.worded("{path}: cannot be read ({why})", path=self.path, why=str(exc)) from None
         run: dict[str, Any] | None = None
         targets: dict[str, dict[str, Any]] = {}
+        steps: list[tuple[str, str, dict[str, Any]]] = []
         problems: list[str] = []
         for kind, name, text, checksum, previous, previous_checksum in rows:
+            step: tuple[str, str] | None = None
             if kind == "run":
                 where = phrase("the run")
                 check = check_run
+            elif kind == "step":
+                step = self._step_name(name)
+                where = phrase("step {step} of target {name}", step=repr(step[1]), name=repr(step[0]))
+                check = check_step
             else:
                 where = phrase("target {name}", name=repr(name))
                 check = check_target
@@ -207,11 +240,35 @@ class StateStore:
             self._written[(kind, name)] = canonical(body)
             if kind == "run":
                 run = body
+            elif step is not None:
+                steps.append((*step, body))
             elif kind == "target":
                 targets[name] = body
         if run is None:
             raise StateError.worded("{path}: the run's own row is missing", path=self.path)
+        for record in targets.values():
+            # Format 2 kept the steps in the target's row; format 3 keeps them in rows of their own (which win).
+            # Steps that are no object are left for the caller's check to name.
+            record.setdefault("steps", {})
+        for target, key, body in steps:
+            held = targets[target]["steps"] if target in targets else None
+            if not isinstance(held, dict):
+                raise StateError.worded("{path}: step {step} belongs to target {name}, which the run does not have",
+                                        path=self.path, step=repr(key), name=repr(target))
+            held[key] = body
         return run, targets, (joined(problems) if problems else None)
+
+    def _step_name(self, name: object) -> tuple[str, str]:
+        """The target and the step a step row's name (see :func:`step_row`) stands for."""
+        try:
+            pair = json.loads(name) if isinstance(name, str) else None
+        except ValueError:
+            pair = None
+        target, key = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
+        if not isinstance(target, str) or not isinstance(key, str):
+            raise StateError.worded("{path}: a step row is named {name}, not [target, step]: the database was "
+                                    "modified or damaged", path=self.path, name=repr(name))
+        return target, key
 
     def _usable(self, text: object, checksum: object, where: Phrase, name: str, check: RowCheck | None
                 ) -> tuple[Any, str | None]:
@@ -241,8 +298,9 @@ class StateStore:
         self.commit([(RUN_ROW, canonical(body))])
 
     def write_target(self, name: str, record: Mapping[str, Any]) -> None:
-        """Commit one target's record (unless it is what its row already holds); a new target gets a row."""
-        self.commit([(target_row(name), canonical(record))])
+        """Commit one target's record and each of its steps (rows holding that already are left alone); a new
+        target or step gets a row."""
+        self.commit([(row, canonical(body)) for row, body in record_rows(name, record)])
 
     def commit(self, rows: Sequence[tuple[Row, str]], order: int | None = None) -> None:
         """Commit rows given as their canonical text (rows whose text is what they hold are left alone); return
