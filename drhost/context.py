@@ -24,6 +24,9 @@ Notify = Callable[[NotifyMethod, Mapping[str, Any]], None]
 OnRefused = Callable[[str, Mapping[str, str]], None]
 
 _STDERR_TAIL = 600
+#: A command that ends with 0 sooner than this gets no "exit" line in debug.log (its "run" line and the step's
+#: events say enough); one that fails or takes longer does.
+_NOTED_AFTER_S = 1.0
 
 #: Classes whose ``ctx.run`` is limited to the commands they declare (``PluginInfo.commands``).
 COMMAND_RESTRICTED = frozenset({PluginClass.THIRD_PARTY})
@@ -151,7 +154,9 @@ class HostContext:
         finally:
             with self._running_lock:
                 self._running -= 1
-        self._log.debug("exit %s after %.2fs: %s", result.returncode, result.duration_s, list(argv))
+        if result.returncode != 0 or result.duration_s >= _NOTED_AFTER_S:
+            # What ran is logged before it starts; that it ended as expected is what the step's own event says.
+            self._log.debug("exit %s after %.2fs: %s", result.returncode, result.duration_s, list(argv))
         if check and result.returncode != 0:
             tail = (result.stderr or result.stdout).strip()[-_STDERR_TAIL:]
             raise StepFailed(f"{' '.join(argv[:3])} exited {result.returncode}: {tail}")

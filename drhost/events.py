@@ -8,6 +8,8 @@ that wrote them: :data:`RENAMED` maps the names earlier versions wrote to today'
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -101,6 +103,11 @@ class Event:
     message: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
+
+    @functools.cached_property
+    def json_line(self) -> str:
+        """:meth:`to_json` as one compact line, made once for the journal and the debug log alike."""
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"ts": round(self.ts, 6), "event": self.event, "run_id": self.run_id}

@@ -110,13 +110,22 @@ class Plan:
     plugins: tuple[PluginEntry, ...]
 
     def stage_steps(self, stage: Stage) -> list[PlannedStep]:
-        return [step for step in self.steps if step.stage is stage]
+        return list(self._by_stage.get(stage, ()))
 
     def find_step(self, stage: Stage, plugin: str, name: str) -> PlannedStep | None:
+        return self._by_name.get((stage, plugin, name))
+
+    # Looked up several times a step (its call, its watch, its ETA): built once, since a plan never changes.
+    @functools.cached_property
+    def _by_stage(self) -> dict[Stage, tuple[PlannedStep, ...]]:
+        return {stage: tuple(step for step in self.steps if step.stage is stage) for stage in Stage}
+
+    @functools.cached_property
+    def _by_name(self) -> dict[tuple[Stage, str, str], PlannedStep]:
+        found: dict[tuple[Stage, str, str], PlannedStep] = {}
         for step in self.steps:
-            if step.stage is stage and step.plugin == plugin and step.name == name:
-                return step
-        return None
+            found.setdefault((step.stage, step.plugin, step.name), step)  # the first, as a scan would find
+        return found
 
     def plugin(self, name: str) -> PluginEntry:
         for entry in self.plugins:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,3 +154,31 @@ def test_thread_waiting_for_its_command_to_be_stopped_is_not_hung(tmp_path: Path
     assert time.monotonic() - started >= 3.0  # TERM ignored: only the KILL after the session's grace ended it
     pid = int(marker.read_text())
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_thread_calls_reuse_a_thread_and_a_hung_one_is_never_given_another_call(tmp_path: Path) -> None:
+    """Calls one after another run on one pooled thread (no new thread a step), named for each call; a thread
+    abandoned as hung gets no later call, and it ends once its call returns."""
+    release = threading.Event()
+    ran_on: list[tuple[int | None, str]] = []
+
+    def step(ctx):  # type: ignore[no-untyped-def]
+        ran_on.append((threading.get_ident(), threading.current_thread().name))
+        if ctx.config.get("hang"):
+            release.wait(30)
+
+    runner = ThreadRunner(_plugin(step), grace_s=0.2)
+    for _ in range(3):
+        assert runner.call("run_step", make_context(tmp_path), stage=Stage.UPGRADE, step="work", timeout_s=5).ok
+    assert len({ident for ident, _ in ran_on}) == 1 and {name for _, name in ran_on} == {"plugin-inproc-work"}
+    hung = runner.call("run_step", make_context(tmp_path, config={"hang": True}), stage=Stage.UPGRADE, step="work",
+                       timeout_s=0.3)
+    assert hung.detail["hung_thread"] is True and hung.detail["thread_ident"] == ran_on[-1][0]
+    abandoned = next(t for t in threading.enumerate() if t.ident == hung.detail["thread_ident"])
+    try:
+        assert runner.call("run_step", make_context(tmp_path), stage=Stage.UPGRADE, step="work", timeout_s=5).ok
+        assert ran_on[-1][0] != hung.detail["thread_ident"]
+    finally:
+        release.set()
+    abandoned.join(5)
+    assert not abandoned.is_alive()

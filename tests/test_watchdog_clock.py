@@ -162,6 +162,35 @@ def test_released_watch_emits_nothing_more() -> None:
     assert recorder.events == []
 
 
+def test_only_a_watch_due_sooner_wakes_the_serving_thread() -> None:
+    """Watches falling due after the thread's next wake-up, and every release, leave it asleep (no pass over all
+    watches twice a step); a watch due sooner wakes it, and its warning comes on time."""
+    dog = Watchdog(WatchdogSettings(progress_every_s=100, remaining_every_s=100, resources_every_s=100))
+    first = dog.watch(timeout_s=100, emit=Recorder(), sample=Environment, estimate=lambda e, f: None)
+    assert wait_for(lambda: dog._wakes_at is not None)
+    notified: list[int] = []
+    notify = dog._changed.notify
+
+    def counted(n: int = 1) -> None:
+        notified.append(n)
+        notify(n)
+
+    dog._changed.notify = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            dog.release(dog.watch(timeout_s=200, emit=Recorder(), sample=Environment, estimate=lambda e, f: None))
+        assert notified == []
+        recorder = Recorder()
+        soon = dog.watch(timeout_s=0.5, emit=recorder, sample=Environment, estimate=lambda e, f: None)
+        assert len(notified) == 1
+        assert wait_for(lambda: len(recorder.named("watchdog.warning")) == 2, timeout=3.0)
+        assert [w["elapsed_s"] for w in recorder.named("watchdog.warning")] == pytest.approx([0.425, 0.475], abs=0.2)
+        dog.release(soon)
+    finally:
+        dog.release(first)
+        dog.close()
+
+
 def test_settings_come_from_the_watchdog_section() -> None:
     """[watchdog] keys set the cadences and thresholds; absent keys keep the design's defaults."""
     settings = WatchdogSettings.from_config({"watchdog": {"progress_every_s": 2, "urgent_at": 0.9}})

@@ -322,7 +322,7 @@ def drive(state: RunState, *, mode: RunMode, decide: Decide, subscribers: Sequen
     bus = EventBus()
     journal = state.journal()
     bus.subscribe(journal)
-    bus.subscribe(lambda e: logger.info("%s %s", e.event, e.to_json()))
+    bus.subscribe(lambda e: logger.info("%s %s", e.event, e.json_line))
     for subscriber in subscribers:
         bus.subscribe(subscriber)
     _with_rollout(state)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -27,14 +29,31 @@ _MiB = 1024 * 1024
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: /proc/self/statm, opened once: a read at offset 0 makes it anew, so each sample is one pread instead of an
+#: open, a read and a close (each a syscall that hands the GIL over when fifty targets' threads want it).
+_statm: int | None = None
+_statm_lock = threading.Lock()
+
+
+def _forget_statm() -> None:
+    # A forked child's /proc/self is not its parent's.
+    global _statm
+    _statm = None
+
+
+os.register_at_fork(after_in_child=_forget_statm)
 
 
 def _host_rss() -> int:
     """This process's resident memory in bytes. Read at the start and end of every call of a thread plugin, so
     one small read of /proc/self/statm (5 us here; a new psutil Process and its memory_info, 20 us)."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE
+        if _statm is None:
+            with _statm_lock:
+                if _statm is None:
+                    _statm = os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         try:
             return int(psutil.Process().memory_info().rss)
@@ -63,6 +82,65 @@ class HostMemoryWatch:
             return None
         return {"peak_mib": round(self.peak / _MiB), "start_mib": round(self.start / _MiB),
                 "memory_mb": self.limit_mb, "enforced": False}
+
+
+class _Worker:
+    """A thread of the host that runs thread-class calls one after another, so that a call does not pay for a
+    new thread (its start alone hands the GIL over twice). A call that overruns its grace abandons the worker:
+    the thread ends when that call returns and is never given another."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.thread = threading.Thread(target=self._serve, name="plugin-worker", daemon=True)
+        self.thread.start()
+
+    def start(self, name: str, job: Callable[[], None], done: threading.Event) -> None:
+        """Run ``job`` in this thread, named ``name`` meanwhile; ``done`` is set when it has returned."""
+        def wrapped() -> None:
+            try:
+                job()
+            finally:
+                with self._lock:
+                    done.set()
+
+        self.thread.name = name
+        self._jobs.put(wrapped)
+
+    def abandon(self, done: threading.Event) -> bool:
+        """Give up on the call whose ``done`` this is: True when it still runs (its thread is abandoned), False
+        when it returned after all."""
+        with self._lock:
+            if done.is_set():
+                return False
+            self._abandoned = True
+            return True
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                if self._abandoned:
+                    return
+
+
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
+# A forked child has none of its parent's threads.
+os.register_at_fork(after_in_child=_IDLE.clear)
+
+
+def _take_worker() -> _Worker:
+    with _IDLE_LOCK:
+        if _IDLE:
+            return _IDLE.pop()
+    return _Worker()
+
+
+def _give_back(worker: _Worker) -> None:
+    with _IDLE_LOCK:
+        _IDLE.append(worker)
 
 
 class ThreadRunner:
@@ -96,29 +174,33 @@ class ThreadRunner:
             except BaseException as exc:
                 box["error"] = error_to_json(exc)
 
-        thread = threading.Thread(target=target, name=f"plugin-{self._plugin.entry_point}-{step or op}", daemon=True)
+        done = threading.Event()
+        worker = _take_worker()
         memory = HostMemoryWatch(self.memory_mb)
-        thread.start()
+        worker.start(f"plugin-{self._plugin.entry_point}-{step or op}", target, done)
+        thread = worker.thread
         deadline = started + timeout_s
         while True:
-            thread.join(max(0.0, min(HOST_SAMPLE_EVERY_S, deadline - time.monotonic())))
+            done.wait(max(0.0, min(HOST_SAMPLE_EVERY_S, deadline - time.monotonic())))
             memory.sample()
-            if not thread.is_alive() or time.monotonic() >= deadline:
+            if done.is_set() or time.monotonic() >= deadline:
                 break
-        timed_out = thread.is_alive()
+        timed_out = not done.is_set()
         if timed_out:
             ctx.stop()
-            thread.join(self._grace)
+            done.wait(self._grace)
             # Stopping a command on a target (TERM, grace, KILL, confirmed gone) outlasts the grace, most of all
             # over SSH on a busy machine: a thread waiting for that stop is not hung.
-            if thread.is_alive() and ctx.commands_running and ctx.wait_commands_stopped(self._grace + COMMAND_STOP_S):
-                thread.join(self._grace)
+            if not done.is_set() and ctx.commands_running and ctx.wait_commands_stopped(self._grace + COMMAND_STOP_S):
+                done.wait(self._grace)
+        hung = timed_out and worker.abandon(done)
+        if not hung:
+            _give_back(worker)
         duration = time.monotonic() - started
         state = dict(ctx.state)
         grown = memory.finding()
         extra: dict[str, Any] = {} if grown is None else {"host_memory": grown}
         if timed_out:
-            hung = thread.is_alive()
             return CallOutcome("timeout", message=phrase(
                 "no result after {seconds} s{how}", seconds=f"{round(timeout_s, 1):g}",
                 how=phrase("; the thread did not stop and was abandoned") if hung else ""), state=state,
