@@ -1,7 +1,7 @@
 """Scale benchmark: one controller driving N targets through a whole run; how its cost grows with N.
 
 Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50]
-                [--ssh] [--count-commits] [--json]
+                [--ssh] [--count-commits] [--json] [--profile FILE]
 
 Each size is a real `drhost upgrade` (the CLI, in a child process) of N targets with the local transport
 (every target its own root directory on this machine) and a trivial plugin set: one benchmark plugin of class
@@ -128,11 +128,17 @@ def _run_size(work: Path, inventory: Path, count: int, args: argparse.Namespace,
            RUSAGE_ENV: str(rusage), **({"DRHOST_FAILPOINT_LOG": str(failpoints)} if args.count_commits else {})}
     argv = [sys.executable, str(Path(__file__).resolve()), CHILD, "upgrade", "-i", str(inventory), "--package",
             str(package), "--set", f"run.forks={min(args.forks, count)}", "--plain", "--json"]
+    if args.profile:
+        # py-spy samples from outside the process: the child's own rusage stays its own.
+        argv = ["py-spy", "record", "--format", "raw", "--rate", "250", "--subprocesses",
+                "--output", str(args.profile.with_suffix(f".{count}.txt")), "--", *argv]
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     try:
-        summary = json.loads(done.stdout)
+        # py-spy, when profiling, says what it does on the same stdout around drhost's summary.
+        out = done.stdout
+        summary = json.loads(out[out.find("{"):out.rfind("}") + 1] if args.profile else out)
     except ValueError:
         raise SystemExit(f"{count} targets: drhost exited {done.returncode}:\n{done.stdout[-2000:]}"
                          f"{done.stderr[-2000:]}") from None
@@ -175,6 +181,8 @@ def main() -> int:
     parser.add_argument("--ssh", action="store_true", help="each target a real loopback sshd of its own")
     parser.add_argument("--count-commits", action="store_true", help="count state commits (failpoint log)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=Path, help="record each size's run with py-spy (on PATH) into "
+                        "PROFILE.TARGETS.txt (collapsed stacks)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drhost-bench-scale-") as tmp:
         base = Path(tmp)
