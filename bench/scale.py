@@ -1,7 +1,7 @@
 """Scale benchmark: one controller driving N targets through a whole run; how its cost grows with N.
 
 Run on demand:  python bench/scale.py [--targets 100 300 1000] [--steps 2] [--commands 0] [--forks 50]
-                [--ssh] [--count-commits] [--json] [--profile FILE]
+                [--ssh] [--count-commits] [--json] [--profile FILE] [--runs N] [--per-step]
 
 Each size is a real `drhost upgrade` (the CLI, in a child process) of N targets with the local transport
 (every target its own root directory on this machine) and a trivial plugin set: one benchmark plugin of class
@@ -16,6 +16,10 @@ Reported per size: wall time, the controller's CPU (user + system of the drhost 
 ``getrusage(RUSAGE_SELF)`` at exit: commands it starts are not in it), the controller's peak RSS, and CPU and
 wall per target. ``exponent`` is the slope of log(controller CPU) against log(targets), a least-squares fit over
 the sizes: 1.0 is a flat cost per target, 2.0 a cost per target that grows with the fleet.
+
+``--per-step`` adds the controller CPU of one more step (part 3 of the scale work: a remote step on a warm
+connection): the run again with 2 steps a stage, and the difference divided by the steps it lacks, so that
+start-up, connections and the fixed cost of a target cancel out. ``--runs N`` takes the median of N runs.
 
 ``--count-commits`` also counts the run state's commits (from the failpoint log, which costs a little CPU of its
 own): per target they must not grow with the fleet (tests/test_fleet_scale.py).
@@ -159,6 +163,33 @@ def _run_size(work: Path, inventory: Path, count: int, args: argparse.Namespace,
             "transport": "ssh" if args.ssh else "local", **counted}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median controller CPU (the VM's noise is one-sided: a slow run is slowed by something else)."""
+    ordered = sorted(runs, key=lambda r: r["controller_cpu_s"])
+    return {**ordered[len(ordered) // 2], **({"controller_cpu_s_runs": [r["controller_cpu_s"] for r in runs]}
+                                             if len(runs) > 1 else {})}
+
+
+#: The baseline of ``--per-step``: this many steps a stage (10 a target), each with a command when the measured
+#: run has one in every step.
+BASE_STEPS = 2
+
+
+def per_step(base: Path, count: int, args: argparse.Namespace, package: Path, row: dict[str, Any]
+             ) -> dict[str, Any]:
+    """The controller CPU of one more step: the measured run against the same run with BASE_STEPS steps a
+    stage, so that start-up, connections, locks and the fixed steps of a target cancel out."""
+    commands = BASE_STEPS * 5 if args.commands >= args.steps * 5 else 0
+    site = base / f"site-{BASE_STEPS}-{commands}"
+    if not site.exists():
+        write_plugin(site, BASE_STEPS, commands)
+    baseline = argparse.Namespace(**{**vars(args), "steps": BASE_STEPS, "commands": commands, "profile": None})
+    small = median_run([one_size(base, count, baseline, package, site) for _ in range(args.runs)])
+    more = count * (args.steps - BASE_STEPS) * 5
+    return {"baseline_controller_cpu_s": small["controller_cpu_s"],
+            "step_cpu_ms": round((row["controller_cpu_s"] - small["controller_cpu_s"]) / more * 1000, 3)}
+
+
 def exponent(rows: list[dict[str, Any]]) -> float | None:
     """The least-squares slope of log(controller CPU) against log(targets)."""
     points = [(math.log(r["targets"]), math.log(r["controller_cpu_s"])) for r in rows if r["controller_cpu_s"] > 0]
@@ -181,6 +212,10 @@ def main() -> int:
     parser.add_argument("--ssh", action="store_true", help="each target a real loopback sshd of its own")
     parser.add_argument("--count-commits", action="store_true", help="count state commits (failpoint log)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each size; the one of median CPU is reported")
+    parser.add_argument("--per-step", action="store_true",
+                        help=f"also the controller CPU of one more step ({BASE_STEPS} steps a stage as baseline; "
+                        "give --commands = 5 x --steps for a remote command in every step)")
     parser.add_argument("--profile", type=Path, help="record each size's run with py-spy (on PATH) into "
                         "PROFILE.TARGETS.txt (collapsed stacks)")
     args = parser.parse_args()
@@ -192,9 +227,15 @@ def main() -> int:
                                 str(base / "package")], check=True, capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
         package = Path(built.stdout.strip().splitlines()[-1])
-        rows = [one_size(base, count, args, package, site) for count in sorted(args.targets)]
+        rows = []
+        for count in sorted(args.targets):
+            runs = [one_size(base, count, args, package, site) for _ in range(args.runs)]
+            row = median_run(runs)
+            if args.per_step:
+                row.update(per_step(base, count, args, package, row))
+            rows.append(row)
     result = {"sizes": rows, "exponent": exponent(rows), "forks": args.forks, "cpus": os.cpu_count(),
-              "python": sys.version.split()[0]}
+              "python": sys.version.split()[0], "runs": args.runs}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -204,6 +245,11 @@ def main() -> int:
         print(f"{row['targets']:>8} {row['wall_s']:>8.2f} {row['controller_cpu_s']:>10.2f} "
               f"{row['cpu_per_target_ms']:>14.1f} {row['wall_per_target_ms']:>15.1f} {row['peak_rss_mib']:>13.1f}")
     print(f"exponent of controller CPU against targets: {result['exponent']}")
+    for row in rows:
+        if "step_cpu_ms" in row:
+            print(f"{row['targets']} targets: one more step costs {row['step_cpu_ms']} ms of controller CPU "
+                  f"({row['controller_cpu_s']} s at {args.steps * 5} steps a target, "
+                  f"{row['baseline_controller_cpu_s']} s at {BASE_STEPS * 5})")
     return 0
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,33 @@ def test_every_command_goes_through_one_helper_with_the_same_results(
     assert len(channels) >= len(COMMANDS)
     assert through_helper[0] == (3, "out\n", "err\n") and through_helper[1][1] == "stdin reaches the command\n"
     assert len(through_helper[2][1]) == 300000 and through_helper[3][1] == "ünïcode ☃"
+
+
+def test_calls_from_many_threads_share_one_helper_and_each_gets_its_own_answer(
+        host: SshHost, tmp_path: Path, channels: list[str]) -> None:
+    """Twelve threads at once on one connection, their commands ending in another order than they started: each
+    gets its own output, one of the waiting calls reads the channel for all (no reader thread of the helper's),
+    and one helper serves them all."""
+    session = session_for(host, tmp_path)
+    results: dict[int, tuple[int, str]] = {}
+
+    def work(index: int) -> None:
+        done = session.run(["sh", "-c", f"sleep 0.{(11 - index) % 4}; echo {index}"], timeout=60)
+        results[index] = (done.returncode, done.stdout)
+
+    try:
+        assert session.run(["true"], timeout=30).returncode == 0
+        pid = helper_pid(session)
+        workers = [threading.Thread(target=work, args=(index,)) for index in range(12)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert results == {index: (0, f"{index}\n") for index in range(12)}
+        assert helper_pid(session) == pid and len(channels) == 1
+        assert not [t.name for t in threading.enumerate() if "helper-reader" in t.name]
+    finally:
+        session.close()
 
 
 def test_a_killed_helper_is_started_again_and_the_command_runs_once(host: SshHost, tmp_path: Path) -> None:
