@@ -1,7 +1,7 @@
 """Upload throughput: drhost's upload_resumable (paramiko) beside OpenSSH's ``sftp -b``, same cipher and MAC.
 
 Run on demand:  python bench/sftp_upload.py [--size-mib 256] [--runs 3] [--cipher C] [--mac M]
-                [--variant CHUNK:WINDOW ...] [--write docs/benchmarks.md]
+                [--variant CHUNK:WINDOW ...] [--write docs/benchmarks.md] [--split-cores]
 
 One loopback sshd (tests/sshd_hosts.py), one random file. Every row uploads the same file ``--runs`` times
 to a fresh remote name and reports the median. Columns:
@@ -170,11 +170,19 @@ def main() -> int:
     )
     parser.add_argument("--no-paramiko-put", action="store_true", help="skip paramiko's own SFTPClient.put")
     parser.add_argument("--write", type=Path, help="append the results to this markdown file")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the target's side (sshd and all it starts) on CPU 1, this process and its sftp/ssh "
+                        "clients on CPU 0: two machines' worth of CPU, one each, instead of two shared cores")
     args = parser.parse_args()
     variants = [(size_of(c), int(w)) for c, w in (v.split(":") for v in (args.variant or ["256K:32"]))]
 
     work = Path(tempfile.mkdtemp(prefix="drhost-bench-sftp-"))
     (host,) = start_hosts(work, 1, prefix="bench")
+    if args.split_cores:
+        # sshd forks a process per connection, and those start the sftp server and the helper: all inherit it.
+        assert host.process is not None
+        os.sched_setaffinity(host.process.pid, {1})
+        os.sched_setaffinity(0, {0})
     local = work / "package.bin"
     with open(local, "wb") as handle:
         for _ in range(args.size_mib):
@@ -256,10 +264,13 @@ def main() -> int:
         + ("" if "gcm" in args.cipher else f" --mac {args.mac}")
         + "".join(f" --variant {v}" for v in args.variant)
         + (" --no-paramiko-put" if args.no_paramiko_put else "")
+        + (" --split-cores" if args.split_cores else "")
     )
     report = "\n".join(
         [
-            f"### SFTP upload, {args.size_mib} MiB, {cipher} ({time.strftime('%Y-%m-%d')})",
+            f"### SFTP upload, {args.size_mib} MiB, {cipher}"
+            + (", client and target on a core each" if args.split_cores else "")
+            + f" ({time.strftime('%Y-%m-%d')})",
             "",
             f"Machine: {machine}  ",
             f"Command: `{command}`",
