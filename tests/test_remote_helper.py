@@ -116,6 +116,27 @@ def test_calls_from_many_threads_share_one_helper_and_each_gets_its_own_answer(
         session.close()
 
 
+def test_a_large_request_waits_for_the_window_whatever_timeout_the_last_reader_left(
+        host: SshHost, tmp_path: Path) -> None:
+    """The channel's timeout is the reading call's deadline: a request bigger than the SSH window, sent while a
+    tiny one is left on the channel, waits for the window as long as it takes — same helper, no reconnect."""
+    session = session_for(host, tmp_path)
+    try:
+        assert session.run(["true"], timeout=30).returncode == 0
+        pid = helper_pid(session)
+        assert session._helper is not None
+        session._helper._channel.settimeout(1e-6)
+        given = "x" * (6 * 1024 * 1024)  # three times paramiko's 2 MiB window, and base64 on top
+        # The helper stopped for a second: it reads nothing meanwhile, so the window shuts for certain.
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start()
+        done = session.run(["wc", "-c"], input=given, timeout=120)
+        assert (done.returncode, done.stdout.strip()) == (0, str(len(given)))
+        assert helper_pid(session) == pid
+    finally:
+        session.close()
+
+
 def test_a_killed_helper_is_started_again_and_the_command_runs_once(host: SshHost, tmp_path: Path) -> None:
     """The helper killed on the target between two commands: the next command gets a new helper and runs
     (once: its job is not started twice)."""

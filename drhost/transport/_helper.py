@@ -202,8 +202,7 @@ class RemoteHelper:
             self._waiting[ident] = waiting
         try:
             with self._send_lock:
-                self._channel.sendall(json.dumps({**request, "id": ident}, separators=(",", ":")).encode("utf-8")
-                                      + b"\n")
+                self._send_all(json.dumps({**request, "id": ident}, separators=(",", ":")).encode("utf-8") + b"\n")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._lose(f"cannot send to the helper: {exc or type(exc).__name__}")
         deadline = time.monotonic() + timeout_s
@@ -230,6 +229,19 @@ class RemoteHelper:
         if lost is None:
             self._lose(f"no answer within {timeout_s:.0f} s")
         raise HelperLost(self._lost or "the helper ended")
+
+    def _send_all(self, data: bytes) -> None:
+        """``sendall`` that waits for the channel's window as long as it takes, as it did with no timeout set: the
+        channel's timeout is the reading call's deadline (:meth:`_read_until`), not this request's."""
+        while data:
+            try:
+                sent = self._channel.send(data)
+            except TimeoutError:
+                time.sleep(0.01)  # the reader's timeout may be tiny: no spinning on it while the window is shut
+                continue
+            if not sent:  # paramiko's word for a closed channel (or one whose end was sent)
+                raise OSError("the helper's channel is closed")
+            data = data[sent:]
 
     def _lose(self, why: str) -> None:
         """Mark the helper gone and wake every waiting call (they raise HelperLost)."""
