@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import DrhostError, ExitCode, RefusedError, StateError, phrase, quote
 from ._files import Journal, StateFile, fsync_dir
 from ._model import TargetRecord
-from ._store import RUN_ROW, STORE_FORMAT, Row, StateStore, canonical, step_row, target_row, without_steps
+from ._store import RUN_ROW, STORE_FORMAT, StateStore, canonical, record_rows
 
 #: The run's state: a SQLite database (drhost/state/_store.py). Runs written before it have ``state.json``
 #: (format 1), read as they are and moved into a database by the first controller that writes them.
@@ -310,10 +310,7 @@ class RunState:
         with self._lock:
             record = self._body["targets"][name]
             yield record
-            entries = record.get("steps", {})
-            touched = entries if steps is None else [key for key in steps if key in entries]
-            rows: list[tuple[Row, str]] = [(target_row(name), canonical(without_steps(record))),
-                                           *((step_row(name, key), canonical(entries[key])) for key in touched)]
+            rows = [(row, canonical(body)) for row, body in record_rows(name, record, steps)]
             store, order = self._taken_for()
         # Committed outside the lock: other targets' threads read and change the body meanwhile instead of
         # waiting for this commit's fsync.

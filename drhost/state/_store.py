@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,17 +55,16 @@ def step_row(target: str, key: str) -> Row:
     return ("step", canonical([target, key]))
 
 
-def record_rows(name: str, record: Any) -> list[tuple[Row, Any]]:
-    """A target's record as rows: the record without its steps, and each step in a row of its own (a record or
-    steps of another shape, which only a damaged state has, stay whole in the target's row for its check)."""
+def record_rows(name: str, record: Any, only: Collection[str] | None = None) -> list[tuple[Row, Any]]:
+    """A target's record as rows: the record without its steps, and each step in a row of its own (``only``: just
+    the steps with these keys). A record or steps of another shape, which only a damaged state has, stay whole
+    in the target's row for its check."""
     steps = record.get("steps", {}) if isinstance(record, Mapping) else None
     if not isinstance(steps, Mapping):
         return [(target_row(name), record)]
-    return [(target_row(name), without_steps(record)), *((step_row(name, key), entry) for key, entry in steps.items())]
-
-
-def without_steps(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in record.items() if key != "steps"}
+    keys = steps if only is None else [key for key in only if key in steps]
+    return [(target_row(name), {key: value for key, value in record.items() if key != "steps"}),
+            *((step_row(name, key), steps[key]) for key in keys)]
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",

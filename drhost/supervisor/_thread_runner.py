@@ -46,7 +46,7 @@ os.register_at_fork(after_in_child=_forget_statm)
 
 def _host_rss() -> int:
     """This process's resident memory in bytes. Read at the start and end of every call of a thread plugin, so
-    one small read of /proc/self/statm (5 us here; a new psutil Process and its memory_info, 20 us)."""
+    one pread of /proc/self/statm (0.8 us here; open, read and close, 5 us; a new psutil Process, 20 us)."""
     global _statm
     try:
         if _statm is None:

@@ -75,7 +75,6 @@ class RemoteHelper:
         self._channel = channel
         #: The helper's process id on the target.
         self.pid = pid
-        self._pending = pending
         self.python_version = python_version
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
